@@ -1,0 +1,3 @@
+from masklm.cli import main
+
+raise SystemExit(main())

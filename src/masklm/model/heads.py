@@ -1,0 +1,106 @@
+"""Task heads on top of the encoder. Each returns logits; losses live in `masklm.train.losses`.
+
+- MaskedLM: BERT's prediction head (dense → act → LayerNorm → decoder tied to the word embeddings). Given
+  `labels`, it runs only at the masked positions: gather those hidden states first, then project to the vocabulary.
+- SequenceClassification: BERT's pooler (dense + tanh on [CLS]) → dropout → linear.
+- TokenClassification: dropout → linear on every token.
+- QuestionAnswering: linear to (start, end) logits on every token.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from masklm.config import ModelConfig
+from masklm.model.encoder import Encoder, activation, init_weights
+
+
+class MaskedLM(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        H = cfg.hidden_size
+        self.encoder = Encoder(cfg)
+        self.transform = nn.Linear(H, H, bias=cfg.bias)
+        self.act = activation(cfg.hidden_act)
+        self.transform_norm = nn.LayerNorm(H, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        # The decoder's weight is the word-embedding matrix (tied); it has its own bias.
+        self.decoder_bias = nn.Parameter(torch.zeros(cfg.padded_vocab_size))
+        init_weights(self, cfg.initializer_range)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits over the vocabulary: (B, T, V) without labels, (M, V) for the M positions where labels != -100."""
+        h = self.encoder(input_ids, attention_mask, token_type_ids)  # (B, T, H)
+        if labels is not None:
+            h = h[labels != -100]  # (M, H): only masked positions reach the vocabulary projection
+        h = self.transform_norm(self.act(self.transform(h)))
+        logits = F.linear(h, self.encoder.embeddings.word.weight, self.decoder_bias)  # (..., V_padded)
+        return logits[..., : self.cfg.vocab_size]  # padded rows are not tokens
+
+
+class SequenceClassification(nn.Module):
+    def __init__(self, cfg: ModelConfig, num_labels: int, dropout: float | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.num_labels = num_labels
+        self.encoder = Encoder(cfg)
+        self.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob if dropout is None else dropout)
+        self.classifier = nn.Linear(cfg.hidden_size, num_labels)
+        init_weights(self, cfg.initializer_range)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        h = self.encoder(input_ids, attention_mask, token_type_ids)  # (B, T, H)
+        pooled = torch.tanh(self.pooler(h[:, 0]))  # (B, H) from [CLS]
+        return self.classifier(self.dropout(pooled))  # (B, num_labels)
+
+
+class TokenClassification(nn.Module):
+    def __init__(self, cfg: ModelConfig, num_labels: int, dropout: float | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.num_labels = num_labels
+        self.encoder = Encoder(cfg)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob if dropout is None else dropout)
+        self.classifier = nn.Linear(cfg.hidden_size, num_labels)
+        init_weights(self, cfg.initializer_range)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        h = self.encoder(input_ids, attention_mask, token_type_ids)
+        return self.classifier(self.dropout(h))  # (B, T, num_labels)
+
+
+class QuestionAnswering(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.qa = nn.Linear(cfg.hidden_size, 2)
+        init_weights(self, cfg.initializer_range)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        h = self.encoder(input_ids, attention_mask, token_type_ids)
+        return self.qa(h)  # (B, T, 2): start and end logits

@@ -1,0 +1,50 @@
+"""curves.png: training loss, validation loss and masked-token accuracy against tokens seen."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                rows.append(json.loads(line))
+    return rows
+
+
+def plot_curves(metrics_path: str | Path, out_path: str | Path, x: str = "tokens") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_path)
+    train = [r for r in rows if r.get("split") == "train" and "loss" in r]
+    val = [r for r in rows if r.get("split") == "val"]
+    acc_key = next((k for k in ("accuracy", "f1", "exact_match") if val and k in val[-1]), None)
+    fig, axes = plt.subplots(1, 2 if acc_key else 1, figsize=(11 if acc_key else 6, 4), squeeze=False)
+    ax = axes[0][0]
+    ax.plot([r[x] for r in train], [r["loss"] for r in train], label="train loss", lw=1)
+    if val and "loss" in val[0]:
+        ax.plot([r[x] for r in val], [r["loss"] for r in val], "o-", label="validation loss")
+    ax.set_xlabel(x)
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if acc_key:
+        ax2 = axes[0][1]
+        ax2.plot([r[x] for r in val], [r[acc_key] for r in val], "o-", color="C2")
+        ax2.set_xlabel(x)
+        ax2.set_ylabel(f"validation {acc_key}")
+        ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(out_path)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out)
+    return out

@@ -1,0 +1,147 @@
+"""Crash-safe checkpoints and exact resume.
+
+A checkpoint is a folder `checkpoints/step_000123/` with
+    model.safetensors   the weights
+    optimizer.pt        the optimizer state (tensors and numbers only: loads with weights_only=True)
+    trainer.pt          step, tokens seen, elapsed time, RNG states (weights_only-safe as well)
+    manifest.json       written last: the SHA-256 of each file above
+
+The folder is assembled under a temporary name and renamed into place, and a checkpoint whose manifest is missing
+or whose files do not match it does not exist as far as `latest_checkpoint` is concerned, so a kill at any moment
+(even in the middle of a write) leaves the previous checkpoint as the one to resume from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from masklm.errors import UserError
+from masklm.utils import atomic_write_text, fsync_dir, fsync_file, log
+
+CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "trainer.pt")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with open(path, "wb") as f:
+        f.write(buf.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_checkpoint(
+    root: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    trainer_state: dict[str, Any],
+    keep_last: int,
+) -> Path:
+    """Write checkpoint `step` under `root` atomically; prune to the newest `keep_last` valid ones."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:08d}"
+    tmp = root / f".tmp_step_{step:08d}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"))
+        fsync_file(tmp / "model.safetensors")
+        _torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
+        _torch_save(trainer_state, tmp / "trainer.pt")
+        manifest = {"step": step, "files": {name: _sha256(tmp / name) for name in CHECKPOINT_FILES}}
+        atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+        fsync_dir(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        fsync_dir(root)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(
+            f"could not write checkpoint {final} ({e.strerror or e}); free disk space or fix permissions, "
+            "the previous checkpoint is intact"
+        ) from None
+    for old in valid_checkpoints(root, verify=False)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def is_valid(ckpt: Path, verify: bool = True) -> bool:
+    manifest_path = ckpt / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    for name in CHECKPOINT_FILES:
+        p = ckpt / name
+        if not p.is_file() or name not in files:
+            return False
+        if verify and _sha256(p) != files[name]:
+            return False
+    return True
+
+
+def valid_checkpoints(root: Path, verify: bool = True) -> list[Path]:
+    """Complete checkpoints under `root`, oldest first."""
+    if not root.is_dir():
+        return []
+    found = sorted(p for p in root.glob("step_*") if p.is_dir())
+    return [p for p in found if is_valid(p, verify=verify)]
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The newest checkpoint whose manifest matches its files; says so when newer ones were skipped."""
+    if not root.is_dir():
+        return None
+    candidates = sorted((p for p in root.glob("step_*") if p.is_dir()), reverse=True)
+    for i, p in enumerate(candidates):
+        if is_valid(p):
+            if i:
+                log(f"skipped {i} incomplete or damaged checkpoint(s); resuming from {p.name}")
+            return p
+    return None
+
+
+def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+    """Restore model (and optimizer) from `ckpt`; returns the trainer state."""
+    try:
+        state = load_file(str(ckpt / "model.safetensors"))
+        trainer_state = torch.load(ckpt / "trainer.pt", weights_only=True, map_location="cpu")
+        opt_state = (
+            torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu") if optimizer else None
+        )
+    except Exception as e:  # a damaged file that still matched its manifest is very unlikely, but be clear
+        raise UserError(
+            f"checkpoint {ckpt} cannot be read ({type(e).__name__}); delete it to use an older one"
+        ) from None
+    own = model.state_dict()
+    if set(state) != set(own) or any(tuple(state[k].shape) != tuple(own[k].shape) for k in own):
+        raise UserError(
+            f"checkpoint {ckpt} was written by a model of another shape; resume with the config it was saved with"
+        )
+    model.load_state_dict(state)
+    if optimizer is not None and opt_state is not None:
+        optimizer.load_state_dict(opt_state)
+    return trainer_state

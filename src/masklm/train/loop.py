@@ -1,0 +1,357 @@
+"""fit(): the optimisation loop shared by pretraining and fine-tuning.
+
+One optimizer step = `grad_accum` micro-batches: make_batch(micro_step) → forward under autocast → loss → backward;
+then clip, check for non-finite values, optimizer step, learning-rate schedule. Around it: logging to
+metrics.jsonl, evaluation every N steps, checkpoints every N steps, a step / token / wall-clock budget, and
+graceful stops on SIGTERM / SIGINT.
+
+Everything random is a function of the step number (batches and masks are built by `make_batch(micro_step)`) or
+lives in the saved RNG state (dropout), so a resumed run continues exactly where it stopped without replaying data.
+The model passed in may already be wrapped (DDP, FSDP, torch.compile); `fit` never wraps it itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from masklm.config import TrainConfig
+from masklm.errors import UserError
+from masklm.train import checkpoint as ckpt
+from masklm.train.optim import lr_factor, set_lr
+from masklm.utils import log, rank
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class Budget:
+    """When training ends. Exactly one of steps / minutes drives the schedule (steps when known)."""
+
+    steps: int | None = None
+    minutes: float | None = None
+
+    def progress(self, step: int, elapsed_s: float) -> float:
+        if self.steps is not None:
+            return step / self.steps
+        assert self.minutes is not None
+        return elapsed_s / (60.0 * self.minutes)
+
+    def done(self, step: int, elapsed_s: float) -> bool:
+        if self.steps is not None and step >= self.steps:
+            return True
+        return self.minutes is not None and elapsed_s >= 60.0 * self.minutes
+
+
+@dataclass
+class FitResult:
+    step: int = 0
+    tokens: int = 0
+    elapsed_s: float = 0.0
+    skipped_steps: int = 0
+    stopped_by_signal: bool = False
+    last_eval: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _StopFlag:
+    """SIGTERM / SIGINT → finish this step, checkpoint, exit. A second signal exits at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise SystemExit(128 + signum)
+        self.requested = True
+        log(
+            f"\nreceived {signal.Signals(signum).name}: finishing this step and saving a checkpoint "
+            "(send it again to exit at once)"
+        )
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class _Prefetcher:
+    """Builds upcoming batches in a background thread (tokens → masks) while the model trains."""
+
+    def __init__(self, make_batch: Callable[[int], Batch], start: int, depth: int = 3) -> None:
+        self._make = make_batch
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._next = start
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        i = self._next
+        while not self._stop.is_set():
+            try:
+                item: Any = (i, self._make(i))
+            except BaseException as e:  # hand the error to the training thread
+                item = (i, e)
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            i += 1
+
+    def get(self) -> Batch:
+        i, item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "fp16":
+        return torch.autocast(device.type, dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision != "auto":
+        if precision == "fp16" and device.type == "cpu":
+            raise UserError("train.precision=fp16 needs a GPU; use bf16 or fp32 on CPU")
+        return precision
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        with contextlib.suppress(Exception):
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    *,
+    run_dir: Path,
+    budget: Budget,
+    make_batch: Callable[[int], Batch],
+    loss_fn: Callable[[nn.Module, Batch], torch.Tensor],
+    evaluate: Callable[[nn.Module], dict[str, float]] | None,
+    tokens_per_step: int,
+    device: torch.device,
+    resume_from: Path | None = None,
+    eval_every_epoch: int | None = None,
+    on_eval: Callable[[dict[str, float], int], None] | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
+) -> FitResult:
+    """Train `model` until the budget is spent (or a stop signal); returns where it ended.
+
+    make_batch(micro_step) returns CPU tensors; loss_fn(model, batch) returns the mean loss of that micro-batch.
+    tokens_per_step counts the training tokens of one optimizer step (all processes), for tokens/s and budgets.
+    eval_every_epoch (steps per epoch), when given, evaluates at each epoch end as well.
+    reduce averages a scalar tensor across processes (distributed runs); no_sync() skips gradient all-reduce on the
+    micro-batches before the last (DDP).
+    """
+    precision = resolve_precision(cfg.precision, device)
+    accum = cfg.grad_accum
+    res = FitResult()
+    metrics_path = run_dir / "metrics.jsonl"
+    ckpt_dir = run_dir / "checkpoints"
+    if resume_from is not None:
+        state = ckpt.load_checkpoint(resume_from, _unwrap(model), optimizer)
+        res.step, res.tokens = int(state["step"]), int(state["tokens"])
+        res.elapsed_s, res.skipped_steps = float(state["elapsed_s"]), int(state.get("skipped_steps", 0))
+        res.last_eval = dict(state.get("last_eval", {}))
+        set_rng_state(state["rng"])
+        log(f"resumed from {resume_from} at step {res.step} ({res.tokens:,} tokens)")
+
+    def trainer_state() -> dict[str, Any]:
+        return {
+            "step": res.step,
+            "tokens": res.tokens,
+            "elapsed_s": res.elapsed_s,
+            "skipped_steps": res.skipped_steps,
+            "last_eval": {k: float(v) for k, v in res.last_eval.items()},
+            "rng": rng_state(),
+        }
+
+    def save() -> None:
+        if rank() == 0:
+            ckpt.save_checkpoint(
+                ckpt_dir, res.step, _unwrap(model), optimizer, trainer_state(), cfg.keep_last
+            )
+
+    def write_metrics(record: dict[str, Any]) -> None:
+        res.history.append(record)
+        if rank() == 0:
+            with open(metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def run_eval() -> None:
+        if evaluate is None:
+            return
+        model.eval()
+        with torch.no_grad(), autocast_context(device, precision):
+            metrics = evaluate(model)
+        model.train()
+        res.last_eval = metrics
+        write_metrics({"step": res.step, "tokens": res.tokens, "split": "val", **metrics})
+        log("  eval @ step {}: {}".format(res.step, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())))
+        if on_eval is not None:
+            on_eval(metrics, res.step)
+
+    model.train()
+    prefetch = _Prefetcher(make_batch, start=res.step * accum)
+    bar = tqdm(
+        total=budget.steps,
+        initial=res.step,
+        disable=rank() != 0,
+        unit="step",
+        dynamic_ncols=True,
+        desc="train",
+        bar_format=None if budget.steps else "{desc}: {n} steps [{elapsed}{postfix}]",
+    )
+    window_tokens, window_start = 0, time.perf_counter()
+    loss_sum = torch.zeros((), device=device)
+    n_loss = 0
+    try:
+        with _StopFlag() as stop:
+            while not budget.done(res.step, res.elapsed_s):
+                t0 = time.perf_counter()
+                lr = cfg.lr * lr_factor(budget.progress(res.step + 1, res.elapsed_s), cfg, budget.steps)
+                set_lr(optimizer, lr)
+                step_loss = torch.zeros((), device=device)
+                for micro in range(accum):
+                    batch = {k: v.to(device, non_blocking=True) for k, v in prefetch.get().items()}
+                    sync = contextlib.nullcontext() if (no_sync is None or micro == accum - 1) else no_sync()
+                    with sync:
+                        with autocast_context(device, precision):
+                            loss = loss_fn(model, batch) / accum
+                        loss.backward()
+                    step_loss += loss.detach()
+                grad_norm = (
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+                    if cfg.clip_norm > 0
+                    else _grad_norm(model)
+                )
+                finite = bool(torch.isfinite(step_loss)) and bool(torch.isfinite(grad_norm))
+                if finite:
+                    optimizer.step()
+                else:
+                    res.skipped_steps += 1
+                    if cfg.nonfinite == "stop":
+                        optimizer.zero_grad(set_to_none=True)
+                        raise UserError(
+                            f"loss or gradients became non-finite at step {res.step + 1}; the last good "
+                            f"checkpoint is in {ckpt_dir}. Lower train.lr or use train.precision=fp32"
+                        )
+                    log(
+                        f"step {res.step + 1}: non-finite loss or gradients, step skipped ({res.skipped_steps} so far)"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                res.step += 1
+                res.tokens += tokens_per_step
+                res.elapsed_s += time.perf_counter() - t0
+                window_tokens += tokens_per_step
+                if finite:
+                    loss_sum += step_loss
+                    n_loss += 1
+
+                if res.step % cfg.log_every == 0 or budget.done(res.step, res.elapsed_s):
+                    mean_loss = loss_sum / max(1, n_loss)
+                    if reduce is not None:
+                        mean_loss = reduce(mean_loss)
+                    now = time.perf_counter()
+                    tps = window_tokens / max(1e-9, now - window_start)
+                    record = {
+                        "step": res.step,
+                        "tokens": res.tokens,
+                        "split": "train",
+                        "loss": float(mean_loss),
+                        "lr": lr,
+                        "grad_norm": float(grad_norm),
+                        "tokens_per_s": tps,
+                        "elapsed_s": res.elapsed_s,
+                    }
+                    write_metrics(record)
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
+                    loss_sum.zero_()
+                    n_loss, window_tokens, window_start = 0, 0, now
+                bar.update(1)
+
+                at_end = budget.done(res.step, res.elapsed_s)
+                epoch_end = eval_every_epoch is not None and res.step % eval_every_epoch == 0
+                if not at_end and ((cfg.eval_every and res.step % cfg.eval_every == 0) or epoch_end):
+                    run_eval()
+                if not at_end and cfg.checkpoint_every and res.step % cfg.checkpoint_every == 0:
+                    save()
+                if stop.requested:
+                    res.stopped_by_signal = True
+                    save()
+                    log(
+                        f"stopped at step {res.step}; checkpoint saved. Continue with the same command plus --resume"
+                    )
+                    return res
+            run_eval()
+            save()
+    finally:
+        prefetch.close()
+        bar.close()
+    return res
+
+
+def _grad_norm(model: nn.Module) -> torch.Tensor:
+    norms = [p.grad.detach().norm() for p in model.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DDP / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        else:
+            return model
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 50.0))

@@ -1,0 +1,324 @@
+"""pretrain(): prepared shards → masked batches → fit() → a run folder.
+
+The run folder:
+    config.yaml     the full resolved config          command.txt   the command that made the run
+    tokenizer.json  the tokenizer                     metrics.jsonl one JSON line per log / eval
+    checkpoints/    step_*/ (see train/checkpoint.py) model/        final weights + config + tokenizer
+    curves.png      loss and accuracy against tokens  summary.json  final eval metrics, tokens, time, tokens/s
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+
+from masklm import dist
+from masklm.config import Config, config_from_dict
+from masklm.data.masking import mask_tokens
+from masklm.data.shards import PackedDataset, batch_indices
+from masklm.data.tokenizer import load_tokenizer, special_ids, tokenizer_hash
+from masklm.errors import UserError
+from masklm.model.heads import MaskedLM
+from masklm.model.io import ModelInfo, load_model, save_model
+from masklm.train import checkpoint as ckpt
+from masklm.train.loop import Budget, FitResult, fit, perplexity
+from masklm.train.optim import make_optimizer
+from masklm.utils import atomic_write_text, log, pick_device
+
+
+def mask_seed(seed: int, micro_step: int, rank: int) -> int:
+    """A generator seed for one micro-batch on one process: masks are a pure function of (seed, step, rank)."""
+    digest = hashlib.blake2b(f"mask:{seed}:{micro_step}:{rank}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+class MaskedBatches:
+    """micro_step → {"input_ids", "labels"[, "attention_mask"]}: the batch every process draws at that step."""
+
+    def __init__(
+        self,
+        dataset: PackedDataset,
+        cfg: Config,
+        specials: list[int],
+        mask_id: int,
+        vocab_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.dataset, self.cfg = dataset, cfg
+        self.rank, self.world_size = rank, world_size
+        self.mask_id, self.vocab_size = mask_id, vocab_size
+        table = torch.zeros(max(vocab_size, max(specials) + 1), dtype=torch.bool)
+        table[specials] = True
+        self.special_table = table
+        self.pad_id = specials[0]
+
+    def masked(self, ids: torch.Tensor, word_starts: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        special = self.special_table[ids]
+        inputs, labels = mask_tokens(
+            ids,
+            special,
+            self.cfg.mask,
+            mask_token_id=self.mask_id,
+            vocab_size=self.vocab_size,
+            generator=g,
+            word_starts=word_starts,
+        )
+        batch = {"input_ids": inputs, "labels": labels}
+        pad = ids == self.pad_id
+        if bool(pad.any()):
+            batch["attention_mask"] = ~pad
+        return batch
+
+    def __call__(self, micro_step: int) -> dict[str, torch.Tensor]:
+        t = self.cfg.train
+        idx = batch_indices(micro_step, t.batch_size, len(self.dataset), t.seed, self.rank, self.world_size)
+        ids, ws = self.dataset.get(idx)
+        return self.masked(ids, ws, mask_seed(t.seed, micro_step, self.rank))
+
+
+def mlm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    labels = batch["labels"]
+    logits = model(
+        batch["input_ids"], batch.get("attention_mask"), None, labels
+    )  # (M, V) at masked positions
+    return F.cross_entropy(logits.float(), labels[labels != -100])
+
+
+@torch.no_grad()
+def evaluate_mlm(
+    model: nn.Module, batches: MaskedBatches, limit: int, batch_size: int, device: torch.device
+) -> dict[str, float]:
+    """Held-out MLM loss, masked-token accuracy and perplexity, with the same masks at every evaluation."""
+    ds = batches.dataset
+    n = min(limit, len(ds))
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.float64, device=device)
+    count = torch.zeros((), dtype=torch.float64, device=device)
+    r, w = dist.rank(), dist.world_size()
+    for start in range(r * batch_size, n, batch_size * w):  # each process a disjoint share
+        idx = np.arange(start, min(n, start + batch_size))
+        ids, ws = ds.get(idx)
+        batch = {k: v.to(device) for k, v in batches.masked(ids, ws, mask_seed(12345, start, 0)).items()}
+        labels = batch["labels"]
+        logits = model(batch["input_ids"], batch.get("attention_mask"), None, labels).float()
+        target = labels[labels != -100]
+        loss_sum += F.cross_entropy(logits, target, reduction="sum").double()
+        correct += (logits.argmax(-1) == target).sum().double()
+        count += target.numel()
+    loss_sum, correct, count = (dist.all_reduce_sum(x) for x in (loss_sum, correct, count))
+    loss = float(loss_sum / count.clamp(min=1))
+    return {"loss": loss, "accuracy": float(correct / count.clamp(min=1)), "perplexity": perplexity(loss)}
+
+
+def frequency_baseline(dataset: PackedDataset, specials: list[int], limit: int = 2000) -> float:
+    """Accuracy of always guessing the most frequent non-special token, on held-out tokens."""
+    ids, _ = dataset.get(np.arange(min(limit, len(dataset))))
+    flat = ids.flatten()
+    flat = flat[~torch.isin(flat, torch.tensor(specials))]
+    if flat.numel() == 0:
+        return 0.0
+    counts = torch.bincount(flat)
+    return float(counts.max() / flat.numel())
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse an existing run folder unless resuming or overwriting. A folder holding only the prepared `data/`
+    of this run (pretrain --input) counts as new."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and any(p.name != "data" for p in run_dir.iterdir()):
+        if resume:
+            return
+        if not overwrite:
+            raise UserError(
+                f"run folder {run_dir} already exists; pass --resume to continue it, --overwrite to replace it, "
+                "or choose another --output"
+            )
+        if not (run_dir / "config.yaml").is_file() and not (run_dir / "metrics.jsonl").is_file():
+            raise UserError(
+                f"--overwrite refuses to delete {run_dir}: it does not look like a masklm run folder; "
+                "choose another --output"
+            )
+        if dist.rank() == 0:
+            shutil.rmtree(run_dir)
+    elif resume and not run_dir.exists():
+        raise UserError(f"--resume: run folder {run_dir} does not exist; start the run without --resume")
+    dist.barrier()
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def compute_budget(cfg: Config, n_train: int, tokens_per_step: int, steps_per_epoch: int) -> Budget:
+    t = cfg.train
+    steps = None
+    if t.max_steps is not None:
+        steps = t.max_steps
+    if t.max_tokens is not None:
+        by_tokens = max(1, -(-t.max_tokens // tokens_per_step))
+        steps = by_tokens if steps is None else min(steps, by_tokens)
+    if steps is None and t.max_minutes is None:
+        steps = steps_per_epoch  # no budget given: one pass over the data
+    return Budget(steps=steps, minutes=t.max_minutes)
+
+
+def pretrain(
+    cfg: Config,
+    data_dir: str | Path,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    init_from: str | Path | None = None,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Pretrain a masked language model on a prepared data folder; returns summary.json's content."""
+    data_dir, run_dir = Path(data_dir), Path(run_dir)
+    info = dist.init()
+    device = pick_device(cfg.train.device) if not info.device else info.device
+    if cfg.train.threads and device.type == "cpu":
+        torch.set_num_threads(cfg.train.threads)
+
+    train_ds = PackedDataset(data_dir, "train")
+    val_ds = PackedDataset(data_dir, "val") if (data_dir / "val").exists() else None
+    if len(train_ds) == 0:
+        raise UserError(f"{data_dir} holds no training sequences; add more text and run masklm prepare again")
+
+    prepare_run_dir(run_dir, resume, overwrite)
+    resume_from = None
+    if resume:
+        saved = run_dir / "config.yaml"
+        if saved.is_file():
+            old = config_from_dict(yaml.safe_load(saved.read_text()))
+            old.train.max_steps, old.train.max_tokens = cfg.train.max_steps, cfg.train.max_tokens
+            old.train.max_minutes = cfg.train.max_minutes
+            cfg = old
+        resume_from = ckpt.latest_checkpoint(run_dir / "checkpoints")
+        if resume_from is None:
+            log(f"--resume: no complete checkpoint in {run_dir}/checkpoints; starting from the beginning")
+
+    tokenizer = load_tokenizer(data_dir / "tokenizer.json")
+    sp = special_ids(tokenizer)
+    seq_len = int(train_ds.seq_len)
+    if cfg.data.seq_len != seq_len:
+        cfg.data.seq_len = seq_len  # the prepared data decides the sequence length
+    cfg.model.vocab_size = tokenizer.get_vocab_size()
+    cfg.model.pad_token_id = sp.pad
+    cfg.validate()
+
+    torch.manual_seed(cfg.train.seed)
+    notes: list[str] = []
+    if init_from is not None:
+        model, init_tok, minfo = load_model(init_from, architecture="MaskedLM")
+        if tokenizer_hash(init_tok) != tokenizer_hash(tokenizer):
+            raise UserError(
+                f"--init-from {init_from} uses a different tokenizer than {data_dir}; prepare the data with "
+                f"--tokenizer {init_from} so token ids match"
+            )
+        cfg.model = model.cfg
+        notes += minfo.notes
+        for n in minfo.notes:
+            log(f"note: {n}")
+    else:
+        model = MaskedLM(cfg.model)
+    if seq_len > cfg.model.max_position_embeddings and cfg.model.position == "absolute":
+        raise UserError(
+            f"the data's seq_len ({seq_len}) is above the model's max_position_embeddings "
+            f"({cfg.model.max_position_embeddings}); prepare with a smaller --seq-len"
+        )
+    model.to(device)
+    optimizer = make_optimizer(model, cfg.train, device)
+    train_model = dist.wrap(model, cfg, device)
+    if cfg.train.compile:
+        train_model = torch.compile(train_model)
+
+    if dist.rank() == 0:
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        atomic_write_text(run_dir / "tokenizer.json", tokenizer.to_str())
+        if command and not resume:
+            atomic_write_text(run_dir / "command.txt", command + "\n")
+
+    world = dist.world_size()
+    specials = [sp.pad, sp.cls, sp.sep, sp.mask, sp.unk]
+    batches = MaskedBatches(train_ds, cfg, specials, sp.mask, tokenizer.get_vocab_size(), dist.rank(), world)
+    global_batch = cfg.train.batch_size * cfg.train.grad_accum * world
+    tokens_per_step = global_batch * seq_len
+    steps_per_epoch = max(1, -(-len(train_ds) // global_batch))
+    budget = compute_budget(cfg, len(train_ds), tokens_per_step, steps_per_epoch)
+    log(
+        f"pretraining {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device} | "
+        f"{len(train_ds):,} train sequences of {seq_len} tokens | global batch {global_batch} "
+        f"({cfg.train.batch_size} x {cfg.train.grad_accum} accumulation x {world} processes) | budget "
+        + (f"{budget.steps} steps" if budget.steps else f"{budget.minutes} minutes")
+    )
+
+    evaluate = None
+    if val_ds is not None and len(val_ds) > 0:
+        val_batches = MaskedBatches(val_ds, cfg, specials, sp.mask, tokenizer.get_vocab_size())
+
+        def evaluate(m: nn.Module) -> dict[str, float]:
+            return evaluate_mlm(m, val_batches, cfg.train.eval_sequences, cfg.train.batch_size, device)
+
+    wall_start = time.perf_counter()
+    result: FitResult = fit(
+        train_model,
+        optimizer,
+        cfg.train,
+        run_dir=run_dir,
+        budget=budget,
+        make_batch=batches,
+        loss_fn=mlm_loss,
+        evaluate=evaluate,
+        tokens_per_step=tokens_per_step,
+        device=device,
+        resume_from=resume_from,
+        reduce=dist.all_reduce_mean,
+        no_sync=dist.no_sync(train_model),
+    )
+    wall = time.perf_counter() - wall_start
+    if result.stopped_by_signal:
+        dist.shutdown()
+        return {"stopped": True, "step": result.step}
+
+    summary: dict[str, Any] = {
+        "steps": result.step,
+        "tokens": result.tokens,
+        "train_time_s": round(result.elapsed_s, 2),
+        "wall_time_s_this_session": round(wall, 2),
+        "tokens_per_s": round(result.tokens / max(result.elapsed_s, 1e-9), 1),
+        "skipped_steps": result.skipped_steps,
+        "eval": result.last_eval,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "global_batch": global_batch,
+        "seq_len": seq_len,
+        "data": str(data_dir),
+        "notes": notes,
+    }
+    if val_ds is not None and len(val_ds) > 0:
+        summary["frequency_baseline_accuracy"] = frequency_baseline(val_ds, specials)
+    if dist.rank() == 0:
+        save_model(
+            model,
+            run_dir / "model",
+            tokenizer,
+            ModelInfo(architecture="MaskedLM"),
+            extra={"tokens_seen": result.tokens, "eval": result.last_eval},
+        )
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        try:
+            from masklm.plots import plot_curves
+
+            plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
+        except Exception as e:  # a plot must never lose a finished run
+            log(f"note: curves.png not written ({type(e).__name__}: {e})")
+    dist.shutdown()
+    return summary

@@ -1,0 +1,150 @@
+"""The encoder and its heads: padding invariance, sparse MLM head, save → load, variants."""
+
+import pytest
+import tokenizers
+import torch
+from tokenizers import models, pre_tokenizers
+
+from masklm.config import ModelConfig
+from masklm.errors import UserError
+from masklm.model.heads import MaskedLM, QuestionAnswering, SequenceClassification, TokenClassification
+from masklm.model.io import load_model, save_model
+
+VARIANTS = {
+    "bert": {},
+    "modern": {"norm": "pre", "position": "rotary", "ffn": "geglu", "bias": False},
+    "pre_ln": {"norm": "pre"},
+    "rotary": {"position": "rotary"},
+    "geglu_nobias": {"ffn": "geglu", "bias": False},
+}
+
+
+def tiny_cfg(**kw) -> ModelConfig:
+    base = dict(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def tiny_tokenizer(vocab_size=100) -> tokenizers.Tokenizer:
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])}
+    for i in range(len(vocab), vocab_size):
+        vocab[f"w{i}"] = i
+    tok = tokenizers.Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.add_special_tokens(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    return tok
+
+
+def test_vocab_padded_to_multiple_of_64_ids_unchanged():
+    cfg = tiny_cfg(vocab_size=100)
+    m = MaskedLM(cfg)
+    assert m.encoder.embeddings.word.weight.shape[0] == 128
+    logits = m(torch.randint(5, 100, (2, 8)))
+    assert logits.shape == (2, 8, 100)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_padding_invariance(variant):
+    torch.manual_seed(0)
+    m = MaskedLM(tiny_cfg(**VARIANTS[variant])).eval()
+    ids = torch.randint(5, 100, (2, 10))
+    base = m(ids)
+    padded = torch.cat([ids, torch.zeros(2, 6, dtype=torch.long)], dim=1)
+    mask = torch.cat([torch.ones(2, 10), torch.zeros(2, 6)], dim=1).long()
+    out = m(padded, attention_mask=mask)
+    torch.testing.assert_close(out[:, :10], base, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_sparse_head_equals_dense_head_at_masked_positions(variant):
+    torch.manual_seed(1)
+    m = MaskedLM(tiny_cfg(**VARIANTS[variant])).eval()
+    ids = torch.randint(5, 100, (3, 12))
+    labels = torch.full_like(ids, -100)
+    labels[0, 3], labels[1, 0], labels[2, 11], labels[2, 5] = 7, 8, 9, 10
+    sparse = m(ids, labels=labels)
+    dense = m(ids)[labels != -100]
+    assert sparse.shape == (4, 100)
+    torch.testing.assert_close(sparse, dense, atol=1e-6, rtol=1e-6)
+
+
+def test_attention_is_bidirectional():
+    torch.manual_seed(2)
+    m = MaskedLM(tiny_cfg()).eval()
+    ids = torch.randint(5, 100, (1, 10))
+    changed = ids.clone()
+    changed[0, 9] = (ids[0, 9] + 1 - 5) % 95 + 5
+    # changing the LAST token changes the output at the FIRST position: context flows both ways
+    assert not torch.allclose(m(ids)[0, 0], m(changed)[0, 0])
+
+
+def test_tied_embeddings():
+    m = MaskedLM(tiny_cfg())
+    names = [n for n, _ in m.named_parameters()]
+    assert not any("decoder.weight" in n for n in names), "the decoder must reuse the word embeddings"
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_save_load_identical_outputs(tmp_path, variant):
+    torch.manual_seed(3)
+    m = MaskedLM(tiny_cfg(**VARIANTS[variant])).eval()
+    tok = tiny_tokenizer()
+    save_model(m, tmp_path / "m", tok)
+    m2, tok2, info = load_model(tmp_path / "m")
+    ids = torch.randint(5, 100, (2, 9))
+    assert info.architecture == "MaskedLM"
+    assert torch.equal(m(ids), m2.eval()(ids))
+    assert tok2.to_str() == tok.to_str()
+
+
+def test_load_with_new_head_keeps_encoder(tmp_path):
+    torch.manual_seed(4)
+    m = MaskedLM(tiny_cfg()).eval()
+    save_model(m, tmp_path / "m", tiny_tokenizer())
+    clf, _, info = load_model(tmp_path / "m", architecture="SequenceClassification", labels=["a", "b", "c"])
+    assert isinstance(clf, SequenceClassification) and clf.num_labels == 3
+    assert info.notes and "from scratch" in info.notes[0]
+    ids = torch.randint(5, 100, (2, 7))
+    torch.testing.assert_close(clf.encoder.eval()(ids), m.encoder(ids))
+
+
+def test_corrupt_weights_and_mismatched_tokenizer_are_refused(tmp_path):
+    m = MaskedLM(tiny_cfg())
+    save_model(m, tmp_path / "m", tiny_tokenizer())
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"not a safetensors file at all")
+    with pytest.raises(UserError, match="safetensors"):
+        load_model(tmp_path / "m")
+    save_model(m, tmp_path / "n", tiny_tokenizer(vocab_size=90))
+    with pytest.raises(UserError, match="tokenizer"):
+        load_model(tmp_path / "n")
+
+
+def test_weights_from_another_model_are_refused(tmp_path):
+    save_model(MaskedLM(tiny_cfg()), tmp_path / "a", tiny_tokenizer())
+    save_model(MaskedLM(tiny_cfg(hidden_size=64)), tmp_path / "b", tiny_tokenizer())
+    (tmp_path / "a" / "model.safetensors").write_bytes((tmp_path / "b" / "model.safetensors").read_bytes())
+    with pytest.raises(UserError, match="different model"):
+        load_model(tmp_path / "a")
+
+
+@pytest.mark.parametrize("cls", [SequenceClassification, TokenClassification, QuestionAnswering])
+def test_task_heads_shapes_and_backward(cls):
+    cfg = tiny_cfg()
+    m = cls(cfg, 3) if cls is not QuestionAnswering else cls(cfg)
+    ids = torch.randint(5, 100, (2, 6))
+    out = m(ids, torch.ones_like(ids), torch.zeros_like(ids))
+    expected = {SequenceClassification: (2, 3), TokenClassification: (2, 6, 3), QuestionAnswering: (2, 6, 2)}[
+        cls
+    ]
+    assert out.shape == expected
+    out.sum().backward()
+    assert m.encoder.embeddings.word.weight.grad is not None
