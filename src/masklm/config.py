@@ -28,25 +28,25 @@ class ModelConfig:
     """The encoder's shape and variant."""
 
     vocab_size: int = 30522  # tokenizer size; set from the tokenizer at run time
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    max_position_embeddings: int = 512
+    hidden_size: int = 768  # width of every hidden state (H)
+    num_hidden_layers: int = 12  # Transformer blocks
+    num_attention_heads: int = 12  # attention heads per block (hidden_size must divide by it)
+    intermediate_size: int = 3072  # feed-forward width
+    max_position_embeddings: int = 512  # longest sequence with learned absolute positions
     type_vocab_size: int = 2  # token-type (segment) embeddings; 0 disables them
-    hidden_dropout_prob: float = 0.1
-    attention_probs_dropout_prob: float = 0.1
-    layer_norm_eps: float = 1e-12
-    initializer_range: float = 0.02
+    hidden_dropout_prob: float = 0.1  # dropout after embeddings, attention and feed-forward
+    attention_probs_dropout_prob: float = 0.1  # dropout on attention weights
+    layer_norm_eps: float = 1e-12  # LayerNorm epsilon
+    initializer_range: float = 0.02  # std of the normal initialisation
     hidden_act: str = "gelu"  # "gelu" (exact erf), "gelu_tanh" or "relu"
-    pad_token_id: int = 0
+    pad_token_id: int = 0  # id of [PAD]; set from the tokenizer at run time
     pad_vocab_multiple: int = 64  # embedding rows padded up to a multiple of this (ids unchanged)
     # Variant switches. The defaults are BERT exactly; anything else cannot be exported to BertForMaskedLM.
     norm: str = "post"  # "post" (BERT) or "pre" LayerNorm
     position: str = "absolute"  # "absolute" learned positions (BERT) or "rotary"
     ffn: str = "mlp"  # "mlp" (dense, act, dense) or "geglu"
     bias: bool = True  # biases in linear layers and LayerNorms
-    rope_theta: float = 10000.0
+    rope_theta: float = 10000.0  # rotary base frequency (position=rotary)
 
     @property
     def padded_vocab_size(self) -> int:
@@ -108,11 +108,11 @@ class TrainConfig:
 
     batch_size: int = 32  # sequences per micro-batch (per process)
     grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 5e-4
-    weight_decay: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.98
-    eps: float = 1e-6
+    lr: float = 5e-4  # peak learning rate
+    weight_decay: float = 0.01  # AdamW decay on matrices (not on biases / norms)
+    beta1: float = 0.9  # AdamW beta1
+    beta2: float = 0.98  # AdamW beta2
+    eps: float = 1e-6  # AdamW epsilon
     schedule: str = "linear"  # "linear", "cosine", "wsd" (warmup-stable-decay) or "constant"
     warmup: float = 0.06  # warmup length: a fraction of the budget if < 1, else a step count
     decay_fraction: float = 0.2  # wsd: share of the budget spent decaying at the end
@@ -126,7 +126,7 @@ class TrainConfig:
     log_every: int = 10  # steps between metrics.jsonl lines
     checkpoint_every: int = 500  # steps between checkpoints (0 = only at the end)
     keep_last: int = 2  # checkpoints kept on disk
-    seed: int = 0
+    seed: int = 0  # seeds initialisation, data order and masks
     precision: str = "auto"  # "fp32", "bf16", "fp16" or "auto" (bf16 on GPUs that have it, else fp32)
     compile: bool = False  # torch.compile the model
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...

@@ -1,0 +1,87 @@
+"""Config loading: presets, YAML, dotted overrides, validation, and the docs listing every key."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from masklm.config import PRESETS, Config, config_from_dict, load_config
+from masklm.errors import UserError
+
+
+def test_layers_apply_in_order(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train: {lr: 0.002, batch_size: 4}\nmask: {rate: 0.2}\n")
+    cfg = load_config("tiny", f, {"train.lr": "3e-4", "model.hidden_size": "64", "mask.strategy": "span"})
+    assert cfg.train.lr == 3e-4  # command line beats the file
+    assert cfg.train.batch_size == 4  # the file beats the preset
+    assert cfg.mask.rate == 0.2 and cfg.mask.strategy == "span"
+    assert cfg.model.hidden_size == 64 and cfg.model.num_hidden_layers == 2  # the rest from the preset
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_are_valid(name):
+    cfg = load_config(name)
+    assert cfg.model.hidden_size % cfg.model.num_attention_heads == 0
+
+
+def test_base_preset_is_bert_base():
+    m = load_config("base").model
+    assert (m.num_hidden_layers, m.hidden_size, m.num_attention_heads, m.intermediate_size) == (
+        12,
+        768,
+        12,
+        3072,
+    )
+    m = load_config("large").model
+    assert (m.num_hidden_layers, m.hidden_size, m.num_attention_heads) == (24, 1024, 16)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"train.lrr": "1"}, "unknown config key 'train.lrr'"),
+        ({"nosection.x": "1"}, "unknown config key"),
+        ({"train.batch_size": "0"}, "batch_size must be positive"),
+        ({"train.batch_size": "-3"}, "batch_size must be positive"),
+        ({"train.batch_size": "2.5"}, "expects int"),
+        ({"train.compile": "maybe"}, "expects bool"),
+        ({"mask.rate": "1.5"}, "mask.rate"),
+        ({"model.num_attention_heads": "5"}, "divisible"),
+        ({"data.seq_len": "1024"}, "max_position_embeddings"),
+        ({"mask.strategy": "random"}, "mask.strategy"),
+        ({"train.schedule": "exp"}, "train.schedule"),
+    ],
+)
+def test_bad_values_are_one_line_user_errors(overrides, message):
+    with pytest.raises(UserError, match=message) as e:
+        load_config("tiny", None, overrides)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_config(None, tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_config(None, bad)
+    with pytest.raises(UserError, match="unknown preset"):
+        load_config("huge")
+
+
+def test_round_trip_through_dict():
+    cfg = load_config("small", None, {"train.max_steps": "7", "data.tokenizer": "x.json"})
+    again = config_from_dict(cfg.to_dict())
+    assert again == cfg
+    none_again = load_config("small", None, {"train.max_steps": "none"})
+    assert none_again.train.max_steps is None
+
+
+def test_every_key_is_documented():
+    doc = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
+    for section in dataclasses.fields(Config):
+        for f in dataclasses.fields(getattr(Config(), section.name)):
+            assert f"`{section.name}.{f.name}`" in doc, (
+                f"{section.name}.{f.name} missing from docs/configuration.md"
+            )
