@@ -5,8 +5,7 @@ A masklm model folder holds
     model.safetensors  the weights under masklm's own parameter names
     tokenizer.json     the tokenizer the model was trained with
 
-`load_model` also takes a run folder (it uses RUN/model, or the newest checkpoint when the run has no final model
-yet) and a Hugging Face BERT folder (config.json with "model_type": "bert"), converted by `masklm.model.hf`.
+`load_model` also takes a run folder (it uses RUN/model) and a Hugging Face BERT folder (config.json with "model_type": "bert"), converted by `masklm.model.hf`.
 """
 
 from __future__ import annotations
@@ -127,9 +126,7 @@ def load_model(
     folder = resolve_model_dir(path)
     data = read_config_json(folder)
     if data.get("format") != "masklm":
-        if data.get("model_type") in ("bert", "roberta") or "BertForMaskedLM" in str(
-            data.get("architectures")
-        ):
+        if data.get("model_type") == "bert" or "BertForMaskedLM" in str(data.get("architectures")):
             from masklm.model.hf import load_hf_model
 
             return load_hf_model(folder, architecture=architecture, labels=labels)
@@ -156,9 +153,14 @@ def load_model(
     if want == saved_arch and (labels is None or labels == info.labels):
         load_state(model, state, str(folder))
     else:
-        # A different head: keep the encoder, initialise the rest.
-        enc = {k: v for k, v in state.items() if k.startswith("encoder.")}
-        load_state(model, enc, str(folder), strict_missing_prefix="encoder.")
+        # A different head: keep the encoder (and BERT's pooler when both heads have one), initialise the rest.
+        own = model.state_dict()
+        keep = {
+            k: v
+            for k, v in state.items()
+            if k.startswith("encoder.") or (k.startswith("pooler.") and k in own and own[k].shape == v.shape)
+        }
+        load_state(model, keep, str(folder), strict_missing_prefix="encoder.")
         info.notes.append(f"{want} head initialised from scratch (the checkpoint is a {saved_arch})")
         info.architecture = want
         info.labels = want_labels

@@ -1,0 +1,298 @@
+"""End-to-end pretraining on a tiny corpus: learning, exact resume, the run folder, fill-mask, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from masklm.cli import main
+from masklm.infer.fill_mask import FillMask
+
+WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
+
+
+def write_corpus(folder: Path, n_docs: int = 60, seed: int = 0) -> Path:
+    """Documents that walk the word list in order from a random start: each word is predictable from its
+    neighbours, so a tiny model can learn far more than the unigram distribution."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n_docs):
+        start, length = rng.randrange(len(WORDS)), rng.randrange(30, 80)
+        text = " ".join(WORDS[(start + j) % len(WORDS)] for j in range(length))
+        (folder / f"doc{i:03d}.txt").write_text(text)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("prep")
+    corpus = write_corpus(root / "corpus")
+    assert (
+        main(
+            [
+                "prepare",
+                "--input",
+                str(corpus),
+                "--output",
+                str(root / "data"),
+                "--vocab-size",
+                "120",
+                "--seq-len",
+                "32",
+                "--data.val_fraction",
+                "0.2",
+            ]
+        )
+        == 0
+    )
+    return root / "data"
+
+
+TINY = ["--preset", "tiny", "--train.eval_every", "0", "--train.log_every", "5"]
+
+
+def run(args: list[str]) -> int:
+    return main(["pretrain", *TINY, *args])
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "model" / "model.safetensors"))
+
+
+def test_tiny_model_learns_tiny_corpus(prepared, tmp_path):
+    out = tmp_path / "run"
+    assert (
+        run(
+            [
+                "--data",
+                str(prepared),
+                "--output",
+                str(out),
+                "--max-steps",
+                "800",
+                "--train.lr",
+                "3e-3",
+                "--train.batch_size",
+                "16",
+            ]
+        )
+        == 0
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r["loss"] for r in rows if r["split"] == "train"]
+    assert train[-1] < train[0] - 1.5, train
+    # each word follows from its neighbours: far below the unigram entropy (about 3 nats here) and far above
+    # always guessing the most frequent token
+    assert summary["eval"]["loss"] < 2.0, summary
+    assert summary["eval"]["accuracy"] > summary["frequency_baseline_accuracy"] + 0.15, summary
+    for name in (
+        "config.yaml",
+        "tokenizer.json",
+        "metrics.jsonl",
+        "curves.png",
+        "summary.json",
+        "command.txt",
+    ):
+        assert (out / name).is_file(), name
+    assert {p.name for p in (out / "model").iterdir()} >= {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+    }
+    assert summary["tokens"] == 800 * 16 * 32
+
+
+@pytest.mark.parametrize("strategy", ["whole_word", "span"])
+def test_other_mask_strategies_train(prepared, tmp_path, strategy):
+    out = tmp_path / strategy
+    assert (
+        run(["--data", str(prepared), "--output", str(out), "--max-steps", "5", "--mask.strategy", strategy])
+        == 0
+    )
+    assert (out / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        [],
+        [
+            "--model.norm",
+            "pre",
+            "--model.position",
+            "rotary",
+            "--model.ffn",
+            "geglu",
+            "--model.bias",
+            "false",
+        ],
+    ],
+)
+def test_resume_is_exact(prepared, tmp_path, variant):
+    """2N steps == N steps + --resume + N steps, bit for bit, with dropout and accumulation on."""
+    common = [
+        "--data",
+        str(prepared),
+        "--model.hidden_dropout_prob",
+        "0.1",
+        "--train.schedule",
+        "constant",
+        "--train.warmup",
+        "4",
+        "--train.grad_accum",
+        "2",
+        "--train.checkpoint_every",
+        "3",
+        "--train.log_every",
+        "3",
+        *variant,
+    ]
+    assert run([*common, "--output", str(tmp_path / "full"), "--max-steps", "12"]) == 0
+    assert run([*common, "--output", str(tmp_path / "half"), "--max-steps", "6"]) == 0
+    assert run([*common, "--output", str(tmp_path / "half"), "--max-steps", "12", "--resume"]) == 0
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "half")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    full_rows = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    half_rows = [json.loads(x) for x in (tmp_path / "half" / "metrics.jsonl").read_text().splitlines()]
+    losses = lambda rows: [r["loss"] for r in rows if r["split"] == "train" and r["step"] > 6]  # noqa: E731
+    assert losses(full_rows) == losses(half_rows)
+
+
+def test_different_seed_differs(prepared, tmp_path):
+    assert (
+        run(["--data", str(prepared), "--output", str(tmp_path / "a"), "--max-steps", "3", "--seed", "1"])
+        == 0
+    )
+    assert (
+        run(["--data", str(prepared), "--output", str(tmp_path / "b"), "--max-steps", "3", "--seed", "2"])
+        == 0
+    )
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert not torch.equal(a["decoder_bias"], b["decoder_bias"])
+
+
+def test_input_prepares_into_run_folder_and_fill_mask(tmp_path, capsys):
+    corpus = write_corpus(tmp_path / "corpus", n_docs=20)
+    out = tmp_path / "run"
+    assert (
+        run(
+            [
+                "--input",
+                str(corpus),
+                "--output",
+                str(out),
+                "--max-steps",
+                "4",
+                "--vocab-size",
+                "120",
+                "--seq-len",
+                "32",
+            ]
+        )
+        == 0
+    )
+    assert (out / "data" / "meta.json").is_file()
+    capsys.readouterr()
+    assert (
+        main(["fill-mask", str(out), "alpha [MASK] charlie delta [MASK] foxtrot", "--top-k", "3", "--json"])
+        == 0
+    )
+    ranked = json.loads(capsys.readouterr().out)
+    assert len(ranked) == 2 and all(len(r) == 3 for r in ranked)
+    scores = [c["score"] for c in ranked[0]]
+    assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1
+    # the same from Python
+    fm = FillMask.load(out)
+    assert [c["token"] for c in fm("alpha [MASK] charlie delta [MASK] foxtrot", top_k=3)[0]] == [
+        c["token"] for c in ranked[0]
+    ]
+    # max-tokens budget
+    out2 = tmp_path / "run2"
+    assert run(["--data", str(out / "data"), "--output", str(out2), "--max-tokens", "1000"]) == 0
+    assert json.loads((out2 / "summary.json").read_text())["steps"] == 4  # ceil(1000 / (8 * 32))
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_bad_inputs_one_line_exit_2_nothing_changed(prepared, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(["--data", str(prepared), "--output", str(out), "--max-steps", "2"]) == 0
+    before = _snapshot(out)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "a.txt").write_text("")
+    binary = tmp_path / "bin"
+    binary.mkdir()
+    (binary / "a.txt").write_bytes(bytes(range(256)) * 10)
+    cases = [
+        (["pretrain", *TINY, "--data", str(prepared), "--output", str(out)], "already exists"),
+        (
+            [
+                "pretrain",
+                *TINY,
+                "--data",
+                str(prepared),
+                "--output",
+                str(tmp_path / "x"),
+                "--train.nope",
+                "1",
+            ],
+            "unknown config key",
+        ),
+        (
+            [
+                "pretrain",
+                *TINY,
+                "--data",
+                str(prepared),
+                "--output",
+                str(tmp_path / "x"),
+                "--train.batch_size",
+                "0",
+            ],
+            "batch_size",
+        ),
+        (
+            ["pretrain", *TINY, "--data", str(tmp_path / "missing"), "--output", str(tmp_path / "x")],
+            "missing",
+        ),
+        (["prepare", "--input", str(empty), "--output", str(tmp_path / "p")], "empty"),
+        (["prepare", "--input", str(binary), "--output", str(tmp_path / "p")], "binary"),
+        (["prepare", "--input", str(tmp_path / "nope.txt"), "--output", str(tmp_path / "p")], "nope.txt"),
+        (["prepare", "--input", str(empty), "--output", str(out)], "exists"),
+        (["fill-mask", str(out), "no mask here"], "[MASK]"),
+        (["fill-mask", str(tmp_path / "nomodel"), "a [MASK]"], "does not exist"),
+        (["pretrain", "--bogus"], "unrecognised"),
+    ]
+    for argv, needle in cases:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        last = err.splitlines()[-1]  # progress bars may come before it
+        assert last.startswith("error: ") and err.count("error: ") == 1, (argv, err)
+        assert needle.lower() in last.lower(), (argv, err)
+        assert "Traceback" not in err
+        assert _snapshot(out) == before, argv
+        assert not (tmp_path / "x").exists() and not (tmp_path / "p").exists()
+
+
+def test_overwrite_replaces_a_run_and_refuses_other_folders(prepared, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(["--data", str(prepared), "--output", str(out), "--max-steps", "2"]) == 0
+    assert run(["--data", str(prepared), "--output", str(out), "--max-steps", "3", "--overwrite"]) == 0
+    assert json.loads((out / "summary.json").read_text())["steps"] == 3
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    assert run(["--data", str(prepared), "--output", str(precious), "--max-steps", "2", "--overwrite"]) == 2
+    assert (precious / "notes.txt").read_text() == "keep me"
