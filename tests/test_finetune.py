@@ -1,0 +1,530 @@
+"""Fine-tuning, evaluation and prediction end to end through `masklm.cli.main`, on tiny models.
+
+Every task gets a toy problem a 2-layer, 32-wide encoder learns from scratch in a few dozen steps:
+classification keyed by one word, tags keyed by the word, QA answers at a fixed place in the context.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from masklm import finetune as ft
+from masklm.cli import main
+from masklm.config import ModelConfig
+from masklm.data.tokenizer import train_tokenizer
+from masklm.model.heads import MaskedLM
+from masklm.model.io import ModelInfo, save_model
+
+# fmt: off
+FILLER = [
+    "the", "a", "of", "and", "to", "in", "is", "was", "for", "on", "with", "as",
+    "by", "at", "from", "his", "her", "river", "city", "north", "south", "music", "team", "game",
+    "season", "album", "band", "film", "valley", "school", "church", "station",
+]
+# fmt: on
+NAMES, PLACES = ("alice", "bob"), ("paris", "rome")
+QUESTION = "what is the key ?"
+# A tiny encoder learns these toy tasks from scratch in a few dozen steps at this learning rate.
+FAST = ["--train.lr", "3e-3", "--train.batch_size", "16", "--train.threads", "1"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Toy data
+
+
+def cls_rows(n: int, seed: int) -> list[dict]:
+    """Label "pos" when the sentence holds "great", "neg" when it holds "awful"."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        words = [rng.choice(FILLER) for _ in range(rng.randint(4, 9))]
+        label = rng.choice(["pos", "neg"])
+        words.insert(rng.randrange(len(words) + 1), "great" if label == "pos" else "awful")
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def ner_sentences(n: int, seed: int) -> list[tuple[list[str], list[str]]]:
+    """alice/bob smith → B-PER I-PER, paris/rome → B-LOC, anything else O."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        tokens, tags = [], []
+        for _ in range(rng.randint(4, 9)):
+            r = rng.random()
+            if r < 0.15:
+                tokens += [rng.choice(NAMES), "smith"]
+                tags += ["B-PER", "I-PER"]
+            elif r < 0.3:
+                tokens.append(rng.choice(PLACES))
+                tags.append("B-LOC")
+            else:
+                tokens.append(rng.choice(FILLER))
+                tags.append("O")
+        out.append((tokens, tags))
+    return out
+
+
+def qa_examples(n: int, seed: int, impossible_every: int = 0) -> list[dict]:
+    """The answer is always the context's third and fourth word (a name or place, then "smith")."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        words = [rng.choice(FILLER) for _ in range(rng.randint(6, 10))]
+        ctx_words = [*words[:2], rng.choice(NAMES + PLACES), "smith", *words[2:]]
+        context = " ".join(ctx_words)
+        answer = " ".join(ctx_words[2:4])
+        ex = {"id": f"q{seed}-{i}", "question": QUESTION, "context": context}
+        if impossible_every and i % impossible_every == 0:
+            ex["answers"] = {"text": [], "answer_start": []}
+        else:
+            ex["answers"] = {"text": [answer], "answer_start": [context.index(answer)]}
+        out.append(ex)
+    return out
+
+
+def write_csv(path: Path, rows: list[dict], delimiter: str = ",") -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter=delimiter)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def write_conll(path: Path, sentences: list[tuple[list[str], list[str]]], tags: bool = True) -> Path:
+    blocks = ["".join(f"{t}\t{g}\n" if tags else f"{t}\n" for t, g in zip(*s)) for s in sentences]
+    path.write_text("\n".join(blocks), encoding="utf-8")
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def write_squad_json(path: Path, examples: list[dict]) -> Path:
+    paragraphs = [
+        {
+            "context": ex["context"],
+            "qas": [
+                {
+                    "id": ex["id"],
+                    "question": ex["question"],
+                    "answers": [{"text": t, "answer_start": s} for t, s in zip(*ex["answers"].values())],
+                }
+            ],
+        }
+        for ex in examples
+    ]
+    path.write_text(json.dumps({"version": "1.1", "data": [{"title": "toy", "paragraphs": paragraphs}]}))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and the machine is shared)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("data")
+    for split, seed, n in (("train", 1, 64), ("val", 2, 32)):
+        write_csv(d / f"cls_{split}.csv", cls_rows(n, seed))
+        write_conll(d / f"ner_{split}.txt", ner_sentences(n, seed))
+        write_jsonl(d / f"qa_{split}.jsonl", qa_examples(n, seed))
+    return d
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """A randomly initialised masklm model folder (MaskedLM) with a WordPiece tokenizer trained on toy text."""
+    texts = [r["text"] for r in cls_rows(200, 99)]
+    texts += [" ".join(t) for t, _ in ner_sentences(200, 98)]
+    texts += [f"{ex['context']} {QUESTION}" for ex in qa_examples(100, 97)]
+    tok = train_tokenizer(texts, vocab_size=300)
+    cfg = ModelConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        attention_probs_dropout_prob=0.0,
+    )
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("base") / "model"
+    save_model(MaskedLM(cfg), folder, tok, ModelInfo("MaskedLM"))
+    return folder
+
+
+def cli(*argv: object) -> int:
+    return main([str(a) for a in argv])
+
+
+@pytest.fixture(scope="module")
+def cls_run(base, data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "cls"
+    rc = cli(
+        "finetune", "--task", "classification", "--model", base, "--train", data / "cls_train.csv",
+        "--validation", data / "cls_val.csv", "--output", out, "--train.epochs", 8, *FAST,
+    )  # fmt: skip
+    assert rc == 0
+    return out
+
+
+def last_json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def snapshot(folder: Path) -> dict[str, bytes] | None:
+    if not folder.exists():
+        return None
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Round trips
+
+
+def test_classification_round_trip(cls_run, data, tmp_path, capsys):
+    for name in ("config.yaml", "command.txt", "metrics.jsonl", "curves.png", "summary.json"):
+        assert (cls_run / name).is_file(), name
+    assert list((cls_run / "checkpoints").glob("step_*"))
+    assert (cls_run / "command.txt").read_text().startswith("masklm finetune --task classification")
+    summary = json.loads((cls_run / "summary.json").read_text())
+    assert summary["accuracy"] == 1.0
+    assert {"macro_f1", "mcc", "f1", "loss"} <= set(summary)
+    assert summary["best"]["metric"] == "accuracy"
+    saved = json.loads((cls_run / "model" / "config.json").read_text())
+    assert saved["architecture"] == "SequenceClassification" and saved["labels"] == ["neg", "pos"]
+    config = yaml.safe_load((cls_run / "config.yaml").read_text())
+    assert config["data"]["max_length"] == 64  # 128 by default, capped at the model's positions
+    assert config["train"]["lr"] == 3e-3 and config["run"]["task"] == "classification"
+
+    capsys.readouterr()
+    assert cli("evaluate", "--model", cls_run, "--data", data / "cls_val.csv", "--json") == 0
+    metrics = last_json(capsys)
+    assert metrics == pytest.approx({k: summary[k] for k in metrics})
+    assert set(metrics) == {"accuracy", "macro_f1", "mcc", "f1", "loss"}
+
+    val = cls_rows(32, 2)
+    unlabelled = write_jsonl(tmp_path / "texts.jsonl", [{"text": r["text"]} for r in val])
+    assert cli("predict", "--model", cls_run, "--data", unlabelled, "--output", tmp_path / "p.jsonl") == 0
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [r["label"] for r in rows] == [r["label"] for r in val]
+    assert all(0.5 <= r["score"] <= 1 for r in rows)
+    assert (
+        cli("predict", "--model", cls_run / "model", "--data", unlabelled, "--output", tmp_path / "p.csv")
+        == 0
+    )
+    with open(tmp_path / "p.csv", newline="") as f:
+        assert [r["label"] for r in csv.DictReader(f)] == [r["label"] for r in val]
+
+
+def test_pairs_integer_labels_tsv_and_overrides(base, tmp_path, capsys):
+    rng = random.Random(3)
+    rows = []
+    for r in cls_rows(48, 5):
+        label = rng.choice([0, 1, 2])
+        rows.append({"sentence": r["text"], "second": " ".join(rng.sample(FILLER, 3)), "gold": label})
+    write_csv(tmp_path / "train.tsv", rows, delimiter="\t")
+    out = tmp_path / "run"
+    settings = [
+        "--data.text_column",
+        "sentence",
+        "--data.text_pair_column",
+        "second",
+        "--data.label_column",
+        "gold",
+    ]
+    rc = cli(
+        "finetune", "--task", "classification", "--model", base, "--train", tmp_path / "train.tsv",
+        "--validation", tmp_path / "train.tsv", "--output", out, *FAST, *settings,
+        "--train.epochs", 1, "--data.max_length", 24, "--train.seed", 7, "--train.metric_for_best", "macro_f1",
+    )  # fmt: skip
+    assert rc == 0
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["data"]["max_length"] == 24 and config["train"]["seed"] == 7
+    assert config["train"]["epochs"] == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["labels"] == ["0", "1", "2"] and summary["best"]["metric"] == "macro_f1"
+    assert "f1" not in summary  # binary F1 only for two labels
+    # predict keeps the column names and writes integer labels back as integers
+    assert (
+        cli("predict", "--model", out, "--data", tmp_path / "train.tsv", "--output", tmp_path / "p.jsonl")
+        == 0
+    )
+    first = json.loads((tmp_path / "p.jsonl").read_text().splitlines()[0])
+    assert set(first) == {"sentence", "second", "gold", "score"} and first["gold"] in (0, 1, 2)
+
+
+def test_regression(base, tmp_path, capsys):
+    rows = [{"text": r["text"], "score": 1.0 if r["label"] == "pos" else -1.0} for r in cls_rows(48, 6)]
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    out = tmp_path / "run"
+    rc = cli(
+        "finetune", "--task", "classification", "--model", base, "--train", tmp_path / "train.jsonl",
+        "--validation", tmp_path / "train.jsonl", "--output", out, "--data.regression", "true",
+        "--data.label_column", "score", "--train.epochs", 20, *FAST,
+    )  # fmt: skip
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best"]["metric"] == "pearson" and summary["pearson"] > 0.9
+    assert {"spearman", "mse", "loss"} <= set(summary)
+    assert json.loads((out / "model" / "config.json").read_text())["labels"] is None
+    assert (
+        cli("predict", "--model", out, "--data", tmp_path / "train.jsonl", "--output", tmp_path / "p.jsonl")
+        == 0
+    )
+    preds = [json.loads(line)["score"] for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert all(isinstance(p, float) for p in preds)
+    assert all((p > 0) == (r["score"] > 0) for p, r in zip(preds, rows))
+
+
+def test_token_classification_round_trip(base, data, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = cli(
+        "finetune", "--task", "token-classification", "--model", base, "--train", data / "ner_train.txt",
+        "--validation", data / "ner_val.txt", "--output", out, "--train.epochs", 8, *FAST,
+    )  # fmt: skip
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["f1"] == 1.0 and summary["best"]["metric"] == "f1"
+    assert summary["labels"] == ["B-LOC", "B-PER", "I-PER", "O"]
+    capsys.readouterr()
+    assert cli("evaluate", "--model", out, "--data", data / "ner_val.txt", "--json") == 0
+    metrics = last_json(capsys)
+    assert set(metrics) == {"precision", "recall", "f1", "accuracy", "loss"}
+    assert metrics == pytest.approx({k: summary[k] for k in metrics})
+
+    val = ner_sentences(32, 2)
+    plain = write_conll(tmp_path / "tokens.txt", val, tags=False)  # one column: no tags
+    assert cli("predict", "--model", out, "--data", plain, "--output", tmp_path / "p.jsonl") == 0
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [(r["tokens"], r["tags"]) for r in rows] == [(t, g) for t, g in val]
+    assert cli("predict", "--model", out, "--data", plain, "--output", tmp_path / "p.conll") == 0
+    blocks = (tmp_path / "p.conll").read_text().split("\n\n")
+    assert blocks[0].splitlines() == [f"{t}\t{g}" for t, g in zip(*val[0])] and len(blocks) == len(val)
+
+
+def test_qa_round_trip_with_windows(base, tmp_path, capsys):
+    train = write_squad_json(tmp_path / "train.json", qa_examples(64, 1))
+    val = write_jsonl(tmp_path / "val.jsonl", qa_examples(32, 2))
+    out = tmp_path / "run"
+    # 18 tokens leave 10 for the context: longer contexts are cut into overlapping windows
+    rc = cli(
+        "finetune", "--task", "qa", "--model", base, "--train", train, "--validation", val, "--output", out,
+        "--train.epochs", 10, "--data.max_length", 18, "--data.doc_stride", 4, *FAST,
+    )  # fmt: skip
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["train_features"] > summary["train_examples"]  # several windows per long context
+    assert summary["exact_match"] >= 90 and summary["f1"] >= 90
+    assert "NoAns_exact" not in summary
+    capsys.readouterr()
+    assert cli("evaluate", "--model", out, "--data", val, "--json") == 0
+    metrics = last_json(capsys)
+    assert metrics == pytest.approx({k: summary[k] for k in metrics})
+
+    questions = [{k: ex[k] for k in ("id", "question", "context")} for ex in qa_examples(32, 2)]
+    unlabelled = write_jsonl(tmp_path / "q.jsonl", questions)
+    assert cli("predict", "--model", out, "--data", unlabelled, "--output", tmp_path / "p.jsonl") == 0
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    gold = {ex["id"]: ex["answers"]["text"][0] for ex in qa_examples(32, 2)}
+    assert sum(r["answer"] == gold[r["id"]] for r in rows) >= 29
+    assert cli("predict", "--model", out, "--data", unlabelled, "--output", tmp_path / "p.json") == 0
+    assert set(json.loads((tmp_path / "p.json").read_text())) == set(gold)
+
+
+def test_qa_version_2_detected(base, tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", qa_examples(32, 1, impossible_every=4))
+    val = write_jsonl(tmp_path / "val.jsonl", qa_examples(16, 2, impossible_every=4))
+    out = tmp_path / "run"
+    rc = cli(
+        "finetune", "--task", "qa", "--model", base, "--train", train, "--validation", val, "--output", out,
+        "--train.epochs", 1, *FAST,
+    )  # fmt: skip
+    assert rc == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["version_2"] is True
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"exact_match", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1"} <= set(summary)
+
+
+def test_hugging_face_folder_as_model(base, data, tmp_path):
+    hf = pytest.importorskip("masklm.model.hf")
+    from masklm.model.io import load_model
+
+    model, tok, _ = load_model(base)
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    save_file(hf.to_hf_state_dict(model), str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(hf.config_to_hf(model.cfg)))
+    (folder / "tokenizer.json").write_text(tok.to_str())
+    out = tmp_path / "run"
+    rc = cli(
+        "finetune", "--task", "classification", "--model", folder, "--train", data / "cls_train.csv",
+        "--validation", data / "cls_val.csv", "--output", out, "--train.epochs", 1, *FAST,
+    )  # fmt: skip
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert any("initialised from scratch" in n for n in summary["notes"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Resume
+
+
+def test_resume_equals_uninterrupted_run(base, data, tmp_path, monkeypatch, capsys):
+    args = [
+        "finetune", "--task", "classification", "--model", base, "--train", data / "cls_train.csv",
+        "--validation", data / "cls_val.csv", "--train.epochs", 2.5, "--train.log_every", 1, *FAST,
+    ]  # fmt: skip
+    assert cli(*args, "--output", tmp_path / "a") == 0  # 2.5 epochs of 4 steps: 10 steps
+
+    real, calls = ft.task_loss, []
+
+    def interrupted(*a, **k):  # SIGTERM in the middle of step 6 (epoch 2): fit finishes the step and stops
+        calls.append(1)
+        if len(calls) == 6:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **k)
+
+    monkeypatch.setattr(ft, "task_loss", interrupted)
+    assert cli(*args, "--output", tmp_path / "b") == 0
+    assert not (tmp_path / "b" / "summary.json").exists()
+    assert [p.name for p in (tmp_path / "b" / "checkpoints").glob("step_*")] == ["step_00000006"]
+    monkeypatch.setattr(ft, "task_loss", real)
+    capsys.readouterr()
+    # the task, model, files and settings (2.5 epochs, not the default 3) come from the run folder
+    assert cli("finetune", "--output", tmp_path / "b", "--resume") == 0
+    assert "best validation accuracy" in capsys.readouterr().out
+
+    for name in ("model/model.safetensors", "checkpoints/step_00000010/model.safetensors"):
+        a, b = load_file(str(tmp_path / "a" / name)), load_file(str(tmp_path / "b" / name))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+    def records(run: str) -> list[dict]:
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        keep = ("step", "split", "loss", "lr", "accuracy")
+        return [{k: r[k] for k in keep if k in r} for r in map(json.loads, lines)]
+
+    assert records("a") == records("b")
+    sa, sb = (json.loads((tmp_path / r / "summary.json").read_text()) for r in "ab")
+    assert sa["best"] == sb["best"] and sa["last_eval"] == sb["last_eval"] and sb["steps"] == 10
+
+
+# ----------------------------------------------------------------------------------------------------
+# Bad input: one line, exit code 2, nothing written
+
+
+def _bad_inputs(d: Path) -> dict[str, tuple[list[object], str]]:
+    write_csv(d / "unseen.csv", [*cls_rows(4, 9), {"text": "so so", "label": "meh"}])
+    lines = (d / "ner_train.txt").read_text().splitlines()
+    lines[4] = "alice\tB-PER\textra"
+    (d / "ner_bad.txt").write_text("\n".join(lines) + "\n")
+    squad = qa_examples(4, 1)
+    squad[2]["answers"]["answer_start"] = [1]
+    write_jsonl(d / "qa_bad.jsonl", squad)
+    (d / "empty.csv").write_text("")
+    write_csv(d / "one_label.csv", [{"text": "a b", "label": "x"}] * 3)
+
+    def cls(train: str = "cls_train.csv", val: str = "cls_val.csv", *extra: object) -> list[object]:
+        return ["--task", "classification", "--train", d / train, "--validation", d / val, *extra]
+
+    return {
+        "missing column": (cls("cls_train.csv", "cls_val.csv", "--data.text_column", "body"), "has no column 'body'"),
+        "unseen label": (cls("cls_train.csv", "unseen.csv"), "label 'meh'"),
+        "conll fields": (
+            ["--task", "token-classification", "--train", d / "ner_bad.txt", "--validation", d / "ner_val.txt"],
+            "ner_bad.txt:5 has 3 fields",
+        ),
+        "answer_start": (
+            ["--task", "qa", "--train", d / "qa_bad.jsonl", "--validation", d / "qa_val.jsonl"],
+            "answer_start",
+        ),
+        "empty file": (cls("empty.csv"), "empty"),
+        "one label": (cls("one_label.csv"), "at least two labels"),
+        "unknown key": (cls("cls_train.csv", "cls_val.csv", "--train.bogus", "1"), "unknown config key"),
+        "bad metric": (cls("cls_train.csv", "cls_val.csv", "--train.metric_for_best", "bleu"), "metric_for_best"),
+        "bad value": (cls("cls_train.csv", "cls_val.csv", "--train.epochs", "many"), "expects float"),
+        "token budget": (cls("cls_train.csv", "cls_val.csv", "--train.max_tokens", "9"), "max_tokens"),
+        "unknown task": (["--task", "ner", "--train", d / "cls_train.csv", "--validation", d / "cls_val.csv"], "unknown task"),
+        "missing args": (["--task", "classification"], "needs --train, --validation"),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_bad_inputs_one_line_exit_2_nothing_written(base, data, tmp_path, capsys, existing):
+    out = tmp_path / "out"
+    if (
+        existing
+    ):  # an earlier run's folder stays exactly as it was (even with --overwrite: inputs are checked first)
+        out.mkdir()
+        (out / "config.yaml").write_text("train: {}\n")
+        (out / "summary.json").write_text('{"accuracy": 0.5}\n')
+    before = snapshot(out)
+    for name, (argv, message) in _bad_inputs(data).items():
+        flags = ["--overwrite"] if existing else []
+        rc = cli("finetune", "--model", base, "--output", out, *argv, *flags)
+        err = capsys.readouterr().err.strip().splitlines()
+        err = [line for line in err if not line.startswith("note:")]
+        assert rc == 2, name
+        assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], (name, err)
+        assert snapshot(out) == before, name
+
+
+def test_existing_output_folder_is_refused(cls_run, base, data, capsys):
+    before = snapshot(cls_run)
+    rc = cli(
+        "finetune", "--task", "classification", "--model", base, "--train", data / "cls_train.csv",
+        "--validation", data / "cls_val.csv", "--output", cls_run,
+    )  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "already exists" in err[0]
+    assert snapshot(cls_run) == before
+
+
+def test_evaluate_and_predict_errors(cls_run, base, data, tmp_path, capsys):
+    existing = tmp_path / "p.jsonl"
+    existing.write_text("keep me\n")
+    cases = [
+        (
+            ["predict", "--model", cls_run, "--data", data / "cls_val.csv", "--output", existing],
+            "already exists",
+        ),
+        (
+            ["predict", "--model", cls_run, "--data", data / "cls_val.csv", "--output", tmp_path / "p.xml"],
+            ".xml",
+        ),
+        (["evaluate", "--model", base, "--data", data / "cls_val.csv"], "not a fine-tuned"),
+        (["evaluate", "--model", cls_run, "--data", data / "ner_val.txt"], "unsupported file type"),
+        (["evaluate", "--model", cls_run, "--data", tmp_path / "missing.csv"], "not found"),
+    ]
+    for argv, message in cases:
+        rc = cli(*argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and message in err[0], (argv, err)
+    assert existing.read_text() == "keep me\n"
+    assert not (tmp_path / "p.xml").exists()
+    # a file without the label column can be predicted but not evaluated
+    write_jsonl(tmp_path / "texts.jsonl", [{"text": "great film"}])
+    assert cli("evaluate", "--model", cls_run, "--data", tmp_path / "texts.jsonl") == 2
+    assert "no label column" in capsys.readouterr().err
