@@ -207,6 +207,7 @@ def cmd_pretrain(args: argparse.Namespace, overrides: dict[str, Any], argv: list
     from masklm.data.prepare import prepare
     from masklm.infer.fill_mask import FillMask
     from masklm.train.pretrain import pretrain
+    from masklm.utils import rank
 
     demo = args.data is None and args.input is None and args.init_from is None
     budget = {}
@@ -233,17 +234,23 @@ def cmd_pretrain(args: argparse.Namespace, overrides: dict[str, Any], argv: list
     data_dir = Path(args.data) if args.data else run_dir / "data"
     overwrite = args.overwrite
     if args.input is not None and not (args.resume and (data_dir / "meta.json").is_file()):
+        from masklm import dist
         from masklm.train.pretrain import prepare_run_dir
 
         overwrite = False  # done here, before the new data is prepared into the run folder
 
+        dist.init(cfg.dist.backend, cfg.train.device)  # under torchrun: rank 0 prepares, the others wait
         prepare_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite)
-        tokenizer = None
-        if args.init_from and not cfg.data.tokenizer:
-            from masklm.model.io import load_model
 
-            _, tokenizer, _ = load_model(args.init_from)
-        prepare(args.input, data_dir, cfg.data, overwrite=True, tokenizer=tokenizer, seed=cfg.train.seed)
+        def prepare_data() -> None:
+            tokenizer = None
+            if args.init_from and not cfg.data.tokenizer:
+                from masklm.model.io import load_model
+
+                _, tokenizer, _ = load_model(args.init_from)
+            prepare(args.input, data_dir, cfg.data, overwrite=True, tokenizer=tokenizer, seed=cfg.train.seed)
+
+        dist.on_rank0(prepare_data, "preparing the data")
     summary = pretrain(
         cfg,
         data_dir,
@@ -253,7 +260,7 @@ def cmd_pretrain(args: argparse.Namespace, overrides: dict[str, Any], argv: list
         init_from=args.init_from,
         command=_command(argv),
     )
-    if summary.get("stopped"):
+    if summary.get("stopped") or rank() != 0:  # under torchrun only rank 0 reports
         return 0
     ev = summary.get("eval", {})
     if "accuracy" in ev:

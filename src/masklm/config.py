@@ -135,11 +135,20 @@ class TrainConfig:
 
 
 @dataclass
+class DistConfig:
+    """Several processes under torchrun (ignored when running as one process)."""
+
+    strategy: str = "ddp"  # "ddp" (whole model per process) or "fsdp" (FSDP2: sharded weights and state)
+    backend: str = "auto"  # "auto" (NCCL on GPUs, gloo on CPU), "gloo" or "nccl"
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -206,6 +215,14 @@ class Config:
         _require(t.eval_every >= 0 and t.checkpoint_every >= 0, "eval_every/checkpoint_every must be >= 0")
         _require(t.eval_sequences > 0, "train.eval_sequences must be positive")
         _require(t.log_every > 0, "train.log_every must be positive")
+        _require(
+            self.dist.strategy in ("ddp", "fsdp"),
+            f"dist.strategy must be ddp or fsdp, not {self.dist.strategy!r}",
+        )
+        _require(
+            self.dist.backend in ("auto", "gloo", "nccl"),
+            f"dist.backend must be auto, gloo or nccl, not {self.dist.backend!r}",
+        )
         return self
 
 

@@ -3,8 +3,14 @@
 A checkpoint is a folder `checkpoints/step_000123/` with
     model.safetensors   the weights
     optimizer.pt        the optimizer state (tensors and numbers only: loads with weights_only=True)
-    trainer.pt          step, tokens seen, elapsed time, RNG states (weights_only-safe as well)
+    trainer.pt          step, tokens seen, elapsed time, RNG states, global batch (weights_only-safe as well)
     manifest.json       written last: the SHA-256 of each file above
+
+or, when the model is sharded with FSDP, a sharded checkpoint that every process writes its part of with
+`torch.distributed.checkpoint` (DCP), without ever gathering the whole model in one place:
+    .metadata, __0_0.distcp, __1_0.distcp, ...   model and optimizer state, one file per writing process
+    trainer.pt, manifest.json                    as above; the manifest says "format": "dcp"
+Either kind resumes with any number of processes and either strategy (`load_checkpoint` converts).
 
 The folder is assembled under a temporary name and renamed into place, and a checkpoint whose manifest is missing
 or whose files do not match it does not exist as far as `latest_checkpoint` is concerned, so a kill at any moment
@@ -25,10 +31,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from masklm import dist
 from masklm.errors import UserError
 from masklm.utils import atomic_write_text, fsync_dir, fsync_file, log
 
 CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "trainer.pt")
+SHARDED_FILES = (".metadata", "trainer.pt")  # plus the .distcp files the manifest lists
 
 
 def _sha256(path: Path) -> str:
@@ -87,6 +95,69 @@ def save_checkpoint(
     return final
 
 
+def save(
+    root: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    trainer_state: dict[str, Any],
+    keep_last: int,
+) -> None:
+    """Every process calls this. FSDP: a sharded checkpoint, written by all; otherwise rank 0 writes one."""
+    if dist.is_fsdp(model):
+        save_sharded_checkpoint(root, step, model, optimizer, trainer_state, keep_last)
+    elif dist.rank() == 0:
+        save_checkpoint(root, step, model, optimizer, trainer_state, keep_last)
+
+
+def save_sharded_checkpoint(
+    root: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    trainer_state: dict[str, Any],
+    keep_last: int,
+) -> Path:
+    """Collective: each process writes its shards into the temporary folder, then rank 0 adds trainer.pt and the
+    manifest and renames the folder into place. `root` must be on a file system that every process sees."""
+    final = root / f"step_{step:08d}"
+    tmp = root / f".tmp_step_{step:08d}"
+    if dist.rank() == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    dist.barrier()
+    try:
+        dist.save_sharded(tmp, model, optimizer)
+    except Exception as e:  # DCP raises the same error on every process
+        raise UserError(
+            f"could not write checkpoint {final} ({type(e).__name__}: {str(e).splitlines()[0][:120]}); free disk "
+            "space or fix permissions, the previous checkpoint is intact"
+        ) from None
+
+    def finish() -> None:
+        _torch_save(trainer_state, tmp / "trainer.pt")
+        names = sorted(p.name for p in tmp.iterdir() if p.is_file())
+        manifest = {
+            "step": step,
+            "format": "dcp",
+            "world_size": dist.world_size(),
+            "files": {name: _sha256(tmp / name) for name in names},
+        }
+        atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+        fsync_dir(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        fsync_dir(root)
+        for old in valid_checkpoints(root, verify=False)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    dist.on_rank0(finish, f"writing checkpoint {final}")
+    return final
+
+
 def is_valid(ckpt: Path, verify: bool = True) -> bool:
     manifest_path = ckpt / "manifest.json"
     try:
@@ -94,7 +165,8 @@ def is_valid(ckpt: Path, verify: bool = True) -> bool:
         files = manifest["files"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    for name in CHECKPOINT_FILES:
+    required = SHARDED_FILES if manifest.get("format") == "dcp" else CHECKPOINT_FILES
+    for name in sorted(set(required) | set(files)):
         p = ckpt / name
         if not p.is_file() or name not in files:
             return False
@@ -124,8 +196,39 @@ def latest_checkpoint(root: Path) -> Path | None:
     return None
 
 
+def is_sharded(ckpt: Path) -> bool:
+    try:
+        return json.loads((ckpt / "manifest.json").read_text()).get("format") == "dcp"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def read_trainer_state(ckpt: Path) -> dict[str, Any]:
+    """trainer.pt alone: step, tokens, RNG states and what the run recorded (e.g. its global batch)."""
+    try:
+        return torch.load(ckpt / "trainer.pt", weights_only=True, map_location="cpu")
+    except Exception as e:
+        raise UserError(
+            f"checkpoint {ckpt} cannot be read ({type(e).__name__}); delete it to use an older one"
+        ) from None
+
+
 def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
-    """Restore model (and optimizer) from `ckpt`; returns the trainer state."""
+    """Restore model (and optimizer) from `ckpt`; returns the trainer state.
+
+    `model` is the plain module, or an FSDP-sharded one; the checkpoint may be of either kind and may come from
+    another number of processes. Every process calls this.
+    """
+    if is_sharded(ckpt):
+        trainer_state = read_trainer_state(ckpt)
+        try:
+            dist.load_sharded(ckpt, model, optimizer)
+        except Exception as e:
+            raise UserError(
+                f"checkpoint {ckpt} cannot be loaded into this model ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:120]}); resume with the config it was saved with"
+            ) from None
+        return trainer_state
     try:
         state = load_file(str(ckpt / "model.safetensors"))
         trainer_state = torch.load(ckpt / "trainer.pt", weights_only=True, map_location="cpu")
@@ -141,6 +244,9 @@ def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         raise UserError(
             f"checkpoint {ckpt} was written by a model of another shape; resume with the config it was saved with"
         )
+    if dist.is_fsdp(model):
+        dist.load_full_into_sharded(model, optimizer, state, opt_state)
+        return trainer_state
     model.load_state_dict(state)
     if optimizer is not None and opt_state is not None:
         optimizer.load_state_dict(opt_state)

@@ -8,11 +8,17 @@ graceful stops on SIGTERM / SIGINT.
 Everything random is a function of the step number (batches and masks are built by `make_batch(micro_step)`) or
 lives in the saved RNG state (dropout), so a resumed run continues exactly where it stopped without replaying data.
 The model passed in may already be wrapped (DDP, FSDP, torch.compile); `fit` never wraps it itself.
+
+With several processes (see masklm.dist) every process runs this loop on its own share of each batch. They agree
+once per step on what must be the same everywhere: the gradient norm (global under FSDP), whether the step is
+skipped (a non-finite value on any process), whether to stop (a signal on any process) and, under a time
+budget, the elapsed time (the slowest process's), so they never diverge.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import queue
@@ -28,6 +34,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from masklm import dist
 from masklm.config import TrainConfig
 from masklm.errors import UserError
 from masklm.train import checkpoint as ckpt
@@ -180,26 +187,45 @@ def fit(
     on_eval: Callable[[dict[str, float], int], None] | None = None,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
+    loss_items: Callable[[Batch], int] | None = None,
+    extra_state: dict[str, Any] | None = None,
 ) -> FitResult:
     """Train `model` until the budget is spent (or a stop signal); returns where it ended.
 
     make_batch(micro_step) returns CPU tensors; loss_fn(model, batch) returns the mean loss of that micro-batch.
     tokens_per_step counts the training tokens of one optimizer step (all processes), for tokens/s and budgets.
     eval_every_epoch (steps per epoch), when given, evaluates at each epoch end as well.
-    reduce averages a scalar tensor across processes (distributed runs); no_sync() skips gradient all-reduce on the
-    micro-batches before the last (DDP).
+    reduce averages a scalar tensor across processes (distributed runs); no_sync() skips gradient synchronisation
+    on the micro-batches before the last (by default masklm.dist.no_sync(model): DDP's or FSDP2's).
+    loss_items(batch), when given, counts what loss_fn averages over (e.g. masked tokens): each micro-batch's
+    loss is then weighted by its share of the items of the whole step on all processes, so the step's loss is
+    the mean over all of them and any split of the global batch into processes × micro-batches × accumulation
+    trains the same. Without it each micro-batch's mean loss weighs 1 / grad_accum.
+    extra_state is saved with every checkpoint's trainer state (e.g. the global batch).
     """
     precision = resolve_precision(cfg.precision, device)
     accum = cfg.grad_accum
+    if no_sync is None:
+        no_sync = dist.no_sync(model)
     res = FitResult()
+    window: list[float] = [0.0, 0]  # train-loss sum and steps since the last log line (restored on resume)
     metrics_path = run_dir / "metrics.jsonl"
     ckpt_dir = run_dir / "checkpoints"
+    if resume_from is None and dist.world_size() > 1:
+        torch.manual_seed(_process_seed(cfg.seed, dist.rank(), 0))  # each process its own dropout masks
     if resume_from is not None:
-        state = ckpt.load_checkpoint(resume_from, _unwrap(model), optimizer)
+        state = ckpt.load_checkpoint(resume_from, _unwrap(model), optimizer)  # every process
         res.step, res.tokens = int(state["step"]), int(state["tokens"])
         res.elapsed_s, res.skipped_steps = float(state["elapsed_s"]), int(state.get("skipped_steps", 0))
         res.last_eval = dict(state.get("last_eval", {}))
-        set_rng_state(state["rng"])
+        window = list(state.get("log_window", window))
+        by_rank = state.get("rng_by_rank")
+        if by_rank is not None and len(by_rank) == dist.world_size():
+            set_rng_state(by_rank[dist.rank()])
+        else:
+            set_rng_state(state["rng"])
+            if dist.world_size() > 1:  # another number of processes: fresh per-process streams
+                torch.manual_seed(_process_seed(cfg.seed, dist.rank(), res.step))
         log(f"resumed from {resume_from} at step {res.step} ({res.tokens:,} tokens)")
 
     def trainer_state() -> dict[str, Any]:
@@ -210,13 +236,14 @@ def fit(
             "skipped_steps": res.skipped_steps,
             "last_eval": {k: float(v) for k, v in res.last_eval.items()},
             "rng": rng_state(),
+            **({"rng_by_rank": dist.all_gather_object(rng_state())} if dist.world_size() > 1 else {}),
+            # every process calls save(): the window's loss is averaged over processes like a log line's
+            "log_window": [float(reduce(loss_sum) if reduce is not None else loss_sum), n_loss],
+            **(extra_state or {}),
         }
 
-    def save() -> None:
-        if rank() == 0:
-            ckpt.save_checkpoint(
-                ckpt_dir, res.step, _unwrap(model), optimizer, trainer_state(), cfg.keep_last
-            )
+    def save() -> None:  # every process: rank 0 alone writes, or all write their shards (FSDP)
+        ckpt.save(ckpt_dir, res.step, _unwrap(model), optimizer, trainer_state(), cfg.keep_last)
 
     def write_metrics(record: dict[str, Any]) -> None:
         res.history.append(record)
@@ -249,8 +276,8 @@ def fit(
         bar_format=None if budget.steps else "{desc}: {n} steps [{elapsed}{postfix}]",
     )
     window_tokens, window_start = 0, time.perf_counter()
-    loss_sum = torch.zeros((), device=device)
-    n_loss = 0
+    loss_sum = torch.full((), window[0], device=device)
+    n_loss = int(window[1])
     try:
         with _StopFlag() as stop:
             while not budget.done(res.step, res.elapsed_s):
@@ -258,20 +285,31 @@ def fit(
                 lr = cfg.lr * lr_factor(budget.progress(res.step + 1, res.elapsed_s), cfg, budget.steps)
                 set_lr(optimizer, lr)
                 step_loss = torch.zeros((), device=device)
-                for micro in range(accum):
-                    batch = {k: v.to(device, non_blocking=True) for k, v in prefetch.get().items()}
+                micro_batches = [prefetch.get() for _ in range(accum)]
+                weights = _loss_weights(micro_batches, loss_items, reduce, device)
+                for micro, cpu_batch in enumerate(micro_batches):
+                    batch = {k: v.to(device, non_blocking=True) for k, v in cpu_batch.items()}
                     sync = contextlib.nullcontext() if (no_sync is None or micro == accum - 1) else no_sync()
                     with sync:
                         with autocast_context(device, precision):
-                            loss = loss_fn(model, batch) / accum
+                            loss = loss_fn(model, batch)
+                            loss = loss / accum if weights is None else loss * weights[micro]
                         loss.backward()
                     step_loss += loss.detach()
-                grad_norm = (
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
-                    if cfg.clip_norm > 0
-                    else _grad_norm(model)
-                )
-                finite = bool(torch.isfinite(step_loss)) and bool(torch.isfinite(grad_norm))
+                grad_norm = dist.clip_grad_norm_(model, cfg.clip_norm)  # the global norm, on every process
+                # One small all-reduce: skip if any process saw a non-finite value, stop if any was signalled,
+                # so every process takes the same branch.
+                agreed = dist.all_reduce_max(
+                    torch.tensor(
+                        [
+                            float(not (torch.isfinite(step_loss) and torch.isfinite(grad_norm))),
+                            float(stop.requested),
+                        ],
+                        dtype=torch.float64,
+                        device=device,
+                    )
+                ).tolist()
+                finite, stop_now = agreed[0] == 0.0, agreed[1] > 0.0
                 if finite:
                     optimizer.step()
                 else:
@@ -289,6 +327,10 @@ def fit(
                 res.step += 1
                 res.tokens += tokens_per_step
                 res.elapsed_s += time.perf_counter() - t0
+                if budget.minutes is not None:  # the slowest clock, so every process stops at the same step
+                    res.elapsed_s = float(
+                        dist.all_reduce_max(torch.tensor(res.elapsed_s, dtype=torch.float64, device=device))
+                    )
                 window_tokens += tokens_per_step
                 if finite:
                     loss_sum += step_loss
@@ -322,7 +364,7 @@ def fit(
                     run_eval()
                 if not at_end and cfg.checkpoint_every and res.step % cfg.checkpoint_every == 0:
                     save()
-                if stop.requested:
+                if stop_now:
                     res.stopped_by_signal = True
                     save()
                     log(
@@ -337,9 +379,29 @@ def fit(
     return res
 
 
-def _grad_norm(model: nn.Module) -> torch.Tensor:
-    norms = [p.grad.detach().norm() for p in model.parameters() if p.grad is not None]
-    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+def _process_seed(seed: int, process: int, step: int) -> int:
+    """The RNG seed (dropout) of one process of a multi-process run, from the run's seed."""
+    digest = hashlib.blake2b(f"process:{seed}:{process}:{step}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def _loss_weights(
+    micro_batches: list[Batch],
+    loss_items: Callable[[Batch], int] | None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None,
+    device: torch.device,
+) -> list[float] | None:
+    """Each micro-batch's share of the items of the whole step on all processes (None: 1 / grad_accum each).
+
+    Data-parallel gradients are averaged over processes, so a share is count / (total / world size), which is
+    count / mean(per-process total).
+    """
+    if loss_items is None:
+        return None
+    counts = [float(loss_items(b)) for b in micro_batches]
+    total = torch.tensor(sum(counts), dtype=torch.float64, device=device)
+    mean_total = float(reduce(total)) if reduce is not None else float(total)
+    return [c / max(mean_total, 1e-12) for c in counts]
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -36,14 +36,19 @@ from masklm.train.optim import make_optimizer
 from masklm.utils import atomic_write_text, log, pick_device
 
 
-def mask_seed(seed: int, micro_step: int, rank: int) -> int:
-    """A generator seed for one micro-batch on one process: masks are a pure function of (seed, step, rank)."""
-    digest = hashlib.blake2b(f"mask:{seed}:{micro_step}:{rank}".encode(), digest_size=8).digest()
+def mask_seed(seed: int, *key: int) -> int:
+    """A generator seed from the run's seed and a key (a stream position in training): masks are pure functions."""
+    digest = hashlib.blake2b(":".join(map(str, ("mask", seed, *key))).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
 class MaskedBatches:
-    """micro_step → {"input_ids", "labels"[, "attention_mask"]}: the batch every process draws at that step."""
+    """micro_step → {"input_ids", "labels"[, "attention_mask"]}: this process's share of that micro-step.
+
+    The sequence at position p of the global stream (see `batch_indices`) is always masked with the generator
+    seeded by mask_seed(seed, p). Which sequences a step trains on and how each one is masked therefore depend
+    only on the step and the global batch, not on how it is split into processes × micro-batch × accumulation.
+    """
 
     def __init__(
         self,
@@ -63,18 +68,28 @@ class MaskedBatches:
         self.special_table = table
         self.pad_id = specials[0]
 
-    def masked(self, ids: torch.Tensor, word_starts: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
-        g = torch.Generator().manual_seed(seed)
+    def masked(
+        self, ids: torch.Tensor, word_starts: torch.Tensor, seed: int | list[int]
+    ) -> dict[str, torch.Tensor]:
+        """Mask a batch with one generator (an int seed) or each row with its own (a list of seeds, one per row)."""
         special = self.special_table[ids]
-        inputs, labels = mask_tokens(
-            ids,
-            special,
-            self.cfg.mask,
-            mask_token_id=self.mask_id,
-            vocab_size=self.vocab_size,
-            generator=g,
-            word_starts=word_starts,
-        )
+
+        def mask(rows: slice, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+            return mask_tokens(
+                ids[rows],
+                special[rows],
+                self.cfg.mask,
+                mask_token_id=self.mask_id,
+                vocab_size=self.vocab_size,
+                generator=g,
+                word_starts=word_starts[rows],
+            )
+
+        if isinstance(seed, int):
+            inputs, labels = mask(slice(None), torch.Generator().manual_seed(seed))
+        else:
+            rows = [mask(slice(i, i + 1), torch.Generator().manual_seed(s)) for i, s in enumerate(seed)]
+            inputs, labels = (torch.cat(parts) for parts in zip(*rows))
         batch = {"input_ids": inputs, "labels": labels}
         pad = ids == self.pad_id
         if bool(pad.any()):
@@ -85,7 +100,13 @@ class MaskedBatches:
         t = self.cfg.train
         idx = batch_indices(micro_step, t.batch_size, len(self.dataset), t.seed, self.rank, self.world_size)
         ids, ws = self.dataset.get(idx)
-        return self.masked(ids, ws, mask_seed(t.seed, micro_step, self.rank))
+        first = (micro_step * self.world_size + self.rank) * t.batch_size  # stream position of row 0
+        return self.masked(ids, ws, [mask_seed(t.seed, p) for p in range(first, first + t.batch_size)])
+
+
+def masked_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """What mlm_loss averages over: fit weights micro-batches by it (see fit's loss_items)."""
+    return int((batch["labels"] != -100).sum())
 
 
 def mlm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -100,19 +121,31 @@ def mlm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 def evaluate_mlm(
     model: nn.Module, batches: MaskedBatches, limit: int, batch_size: int, device: torch.device
 ) -> dict[str, float]:
-    """Held-out MLM loss, masked-token accuracy and perplexity, with the same masks at every evaluation."""
+    """Held-out MLM loss, masked-token accuracy and perplexity, with the same masks at every evaluation (and for
+    any batch size or number of processes: each sequence's mask is seeded by its index).
+
+    Each process evaluates a disjoint share of the batches and the sums are all-reduced. Every process runs the
+    same number of forward passes (FSDP gathers parameters collectively in each one): a process with no batch
+    left in the last round runs a stand-in batch and ignores it.
+    """
     ds = batches.dataset
     n = min(limit, len(ds))
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.float64, device=device)
     count = torch.zeros((), dtype=torch.float64, device=device)
     r, w = dist.rank(), dist.world_size()
-    for start in range(r * batch_size, n, batch_size * w):  # each process a disjoint share
+    starts = range(0, n, batch_size)
+    for round_ in range(-(-len(starts) // w)):
+        j = round_ * w + r  # this process's batch in this round
+        start = starts[j] if j < len(starts) else 0
         idx = np.arange(start, min(n, start + batch_size))
         ids, ws = ds.get(idx)
-        batch = {k: v.to(device) for k, v in batches.masked(ids, ws, mask_seed(12345, start, 0)).items()}
+        masked = batches.masked(ids, ws, [mask_seed(12345, int(i)) for i in idx])  # one per sequence
+        batch = {k: v.to(device) for k, v in masked.items()}
         labels = batch["labels"]
         logits = model(batch["input_ids"], batch.get("attention_mask"), None, labels).float()
+        if j >= len(starts):
+            continue
         target = labels[labels != -100]
         loss_sum += F.cross_entropy(logits, target, reduction="sum").double()
         correct += (logits.argmax(-1) == target).sum().double()
@@ -150,12 +183,29 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
                 f"--overwrite refuses to delete {run_dir}: it does not look like a masklm run folder; "
                 "choose another --output"
             )
+        dist.barrier()  # every process has looked before rank 0 deletes
         if dist.rank() == 0:
             shutil.rmtree(run_dir)
     elif resume and not run_dir.exists():
         raise UserError(f"--resume: run folder {run_dir} does not exist; start the run without --resume")
     dist.barrier()
     run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def split_global_batch(global_batch: int, world: int, max_micro: int) -> tuple[int, int]:
+    """(micro-batch, accumulation) giving `global_batch` sequences per step over `world` processes, with the
+    largest micro-batch not above `max_micro` (the run's own, known to fit in memory).
+
+    How a run resumes with another number of processes: 2 processes × 16 → 1 process × 16 × accumulation 2.
+    """
+    if global_batch % world:
+        raise UserError(
+            f"the run's global batch ({global_batch} sequences) does not divide among {world} processes; "
+            "resume with a number of processes that divides it"
+        )
+    share = global_batch // world
+    accum = next(a for a in range(1, share + 1) if share % a == 0 and share // a <= max_micro)
+    return share // accum, accum
 
 
 def compute_budget(cfg: Config, n_train: int, tokens_per_step: int, steps_per_epoch: int) -> Budget:
@@ -183,7 +233,7 @@ def pretrain(
 ) -> dict[str, Any]:
     """Pretrain a masked language model on a prepared data folder; returns summary.json's content."""
     data_dir, run_dir = Path(data_dir), Path(run_dir)
-    info = dist.init()
+    info = dist.init(cfg.dist.backend, cfg.train.device)
     device = pick_device(cfg.train.device) if not info.device else info.device
     if cfg.train.threads and device.type == "cpu":
         torch.set_num_threads(cfg.train.threads)
@@ -201,10 +251,23 @@ def pretrain(
             old = config_from_dict(yaml.safe_load(saved.read_text()))
             old.train.max_steps, old.train.max_tokens = cfg.train.max_steps, cfg.train.max_tokens
             old.train.max_minutes = cfg.train.max_minutes
+            old.dist = cfg.dist  # how to run (not what to train) comes from this command
             cfg = old
         resume_from = ckpt.latest_checkpoint(run_dir / "checkpoints")
         if resume_from is None:
             log(f"--resume: no complete checkpoint in {run_dir}/checkpoints; starting from the beginning")
+        else:
+            # Same global batch with any number of processes: the data stream and schedule continue unchanged.
+            saved_batch = ckpt.read_trainer_state(resume_from).get("global_batch")
+            t = cfg.train
+            if saved_batch is not None:
+                split = split_global_batch(int(saved_batch), dist.world_size(), t.batch_size)
+                if split != (t.batch_size, t.grad_accum):
+                    log(
+                        f"resuming with {dist.world_size()} process(es): micro-batch {split[0]} x accumulation "
+                        f"{split[1]} keeps the global batch of {saved_batch}"
+                    )
+                    t.batch_size, t.grad_accum = split
 
     tokenizer = load_tokenizer(data_dir / "tokenizer.json")
     sp = special_ids(tokenizer)
@@ -236,8 +299,8 @@ def pretrain(
             f"({cfg.model.max_position_embeddings}); prepare with a smaller --seq-len"
         )
     model.to(device)
-    optimizer = make_optimizer(model, cfg.train, device)
     train_model = dist.wrap(model, cfg, device)
+    optimizer = make_optimizer(model, cfg.train, device)  # after wrap: FSDP replaces the parameters
     if cfg.train.compile:
         train_model = torch.compile(train_model)
 
@@ -283,6 +346,8 @@ def pretrain(
         resume_from=resume_from,
         reduce=dist.all_reduce_mean,
         no_sync=dist.no_sync(train_model),
+        loss_items=masked_tokens,
+        extra_state={"global_batch": global_batch, "world_size": world},
     )
     wall = time.perf_counter() - wall_start
     if result.stopped_by_signal:
@@ -299,15 +364,22 @@ def pretrain(
         "eval": result.last_eval,
         "parameters": sum(p.numel() for p in model.parameters()),
         "global_batch": global_batch,
+        "processes": world,
         "seq_len": seq_len,
         "data": str(data_dir),
         "notes": notes,
     }
     if val_ds is not None and len(val_ds) > 0:
         summary["frequency_baseline_accuracy"] = frequency_baseline(val_ds, specials)
+    final = model
+    if dist.is_fsdp(model):  # gather the shards: model/ is always one plain file
+        state = dist.full_state_dict(model)
+        if dist.rank() == 0:
+            final = MaskedLM(cfg.model)
+            final.load_state_dict(state)
     if dist.rank() == 0:
         save_model(
-            model,
+            final,
             run_dir / "model",
             tokenizer,
             ModelInfo(architecture="MaskedLM"),
