@@ -1,4 +1,5 @@
-"""Task heads on top of the encoder. Each returns logits; losses live in `masklm.train.losses`.
+"""Task heads on top of the encoder. Each returns logits; the losses are computed where the model is trained
+(`mlm_loss` in `masklm.train.pretrain`, `loss_from_logits` in `masklm.finetune`).
 
 - MaskedLM: BERT's prediction head (dense → act → LayerNorm → decoder tied to the word embeddings). Given
   `labels`, it runs only at the masked positions: gather those hidden states first, then project to the vocabulary.
