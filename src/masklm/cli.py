@@ -7,6 +7,7 @@ Settings come from a preset, then an optional YAML file (--config), then dotted 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import shlex
 import sys
@@ -210,6 +211,13 @@ def cmd_pretrain(args: argparse.Namespace, overrides: dict[str, Any], argv: list
     from masklm.utils import rank
 
     demo = args.data is None and args.input is None and args.init_from is None
+    run_dir = Path(args.output or DEMO_RUN)
+    own_data = (run_dir / "data" / "meta.json").is_file()  # a demo or --input run keeps its data inside
+    if demo and args.resume and (run_dir / "config.yaml").is_file() and not own_data:
+        # a run trained on a --data folder: going on as the demo would prepare the demo's data into it
+        raise UserError(
+            f"--resume needs the data {run_dir} was trained on: pass --data PREPARED_DIR (or --input PATHS)"
+        )
     budget = {}
     if args.max_steps is not None:
         budget["train.max_steps"] = args.max_steps
@@ -228,7 +236,10 @@ def cmd_pretrain(args: argparse.Namespace, overrides: dict[str, Any], argv: list
         args.input = [demo_corpus()]
         data_over.setdefault("data.where", "source=imdb")
     cfg = _config(args, {**data_over, **budget, **overrides}, "small")
-    run_dir = Path(args.output or DEMO_RUN)
+    if args.resume:
+        from masklm.train.pretrain import check_resume_settings
+
+        check_resume_settings(run_dir, {**data_over, **budget, **overrides})
     if args.input is None and args.data is None:
         raise UserError("--init-from needs data: pass --input PATHS or --data PREPARED_DIR")
     data_dir = Path(args.data) if args.data else run_dir / "data"
@@ -259,6 +270,7 @@ def cmd_pretrain(args: argparse.Namespace, overrides: dict[str, Any], argv: list
         overwrite=overwrite,
         init_from=args.init_from,
         command=_command(argv),
+        resume_changes={**budget, **overrides},
     )
     if summary.get("stopped") or rank() != 0:  # under torchrun only rank 0 reports
         return 0
@@ -344,3 +356,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # the machine's problem, not masklm's: a full disk, a read-only or forbidden folder
+        if e.errno not in ENVIRONMENT_ERRORS:
+            raise
+        print(
+            f"error: {e.strerror}: {e.filename or '(unknown file)'}; free disk space or fix permissions and run the "
+            "command again (a training run continues from its last checkpoint with --resume)",
+            file=sys.stderr,
+        )
+        return 2
+
+
+ENVIRONMENT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)

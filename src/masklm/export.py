@@ -34,7 +34,6 @@ from typing import Any
 import tokenizers
 import torch
 import yaml
-from safetensors.torch import save_file
 from torch import nn
 
 import masklm
@@ -42,7 +41,7 @@ from masklm.config import ModelConfig
 from masklm.data.tokenizer import SPECIAL_TOKENS, special_ids, vocab_size
 from masklm.errors import UserError
 from masklm.model.hf import HF_CLASSES, config_to_hf, load_hf_model, refuse_modern, to_hf_state_dict
-from masklm.model.io import ModelInfo, load_model, resolve_model_dir
+from masklm.model.io import ModelInfo, load_model, resolve_model_dir, save_safetensors
 from masklm.utils import fsync_dir, fsync_file
 
 FORMATS = ("hf", "onnx")
@@ -77,6 +76,11 @@ def export_model(
         out.resolve()
     ):
         raise UserError(f"{out} holds the model being exported; choose a folder outside it")
+    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise UserError(
+            f"--overwrite refuses to replace {out}: it does not look like an export (no config.json); "
+            "choose another folder"
+        )
     if fmt == "onnx":
         _require_onnx()
 
@@ -215,7 +219,7 @@ def _write_hf(model: nn.Module, tok: tokenizers.Tokenizer, info: ModelInfo, fold
     state = to_hf_state_dict(model, vocab_size=rows)
     dtype = next(iter(state.values())).dtype
     hf_config = config_to_hf(cfg, info.architecture, info.labels, vocab_size=rows, dtype=dtype)
-    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    save_safetensors(state, folder / "model.safetensors", metadata={"format": "pt"})
     fsync_file(folder / "model.safetensors")
     _write_json(folder / "config.json", hf_config)
     for name, text in files.items():

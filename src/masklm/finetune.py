@@ -979,8 +979,14 @@ def _command(args: argparse.Namespace, overrides: dict[str, Any]) -> str:
 def cmd_finetune(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     if args.resume and args.output:  # the saved run fills in what the command leaves out
         for key, value in resume_settings(args.output).items():
-            if getattr(args, key, None) is None:
+            given = getattr(args, key, None)
+            if given is None:
                 setattr(args, key, value)
+            elif given != value and (key == "task" or Path(given).resolve() != Path(value).resolve()):
+                raise UserError(
+                    f"--resume continues {args.output} with --{key} {value}, not {given}; leave --{key} out, "
+                    "or start a new run with another --output"
+                )
     missing = [f"--{k}" for k in ("task", "model", "train", "validation") if getattr(args, k) is None]
     if missing:
         raise UserError(f"masklm finetune needs {', '.join(missing)} (see `masklm finetune --help`)")

@@ -11,7 +11,10 @@ A masklm model folder holds
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from masklm.config import ModelConfig
+from masklm.data.tokenizer import tokenizer_hash
 from masklm.errors import UserError
 from masklm.model.heads import MaskedLM, QuestionAnswering, SequenceClassification, TokenClassification
 from masklm.utils import atomic_write_text, fsync_dir, fsync_file
@@ -69,9 +73,12 @@ def save_model(
     cfg: ModelConfig = model.cfg
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tmp = folder / ".model.safetensors.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt", "masklm": "1"})
-    fsync_file(tmp)
-    tmp.replace(folder / "model.safetensors")
+    try:
+        save_safetensors(state, tmp, metadata={"format": "pt", "masklm": "1"})
+        fsync_file(tmp)
+        tmp.replace(folder / "model.safetensors")
+    finally:
+        tmp.unlink(missing_ok=True)
     atomic_write_text(folder / "tokenizer.json", tokenizer.to_str())
     config = {
         "format": "masklm",
@@ -79,11 +86,27 @@ def save_model(
         "model": dataclasses.asdict(cfg),
         "labels": info.labels,
         "task": info.task,
+        "tokenizer_hash": tokenizer_hash(tokenizer),
         **(extra or {}),
     }
     atomic_write_text(folder / "config.json", json.dumps(config, indent=2) + "\n")
     fsync_dir(folder)
     return folder
+
+
+def save_safetensors(
+    state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
+    """safetensors' save_file, whose I/O failures (disk full, permissions) are raised as OSError like any write's.
+
+    safetensors reports them as SafetensorError("... (os error 28)"), which no `except OSError` would catch.
+    """
+    try:
+        save_file(state, str(path), metadata=metadata)
+    except SafetensorError as e:
+        found = re.search(r"os error (\d+)", str(e))
+        code = int(found.group(1)) if found else errno.EIO
+        raise OSError(code, os.strerror(code), str(path)) from None
 
 
 def resolve_model_dir(path: str | Path) -> Path:
@@ -141,10 +164,14 @@ def load_model(
     saved_arch = data.get("architecture", "MaskedLM")
     info = ModelInfo(architecture=saved_arch, labels=data.get("labels"), task=data.get("task") or {})
     tokenizer = _load_tokenizer_file(folder / "tokenizer.json")
-    if tokenizer.get_vocab_size() != cfg.vocab_size:
+    saved_hash = data.get("tokenizer_hash")
+    if tokenizer.get_vocab_size() != cfg.vocab_size or (
+        saved_hash and saved_hash != tokenizer_hash(tokenizer)
+    ):
         raise UserError(
-            f"{folder}: tokenizer.json has {tokenizer.get_vocab_size()} tokens but the model expects "
-            f"{cfg.vocab_size}; the folder mixes files from different models"
+            f"{folder}: tokenizer.json ({tokenizer.get_vocab_size()} tokens) is not the tokenizer the model was "
+            f"saved with ({cfg.vocab_size} tokens); the folder mixes files from different models: put back the "
+            "model's own tokenizer.json"
         )
     state = load_weights(folder / "model.safetensors")
     want = architecture or saved_arch
@@ -185,7 +212,10 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"{path} is not a valid safetensors file ({str(e).splitlines()[0][:80]})") from None
+        raise UserError(
+            f"{path} is not a valid safetensors file ({str(e).splitlines()[0][:80]}); the model folder is damaged: "
+            "copy the model again"
+        ) from None
 
 
 def load_state(

@@ -23,16 +23,18 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from masklm import dist
 from masklm.errors import UserError
+from masklm.model.io import save_safetensors
 from masklm.utils import atomic_write_text, fsync_dir, fsync_file, log
 
 CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "trainer.pt")
@@ -73,7 +75,7 @@ def save_checkpoint(
     tmp.mkdir()
     try:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / "model.safetensors"))
+        save_safetensors(state, tmp / "model.safetensors")
         fsync_file(tmp / "model.safetensors")
         _torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
         _torch_save(trainer_state, tmp / "trainer.pt")
@@ -90,9 +92,31 @@ def save_checkpoint(
             f"could not write checkpoint {final} ({e.strerror or e}); free disk space or fix permissions, "
             "the previous checkpoint is intact"
         ) from None
-    for old in valid_checkpoints(root, verify=False)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+    prune(root, final, keep_last)
     return final
+
+
+def prune(root: Path, newest: Path, keep_last: int) -> None:
+    """Keep `newest` (just written) and the `keep_last - 1` complete checkpoints before it; delete every other
+    folder of an earlier step, complete or not: older checkpoints, half-written ones (`.tmp_step_*`, a kill during
+    a write) and half-deleted ones (a kill during an earlier prune), which would otherwise stay forever.
+
+    Folders of later steps are left alone: they were skipped on resume as damaged, and counting them would delete
+    the checkpoint just written.
+    """
+    step = _step(newest)
+    earlier = sorted((p for p in root.iterdir() if p.is_dir() and -1 < _step(p) < step), key=_step)
+    complete = [p for p in earlier if p.name.startswith("step_") and is_valid(p, verify=False)]
+    keep = set(complete[max(0, len(complete) - (keep_last - 1)) :])
+    for p in earlier:
+        if p not in keep:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _step(folder: Path) -> int:
+    """The step of a checkpoint folder `step_N` or `.tmp_step_N`; -1 for any other name."""
+    found = re.fullmatch(r"(?:\.tmp_)?step_(\d+)", folder.name)
+    return int(found.group(1)) if found else -1
 
 
 def save(
@@ -151,8 +175,7 @@ def save_sharded_checkpoint(
             shutil.rmtree(final)
         tmp.rename(final)
         fsync_dir(root)
-        for old in valid_checkpoints(root, verify=False)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+        prune(root, final, keep_last)
 
     dist.on_rank0(finish, f"writing checkpoint {final}")
     return final
@@ -193,6 +216,8 @@ def latest_checkpoint(root: Path) -> Path | None:
             if i:
                 log(f"skipped {i} incomplete or damaged checkpoint(s); resuming from {p.name}")
             return p
+    if candidates:
+        log(f"skipped {len(candidates)} incomplete or damaged checkpoint(s); none is complete")
     return None
 
 
@@ -240,9 +265,17 @@ def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimiz
             f"checkpoint {ckpt} cannot be read ({type(e).__name__}); delete it to use an older one"
         ) from None
     own = model.state_dict()
-    if set(state) != set(own) or any(tuple(state[k].shape) != tuple(own[k].shape) for k in own):
+    differ = sorted(set(state) ^ set(own)) or [k for k in own if tuple(state[k].shape) != tuple(own[k].shape)]
+    if differ:
+        k = differ[0]
+        detail = (
+            f"{k}: {tuple(state[k].shape)} in the checkpoint, {tuple(own[k].shape)} in the model"
+            if k in state and k in own
+            else f"{k} only in the {'checkpoint' if k in state else 'model'}"
+        )
         raise UserError(
-            f"checkpoint {ckpt} was written by a model of another shape; resume with the config it was saved with"
+            f"checkpoint {ckpt} was written by a model of another architecture ({detail}); "
+            "resume with the config it was saved with"
         )
     if dist.is_fsdp(model):
         dist.load_full_into_sharded(model, optimizer, state, opt_state)

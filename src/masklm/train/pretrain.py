@@ -9,6 +9,7 @@ The run folder:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import shutil
@@ -23,7 +24,7 @@ import yaml
 from torch import nn
 
 from masklm import dist
-from masklm.config import Config, config_from_dict
+from masklm.config import Config, apply_dict, config_from_dict
 from masklm.data.masking import mask_tokens
 from masklm.data.shards import PackedDataset, batch_indices
 from masklm.data.tokenizer import load_tokenizer, special_ids, tokenizer_hash
@@ -166,9 +167,8 @@ def frequency_baseline(dataset: PackedDataset, specials: list[int], limit: int =
     return float(counts.max() / flat.numel())
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse an existing run folder unless resuming or overwriting. A folder holding only the prepared `data/`
-    of this run (pretrain --input) counts as new."""
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """The refusals of `prepare_run_dir`, without touching anything: call it before any other work."""
     run_dir = Path(run_dir)
     if run_dir.exists() and any(p.name != "data" for p in run_dir.iterdir()):
         if resume:
@@ -183,13 +183,55 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
                 f"--overwrite refuses to delete {run_dir}: it does not look like a masklm run folder; "
                 "choose another --output"
             )
+    elif resume and not run_dir.exists():
+        raise UserError(f"--resume: run folder {run_dir} does not exist; start the run without --resume")
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse an existing run folder unless resuming or overwriting. A folder holding only the prepared `data/`
+    of this run (pretrain --input) counts as new."""
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir, resume, overwrite)
+    if overwrite and not resume and run_dir.exists() and any(p.name != "data" for p in run_dir.iterdir()):
         dist.barrier()  # every process has looked before rank 0 deletes
         if dist.rank() == 0:
             shutil.rmtree(run_dir)
-    elif resume and not run_dir.exists():
-        raise UserError(f"--resume: run folder {run_dir} does not exist; start the run without --resume")
     dist.barrier()
     run_dir.mkdir(parents=True, exist_ok=True)
+
+
+# What a resumed run may change: the budget, how it runs (dist.* as well) and settings that act from the next step
+# on without changing the data stream or the model (a lower learning rate after a non-finite stop, say). Changing
+# any of the latter gives up bit-exactness with an uninterrupted run, knowingly.
+RESUME_FREE = (
+    "train.max_steps", "train.max_tokens", "train.max_minutes", "train.threads", "train.device",
+    "train.lr", "train.clip_norm", "train.nonfinite", "train.precision", "train.compile",
+    "train.eval_every", "train.eval_sequences", "train.log_every", "train.checkpoint_every", "train.keep_last",
+)  # fmt: skip
+
+
+def check_resume_settings(run_dir: Path, settings: dict[str, Any]) -> None:
+    """--resume continues a run with its saved config.yaml: refuse command-line settings that differ from it.
+
+    Only the RESUME_FREE settings and dist.* may change.
+    """
+    saved_path = Path(run_dir) / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = config_from_dict(yaml.safe_load(saved_path.read_text(encoding="utf-8")))
+    for key, value in settings.items():
+        if key in RESUME_FREE or key.startswith("dist."):
+            continue
+        section, _, name = key.partition(".")
+        given = copy.deepcopy(saved)
+        apply_dict(given, {key: value}, "the command line")
+        old, new = getattr(getattr(saved, section), name), getattr(getattr(given, section), name)
+        if old != new:
+            raise UserError(
+                f"--resume continues {run_dir} with its saved settings, but {key}={new} differs from the run's "
+                f"{old}; drop it (only the budget, train.lr, how often to log / evaluate / checkpoint, threads, device and "
+                "dist.* can change) or start a new run with another --output"
+            )
 
 
 def split_global_batch(global_batch: int, world: int, max_micro: int) -> tuple[int, int]:
@@ -230,8 +272,13 @@ def pretrain(
     overwrite: bool = False,
     init_from: str | Path | None = None,
     command: str | None = None,
+    resume_changes: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Pretrain a masked language model on a prepared data folder; returns summary.json's content."""
+    """Pretrain a masked language model on a prepared data folder; returns summary.json's content.
+
+    With `resume`, the run's saved config.yaml is used; `resume_changes` (dotted keys set on the command line)
+    may change the settings in RESUME_FREE, such as the budget.
+    """
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     info = dist.init(cfg.dist.backend, cfg.train.device)
     device = pick_device(cfg.train.device) if not info.device else info.device
@@ -243,33 +290,27 @@ def pretrain(
     if len(train_ds) == 0:
         raise UserError(f"{data_dir} holds no training sequences; add more text and run masklm prepare again")
 
-    prepare_run_dir(run_dir, resume, overwrite)
-    resume_from = None
-    if resume:
-        saved = run_dir / "config.yaml"
-        if saved.is_file():
-            old = config_from_dict(yaml.safe_load(saved.read_text()))
-            old.train.max_steps, old.train.max_tokens = cfg.train.max_steps, cfg.train.max_tokens
-            old.train.max_minutes = cfg.train.max_minutes
-            old.dist = cfg.dist  # how to run (not what to train) comes from this command
-            cfg = old
-        resume_from = ckpt.latest_checkpoint(run_dir / "checkpoints")
-        if resume_from is None:
-            log(f"--resume: no complete checkpoint in {run_dir}/checkpoints; starting from the beginning")
-        else:
-            # Same global batch with any number of processes: the data stream and schedule continue unchanged.
-            saved_batch = ckpt.read_trainer_state(resume_from).get("global_batch")
-            t = cfg.train
-            if saved_batch is not None:
-                split = split_global_batch(int(saved_batch), dist.world_size(), t.batch_size)
-                if split != (t.batch_size, t.grad_accum):
-                    log(
-                        f"resuming with {dist.world_size()} process(es): micro-batch {split[0]} x accumulation "
-                        f"{split[1]} keeps the global batch of {saved_batch}"
-                    )
-                    t.batch_size, t.grad_accum = split
+    # Everything that can be wrong is checked before the run folder is touched.
+    check_run_dir(run_dir, resume, overwrite)
+    if resume and (run_dir / "config.yaml").is_file():
+        # The saved config, with only what this command set explicitly (and check_resume_settings allows).
+        old = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+        changes = {k: v for k, v in (resume_changes or {}).items() if k in RESUME_FREE}
+        apply_dict(old, changes, "the command line")
+        old.dist = cfg.dist  # how to run (not what to train) comes from this command
+        cfg = old.validate()
 
     tokenizer = load_tokenizer(data_dir / "tokenizer.json")
+    run_tokenizer = run_dir / "tokenizer.json"
+    if (
+        resume
+        and run_tokenizer.is_file()
+        and tokenizer_hash(load_tokenizer(run_tokenizer)) != tokenizer_hash(tokenizer)
+    ):
+        raise UserError(
+            f"--resume: {data_dir} was prepared with another tokenizer than the run in {run_dir} was trained "
+            "with; pass the --data the run was started with"
+        )
     sp = special_ids(tokenizer)
     seq_len = int(train_ds.seq_len)
     if cfg.data.seq_len != seq_len:
@@ -298,6 +339,24 @@ def pretrain(
             f"the data's seq_len ({seq_len}) is above the model's max_position_embeddings "
             f"({cfg.model.max_position_embeddings}); prepare with a smaller --seq-len"
         )
+
+    resume_from = ckpt.latest_checkpoint(run_dir / "checkpoints") if resume else None
+    if resume and resume_from is None:
+        log(f"--resume: no complete checkpoint in {run_dir}/checkpoints; starting from the beginning")
+    elif resume_from is not None:
+        # Same global batch with any number of processes: the data stream and schedule continue unchanged.
+        saved_batch = ckpt.read_trainer_state(resume_from).get("global_batch")
+        t = cfg.train
+        if saved_batch is not None:
+            split = split_global_batch(int(saved_batch), dist.world_size(), t.batch_size)
+            if split != (t.batch_size, t.grad_accum):
+                log(
+                    f"resuming with {dist.world_size()} process(es): micro-batch {split[0]} x accumulation "
+                    f"{split[1]} keeps the global batch of {saved_batch}"
+                )
+                t.batch_size, t.grad_accum = split
+    prepare_run_dir(run_dir, resume, overwrite)
+
     model.to(device)
     train_model = dist.wrap(model, cfg, device)
     optimizer = make_optimizer(model, cfg.train, device)  # after wrap: FSDP replaces the parameters
