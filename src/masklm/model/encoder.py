@@ -89,14 +89,37 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
         B, T, H = x.shape
         N = self.num_heads
-        qkv = self.qkv(x).view(B, T, 3, N, H // N).permute(2, 0, 3, 1, 4)  # (3, B, N, T, D)
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        # unbind, not qkv[0], qkv[1], qkv[2]: its backward is one stack instead of three zero-filled copies
+        q, k, v = self.qkv(x).view(B, T, 3, N, H // N).permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, N, T, D)
         if self.rotary is not None:
             q, k = self.rotary(q, k)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout_p if self.training else 0.0
-        )  # (B, N, T, D)
+        p = self.dropout_p if self.training else 0.0
+        if x.device.type == "cpu" and self.training and (p > 0 or q.dtype != torch.float32):
+            y = _attention_written_out(q, k, v, attn_mask, p)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)  # (B, N, T, D)
         return self.out(y.transpose(1, 2).reshape(B, T, H))
+
+
+def _attention_written_out(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None, p: float
+) -> torch.Tensor:
+    """dropout(softmax(q kᵀ / √D)) v: what SDPA computes, written out for training on CPU.
+
+    Measured on a 2-core AMD EPYC (L4/H256, batch 32, forward + backward): with dropout, SDPA has no fused CPU
+    kernel and its math fallback upcasts bf16 to float32 for both matmuls; under bf16 without dropout, its
+    flash kernel is slower than two bf16 matmuls at these lengths. Here the matmuls stay in the input
+    precision and the softmax runs in float32: ~20% faster steps under bf16, the same speed in float32 with
+    dropout. The dropout draws from the default generator like F.dropout. Float32 without dropout, inference
+    and GPUs keep SDPA.
+    """
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # (B, N, T, T)
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    probs = scores.softmax(-1, dtype=torch.float32)
+    if p > 0:
+        probs = F.dropout(probs, p, training=True)
+    return probs.to(v.dtype) @ v  # (B, N, T, D)
 
 
 class FeedForward(nn.Module):
