@@ -47,7 +47,15 @@ from masklm.errors import UserError
 from masklm.model.io import ModelInfo, load_model, save_model
 from masklm.train import checkpoint as ckpt
 from masklm.train import metrics as M
-from masklm.train.loop import Budget, FitResult, _unwrap, autocast_context, fit, resolve_precision
+from masklm.train.loop import (
+    Budget,
+    FitResult,
+    _unwrap,
+    autocast_context,
+    fit,
+    resolve_precision,
+    write_run_results,
+)
 from masklm.train.optim import make_optimizer
 from masklm.train.pretrain import prepare_run_dir
 from masklm.utils import atomic_write_text, log, pick_device
@@ -794,13 +802,7 @@ def finetune(
         "notes": minfo.notes,
     }
     if dist.rank() == 0:
-        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-        try:
-            from masklm.plots import plot_curves
-
-            plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
-        except Exception as e:  # a plot must never lose a finished run
-            log(f"note: curves.png not written ({type(e).__name__}: {e})")
+        write_run_results(run_dir, summary)
     dist.shutdown()
     return summary
 

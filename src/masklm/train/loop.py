@@ -39,7 +39,7 @@ from masklm.config import TrainConfig
 from masklm.errors import UserError
 from masklm.train import checkpoint as ckpt
 from masklm.train.optim import lr_factor, set_lr
-from masklm.utils import log, rank
+from masklm.utils import atomic_write_text, log, rank
 
 Batch = dict[str, torch.Tensor]
 
@@ -417,3 +417,15 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def perplexity(loss: float) -> float:
     return math.exp(min(loss, 50.0))
+
+
+def write_run_results(run_dir: Path, summary: dict[str, Any]) -> None:
+    """The end of a run (rank 0): summary.json, then curves.png from metrics.jsonl. A failed plot never loses
+    the finished run."""
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    try:
+        from masklm.plots import plot_curves
+
+        plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
+    except Exception as e:
+        log(f"note: curves.png not written ({type(e).__name__}: {e})")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import shutil
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from masklm.errors import UserError
 from masklm.model.heads import MaskedLM
 from masklm.model.io import ModelInfo, load_model, save_model
 from masklm.train import checkpoint as ckpt
-from masklm.train.loop import Budget, FitResult, fit, perplexity
+from masklm.train.loop import Budget, FitResult, fit, perplexity, write_run_results
 from masklm.train.optim import make_optimizer
 from masklm.utils import atomic_write_text, log, pick_device
 
@@ -444,12 +443,6 @@ def pretrain(
             ModelInfo(architecture="MaskedLM"),
             extra={"tokens_seen": result.tokens, "eval": result.last_eval},
         )
-        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-        try:
-            from masklm.plots import plot_curves
-
-            plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
-        except Exception as e:  # a plot must never lose a finished run
-            log(f"note: curves.png not written ({type(e).__name__}: {e})")
+        write_run_results(run_dir, summary)
     dist.shutdown()
     return summary
