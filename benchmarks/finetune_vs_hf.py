@@ -48,6 +48,9 @@ from masklm.data.tasks import read_conll
 from masklm.train import metrics as M
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import cpu_model  # noqa: E402  (benchmarks/common.py: machine facts shared by all benchmarks)
 
 
 def encoder_dir() -> str:
@@ -300,16 +303,6 @@ def run_hf_ner(data: tuple[list, list, list], args: argparse.Namespace) -> dict[
 
 # ----------------------------------------------------------------------------------------------------
 # Report
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def report(results: list[dict[str, Any]], args: argparse.Namespace, command: str) -> str:
