@@ -114,19 +114,24 @@ def hf_tokenizer():
 # Models: the same shape on both sides
 
 
+def shape_kwargs(size: str, dropout: float) -> dict[str, Any]:
+    """The model shape as keyword arguments: the names are the same in masklm's ModelConfig and BertConfig."""
+    layers, hidden, heads, inter = SIZES[size]
+    return {
+        "vocab_size": 30522,
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "intermediate_size": inter,
+        "hidden_dropout_prob": dropout,
+        "attention_probs_dropout_prob": dropout,
+    }
+
+
 def masklm_model_config(size: str, dropout: float = 0.1, **overrides: Any):
     from masklm.config import ModelConfig
 
-    layers, hidden, heads, inter = SIZES[size]
-    cfg = ModelConfig(
-        vocab_size=30522,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=inter,
-        hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
-    )
+    cfg = ModelConfig(**shape_kwargs(size, dropout))
     for k, v in overrides.items():
         setattr(cfg, k, v)
     return cfg
@@ -136,16 +141,7 @@ def hf_masked_lm(size: str, dropout: float = 0.1, seed: int = 0):
     """BertForMaskedLM with SDPA attention, float32, as users build it from a config."""
     from transformers import BertConfig, BertForMaskedLM
 
-    layers, hidden, heads, inter = SIZES[size]
-    cfg = BertConfig(
-        vocab_size=30522,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=inter,
-        hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
-    )
+    cfg = BertConfig(**shape_kwargs(size, dropout))
     torch.manual_seed(seed)
     return BertForMaskedLM._from_config(cfg, attn_implementation="sdpa")
 
