@@ -222,6 +222,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("fill-mask-weights-of-other-shape", ["fill-mask", "{ws}/models/wrong_shape", "alpha [MASK]"], "do not fit"),
     ("fill-mask-text-above-model-max", ["fill-mask", "{ws}/run", " ".join(["alpha"] * 300) + " [MASK]"], "limit"),
     ("fill-mask-top-k-zero", ["fill-mask", "{ws}/run", "alpha [MASK]", "--top-k", "0"], "--top-k"),
+    ("fill-mask-unknown-dtype", ["fill-mask", "{ws}/run", "alpha [MASK]", "--dtype", "half"], "--dtype"),
     ("fill-mask-classifier", ["fill-mask", "{ws}/ft", "alpha [MASK]"], "masked-LM head"),
     # export
     ("export-existing-output", ["export", "{ws}/run", "{ws}/data"], "already exists"),

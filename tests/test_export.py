@@ -185,7 +185,7 @@ def test_fill_mask_pipeline_matches_masklm(hf_export: tuple[Path, Path]) -> None
     transformers = pytest.importorskip("transformers")
     model_dir, out = hf_export
     fill = transformers.pipeline("fill-mask", model=str(out), tokenizer=str(out), device="cpu")
-    ours = FillMask.load(model_dir)
+    ours = FillMask.load(model_dir, dtype="float32")
     for text in ("the cat sat on the [MASK] .", "bread , [MASK] and apples"):
         theirs = fill(text, top_k=5)
         mine = ours(text, top_k=5)[0]

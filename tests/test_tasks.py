@@ -101,7 +101,7 @@ def test_read_classification_formats(tmp_path):
         ("a.csv", "text\nhi\n", {"require_label": True}, "no label column 'label' (columns: text)"),
         ("a.csv", "text,label\nhi,1\nhi,there,1\n", {}, ":3: has 3 fields"),
         ("a.tsv", "text\tlabel\nhi\t1\t2\n", {}, ":2: has 3 fields"),
-        ("a.csv", "text,p\nhi,x\n", {"text_pair_column": "q"}, "set text_pair_column"),
+        ("a.csv", "text,p\nhi,x\n", {"text_pair_column": "q"}, "pass --data.text_pair_column"),
         ("a.jsonl", '{"text": "a", "label": 1}\n{"text": "b"\n', {}, ":2: not valid JSON"),
         ("a.jsonl", '{"text": "a", "label": 1}\n{"label": 2}\n', {}, ":2: has no 'text' field"),
         ("a.jsonl", '{"text": "a", "label": 1}\n{"text": 5, "label": 2}\n', {}, ":2: 'text' is int"),

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from masklm.cli import main
+from masklm.errors import UserError
 from masklm.infer.fill_mask import FillMask
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
@@ -214,6 +215,17 @@ def test_input_prepares_into_run_folder_and_fill_mask(tmp_path, capsys):
     assert [c["token"] for c in fm("alpha [MASK] charlie delta [MASK] foxtrot", top_k=3)[0]] == [
         c["token"] for c in ranked[0]
     ]
+    # bfloat16 weights (the default on CPUs with native bf16): the same candidates, scores to ~2 decimals
+    text = "alpha [MASK] charlie delta [MASK] foxtrot"
+    exact, half = (
+        FillMask.load(out, dtype="float32")(text, top_k=3),
+        FillMask.load(out, dtype="bfloat16")(text, top_k=3),
+    )
+    for e, h in zip(exact, half):
+        assert e[0]["token"] == h[0]["token"] or abs(e[0]["score"] - e[1]["score"]) < 0.02
+        assert abs(e[0]["score"] - h[0]["score"]) < 0.02
+    with pytest.raises(UserError, match="--dtype"):
+        FillMask.load(out, dtype="float16")
     # max-tokens budget
     out2 = tmp_path / "run2"
     assert run(["--data", str(out / "data"), "--output", str(out2), "--max-tokens", "1000"]) == 0
@@ -296,3 +308,40 @@ def test_overwrite_replaces_a_run_and_refuses_other_folders(prepared, tmp_path, 
     (precious / "notes.txt").write_text("keep me")
     assert run(["--data", str(prepared), "--output", str(precious), "--max-steps", "2", "--overwrite"]) == 2
     assert (precious / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_auto_precision_follows_native_bf16(monkeypatch, has_bf16):
+    from masklm.train.loop import resolve_precision
+    from masklm.utils import native_bf16
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: has_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert native_bf16(cpu) is has_bf16
+    assert resolve_precision("auto", cpu) == ("bf16" if has_bf16 else "fp32")
+    assert resolve_precision("fp32", cpu) == "fp32"  # an explicit choice is kept
+    with pytest.raises(UserError, match="fp16 needs a GPU"):
+        resolve_precision("fp16", cpu)
+
+
+def test_cpu_optimizer_is_fused_and_matches_foreach():
+    from masklm.config import TrainConfig
+    from masklm.train.optim import make_optimizer
+
+    def trained(fused: bool) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 2))
+        opt = make_optimizer(model, TrainConfig(lr=1e-2, weight_decay=0.1), torch.device("cpu"))
+        assert opt.defaults["fused"] is True
+        if not fused:
+            opt.defaults["fused"] = None
+            for group in opt.param_groups:
+                group["fused"], group["foreach"] = None, True
+        for _ in range(5):
+            model(torch.randn(4, 8, generator=torch.Generator().manual_seed(1))).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    assert torch.allclose(trained(True), trained(False), atol=1e-6)

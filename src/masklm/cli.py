@@ -147,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", nargs="+", metavar="TEXT", help='text with one or more "[MASK]"')
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--json", action="store_true", help="print JSON (one list per text)")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        help="weights for inference: auto (bfloat16 where the CPU or GPU has native bf16, else float32), "
+        "float32 or bfloat16",
+    )
 
     p = sub.add_parser(
         "export",
@@ -306,7 +312,7 @@ def _format_fill(text: str, ranked: list[list[dict]]) -> str:
 def cmd_fill_mask(args: argparse.Namespace) -> int:
     from masklm.infer.fill_mask import FillMask
 
-    fm = FillMask.load(args.model)
+    fm = FillMask.load(args.model, dtype=args.dtype)
     results = [fm(text, top_k=args.top_k) for text in args.text]
     if args.json:
         print(json.dumps(results if len(results) > 1 else results[0], ensure_ascii=False))

@@ -127,7 +127,7 @@ class TrainConfig:
     checkpoint_every: int = 500  # steps between checkpoints (0 = only at the end)
     keep_last: int = 2  # checkpoints kept on disk
     seed: int = 0  # seeds initialisation, data order and masks
-    precision: str = "auto"  # "fp32", "bf16", "fp16" or "auto" (bf16 on GPUs that have it, else fp32)
+    precision: str = "auto"  # "fp32", "bf16", "fp16" or "auto" (bf16 autocast on GPUs and CPUs with native bf16, else fp32)
     compile: bool = False  # torch.compile the model
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     threads: int | None = None  # torch intra-op threads on CPU (None = torch's default)

@@ -711,7 +711,8 @@ def finetune(
         else cfg.train.checkpoint_every,
     )
     log(
-        f"fine-tuning {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters for {task} on {device} | "
+        f"fine-tuning {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters for {task} on {device} "
+        f"({resolve_precision(cfg.train.precision, device)}) | "
         f"{len(train.examples):,} training and {len(val.examples):,} validation examples"
         + (f" ({len(train.features):,} windows)" if task == "qa" else "")
         + (f" | {len(labels)} labels" if labels else "")

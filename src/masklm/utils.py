@@ -67,3 +67,17 @@ def pick_device(name: str = "auto") -> torch.device:
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         return torch.device("cpu")
     return torch.device(name)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` multiplies bfloat16 in hardware: CUDA cards with bf16, CPUs with AVX512-BF16 or AMX.
+
+    Plain AVX-512 CPUs also run bf16 matmuls, but emulated and slower than float32, so they answer False.
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private helpers: guarded
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)

@@ -179,13 +179,13 @@ def read_classification(
     for column, setting in ((text_column, "text_column"), (text_pair_column, "text_pair_column")):
         if column is not None and column not in columns:
             raise UserError(
-                f"{path}: has no column '{column}' (columns: {', '.join(columns)}); set {setting} to one of them"
+                f"{path}: has no column '{column}' (columns: {', '.join(columns)}); pass --data.{setting} with one of them"
             )
     has_label = label_column in columns
     if require_label and not has_label:
         raise UserError(
             f"{path}: has no label column '{label_column}' (columns: {', '.join(columns)}); "
-            "set label_column to one of them"
+            "pass --data.label_column with one of them"
         )
     examples = []
     for line, rec in records:
@@ -211,7 +211,7 @@ def build_label_map(labels: Iterable[str | None]) -> list[str]:
     distinct = {label for label in labels if label is not None}
     if not distinct:
         raise UserError(
-            "the training data has no labels; check the label column (label_column) and its values"
+            "the training data has no labels; check its label column (--data.label_column) and the values in it"
         )
     if all(_INT_RE.fullmatch(label) for label in distinct):
         return sorted(distinct, key=lambda label: (int(label), label))

@@ -3,6 +3,11 @@
 from masklm.infer.fill_mask import FillMask
 fm = FillMask.load("runs/demo")
 fm("the movie was [MASK] .", top_k=5)   # → [[{"token": "great", "token_id": ..., "score": 0.31}, ...]]
+
+A one-sentence query reads every weight once, so its latency is the time to stream the model from memory:
+`dtype="auto"` (the default) holds the weights in bfloat16 on CPUs and GPUs that multiply bf16 natively,
+which halves the bytes (docs/benchmarks.md); scores then agree with float32 to about two decimals. Pass
+`dtype="float32"` for exact float32 scores.
 """
 
 from __future__ import annotations
@@ -15,11 +20,24 @@ from torch import nn
 
 from masklm.errors import UserError
 from masklm.model.io import load_model
+from masklm.utils import native_bf16
+
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """ "auto" → bfloat16 where `device` has native bf16 arithmetic, else float32."""
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    if dtype == "auto":
+        return torch.bfloat16 if native_bf16(device) else torch.float32
+    return getattr(torch, dtype)
 
 
 class FillMask:
-    def __init__(self, model: nn.Module, tokenizer: tokenizers.Tokenizer) -> None:
-        self.model = model.eval()
+    def __init__(self, model: nn.Module, tokenizer: tokenizers.Tokenizer, dtype: str = "auto") -> None:
+        self.dtype = resolve_dtype(dtype, next(model.parameters()).device)
+        self.model = model.eval().to(self.dtype)
         self.tokenizer = tokenizer
         mask_id = tokenizer.token_to_id("[MASK]")
         if mask_id is None:
@@ -28,11 +46,12 @@ class FillMask:
         self.max_len = model.cfg.max_position_embeddings if model.cfg.position == "absolute" else 1 << 30
 
     @classmethod
-    def load(cls, path: str | Path) -> FillMask:
+    def load(cls, path: str | Path, dtype: str = "auto") -> FillMask:
+        resolve_dtype(dtype, torch.device("cpu"))  # a bad dtype is refused before the model is read
         model, tokenizer, info = load_model(path, architecture="MaskedLM")
         if info.notes:
             raise UserError(f"{path} has no trained masked-LM head ({info.notes[0]}); fill-mask needs one")
-        return cls(model, tokenizer)
+        return cls(model, tokenizer, dtype)
 
     @torch.inference_mode()
     def __call__(self, text: str, top_k: int = 5) -> list[list[dict]]:

@@ -31,7 +31,7 @@ from masklm.errors import UserError
 from masklm.model.heads import MaskedLM
 from masklm.model.io import ModelInfo, load_model, save_model
 from masklm.train import checkpoint as ckpt
-from masklm.train.loop import Budget, FitResult, fit, perplexity, write_run_results
+from masklm.train.loop import Budget, FitResult, fit, perplexity, resolve_precision, write_run_results
 from masklm.train.optim import make_optimizer
 from masklm.utils import atomic_write_text, log, pick_device
 
@@ -376,8 +376,8 @@ def pretrain(
     steps_per_epoch = max(1, -(-len(train_ds) // global_batch))
     budget = compute_budget(cfg, len(train_ds), tokens_per_step, steps_per_epoch)
     log(
-        f"pretraining {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device} | "
-        f"{len(train_ds):,} train sequences of {seq_len} tokens | global batch {global_batch} "
+        f"pretraining {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device} "
+        f"({resolve_precision(cfg.train.precision, device)}) | {len(train_ds):,} train sequences of {seq_len} tokens | global batch {global_batch} "
         f"({cfg.train.batch_size} x {cfg.train.grad_accum} accumulation x {world} processes) | budget "
         + (f"{budget.steps} steps" if budget.steps else f"{budget.minutes} minutes")
     )
