@@ -8,10 +8,11 @@ plus a masked-LM head initialised with a fixed seed (latency does not depend on 
 saved once as a masklm model folder and exported with `masklm.export.export_model(..., "hf")` (which checks that
 transformers reproduces masklm's logits), so both sides load the very same numbers:
 
-- masklm: `FillMask.load(masklm folder)(sentence, top_k=5)`, float32;
-- masklm bf16: the same FillMask over the same model cast to bfloat16 (`model.to(torch.bfloat16)`): half the
-  bytes to read per query, which is what bounds a one-sentence query on CPU (see docs/profile.md); reported
-  separately, with whether its top-k matches the float32 one;
+- masklm: `FillMask.load(masklm folder, dtype="float32")(sentence, top_k=5)`;
+- masklm bf16: `FillMask.load(masklm folder, dtype="bfloat16")`, the same weights held in bfloat16: half the
+  bytes to read per query, which is what bounds a one-sentence query on CPU (see docs/profile.md). This is what
+  `dtype="auto"` (the default of FillMask and `masklm fill-mask`) picks on CPUs with native bf16; reported
+  separately, with whether its top-k matches the pipeline's;
 - transformers: `pipeline("fill-mask", model=exported folder)(sentence, top_k=5)` (BertForMaskedLM, sdpa, float32).
 
 One sentence with one [MASK]; after a warm-up, the queries alternate (masklm, HF, masklm, ...) so machine noise
@@ -64,13 +65,13 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     from masklm.infer.fill_mask import FillMask
+    from masklm.utils import native_bf16
 
     hf_logging.set_verbosity_error()
     with tempfile.TemporaryDirectory(prefix="fill-mask-bench-") as tmp:
         masklm_dir, hf_dir = build_models(Path(tmp))
-        ours = FillMask.load(masklm_dir)
-        ours_bf16 = FillMask.load(masklm_dir)
-        ours_bf16.model.to(torch.bfloat16)
+        ours = FillMask.load(masklm_dir, dtype="float32")
+        ours_bf16 = FillMask.load(masklm_dir, dtype="bfloat16")
         theirs = pipeline(
             "fill-mask", model=str(hf_dir), device="cpu", model_kwargs={"attn_implementation": "sdpa"}
         )
@@ -100,7 +101,9 @@ def main() -> None:
     hf50, hf95 = p["hf"]
     names = {
         "masklm": "masklm FillMask (float32)",
-        "masklm_bf16": "masklm FillMask, model in bfloat16",
+        "masklm_bf16": "masklm FillMask, dtype bfloat16 (auto on this CPU)"
+        if native_bf16(torch.device("cpu"))
+        else "masklm FillMask, dtype bfloat16",
         "hf": "transformers fill-mask pipeline (float32)",
     }
     rows = [
