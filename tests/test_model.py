@@ -148,3 +148,16 @@ def test_task_heads_shapes_and_backward(cls):
     assert out.shape == expected
     out.sum().backward()
     assert m.encoder.embeddings.word.weight.grad is not None
+
+
+def test_rotary_angles_survive_a_cast_to_bfloat16():
+    """fill-mask's bf16 weights come from `model.to(torch.bfloat16)`; the rotary angles must stay float32-exact."""
+    from masklm.model.encoder import Rotary
+
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 2, 500, 16, generator=g), torch.randn(1, 2, 500, 16, generator=g)
+    rotary = Rotary(16, 10000.0)
+    before = rotary(q, k)
+    after = rotary.to(torch.bfloat16)(q, k)
+    for a, b in zip(before, after):
+        assert torch.equal(a, b)

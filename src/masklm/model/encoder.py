@@ -60,12 +60,15 @@ class Rotary(nn.Module):
 
     def __init__(self, head_size: int, theta: float) -> None:
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_size, 2, dtype=torch.float32) / head_size))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_size, self.theta = head_size, theta
 
     def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # The frequencies are computed here in float32 rather than kept as a buffer: `model.to(torch.bfloat16)`
+        # (fill-mask's bf16 weights) would round a buffer and shift the angles of distant positions by radians.
+        D = self.head_size
+        inv_freq = 1.0 / (self.theta ** (torch.arange(0, D, 2, device=q.device, dtype=torch.float32) / D))
         T = q.shape[-2]
-        angles = torch.outer(torch.arange(T, device=q.device, dtype=torch.float32), self.inv_freq)  # (T, D/2)
+        angles = torch.outer(torch.arange(T, device=q.device, dtype=torch.float32), inv_freq)  # (T, D/2)
         cos = torch.cat([angles.cos(), angles.cos()], dim=-1).to(q.dtype)  # (T, D)
         sin = torch.cat([angles.sin(), angles.sin()], dim=-1).to(q.dtype)
         return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
