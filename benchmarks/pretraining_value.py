@@ -30,6 +30,8 @@ from masklm import finetune as ft  # noqa: E402
 from masklm.model.heads import MaskedLM  # noqa: E402
 from masklm.model.io import load_model, save_model  # noqa: E402
 
+RANDOM = "random init (same architecture and tokenizer)"
+
 
 def random_twin(run: Path, out: Path, seed: int) -> Path:
     """A model folder with the run's architecture and tokenizer but freshly initialised weights."""
@@ -86,9 +88,7 @@ def main() -> int:
             for name, rows in (("train", train), ("val", val), ("test", test))
         }
         starts = {describe(Path(run)): Path(run) for run in args.run}
-        starts["random init (same architecture and tokenizer)"] = random_twin(
-            Path(args.run[0]), work / "random", args.seed
-        )
+        starts[RANDOM] = random_twin(Path(args.run[0]), work / "random", args.seed)
         for name, model_dir in starts.items():
             t0 = time.perf_counter()
             out = work / f"start{len(results)}"
@@ -103,8 +103,10 @@ def main() -> int:
         for name, (acc, f1, wall) in results.items()
     ]
     body = table(["start", "test accuracy", "test macro-F1", "fine-tune wall"], rows)
-    random_acc = results[list(results)[-1]][0]
-    gains = ", ".join(f"{(acc - random_acc) * 100:+.2f}" for acc, _, _ in list(results.values())[:-1])
+    random_acc = results[RANDOM][0]
+    gains = ", ".join(
+        f"{(acc - random_acc) * 100:+.2f}" for name, (acc, _, _) in results.items() if name != RANDOM
+    )
     body += (
         f"\n\nRotten Tomatoes ({len(train)} train / {len(val)} val / {len(test)} test rows), "
         f"{args.epochs} epochs, lr {args.lr}, batch {args.batch_size}, max length {args.max_length}, seed "

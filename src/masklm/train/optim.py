@@ -12,6 +12,7 @@ import math
 import torch
 from torch import nn
 
+from masklm import dist
 from masklm.config import TrainConfig
 
 
@@ -30,8 +31,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     # The fused kernel is one pass over all parameters: on CPU it halves the optimizer step against foreach
     # (21 vs 49 ms for 11M parameters, docs/profile.md). FSDP2's sharded DTensor parameters take foreach.
-    sharded = any(type(p).__name__ == "DTensor" for p in model.parameters())
-    kwargs = {"fused": True} if device.type in ("cuda", "cpu") and not sharded else {"foreach": True}
+    fused = device.type in ("cuda", "cpu") and not dist.is_fsdp(model)
+    kwargs = {"fused": True} if fused else {"foreach": True}
     return torch.optim.AdamW(
         param_groups(model, cfg.weight_decay),
         lr=cfg.lr,
