@@ -7,7 +7,8 @@ Input for both: one JSON-lines file with a "text" field per review (the IMDB row
 before timing. Output for both: 128-token training rows on disk, tokenised with the same bert-base-uncased vocab.
 
 - masklm: `masklm.data.prepare.prepare([file], out, DataConfig(seq_len=128), tokenizer=vocab.txt)`: read, tokenise
-  in batches (Rust, all cores), split train/val, pack `[CLS] ... [SEP]` rows with word-start bits, write shards.
+  in batches (word-cache fast path, one worker process per core; the ids are those of `encode_batch`), split
+  train/val, pack `[CLS] ... [SEP]` rows with word-start bits, write shards.
 - datasets: the recipe of transformers' run_mlm.py: `load_dataset("json")` → `map(tokenize, batched=True,
   num_proc=2)` with `BertTokenizerFast(return_special_tokens_mask=True)` → `map(group_texts, batched=True,
   num_proc=2)` (concatenate, cut into 128-token blocks), with a fresh cache folder every round so no step is

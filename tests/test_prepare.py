@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import json
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -365,6 +366,40 @@ def test_two_runs_give_identical_bytes(tmp_path):
     meta1.pop("created")
     meta2.pop("created")
     assert meta1 == meta2
+
+
+def test_worker_count_does_not_change_the_bytes(tmp_path, monkeypatch, tok):
+    monkeypatch.setattr(prepare_module, "BATCH_DOCUMENTS", 6)  # 9 batches: several per worker
+    docs = make_docs(50, seed=5) + ["Ünïcödé wörds, “quotes” and 日本語", "tabs\tand\x0bcontrols"]
+    write_lines(tmp_path / "c.txt", docs)
+    outputs = {}
+    for workers in (1, 2, 3):
+        out = tmp_path / f"w{workers}"
+        prepare(
+            [tmp_path / "c.txt"], out, cfg(val_fraction=0.2, workers=workers), tokenizer=tok, progress=False
+        )
+        outputs[workers] = {p.relative_to(out): p.read_bytes() for p in out.rglob("*.npy")}
+    assert outputs[1] == outputs[2] == outputs[3] and len(outputs[1]) > 2
+    assert stored(tmp_path / "w2", "train")[0] + stored(tmp_path / "w2", "val")[0]  # something was stored
+
+
+def test_bad_file_met_by_worker_run_is_one_clean_error(tmp_path, monkeypatch, tok, capfd):
+    monkeypatch.setattr(prepare_module, "BATCH_DOCUMENTS", 4)
+    d = tmp_path / "in"
+    d.mkdir()
+    write_lines(d / "a.txt", make_docs(40, seed=6))  # read first: the workers are busy when b.txt fails
+    (d / "b.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00binary")
+    with pytest.raises(UserError, match=r"b\.txt is not UTF-8 text"):
+        prepare([d], tmp_path / "out", cfg(workers=2), tokenizer=tok, progress=False)
+    assert not (tmp_path / "out").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+    time.sleep(0.5)  # the killed workers' last words, if any, would arrive now
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_negative_workers_is_refused(tmp_path, tok):
+    write_lines(tmp_path / "c.txt", ["one document"])
+    with pytest.raises(UserError, match=r"data\.workers must be >= 0"):
+        prepare([tmp_path / "c.txt"], tmp_path / "out", cfg(workers=-1), tokenizer=tok, progress=False)
 
 
 def _split_docs(out: Path, tok: Tokenizer) -> dict[str, list[tuple[int, ...]]]:

@@ -21,6 +21,7 @@ import yaml
 from masklm.errors import UserError
 
 PRESETS = ("tiny", "small", "base", "large")
+TASKS = ("classification", "token-classification", "qa")  # what `masklm finetune --task` takes
 
 
 @dataclass
@@ -88,6 +89,9 @@ class DataConfig:
     shard_sequences: int = 1 << 16  # sequences per shard file
     max_documents: int | None = None  # stop after this many documents (None = all)
     where: str | None = None  # .csv/.jsonl: keep only rows where COLUMN=VALUE (e.g. "source=imdb")
+    workers: int = (
+        0  # processes that tokenize in parallel (0 = one per CPU core, at most 8; 1 = no extra process)
+    )
 
 
 @dataclass

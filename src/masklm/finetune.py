@@ -41,7 +41,7 @@ import yaml
 from torch import nn
 
 from masklm import dist
-from masklm.config import Config, TrainConfig, apply_dict, read_yaml
+from masklm.config import TASKS, Config, TrainConfig, apply_dict, read_yaml
 from masklm.data import tasks as T
 from masklm.errors import UserError
 from masklm.model.io import ModelInfo, load_model, save_model
@@ -61,7 +61,6 @@ from masklm.train.pretrain import prepare_run_dir
 from masklm.utils import atomic_write_text, log, pick_device
 from masklm.utils import rank as env_rank
 
-TASKS = ("classification", "token-classification", "qa")
 ARCHITECTURE = {
     "classification": "SequenceClassification",
     "token-classification": "TokenClassification",
@@ -958,12 +957,6 @@ def predict(
 # Command line
 # ----------------------------------------------------------------------------------------------------
 
-FINETUNE_HELP = (
-    "Settings as --SECTION.FIELD VALUE: --train.epochs 3 --train.lr 5e-5 --train.batch_size 32 --train.seed 0 "
-    "--train.metric_for_best accuracy --data.max_length 128 --data.doc_stride 128 --data.text_column text "
-    "--data.text_pair_column text2 --data.label_column label --data.regression true. See docs/finetuning.md."
-)
-
 
 def _command(args: argparse.Namespace, overrides: dict[str, Any]) -> str:
     parts = ["masklm", args.command]
@@ -1035,57 +1028,3 @@ def cmd_predict(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     n = predict(args.model, args.data, args.output, overrides, overwrite=args.overwrite)
     print(f"wrote {n} predictions to {args.output}")
     return 0
-
-
-def add_parsers(sub: Any) -> None:
-    """Register `finetune`, `evaluate` and `predict` on the `masklm` command's subparsers."""
-    p = sub.add_parser(
-        "finetune",
-        help="fine-tune an encoder for classification, token classification or QA",
-        description="Fine-tune a masklm run / model folder or a Hugging Face BERT folder on a labelled task. "
-        "The best model by validation metric is kept in OUTPUT/model.",
-        epilog=FINETUNE_HELP,
-    )
-    p.add_argument("--task", help=f"one of {', '.join(TASKS)}")
-    p.add_argument(
-        "--model", metavar="MODEL_DIR", help="a masklm run or model folder, or a Hugging Face BERT folder"
-    )
-    p.add_argument(
-        "--train", metavar="FILE", help="training data (.csv/.tsv/.jsonl, CoNLL, SQuAD .json/.jsonl)"
-    )
-    p.add_argument("--validation", metavar="FILE", help="validation data in the same format")
-    p.add_argument("--output", metavar="DIR", help="run folder (default runs/finetune-<training file name>)")
-    p.add_argument("--config", metavar="FILE", help="YAML file with train: / data: settings")
-    p.add_argument(
-        "--resume", action="store_true", help="continue the run in --output from its newest checkpoint"
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    p.set_defaults(handler=cmd_finetune)
-
-    p = sub.add_parser(
-        "evaluate",
-        help="metrics of a fine-tuned model on a labelled file",
-        description="Score a fine-tuned model on a labelled file in its task's format.",
-        epilog="Settings such as --data.text_column or --train.eval_batch_size override the saved ones.",
-    )
-    p.add_argument("--model", required=True, metavar="FT_DIR", help="a fine-tuning run folder or its model/")
-    p.add_argument("--data", required=True, metavar="FILE", help="labelled data")
-    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
-    p.set_defaults(handler=cmd_evaluate)
-
-    p = sub.add_parser(
-        "predict",
-        help="predictions of a fine-tuned model for a file",
-        description="Predict labels, tags or answers for a file (labels in it, if any, are ignored).",
-        epilog="Settings such as --data.text_column or --train.eval_batch_size override the saved ones.",
-    )
-    p.add_argument("--model", required=True, metavar="FT_DIR", help="a fine-tuning run folder or its model/")
-    p.add_argument("--data", required=True, metavar="FILE", help="the examples to predict")
-    p.add_argument(
-        "--output",
-        required=True,
-        metavar="FILE",
-        help="predictions: .jsonl or .csv (QA: also .json; NER: .conll)",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    p.set_defaults(handler=cmd_predict)

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from masklm import __version__
 from masklm.config import DataConfig
+from masklm.data.encode import default_workers, encode_batches
 from masklm.data.tokenizer import (
     SpecialIds,
     is_lowercase,
@@ -340,7 +341,7 @@ def _batches(documents: Iterable[str]) -> Iterator[list[str]]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Tokenizer, splitting, word starts
+# Tokenizer and splitting
 
 
 def _get_tokenizer(
@@ -392,15 +393,6 @@ def goes_to_val(text: str, seed: int, fraction: float) -> bool:
         return False
     digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8, key=str(seed).encode()).digest()
     return int.from_bytes(digest, "big") < fraction * 2**64
-
-
-def word_starts(word_ids: Sequence[int | None]) -> np.ndarray:
-    """True where a token starts a word: its word id differs from the previous token's (or it has none)."""
-    words = np.fromiter((-1 if w is None else w for w in word_ids), dtype=np.int64, count=len(word_ids))
-    starts = np.ones(len(words), dtype=bool)
-    np.not_equal(words[1:], words[:-1], out=starts[1:])
-    starts |= words < 0
-    return starts
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -547,6 +539,8 @@ def _check_config(cfg: DataConfig) -> None:
         raise UserError(f"data.val_fraction must be in [0, 1), not {cfg.val_fraction}")
     if cfg.max_val_sequences < 0:
         raise UserError(f"data.max_val_sequences must be >= 0, not {cfg.max_val_sequences}")
+    if cfg.workers < 0:
+        raise UserError(f"data.workers must be >= 0 (0 = one per CPU core), not {cfg.workers}")
 
 
 def _check_output(output: Path, inputs: Sequence[str | Path], overwrite: bool) -> None:
@@ -634,10 +628,6 @@ def _pack(
     """Tokenize every document, route it to train or val, pack both splits and write meta.json into `root`."""
     n_vocab = vocab_size(tok)
     dtype = np.dtype(np.uint16 if n_vocab <= 1 << 16 else np.uint32)
-    encoder = Tokenizer.from_str(tok.to_str())
-    encoder.no_padding()
-    encoder.no_truncation()
-    encoder.encode_special_tokens = True  # "[SEP]" typed in a document is text, not a separator
 
     packers = {
         split: _Packer(
@@ -650,16 +640,17 @@ def _pack(
     skipped = 0
 
     corpus = _Corpus(files, cfg)
+    workers = cfg.workers or default_workers()
     with _progress_bar(corpus, "tokenizing", progress) as bar:
-        for batch in _batches(corpus):
-            for text, encoding in zip(batch, encoder.encode_batch(batch, add_special_tokens=False)):
-                if not encoding.ids:
+        # "[SEP]" typed in a document is text, not a separator
+        for batch, encoded in encode_batches(_batches(corpus), tok, dtype, workers):
+            for text, (ids, starts) in zip(batch, encoded):
+                if not len(ids):
                     skipped += 1
                     continue
-                ids = np.asarray(encoding.ids, dtype=dtype)
                 fits_val = val.stream_tokens + len(ids) + 1 <= val_capacity
                 packer = val if fits_val and goes_to_val(text, seed, cfg.val_fraction) else train
-                packer.add(ids, word_starts(encoding.word_ids))
+                packer.add(ids, starts)
             _update(bar, corpus)
     for packer in packers.values():
         packer.finish()
