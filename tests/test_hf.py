@@ -342,3 +342,68 @@ def test_model_without_token_types_exports_a_zero_row(vocab: dict[str, int]) -> 
         assert_close(
             model(b["input_ids"], b["attention_mask"]), hf(b["input_ids"], b["attention_mask"]).logits
         )
+
+
+def test_token_classification_training_matches_transformers_step_for_step(
+    tmp_path: Path, vocab: dict[str, int]
+) -> None:
+    """Same start, same batches, same dropout seed: masklm's fine-tuning step (forward with dropout,
+    loss_from_logits, make_optimizer's AdamW and groups, lr_factor's warmup and decay, clipping) follows a plain
+    transformers loop (BertForTokenClassification, torch AdamW, get_linear_schedule_with_warmup) step for step.
+    What is left to differ between the two in a benchmark is randomness: head init, data order, dropout masks."""
+    from masklm.finetune import FinetuneTrainConfig, loss_from_logits
+    from masklm.train.optim import lr_factor, make_optimizer, set_lr
+
+    tags = ["O", "B-x", "I-x", "B-y"]
+    hf_cfg = tiny_hf_config(len(vocab), hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    hf_cfg.id2label = dict(enumerate(tags))
+    hf_cfg.label2id = {t: i for i, t in enumerate(tags)}
+    torch.manual_seed(0)
+    hf = transformers.BertForTokenClassification(hf_cfg)
+    folder = save_hf(hf, vocab, tmp_path / "hf")
+    ours, _, _ = load_model(folder, architecture="TokenClassification", labels=tags)
+
+    steps, lr = 8, 1e-3
+    cfg = FinetuneTrainConfig(lr=lr, warmup=0.25, weight_decay=0.01)
+    opt = make_optimizer(ours, cfg, torch.device("cpu"))
+    decay = [p for p in hf.parameters() if p.ndim >= 2]
+    no_decay = [p for p in hf.parameters() if p.ndim < 2]
+    hf_opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+    )
+    hf_sched = transformers.get_linear_schedule_with_warmup(hf_opt, 2, steps)
+    ours.train()
+    hf.train()
+    for step in range(steps):
+        b = batch(len(vocab), seed=step)
+        g = torch.Generator().manual_seed(100 + step)
+        labels = torch.randint(0, len(tags), b["input_ids"].shape, generator=g)
+        labels[b["attention_mask"] == 0] = -100
+        labels[:, 0] = -100
+        torch.manual_seed(step)
+        loss = loss_from_logits(
+            "token-classification",
+            ours(b["input_ids"], b["attention_mask"], b["token_type_ids"]),
+            {**b, "labels": labels},
+            regression=False,
+        )
+        torch.manual_seed(step)
+        hf_loss = hf(**b, labels=labels).loss
+        assert abs(loss.item() - hf_loss.item()) < 1e-5, (step, loss.item(), hf_loss.item())
+        for model, value in ((ours, loss), (hf, hf_loss)):
+            value.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+        set_lr(opt, lr * lr_factor(step / steps, cfg, steps))
+        assert opt.param_groups[0]["lr"] == pytest.approx(hf_opt.param_groups[0]["lr"], abs=1e-12)
+        opt.step()
+        hf_opt.step()
+        hf_sched.step()
+        opt.zero_grad()
+        hf_opt.zero_grad()
+    assert (ours.classifier.weight - hf.classifier.weight).abs().max().item() < 1e-5
+    n = len(vocab)
+    word = ours.encoder.embeddings.word.weight[:n] - hf.bert.embeddings.word_embeddings.weight
+    assert word.abs().max().item() < 1e-5
