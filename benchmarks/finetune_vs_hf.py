@@ -122,7 +122,11 @@ def run_masklm(task: str, files: dict[str, Path], args: argparse.Namespace, work
     summary = ft.finetune(cfg, task, encoder_dir(), files["train"], files["val"], out, overwrite=True)
     wall = time.perf_counter() - t0
     t1 = time.perf_counter()
-    test = ft.evaluate_model(out / "model", files["test"], {"train.threads": args.threads})
+    # float32, as in training (the model folder records it since 2026-11-26; before, evaluate's "auto" ran the
+    # test split under bf16 autocast on CPUs with native bf16)
+    test = ft.evaluate_model(
+        out / "model", files["test"], {"train.threads": args.threads, "train.precision": "fp32"}
+    )
     return {
         "wall_s": wall,
         "test_eval_s": time.perf_counter() - t1,

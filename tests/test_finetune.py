@@ -319,6 +319,26 @@ def test_token_classification_round_trip(base, data, tmp_path, capsys):
     assert blocks[0].splitlines() == [f"{t}\t{g}" for t, g in zip(*val[0])] and len(blocks) == len(val)
 
 
+def test_evaluate_uses_the_precision_of_training(base, data, tmp_path, capsys, monkeypatch):
+    """A model fine-tuned in fp32 on a machine where "auto" means bf16 is evaluated in fp32 too, so `evaluate`
+    reproduces summary.json; --train.precision still overrides."""
+    monkeypatch.setattr("masklm.train.loop.native_bf16", lambda device: True)
+    out = tmp_path / "run"
+    rc = cli(
+        "finetune", "--task", "token-classification", "--model", base, "--train", data / "ner_train.txt",
+        "--validation", data / "ner_val.txt", "--output", out, "--train.epochs", 2, "--train.precision", "fp32",
+        *FAST,
+    )  # fmt: skip
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    capsys.readouterr()
+    assert cli("evaluate", "--model", out, "--data", data / "ner_val.txt", "--json") == 0
+    assert last_json(capsys)["loss"] == pytest.approx(summary["loss"], rel=1e-6)
+    args = ("evaluate", "--model", out, "--data", data / "ner_val.txt", "--json", "--train.precision", "bf16")
+    assert cli(*args) == 0
+    assert last_json(capsys)["loss"] != pytest.approx(summary["loss"], rel=1e-6)  # bf16 rounds differently
+
+
 def test_qa_round_trip_with_windows(base, tmp_path, capsys):
     train = write_squad_json(tmp_path / "train.json", qa_examples(64, 1))
     val = write_jsonl(tmp_path / "val.jsonl", qa_examples(32, 2))

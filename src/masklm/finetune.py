@@ -722,6 +722,9 @@ def finetune(
         "name": task,
         "data": dataclasses.asdict(d),
         "eval_batch_size": cfg.train.eval_batch_size or cfg.train.batch_size,
+        # evaluate / predict compute as training did, so `masklm evaluate` on the validation file reproduces
+        # summary.json (as set, e.g. "auto": resolved again on the machine that evaluates)
+        "precision": cfg.train.precision,
     }
     model_info = ModelInfo(architecture=ARCHITECTURE[task], labels=labels, task=task_info)
     best: dict[str, Any] | None = _best_so_far(run_dir) if resume else None
@@ -837,6 +840,8 @@ def load_finetuned(path: str | Path, overrides: dict[str, Any] | None = None) ->
         apply_dict(cfg, {"data": saved}, f"{path} (saved task settings)")
     if (info.task or {}).get("eval_batch_size"):
         cfg.train.eval_batch_size = int(info.task["eval_batch_size"])
+    if (info.task or {}).get("precision"):
+        cfg.train.precision = str(info.task["precision"])
     if task == "classification" and not info.labels and model.num_labels == 1:
         cfg.data.regression = True
     if overrides:
