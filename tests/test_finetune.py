@@ -542,3 +542,24 @@ def test_evaluate_and_predict_errors(cls_run, base, data, tmp_path, capsys):
     write_jsonl(tmp_path / "texts.jsonl", [{"text": "great film"}])
     assert cli("evaluate", "--model", cls_run, "--data", tmp_path / "texts.jsonl") == 2
     assert "no label column" in capsys.readouterr().err
+
+
+def test_bucket_batches_sets_how_alike_batch_lengths_are():
+    from masklm.errors import UserError
+    from masklm.finetune import EpochBatches, build_config
+
+    lengths = [3 + (7 * i) % 61 for i in range(640)]
+    features = [{"input_ids": [5] * n, "token_type_ids": [0] * n, "labels": 0} for n in lengths]
+
+    def spread(bucket_batches: int) -> float:
+        """Mean over batches of (longest - shortest) length in the batch."""
+        order = EpochBatches(features, 16, 0, seed=3, bucket_batches=bucket_batches).order(0)
+        assert sorted(i for batch in order for i in batch) == list(range(len(lengths)))
+        return sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in order) / len(order)
+
+    assert (
+        spread(40) < 5 < 40 < spread(1)
+    )  # one bucket of all examples: near-equal lengths; 1: random batches
+    assert build_config({}).train.bucket_batches == 50
+    with pytest.raises(UserError, match="train.bucket_batches must be at least 1"):
+        build_config({"train.bucket_batches": 0})

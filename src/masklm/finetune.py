@@ -95,6 +95,7 @@ class FinetuneTrainConfig(TrainConfig):
         0  # extra evaluations every N steps (the validation set is evaluated after every epoch anyway)
     )
     eval_batch_size: int | None = None  # batch size for evaluation and prediction (None: train.batch_size)
+    bucket_batches: int = 50  # length bucketing: batches' worth of shuffled examples sorted by length together (1: random batches)
     checkpoint_every: int | None = (
         None  # steps between checkpoints (None: at the end of every epoch; 0: only at the end)
     )
@@ -142,6 +143,7 @@ class FinetuneConfig:
             "or train.max_minutes",
         )
         _require(t.eval_batch_size is None or t.eval_batch_size > 0, "train.eval_batch_size must be positive")
+        _require(t.bucket_batches >= 1, f"train.bucket_batches must be at least 1, not {t.bucket_batches}")
         _require(t.checkpoint_every is None or t.checkpoint_every >= 0, "train.checkpoint_every must be >= 0")
         _require(
             d.max_length is None or d.max_length >= 8,
@@ -351,8 +353,10 @@ class EpochBatches:
         grad_accum: int = 1,
         rank: int = 0,
         world_size: int = 1,
+        bucket_batches: int = 50,
     ) -> None:
         self.features, self.batch_size, self.pad_id, self.seed = features, batch_size, pad_id, seed
+        self.bucket_batches = bucket_batches
         self.rank, self.world_size = rank, world_size
         self.lengths = [len(f["input_ids"]) for f in features]
         self.batches_per_epoch = -(-len(features) // batch_size)
@@ -362,7 +366,9 @@ class EpochBatches:
 
     def order(self, epoch: int) -> list[list[int]]:
         if self._cached is None or self._cached[0] != epoch:
-            batches = T.length_bucketed_batches(self.lengths, self.batch_size, epoch_seed(self.seed, epoch))
+            batches = T.length_bucketed_batches(
+                self.lengths, self.batch_size, epoch_seed(self.seed, epoch), chunk_batches=self.bucket_batches
+            )
             self._cached = (epoch, batches)
         return self._cached[1]
 
@@ -696,7 +702,14 @@ def finetune(
     world = dist.world_size()
     pad_id = _pad_id(tok, model)
     batches = EpochBatches(
-        train.features, cfg.train.batch_size, pad_id, cfg.train.seed, cfg.train.grad_accum, dist.rank(), world
+        train.features,
+        cfg.train.batch_size,
+        pad_id,
+        cfg.train.seed,
+        cfg.train.grad_accum,
+        dist.rank(),
+        world,
+        cfg.train.bucket_batches,
     )
     steps_per_epoch = batches.steps_per_epoch
     total = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
