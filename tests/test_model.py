@@ -3,12 +3,13 @@
 import pytest
 import tokenizers
 import torch
+from helpers import tiny_model_config
 from tokenizers import models, pre_tokenizers
 
 from masklm.config import ModelConfig
 from masklm.errors import UserError
 from masklm.model.heads import MaskedLM, QuestionAnswering, SequenceClassification, TokenClassification
-from masklm.model.io import load_model, save_model
+from masklm.model.io import ModelInfo, load_model, save_model
 
 VARIANTS = {
     "bert": {},
@@ -20,18 +21,8 @@ VARIANTS = {
 
 
 def tiny_cfg(**kw) -> ModelConfig:
-    base = dict(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    base.update(kw)
-    return ModelConfig(**base)
+    """The tiny encoder with 4 heads and a vocabulary of 100 unless `kw` says otherwise."""
+    return tiny_model_config(**{"vocab_size": 100, "num_attention_heads": 4, **kw})
 
 
 def tiny_tokenizer(vocab_size=100) -> tokenizers.Tokenizer:
@@ -161,3 +152,50 @@ def test_rotary_angles_survive_a_cast_to_bfloat16():
     after = rotary.to(torch.bfloat16)(q, k)
     for a, b in zip(before, after):
         assert torch.equal(a, b)
+
+
+def test_head_registry():
+    from masklm.model.base import build_model, head_class, registered_heads
+
+    assert [h.architecture for h in registered_heads()][:4] == [
+        "MaskedLM", "SequenceClassification", "TokenClassification", "QuestionAnswering",
+    ]  # fmt: skip
+    assert head_class("QuestionAnswering") is QuestionAnswering
+    assert build_model("TokenClassification", tiny_cfg(), ["a", "b"]).num_labels == 2
+    with pytest.raises(UserError, match="unknown architecture 'Nope'; expected one of MaskedLM"):
+        head_class("Nope")
+
+
+def test_other_labels_keep_encoder_and_pooler_and_start_a_new_classifier(tmp_path):
+    torch.manual_seed(5)
+    m = SequenceClassification(tiny_cfg(), 3).eval()
+    save_model(
+        m, tmp_path / "m", tiny_tokenizer(), ModelInfo("SequenceClassification", labels=["a", "b", "c"])
+    )
+    same, _, info = load_model(tmp_path / "m")
+    assert info.labels == ["a", "b", "c"] and info.notes == []
+    assert torch.equal(same.classifier.weight, m.classifier.weight)
+
+    other, _, info = load_model(tmp_path / "m", labels=["x", "y"])
+    assert info.labels == ["x", "y"] and other.classifier.weight.shape[0] == 2
+    assert torch.equal(other.pooler.weight, m.pooler.weight)
+    assert torch.equal(other.encoder.layers[1].ffn.up.weight, m.encoder.layers[1].ffn.up.weight)
+    assert len(info.notes) == 1 and "labels ['x', 'y'] requested" in info.notes[0]
+    assert "new: classifier)" in info.notes[0]
+
+
+def test_a_masklm_folder_missing_head_weights_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    save_model(
+        SequenceClassification(tiny_cfg(), 2),
+        tmp_path / "m",
+        tiny_tokenizer(),
+        ModelInfo("SequenceClassification", labels=["a", "b"]),
+    )
+    weights = tmp_path / "m" / "model.safetensors"
+    state = load_file(str(weights))
+    del state["classifier.bias"]
+    save_file(state, str(weights))
+    with pytest.raises(UserError, match=r"do not fit this model \(missing \['classifier.bias'\]\)"):
+        load_model(tmp_path / "m")

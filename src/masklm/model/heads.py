@@ -6,6 +6,9 @@
 - SequenceClassification: BERT's pooler (dense + tanh on [CLS]) → dropout → linear.
 - TokenClassification: dropout → linear on every token.
 - QuestionAnswering: linear to (start, end) logits on every token.
+
+Each head says how it appears outside masklm (Hugging Face class and module names, pipeline tag, outputs): see
+`masklm.model.base.Head`. A head defined elsewhere (a task module) joins them with `@register_head`.
 """
 
 from __future__ import annotations
@@ -15,10 +18,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from masklm.config import ModelConfig
+from masklm.model.base import Head, register_head
 from masklm.model.encoder import Encoder, activation, init_weights
 
 
-class MaskedLM(nn.Module):
+@register_head
+class MaskedLM(Head):
+    architecture = "MaskedLM"
+    hf_class = "BertForMaskedLM"
+    hf_auto_class = "AutoModelForMaskedLM"
+    hf_also_reads = ("BertForPreTraining",)  # its next-sentence head is dropped
+    pipeline_tag = "fill-mask"
+    hf_modules = {
+        "transform": "cls.predictions.transform.dense",
+        "transform_norm": "cls.predictions.transform.LayerNorm",
+        "decoder_bias": "cls.predictions.bias",
+    }
+    vocab_sized = ("decoder_bias",)
+    head_title = "MLM head"
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -46,8 +64,26 @@ class MaskedLM(nn.Module):
         logits = F.linear(h, self.encoder.embeddings.word.weight, self.decoder_bias)  # (..., V_padded)
         return logits[..., : self.cfg.vocab_size]  # padded rows are not tokens
 
+    @classmethod
+    def hf_usage(cls) -> list[str]:
+        return [
+            "```python",
+            "from transformers import pipeline",
+            'fill = pipeline("fill-mask", model="PATH/TO/THIS/FOLDER")',
+            'fill("the capital of france is [MASK] .")',
+            "```",
+        ]
 
-class SequenceClassification(nn.Module):
+
+@register_head
+class SequenceClassification(Head):
+    architecture = "SequenceClassification"
+    hf_class = "BertForSequenceClassification"
+    hf_auto_class = "AutoModelForSequenceClassification"
+    pipeline_tag = "text-classification"
+    hf_modules = {"pooler": "bert.pooler.dense", "classifier": "classifier"}
+    label_layer = "classifier"
+
     def __init__(self, cfg: ModelConfig, num_labels: int, dropout: float | None = None) -> None:
         super().__init__()
         self.cfg = cfg
@@ -69,7 +105,15 @@ class SequenceClassification(nn.Module):
         return self.classifier(self.dropout(pooled))  # (B, num_labels)
 
 
-class TokenClassification(nn.Module):
+@register_head
+class TokenClassification(Head):
+    architecture = "TokenClassification"
+    hf_class = "BertForTokenClassification"
+    hf_auto_class = "AutoModelForTokenClassification"
+    pipeline_tag = "token-classification"
+    hf_modules = {"classifier": "classifier"}
+    label_layer = "classifier"
+
     def __init__(self, cfg: ModelConfig, num_labels: int, dropout: float | None = None) -> None:
         super().__init__()
         self.cfg = cfg
@@ -89,7 +133,15 @@ class TokenClassification(nn.Module):
         return self.classifier(self.dropout(h))  # (B, T, num_labels)
 
 
-class QuestionAnswering(nn.Module):
+@register_head
+class QuestionAnswering(Head):
+    architecture = "QuestionAnswering"
+    hf_class = "BertForQuestionAnswering"
+    hf_auto_class = "AutoModelForQuestionAnswering"
+    pipeline_tag = "question-answering"
+    hf_modules = {"qa": "qa_outputs"}
+    output_names = ("start_logits", "end_logits")  # the two columns of the logits
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg

@@ -1,4 +1,4 @@
-"""Key maps to and from Hugging Face BERT checkpoints.
+"""Hugging Face BERT ↔ masklm: configs, weight names, and reading Hugging Face folders.
 
 masklm's encoder is BERT with three cosmetic differences, all undone here:
 
@@ -7,20 +7,21 @@ masklm's encoder is BERT with three cosmetic differences, all undone here:
   `ModelConfig.pad_vocab_multiple`: padded on load, trimmed on export;
 - module names are shorter (`encoder.layers.3.ffn.up` for `bert.encoder.layer.3.intermediate.dense`).
 
-    load_hf_model(folder)        HF folder (config.json + weights + tokenizer) → (model, tokenizer, ModelInfo)
+    read_hf_checkpoint(folder)   HF folder (config.json + weights + tokenizer) → Checkpoint under masklm names
+                                 (`masklm.model.io.load_model` builds the model from it)
     to_hf_state_dict(model)      masklm model → HF state dict (BertForMaskedLM / ...ForSequenceClassification / ...)
     config_from_hf(dict)         HF config.json → ModelConfig
     config_to_hf(cfg, ...)       ModelConfig → HF config.json
 
-The name map, one BERT layer (masklm ← HF, "bert." prefix optional on the HF side):
+The encoder's name map, one BERT layer (masklm ← HF, "bert." prefix optional on the HF side):
 
     encoder.embeddings.{word,position,token_type}  ← embeddings.{word,position,token_type}_embeddings
     encoder.embeddings.norm                        ← embeddings.LayerNorm
     encoder.layers.i.attn.qkv                      ← encoder.layer.i.attention.self.{query,key,value} (concatenated)
     encoder.layers.i.attn.out / attn_norm          ← encoder.layer.i.attention.output.dense / .LayerNorm
     encoder.layers.i.ffn.up / ffn.down / ffn_norm  ← encoder.layer.i.intermediate.dense / output.dense / .LayerNorm
-    transform / transform_norm / decoder_bias      ← cls.predictions.transform.dense / .LayerNorm / cls.predictions.bias
-    pooler / classifier / qa                       ← pooler.dense / classifier / qa_outputs
+
+Heads map their own modules (`Head.hf_modules`, e.g. pooler / classifier ← bert.pooler.dense / classifier).
 """
 
 from __future__ import annotations
@@ -32,28 +33,21 @@ from typing import Any
 
 import tokenizers
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
 from masklm.config import ModelConfig
 from masklm.data.tokenizer import load_tokenizer
 from masklm.errors import UserError
-from masklm.model.io import ModelInfo, build_model, read_config_json
+from masklm.model.base import (
+    Checkpoint,
+    Head,
+    head_class,
+    read_config_json,
+    read_safetensors,
+    registered_heads,
+)
 
-# masklm architecture ↔ Hugging Face class name
-HF_CLASSES = {
-    "MaskedLM": "BertForMaskedLM",
-    "SequenceClassification": "BertForSequenceClassification",
-    "TokenClassification": "BertForTokenClassification",
-    "QuestionAnswering": "BertForQuestionAnswering",
-}
-# HF classes whose checkpoints we read, and the masklm head they carry (None: encoder only)
-_HF_TO_ARCH: dict[str, str | None] = {
-    **{v: k for k, v in HF_CLASSES.items()},
-    "BertForPreTraining": "MaskedLM",
-    "BertModel": None,
-}
+_BARE_ENCODER = "BertModel"  # the HF class of an encoder without a head
 
 # HF hidden_act → masklm hidden_act. gelu_new / gelu_fast are the tanh approximation written out by hand.
 _ACT_FROM_HF = {
@@ -76,33 +70,28 @@ _LAYER = {
     "ffn_norm": "output.LayerNorm",
 }
 _QKV = ("query", "key", "value")
-# Everything else: masklm module → HF module (full HF names, BertFor* layout)
-_OTHER = {
+_EMBEDDINGS = {
     "encoder.embeddings.word": "bert.embeddings.word_embeddings",
     "encoder.embeddings.position": "bert.embeddings.position_embeddings",
     "encoder.embeddings.token_type": "bert.embeddings.token_type_embeddings",
     "encoder.embeddings.norm": "bert.embeddings.LayerNorm",
-    "transform": "cls.predictions.transform.dense",
-    "transform_norm": "cls.predictions.transform.LayerNorm",
-    "pooler": "bert.pooler.dense",
-    "classifier": "classifier",
-    "qa": "qa_outputs",
 }
 _WORD = "encoder.embeddings.word.weight"
-_DECODER_BIAS = "decoder_bias"
-_HF_DECODER_BIAS = "cls.predictions.bias"
 _LAYER_KEY = re.compile(r"encoder\.layers\.(\d+)\.(.+)\.(weight|bias)")
 # HF weights that carry nothing masklm needs: buffers, the next-sentence head, the tied decoder copies
 _IGNORED = re.compile(
     r"(bert\.)?embeddings\.(position_ids|token_type_ids)|cls\.seq_relationship\.(weight|bias)"
     r"|cls\.predictions\.decoder\.(weight|bias)"
 )
+# Older checkpoints keep the MLM decoder's bias only under its tied copy's name
+_ALIASES = {"cls.predictions.bias": "cls.predictions.decoder.bias"}
 
 
-def hf_keys(key: str) -> list[str]:
-    """The HF name(s) of one masklm parameter; `attn.qkv` maps to three (query, key, value)."""
-    if key == _DECODER_BIAS:
-        return [_HF_DECODER_BIAS]
+def hf_keys(key: str, head: type[Head] | None = None) -> list[str]:
+    """The HF name(s) of one masklm parameter; `attn.qkv` maps to three (query, key, value).
+
+    Head parameters are looked up in `head.hf_modules`, or in every registered head's when `head` is None.
+    """
     m = _LAYER_KEY.fullmatch(key)
     if m:
         i, module, param = m.groups()
@@ -111,10 +100,15 @@ def hf_keys(key: str) -> list[str]:
             return [f"{prefix}attention.self.{name}.{param}" for name in _QKV]
         if module in _LAYER:
             return [f"{prefix}{_LAYER[module]}.{param}"]
-    else:
-        module, _, param = key.rpartition(".")
-        if module in _OTHER:
-            return [f"{_OTHER[module]}.{param}"]
+        raise KeyError(f"masklm parameter {key!r} has no Hugging Face BERT counterpart")
+    module, _, param = key.rpartition(".")
+    if module in _EMBEDDINGS:
+        return [f"{_EMBEDDINGS[module]}.{param}"]
+    for h in (head,) if head is not None else registered_heads():
+        if key in h.hf_modules:
+            return [h.hf_modules[key]]
+        if module in h.hf_modules:
+            return [f"{h.hf_modules[module]}.{param}"]
     raise KeyError(f"masklm parameter {key!r} has no Hugging Face BERT counterpart")
 
 
@@ -199,10 +193,8 @@ def config_to_hf(
 ) -> dict[str, Any]:
     """ModelConfig → a Hugging Face BERT config.json dict (`vocab_size` overrides the row count written)."""
     refuse_modern(cfg)
-    if architecture not in HF_CLASSES:
-        raise UserError(f"architecture {architecture!r} has no Hugging Face BERT class")
     out: dict[str, Any] = {
-        "architectures": [HF_CLASSES[architecture]],
+        "architectures": [head_class(architecture).hf_class],
         "model_type": "bert",
         "vocab_size": vocab_size or cfg.vocab_size,
         "hidden_size": cfg.hidden_size,
@@ -241,6 +233,17 @@ def refuse_modern(cfg: ModelConfig) -> None:
         )
 
 
+def is_hf_config(data: dict[str, Any]) -> bool:
+    """Whether a config.json (as a dict) is a Hugging Face BERT one (or claims a BERT class)."""
+    known = {_BARE_ENCODER}
+    for head in registered_heads():
+        known.update((head.hf_class, *head.hf_also_reads))
+    claimed = data.get("architectures")
+    return data.get("model_type") == "bert" or (
+        isinstance(claimed, list) and any(name in known for name in claimed if isinstance(name, str))
+    )
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Weights: masklm → HF
 
@@ -252,6 +255,7 @@ def to_hf_state_dict(model: nn.Module, vocab_size: int | None = None) -> dict[st
     as `save_pretrained` does; `cls.predictions.bias` carries the decoder bias.
     """
     cfg: ModelConfig = model.cfg
+    head = head_class(type(model).architecture)
     refuse_modern(cfg)
     rows = vocab_size or cfg.vocab_size
     if rows > cfg.vocab_size:
@@ -259,9 +263,9 @@ def to_hf_state_dict(model: nn.Module, vocab_size: int | None = None) -> dict[st
     out: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
         value = value.detach().cpu()
-        if key in (_WORD, _DECODER_BIAS):
+        if key == _WORD or key in head.vocab_sized:
             value = value[:rows]
-        names = hf_keys(key)
+        names = hf_keys(key, head)
         parts = value.chunk(len(names), dim=0) if len(names) > 1 else (value,)
         for name, part in zip(names, parts, strict=True):
             out[name] = part.clone().contiguous()
@@ -290,35 +294,30 @@ def _normalise_hf_keys(state: dict[str, torch.Tensor], source: str) -> dict[str,
             name = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", name)
             name = re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name)
         out[name] = value
+    for name, alias in _ALIASES.items():
+        if name not in out and alias in out:
+            out[name] = out[alias]
     return out
 
 
-def _checkpoint_architecture(data: dict[str, Any], state: dict[str, torch.Tensor]) -> str | None:
-    """Which masklm head the checkpoint carries (None: a bare encoder)."""
-    for name in data.get("architectures") or []:
-        if name in _HF_TO_ARCH:
-            return _HF_TO_ARCH[name]
-    if "qa_outputs.weight" in state:
-        return "QuestionAnswering"
-    if "classifier.weight" in state:
-        return "SequenceClassification" if "bert.pooler.dense.weight" in state else "TokenClassification"
-    if "cls.predictions.transform.dense.weight" in state:
-        return "MaskedLM"
-    return None
+def _masklm_params(cfg: ModelConfig) -> dict[str, tuple[list[str], tuple[int, ...], bool]]:
+    """masklm name → (HF names, shape, one row per token?) for every parameter of any registered head for `cfg`.
+
+    The models are built on the meta device: names and shapes without memory or time. Heads sized by labels are
+    built with one label; only the encoder's shapes are checked against a checkpoint.
+    """
+    out: dict[str, tuple[list[str], tuple[int, ...], bool]] = {}
+    for head in registered_heads():
+        with torch.device("meta"):
+            model = head.create(cfg, ["label"])
+        for key, value in model.state_dict().items():
+            vocab = key == _WORD or key in head.vocab_sized
+            out.setdefault(key, (hf_keys(key, head), tuple(value.shape), vocab))
+    return out
 
 
-def _checkpoint_labels(data: dict[str, Any], state: dict[str, torch.Tensor]) -> list[str] | None:
-    if "classifier.weight" not in state:
-        return None
-    n = state["classifier.weight"].shape[0]
-    id2label = data.get("id2label") or {}
-    try:
-        return [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(n)]
-    except AttributeError:
-        return [f"LABEL_{i}" for i in range(n)]
-
-
-def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+def _fit_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """Pad with zero rows or trim to `rows` rows (vocabulary-sized weights)."""
     if t.shape[0] >= rows:
         return t[:rows]
     pad = torch.zeros((rows - t.shape[0], *t.shape[1:]), dtype=t.dtype)
@@ -326,37 +325,31 @@ def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def from_hf_state_dict(
-    model: nn.Module, state: dict[str, torch.Tensor], source: str, skip: tuple[str, ...] = ()
-) -> list[str]:
-    """Copy HF weights (any BERT layout) into `model`; returns the masklm parameters left as initialised.
+    state: dict[str, torch.Tensor], cfg: ModelConfig, source: str, config_rows: int | None = None
+) -> dict[str, torch.Tensor]:
+    """HF weights (any BERT layout) under masklm names, vocabulary rows padded to `cfg`.
 
-    Encoder weights must all be there with the right shapes (else UserError). Head weights are taken when
-    present with the right shapes and not under a module named in `skip`; the names of the others are returned.
-    HF keys that map to nothing in any masklm BERT model are refused, so a checkpoint of another model type
-    does not load silently.
+    `config_rows` is config.json's vocab_size when `cfg.vocab_size` was cut down to the tokenizer's: rows up to
+    that many are trimmed, not refused.
+
+    Encoder weights must all be there with the shapes `cfg` gives (else UserError). Head weights are converted
+    wherever the checkpoint has them; which of them a model takes is `masklm.model.io.load_model`'s rule. HF keys
+    that map to nothing in any registered head are refused, so a checkpoint of another model type does not load
+    silently.
     """
-    cfg: ModelConfig = model.cfg
     state = _normalise_hf_keys(state, source)
-    own = model.state_dict()
-    known: set[str] = set()
-    for arch in HF_CLASSES:  # every HF name any masklm BERT head could use
-        known.update(n for k in _all_param_names(cfg, arch) for n in hf_keys(k))
+    params = _masklm_params(cfg)
+    known = {n for names, _, _ in params.values() for n in names}
     unknown = sorted(k for k in state if k not in known and not _IGNORED.fullmatch(k))
     if unknown:
         raise UserError(
             f"{source} holds weights that are not BERT's ({len(unknown)} unknown, e.g. {', '.join(unknown[:3])}); "
             "it is a checkpoint of another model type or a different layer count"
         )
-    decoder_bias = state.get(_HF_DECODER_BIAS, state.get("cls.predictions.decoder.bias"))
-    if decoder_bias is not None:
-        state[_HF_DECODER_BIAS] = decoder_bias
     if cfg.type_vocab_size == 0:
         state.pop("bert.embeddings.token_type_embeddings.weight", None)
-
-    new: dict[str, torch.Tensor] = {}
-    fresh: list[str] = []
-    for key, target in own.items():
-        names = hf_keys(key)
+    out: dict[str, torch.Tensor] = {}
+    for key, (names, shape, vocab) in params.items():
         encoder = key.startswith("encoder.")
         missing = [n for n in names if n not in state]
         if missing:
@@ -364,47 +357,59 @@ def from_hf_state_dict(
                 raise UserError(
                     f"{source} lacks {missing[0]}; the checkpoint is incomplete or its config.json does not match it"
                 )
-            fresh.append(key)
             continue
         parts = [state[n] for n in names]
         value = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
-        if key in (_WORD, _DECODER_BIAS) and value.shape[0] <= target.shape[0]:
-            value = _pad_rows(value, target.shape[0])
-        if tuple(value.shape) != tuple(target.shape):
-            if encoder:
-                raise UserError(
-                    f"{source}: {names[0]} has shape {tuple(parts[0].shape)}, which does not fit config.json "
-                    f"(expected {tuple(target.shape) if len(names) == 1 else 'a third of ' + str(tuple(target.shape))})"
-                )
-            fresh.append(key)
-            continue
-        if not encoder and key.split(".")[0] in skip:
-            fresh.append(key)
-            continue
-        new[key] = value.to(target.dtype)
-    for key in fresh:
-        new[key] = own[key]
-    model.load_state_dict(new, strict=True)
-    return fresh
+        if vocab and value.shape[0] <= max(shape[0], config_rows or 0):
+            value = _fit_rows(value, shape[0])
+        if encoder and tuple(value.shape) != shape:
+            raise UserError(
+                f"{source}: {names[0]} has shape {tuple(parts[0].shape)}, which does not fit config.json "
+                f"(expected {shape if len(names) == 1 else 'a third of ' + str(shape)})"
+            )
+        out[key] = value
+    return out
 
 
-def _all_param_names(cfg: ModelConfig, architecture: str) -> list[str]:
-    """masklm parameter names of `architecture` for `cfg`, without building the model."""
-    names = [f"encoder.embeddings.{m}.{p}" for m in ("word", "position", "token_type") for p in ("weight",)]
-    names += ["encoder.embeddings.norm.weight", "encoder.embeddings.norm.bias"]
-    for i in range(cfg.num_hidden_layers):
-        for module in ("attn.qkv", *_LAYER):
-            names += [f"encoder.layers.{i}.{module}.weight", f"encoder.layers.{i}.{module}.bias"]
-    heads = {
-        "MaskedLM": ["transform", "transform_norm"],
-        "SequenceClassification": ["pooler", "classifier"],
-        "TokenClassification": ["classifier"],
-        "QuestionAnswering": ["qa"],
-    }[architecture]
-    names += [f"{m}.{p}" for m in heads for p in ("weight", "bias")]
-    if architecture == "MaskedLM":
-        names.append(_DECODER_BIAS)
-    return names
+def _checkpoint_head(data: dict[str, Any], state: dict[str, torch.Tensor]) -> tuple[type[Head] | None, str]:
+    """Which registered head the checkpoint carries (None: a bare encoder), and how a note names the checkpoint.
+
+    config.json's "architectures" decides; without it, the head with the most HF modules (the first registered
+    among equals) whose modules all have weights in the checkpoint.
+    """
+    bare = None, f"a bare encoder ({_BARE_ENCODER}) without head weights"
+    for name in data.get("architectures") or []:
+        if name == _BARE_ENCODER:
+            return bare
+        for head in registered_heads():
+            if name == head.hf_class or name in head.hf_also_reads:
+                return head, f"a {head.hf_class}"
+    carried = [
+        h
+        for h in registered_heads()
+        if all(m in state or f"{m}.weight" in state for m in h.hf_modules.values())
+    ]
+    if not carried:
+        return bare
+    head = max(carried, key=lambda h: len(h.hf_modules))  # max keeps the first of equals
+    return head, f"a {head.hf_class}"
+
+
+def _checkpoint_labels(
+    head: type[Head] | None, data: dict[str, Any], state: dict[str, torch.Tensor]
+) -> list[str] | None:
+    """Label names of a head sized by labels: one per row of its label layer, named by config.json's id2label."""
+    if head is None or head.label_layer is None:
+        return None
+    weight = hf_keys(f"{head.label_layer}.weight", head)[0]
+    if weight not in state:
+        return None
+    n = state[weight].shape[0]
+    id2label = data.get("id2label") or {}
+    try:
+        return [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(n)]
+    except AttributeError:
+        return [f"LABEL_{i}" for i in range(n)]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -417,7 +422,7 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     index = folder / "model.safetensors.index.json"
     legacy = folder / "pytorch_model.bin"
     if single.is_file():
-        return _read_safetensors(single)
+        return read_safetensors(single)
     if index.is_file():
         try:
             shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
@@ -425,7 +430,7 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
             raise UserError(f"{index} is not a valid safetensors index") from None
         state: dict[str, torch.Tensor] = {}
         for shard in shards:
-            state.update(_read_safetensors(folder / shard))
+            state.update(read_safetensors(folder / shard))
         return state
     if legacy.is_file():
         try:
@@ -442,16 +447,6 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     )
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise UserError(f"{path} is missing; the checkpoint is incomplete")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        first = (str(e).splitlines() or [""])[0][:80]
-        raise UserError(f"{path} is not a valid safetensors file ({first})") from None
-
-
 def load_hf_tokenizer(folder: str | Path) -> tokenizers.Tokenizer:
     """tokenizer.json if present, else BERT's WordPiece around vocab.txt (do_lower_case from tokenizer_config.json).
 
@@ -465,23 +460,18 @@ def load_hf_tokenizer(folder: str | Path) -> tokenizers.Tokenizer:
     return load_tokenizer(folder)
 
 
-def load_hf_model(
-    folder: str | Path, architecture: str | None = None, labels: list[str] | None = None
-) -> tuple[nn.Module, tokenizers.Tokenizer, ModelInfo]:
-    """Load a Hugging Face BERT folder as a masklm model (the same call `masklm.model.io.load_model` makes).
+def read_hf_checkpoint(folder: Path) -> Checkpoint:
+    """A Hugging Face BERT folder as a Checkpoint: its config, tokenizer and weights under masklm names.
 
-    `architecture` picks the masklm head (default: the checkpoint's own, MaskedLM for a bare BertModel);
-    heads the checkpoint lacks are initialised from scratch and said so in `ModelInfo.notes`.
+    A vocabulary larger than the tokenizer's is trimmed to it (and said so in the notes).
     """
-    folder = Path(folder)
     source = str(folder)
     data = read_config_json(folder)
     cfg = config_from_hf(data, str(folder / "config.json"))
-    raw = read_hf_weights(folder)
-    state = _normalise_hf_keys(raw, source)
+    raw = _normalise_hf_keys(read_hf_weights(folder), source)
     tokenizer = load_hf_tokenizer(folder)
-
     notes: list[str] = []
+    config_rows = cfg.vocab_size
     n_tok = tokenizer.get_vocab_size()
     if n_tok > cfg.vocab_size:
         raise UserError(
@@ -493,31 +483,16 @@ def load_hf_model(
             f"vocabulary trimmed from {cfg.vocab_size} embedding rows to the tokenizer's {n_tok} tokens"
         )
         cfg.vocab_size = n_tok
-
-    saved = _checkpoint_architecture(data, state)
-    saved_labels = _checkpoint_labels(data, state)
-    want = architecture or saved or "MaskedLM"
-    if want not in HF_CLASSES:
-        raise UserError(f"unknown architecture {want!r}; expected one of {', '.join(HF_CLASSES)}")
-    classifies = want in ("SequenceClassification", "TokenClassification")
-    want_labels = list(labels) if labels is not None else saved_labels if want == saved else None
-    # A classifier trained for other labels is not reused (as for masklm folders); the pooler is.
-    relabel = classifies and want == saved and want_labels != saved_labels
-    model = build_model(want, cfg, want_labels)
-    fresh = from_hf_state_dict(model, state, source, skip=("classifier",) if relabel else ())
-    if fresh:
-        what = "MLM head" if want == "MaskedLM" else f"{want} head"
-        if relabel:
-            reason = f"labels {want_labels} requested, the checkpoint was trained for {saved_labels}"
-        elif saved is None:
-            reason = "the checkpoint is a bare encoder (BertModel) without head weights"
-        elif saved != want:
-            reason = f"the checkpoint is a {HF_CLASSES[saved]}"
-        else:
-            reason = "the checkpoint's head weights do not fit (different shapes)"
-        modules = sorted({k.rsplit(".", 1)[0] for k in fresh})
-        notes.append(f"{what} initialised from scratch: {reason} (new: {', '.join(modules)})")
-    info = ModelInfo(
-        architecture=want, labels=want_labels if classifies else None, source="huggingface", notes=notes
+    head, described = _checkpoint_head(data, raw)
+    return Checkpoint(
+        cfg=cfg,
+        state=from_hf_state_dict(raw, cfg, source, config_rows),
+        tokenizer=tokenizer,
+        folder=folder,
+        architecture=head.architecture if head else None,
+        labels=_checkpoint_labels(head, data, raw),
+        described=described,
+        complete=False,
+        source="huggingface",
+        notes=notes,
     )
-    return model, tokenizer, info

@@ -1,62 +1,43 @@
-"""Model folders: save and load a model with its config and tokenizer.
+"""Model folders: save a model with its config and tokenizer; load any model folder with the head you ask for.
 
 A masklm model folder holds
     config.json        {"format": "masklm", "architecture": ..., "model": ModelConfig fields, "labels": ..., ...}
     model.safetensors  the weights under masklm's own parameter names
     tokenizer.json     the tokenizer the model was trained with
 
-`load_model` also takes a run folder (it uses RUN/model) and a Hugging Face BERT folder (config.json with "model_type": "bert"), converted by `masklm.model.hf`.
+`load_model` also takes a run folder (it uses RUN/model) and a Hugging Face BERT folder (config.json with
+"model_type": "bert"), read by `masklm.model.hf`. Both kinds of folder become a `Checkpoint` first, and one rule
+turns a checkpoint into the model asked for (`_take_weights`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
-import os
-import re
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import tokenizers
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from masklm.config import ModelConfig
 from masklm.data.tokenizer import tokenizer_hash
 from masklm.errors import UserError
-from masklm.model.heads import MaskedLM, QuestionAnswering, SequenceClassification, TokenClassification
+from masklm.model.base import (
+    DEFAULT_ARCHITECTURE,
+    Checkpoint,
+    ModelInfo,
+    build_model,
+    head_class,
+    read_config_json,
+    read_safetensors,
+    save_safetensors,
+)
+from masklm.model.hf import is_hf_config, read_hf_checkpoint
 from masklm.utils import atomic_write_text, fsync_dir, fsync_file
 
-ARCHITECTURES = {
-    "MaskedLM": MaskedLM,
-    "SequenceClassification": SequenceClassification,
-    "TokenClassification": TokenClassification,
-    "QuestionAnswering": QuestionAnswering,
-}
-
-
-@dataclass
-class ModelInfo:
-    """What a model folder says about itself besides the weights."""
-
-    architecture: str = "MaskedLM"
-    labels: list[str] | None = None  # classification / token classification label names, in id order
-    task: dict[str, Any] = field(default_factory=dict)  # task settings saved with a fine-tuned model
-    source: str = "masklm"  # "masklm" or "huggingface"
-    notes: list[str] = field(default_factory=list)  # things the user should know (e.g. a fresh head)
-
-
-def build_model(architecture: str, cfg: ModelConfig, labels: list[str] | None = None) -> nn.Module:
-    if architecture not in ARCHITECTURES:
-        raise UserError(f"unknown architecture {architecture!r}; expected one of {', '.join(ARCHITECTURES)}")
-    cls = ARCHITECTURES[architecture]
-    if cls in (SequenceClassification, TokenClassification):
-        return cls(cfg, num_labels=len(labels or []) or 1)
-    return cls(cfg)
+__all__ = ["ModelInfo", "load_model", "resolve_model_dir", "save_model", "save_safetensors"]
 
 
 def save_model(
@@ -69,7 +50,7 @@ def save_model(
     """Write config.json, model.safetensors and tokenizer.json into `folder` (created), each atomically."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    info = info or ModelInfo(architecture=type(model).__name__)
+    info = info or ModelInfo(architecture=type(model).architecture)
     cfg: ModelConfig = model.cfg
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tmp = folder / ".model.safetensors.tmp"
@@ -94,21 +75,6 @@ def save_model(
     return folder
 
 
-def save_safetensors(
-    state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
-) -> None:
-    """safetensors' save_file, whose I/O failures (disk full, permissions) are raised as OSError like any write's.
-
-    safetensors reports them as SafetensorError("... (os error 28)"), which no `except OSError` would catch.
-    """
-    try:
-        save_file(state, str(path), metadata=metadata)
-    except SafetensorError as e:
-        found = re.search(r"os error (\d+)", str(e))
-        code = int(found.group(1)) if found else errno.EIO
-        raise OSError(code, os.strerror(code), str(path)) from None
-
-
 def resolve_model_dir(path: str | Path) -> Path:
     """A model folder from a model folder or a run folder."""
     p = Path(path)
@@ -128,41 +94,35 @@ def resolve_model_dir(path: str | Path) -> Path:
     )
 
 
-def read_config_json(folder: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"{folder / 'config.json'} is not valid JSON; the model folder is damaged") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{folder / 'config.json'} is not a model config")
-    return data
-
-
 def load_model(
-    path: str | Path, architecture: str | None = None, labels: list[str] | None = None
+    path: str | Path, architecture: str | None = None, labels: Sequence[str] | None = None
 ) -> tuple[nn.Module, tokenizers.Tokenizer, ModelInfo]:
     """Load a masklm or Hugging Face model folder (or a run folder).
 
-    `architecture` asks for a particular head: loading a MaskedLM for classification keeps the encoder and
-    initialises the new head (and says so in info.notes). `labels` sizes a new classification head.
+    `architecture` asks for a particular head (default: the checkpoint's own, MaskedLM for a bare encoder);
+    `labels` sizes a head that has one output per label. Asking for another head (or other labels) than the
+    checkpoint's keeps the encoder (and BERT's pooler, when both heads have one of the same shape), initialises
+    the rest, and says so in `info.notes`.
     """
     folder = resolve_model_dir(path)
     data = read_config_json(folder)
-    if data.get("format") != "masklm":
-        if data.get("model_type") == "bert" or "BertForMaskedLM" in str(data.get("architectures")):
-            from masklm.model.hf import load_hf_model
-
-            return load_hf_model(folder, architecture=architecture, labels=labels)
+    if data.get("format") == "masklm":
+        checkpoint = _read_masklm_checkpoint(folder, data)
+    elif is_hf_config(data):
+        checkpoint = read_hf_checkpoint(folder)
+    else:
         raise UserError(
             f"{folder / 'config.json'} is neither a masklm model nor a Hugging Face BERT config "
             f"(model_type={data.get('model_type')!r})"
         )
+    return _model_from_checkpoint(checkpoint, architecture, labels)
+
+
+def _read_masklm_checkpoint(folder: Path, data: dict[str, Any]) -> Checkpoint:
     try:
         cfg = ModelConfig(**data["model"])
     except (KeyError, TypeError) as e:
         raise UserError(f"{folder / 'config.json'} has an invalid model section ({e})") from None
-    saved_arch = data.get("architecture", "MaskedLM")
-    info = ModelInfo(architecture=saved_arch, labels=data.get("labels"), task=data.get("task") or {})
     tokenizer = _load_tokenizer_file(folder / "tokenizer.json")
     saved_hash = data.get("tokenizer_hash")
     if tokenizer.get_vocab_size() != cfg.vocab_size or (
@@ -173,25 +133,18 @@ def load_model(
             f"saved with ({cfg.vocab_size} tokens); the folder mixes files from different models: put back the "
             "model's own tokenizer.json"
         )
-    state = load_weights(folder / "model.safetensors")
-    want = architecture or saved_arch
-    want_labels = labels if labels is not None else info.labels
-    model = build_model(want, cfg, want_labels)
-    if want == saved_arch and (labels is None or labels == info.labels):
-        load_state(model, state, str(folder))
-    else:
-        # A different head: keep the encoder (and BERT's pooler when both heads have one), initialise the rest.
-        own = model.state_dict()
-        keep = {
-            k: v
-            for k, v in state.items()
-            if k.startswith("encoder.") or (k.startswith("pooler.") and k in own and own[k].shape == v.shape)
-        }
-        load_state(model, keep, str(folder), strict_missing_prefix="encoder.")
-        info.notes.append(f"{want} head initialised from scratch (the checkpoint is a {saved_arch})")
-        info.architecture = want
-        info.labels = want_labels
-    return model, tokenizer, info
+    architecture = data.get("architecture", DEFAULT_ARCHITECTURE)
+    return Checkpoint(
+        cfg=cfg,
+        state=read_safetensors(folder / "model.safetensors"),
+        tokenizer=tokenizer,
+        folder=folder,
+        architecture=architecture,
+        labels=data.get("labels"),
+        described=f"a {architecture}",
+        complete=True,
+        task=data.get("task") or {},
+    )
 
 
 def _load_tokenizer_file(path: Path) -> tokenizers.Tokenizer:
@@ -206,31 +159,61 @@ def _load_tokenizer_file(path: Path) -> tokenizers.Tokenizer:
     return tok
 
 
-def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise UserError(f"{path} is missing; the model folder is incomplete")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(
-            f"{path} is not a valid safetensors file ({str(e).splitlines()[0][:80]}); the model folder is damaged: "
-            "copy the model again"
-        ) from None
-
-
-def load_state(
-    model: nn.Module, state: dict[str, torch.Tensor], source: str, strict_missing_prefix: str | None = None
-) -> None:
-    """Copy `state` into `model`, refusing mismatched names or shapes with one clear line."""
-    own = model.state_dict()
-    unexpected = sorted(set(state) - set(own))
-    missing = sorted(
-        k
-        for k in set(own) - set(state)
-        if strict_missing_prefix is None or k.startswith(strict_missing_prefix)
+def _model_from_checkpoint(
+    ckpt: Checkpoint, architecture: str | None, labels: Sequence[str] | None
+) -> tuple[nn.Module, tokenizers.Tokenizer, ModelInfo]:
+    """Build the model asked for and fill it from the checkpoint by the one rule (`_take_weights`)."""
+    want = architecture or ckpt.architecture or DEFAULT_ARCHITECTURE
+    head = head_class(want)
+    sized = head.label_layer is not None
+    if labels is not None:
+        want_labels: list[str] | None = list(labels)
+    else:
+        want_labels = ckpt.labels if want == ckpt.architecture else None
+    same_head = want == ckpt.architecture and (not sized or want_labels == ckpt.labels)
+    model = build_model(want, ckpt.cfg, want_labels)
+    fresh = _take_weights(model, ckpt, same_head)
+    notes = list(ckpt.notes)
+    if fresh:
+        if not same_head and want == ckpt.architecture:
+            reason = f"labels {want_labels} requested, the checkpoint was trained for {ckpt.labels}"
+        elif not same_head:
+            reason = f"the checkpoint is {ckpt.described}"
+        else:
+            reason = "the checkpoint's head weights are missing or do not fit (different shapes)"
+        modules = sorted({k.rsplit(".", 1)[0] for k in fresh})
+        notes.append(f"{head.title()} initialised from scratch: {reason} (new: {', '.join(modules)})")
+    info = ModelInfo(
+        architecture=want,
+        labels=want_labels if sized else None,
+        task=ckpt.task,
+        source=ckpt.source,
+        notes=notes,
     )
-    bad_shape = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
-    if unexpected or missing or bad_shape:
+    return model, ckpt.tokenizer, info
+
+
+def _take_weights(model: nn.Module, ckpt: Checkpoint, same_head: bool) -> list[str]:
+    """Fill `model` from the checkpoint; returns the names of the weights left as initialised (a fresh head).
+
+    The rule: the encoder always comes from the checkpoint and must fit. With the same head (and labels) every
+    other weight the model has is taken too; with another head only BERT's pooler is, when both heads have one of
+    the same shape. A checkpoint marked complete (a masklm folder) must hold exactly the weights of its head;
+    anything missing, left over or of another shape means the folder does not belong to this model.
+    """
+    own = model.state_dict()
+
+    def strict(key: str) -> bool:  # a weight whose absence or misfit is an error, not a fresh start
+        return key.startswith("encoder.") or (same_head and ckpt.complete)
+
+    def taken(key: str) -> bool:
+        return key.startswith("encoder.") or same_head or key.startswith("pooler.")
+
+    state = ckpt.state
+    bad_shape = [k for k in state if k in own and state[k].shape != own[k].shape and strict(k)]
+    missing = sorted(k for k in own if k not in state and strict(k))
+    unexpected = sorted(k for k in state if k not in own and strict(k))
+    if bad_shape or missing or unexpected:
         detail = (
             f"shape of {bad_shape[0]} is {tuple(state[bad_shape[0]].shape)}, expected {tuple(own[bad_shape[0]].shape)}"
             if bad_shape
@@ -239,6 +222,9 @@ def load_state(
             else f"unexpected {unexpected[:3]}"
         )
         raise UserError(
-            f"weights in {source} do not fit this model ({detail}); it was saved by a different model"
+            f"weights in {ckpt.folder} do not fit this model ({detail}); it was saved by a different model"
         )
-    model.load_state_dict(state, strict=strict_missing_prefix is None)
+    take = {k: v for k, v in state.items() if k in own and taken(k) and v.shape == own[k].shape}
+    own.update({k: v.to(own[k].dtype) for k, v in take.items()})
+    model.load_state_dict(own, strict=True)
+    return sorted(k for k in own if k not in take)

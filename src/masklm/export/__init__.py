@@ -1,0 +1,123 @@
+"""Export a model as a Hugging Face BERT folder or as ONNX, with a model card.
+
+    export_model("runs/demo", "exports/demo-hf")                 # BertForMaskedLM folder for transformers
+    export_model("runs/demo", "exports/demo-onnx", fmt="onnx")   # model.onnx for ONNX Runtime
+
+Both write into a temporary sibling folder and rename it to OUT only once everything is written and checked, so a
+failed export leaves no OUT behind. Each format is one module: `hf` (the Hugging Face folder and its check against
+masklm and transformers), `onnx` (model.onnx and its check in ONNX Runtime), `card` (README.md). Every head-specific
+detail (HF class, outputs, inputs) comes from the model's head class (`masklm.model.base.Head`).
+
+With `check=True` an export is compared with the PyTorch model before it is declared done: the HF folder is
+reloaded (by masklm, and by transformers when it is installed: no missing or unexpected weights, same logits,
+same token ids), the ONNX file is run in ONNX Runtime on padded inputs of another shape (max abs diff <= TOLERANCE).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from masklm.errors import UserError
+from masklm.export.card import RunRecord, model_card
+from masklm.export.common import TOLERANCE, write_text
+from masklm.export.hf import bert_tokenizer_settings, check_hf_export, tokenizer_files, write_hf_folder
+from masklm.export.onnx import check_onnx_export, export_onnx, require_onnx, write_onnx_folder
+from masklm.model.hf import refuse_modern
+from masklm.model.io import load_model, resolve_model_dir
+from masklm.tasks import all_tasks
+from masklm.utils import fsync_dir
+
+FORMATS = ("hf", "onnx")
+
+__all__ = [
+    "FORMATS",
+    "TOLERANCE",
+    "RunRecord",
+    "bert_tokenizer_settings",
+    "check_hf_export",
+    "check_onnx_export",
+    "export_model",
+    "export_onnx",
+    "model_card",
+    "tokenizer_files",
+]
+
+
+def export_model(
+    model_dir: str | Path,
+    out: str | Path,
+    fmt: str = "hf",
+    *,
+    overwrite: bool = False,
+    check: bool = True,
+) -> Path:
+    """Export the model in `model_dir` (a model folder, a run folder or an HF BERT folder) to the folder `out`."""
+    out = Path(out)
+    folder = _check_request(Path(model_dir), out, fmt, overwrite)
+    all_tasks()  # task modules may define heads of their own: importing them registers those heads
+    model, tokenizer, info = load_model(folder)
+    model = model.float().eval()  # exports are float32
+    if fmt == "hf":
+        refuse_modern(model.cfg)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        if fmt == "hf":
+            write_hf_folder(model, tokenizer, info, tmp)
+            if check:
+                check_hf_export(model, tokenizer, tmp, tolerance=TOLERANCE)
+        else:
+            write_onnx_folder(model, tokenizer, info, tmp)
+            if check:
+                check_onnx_export(model, tmp / "model.onnx", tolerance=TOLERANCE)
+        record = RunRecord.read(Path(model_dir), folder)
+        write_text(tmp / "README.md", model_card(model, tokenizer, info, fmt, out.name, record))
+        fsync_dir(tmp)
+        _replace_folder(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _check_request(model_dir: Path, out: Path, fmt: str, overwrite: bool) -> Path:
+    """Everything that can be refused before anything is written; returns the model folder."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r}; choose hf or onnx")
+    folder = resolve_model_dir(model_dir)
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists; choose another folder or pass --overwrite to replace it")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file; the export is a folder, choose another name")
+    if folder.resolve().is_relative_to(out.resolve()) or model_dir.resolve().is_relative_to(out.resolve()):
+        raise UserError(f"{out} holds the model being exported; choose a folder outside it")
+    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise UserError(
+            f"--overwrite refuses to replace {out}: it does not look like an export (no config.json); "
+            "choose another folder"
+        )
+    if fmt == "onnx":
+        require_onnx()
+    return folder
+
+
+def _replace_folder(tmp: Path, out: Path) -> None:
+    """Rename `tmp` to `out`; an existing `out` is moved aside first and removed only after the rename."""
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        out.rename(old)
+    try:
+        tmp.rename(out)
+    except OSError:
+        if old.exists():
+            old.rename(out)
+        raise
+    fsync_dir(out.parent)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
