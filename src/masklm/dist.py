@@ -44,7 +44,11 @@ def is_distributed() -> bool:
 
 
 def rank() -> int:
-    return tdist.get_rank() if is_distributed() else 0
+    """This process's rank: the process group's once it is joined, before that torchrun's RANK (0 without it).
+
+    The one rank of masklm: rank-0 logging asks it before `init()` as well as after.
+    """
+    return tdist.get_rank() if is_distributed() else int(os.environ.get("RANK", "0"))
 
 
 def world_size() -> int:

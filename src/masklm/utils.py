@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic writes, rank-0 logging, device selection."""
+"""Small shared helpers: atomic writes, rank-0 logging (the rank is masklm.dist.rank), device selection."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import torch
+
+from masklm.dist import rank
 
 
 def fsync_file(path: str | Path) -> None:
@@ -49,10 +51,6 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
 
 
 def log(*parts: object) -> None:

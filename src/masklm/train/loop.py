@@ -1,9 +1,12 @@
-"""fit(): the optimisation loop shared by pretraining and fine-tuning.
+"""fit(): the optimisation loop shared by pretraining and fine-tuning, as a short loop over a Trainer's phases.
 
-One optimizer step = `grad_accum` micro-batches: make_batch(micro_step) → forward under autocast → loss → backward;
-then clip, check for non-finite values, optimizer step, learning-rate schedule. Around it: logging to
-metrics.jsonl, evaluation every N steps, checkpoints every N steps, a step / token / wall-clock budget, and
-graceful stops on SIGTERM / SIGINT.
+- step: one optimizer step = `grad_accum` micro-batches (forward under autocast → loss, weighted by the items it
+  averages over → backward), then clip, agree across processes, optimizer step (or skip) and learning-rate schedule;
+- log: every `train.log_every` steps a "train" record (mean loss since the last one, lr, grad norm, tokens/s) to
+  the run's MetricsLogger (metrics.jsonl; TensorBoard with train.log=tensorboard, see train/logger.py);
+- evaluate: every `train.eval_every` steps, at each epoch end when asked, and at the end: a "val" record;
+- checkpoint: every `train.checkpoint_every` steps, at the end and when a SIGTERM / SIGINT asks to stop.
+Around them: a step / token / wall-clock budget and batches built in a background thread.
 
 Everything random is a function of the step number (batches and masks are built by `make_batch(micro_step)`) or
 lives in the saved RNG state (dropout), so a resumed run continues exactly where it stopped without replaying data.
@@ -19,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import math
 import queue
 import signal
@@ -38,8 +40,9 @@ from masklm import dist
 from masklm.config import TrainConfig
 from masklm.errors import UserError
 from masklm.train import checkpoint as ckpt
+from masklm.train.logger import MetricsLogger, open_metrics
 from masklm.train.optim import lr_factor, set_lr
-from masklm.utils import atomic_write_text, log, native_bf16, rank
+from masklm.utils import log, native_bf16
 
 Batch = dict[str, torch.Tensor]
 
@@ -170,6 +173,249 @@ def set_rng_state(state: dict[str, Any]) -> None:
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@dataclass
+class StepOutcome:
+    """What one optimizer step hands to the log phase and the loop."""
+
+    lr: float
+    loss: torch.Tensor  # the step's loss on this process (its micro-batches' weighted losses summed)
+    grad_norm: torch.Tensor
+    finite: bool  # False: skipped (a non-finite loss or gradient on some process)
+    stop: bool  # a stop signal reached some process: checkpoint and return after this step
+
+
+@dataclass
+class _LogWindow:
+    """What the next "train" record averages: the loss of the finite steps since the last record, and the
+    tokens and time since then (for tokens/s). The loss part is saved in checkpoints."""
+
+    loss_sum: torch.Tensor
+    n_loss: int = 0
+    tokens: int = 0
+    start: float = 0.0
+
+
+class Trainer:
+    """The phases of fit over one run's state (`result`, the log window): `step`, `log_train`, `evaluate`,
+    `save` (the checkpoint hook) and `stop`. See fit for the arguments."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        cfg: TrainConfig,
+        device: torch.device,
+        *,
+        run_dir: Path,
+        tokens_per_step: int,
+        loss_fn: Callable[[nn.Module, Batch], torch.Tensor],
+        loss_items: Callable[[Batch], int] | None = None,
+        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
+        evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+        on_eval: Callable[[dict[str, float], int], None] | None = None,
+        extra_state: dict[str, Any] | None = None,
+    ) -> None:
+        self.model, self.optimizer, self.cfg, self.device = model, optimizer, cfg, device
+        self.precision = resolve_precision(cfg.precision, device)
+        self.run_dir, self.ckpt_dir = Path(run_dir), Path(run_dir) / "checkpoints"
+        self.tokens_per_step = tokens_per_step
+        self.loss_fn, self.loss_items, self.reduce = loss_fn, loss_items, reduce
+        self.no_sync = dist.no_sync(model) if no_sync is None else no_sync
+        self._evaluate, self._on_eval = evaluate, on_eval
+        self.extra_state = extra_state or {}
+        self.result = FitResult()
+        self.window = _LogWindow(torch.zeros((), device=device))
+        self.metrics = MetricsLogger(self.run_dir, [])
+
+    # -- start and state ------------------------------------------------------------------------------------
+
+    def start(self, resume_from: Path | None) -> None:
+        """Restore a resumed run from its checkpoint (or give each process of a new one its own dropout
+        stream), then open the run's metrics sinks."""
+        if resume_from is None:
+            if dist.world_size() > 1:
+                torch.manual_seed(_process_seed(self.cfg.seed, dist.rank(), 0))
+        else:
+            self._restore(resume_from)
+        kind = getattr(self.cfg, "log", "jsonl")
+        self.metrics = open_metrics(self.run_dir, kind, None if resume_from is None else self.result.step)
+
+    def _restore(self, path: Path) -> None:
+        state = ckpt.load_checkpoint(path, unwrap(self.model), self.optimizer)  # every process
+        res = self.result
+        res.step, res.tokens = int(state["step"]), int(state["tokens"])
+        res.elapsed_s, res.skipped_steps = float(state["elapsed_s"]), int(state.get("skipped_steps", 0))
+        res.last_eval = dict(state.get("last_eval", {}))
+        loss_sum, n_loss = state.get("log_window", [0.0, 0])
+        self.window = _LogWindow(torch.full((), loss_sum, device=self.device), int(n_loss))
+        by_rank = state.get("rng_by_rank")
+        if by_rank is not None and len(by_rank) == dist.world_size():
+            set_rng_state(by_rank[dist.rank()])
+        else:
+            set_rng_state(state["rng"])
+            if dist.world_size() > 1:  # another number of processes: fresh per-process streams
+                torch.manual_seed(_process_seed(self.cfg.seed, dist.rank(), res.step))
+        log(f"resumed from {path} at step {res.step} ({res.tokens:,} tokens)")
+
+    def state(self) -> dict[str, Any]:
+        """The trainer state a checkpoint saves (every process calls it: the RNG states are gathered)."""
+        res, loss_sum = self.result, self.window.loss_sum
+        return {
+            "step": res.step,
+            "tokens": res.tokens,
+            "elapsed_s": res.elapsed_s,
+            "skipped_steps": res.skipped_steps,
+            "last_eval": {k: float(v) for k, v in res.last_eval.items()},
+            "rng": rng_state(),
+            **({"rng_by_rank": dist.all_gather_object(rng_state())} if dist.world_size() > 1 else {}),
+            # the window's loss is averaged over processes like a log line's
+            "log_window": [
+                float(self.reduce(loss_sum) if self.reduce is not None else loss_sum),
+                self.window.n_loss,
+            ],
+            **self.extra_state,
+        }
+
+    def close(self) -> None:
+        self.metrics.close()
+
+    # -- the step ---------------------------------------------------------------------------------------------
+
+    def step(self, next_batch: Callable[[], Batch], budget: Budget, stop: _StopFlag) -> StepOutcome:
+        """One optimizer step over the next `grad_accum` micro-batches; counts its steps, tokens and time."""
+        t0 = time.perf_counter()
+        res = self.result
+        lr = self.cfg.lr * lr_factor(budget.progress(res.step + 1, res.elapsed_s), self.cfg, budget.steps)
+        set_lr(self.optimizer, lr)
+        step_loss = self._backward([next_batch() for _ in range(self.cfg.grad_accum)])
+        grad_norm = dist.clip_grad_norm_(self.model, self.cfg.clip_norm)  # the global norm, on every process
+        finite, stop_now = self._agree(step_loss, grad_norm, stop.requested)
+        if finite:
+            self.optimizer.step()
+        else:
+            self._skip()
+        self.optimizer.zero_grad(set_to_none=True)
+        res.step += 1
+        res.tokens += self.tokens_per_step
+        res.elapsed_s += time.perf_counter() - t0
+        if budget.minutes is not None:  # the slowest clock, so every process stops at the same step
+            res.elapsed_s = float(
+                dist.all_reduce_max(torch.tensor(res.elapsed_s, dtype=torch.float64, device=self.device))
+            )
+        self.window.tokens += self.tokens_per_step
+        if finite:
+            self.window.loss_sum += step_loss
+            self.window.n_loss += 1
+        return StepOutcome(lr, step_loss, grad_norm, finite, stop_now)
+
+    def _backward(self, micro_batches: list[Batch]) -> torch.Tensor:
+        """Forward and backward over the micro-batches, gradients synchronised on the last one only; returns
+        the step's loss (the weighted sum of the micro-batches' mean losses)."""
+        accum = len(micro_batches)
+        step_loss = torch.zeros((), device=self.device)
+        weights = _loss_weights(micro_batches, self.loss_items, self.reduce, self.device)
+        for micro, cpu_batch in enumerate(micro_batches):
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in cpu_batch.items()}
+            last = micro == accum - 1
+            with contextlib.nullcontext() if (self.no_sync is None or last) else self.no_sync():
+                with autocast_context(self.device, self.precision):
+                    loss = self.loss_fn(self.model, batch)
+                    loss = loss / accum if weights is None else loss * weights[micro]
+                loss.backward()
+            step_loss += loss.detach()
+        return step_loss
+
+    def _agree(
+        self, step_loss: torch.Tensor, grad_norm: torch.Tensor, stop_requested: bool
+    ) -> tuple[bool, bool]:
+        """(finite, stop) on every process, in one small all-reduce: skip if any process saw a non-finite
+        value, stop if any was signalled, so every process takes the same branch."""
+        flags = torch.tensor(
+            [float(not (torch.isfinite(step_loss) and torch.isfinite(grad_norm))), float(stop_requested)],
+            dtype=torch.float64,
+            device=self.device,
+        )
+        skip, stop = dist.all_reduce_max(flags).tolist()
+        return skip == 0.0, stop > 0.0
+
+    def _skip(self) -> None:
+        """A non-finite step: counted and skipped, or (train.nonfinite=stop) the end of the run."""
+        res = self.result
+        res.skipped_steps += 1
+        if self.cfg.nonfinite == "stop":
+            self.optimizer.zero_grad(set_to_none=True)
+            raise UserError(
+                f"loss or gradients became non-finite at step {res.step + 1}; the last good "
+                f"checkpoint is in {self.ckpt_dir}. Lower train.lr or use train.precision=fp32"
+            )
+        log(f"step {res.step + 1}: non-finite loss or gradients, step skipped ({res.skipped_steps} so far)")
+
+    # -- log, evaluate, checkpoint, stop ----------------------------------------------------------------------
+
+    def _record(self, record: dict[str, Any]) -> None:
+        self.result.history.append(record)
+        self.metrics.log(record)
+
+    def log_train(self, outcome: StepOutcome) -> dict[str, Any]:
+        """The "train" record of the steps since the last one; starts the next window."""
+        w, res = self.window, self.result
+        mean_loss = w.loss_sum / max(1, w.n_loss)
+        if self.reduce is not None:
+            mean_loss = self.reduce(mean_loss)
+        now = time.perf_counter()
+        tokens_per_s = w.tokens / max(1e-9, now - w.start)
+        record = {
+            "step": res.step,
+            "tokens": res.tokens,
+            "split": "train",
+            "loss": float(mean_loss),
+            "lr": outcome.lr,
+            "grad_norm": float(outcome.grad_norm),
+            "tokens_per_s": tokens_per_s,
+            "elapsed_s": res.elapsed_s,
+        }
+        self._record(record)
+        w.loss_sum.zero_()
+        w.n_loss, w.tokens, w.start = 0, 0, now
+        return record
+
+    def evaluate(self) -> None:
+        """The evaluation hook: evaluate (eval mode, no gradients, the training precision), record, tell on_eval."""
+        if self._evaluate is None:
+            return
+        self.model.eval()
+        with torch.no_grad(), autocast_context(self.device, self.precision):
+            metrics = self._evaluate(self.model)
+        self.model.train()
+        res = self.result
+        res.last_eval = metrics
+        self._record({"step": res.step, "tokens": res.tokens, "split": "val", **metrics})
+        log("  eval @ step {}: {}".format(res.step, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())))
+        if self._on_eval is not None:
+            self._on_eval(metrics, res.step)
+
+    def save(self) -> None:
+        """The checkpoint hook (every process: rank 0 alone writes, or all write their shards under FSDP)."""
+        ckpt.save(
+            self.ckpt_dir,
+            self.result.step,
+            unwrap(self.model),
+            self.optimizer,
+            self.state(),
+            self.cfg.keep_last,
+        )
+        self.metrics.flush()  # what a checkpoint holds is in the event files too
+
+    def stop(self) -> None:
+        """A stop signal: checkpoint this step and say how to continue."""
+        self.result.stopped_by_signal = True
+        self.save()
+        log(
+            f"stopped at step {self.result.step}; checkpoint saved. Continue with the same command plus --resume"
+        )
+
+
 def fit(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -194,7 +440,8 @@ def fit(
 
     make_batch(micro_step) returns CPU tensors; loss_fn(model, batch) returns the mean loss of that micro-batch.
     tokens_per_step counts the training tokens of one optimizer step (all processes), for tokens/s and budgets.
-    eval_every_epoch (steps per epoch), when given, evaluates at each epoch end as well.
+    eval_every_epoch (steps per epoch), when given, evaluates at each epoch end as well; on_eval(metrics, step)
+    is told every evaluation. resume_from is a checkpoint to continue from.
     reduce averages a scalar tensor across processes (distributed runs); no_sync() skips gradient synchronisation
     on the micro-batches before the last (by default masklm.dist.no_sync(model): DDP's or FSDP2's).
     loss_items(batch), when given, counts what loss_fn averages over (e.g. masked tokens): each micro-batch's
@@ -203,180 +450,59 @@ def fit(
     trains the same. Without it each micro-batch's mean loss weighs 1 / grad_accum.
     extra_state is saved with every checkpoint's trainer state (e.g. the global batch).
     """
-    precision = resolve_precision(cfg.precision, device)
-    accum = cfg.grad_accum
-    if no_sync is None:
-        no_sync = dist.no_sync(model)
-    res = FitResult()
-    window: list[float] = [0.0, 0]  # train-loss sum and steps since the last log line (restored on resume)
-    metrics_path = run_dir / "metrics.jsonl"
-    ckpt_dir = run_dir / "checkpoints"
-    if resume_from is None and dist.world_size() > 1:
-        torch.manual_seed(_process_seed(cfg.seed, dist.rank(), 0))  # each process its own dropout masks
-    if resume_from is not None:
-        state = ckpt.load_checkpoint(resume_from, _unwrap(model), optimizer)  # every process
-        res.step, res.tokens = int(state["step"]), int(state["tokens"])
-        res.elapsed_s, res.skipped_steps = float(state["elapsed_s"]), int(state.get("skipped_steps", 0))
-        res.last_eval = dict(state.get("last_eval", {}))
-        window = list(state.get("log_window", window))
-        by_rank = state.get("rng_by_rank")
-        if by_rank is not None and len(by_rank) == dist.world_size():
-            set_rng_state(by_rank[dist.rank()])
-        else:
-            set_rng_state(state["rng"])
-            if dist.world_size() > 1:  # another number of processes: fresh per-process streams
-                torch.manual_seed(_process_seed(cfg.seed, dist.rank(), res.step))
-        log(f"resumed from {resume_from} at step {res.step} ({res.tokens:,} tokens)")
-
-    def trainer_state() -> dict[str, Any]:
-        return {
-            "step": res.step,
-            "tokens": res.tokens,
-            "elapsed_s": res.elapsed_s,
-            "skipped_steps": res.skipped_steps,
-            "last_eval": {k: float(v) for k, v in res.last_eval.items()},
-            "rng": rng_state(),
-            **({"rng_by_rank": dist.all_gather_object(rng_state())} if dist.world_size() > 1 else {}),
-            # every process calls save(): the window's loss is averaged over processes like a log line's
-            "log_window": [float(reduce(loss_sum) if reduce is not None else loss_sum), n_loss],
-            **(extra_state or {}),
-        }
-
-    def save() -> None:  # every process: rank 0 alone writes, or all write their shards (FSDP)
-        ckpt.save(ckpt_dir, res.step, _unwrap(model), optimizer, trainer_state(), cfg.keep_last)
-
-    def write_metrics(record: dict[str, Any]) -> None:
-        res.history.append(record)
-        if rank() == 0:
-            with open(metrics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-
-    def run_eval() -> None:
-        if evaluate is None:
-            return
-        model.eval()
-        with torch.no_grad(), autocast_context(device, precision):
-            metrics = evaluate(model)
-        model.train()
-        res.last_eval = metrics
-        write_metrics({"step": res.step, "tokens": res.tokens, "split": "val", **metrics})
-        log("  eval @ step {}: {}".format(res.step, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())))
-        if on_eval is not None:
-            on_eval(metrics, res.step)
-
+    trainer = Trainer(
+        model, optimizer, cfg, device, run_dir=run_dir, tokens_per_step=tokens_per_step, loss_fn=loss_fn,
+        loss_items=loss_items, reduce=reduce, no_sync=no_sync, evaluate=evaluate, on_eval=on_eval,
+        extra_state=extra_state,
+    )  # fmt: skip
+    trainer.start(resume_from)
+    res = trainer.result
     model.train()
-    prefetch = _Prefetcher(make_batch, start=res.step * accum)
-    bar = tqdm(
+    prefetch = _Prefetcher(make_batch, start=res.step * cfg.grad_accum)
+    bar = _progress_bar(budget, res.step)
+    trainer.window.start = time.perf_counter()  # tokens/s counts from here
+    try:
+        with _StopFlag() as stop:
+            while not budget.done(res.step, res.elapsed_s):
+                outcome = trainer.step(prefetch.get, budget, stop)
+                at_end = budget.done(res.step, res.elapsed_s)
+                if res.step % cfg.log_every == 0 or at_end:
+                    record = trainer.log_train(outcome)
+                    bar.set_postfix(
+                        loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}", refresh=False
+                    )
+                bar.update(1)
+                if not at_end and _due(res.step, cfg.eval_every, eval_every_epoch):
+                    trainer.evaluate()
+                if not at_end and _due(res.step, cfg.checkpoint_every):
+                    trainer.save()
+                if outcome.stop:
+                    trainer.stop()
+                    return res
+            trainer.evaluate()
+            trainer.save()
+    finally:
+        prefetch.close()
+        bar.close()
+        trainer.close()
+    return res
+
+
+def _due(step: int, *every: int | None) -> bool:
+    """Whether `step` is a multiple of any of the given intervals (None or 0: never)."""
+    return any(n and step % n == 0 for n in every)
+
+
+def _progress_bar(budget: Budget, start: int) -> tqdm:
+    return tqdm(
         total=budget.steps,
-        initial=res.step,
-        disable=rank() != 0,
+        initial=start,
+        disable=dist.rank() != 0,
         unit="step",
         dynamic_ncols=True,
         desc="train",
         bar_format=None if budget.steps else "{desc}: {n} steps [{elapsed}{postfix}]",
     )
-    window_tokens, window_start = 0, time.perf_counter()
-    loss_sum = torch.full((), window[0], device=device)
-    n_loss = int(window[1])
-    try:
-        with _StopFlag() as stop:
-            while not budget.done(res.step, res.elapsed_s):
-                t0 = time.perf_counter()
-                lr = cfg.lr * lr_factor(budget.progress(res.step + 1, res.elapsed_s), cfg, budget.steps)
-                set_lr(optimizer, lr)
-                step_loss = torch.zeros((), device=device)
-                micro_batches = [prefetch.get() for _ in range(accum)]
-                weights = _loss_weights(micro_batches, loss_items, reduce, device)
-                for micro, cpu_batch in enumerate(micro_batches):
-                    batch = {k: v.to(device, non_blocking=True) for k, v in cpu_batch.items()}
-                    sync = contextlib.nullcontext() if (no_sync is None or micro == accum - 1) else no_sync()
-                    with sync:
-                        with autocast_context(device, precision):
-                            loss = loss_fn(model, batch)
-                            loss = loss / accum if weights is None else loss * weights[micro]
-                        loss.backward()
-                    step_loss += loss.detach()
-                grad_norm = dist.clip_grad_norm_(model, cfg.clip_norm)  # the global norm, on every process
-                # One small all-reduce: skip if any process saw a non-finite value, stop if any was signalled,
-                # so every process takes the same branch.
-                agreed = dist.all_reduce_max(
-                    torch.tensor(
-                        [
-                            float(not (torch.isfinite(step_loss) and torch.isfinite(grad_norm))),
-                            float(stop.requested),
-                        ],
-                        dtype=torch.float64,
-                        device=device,
-                    )
-                ).tolist()
-                finite, stop_now = agreed[0] == 0.0, agreed[1] > 0.0
-                if finite:
-                    optimizer.step()
-                else:
-                    res.skipped_steps += 1
-                    if cfg.nonfinite == "stop":
-                        optimizer.zero_grad(set_to_none=True)
-                        raise UserError(
-                            f"loss or gradients became non-finite at step {res.step + 1}; the last good "
-                            f"checkpoint is in {ckpt_dir}. Lower train.lr or use train.precision=fp32"
-                        )
-                    log(
-                        f"step {res.step + 1}: non-finite loss or gradients, step skipped ({res.skipped_steps} so far)"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                res.step += 1
-                res.tokens += tokens_per_step
-                res.elapsed_s += time.perf_counter() - t0
-                if budget.minutes is not None:  # the slowest clock, so every process stops at the same step
-                    res.elapsed_s = float(
-                        dist.all_reduce_max(torch.tensor(res.elapsed_s, dtype=torch.float64, device=device))
-                    )
-                window_tokens += tokens_per_step
-                if finite:
-                    loss_sum += step_loss
-                    n_loss += 1
-
-                if res.step % cfg.log_every == 0 or budget.done(res.step, res.elapsed_s):
-                    mean_loss = loss_sum / max(1, n_loss)
-                    if reduce is not None:
-                        mean_loss = reduce(mean_loss)
-                    now = time.perf_counter()
-                    tps = window_tokens / max(1e-9, now - window_start)
-                    record = {
-                        "step": res.step,
-                        "tokens": res.tokens,
-                        "split": "train",
-                        "loss": float(mean_loss),
-                        "lr": lr,
-                        "grad_norm": float(grad_norm),
-                        "tokens_per_s": tps,
-                        "elapsed_s": res.elapsed_s,
-                    }
-                    write_metrics(record)
-                    bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
-                    loss_sum.zero_()
-                    n_loss, window_tokens, window_start = 0, 0, now
-                bar.update(1)
-
-                at_end = budget.done(res.step, res.elapsed_s)
-                epoch_end = eval_every_epoch is not None and res.step % eval_every_epoch == 0
-                if not at_end and ((cfg.eval_every and res.step % cfg.eval_every == 0) or epoch_end):
-                    run_eval()
-                if not at_end and cfg.checkpoint_every and res.step % cfg.checkpoint_every == 0:
-                    save()
-                if stop_now:
-                    res.stopped_by_signal = True
-                    save()
-                    log(
-                        f"stopped at step {res.step}; checkpoint saved. Continue with the same command plus --resume"
-                    )
-                    return res
-            run_eval()
-            save()
-    finally:
-        prefetch.close()
-        bar.close()
-    return res
 
 
 def _process_seed(seed: int, process: int, step: int) -> int:
@@ -404,7 +530,7 @@ def _loss_weights(
     return [c / max(mean_total, 1e-12) for c in counts]
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> nn.Module:
     """The plain module under DDP / torch.compile wrappers."""
     while True:
         if hasattr(model, "_orig_mod"):
@@ -417,15 +543,3 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def perplexity(loss: float) -> float:
     return math.exp(min(loss, 50.0))
-
-
-def write_run_results(run_dir: Path, summary: dict[str, Any]) -> None:
-    """The end of a run (rank 0): summary.json, then curves.png from metrics.jsonl. A failed plot never loses
-    the finished run."""
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    try:
-        from masklm.plots import plot_curves
-
-        plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
-    except Exception as e:
-        log(f"note: curves.png not written ({type(e).__name__}: {e})")

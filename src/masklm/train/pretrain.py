@@ -9,21 +9,19 @@ The run folder:
 
 from __future__ import annotations
 
-import copy
 import hashlib
-import shutil
-import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
+from tokenizers import Tokenizer
 from torch import nn
 
 from masklm import dist
-from masklm.config import Config, apply_dict, config_from_dict
+from masklm.config import Config
 from masklm.data.masking import mask_tokens
 from masklm.data.shards import PackedDataset, batch_indices
 from masklm.data.tokenizer import load_tokenizer, special_ids, tokenizer_hash
@@ -31,9 +29,9 @@ from masklm.errors import UserError
 from masklm.model.heads import MaskedLM
 from masklm.model.io import ModelInfo, load_model, save_model
 from masklm.train import checkpoint as ckpt
-from masklm.train.loop import Budget, FitResult, fit, perplexity, resolve_precision, write_run_results
-from masklm.train.optim import make_optimizer
-from masklm.utils import atomic_write_text, log, pick_device
+from masklm.train.loop import Budget, perplexity
+from masklm.train.run import Run, full_model
+from masklm.utils import log
 
 
 def mask_seed(seed: int, *key: int) -> int:
@@ -166,73 +164,6 @@ def frequency_baseline(dataset: PackedDataset, specials: list[int], limit: int =
     return float(counts.max() / flat.numel())
 
 
-def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """The refusals of `prepare_run_dir`, without touching anything: call it before any other work."""
-    run_dir = Path(run_dir)
-    if run_dir.exists() and any(p.name != "data" for p in run_dir.iterdir()):
-        if resume:
-            return
-        if not overwrite:
-            raise UserError(
-                f"run folder {run_dir} already exists; pass --resume to continue it, --overwrite to replace it, "
-                "or choose another --output"
-            )
-        if not (run_dir / "config.yaml").is_file() and not (run_dir / "metrics.jsonl").is_file():
-            raise UserError(
-                f"--overwrite refuses to delete {run_dir}: it does not look like a masklm run folder; "
-                "choose another --output"
-            )
-    elif resume and not run_dir.exists():
-        raise UserError(f"--resume: run folder {run_dir} does not exist; start the run without --resume")
-
-
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse an existing run folder unless resuming or overwriting. A folder holding only the prepared `data/`
-    of this run (pretrain --input) counts as new."""
-    run_dir = Path(run_dir)
-    check_run_dir(run_dir, resume, overwrite)
-    if overwrite and not resume and run_dir.exists() and any(p.name != "data" for p in run_dir.iterdir()):
-        dist.barrier()  # every process has looked before rank 0 deletes
-        if dist.rank() == 0:
-            shutil.rmtree(run_dir)
-    dist.barrier()
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-
-# What a resumed run may change: the budget, how it runs (dist.* as well) and settings that act from the next step
-# on without changing the data stream or the model (a lower learning rate after a non-finite stop, say). Changing
-# any of the latter gives up bit-exactness with an uninterrupted run, knowingly.
-RESUME_FREE = (
-    "train.max_steps", "train.max_tokens", "train.max_minutes", "train.threads", "train.device",
-    "train.lr", "train.clip_norm", "train.nonfinite", "train.precision", "train.compile",
-    "train.eval_every", "train.eval_sequences", "train.log_every", "train.checkpoint_every", "train.keep_last",
-)  # fmt: skip
-
-
-def check_resume_settings(run_dir: Path, settings: dict[str, Any]) -> None:
-    """--resume continues a run with its saved config.yaml: refuse command-line settings that differ from it.
-
-    Only the RESUME_FREE settings and dist.* may change.
-    """
-    saved_path = Path(run_dir) / "config.yaml"
-    if not saved_path.is_file():
-        return
-    saved = config_from_dict(yaml.safe_load(saved_path.read_text(encoding="utf-8")))
-    for key, value in settings.items():
-        if key in RESUME_FREE or key.startswith("dist."):
-            continue
-        section, _, name = key.partition(".")
-        given = copy.deepcopy(saved)
-        apply_dict(given, {key: value}, "the command line")
-        old, new = getattr(getattr(saved, section), name), getattr(getattr(given, section), name)
-        if old != new:
-            raise UserError(
-                f"--resume continues {run_dir} with its saved settings, but {key}={new} differs from the run's "
-                f"{old}; drop it (only the budget, train.lr, how often to log / evaluate / checkpoint, threads, device and "
-                "dist.* can change) or start a new run with another --output"
-            )
-
-
 def split_global_batch(global_batch: int, world: int, max_micro: int) -> tuple[int, int]:
     """(micro-batch, accumulation) giving `global_batch` sequences per step over `world` processes, with the
     largest micro-batch not above `max_micro` (the run's own, known to fit in memory).
@@ -262,6 +193,78 @@ def compute_budget(cfg: Config, n_train: int, tokens_per_step: int, steps_per_ep
     return Budget(steps=steps, minutes=t.max_minutes)
 
 
+def load_splits(data_dir: Path) -> tuple[PackedDataset, PackedDataset | None]:
+    """The prepared train split and the validation split (None when there is none or it is empty)."""
+    train_ds = PackedDataset(data_dir, "train")
+    if len(train_ds) == 0:
+        raise UserError(f"{data_dir} holds no training sequences; add more text and run masklm prepare again")
+    val_ds = PackedDataset(data_dir, "val") if (data_dir / "val").exists() else None
+    return train_ds, (val_ds if val_ds is not None and len(val_ds) > 0 else None)
+
+
+def load_data_tokenizer(data_dir: Path, run: Run) -> Tokenizer:
+    """The data's tokenizer; a resumed run refuses data prepared with another one than it was trained with."""
+    tokenizer = load_tokenizer(data_dir / "tokenizer.json")
+    saved = run.run_dir / "tokenizer.json"
+    if run.resume and saved.is_file() and tokenizer_hash(load_tokenizer(saved)) != tokenizer_hash(tokenizer):
+        raise UserError(
+            f"--resume: {data_dir} was prepared with another tokenizer than the run in {run.run_dir} was trained "
+            "with; pass the --data the run was started with"
+        )
+    return tokenizer
+
+
+def fit_config_to_data(cfg: Config, tokenizer: Tokenizer, seq_len: int) -> None:
+    """The prepared data decides the sequence length, the tokenizer the vocabulary and the padding id."""
+    cfg.data.seq_len = seq_len
+    cfg.model.vocab_size = tokenizer.get_vocab_size()
+    cfg.model.pad_token_id = special_ids(tokenizer).pad
+    cfg.validate()
+
+
+def build_model(
+    cfg: Config, tokenizer: Tokenizer, init_from: str | Path | None, data_dir: Path
+) -> tuple[MaskedLM, list[str]]:
+    """A new MaskedLM from cfg.model, or the one in `init_from` (which then sets cfg.model); and its notes."""
+    notes: list[str] = []
+    if init_from is None:
+        model = MaskedLM(cfg.model)
+    else:
+        model, init_tok, minfo = load_model(init_from, architecture="MaskedLM")
+        if tokenizer_hash(init_tok) != tokenizer_hash(tokenizer):
+            raise UserError(
+                f"--init-from {init_from} uses a different tokenizer than {data_dir}; prepare the data with "
+                f"--tokenizer {init_from} so token ids match"
+            )
+        cfg.model = model.cfg
+        notes += minfo.notes
+        for n in minfo.notes:
+            log(f"note: {n}")
+    seq_len, m = cfg.data.seq_len, cfg.model
+    if seq_len > m.max_position_embeddings and m.position == "absolute":
+        raise UserError(
+            f"the data's seq_len ({seq_len}) is above the model's max_position_embeddings "
+            f"({m.max_position_embeddings}); prepare with a smaller --seq-len"
+        )
+    return model, notes  # type: ignore[return-value]
+
+
+def keep_global_batch(cfg: Config, resume_from: Path | None) -> None:
+    """A resumed run keeps its global batch with any number of processes, so the data stream and the schedule
+    continue unchanged: the micro-batch and the accumulation are split again (`split_global_batch`)."""
+    saved_batch = ckpt.read_trainer_state(resume_from).get("global_batch") if resume_from else None
+    if saved_batch is None:
+        return
+    t = cfg.train
+    split = split_global_batch(int(saved_batch), dist.world_size(), t.batch_size)
+    if split != (t.batch_size, t.grad_accum):
+        log(
+            f"resuming with {dist.world_size()} process(es): micro-batch {split[0]} x accumulation "
+            f"{split[1]} keeps the global batch of {saved_batch}"
+        )
+        t.batch_size, t.grad_accum = split
+
+
 def pretrain(
     cfg: Config,
     data_dir: str | Path,
@@ -276,173 +279,69 @@ def pretrain(
     """Pretrain a masked language model on a prepared data folder; returns summary.json's content.
 
     With `resume`, the run's saved config.yaml is used; `resume_changes` (dotted keys set on the command line)
-    may change the settings in RESUME_FREE, such as the budget.
+    may change the settings in RESUME_FREE, such as the budget (masklm.train.run).
     """
-    data_dir, run_dir = Path(data_dir), Path(run_dir)
-    info = dist.init(cfg.dist.backend, cfg.train.device)
-    device = pick_device(cfg.train.device) if not info.device else info.device
-    if cfg.train.threads and device.type == "cpu":
-        torch.set_num_threads(cfg.train.threads)
+    data_dir = Path(data_dir)
+    run = Run(run_dir, resume=resume, overwrite=overwrite)
+    train_ds, val_ds = load_splits(data_dir)
+    cfg = run.resume_config(cfg, resume_changes)
+    device = run.setup(cfg)
+    tokenizer = load_data_tokenizer(data_dir, run)
+    fit_config_to_data(cfg, tokenizer, int(train_ds.seq_len))
+    model, notes = build_model(cfg, tokenizer, init_from, data_dir)
+    keep_global_batch(cfg, run.open())
+    trainable = run.build(model, cfg, device)
+    run.write_files(cfg.to_dict(), command, {"tokenizer.json": tokenizer.to_str()})
 
-    train_ds = PackedDataset(data_dir, "train")
-    val_ds = PackedDataset(data_dir, "val") if (data_dir / "val").exists() else None
-    if len(train_ds) == 0:
-        raise UserError(f"{data_dir} holds no training sequences; add more text and run masklm prepare again")
-
-    # Everything that can be wrong is checked before the run folder is touched.
-    check_run_dir(run_dir, resume, overwrite)
-    if resume and (run_dir / "config.yaml").is_file():
-        # The saved config, with only what this command set explicitly (and check_resume_settings allows).
-        old = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
-        changes = {k: v for k, v in (resume_changes or {}).items() if k in RESUME_FREE}
-        apply_dict(old, changes, "the command line")
-        old.dist = cfg.dist  # how to run (not what to train) comes from this command
-        cfg = old.validate()
-
-    tokenizer = load_tokenizer(data_dir / "tokenizer.json")
-    run_tokenizer = run_dir / "tokenizer.json"
-    if (
-        resume
-        and run_tokenizer.is_file()
-        and tokenizer_hash(load_tokenizer(run_tokenizer)) != tokenizer_hash(tokenizer)
-    ):
-        raise UserError(
-            f"--resume: {data_dir} was prepared with another tokenizer than the run in {run_dir} was trained "
-            "with; pass the --data the run was started with"
-        )
-    sp = special_ids(tokenizer)
-    seq_len = int(train_ds.seq_len)
-    if cfg.data.seq_len != seq_len:
-        cfg.data.seq_len = seq_len  # the prepared data decides the sequence length
-    cfg.model.vocab_size = tokenizer.get_vocab_size()
-    cfg.model.pad_token_id = sp.pad
-    cfg.validate()
-
-    torch.manual_seed(cfg.train.seed)
-    notes: list[str] = []
-    if init_from is not None:
-        model, init_tok, minfo = load_model(init_from, architecture="MaskedLM")
-        if tokenizer_hash(init_tok) != tokenizer_hash(tokenizer):
-            raise UserError(
-                f"--init-from {init_from} uses a different tokenizer than {data_dir}; prepare the data with "
-                f"--tokenizer {init_from} so token ids match"
-            )
-        cfg.model = model.cfg
-        notes += minfo.notes
-        for n in minfo.notes:
-            log(f"note: {n}")
-    else:
-        model = MaskedLM(cfg.model)
-    if seq_len > cfg.model.max_position_embeddings and cfg.model.position == "absolute":
-        raise UserError(
-            f"the data's seq_len ({seq_len}) is above the model's max_position_embeddings "
-            f"({cfg.model.max_position_embeddings}); prepare with a smaller --seq-len"
-        )
-
-    resume_from = ckpt.latest_checkpoint(run_dir / "checkpoints") if resume else None
-    if resume and resume_from is None:
-        log(f"--resume: no complete checkpoint in {run_dir}/checkpoints; starting from the beginning")
-    elif resume_from is not None:
-        # Same global batch with any number of processes: the data stream and schedule continue unchanged.
-        saved_batch = ckpt.read_trainer_state(resume_from).get("global_batch")
-        t = cfg.train
-        if saved_batch is not None:
-            split = split_global_batch(int(saved_batch), dist.world_size(), t.batch_size)
-            if split != (t.batch_size, t.grad_accum):
-                log(
-                    f"resuming with {dist.world_size()} process(es): micro-batch {split[0]} x accumulation "
-                    f"{split[1]} keeps the global batch of {saved_batch}"
-                )
-                t.batch_size, t.grad_accum = split
-    prepare_run_dir(run_dir, resume, overwrite)
-
-    model.to(device)
-    train_model = dist.wrap(model, cfg, device)
-    optimizer = make_optimizer(model, cfg.train, device)  # after wrap: FSDP replaces the parameters
-    if cfg.train.compile:
-        train_model = torch.compile(train_model)
-
-    if dist.rank() == 0:
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        atomic_write_text(run_dir / "tokenizer.json", tokenizer.to_str())
-        if command and not resume:
-            atomic_write_text(run_dir / "command.txt", command + "\n")
-
-    world = dist.world_size()
-    specials = [sp.pad, sp.cls, sp.sep, sp.mask, sp.unk]
-    batches = MaskedBatches(train_ds, cfg, specials, sp.mask, tokenizer.get_vocab_size(), dist.rank(), world)
-    global_batch = cfg.train.batch_size * cfg.train.grad_accum * world
-    tokens_per_step = global_batch * seq_len
-    steps_per_epoch = max(1, -(-len(train_ds) // global_batch))
-    budget = compute_budget(cfg, len(train_ds), tokens_per_step, steps_per_epoch)
-    log(
-        f"pretraining {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device} "
-        f"({resolve_precision(cfg.train.precision, device)}) | {len(train_ds):,} train sequences of {seq_len} tokens | global batch {global_batch} "
-        f"({cfg.train.batch_size} x {cfg.train.grad_accum} accumulation x {world} processes) | budget "
-        + (f"{budget.steps} steps" if budget.steps else f"{budget.minutes} minutes")
-    )
-
+    t, world, sp = cfg.train, dist.world_size(), special_ids(tokenizer)
+    specials, vocab = [sp.pad, sp.cls, sp.sep, sp.mask, sp.unk], tokenizer.get_vocab_size()
+    global_batch = t.batch_size * t.grad_accum * world
+    tokens_per_step = global_batch * cfg.data.seq_len
+    budget = compute_budget(cfg, len(train_ds), tokens_per_step, max(1, -(-len(train_ds) // global_batch)))
+    run.announce("pretraining", model, t, [
+        f"{len(train_ds):,} train sequences of {cfg.data.seq_len} tokens",
+        f"global batch {global_batch} ({t.batch_size} x {t.grad_accum} accumulation x {world} processes)",
+        "budget " + (f"{budget.steps} steps" if budget.steps else f"{budget.minutes} minutes"),
+    ])  # fmt: skip
     evaluate = None
-    if val_ds is not None and len(val_ds) > 0:
-        val_batches = MaskedBatches(val_ds, cfg, specials, sp.mask, tokenizer.get_vocab_size())
-
-        def evaluate(m: nn.Module) -> dict[str, float]:
-            return evaluate_mlm(m, val_batches, cfg.train.eval_sequences, cfg.train.batch_size, device)
-
-    wall_start = time.perf_counter()
-    result: FitResult = fit(
-        train_model,
-        optimizer,
-        cfg.train,
-        run_dir=run_dir,
+    if val_ds is not None:
+        val_batches = MaskedBatches(val_ds, cfg, specials, sp.mask, vocab)
+        evaluate = partial(
+            evaluate_mlm, batches=val_batches, limit=t.eval_sequences, batch_size=t.batch_size, device=device
+        )
+    result = run.fit(
+        trainable,
+        t,
         budget=budget,
-        make_batch=batches,
+        make_batch=MaskedBatches(train_ds, cfg, specials, sp.mask, vocab, dist.rank(), world),
         loss_fn=mlm_loss,
         evaluate=evaluate,
         tokens_per_step=tokens_per_step,
-        device=device,
-        resume_from=resume_from,
-        reduce=dist.all_reduce_mean,
-        no_sync=dist.no_sync(train_model),
         loss_items=masked_tokens,
         extra_state={"global_batch": global_batch, "world_size": world},
     )
-    wall = time.perf_counter() - wall_start
     if result.stopped_by_signal:
-        dist.shutdown()
-        return {"stopped": True, "step": result.step}
+        return run.stopped(result)
 
     summary: dict[str, Any] = {
         "steps": result.step,
         "tokens": result.tokens,
         "train_time_s": round(result.elapsed_s, 2),
-        "wall_time_s_this_session": round(wall, 2),
+        "wall_time_s_this_session": round(run.wall_s, 2),
         "tokens_per_s": round(result.tokens / max(result.elapsed_s, 1e-9), 1),
         "skipped_steps": result.skipped_steps,
         "eval": result.last_eval,
         "parameters": sum(p.numel() for p in model.parameters()),
         "global_batch": global_batch,
         "processes": world,
-        "seq_len": seq_len,
+        "seq_len": cfg.data.seq_len,
         "data": str(data_dir),
         "notes": notes,
     }
-    if val_ds is not None and len(val_ds) > 0:
+    if val_ds is not None:
         summary["frequency_baseline_accuracy"] = frequency_baseline(val_ds, specials)
-    final = model
-    if dist.is_fsdp(model):  # gather the shards: model/ is always one plain file
-        state = dist.full_state_dict(model)
-        if dist.rank() == 0:
-            final = MaskedLM(cfg.model)
-            final.load_state_dict(state)
+    final = full_model(model, lambda: MaskedLM(cfg.model))
     if dist.rank() == 0:
-        save_model(
-            final,
-            run_dir / "model",
-            tokenizer,
-            ModelInfo(architecture="MaskedLM"),
-            extra={"tokens_seen": result.tokens, "eval": result.last_eval},
-        )
-        write_run_results(run_dir, summary)
-    dist.shutdown()
-    return summary
+        extra = {"tokens_seen": result.tokens, "eval": result.last_eval}
+        save_model(final, run.run_dir / "model", tokenizer, ModelInfo(architecture="MaskedLM"), extra=extra)
+    return run.finish(summary)

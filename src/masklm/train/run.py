@@ -1,0 +1,311 @@
+"""The run skeleton: what every training command (pretrain, finetune) does around fit(), in one place.
+
+A command keeps what is its own (reading its data, building its model, batches, loss, evaluation, summary and
+final model) and lets a `Run` do the rest, in this order:
+
+    run = Run(run_dir, resume=resume, overwrite=overwrite)    # 1. refuse a bad --output, before any work
+    cfg = run.resume_config(cfg, changes, load)               # 2. --resume: the saved config + allowed changes
+    device = run.setup(cfg)                                   # 3. torchrun, device, threads, seed, train.log
+    ... read the data and build the model: every refusal before the run folder is touched ...
+    resume_from = run.open()                                  # 4. make (or replace) the folder; newest checkpoint
+    run.write_files(cfg.to_dict(), command_line(argv), files)  # 5. rank 0: config.yaml, command.txt, files
+    trainable = run.build(model, cfg, device)                 # 6. wrap (DDP / FSDP), optimizer, torch.compile
+    run.announce("pretraining", model, cfg.train, [details])  # 7. the start-of-run line
+    result = run.fit(trainable, cfg.train, budget=..., make_batch=..., loss_fn=..., evaluate=...,
+                     tokens_per_step=...)                     # 8. fit(), resumed from `resume_from`
+    if result.stopped_by_signal:
+        return run.stopped(result)                            # 9a. a signal: the checkpoint is written
+    ... the summary dict; the final model (rank 0; `full_model` gathers FSDP shards) ...
+    return run.finish(summary)                                # 9b. summary.json, curves.png, shut down
+
+`cfg` is any config dataclass with a `train` section (TrainConfig or a subclass), optionally a `dist` section, a
+`to_dict()` and a `validate()`; `load` rebuilds one from config.yaml's dict (default: the pretraining Config).
+
+The resume rule, for every command: a resumed run continues with its saved config.yaml. Settings given again on
+the command line must equal the saved ones, except those in RESUME_FREE and dist.*; `check_resume_settings`
+refuses any other difference and `resume_config` applies the allowed ones (docs/pretraining.md, "Resume").
+"""
+
+from __future__ import annotations
+
+import copy
+import shlex
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+import yaml
+from torch import nn
+
+from masklm import dist
+from masklm.config import apply_dict, config_from_dict
+from masklm.errors import UserError
+from masklm.train import checkpoint as ckpt
+from masklm.train.logger import check_log_kind, write_run_results
+from masklm.train.loop import FitResult, fit, resolve_precision
+from masklm.train.optim import make_optimizer
+from masklm.utils import atomic_write_text, log, pick_device
+
+C = TypeVar("C")
+
+# What a resumed run may change (besides dist.*): the budget, how the run runs, and settings that act from the
+# next step on without changing the data stream or the model (a lower learning rate after a non-finite stop, say).
+# Changing any of them gives up bit-exactness with an uninterrupted run, knowingly.
+RESUME_FREE = (
+    "train.max_steps", "train.max_tokens", "train.max_minutes", "train.epochs",  # the budget
+    "train.threads", "train.device", "train.precision", "train.compile", "train.log",  # how it runs
+    "train.eval_every", "train.eval_sequences", "train.eval_batch_size", "train.log_every",  # how often
+    "train.checkpoint_every", "train.keep_last",
+    "train.lr", "train.clip_norm", "train.nonfinite",  # from the next step on
+)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The run folder
+
+
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool, what: str = "run folder") -> None:
+    """The refusals of `prepare_run_dir`, without touching anything: call it before any other work.
+
+    A folder holding only the prepared `data/` of this run (pretrain --input) counts as new. `what` names the
+    folder in messages ("output folder" for fine-tuning).
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and (run_dir.is_file() or any(p.name != "data" for p in run_dir.iterdir())):
+        if not (resume or overwrite):
+            raise UserError(
+                f"{what} {run_dir} already exists; pass --resume to continue it, --overwrite to replace it, "
+                "or choose another --output"
+            )
+        if run_dir.is_file():
+            raise UserError(f"{what} {run_dir} is a file, not a folder; choose another --output")
+        if resume:
+            return
+        if not (run_dir / "config.yaml").is_file() and not (run_dir / "metrics.jsonl").is_file():
+            raise UserError(
+                f"--overwrite refuses to delete {run_dir}: it does not look like a masklm run folder; "
+                "choose another --output"
+            )
+    elif resume and not run_dir.exists():
+        raise UserError(f"--resume: {what} {run_dir} does not exist; start the run without --resume")
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse an existing run folder unless resuming or overwriting (`check_run_dir`), delete it when
+    overwriting (rank 0, once every process has looked), then make it."""
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir, resume, overwrite)
+    if overwrite and not resume and run_dir.exists() and any(p.name != "data" for p in run_dir.iterdir()):
+        dist.barrier()  # every process has looked before rank 0 deletes
+        if dist.rank() == 0:
+            shutil.rmtree(run_dir)
+    dist.barrier()
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The resume rule
+
+
+def resume_allows(key: str) -> bool:
+    """Whether a resumed run may change the dotted setting `key`."""
+    return key in RESUME_FREE or key.startswith("dist.")
+
+
+def read_saved_config(run_dir: Path) -> dict[str, Any] | None:
+    """config.yaml of a run folder as a dict; None when there is none (a run killed before writing it)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise UserError(f"{path} is not valid YAML; the run folder is damaged") from None
+    return values if isinstance(values, dict) else {}
+
+
+def check_resume_settings(
+    run_dir: Path, settings: dict[str, Any], load: Callable[[dict[str, Any]], Any] = config_from_dict
+) -> None:
+    """Refuse command-line `settings` (dotted keys) that differ from the run's saved config, except the
+    RESUME_FREE ones and dist.*. `load` rebuilds the config from config.yaml's dict."""
+    values = read_saved_config(run_dir)
+    if values is None:
+        return
+    saved = load(values)
+    for key, value in settings.items():
+        if resume_allows(key):
+            continue
+        section, _, name = key.partition(".")
+        given = copy.deepcopy(saved)
+        apply_dict(given, {key: value}, "the command line")
+        old, new = getattr(getattr(saved, section), name), getattr(getattr(given, section), name)
+        if old != new:
+            raise UserError(
+                f"--resume continues {run_dir} with its saved settings, but {key}={new} differs from the run's "
+                f"{old}; drop it (only the budget, train.lr, how often to log / evaluate / checkpoint, threads, "
+                "device and dist.* can change) or start a new run with another --output"
+            )
+
+
+def resume_config(
+    run_dir: Path,
+    cfg: C,
+    settings: dict[str, Any],
+    load: Callable[[dict[str, Any]], C] = config_from_dict,  # type: ignore[assignment]
+) -> C:
+    """The config a resumed run continues with: the saved one, with the RESUME_FREE settings of `settings` (what
+    this command set explicitly) applied and the `dist` section (how to run, not what to train) of `cfg`.
+    Refuses a setting that may not change. A folder without config.yaml keeps `cfg`."""
+    values = read_saved_config(run_dir)
+    if values is None:
+        return cfg
+    check_resume_settings(run_dir, settings, load)
+    saved = load(values)
+    apply_dict(saved, {k: v for k, v in settings.items() if k in RESUME_FREE}, "the command line")
+    if hasattr(saved, "dist") and hasattr(cfg, "dist"):
+        saved.dist = cfg.dist
+    return saved.validate()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The skeleton
+
+
+def command_line(argv: Sequence[str]) -> str:
+    """What RUN/command.txt holds: `masklm` and the arguments as typed (the CLI's `args.argv`), shell-quoted."""
+    return " ".join(shlex.quote(a) for a in ["masklm", *map(str, argv)])
+
+
+@dataclass
+class Trainable:
+    """The model as trained: the plain module (to save), the one fit drives (DDP / FSDP / compiled) and its
+    optimizer."""
+
+    model: nn.Module
+    train_model: nn.Module
+    optimizer: torch.optim.Optimizer
+
+
+class Run:
+    """One training run in one folder; see the module's docstring for the order of the calls."""
+
+    def __init__(
+        self, run_dir: str | Path, *, resume: bool, overwrite: bool, what: str = "run folder"
+    ) -> None:
+        self.run_dir, self.resume, self.overwrite = Path(run_dir), resume, overwrite
+        self.resume_from: Path | None = None
+        self.device = torch.device("cpu")
+        self.wall_s = 0.0  # fit's wall-clock time in this session
+        check_run_dir(self.run_dir, resume, overwrite, what)
+
+    def resume_config(
+        self,
+        cfg: C,
+        settings: dict[str, Any] | None,
+        load: Callable[[dict[str, Any]], C] = config_from_dict,  # type: ignore[assignment]
+    ) -> C:
+        """With --resume, the saved config plus the allowed changes (`resume_config`); otherwise `cfg`."""
+        return resume_config(self.run_dir, cfg, settings or {}, load) if self.resume else cfg
+
+    def setup(self, cfg: Any) -> torch.device:
+        """Join torchrun's process group, pick the device, set CPU threads and seed torch; refuse
+        train.log=tensorboard without the package. Returns the device."""
+        t = cfg.train
+        check_log_kind(getattr(t, "log", "jsonl"))
+        backend = getattr(getattr(cfg, "dist", None), "backend", "auto")
+        info = dist.init(backend, t.device)
+        self.device = info.device or pick_device(t.device)
+        if t.threads and self.device.type == "cpu":
+            torch.set_num_threads(t.threads)
+        torch.manual_seed(t.seed)
+        return self.device
+
+    def open(self) -> Path | None:
+        """Make the run folder (replacing it with --overwrite); with --resume, the newest complete checkpoint."""
+        prepare_run_dir(self.run_dir, self.resume, self.overwrite)
+        if self.resume:
+            self.resume_from = ckpt.latest_checkpoint(self.run_dir / "checkpoints")
+            if self.resume_from is None:
+                log(
+                    f"--resume: no complete checkpoint in {self.run_dir}/checkpoints; starting from the beginning"
+                )
+        return self.resume_from
+
+    def write_files(
+        self, config: dict[str, Any], command: str | None, files: dict[str, str] | None = None
+    ) -> None:
+        """Rank 0: config.yaml, then `files` (name → text), then command.txt (a new run's command only)."""
+        if dist.rank() != 0:
+            return
+        atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        for name, text in (files or {}).items():
+            atomic_write_text(self.run_dir / name, text)
+        if command and not self.resume:
+            atomic_write_text(self.run_dir / "command.txt", command + "\n")
+
+    def build(self, model: nn.Module, cfg: Any, device: torch.device) -> Trainable:
+        """The model on its device, wrapped for the process group, its optimizer (after wrapping: FSDP replaces
+        the parameters), and torch.compile when train.compile."""
+        model.to(device)
+        train_model = dist.wrap(model, cfg, device)
+        optimizer = make_optimizer(model, cfg.train, device)
+        if cfg.train.compile:
+            train_model = torch.compile(train_model)
+        return Trainable(model, train_model, optimizer)
+
+    def announce(
+        self, action: str, model: nn.Module, train: Any, details: Sequence[str], purpose: str | None = None
+    ) -> None:
+        """The start-of-run line: `action` (e.g. "pretraining"), size, `purpose`, device, precision, details."""
+        size = sum(p.numel() for p in model.parameters()) / 1e6
+        precision = resolve_precision(train.precision, self.device)
+        head = f"{action} {size:.2f}M parameters" + (f" for {purpose}" if purpose else "")
+        log(" | ".join([f"{head} on {self.device} ({precision})", *details]))
+
+    def fit(self, trainable: Trainable, train: Any, **fit_args: Any) -> FitResult:
+        """fit() on the trainable, in this folder, from the checkpoint `open` found, averaging across processes;
+        `fit_args` are fit's other keywords (budget, make_batch, loss_fn, evaluate, tokens_per_step, ...)."""
+        start = time.perf_counter()
+        result = fit(
+            trainable.train_model,
+            trainable.optimizer,
+            train,
+            run_dir=self.run_dir,
+            device=self.device,
+            resume_from=self.resume_from,
+            reduce=dist.all_reduce_mean,
+            no_sync=dist.no_sync(trainable.train_model),
+            **fit_args,
+        )
+        self.wall_s = time.perf_counter() - start
+        return result
+
+    def stopped(self, result: FitResult) -> dict[str, Any]:
+        """A run stopped by a signal (its checkpoint written): shut down; what the command returns."""
+        dist.shutdown()
+        return {"stopped": True, "step": result.step}
+
+    def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """Rank 0: summary.json and curves.png; then leave the process group. Returns `summary`."""
+        if dist.rank() == 0:
+            write_run_results(self.run_dir, summary)
+        dist.shutdown()
+        return summary
+
+
+def full_model(model: nn.Module, rebuild: Callable[[], nn.Module]) -> nn.Module:
+    """The trained model as one plain module on rank 0: under FSDP its shards gathered (collective) into
+    `rebuild()`, a fresh module of the same architecture; otherwise `model` itself."""
+    if not dist.is_fsdp(model):
+        return model
+    state = dist.full_state_dict(model)
+    if dist.rank() != 0:
+        return model
+    final = rebuild()
+    final.load_state_dict(state)
+    return final

@@ -1,0 +1,166 @@
+"""The run skeleton (masklm.train.run) and the metrics logger (masklm.train.logger): TensorBoard event files hold
+the logged scalars, metrics.jsonl's records are unchanged, a missing tensorboard package is one line before any
+work, one resume rule for pretraining and fine-tuning, one run-folder check, one rank."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import cli, prepare_tiny, read_metrics, write_walk_corpus
+
+from masklm.config import Config, FinetuneConfig, apply_dict
+from masklm.errors import UserError
+from masklm.train.logger import JsonlSink, MetricsLogger
+from masklm.train.run import RESUME_FREE, check_resume_settings, check_run_dir, resume_config
+
+TINY = ["--preset", "tiny", "--train.log_every", "2", "--train.eval_every", "4", "--train.eval_sequences", "8"]  # fmt: skip
+TRAIN_KEYS = ["step", "tokens", "split", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s"]
+VAL_KEYS = ["step", "tokens", "split", "loss", "accuracy", "perplexity"]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, one_thread) -> Path:
+    root = tmp_path_factory.mktemp("prep")
+    return prepare_tiny(write_walk_corpus(root / "corpus", n_docs=30), root / "data")
+
+
+def pretrain(data: Path, out: Path, *extra: object) -> int:
+    return cli("pretrain", *TINY, "--data", data, "--output", out, "--max-steps", 8, *extra)
+
+
+def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of the run's TensorBoard folder as read by TensorBoard itself: tag → [(step, value)]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_sink_holds_the_logged_scalars(prepared, tmp_path):
+    out = tmp_path / "run"
+    assert pretrain(prepared, out, "--train.log", "tensorboard") == 0
+    rows, got = read_metrics(out), scalars(out)
+    for split, keys in (("train", TRAIN_KEYS), ("val", VAL_KEYS)):
+        records = [r for r in rows if r["split"] == split]
+        for name in keys[3:] + ["tokens"]:
+            tag = f"{split}/{name}"
+            assert [step for step, _ in got[tag]] == [r["step"] for r in records], tag
+            assert [value for _, value in got[tag]] == pytest.approx([r[name] for r in records], rel=1e-6)
+    assert {tag.split("/")[0] for tag in got} == {"train", "val"}
+
+
+def test_jsonl_records_are_unchanged(prepared, tmp_path):
+    out = tmp_path / "run"
+    assert pretrain(prepared, out) == 0
+    rows = read_metrics(out)
+    assert not (out / "tensorboard").exists()  # train.log=jsonl (the default): metrics.jsonl only
+    train, val = [r for r in rows if r["split"] == "train"], [r for r in rows if r["split"] == "val"]
+    assert [r["step"] for r in train] == [2, 4, 6, 8] and all(list(r) == TRAIN_KEYS for r in train)
+    assert [r["step"] for r in val] == [4, 8] and all(list(r) == VAL_KEYS for r in val)
+    assert [r["tokens"] for r in train] == [r["step"] * 8 * 32 for r in train]  # tiny preset: 8 rows of 32
+    assert json.loads((out / "summary.json").read_text())["eval"] == {k: val[-1][k] for k in VAL_KEYS[3:]}
+    # the sink itself: one json.dumps line per record, appended
+    path = tmp_path / "m.jsonl"
+    logger = MetricsLogger(tmp_path, [JsonlSink(path)])
+    for record in train[:2]:
+        logger.log(record)
+    logger.close()
+    assert path.read_text() == "".join(json.dumps(r) + "\n" for r in train[:2])
+
+
+def test_resumed_run_shows_each_step_once_in_tensorboard(prepared, tmp_path):
+    """A run resumed from an older checkpoint redoes the steps after it: metrics.jsonl gets their lines again,
+    TensorBoard hides the first session's events from that step on."""
+    out = tmp_path / "run"
+    args = ["--train.log", "tensorboard", "--train.checkpoint_every", "4"]
+    assert pretrain(prepared, out, *args) == 0
+    shutil.rmtree(out / "checkpoints" / "step_00000008")  # as if killed before the final checkpoint
+    assert pretrain(prepared, out, *args, "--resume") == 0
+    assert [r["step"] for r in read_metrics(out) if r["split"] == "train"] == [2, 4, 6, 8, 6, 8]
+    got = scalars(out)
+    assert [step for step, _ in got["train/loss"]] == [2, 4, 6, 8]
+    assert [step for step, _ in got["val/loss"]] == [4, 8]
+    assert len(list((out / "tensorboard").iterdir())) == 2  # one event file per session
+
+
+def test_missing_tensorboard_is_one_line_before_any_work(prepared, tmp_path, monkeypatch, capsys):
+    # what `import` sees without the package
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert pretrain(prepared, out, "--train.log", "tensorboard") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert "pip install 'masklm[tensorboard]'" in err[0]
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One resume rule, one run-folder check, one rank
+
+
+def saved_run(folder: Path, cfg: Config | FinetuneConfig, **sections: object) -> Path:
+    folder.mkdir()
+    (folder / "config.yaml").write_text(yaml.safe_dump({**sections, **cfg.to_dict()}, sort_keys=False))
+    return folder
+
+
+def test_resume_keeps_the_saved_config_with_the_allowed_changes(tmp_path):
+    saved = Config()
+    saved.train.seed, saved.train.max_steps = 3, 10
+    run_dir = saved_run(tmp_path / "run", saved)
+    given = Config()
+    given.dist.strategy = "fsdp"
+    settings = {"train.max_steps": 20, "train.lr": 1e-4, "train.seed": 3, "dist.strategy": "fsdp"}
+    cfg = resume_config(run_dir, given, settings)
+    assert (cfg.train.seed, cfg.train.max_steps, cfg.train.lr) == (3, 20, 1e-4)
+    assert cfg.dist.strategy == "fsdp"  # how to run comes from this command
+    refused = rf"hidden_size=64 differs from the run's {saved.model.hidden_size}; drop it"
+    with pytest.raises(UserError, match=refused):
+        resume_config(run_dir, given, {"model.hidden_size": 64})
+    check_resume_settings(run_dir, {"model.hidden_size": saved.model.hidden_size})  # the same value is fine
+    # no config.yaml (a run killed before writing it): the command's config
+    assert resume_config(tmp_path, given, {"model.hidden_size": 64}) is given
+
+
+def test_fine_tuning_resumes_by_the_same_rule(tmp_path):
+    def load(values: dict) -> FinetuneConfig:
+        return apply_dict(FinetuneConfig(), {k: values[k] for k in ("train", "data")}, "saved config")
+
+    saved = FinetuneConfig()
+    saved.data.max_length = 64
+    run_dir = saved_run(tmp_path / "ft", saved, run={"task": "classification"})
+    assert {"train.epochs", "train.max_steps", "train.max_minutes"} <= set(RESUME_FREE)
+    cfg = resume_config(run_dir, FinetuneConfig(), {"train.epochs": 5.0}, load)
+    assert isinstance(cfg, FinetuneConfig) and (cfg.train.epochs, cfg.data.max_length) == (5.0, 64)
+    with pytest.raises(UserError, match="data.max_length=128 differs"):
+        resume_config(run_dir, FinetuneConfig(), {"data.max_length": 128}, load)
+
+
+def test_one_run_folder_check(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(UserError, match="output folder .* already exists; pass --resume"):
+        check_run_dir(a_file, resume=False, overwrite=False, what="output folder")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        check_run_dir(a_file, resume=True, overwrite=False)
+    with pytest.raises(UserError, match="--resume: run folder .* does not exist"):
+        check_run_dir(tmp_path / "nope", resume=True, overwrite=False)
+    (tmp_path / "new" / "data").mkdir(parents=True)  # pretrain --input prepared its data here: still new
+    check_run_dir(tmp_path / "new", resume=False, overwrite=False)
+
+
+def test_one_rank(monkeypatch, capsys):
+    from masklm import dist, utils
+
+    assert utils.rank is dist.rank
+    monkeypatch.setenv("RANK", "1")  # torchrun's environment, before the process group is joined
+    assert dist.rank() == 1
+    utils.log("only rank 0 prints")
+    assert capsys.readouterr().err == ""
