@@ -9,7 +9,6 @@ ones either). docs/failures.md lists every case of CASES (tests/test_bad_inputs.
 
 from __future__ import annotations
 
-import csv
 import json
 import random
 import shutil
@@ -17,10 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import WALK_WORDS, cli, prepare_tiny, write_csv, write_jsonl
 
-from masklm.cli import main
-
-WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
 OTHER_WORDS = (
     "red green blue cyan magenta yellow black white orange purple brown pink grey olive navy teal".split()
 )
@@ -42,33 +39,20 @@ def sentences(words: list[str], n: int, seed: int) -> list[str]:
     return out
 
 
-def write_csv(path: Path, rows: list[dict]) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
 def cls_rows(n: int, seed: int) -> list[dict]:
-    return [{"text": s, "label": "a" if "alpha" in s else "other"} for s in sentences(WORDS, n, seed)]
+    return [{"text": s, "label": "a" if "alpha" in s else "other"} for s in sentences(WALK_WORDS, n, seed)]
 
 
 def conll(n: int, seed: int) -> str:
     blocks = []
-    for s in sentences(WORDS, n, seed):
+    for s in sentences(WALK_WORDS, n, seed):
         blocks.append("".join(f"{w}\t{'B-A' if w == 'alpha' else 'O'}\n" for w in s.split()))
     return "\n".join(blocks)
 
 
 def qa_rows(n: int, seed: int) -> list[dict]:
     rows = []
-    for i, s in enumerate(sentences(WORDS, n, seed)):
+    for i, s in enumerate(sentences(WALK_WORDS, n, seed)):
         answer = s.split()[2]
         rows.append(
             {
@@ -82,7 +66,7 @@ def qa_rows(n: int, seed: int) -> list[dict]:
 
 
 def ok(*argv: object) -> None:
-    assert main([str(a) for a in argv]) == 0, argv
+    assert cli(*argv) == 0, argv
 
 
 @pytest.fixture(scope="module")
@@ -90,13 +74,12 @@ def ws(tmp_path_factory) -> Path:
     torch.set_num_threads(1)
     ws = tmp_path_factory.mktemp("ws")
     corpus, other = ws / "corpus", ws / "other_corpus"
-    for folder, words in ((corpus, WORDS), (other, OTHER_WORDS)):
+    for folder, words in ((corpus, WALK_WORDS), (other, OTHER_WORDS)):
         folder.mkdir()
         for i, text in enumerate(sentences(words, 40, seed=len(words))):
             (folder / f"doc{i:02d}.txt").write_text(" ".join([text] * 4))
-    prep = ["--vocab-size", "120", "--seq-len", "32", "--data.val_fraction", "0.2"]
-    ok("prepare", "--input", corpus, "--output", ws / "data", *prep)
-    ok("prepare", "--input", other, "--output", ws / "other_data", *prep)
+    prepare_tiny(corpus, ws / "data")
+    prepare_tiny(other, ws / "other_data")
     ok("pretrain", *TINY, "--data", ws / "data", "--output", ws / "run", "--max-steps", "4",
        "--train.checkpoint_every", "2")  # fmt: skip
 
@@ -126,7 +109,7 @@ def ws(tmp_path_factory) -> Path:
     (f / "latin1.txt").write_bytes("caf\xe9 cr\xe8me br\xfbl\xe9e\n".encode("latin-1") * 20)
     (f / "latin1.csv").write_bytes("text,label\ncaf\xe9,a\ncr\xe8me,other\n".encode("latin-1"))
     (f / "corpus_bad.jsonl").write_text('{"text": "alpha bravo"}\n{"text": "charlie\n')
-    write_csv(f / "corpus_body.csv", [{"body": s} for s in sentences(WORDS, 4, 12)])
+    write_csv(f / "corpus_body.csv", [{"body": s} for s in sentences(WALK_WORDS, 4, 12)])
     (f / "predictions.jsonl").write_text('{"label": "a"}\n')
     (f / "long.txt").write_text(" ".join(["alpha"] * 300) + " [MASK]")
 
@@ -288,7 +271,7 @@ def test_bad_input(ws, argv, keyword, capsys, monkeypatch):
     before = snapshot(ws)
     monkeypatch.chdir(ws)  # anything written to the current folder would show up in the snapshot too
     capsys.readouterr()
-    rc = main([a.replace("{ws}", str(ws)) for a in argv])
+    rc = cli(*(a.replace("{ws}", str(ws)) for a in argv))
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert rc == 2, err
@@ -308,7 +291,7 @@ def test_prepare_takes_a_huge_line(ws, tmp_path):
     """A 5 MB single line (one document) is fine for prepare: it is packed into many sequences."""
     huge = tmp_path / "huge.txt"
     rng = random.Random(0)
-    words = [rng.choice(WORDS) for _ in range(5 * 1024 * 1024 // 6)]
+    words = [rng.choice(WALK_WORDS) for _ in range(5 * 1024 * 1024 // 6)]
     huge.write_text(" ".join(words))
     assert huge.stat().st_size > 5_000_000
     ok("prepare", "--input", huge, "--output", tmp_path / "data", "--tokenizer", ws / "data" / "tokenizer.json",

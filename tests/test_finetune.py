@@ -16,11 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import cli, file_snapshot, read_metrics, tiny_model_config, write_csv, write_jsonl
 from safetensors.torch import load_file, save_file
 
 from masklm import finetune as ft
-from masklm.cli import main
-from masklm.config import ModelConfig
 from masklm.data.tokenizer import train_tokenizer
 from masklm.model.heads import MaskedLM
 from masklm.model.io import ModelInfo, save_model
@@ -93,22 +92,9 @@ def qa_examples(n: int, seed: int, impossible_every: int = 0) -> list[dict]:
     return out
 
 
-def write_csv(path: Path, rows: list[dict], delimiter: str = ",") -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter=delimiter)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
 def write_conll(path: Path, sentences: list[tuple[list[str], list[str]]], tags: bool = True) -> Path:
     blocks = ["".join(f"{t}\t{g}\n" if tags else f"{t}\n" for t, g in zip(*s)) for s in sentences]
     path.write_text("\n".join(blocks), encoding="utf-8")
-    return path
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
 
 
@@ -154,23 +140,11 @@ def base(tmp_path_factory) -> Path:
     texts += [" ".join(t) for t, _ in ner_sentences(200, 98)]
     texts += [f"{ex['context']} {QUESTION}" for ex in qa_examples(100, 97)]
     tok = train_tokenizer(texts, vocab_size=300)
-    cfg = ModelConfig(
-        vocab_size=tok.get_vocab_size(),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        attention_probs_dropout_prob=0.0,
-    )
+    cfg = tiny_model_config(tok.get_vocab_size(), hidden_dropout_prob=0.1)
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("base") / "model"
     save_model(MaskedLM(cfg), folder, tok, ModelInfo("MaskedLM"))
     return folder
-
-
-def cli(*argv: object) -> int:
-    return main([str(a) for a in argv])
 
 
 @pytest.fixture(scope="module")
@@ -186,12 +160,6 @@ def cls_run(base, data, tmp_path_factory) -> Path:
 
 def last_json(capsys) -> dict:
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-
-
-def snapshot(folder: Path) -> dict[str, bytes] | None:
-    if not folder.exists():
-        return None
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -436,9 +404,8 @@ def test_resume_equals_uninterrupted_run(base, data, tmp_path, monkeypatch, caps
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
     def records(run: str) -> list[dict]:
-        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
         keep = ("step", "split", "loss", "lr", "accuracy")
-        return [{k: r[k] for k in keep if k in r} for r in map(json.loads, lines)]
+        return [{k: r[k] for k in keep if k in r} for r in read_metrics(tmp_path / run)]
 
     assert records("a") == records("b")
     sa, sb = (json.loads((tmp_path / r / "summary.json").read_text()) for r in "ab")
@@ -494,7 +461,7 @@ def test_bad_inputs_one_line_exit_2_nothing_written(base, data, tmp_path, capsys
         out.mkdir()
         (out / "config.yaml").write_text("train: {}\n")
         (out / "summary.json").write_text('{"accuracy": 0.5}\n')
-    before = snapshot(out)
+    before = file_snapshot(out)
     for name, (argv, message) in _bad_inputs(data).items():
         flags = ["--overwrite"] if existing else []
         rc = cli("finetune", "--model", base, "--output", out, *argv, *flags)
@@ -502,18 +469,18 @@ def test_bad_inputs_one_line_exit_2_nothing_written(base, data, tmp_path, capsys
         err = [line for line in err if not line.startswith("note:")]
         assert rc == 2, name
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], (name, err)
-        assert snapshot(out) == before, name
+        assert file_snapshot(out) == before, name
 
 
 def test_existing_output_folder_is_refused(cls_run, base, data, capsys):
-    before = snapshot(cls_run)
+    before = file_snapshot(cls_run)
     rc = cli(
         "finetune", "--task", "classification", "--model", base, "--train", data / "cls_train.csv",
         "--validation", data / "cls_val.csv", "--output", cls_run,
     )  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "already exists" in err[0]
-    assert snapshot(cls_run) == before
+    assert file_snapshot(cls_run) == before
 
 
 def test_evaluate_and_predict_errors(cls_run, base, data, tmp_path, capsys):

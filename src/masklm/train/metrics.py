@@ -12,7 +12,7 @@ import math
 import re
 import string
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -161,6 +161,11 @@ def regression_metrics(preds: Sequence[float], labels: Sequence[float]) -> dict[
 _PREFIXED = re.compile(r"[BIES]-.")
 
 
+def has_entity_tags(tags: Iterable[str]) -> bool:
+    """Whether a tag set marks entities: any tag with a B-, I-, E- or S- prefix (else POS-like tags)."""
+    return any(_PREFIXED.match(tag) for tag in tags)
+
+
 def entity_metrics(
     true_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]]
 ) -> dict[str, float]:
@@ -181,7 +186,7 @@ def entity_metrics(
         raise ValueError("no tags to score")
     acc = sum(t == p for t, p in zip(true_flat, pred_flat)) / len(true_flat)
     tagset = set(true_flat) | set(pred_flat)
-    if not any(_PREFIXED.match(tag) for tag in tagset):
+    if not has_entity_tags(tagset):
         return {"accuracy": acc}
     try:
         from seqeval.metrics import f1_score, precision_score, recall_score

@@ -1,0 +1,218 @@
+"""The Task interface: everything that differs between fine-tuning tasks, asked of one object per task.
+
+`masklm.finetune` (fine-tuning, evaluate, predict) runs the same steps for every task and asks the task at each
+one: read a file into examples, the label set, encode examples into features, collate features into a batch,
+run the model, the loss, split the logits back into per-feature outputs, decode predictions, score them, and
+write them out. A task module subclasses `Task`, implements the abstract methods and overrides a default where
+its task differs; `masklm.tasks` finds it by name.
+
+Words used throughout:
+    example   one item of the user's file as a plain dict (a sentence, a tagged sentence, a question)
+    feature   one model input built from an example as plain Python lists (QA: one per context window)
+    batch     features collated into tensors on their way to the model
+    settings  the run's FinetuneDataConfig (columns, lengths, regression, QA thresholds ...)
+    labels    the label names in id order, from the training data (None where a task has no label set)
+"""
+
+from __future__ import annotations
+
+import abc
+import csv
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+from masklm.errors import UserError
+from masklm.tasks.batching import Batch, Feature, pad_batch
+
+if TYPE_CHECKING:
+    from masklm.config import FinetuneDataConfig
+
+Example = dict[str, Any]
+Row = dict[str, Any]
+
+
+@dataclass
+class TaskData:
+    """One file's examples and the model inputs built from them; `labelled` when they carry the targets."""
+
+    path: Path
+    examples: list[Example]
+    features: list[Feature]
+    labelled: bool
+
+
+class Task(abc.ABC):
+    """One fine-tuning task. Instances hold no run state: every method gets what it needs as arguments."""
+
+    name: ClassVar[str]
+    """What `masklm finetune --task` takes, and what a fine-tuned model records as its task."""
+    architecture: ClassVar[str]
+    """The masklm head the task trains (a `masklm.model.io.load_model` architecture name)."""
+    default_max_length: ClassVar[int] = 128
+    """data.max_length when it is not set (tokens per feature, special tokens included)."""
+    output_formats: ClassVar[tuple[str, ...]] = (".jsonl", ".csv")
+    """The file types `masklm predict --output` can write for this task."""
+    lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss"})
+    """The metrics (of `metric_names`) where a lower value is better."""
+
+    # ------------------------------------------------------------------------------------------------
+    # Reading and encoding
+
+    @abc.abstractmethod
+    def read(self, path: Path, settings: FinetuneDataConfig, labelled: bool) -> list[Example]:
+        """The file's examples; with `labelled`, a UserError when the targets (labels, tags, answers) are missing."""
+
+    def resolve_settings(self, settings: FinetuneDataConfig, examples: Sequence[Example]) -> None:
+        """Fill in settings the data decides when they are unset (e.g. QA's version_2), in place."""
+        return None  # nothing by default
+
+    def label_set(
+        self, examples: Sequence[Example], settings: FinetuneDataConfig, path: Path
+    ) -> list[str] | None:
+        """The head's labels in id order, from the training examples; None where the task has no label set."""
+        return None
+
+    @abc.abstractmethod
+    def encode(
+        self,
+        tok: Any,
+        examples: list[Example],
+        settings: FinetuneDataConfig,
+        labels: Sequence[str] | None,
+        path: Path,
+        labelled: bool,
+    ) -> list[Feature]:
+        """Model inputs for `examples`; with `labelled`, also the targets the loss needs."""
+
+    def load(
+        self,
+        path: str | Path,
+        tok: Any,
+        settings: FinetuneDataConfig,
+        labels: Sequence[str] | None,
+        labelled: bool,
+        examples: list[Example] | None = None,
+    ) -> TaskData:
+        """Read (unless `examples` were read already) and encode one file."""
+        path = Path(path)
+        if examples is None:
+            examples = self.read(path, settings, labelled)
+        return TaskData(
+            path, examples, self.encode(tok, examples, settings, labels, path, labelled), labelled
+        )
+
+    # ------------------------------------------------------------------------------------------------
+    # The model
+
+    def check_model(self, model: nn.Module, settings: FinetuneDataConfig, model_path: str | Path) -> None:
+        """Refuse a starting model whose head cannot be trained for these settings."""
+        return None  # nothing by default
+
+    def settings_from_model(
+        self, model: nn.Module, labels: Sequence[str] | None, settings: FinetuneDataConfig
+    ) -> None:
+        """Settings a loaded fine-tuned model implies, in place (before the command line's overrides)."""
+        return None  # nothing by default
+
+    def describe(self, data: TaskData) -> str:
+        """Extra text for the line that starts a run, after the example counts (e.g. QA's window count)."""
+        return ""
+
+    # ------------------------------------------------------------------------------------------------
+    # Batches, forward and loss
+
+    def feature_length(self, feature: Feature) -> int:
+        """The length batches are bucketed by (and per-token outputs are cut to)."""
+        return len(feature["input_ids"])
+
+    def feature_tokens(self, feature: Feature) -> int:
+        """The tokens the model reads for one feature (for tokens/s); its length unless it has several rows."""
+        return self.feature_length(feature)
+
+    def collate(self, features: Sequence[Feature], pad_id: int) -> Batch:
+        """Features → a padded batch of CPU tensors."""
+        return pad_batch(features, pad_id)
+
+    def forward(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """The head's logits for a batch."""
+        return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+
+    @abc.abstractmethod
+    def loss(
+        self, logits: torch.Tensor, batch: Batch, settings: FinetuneDataConfig, reduction: str = "mean"
+    ) -> torch.Tensor:
+        """The loss of a batch with targets: its mean, or with reduction="sum" its sum over `loss_count` items."""
+
+    def loss_count(self, batch: Batch) -> int:
+        """How many items `loss(..., reduction="sum")` adds up (an evaluation loss is the mean over them)."""
+        return int(batch["input_ids"].shape[0])
+
+    def split_outputs(self, logits: torch.Tensor, features: Sequence[Feature]) -> list[torch.Tensor]:
+        """A batch's logits back as one tensor per feature; per-token logits cut to the feature's length."""
+        if logits.dim() == 3:
+            return [logits[row, : self.feature_length(f)] for row, f in enumerate(features)]
+        return [logits[row] for row in range(len(features))]
+
+    # ------------------------------------------------------------------------------------------------
+    # Predictions and metrics
+
+    @abc.abstractmethod
+    def decode(
+        self,
+        data: TaskData,
+        outputs: Sequence[torch.Tensor],
+        labels: Sequence[str] | None,
+        settings: FinetuneDataConfig,
+    ) -> list[Any]:
+        """One prediction per example from the per-feature outputs (in feature order)."""
+
+    @abc.abstractmethod
+    def metric_names(self, settings: FinetuneDataConfig, labels: Sequence[str] | None) -> list[str]:
+        """The validation metrics a run reports (what train.metric_for_best may name); the main one first."""
+
+    @abc.abstractmethod
+    def metrics(
+        self,
+        data: TaskData,
+        predictions: Sequence[Any],
+        labels: Sequence[str] | None,
+        settings: FinetuneDataConfig,
+    ) -> dict[str, float]:
+        """The task's metrics (all of `metric_names` but "loss") for `predictions` against the gold in `data`."""
+
+    @abc.abstractmethod
+    def prediction_rows(
+        self,
+        data: TaskData,
+        predictions: Sequence[Any],
+        labels: Sequence[str] | None,
+        settings: FinetuneDataConfig,
+    ) -> list[Row]:
+        """One output row per example, as `masklm predict` writes it."""
+
+    def check_output(self, output: Path) -> None:
+        """A UserError when `output`'s file type is not one of `output_formats`."""
+        if output.suffix.lower() not in self.output_formats:
+            *first, last = self.output_formats
+            kinds = f"{', '.join(first)} or {last}" if first else last
+            raise UserError(f"--output {output}: write predictions as {kinds}")
+
+    def render(self, rows: list[Row], suffix: str) -> str:
+        """The text of a predictions file of type `suffix` (one of `output_formats`): JSON lines or CSV."""
+        if suffix == ".jsonl":
+            return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        if suffix == ".csv":
+            buf = io.StringIO(newline="")
+            writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+            writer.writeheader()
+            for r in rows:
+                writer.writerow({k: " ".join(v) if isinstance(v, list) else v for k, v in r.items()})
+            return buf.getvalue()
+        raise ValueError(f"{type(self).__name__} cannot write {suffix} files")

@@ -1,0 +1,274 @@
+"""Sentence (pair) classification and regression: one label (or score) per text or text pair.
+
+    .csv / .tsv / .jsonl with columns data.text_column [, data.text_pair_column], data.label_column
+    example {"text", "text_pair", "label"} -> feature {"input_ids", "token_type_ids", "labels"}
+
+Labels are read as strings and get ids in sorted order (integer-looking ones numerically); with
+data.regression they are numbers, the head has one output and the loss is MSE.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from masklm.errors import UserError
+from masklm.tasks.base import Example, Row, Task, TaskData
+from masklm.tasks.batching import Batch, Feature
+from masklm.tasks.encoding import INTEGER_LABEL, build_label_map, special_token_ids, truncate_longest_first
+from masklm.tasks.files import label_field, read_records, text_field
+from masklm.train import metrics as M
+
+if TYPE_CHECKING:
+    from masklm.config import FinetuneDataConfig
+
+
+def read_classification(
+    path: str | Path,
+    text_column: str = "text",
+    text_pair_column: str | None = None,
+    label_column: str = "label",
+    require_label: bool = False,
+) -> list[Example]:
+    """Read a sentence (pair) classification / regression file.
+
+    Returns one dict per row: {"text": str, "text_pair": str | None, "label": str | None}. Labels are kept as
+    stripped strings (convert with `encode_labels` or `encode_float_labels`); an empty cell or JSON null gives
+    None. A file without the label column is fine (prediction) unless `require_label`. Columns are the CSV/TSV
+    header or the keys of the first JSONL object. TSV is read without quote handling, like the GLUE files.
+    """
+    path = Path(path)
+    columns, records = read_records(path)
+    for column, setting in ((text_column, "text_column"), (text_pair_column, "text_pair_column")):
+        if column is not None and column not in columns:
+            raise UserError(
+                f"{path}: has no column '{column}' (columns: {', '.join(columns)}); "
+                f"pass --data.{setting} with one of them"
+            )
+    has_label = label_column in columns
+    if require_label and not has_label:
+        raise UserError(
+            f"{path}: has no label column '{label_column}' (columns: {', '.join(columns)}); "
+            "pass --data.label_column with one of them"
+        )
+    return [
+        {
+            "text": text_field(rec, text_column, path, line),
+            "text_pair": text_field(rec, text_pair_column, path, line) if text_pair_column else None,
+            "label": label_field(rec, label_column, path, line) if has_label else None,
+        }
+        for line, rec in records
+    ]
+
+
+def encode_labels(examples: Sequence[Example], label_list: Sequence[str], path: str | Path) -> list[Example]:
+    """Copies of `examples` with "label" replaced by its index in `label_list` (classification).
+
+    `path` is the file the examples came from, for the error messages.
+    """
+    ids = {label: i for i, label in enumerate(label_list)}
+    out = []
+    for n, ex in enumerate(examples, 1):
+        label = ex["label"]
+        if label is None:
+            raise UserError(f"{path}: example {n} has no label; fill in its label or drop the row")
+        if label not in ids:
+            raise UserError(
+                f"label '{label}' in {path} (example {n}) was not in the training labels {list(label_list)}; "
+                "fix the label or add examples of it to the training data"
+            )
+        out.append({**ex, "label": ids[label]})
+    return out
+
+
+def encode_float_labels(examples: Sequence[Example], path: str | Path) -> list[Example]:
+    """Copies of `examples` with "label" parsed as a float (regression, e.g. STS-B similarity scores)."""
+    out = []
+    for n, ex in enumerate(examples, 1):
+        label = ex["label"]
+        if label is None:
+            raise UserError(f"{path}: example {n} has no label; fill in its score or drop the row")
+        try:
+            value = float(label)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise UserError(
+                f"label '{label}' in {path} (example {n}) is not a finite number; regression needs numeric labels"
+            )
+        out.append({**ex, "label": value})
+    return out
+
+
+def encode_classification(tok: Any, examples: Sequence[Example], max_length: int) -> list[Feature]:
+    """ "[CLS] text [SEP]" or "[CLS] text [SEP] text_pair [SEP]" per example, at most `max_length` tokens.
+
+    Pairs are truncated longest-first. "labels" (int or float) is included when the example's "label" is a
+    number, i.e. after `encode_labels` / `encode_float_labels`; examples with label None get no "labels".
+    """
+    cls, sep, _ = special_token_ids(tok)
+    any_pair = any(ex.get("text_pair") is not None for ex in examples)
+    if max_length < (5 if any_pair else 3):
+        raise UserError(f"max_length {max_length} leaves no room for text after the special tokens; raise it")
+    firsts = tok.encode_batch([ex["text"] for ex in examples], add_special_tokens=False) if examples else []
+    pair_rows = [i for i, ex in enumerate(examples) if ex.get("text_pair") is not None]
+    seconds = (
+        tok.encode_batch([examples[i]["text_pair"] for i in pair_rows], add_special_tokens=False)
+        if pair_rows
+        else []
+    )
+    second_of = dict(zip(pair_rows, seconds))
+    features = []
+    for i, ex in enumerate(examples):
+        a = firsts[i].ids
+        if i in second_of:
+            a, b = truncate_longest_first(a, second_of[i].ids, max_length - 3)
+            input_ids = [cls, *a, sep, *b, sep]
+            token_type_ids = [0] * (len(a) + 2) + [1] * (len(b) + 1)
+        else:
+            input_ids = [cls, *a[: max_length - 2], sep]
+            token_type_ids = [0] * len(input_ids)
+        feature: Feature = {"input_ids": input_ids, "token_type_ids": token_type_ids}
+        label = ex.get("label")
+        if isinstance(label, str):
+            raise TypeError(
+                "example labels are still strings; convert them with encode_labels / encode_float_labels"
+            )
+        if label is not None:
+            feature["labels"] = label
+        features.append(feature)
+    return features
+
+
+def label_value(label: str) -> int | str:
+    """A label name as a predictions file writes it: integer-looking labels as numbers."""
+    return int(label) if INTEGER_LABEL.fullmatch(label) else label
+
+
+class ClassificationTask(Task):
+    """One label per text (pair): cross-entropy, accuracy / macro F1 / MCC; or a score: MSE, Pearson / Spearman."""
+
+    name = "classification"
+    architecture = "SequenceClassification"
+    lower_is_better = frozenset({"loss", "mse"})
+
+    def read(self, path: Path, settings: FinetuneDataConfig, labelled: bool) -> list[Example]:
+        s = settings
+        return read_classification(
+            path, s.text_column, s.text_pair_column, s.label_column, require_label=labelled
+        )
+
+    def label_set(
+        self, examples: Sequence[Example], settings: FinetuneDataConfig, path: Path
+    ) -> list[str] | None:
+        if settings.regression:
+            return None
+        labels = build_label_map(ex["label"] for ex in examples)
+        if len(labels) < 2:
+            raise UserError(
+                f"{path}: every example has the label '{labels[0]}'; classification needs at least two labels "
+                "(or --data.regression true for numeric scores)"
+            )
+        return labels
+
+    def encode(
+        self,
+        tok: Any,
+        examples: list[Example],
+        settings: FinetuneDataConfig,
+        labels: Sequence[str] | None,
+        path: Path,
+        labelled: bool,
+    ) -> list[Feature]:
+        assert settings.max_length is not None
+        if not labelled:
+            examples = [{**ex, "label": None} for ex in examples]
+        elif settings.regression:
+            examples = encode_float_labels(examples, path)
+        else:
+            examples = encode_labels(examples, labels or [], path)
+        return encode_classification(tok, examples, settings.max_length)
+
+    def check_model(self, model: nn.Module, settings: FinetuneDataConfig, model_path: str | Path) -> None:
+        if settings.regression and model.num_labels != 1:
+            raise UserError(
+                f"{model_path} has a classifier for {model.num_labels} labels; regression needs one output: "
+                "start from the pretrained encoder instead"
+            )
+
+    def settings_from_model(
+        self, model: nn.Module, labels: Sequence[str] | None, settings: FinetuneDataConfig
+    ) -> None:
+        if not labels and model.num_labels == 1:  # a one-output classifier without label names scores
+            settings.regression = True
+
+    def loss(
+        self, logits: torch.Tensor, batch: Batch, settings: FinetuneDataConfig, reduction: str = "mean"
+    ) -> torch.Tensor:
+        """Cross-entropy over the labels, or MSE on the single output for regression."""
+        logits = logits.float()
+        if settings.regression:
+            return F.mse_loss(logits.squeeze(-1), batch["labels"].float(), reduction=reduction)
+        return F.cross_entropy(logits, batch["labels"], reduction=reduction)
+
+    def decode(
+        self,
+        data: TaskData,
+        outputs: Sequence[torch.Tensor],
+        labels: Sequence[str] | None,
+        settings: FinetuneDataConfig,
+    ) -> list[Any]:
+        """(label id, probability) per example, or the score (a float) for regression."""
+        if settings.regression:
+            return [float(o.reshape(-1)[0]) for o in outputs]
+        out = []
+        for o in outputs:
+            probs = torch.softmax(o, -1)
+            k = int(probs.argmax())
+            out.append((k, float(probs[k])))
+        return out
+
+    def metric_names(self, settings: FinetuneDataConfig, labels: Sequence[str] | None) -> list[str]:
+        if settings.regression:
+            return ["pearson", "spearman", "mse", "loss"]
+        return ["accuracy", "macro_f1", "mcc", *(["f1"] if len(labels or ()) == 2 else []), "loss"]
+
+    def metrics(
+        self,
+        data: TaskData,
+        predictions: Sequence[Any],
+        labels: Sequence[str] | None,
+        settings: FinetuneDataConfig,
+    ) -> dict[str, float]:
+        gold = [f["labels"] for f in data.features]
+        if settings.regression:
+            return M.regression_metrics(predictions, gold)
+        return M.classification_metrics([p[0] for p in predictions], gold, len(labels or []))
+
+    def prediction_rows(
+        self,
+        data: TaskData,
+        predictions: Sequence[Any],
+        labels: Sequence[str] | None,
+        settings: FinetuneDataConfig,
+    ) -> list[Row]:
+        """The input columns, the predicted label (or score) in the label column, and its probability."""
+        s = settings
+        rows = []
+        for ex, p in zip(data.examples, predictions):
+            row: Row = {s.text_column: ex["text"]}
+            if s.text_pair_column:
+                row[s.text_pair_column] = ex["text_pair"]
+            if s.regression:
+                row[s.label_column] = p
+            else:
+                row[s.label_column] = label_value((labels or [])[p[0]])
+                row["score"] = round(p[1], 6)
+            rows.append(row)
+        return rows

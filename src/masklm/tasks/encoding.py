@@ -1,0 +1,61 @@
+"""Encoding helpers shared by the task modules: BERT special tokens, pair truncation, label ids.
+
+Encoders build "[CLS] A [SEP]" and "[CLS] A [SEP] B [SEP]" themselves from the tokenizer's special ids (the same
+layout as the BERT post-processor: type ids 0 up to and including the first [SEP], 1 after it), so truncation
+is in our hands.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from masklm.errors import UserError
+
+INTEGER_LABEL = re.compile(r"[+-]?\d+")
+"""Labels that look like integers ("0", "-1") sort numerically and are written back as numbers."""
+
+
+def special_token_ids(tok: Any) -> tuple[int, int, int]:
+    """([CLS], [SEP], [UNK]) ids of a BERT-style tokenizer."""
+    ids = []
+    for token in ("[CLS]", "[SEP]", "[UNK]"):
+        i = tok.token_to_id(token)
+        if i is None:
+            raise UserError(f"the tokenizer has no {token} token; use a BERT-style WordPiece tokenizer")
+        ids.append(i)
+    return ids[0], ids[1], ids[2]
+
+
+def truncate_longest_first(a: list[int], b: list[int], budget: int) -> tuple[list[int], list[int]]:
+    """Cut tokens from the end of the longer sequence until len(a) + len(b) <= budget.
+
+    Same result as removing one token at a time from the longer one (from `b` on a tie): when both must be
+    cut, `a` keeps ceil(budget / 2) tokens and `b` floor(budget / 2).
+    """
+    if len(a) + len(b) <= budget:
+        return a, b
+    half_b = budget // 2
+    half_a = budget - half_b
+    if len(a) <= half_a:
+        return a, b[: budget - len(a)]
+    if len(b) <= half_b:
+        return a[: budget - len(b)], b
+    return a[:half_a], b[:half_b]
+
+
+def build_label_map(labels: Iterable[str | None]) -> list[str]:
+    """The sorted list of distinct labels; a label's id is its index.
+
+    Integer-looking labels ("0", "1", "-1") sort numerically, anything else sorts as strings, so the ids are
+    the same whichever order the training file lists its rows in. None (no label) is skipped.
+    """
+    distinct = {label for label in labels if label is not None}
+    if not distinct:
+        raise UserError(
+            "the training data has no labels; check its label column (--data.label_column) and the values in it"
+        )
+    if all(INTEGER_LABEL.fullmatch(label) for label in distinct):
+        return sorted(distinct, key=lambda label: (int(label), label))
+    return sorted(distinct)

@@ -1,0 +1,151 @@
+"""Readers shared by the task modules: a data file as text, and .csv / .tsv / .jsonl files as records.
+
+Every problem with a user's file raises `UserError` with one line naming the file (and line, where there is
+one), what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from masklm.errors import UserError
+
+csv.field_size_limit(2**31 - 1)  # long documents in one cell are fine; the default limit is 128 KiB
+
+Record = dict[str, Any]
+
+
+def read_text(path: Path) -> str:
+    """The whole file as text (UTF-8, optional BOM), or a UserError that says why not."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found; check the path") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, not a file; give the path of the data file") from None
+    except OSError as e:
+        raise UserError(
+            f"{path}: cannot be read ({e.strerror}); check the path and its permissions"
+        ) from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise UserError(
+            f"{path}:{line}: is not UTF-8 text (byte {e.start}); re-save the file as UTF-8"
+        ) from None
+    if not text.strip():
+        raise UserError(f"{path}: the file is empty; give a file with data in it")
+    return text
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines split on "\\n" only: str.splitlines() would also split on characters such as U+2028 in a token."""
+    return [line.rstrip("\r") for line in text.split("\n")]
+
+
+def read_records(path: Path) -> tuple[list[str], list[tuple[int, Record]]]:
+    """(column names, [(line number, record)]) for a .csv, .tsv or .jsonl file.
+
+    The columns are the CSV/TSV header or the keys of the first JSONL object. TSV is read without quote
+    handling, like the GLUE files (quotes are ordinary characters); CSV with RFC 4180 quoting.
+    """
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".tsv", ".jsonl"):
+        raise UserError(f"{path}: unsupported file type '{suffix}'; use .csv, .tsv or .jsonl")
+    text = read_text(path)
+    if suffix == ".jsonl":
+        records = _jsonl_records(path, text)
+        return list(records[0][1]), records
+    return _table_records(path, text, suffix)
+
+
+def _jsonl_records(path: Path, text: str) -> list[tuple[int, Record]]:
+    records: list[tuple[int, Record]] = []
+    for lineno, line in enumerate(split_lines(text), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(
+                f"{path}:{lineno}: not valid JSON ({e.msg}); write one JSON object per line"
+            ) from None
+        if not isinstance(rec, dict):
+            raise UserError(
+                f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}; write one object per line"
+            )
+        records.append((lineno, rec))
+    return records
+
+
+def _table_records(path: Path, text: str, suffix: str) -> tuple[list[str], list[tuple[int, Record]]]:
+    if suffix == ".tsv":
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    else:
+        reader = csv.reader(io.StringIO(text, newline=""))
+    records: list[tuple[int, Record]] = []
+    header: list[str] | None = None
+    header_line = 0
+    try:
+        for row in reader:
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if header is None:
+                header = [cell.strip() for cell in row]
+                header_line = reader.line_num
+                continue
+            if len(row) != len(header):
+                fix = (
+                    "quote fields that contain commas"
+                    if suffix == ".csv"
+                    else "remove stray tabs inside fields"
+                )
+                raise UserError(
+                    f"{path}:{reader.line_num}: has {len(row)} fields, the header (line {header_line}) has "
+                    f"{len(header)}; {fix}"
+                )
+            records.append((reader.line_num, dict(zip(header, row))))
+    except csv.Error as e:
+        raise UserError(
+            f"{path}:{reader.line_num}: malformed {suffix[1:].upper()} ({e}); fix the quoting on that line"
+        ) from None
+    assert header is not None  # read_text rejected a blank file
+    if not records:
+        raise UserError(f"{path}: has a header but no rows; add examples below the header line")
+    return header, records
+
+
+def text_field(rec: Record, column: str, path: Path, line: int) -> str:
+    """The text in `column` of one record; a UserError when it is missing or not a string."""
+    if column not in rec:
+        raise UserError(
+            f"{path}:{line}: has no '{column}' field (fields: {', '.join(rec)}); add it to that line"
+        )
+    value = rec[column]
+    if not isinstance(value, str):
+        raise UserError(
+            f"{path}:{line}: '{column}' is {type(value).__name__}, expected text; quote it as a string"
+        )
+    return value
+
+
+def label_field(rec: Record, column: str, path: Path, line: int) -> str | None:
+    """The label in `column` as a stripped string (numbers too); None for an empty cell or JSON null."""
+    if column not in rec:
+        raise UserError(
+            f"{path}:{line}: has no '{column}' field (fields: {', '.join(rec)}); add it to that line"
+        )
+    value = rec[column]
+    if value is None:
+        return None
+    if isinstance(value, bool | int | float | str):
+        value = str(value).strip()
+        return value or None
+    raise UserError(
+        f"{path}:{line}: '{column}' is a {type(value).__name__}; a label must be one string or number"
+    )

@@ -1,0 +1,361 @@
+"""Token classification (NER, POS, chunking): one tag per word of a pre-split sentence.
+
+    CoNLL columns (token first, tag last) or .jsonl {"tokens": [...], "tags": [...]}
+    example {"tokens", "tags"} -> feature {"input_ids", "token_type_ids", "word_ids", "num_words", "labels"}
+
+A word's first sub-word carries its tag (the others -100, or the tag again with data.label_all_subwords); a
+prediction per word is read back at its first sub-word. Tag sets with B-/I-/E-/S- prefixes are scored as
+entities (seqeval), others by token accuracy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from masklm.errors import UserError
+from masklm.tasks.base import Example, Row, Task, TaskData
+from masklm.tasks.batching import IGNORE_INDEX, Batch, Feature
+from masklm.tasks.encoding import build_label_map, special_token_ids
+from masklm.tasks.files import read_records, read_text, split_lines
+from masklm.train import metrics as M
+
+if TYPE_CHECKING:
+    from masklm.config import FinetuneDataConfig
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_conll(path: str | Path) -> list[Example]:
+    """Read a token-classification file: one {"tokens": [...], "tags": [...] | None} per sentence.
+
+    Column format (any extension but .jsonl): one token per line, token in the first column, tag in the
+    last, columns split on tabs if the first token line has a tab, else on whitespace; a blank line ends a
+    sentence; `-DOCSTART-` lines are skipped. Every token line must have as many fields as the first one. A
+    file with a single column has no tags (prediction).
+
+    .jsonl: one {"tokens": [str, ...], "tags": [str, ...]} object per line; "tags" may be left out
+    (prediction) but must then be left out everywhere.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".jsonl":
+        return _read_token_jsonl(path)
+    sentences: list[Example] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    expected = first_line = 0
+    use_tabs = False
+
+    def flush() -> None:
+        if tokens:
+            sentences.append({"tokens": tokens.copy(), "tags": tags.copy() if expected > 1 else None})
+            tokens.clear()
+            tags.clear()
+
+    for lineno, line in enumerate(split_lines(read_text(path)), 1):
+        stripped = line.strip()
+        if not stripped:
+            flush()
+            continue
+        if not expected:
+            use_tabs = "\t" in stripped
+        fields = [f.strip() for f in stripped.split("\t")] if use_tabs else stripped.split()
+        if fields[0] == "-DOCSTART-":
+            flush()
+            continue
+        if not expected:
+            expected, first_line = len(fields), lineno
+        if len(fields) != expected:
+            raise UserError(
+                f"{path}:{lineno} has {len(fields)} fields, expected {expected} (like line {first_line}); "
+                "write one token per line with the same columns, token first and tag last"
+            )
+        if not fields[0]:
+            raise UserError(f"{path}:{lineno} has an empty token; remove the line or fill in the token")
+        tokens.append(fields[0])
+        tags.append(fields[-1])
+    flush()
+    if not sentences:
+        raise UserError(f"{path}: has no sentences (only -DOCSTART- lines); give a file with tokens in it")
+    return sentences
+
+
+def _read_token_jsonl(path: Path) -> list[Example]:
+    _, records = read_records(path)
+    has_tags = "tags" in records[0][1]
+    sentences = []
+    for line, rec in records:
+        tokens = rec.get("tokens")
+        if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) and t for t in tokens):
+            raise UserError(
+                f"{path}:{line}: 'tokens' must be a non-empty list of non-empty strings; fix that line"
+            )
+        tags = rec.get("tags")
+        if has_tags != ("tags" in rec):
+            raise UserError(
+                f"{path}:{line}: {'has no' if has_tags else 'has a'} 'tags' field unlike line {records[0][0]}; "
+                "give tags on every line or on none"
+            )
+        if has_tags:
+            if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+                raise UserError(
+                    f"{path}:{line}: 'tags' must be a list of strings such as \"B-PER\"; fix that line"
+                )
+            if len(tags) != len(tokens):
+                raise UserError(
+                    f"{path}:{line}: has {len(tokens)} tokens but {len(tags)} tags; give one tag per token"
+                )
+        sentences.append({"tokens": tokens, "tags": tags if has_tags else None})
+    return sentences
+
+
+# ----------------------------------------------------------------------------------------------------
+# Encoding and alignment
+
+
+def encode_token_classification(
+    tok: Any,
+    examples: Sequence[Example],
+    label_list: Sequence[str],
+    max_length: int,
+    label_all_subwords: bool = False,
+    path: str | Path | None = None,
+) -> list[Feature]:
+    """Encode pre-split words with one label slot per word.
+
+    Returns per sentence {"input_ids", "token_type_ids", "word_ids", "num_words", "labels" (when the sentence
+    has tags)}. `word_ids[i]` is the word index of token i (None for [CLS]/[SEP]).
+
+    - The first sub-word of a word carries its tag's id; the other sub-words carry -100, or with
+      `label_all_subwords` the tag again (a B-X tag becomes I-X on continuation sub-words when I-X is a
+      known label). Special tokens carry -100.
+    - A word the tokenizer drops entirely (e.g. a zero-width space) becomes one [UNK] token, so every word
+      that fits keeps exactly one prediction slot.
+    - Sentences longer than `max_length` keep whole words from the start; the words after the cut are not
+      encoded (`num_words` still counts them) and `align_predictions` fills them in (use "O"). Only when even
+      the first word does not fit is that word cut inside, keeping its first sub-words.
+
+    `path` (the file the examples came from) only improves error messages.
+    """
+    cls, sep, unk = special_token_ids(tok)
+    budget = max_length - 2
+    if budget < 1:
+        raise UserError(f"max_length {max_length} leaves no room for words after [CLS] and [SEP]; raise it")
+    label_ids = {label: i for i, label in enumerate(label_list)}
+    continuation = {
+        i: label_ids.get("I-" + label[2:], i) if label.startswith("B-") else i
+        for label, i in label_ids.items()
+    }
+    where = f"{path}: " if path else ""
+    encodings = (
+        tok.encode_batch([ex["tokens"] for ex in examples], is_pretokenized=True, add_special_tokens=False)
+        if examples
+        else []
+    )
+    features = []
+    for n, (ex, enc) in enumerate(zip(examples, encodings)):
+        pieces = _kept_word_pieces(enc, len(ex["tokens"]), unk, budget)
+        tag_ids = _tag_ids(ex, label_ids, n, where)
+        continued = [continuation[i] for i in tag_ids] if tag_ids is not None and label_all_subwords else None
+        features.append(_sentence_feature(pieces, tag_ids, continued, len(ex["tokens"]), cls, sep))
+    return features
+
+
+def _sentence_feature(
+    pieces: list[list[int]],
+    tag_ids: list[int] | None,
+    continued: list[int] | None,
+    num_words: int,
+    cls: int,
+    sep: int,
+) -> Feature:
+    """ "[CLS] word pieces [SEP]" with the word index of every token and, given the tag ids, the labels: a
+    word's tag on its first sub-word, `continued` (or -100 without it) on the others, -100 on specials."""
+    input_ids, word_ids, labels = [cls], [None], [IGNORE_INDEX]
+    for w, word_pieces in enumerate(pieces):
+        input_ids += word_pieces
+        word_ids += [w] * len(word_pieces)
+        if tag_ids is not None:
+            rest = continued[w] if continued is not None else IGNORE_INDEX
+            labels += [tag_ids[w]] + [rest] * (len(word_pieces) - 1)
+    input_ids.append(sep)
+    word_ids.append(None)
+    labels.append(IGNORE_INDEX)
+    feature: Feature = {
+        "input_ids": input_ids,
+        "token_type_ids": [0] * len(input_ids),
+        "word_ids": word_ids,
+        "num_words": num_words,
+    }
+    if tag_ids is not None:
+        feature["labels"] = labels
+    return feature
+
+
+def _kept_word_pieces(enc: Any, num_words: int, unk: int, budget: int) -> list[list[int]]:
+    """The sub-word ids of the words that fit in `budget` tokens, whole words from the start ([UNK] for a word
+    the tokenizer dropped); when not even the first word fits, its first `budget` sub-words."""
+    pieces: list[list[int]] = [[] for _ in range(num_words)]
+    for token_id, w in zip(enc.ids, enc.word_ids):
+        if w is not None:
+            pieces[w].append(token_id)
+    for p in pieces:
+        if not p:
+            p.append(unk)
+    kept, used = 0, 0
+    while kept < len(pieces) and used + len(pieces[kept]) <= budget:
+        used += len(pieces[kept])
+        kept += 1
+    if kept == 0 and pieces:
+        return [pieces[0][:budget]]
+    return pieces[:kept]
+
+
+def _tag_ids(ex: Example, label_ids: dict[str, int], n: int, where: str) -> list[int] | None:
+    """The sentence's tag ids (None without tags); a UserError for a count mismatch or an unknown tag."""
+    tags = ex.get("tags")
+    if tags is None:
+        return None
+    if len(tags) != len(ex["tokens"]):
+        raise UserError(
+            f"{where}sentence {n + 1} has {len(ex['tokens'])} tokens but {len(tags)} tags; give one tag per token"
+        )
+    try:
+        return [label_ids[t] for t in tags]
+    except KeyError as e:
+        raise UserError(
+            f"{where}tag '{e.args[0]}' in sentence {n + 1} is not in the training labels {list(label_ids)}; "
+            "fix the tag or add examples of it to the training data"
+        ) from None
+
+
+def align_predictions(
+    word_ids: Sequence[int | None],
+    token_predictions: Sequence[int] | np.ndarray | torch.Tensor,
+    num_words: int | None = None,
+    fill: int = IGNORE_INDEX,
+) -> list[int]:
+    """One prediction per word: the prediction at the word's first sub-word.
+
+    `token_predictions` lines up with the feature's input_ids (padding after them is ignored). Words that were
+    truncated away (index >= the last encoded word, up to `num_words`) get `fill`; write them as "O".
+    """
+    preds = token_predictions.tolist() if hasattr(token_predictions, "tolist") else list(token_predictions)
+    if len(preds) < len(word_ids):
+        raise ValueError(f"{len(preds)} token predictions for {len(word_ids)} tokens")
+    encoded = max((w for w in word_ids if w is not None), default=-1) + 1
+    out = [fill] * (encoded if num_words is None else max(num_words, encoded))
+    seen = [False] * encoded
+    for w, p in zip(word_ids, preds):
+        if w is not None and not seen[w]:
+            seen[w] = True
+            out[w] = int(p)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# The task
+
+
+class TokenClassificationTask(Task):
+    """A tag per word: cross-entropy on first sub-words, entity precision / recall / F1 or token accuracy."""
+
+    name = "token-classification"
+    architecture = "TokenClassification"
+    output_formats = (".jsonl", ".csv", ".conll", ".txt")
+
+    def read(self, path: Path, settings: FinetuneDataConfig, labelled: bool) -> list[Example]:
+        sentences = read_conll(path)
+        if labelled and sentences[0]["tags"] is None:
+            raise UserError(
+                f"{path}: has no tags (one column only); give 'token<TAB>tag' lines, or use masklm predict "
+                "for unlabelled text"
+            )
+        return sentences
+
+    def label_set(
+        self, examples: Sequence[Example], settings: FinetuneDataConfig, path: Path
+    ) -> list[str] | None:
+        return build_label_map(tag for ex in examples for tag in ex["tags"])
+
+    def encode(
+        self,
+        tok: Any,
+        examples: list[Example],
+        settings: FinetuneDataConfig,
+        labels: Sequence[str] | None,
+        path: Path,
+        labelled: bool,
+    ) -> list[Feature]:
+        assert settings.max_length is not None
+        if not labelled:
+            examples = [{**ex, "tags": None} for ex in examples]
+        return encode_token_classification(
+            tok, examples, labels or [], settings.max_length, settings.label_all_subwords, path
+        )
+
+    def loss(
+        self, logits: torch.Tensor, batch: Batch, settings: FinetuneDataConfig, reduction: str = "mean"
+    ) -> torch.Tensor:
+        """Cross-entropy over the positions with a label (-100 elsewhere)."""
+        logits = logits.float()
+        return F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]),
+            batch["labels"].reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction=reduction,
+        )
+
+    def loss_count(self, batch: Batch) -> int:
+        return int((batch["labels"] != IGNORE_INDEX).sum())
+
+    def decode(
+        self,
+        data: TaskData,
+        outputs: Sequence[torch.Tensor],
+        labels: Sequence[str] | None,
+        settings: FinetuneDataConfig,
+    ) -> list[Any]:
+        """One tag per word; words cut off by max_length get "O"."""
+        tags = list(labels or [])
+        out = []
+        for f, o in zip(data.features, outputs):
+            ids = align_predictions(f["word_ids"], o.argmax(-1), f["num_words"])
+            out.append([tags[i] if i >= 0 else "O" for i in ids])
+        return out
+
+    def metric_names(self, settings: FinetuneDataConfig, labels: Sequence[str] | None) -> list[str]:
+        if M.has_entity_tags(labels or ()):
+            return ["f1", "precision", "recall", "accuracy", "loss"]
+        return ["accuracy", "loss"]
+
+    def metrics(
+        self,
+        data: TaskData,
+        predictions: Sequence[Any],
+        labels: Sequence[str] | None,
+        settings: FinetuneDataConfig,
+    ) -> dict[str, float]:
+        return M.entity_metrics([ex["tags"] for ex in data.examples], predictions)
+
+    def prediction_rows(
+        self,
+        data: TaskData,
+        predictions: Sequence[Any],
+        labels: Sequence[str] | None,
+        settings: FinetuneDataConfig,
+    ) -> list[Row]:
+        return [{"tokens": ex["tokens"], "tags": tags} for ex, tags in zip(data.examples, predictions)]
+
+    def render(self, rows: list[Row], suffix: str) -> str:
+        """Also CoNLL columns (.conll / .txt): "token<TAB>tag" lines, a blank line after each sentence."""
+        if suffix in (".conll", ".txt"):
+            return "\n".join("".join(f"{t}\t{g}\n" for t, g in zip(r["tokens"], r["tags"])) for r in rows)
+        return super().render(rows, suffix)
