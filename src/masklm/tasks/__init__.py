@@ -24,6 +24,7 @@ _TASKS: dict[str, str] = {
     "classification": "masklm.tasks.classification:ClassificationTask",
     "token-classification": "masklm.tasks.token_classification:TokenClassificationTask",
     "qa": "masklm.tasks.qa:QuestionAnsweringTask",
+    "multiple-choice": "masklm.tasks.multiple_choice:MultipleChoiceTask",
 }
 
 TASK_NAMES: tuple[str, ...] = tuple(_TASKS)
