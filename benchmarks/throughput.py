@@ -1,7 +1,7 @@
 """Pretraining throughput on CPU: masklm against Hugging Face transformers, tokens per second.
 
-    python benchmarks/throughput.py                  # both sizes, 3 alternating rounds (~15 minutes on 2 cores)
-    python benchmarks/throughput.py --sizes small --rounds 2 --steps 4 --no-docs     # a quick look
+    python -m benchmarks.throughput                  # both sizes, 3 alternating rounds (~15 minutes on 2 cores)
+    python -m benchmarks.throughput --sizes small --rounds 2 --steps 4 --no-docs     # a quick look
 
 Models (the same shape on both sides, vocab 30,522, seq 128, BERT's dropout 0.1, masking 0.15):
 - small: 4 layers, hidden 256, 4 heads, FFN 1024, batch 32
@@ -33,8 +33,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+from benchmarks import common
 
 DEFAULT_BATCH = {"small": 32, "base": 8}
 

@@ -1,7 +1,7 @@
 """Time to accuracy on CPU: how long masklm needs to reach the held-out accuracy transformers reaches in N minutes.
 
-    python benchmarks/time_to_accuracy.py                  # HF 15 minutes, masklm up to 5 (~25 minutes in all)
-    python benchmarks/time_to_accuracy.py --minutes 2      # a quick check
+    python -m benchmarks.time_to_accuracy                  # HF 15 minutes, masklm up to 5 (~25 minutes in all)
+    python -m benchmarks.time_to_accuracy --minutes 2      # a quick check
 
 1. Hugging Face: `BertForMaskedLM` (sdpa, float32) + `DataCollatorForLanguageModeling(mlm_probability=0.15)` in a
    plain PyTorch loop (DataLoader, fused `torch.optim.AdamW`, clipping: the faster of the two HF drivers in
@@ -36,8 +36,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+from benchmarks import common
 
 
 class Reached(Exception):

@@ -1,4 +1,4 @@
-"""Fixtures shared by the test modules."""
+"""Fixtures shared by the test modules (the plain helper functions they share are in helpers.py)."""
 
 import pytest
 import torch

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import read_metrics
 from safetensors.torch import load_file
 
 from masklm.cli import main
@@ -116,13 +117,11 @@ def torchrun(*args: str) -> list[str]:
 
 
 def train_losses(run: Path) -> dict[int, float]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
+    return {r["step"]: r["loss"] for r in read_metrics(run) if r["split"] == "train"}
 
 
 def val_losses(run: Path) -> dict[int, float]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if r["split"] == "val"}
+    return {r["step"]: r["loss"] for r in read_metrics(run) if r["split"] == "val"}
 
 
 def assert_same_weights(a: Path, b: Path) -> None:

