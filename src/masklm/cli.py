@@ -419,8 +419,14 @@ def build_finetune(p: argparse.ArgumentParser) -> None:
         "--train", metavar="FILE", help="training data (.csv/.tsv/.jsonl, CoNLL, SQuAD .json/.jsonl)"
     )
     p.add_argument("--validation", metavar="FILE", help="validation data in the same format")
+    p.add_argument(
+        "--init",
+        choices=("pretrained", "random"),
+        help="pretrained (default): start from MODEL's weights; random: the same architecture and tokenizer "
+        "with fresh weights seeded by train.seed (the control for what pretraining is worth)",
+    )
     p.add_argument("--output", metavar="DIR", help="run folder (default runs/finetune-<training file name>)")
-    p.add_argument("--config", metavar="FILE", help="YAML file with train: / data: settings")
+    p.add_argument("--config", metavar="FILE", help="YAML file with train: / data: / head: settings")
     p.add_argument(
         "--resume", action="store_true", help="continue the run in --output from its newest checkpoint"
     )
@@ -485,7 +491,8 @@ PRESET_EPILOG = (
 )
 SAVED_EPILOG = (
     "Settings such as --data.text_column or --train.eval_batch_size override the ones saved with the model; "
-    "defaults shown are those of a new fine-tuning run."
+    "the --head.* settings are the model's and cannot change here; defaults shown are those of a new "
+    "fine-tuning run."
 )
 
 COMMANDS: dict[str, Command] = {
@@ -525,7 +532,7 @@ COMMANDS: dict[str, Command] = {
         build_finetune,
         _finetune_handler("cmd_finetune"),
         FinetuneConfig,
-        "Defaults shown are the built-in ones; --config FILE (sections train: / data:) changes them. "
+        "Defaults shown are the built-in ones; --config FILE (sections train: / data: / head:) changes them. "
         "See docs/finetuning.md and docs/configuration.md.",
     ),
     "evaluate": Command(

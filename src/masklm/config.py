@@ -277,6 +277,11 @@ class FinetuneTrainConfig(TrainConfig):
         None, "steps between checkpoints (None: at the end of every epoch; 0: only at the end)"
     )
     keep_last: int = setting(1, "checkpoints kept on disk (the best model is kept separately in model/)")
+    layer_decay: float = setting(
+        1.0,
+        "layer-wise lr decay d (1: off): the head at lr, encoder block i of L (0 = lowest) at "
+        "lr * d^(L - i), the embeddings at lr * d^(L + 1); e.g. 0.8",
+    )
 
 
 @dataclass
@@ -311,11 +316,27 @@ class FinetuneDataConfig:
 
 
 @dataclass
+class HeadConfig:
+    """The task head put on the encoder (saved with the model; evaluate and predict use the saved values)."""
+
+    pooling: Literal["cls", "mean"] = setting(
+        "cls",
+        "classification: cls (BERT's pooler, dense + tanh, on [CLS]) or mean (the mean of the hidden states "
+        "over the real tokens, no pooler; exports to ONNX but not to Hugging Face)",
+    )
+    classifier_dropout: float | None = setting(
+        None,
+        "classification and token classification: dropout before the classifier (None: hidden_dropout_prob)",
+    )
+
+
+@dataclass
 class FinetuneConfig:
-    """Fine-tuning, evaluation and prediction: the sections train and data."""
+    """Fine-tuning, evaluation and prediction: the sections train, data and head."""
 
     train: FinetuneTrainConfig = field(default_factory=FinetuneTrainConfig)
     data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -334,6 +355,12 @@ class FinetuneConfig:
         _require(t.eval_batch_size is None or t.eval_batch_size > 0, "train.eval_batch_size must be positive")
         _require(t.bucket_batches >= 1, f"train.bucket_batches must be at least 1, not {t.bucket_batches}")
         _require(t.checkpoint_every is None or t.checkpoint_every >= 0, "train.checkpoint_every must be >= 0")
+        _require(0 < t.layer_decay <= 1, f"train.layer_decay must be in (0, 1], not {t.layer_decay}")
+        h = self.head
+        _require(
+            h.classifier_dropout is None or 0 <= h.classifier_dropout < 1,
+            f"head.classifier_dropout must be in [0, 1), not {h.classifier_dropout}",
+        )
         _require(
             d.max_length is None or d.max_length >= 8,
             f"data.max_length must be at least 8, not {d.max_length}",
@@ -348,7 +375,7 @@ class FinetuneConfig:
 def build_config(
     overrides: dict[str, Any] | None = None, config_file: str | Path | None = None
 ) -> FinetuneConfig:
-    """Defaults, then a YAML file (sections train / data), then dotted overrides; validated."""
+    """Defaults, then a YAML file (sections train / data / head), then dotted overrides; validated."""
     cfg = FinetuneConfig()
     if config_file:
         apply_dict(cfg, read_yaml(config_file), str(config_file))

@@ -35,11 +35,19 @@ import torch
 from torch import nn
 
 from masklm import dist
-from masklm.config import FinetuneConfig, FinetuneDataConfig, FinetuneTrainConfig, apply_dict, build_config
+from masklm.config import (
+    FinetuneConfig,
+    FinetuneDataConfig,
+    FinetuneTrainConfig,
+    HeadConfig,
+    apply_dict,
+    build_config,
+)
 from masklm.errors import UserError
+from masklm.model.base import build_model, head_class
 from masklm.model.io import ModelInfo, load_model, save_model
 from masklm.tasks import all_tasks, get_task, output_formats, task_of_architecture
-from masklm.tasks.base import Example, Task, TaskData
+from masklm.tasks.base import Example, Task, TaskData, check_requirements
 from masklm.tasks.batching import Batch, EpochBatches, length_bucketed_batches
 from masklm.train.logger import check_log_kind
 from masklm.train.loop import Budget, FitResult, autocast_context, resolve_precision
@@ -154,14 +162,48 @@ def _resolve_length(cfg: FinetuneConfig, task: Task, model: nn.Module) -> None:
         cfg.data.doc_stride = cfg.data.max_length // 3
 
 
+INITS = ("pretrained", "random")
+
+
+def head_options(task: Task, head: HeadConfig) -> dict[str, Any]:
+    """The task head's options from the `head` section; a setting the head does not take is refused unless it
+    keeps its default."""
+    cls = head_class(task.architecture)
+    values, defaults = dataclasses.asdict(head), dataclasses.asdict(HeadConfig())
+    for name, value in values.items():
+        if name not in cls.options and value != defaults[name]:
+            takes = ", ".join(f"head.{k}" for k in cls.options) or "no head settings"
+            raise UserError(
+                f"head.{name} does not apply to {task.name} (its head takes {takes}); leave --head.{name} out"
+            )
+    return {k: values[k] for k in cls.options if k in values}
+
+
 def _load_start_model(
-    task: Task, model_path: str | Path, labels: list[str] | None, cfg: FinetuneConfig
+    task: Task,
+    model_path: str | Path,
+    labels: list[str] | None,
+    cfg: FinetuneConfig,
+    init: str = "pretrained",
 ) -> tuple[nn.Module, Any, list[str]]:
-    """(model with the task's head, tokenizer, notes) to fine-tune; data.max_length resolved against it."""
-    model, tok, info = load_model(model_path, architecture=task.architecture, labels=labels)
+    """(model with the task's head, tokenizer, notes) to fine-tune; data.max_length resolved against it.
+
+    init="random": the same architecture, head options and tokenizer with every weight initialised afresh, as
+    a new model of that config is, after seeding torch with train.seed (the same seed, the same weights)."""
+    options = head_options(task, cfg.head)
+    model, tok, info = load_model(model_path, architecture=task.architecture, labels=labels, head=options)
+    notes = info.notes
+    if init == "random":
+        torch.manual_seed(cfg.train.seed)
+        model = build_model(task.architecture, model.cfg, labels, options)
+        notes = [
+            *(n for n in notes if "initialised from scratch" not in n),
+            f"--init random: every weight initialised from scratch (seed {cfg.train.seed}); only the model's "
+            f"config and tokenizer come from {model_path}",
+        ]
     task.check_model(model, cfg.data, model_path)
     _resolve_length(cfg, task, model)
-    return model, tok, info.notes
+    return model, tok, notes
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -171,7 +213,7 @@ def _load_start_model(
 
 def saved_config(values: dict[str, Any]) -> FinetuneConfig:
     """The FinetuneConfig a run folder's config.yaml (as a dict) holds: its train / data sections."""
-    sections = {k: values[k] for k in ("train", "data") if k in values}
+    sections = {k: values[k] for k in ("train", "data", "head") if k in values}
     return apply_dict(FinetuneConfig(), sections, "saved config")
 
 
@@ -340,11 +382,12 @@ class _Inputs:
         return cls(train_data, val_data, labels)
 
 
-def _start_details(task: Task, inputs: _Inputs, plan: _Plan, metric: str) -> list[str]:
+def _start_details(task: Task, inputs: _Inputs, plan: _Plan, metric: str, init: str, seed: int) -> list[str]:
     """What the start-of-run line says after the model's size and device."""
     train, labels = inputs.train, inputs.labels
     examples = f"{len(train.examples):,} training and {len(inputs.val.examples):,} validation examples"
     return [
+        "pretrained weights" if init == "pretrained" else f"random init (seed {seed})",
         examples + task.describe(train),
         *([f"{len(labels)} labels"] if labels else []),
         f"batch {plan.global_batch}",
@@ -363,12 +406,14 @@ def _summary(
     model_path: str | Path,
     notes: list[str],
     wall_s: float,
+    init: str,
 ) -> dict[str, Any]:
     """summary.json: the best validation metrics at the top level, then how the run went."""
     train, val = inputs.train, inputs.val
     return {
         **best["eval"],
         "task": task.name,
+        "init": init,
         "best": {k: best[k] for k in ("metric", "value", "step", "epoch")},
         "last_eval": result.last_eval,
         "steps": result.step,
@@ -401,29 +446,39 @@ def finetune(
     overwrite: bool = False,
     command: str | None = None,
     resume_changes: dict[str, Any] | None = None,
+    init: str = "pretrained",
 ) -> dict[str, Any]:
     """Fine-tune `model_path` (masklm run / model folder or Hugging Face BERT folder) on a task; returns
     summary.json's content ({"stopped": True, ...} when a signal stopped the run; resume it with resume=True).
 
+    `init`: "pretrained" starts from the model's weights; "random" from fresh weights of the same architecture
+    (seeded by train.seed), with the same tokenizer: the control that shows what pretraining is worth.
     With `resume`, the run's saved config.yaml is used; `resume_changes` (dotted keys set on the command line)
     may change the settings in RESUME_FREE, such as the budget (the one resume rule, masklm.train.run).
     """
+    if init not in INITS:
+        raise UserError(f"--init must be pretrained or random, not {init!r}")
     t = get_task(task)
     run = Run(output, resume=resume, overwrite=overwrite, what="output folder")
+    saved_init = resume_settings(output).get("init", "pretrained") if resume else init
+    if saved_init != init:
+        raise UserError(f"--resume continues {output} with --init {saved_init}, not {init}; leave --init out")
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train), data=dataclasses.replace(cfg.data))
     cfg = run.resume_config(cfg, resume_changes, load=saved_config)
     check_log_kind(cfg.train.log)
     # Everything that can be wrong with the inputs is found before anything is written.
     train_examples, val_examples, labels = _read_training_files(t, train_path, validation_path, cfg.data)
+    check_requirements(t.requirements(cfg.data, labels))
     metric = select_metric(t, cfg.train.metric_for_best, cfg.data, labels)
+    head_options(t, cfg.head)  # a head setting that does not apply is refused before the model is read
     device = run.setup(cfg)
-    model, tok, notes = _load_start_model(t, model_path, labels, cfg)
+    model, tok, notes = _load_start_model(t, model_path, labels, cfg, init)
     files = (train_path, train_examples), (validation_path, val_examples)
     inputs = _Inputs.encode(t, tok, cfg.data, labels, *files)
 
     run.open()
     paths = {"model": model_path, "train": train_path, "validation": validation_path}
-    run_info = {"task": t.name, **{k: str(v) for k, v in paths.items()}}  # what --resume can leave out
+    run_info = {"task": t.name, **{k: str(v) for k, v in paths.items()}, "init": init}  # --resume reads these
     run.write_files({"run": run_info, **cfg.to_dict()}, command)
     for note in notes:
         log(f"note: {note}")
@@ -431,7 +486,8 @@ def finetune(
     pad_id = _pad_id(tok, model)
     batches = _epoch_batches(t, inputs.train, cfg.train, pad_id)
     plan = _Plan.of(batches, cfg.train, [t.feature_tokens(f) for f in inputs.train.features])
-    run.announce("fine-tuning", model, cfg.train, _start_details(t, inputs, plan, metric), purpose=t.name)
+    details = _start_details(t, inputs, plan, metric, init, cfg.train.seed)
+    run.announce("fine-tuning", model, cfg.train, details, purpose=t.name)
     info = _model_info(t, labels, cfg)
     lower_is_better = metric in t.lower_is_better
     best = BestModel(run.run_dir, model, tok, info, metric, lower_is_better, plan.steps_per_epoch, resume)
@@ -451,7 +507,9 @@ def finetune(
     if result.stopped_by_signal:
         return run.stopped(result)
     best_eval = best.ensure_saved(result)
-    return run.finish(_summary(t, inputs, best_eval, result, plan, model, model_path, notes, run.wall_s))
+    return run.finish(
+        _summary(t, inputs, best_eval, result, plan, model, model_path, notes, run.wall_s, init)
+    )
 
 
 def _checkpoint_every(train: FinetuneTrainConfig, plan: _Plan) -> int:
@@ -480,6 +538,12 @@ class FinetunedModel:
 def load_finetuned(path: str | Path, overrides: dict[str, Any] | None = None) -> FinetunedModel:
     """A fine-tuned model with the task settings saved next to it (then `overrides`, e.g. data.text_column)."""
     all_tasks()  # a task module may define the head the model needs: import them all before loading
+    head_keys = [k for k in overrides or {} if k == "head" or k.startswith("head.")]
+    if head_keys:
+        raise UserError(
+            f"{head_keys[0]} is saved with the model and cannot change after fine-tuning; leave it out "
+            "(fine-tune again to change the head)"
+        )
     model, tok, info = load_model(path)
     saved = info.task or {}
     task = get_task(saved["name"]) if saved.get("name") else task_of_architecture(info.architecture)
@@ -494,6 +558,7 @@ def load_finetuned(path: str | Path, overrides: dict[str, Any] | None = None) ->
         cfg.train.eval_batch_size = int(saved["eval_batch_size"])
     if saved.get("precision"):
         cfg.train.precision = str(saved["precision"])
+    apply_dict(cfg, {"head": {k: v for k, v in info.head.items() if hasattr(cfg.head, k)}}, f"{path} (head)")
     task.settings_from_model(model, info.labels, cfg.data)
     if overrides:
         apply_dict(cfg, overrides, "the command line")
@@ -521,6 +586,7 @@ def evaluate_model(
     """Metrics of a fine-tuned model on a labelled file: the same dict as summary.json's validation metrics."""
     fm = load_finetuned(model_path, overrides)
     task = fm.task
+    check_requirements(task.requirements(fm.cfg.data, fm.labels))
     examples = task.read(Path(data_path), fm.cfg.data, labelled=True)
     task.resolve_settings(fm.cfg.data, examples)
     data = task.load(data_path, fm.tokenizer, fm.cfg.data, fm.labels, True, examples)
@@ -571,7 +637,7 @@ def _fill_from_saved_run(args: argparse.Namespace) -> None:
         given = getattr(args, key, None)
         if given is None:
             setattr(args, key, value)
-        elif given != value and (key == "task" or Path(given).resolve() != Path(value).resolve()):
+        elif given != value and (key in ("task", "init") or Path(given).resolve() != Path(value).resolve()):
             raise UserError(
                 f"--resume continues {args.output} with --{key} {value}, not {given}; leave --{key} out, "
                 "or start a new run with another --output"
@@ -597,6 +663,7 @@ def cmd_finetune(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         overwrite=args.overwrite,
         command=command_line(args.argv),
         resume_changes=overrides,
+        init=args.init or "pretrained",
     )
     if summary.get("stopped") or env_rank() != 0:  # one line per run, not per process
         return 0

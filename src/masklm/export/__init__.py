@@ -61,6 +61,9 @@ def export_model(
     model = model.float().eval()  # exports are float32
     if fmt == "hf":
         refuse_modern(model.cfg)
+        obstacle = model.hf_obstacle()
+        if obstacle:
+            raise UserError(obstacle)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"

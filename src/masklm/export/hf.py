@@ -114,6 +114,7 @@ def write_hf_folder(model: Head, tok: tokenizers.Tokenizer, info: ModelInfo, fol
     state = to_hf_state_dict(model, vocab_size=rows)
     dtype = next(iter(state.values())).dtype
     hf_config = config_to_hf(cfg, info.architecture, info.labels, vocab_size=rows, dtype=dtype)
+    hf_config.update(model.hf_config())
     save_safetensors(state, folder / "model.safetensors", metadata={"format": "pt"})
     fsync_file(folder / "model.safetensors")
     write_json(folder / "config.json", hf_config)

@@ -60,15 +60,41 @@ class Head(nn.Module):
     # (multiple choice: ("batch", "choices", "sequence")) overrides example_inputs to match.
     input_axes: ClassVar[tuple[str, ...]] = ("batch", "sequence")
     head_title: ClassVar[str] = ""  # how notes name the head (default "<architecture> head")
+    # The head's own settings (its constructor's keywords) with their defaults, e.g. {"pooling": "cls"}: saved
+    # in config.json's "head" and passed back when the model is loaded; `head_options()`: a model's values.
+    options: ClassVar[dict[str, Any]] = {}
+    # The options that change which weights the head has (a mean-pooled classifier has no pooler): a
+    # checkpoint whose values differ is another head, whose weights are not taken.
+    weight_options: ClassVar[tuple[str, ...]] = ()
 
     cfg: ModelConfig
 
     @classmethod
-    def create(cls, cfg: ModelConfig, labels: Sequence[str] | None = None) -> Head:
-        """A freshly initialised model; heads sized by labels get one output per label (at least one)."""
+    def create(
+        cls, cfg: ModelConfig, labels: Sequence[str] | None = None, options: dict[str, Any] | None = None
+    ) -> Head:
+        """A freshly initialised model; heads sized by labels get one output per label (at least one).
+
+        `options` are head settings (`options`); those this head does not take are a TypeError."""
+        unknown = sorted(set(options or {}) - set(cls.options))
+        if unknown:
+            raise TypeError(f"the {cls.architecture} head takes no option {', '.join(unknown)}")
+        kwargs = {**cls.options, **(options or {})}
         if cls.label_layer is not None:
-            return cls(cfg, num_labels=len(labels or []) or 1)
-        return cls(cfg)
+            return cls(cfg, num_labels=len(labels or []) or 1, **kwargs)
+        return cls(cfg, **kwargs)
+
+    def head_options(self) -> dict[str, Any]:
+        """This model's values of the head's `options` (what config.json's "head" records)."""
+        return {name: getattr(self, name) for name in self.options}
+
+    def hf_obstacle(self) -> str | None:
+        """Why this model cannot be written as its `hf_class` (None: it can); ONNX has no such limit."""
+        return None
+
+    def hf_config(self) -> dict[str, Any]:
+        """Entries of the Hugging Face config.json that this head's options set (e.g. classifier_dropout)."""
+        return {}
 
     @classmethod
     def title(cls) -> str:
@@ -169,9 +195,14 @@ def head_class(architecture: str) -> type[Head]:
     return _HEADS[architecture]
 
 
-def build_model(architecture: str, cfg: ModelConfig, labels: Sequence[str] | None = None) -> Head:
-    """A freshly initialised model with the head registered as `architecture`."""
-    return head_class(architecture).create(cfg, labels)
+def build_model(
+    architecture: str,
+    cfg: ModelConfig,
+    labels: Sequence[str] | None = None,
+    options: dict[str, Any] | None = None,
+) -> Head:
+    """A freshly initialised model with the head registered as `architecture` (and its `options`)."""
+    return head_class(architecture).create(cfg, labels, options)
 
 
 @dataclass
@@ -181,6 +212,7 @@ class ModelInfo:
     architecture: str = DEFAULT_ARCHITECTURE
     labels: list[str] | None = None  # label names of a head sized by labels, in id order
     task: dict[str, Any] = field(default_factory=dict)  # task settings saved with a fine-tuned model
+    head: dict[str, Any] = field(default_factory=dict)  # the head's options (Head.options), as loaded
     source: str = "masklm"  # "masklm" or "huggingface"
     notes: list[str] = field(default_factory=list)  # things the user should know (e.g. a fresh head)
 
@@ -201,6 +233,7 @@ class Checkpoint:
     complete: bool
     source: str = "masklm"
     task: dict[str, Any] = field(default_factory=dict)
+    head: dict[str, Any] = field(default_factory=dict)  # the head's options as saved (config.json's "head")
     notes: list[str] = field(default_factory=list)
 
 

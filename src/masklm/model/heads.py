@@ -3,8 +3,13 @@
 
 - MaskedLM: BERT's prediction head (dense → act → LayerNorm → decoder tied to the word embeddings). Given
   `labels`, it runs only at the masked positions: gather those hidden states first, then project to the vocabulary.
-- SequenceClassification: BERT's pooler (dense + tanh on [CLS]) → dropout → linear.
+- SequenceClassification: BERT's pooler (dense + tanh on [CLS]) → dropout → linear; with pooling="mean", the
+  mean of the hidden states over the real tokens ([CLS] and [SEP] included, padding not) → dropout → linear,
+  without a pooler (as sentence-transformers pools).
 - TokenClassification: dropout → linear on every token.
+
+`classifier_dropout` (None: the encoder's hidden_dropout_prob, as in transformers) sets the dropout before
+the classifier of both classification heads.
 - QuestionAnswering: linear to (start, end) logits on every token.
 
 Each head says how it appears outside masklm (Hugging Face class and module names, pipeline tag, outputs): see
@@ -12,6 +17,8 @@ Each head says how it appears outside masklm (Hugging Face class and module name
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -83,14 +90,28 @@ class SequenceClassification(Head):
     pipeline_tag = "text-classification"
     hf_modules = {"pooler": "bert.pooler.dense", "classifier": "classifier"}
     label_layer = "classifier"
+    options = {"pooling": "cls", "classifier_dropout": None}
+    weight_options = ("pooling",)
 
-    def __init__(self, cfg: ModelConfig, num_labels: int, dropout: float | None = None) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        num_labels: int,
+        classifier_dropout: float | None = None,
+        pooling: str = "cls",
+    ) -> None:
         super().__init__()
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be cls or mean, not {pooling!r}")
         self.cfg = cfg
         self.num_labels = num_labels
+        self.pooling, self.classifier_dropout = pooling, classifier_dropout
         self.encoder = Encoder(cfg)
-        self.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.bias)
-        self.dropout = nn.Dropout(cfg.hidden_dropout_prob if dropout is None else dropout)
+        # mean pooling has no pooler: an unused layer would only hold weights that never train
+        self.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.bias) if pooling == "cls" else None
+        self.dropout = nn.Dropout(
+            cfg.hidden_dropout_prob if classifier_dropout is None else classifier_dropout
+        )
         self.classifier = nn.Linear(cfg.hidden_size, num_labels)
         init_weights(self, cfg.initializer_range)
 
@@ -101,8 +122,28 @@ class SequenceClassification(Head):
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         h = self.encoder(input_ids, attention_mask, token_type_ids)  # (B, T, H)
-        pooled = torch.tanh(self.pooler(h[:, 0]))  # (B, H) from [CLS]
+        # (B, H): the pooler on [CLS], or the mean over the real tokens
+        pooled = torch.tanh(self.pooler(h[:, 0])) if self.pooler is not None else mean_pool(h, attention_mask)
         return self.classifier(self.dropout(pooled))  # (B, num_labels)
+
+    def hf_obstacle(self) -> str | None:
+        if self.pooling == "mean":
+            return (
+                "this classifier pools the mean of its tokens (head.pooling=mean), which "
+                "BertForSequenceClassification (pooler on [CLS]) cannot express; export it with --format onnx"
+            )
+        return None
+
+    def hf_config(self) -> dict[str, Any]:
+        return {} if self.classifier_dropout is None else {"classifier_dropout": self.classifier_dropout}
+
+
+def mean_pool(h: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, T, H) hidden states → (B, H): their mean where `attention_mask` is 1 (everywhere without one)."""
+    if attention_mask is None:
+        return h.mean(dim=1)
+    mask = attention_mask.to(h.dtype).unsqueeze(-1)  # (B, T, 1)
+    return (h * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
 
 @register_head
@@ -113,13 +154,17 @@ class TokenClassification(Head):
     pipeline_tag = "token-classification"
     hf_modules = {"classifier": "classifier"}
     label_layer = "classifier"
+    options = {"classifier_dropout": None}
 
-    def __init__(self, cfg: ModelConfig, num_labels: int, dropout: float | None = None) -> None:
+    def __init__(self, cfg: ModelConfig, num_labels: int, classifier_dropout: float | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.num_labels = num_labels
+        self.classifier_dropout = classifier_dropout
         self.encoder = Encoder(cfg)
-        self.dropout = nn.Dropout(cfg.hidden_dropout_prob if dropout is None else dropout)
+        self.dropout = nn.Dropout(
+            cfg.hidden_dropout_prob if classifier_dropout is None else classifier_dropout
+        )
         self.classifier = nn.Linear(cfg.hidden_size, num_labels)
         init_weights(self, cfg.initializer_range)
 
@@ -131,6 +176,9 @@ class TokenClassification(Head):
     ) -> torch.Tensor:
         h = self.encoder(input_ids, attention_mask, token_type_ids)
         return self.classifier(self.dropout(h))  # (B, T, num_labels)
+
+    def hf_config(self) -> dict[str, Any]:
+        return {} if self.classifier_dropout is None else {"classifier_dropout": self.classifier_dropout}
 
 
 @register_head

@@ -484,6 +484,8 @@ def read_hf_checkpoint(folder: Path) -> Checkpoint:
         )
         cfg.vocab_size = n_tok
     head, described = _checkpoint_head(data, raw)
+    dropout = data.get("classifier_dropout")
+    valid_dropout = isinstance(dropout, int | float) and not isinstance(dropout, bool) and 0 <= dropout < 1
     return Checkpoint(
         cfg=cfg,
         state=from_hf_state_dict(raw, cfg, source, config_rows),
@@ -494,5 +496,6 @@ def read_hf_checkpoint(folder: Path) -> Checkpoint:
         described=described,
         complete=False,
         source="huggingface",
+        head={"classifier_dropout": float(dropout)} if valid_dropout else {},
         notes=notes,
     )

@@ -1,7 +1,8 @@
 """Model folders: save a model with its config and tokenizer; load any model folder with the head you ask for.
 
 A masklm model folder holds
-    config.json        {"format": "masklm", "architecture": ..., "model": ModelConfig fields, "labels": ..., ...}
+    config.json        {"format": "masklm", "architecture": ..., "model": ModelConfig fields, "labels": ...,
+                        "head": the head's options (pooling, classifier_dropout; heads that have any), ...}
     model.safetensors  the weights under masklm's own parameter names
     tokenizer.json     the tokenizer the model was trained with
 
@@ -68,6 +69,7 @@ def save_model(
         "labels": info.labels,
         "task": info.task,
         "tokenizer_hash": tokenizer_hash(tokenizer),
+        **({"head": model.head_options()} if getattr(model, "options", None) else {}),
         **(extra or {}),
     }
     atomic_write_text(folder / "config.json", json.dumps(config, indent=2) + "\n")
@@ -95,14 +97,18 @@ def resolve_model_dir(path: str | Path) -> Path:
 
 
 def load_model(
-    path: str | Path, architecture: str | None = None, labels: Sequence[str] | None = None
+    path: str | Path,
+    architecture: str | None = None,
+    labels: Sequence[str] | None = None,
+    head: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, tokenizers.Tokenizer, ModelInfo]:
     """Load a masklm or Hugging Face model folder (or a run folder).
 
     `architecture` asks for a particular head (default: the checkpoint's own, MaskedLM for a bare encoder);
-    `labels` sizes a head that has one output per label. Asking for another head (or other labels) than the
-    checkpoint's keeps the encoder (and BERT's pooler, when both heads have one of the same shape), initialises
-    the rest, and says so in `info.notes`.
+    `labels` sizes a head that has one output per label; `head` sets the head's options (`Head.options`;
+    default: the checkpoint's, when it has this head). Asking for another head (or other labels, or options
+    that change the head's weights) than the checkpoint's keeps the encoder (and BERT's pooler, when both
+    heads have one of the same shape), initialises the rest, and says so in `info.notes`.
     """
     folder = resolve_model_dir(path)
     data = read_config_json(folder)
@@ -115,7 +121,7 @@ def load_model(
             f"{folder / 'config.json'} is neither a masklm model nor a Hugging Face BERT config "
             f"(model_type={data.get('model_type')!r})"
         )
-    return _model_from_checkpoint(checkpoint, architecture, labels)
+    return _model_from_checkpoint(checkpoint, architecture, labels, head)
 
 
 def _read_masklm_checkpoint(folder: Path, data: dict[str, Any]) -> Checkpoint:
@@ -144,6 +150,7 @@ def _read_masklm_checkpoint(folder: Path, data: dict[str, Any]) -> Checkpoint:
         described=f"a {architecture}",
         complete=True,
         task=data.get("task") or {},
+        head=data.get("head") or {},
     )
 
 
@@ -160,7 +167,10 @@ def _load_tokenizer_file(path: Path) -> tokenizers.Tokenizer:
 
 
 def _model_from_checkpoint(
-    ckpt: Checkpoint, architecture: str | None, labels: Sequence[str] | None
+    ckpt: Checkpoint,
+    architecture: str | None,
+    labels: Sequence[str] | None,
+    options: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, tokenizers.Tokenizer, ModelInfo]:
     """Build the model asked for and fill it from the checkpoint by the one rule (`_take_weights`)."""
     want = architecture or ckpt.architecture or DEFAULT_ARCHITECTURE
@@ -170,13 +180,22 @@ def _model_from_checkpoint(
         want_labels: list[str] | None = list(labels)
     else:
         want_labels = ckpt.labels if want == ckpt.architecture else None
-    same_head = want == ckpt.architecture and (not sized or want_labels == ckpt.labels)
-    model = build_model(want, ckpt.cfg, want_labels)
+    saved = {k: v for k, v in ckpt.head.items() if k in head.options} if want == ckpt.architecture else {}
+    want_options = {**head.options, **saved, **(options or {})}
+    had_options = {**head.options, **saved}
+    other_weights = [k for k in head.weight_options if want_options[k] != had_options[k]]
+    same_labels = not sized or want_labels == ckpt.labels
+    same_head = want == ckpt.architecture and same_labels and not other_weights
+    model = build_model(want, ckpt.cfg, want_labels, want_options)
     fresh = _take_weights(model, ckpt, same_head)
     notes = list(ckpt.notes)
     if fresh:
-        if not same_head and want == ckpt.architecture:
+        if want == ckpt.architecture and not same_labels:
             reason = f"labels {want_labels} requested, the checkpoint was trained for {ckpt.labels}"
+        elif want == ckpt.architecture and other_weights:
+            reason = ", ".join(
+                f"{k} {want_options[k]} requested, the checkpoint has {had_options[k]}" for k in other_weights
+            )
         elif not same_head:
             reason = f"the checkpoint is {ckpt.described}"
         else:
@@ -187,6 +206,7 @@ def _model_from_checkpoint(
         architecture=want,
         labels=want_labels if sized else None,
         task=ckpt.task,
+        head=model.head_options(),
         source=ckpt.source,
         notes=notes,
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import csv
+import importlib.util
 import io
 import json
 from collections.abc import Sequence
@@ -36,6 +37,29 @@ if TYPE_CHECKING:
 
 Example = dict[str, Any]
 Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """An optional package a task needs for some settings or labels (e.g. seqeval for entity F1)."""
+
+    module: str  # what is imported ("seqeval")
+    purpose: str  # what needs it, as a message says it ("entity F1 of B-/I- tags")
+    extra: str  # the masklm extra that installs it ("finetune")
+
+
+def check_requirements(requirements: Sequence[Requirement]) -> None:
+    """A one-line UserError naming the first requirement whose package is missing (nothing is imported)."""
+    for req in requirements:
+        try:
+            found = importlib.util.find_spec(req.module) is not None
+        except (ImportError, ValueError):  # a parent package missing, or a module set to None in sys.modules
+            found = False
+        if not found:
+            raise UserError(
+                f"{req.purpose} needs {req.module}, which is not installed; install it with: "
+                f"pip install 'masklm[{req.extra}]'"
+            )
 
 
 @dataclass
@@ -107,6 +131,11 @@ class Task(abc.ABC):
         return TaskData(
             path, examples, self.encode(tok, examples, settings, labels, path, labelled), labelled
         )
+
+    def requirements(self, settings: FinetuneDataConfig, labels: Sequence[str] | None) -> list[Requirement]:
+        """The optional packages that scoring these labels needs: finetune and evaluate check them
+        (`check_requirements`) right after reading the labels, before any work."""
+        return []
 
     # ------------------------------------------------------------------------------------------------
     # The model

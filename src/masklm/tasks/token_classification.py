@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from masklm.errors import UserError
-from masklm.tasks.base import Example, Row, Task, TaskData
+from masklm.tasks.base import Example, Requirement, Row, Task, TaskData
 from masklm.tasks.batching import IGNORE_INDEX, Batch, Feature
 from masklm.tasks.encoding import build_label_map, special_token_ids
 from masklm.tasks.files import read_records, read_text, split_lines
@@ -330,6 +330,12 @@ class TokenClassificationTask(Task):
             ids = align_predictions(f["word_ids"], o.argmax(-1), f["num_words"])
             out.append([tags[i] if i >= 0 else "O" for i in ids])
         return out
+
+    def requirements(self, settings: FinetuneDataConfig, labels: Sequence[str] | None) -> list[Requirement]:
+        """seqeval for tag sets with B-/I-/E-/S- prefixes (entity F1); none for POS-like tags."""
+        if M.has_entity_tags(labels or ()):
+            return [Requirement("seqeval", "entity F1 of B-/I- tags (token classification)", "finetune")]
+        return []
 
     def metric_names(self, settings: FinetuneDataConfig, labels: Sequence[str] | None) -> list[str]:
         if M.has_entity_tags(labels or ()):

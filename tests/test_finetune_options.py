@@ -1,0 +1,368 @@
+"""Fine-tuning options: --init random, head.pooling, head.classifier_dropout, train.layer_decay, and the check
+of optional dependencies before any work. Tiny models, a step or two each."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import tokenizers
+import torch
+import yaml
+from helpers import cli, file_snapshot, final_weights, random_inputs, tiny_model_config, write_csv
+from safetensors.torch import load_file
+
+from masklm import finetune as ft
+from masklm.config import FinetuneConfig, FinetuneTrainConfig, HeadConfig
+from masklm.data.tokenizer import train_tokenizer
+from masklm.model.base import build_model
+from masklm.model.heads import MaskedLM, SequenceClassification, TokenClassification
+from masklm.model.io import ModelInfo, load_model, save_model
+from masklm.tasks import get_task
+from masklm.train.optim import lr_factor, make_optimizer, param_groups, set_lr
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+WORDS = "the a of and to in is was river city north south music team game season album band film".split()
+FAST = ["--train.lr", "3e-3", "--train.batch_size", "8", "--train.threads", "1"]
+
+
+def cls_rows(n: int, seed: int) -> list[dict]:
+    """ "pos" when the sentence holds "great", "neg" when it holds "awful"."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(3, 8))]
+        label = rng.choice(["pos", "neg"])
+        words.insert(rng.randrange(len(words) + 1), "great" if label == "pos" else "awful")
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def write_ner(path: Path, n: int, seed: int) -> Path:
+    """CoNLL lines: "paris" / "rome" are B-LOC, anything else O."""
+    rng = random.Random(seed)
+    blocks = []
+    for _ in range(n):
+        words = [rng.choice([*WORDS, "paris", "rome"]) for _ in range(rng.randint(3, 7))]
+        blocks.append("".join(f"{w}\t{'B-LOC' if w in ('paris', 'rome') else 'O'}\n" for w in words))
+    path.write_text("\n".join(blocks), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("data")
+    write_csv(d / "train.csv", cls_rows(24, 1))
+    write_csv(d / "val.csv", cls_rows(8, 2))
+    write_ner(d / "ner_train.txt", 16, 3)
+    write_ner(d / "ner_val.txt", 8, 4)
+    return d
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """A masklm MaskedLM model folder (random weights stand in for pretrained ones) with a toy tokenizer."""
+    tok = train_tokenizer([r["text"] for r in cls_rows(100, 9)] + ["paris rome"] * 5, vocab_size=120)
+    cfg = tiny_model_config(tok.get_vocab_size(), hidden_dropout_prob=0.1)
+    torch.manual_seed(123)
+    folder = tmp_path_factory.mktemp("base") / "model"
+    save_model(MaskedLM(cfg), folder, tok, ModelInfo("MaskedLM"))
+    return folder
+
+
+def finetune_args(base: Path, data: Path, out: Path, *extra: object, task: str = "classification") -> list:
+    files = ("train.csv", "val.csv") if task == "classification" else ("ner_train.txt", "ner_val.txt")
+    return [
+        "finetune", "--task", task, "--model", base, "--train", data / files[0],
+        "--validation", data / files[1], "--output", out, "--train.max_steps", 2, *FAST, *extra,
+    ]  # fmt: skip
+
+
+def one_line_error(capsys) -> str:
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("note:")]
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+# ----------------------------------------------------------------------------------------------------
+# --init random
+
+
+def test_random_init_is_a_fresh_seeded_model_of_the_same_architecture(base):
+    task, labels = get_task("classification"), ["neg", "pos"]
+    pretrained, tok0, _ = ft._load_start_model(task, base, labels, FinetuneConfig())
+    starts = {}
+    for seed in (0, 0, 1):
+        cfg = FinetuneConfig(train=FinetuneTrainConfig(seed=seed))
+        model, tok, notes = ft._load_start_model(task, base, labels, cfg, init="random")
+        assert (
+            type(model) is type(pretrained) and model.cfg == pretrained.cfg and tok.to_str() == tok0.to_str()
+        )
+        assert any("--init random" in n for n in notes)
+        starts.setdefault(seed, []).append(model.state_dict())
+    a, b = starts[0]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the same seed: the same weights
+    other = starts[1][0]
+    assert not torch.equal(a["encoder.layers.0.attn.qkv.weight"], other["encoder.layers.0.attn.qkv.weight"])
+    own = pretrained.state_dict()
+    assert set(own) == set(a) and not any(
+        torch.equal(own[k], a[k]) for k in a if k.startswith("encoder.") and own[k].std() > 0
+    )
+    # exactly the weights a new model of that config gets after seeding
+    torch.manual_seed(0)
+    new = build_model("SequenceClassification", pretrained.cfg, labels).state_dict()
+    assert all(torch.equal(new[k], a[k]) for k in a)
+
+
+def test_init_random_from_the_command_line_is_recorded_and_repeatable(base, data, tmp_path, capsys):
+    for name in ("a", "b"):
+        assert cli(*finetune_args(base, data, tmp_path / name, "--init", "random")) == 0
+    assert "random init (seed 0)" in capsys.readouterr().err
+    wa, wb = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert (tmp_path / "a" / "model" / "tokenizer.json").read_text() == (base / "tokenizer.json").read_text()
+    config = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert config["run"]["init"] == "random" and summary["init"] == "random"
+    # the default is unchanged: the pretrained weights, recorded as such
+    assert cli(*finetune_args(base, data, tmp_path / "p")) == 0
+    assert json.loads((tmp_path / "p" / "summary.json").read_text())["init"] == "pretrained"
+    pretrained = final_weights(tmp_path / "p")
+    key = "encoder.embeddings.word.weight"
+    start = load_file(str(base / "model.safetensors"))[key]
+    assert (pretrained[key] - start).abs().max() < (wa[key] - start).abs().max()
+    # --resume keeps the run's --init and refuses another
+    capsys.readouterr()
+    assert cli(*finetune_args(base, data, tmp_path / "a", "--resume", "--init", "pretrained")) == 2
+    assert "--init random" in one_line_error(capsys)
+
+
+# ----------------------------------------------------------------------------------------------------
+# head.pooling and head.classifier_dropout
+
+
+def test_mean_pooling_changes_the_logits_ignores_padding_and_survives_save_and_load(base, tmp_path):
+    tok = tokenizers.Tokenizer.from_file(str(base / "tokenizer.json"))
+    V = tok.get_vocab_size()
+    cfg = tiny_model_config(V)
+    torch.manual_seed(0)
+    cls_model = SequenceClassification(cfg, 3).eval()
+    torch.manual_seed(0)
+    mean_model = SequenceClassification(cfg, 3, pooling="mean").eval()
+    assert mean_model.pooler is None and not any(k.startswith("pooler.") for k in mean_model.state_dict())
+    mean_model.load_state_dict(
+        {k: v for k, v in cls_model.state_dict().items() if not k.startswith("pooler.")}
+    )
+    inputs = random_inputs(V, (9, 6), second_segment=4, seed=1)
+    with torch.no_grad():
+        a, b = cls_model(**inputs), mean_model(**inputs)
+        assert not torch.allclose(a, b)
+        # the mean is over real tokens only: row 1 alone, unpadded, gives the same logits
+        short = {k: v[1:, :6] for k, v in inputs.items()}
+        torch.testing.assert_close(mean_model(**short)[0], b[1])
+        h = mean_model.encoder(**inputs)
+        m = inputs["attention_mask"][1, :, None].float()
+        torch.testing.assert_close(mean_model.classifier((h[1] * m).sum(0) / m.sum()), b[1])
+
+    save_model(mean_model, tmp_path / "m", tok, ModelInfo("SequenceClassification", labels=["a", "b", "c"]))
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["head"]["pooling"] == "mean"
+    loaded, _, info = load_model(tmp_path / "m")
+    assert loaded.pooling == "mean" and info.head["pooling"] == "mean"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(**inputs), b)
+    # asking for cls pooling instead gives a classifier whose pooler starts fresh, with a note
+    again, _, info = load_model(tmp_path / "m", head={"pooling": "cls"})
+    assert again.pooler is not None and any("pooling cls requested" in n for n in info.notes)
+
+
+def test_mean_pooled_classifier_end_to_end(base, data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli(*finetune_args(base, data, run, "--head.pooling", "mean")) == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["head"]["pooling"] == "mean"
+    assert json.loads((run / "model" / "config.json").read_text())["head"]["pooling"] == "mean"
+    fm = ft.load_finetuned(run)
+    assert fm.model.pooling == "mean" and fm.cfg.head.pooling == "mean"
+    capsys.readouterr()
+    assert cli("evaluate", "--model", run, "--data", data / "val.csv", "--json") == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    summary = json.loads((run / "summary.json").read_text())
+    assert metrics["accuracy"] == pytest.approx(summary["accuracy"])
+    # the head is the model's: evaluate / predict refuse to change it
+    assert cli("evaluate", "--model", run, "--data", data / "val.csv", "--head.pooling", "cls") == 2
+    assert "head.pooling is saved with the model" in one_line_error(capsys)
+    # Hugging Face export is refused in one line, nothing written; ONNX works
+    assert cli("export", run, tmp_path / "hf", "--format", "hf") == 2
+    assert "BertForSequenceClassification" in one_line_error(capsys) and not (tmp_path / "hf").exists()
+    pytest.importorskip("onnxruntime")
+    assert cli("export", run, tmp_path / "onnx", "--format", "onnx") == 0
+
+
+def test_classifier_dropout_acts_in_training_only():
+    cfg = tiny_model_config(120)  # hidden_dropout_prob 0: any dropout comes from the head
+    inputs = random_inputs(120, (9, 6), second_segment=4, seed=2)
+    for head in (SequenceClassification, TokenClassification):
+        torch.manual_seed(0)
+        plain = head(cfg, 3)
+        torch.manual_seed(0)
+        dropped = head(cfg, 3, classifier_dropout=0.5)
+        assert plain.dropout.p == 0.0 and dropped.dropout.p == 0.5
+        assert dropped.head_options()["classifier_dropout"] == 0.5
+        with torch.no_grad():
+            torch.testing.assert_close(
+                plain.eval()(**inputs), dropped.eval()(**inputs)
+            )  # eval: no difference
+            plain.train(), dropped.train()
+            torch.testing.assert_close(plain(**inputs), plain.eval()(**inputs))
+            assert not torch.allclose(dropped(**inputs), dropped.eval()(**inputs))  # training: dropped out
+    # None keeps the encoder's hidden_dropout_prob, as before
+    assert SequenceClassification(tiny_model_config(120, hidden_dropout_prob=0.1), 2).dropout.p == 0.1
+
+
+def test_classifier_dropout_is_saved_and_exported(base, data, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = finetune_args(base, data, run, "--head.classifier_dropout", 0.3, task="token-classification")
+    assert cli(*args) == 0
+    assert json.loads((run / "model" / "config.json").read_text())["head"] == {"classifier_dropout": 0.3}
+    assert ft.load_finetuned(run).model.dropout.p == 0.3
+    assert cli("export", run, tmp_path / "hf", "--format", "hf", "--no-check") == 0
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["classifier_dropout"] == 0.3
+    model, _, info = load_model(tmp_path / "hf")  # a Hugging Face folder brings its classifier_dropout along
+    assert model.dropout.p == 0.3 and info.head == {"classifier_dropout": 0.3}
+    # a head setting the task's head does not take is refused before anything is written
+    capsys.readouterr()
+    out = tmp_path / "refused"
+    assert cli(*finetune_args(base, data, out, "--head.pooling", "mean", task="token-classification")) == 2
+    assert "head.pooling does not apply to token-classification" in one_line_error(capsys)
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------------------------------------------
+# train.layer_decay
+
+
+def _group_of(optimizer: torch.optim.Optimizer) -> dict[int, dict]:
+    return {id(p): g for g in optimizer.param_groups for p in g["params"]}
+
+
+def test_layer_decay_gives_each_depth_its_learning_rate():
+    torch.manual_seed(0)
+    model = SequenceClassification(tiny_model_config(120, num_hidden_layers=3), 2)
+    L, lr, d = 3, 1e-3, 0.8
+    train = FinetuneTrainConfig(lr=lr, layer_decay=d, weight_decay=0.01)
+    opt = make_optimizer(model, train, torch.device("cpu"))
+    assert opt.defaults.get("fused")  # the fused kernel takes the per-group rates
+    groups = _group_of(opt)
+
+    def expected_scale(name: str) -> float:
+        if name.startswith("encoder.embeddings."):
+            return d ** (L + 1)
+        if name.startswith("encoder.layers."):
+            return d ** (L - int(name.split(".")[2]))
+        return 1.0  # the pooler and the classifier
+
+    for name, p in model.named_parameters():
+        g = groups[id(p)]
+        assert g["lr"] == pytest.approx(lr * expected_scale(name)), name
+        assert g["weight_decay"] == (0.01 if p.ndim >= 2 else 0.0), name
+    assert groups[id(model.classifier.weight)]["lr"] == lr
+    assert groups[id(model.encoder.layers[2].ffn_norm.weight)]["lr"] == pytest.approx(lr * d)
+    # at a given step the schedule scales every group's own rate: the ratios stay
+    total, step = 20, 13
+    factor = lr_factor(step / total, train, total)
+    set_lr(opt, lr * factor)
+    for name, p in model.named_parameters():
+        assert groups[id(p)]["lr"] == pytest.approx(lr * factor * expected_scale(name)), name
+    # the fused step moves each parameter by about its group's rate (Adam's first step: |update| ~ lr)
+    set_lr(opt, lr)
+    for g in opt.param_groups:
+        g["weight_decay"] = 0.0
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    inputs = random_inputs(120, (9, 6), second_segment=4, seed=3)
+    model(**inputs).sum().backward()
+    opt.step()
+    for name in ("encoder.embeddings.word.weight", "encoder.layers.0.attn.qkv.weight", "classifier.weight"):
+        moved = (dict(model.named_parameters())[name] - before[name]).abs().max().item()
+        assert moved == pytest.approx(lr * expected_scale(name), rel=0.05), name
+    # the optimizer state (per group) survives a resume: same groups, scales and rates
+    again = make_optimizer(model, train, torch.device("cpu"))
+    again.load_state_dict(opt.state_dict())
+    set_lr(again, lr * factor)
+    assert [g["lr"] for g in again.param_groups] == pytest.approx(
+        [lr * factor * g["lr_scale"] for g in opt.param_groups]
+    )
+
+
+def test_layer_decay_one_keeps_todays_two_groups():
+    torch.manual_seed(0)
+    model = SequenceClassification(tiny_model_config(120), 2)
+    train = FinetuneTrainConfig(lr=2e-5)
+    assert train.layer_decay == 1.0
+    opt = make_optimizer(model, train, torch.device("cpu"))
+    today = torch.optim.AdamW(
+        param_groups(model, train.weight_decay),
+        lr=train.lr,
+        betas=(train.beta1, train.beta2),
+        eps=train.eps,
+        fused=True,
+    )
+
+    def plain(o: torch.optim.Optimizer) -> list[dict]:
+        return [{**g, "params": [id(p) for p in g["params"]]} for g in o.param_groups]
+
+    assert plain(opt) == plain(today) and len(opt.param_groups) == 2
+    set_lr(opt, 1e-5)
+    assert all(g["lr"] == 1e-5 for g in opt.param_groups)
+
+
+def test_layer_decay_run_resumes_bit_identically(base, data, tmp_path):
+    # a constant rate, so that stopping after 2 of 4 steps and resuming trains exactly like 4 steps in one go
+    extra = ["--train.layer_decay", 0.7, "--train.schedule", "constant", "--train.warmup", 0]
+    args = finetune_args(base, data, tmp_path / "a", *extra)
+    args[args.index("--train.max_steps") + 1] = 4
+    assert cli(*args) == 0
+    assert cli(*finetune_args(base, data, tmp_path / "b", *extra)) == 0
+    assert cli("finetune", "--output", tmp_path / "b", "--resume", "--train.max_steps", 4) == 0
+    a = load_file(str(tmp_path / "a" / "checkpoints" / "step_00000004" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "checkpoints" / "step_00000004" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Optional dependencies are checked before any work
+
+
+def test_missing_seqeval_fails_before_training(base, data, tmp_path, capsys, monkeypatch):
+    run = tmp_path / "ner"
+    assert cli(*finetune_args(base, data, run, task="token-classification")) == 0  # with seqeval: fine
+    capsys.readouterr()
+    monkeypatch.setitem(sys.modules, "seqeval", None)  # as if it were not installed
+    calls, real = [], ft.load_model
+    monkeypatch.setattr(ft, "load_model", lambda *a, **k: calls.append(1) or real(*a, **k))
+    out = tmp_path / "out"
+    assert cli(*finetune_args(base, data, out, task="token-classification")) == 2
+    message = one_line_error(capsys)
+    assert "seqeval" in message and "pip install 'masklm[finetune]'" in message
+    assert not out.exists() and not calls  # nothing written, no model loaded
+    before = file_snapshot(run)
+    assert cli("evaluate", "--model", run, "--data", data / "ner_val.txt") == 2
+    assert "pip install 'masklm[finetune]'" in one_line_error(capsys)
+    assert file_snapshot(run) == before
+    # tags without B-/I- prefixes need no seqeval; predictions never do
+    task = get_task("token-classification")
+    assert task.requirements(FinetuneConfig().data, ["NOUN", "VERB"]) == []
+    assert (
+        cli("predict", "--model", run, "--data", data / "ner_val.txt", "--output", tmp_path / "p.jsonl") == 0
+    )
+
+
+def test_head_config_defaults_are_todays_behaviour():
+    assert HeadConfig() == HeadConfig(pooling="cls", classifier_dropout=None)
+    assert ft.head_options(get_task("classification"), HeadConfig()) == {
+        "pooling": "cls",
+        "classifier_dropout": None,
+    }
+    assert ft.head_options(get_task("qa"), HeadConfig()) == {}
