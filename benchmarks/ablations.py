@@ -64,9 +64,9 @@ def dense_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def make_step(name: str, data_dir: Path, batch: int):
+    from masklm.objectives.mlm import mlm_loss
     from masklm.train.loop import autocast_context
     from masklm.train.optim import make_optimizer, param_groups
-    from masklm.train.pretrain import mlm_loss
 
     precision = "fp32" if name == "fp32" else "bf16"
     dropout = 0.0 if name == "no-dropout" else 0.1

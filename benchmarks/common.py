@@ -236,10 +236,10 @@ class MasklmSide:
 
     def train(self, steps: int | None = None, minutes: float | None = None, evaluate=None, on_eval=None):
         """One `fit` run of `steps` optimizer steps (or `minutes`), a fresh optimizer; returns fit's result."""
+        from masklm.objectives.mlm import masked_tokens, mlm_loss
         from masklm.train import checkpoint
         from masklm.train.loop import Budget, fit
         from masklm.train.optim import make_optimizer
-        from masklm.train.pretrain import masked_tokens, mlm_loss
 
         self.set_threads()
         t = self.cfg.train

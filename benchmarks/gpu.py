@@ -143,8 +143,8 @@ class Masklm:
         self.compiled = False
 
     def probe(self, batch: int) -> None:
+        from masklm.objectives.mlm import mlm_loss
         from masklm.train.optim import make_optimizer
-        from masklm.train.pretrain import mlm_loss
 
         cfg = common.masklm_config(self.args.size, batch, "bf16", common.Hyper(), device=str(self.device))
         side = self.side or common.MasklmSide(cfg, self.data_dir, device=str(self.device))

@@ -33,9 +33,9 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=15)
     args = ap.parse_args()
 
+    from masklm.objectives.mlm import mlm_loss
     from masklm.train.loop import autocast_context
     from masklm.train.optim import make_optimizer
-    from masklm.train.pretrain import mlm_loss
 
     cfg = common.masklm_config(args.size, args.batch, args.precision, common.Hyper(), dropout=args.dropout)
     side = common.MasklmSide(cfg, common.prepared_imdb(), threads=args.threads)

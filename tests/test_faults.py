@@ -28,8 +28,8 @@ from helpers import final_weights, prepare_tiny, read_metrics, write_walk_corpus
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+import masklm.objectives.mlm as mlm_module
 import masklm.train.checkpoint as ckpt
-import masklm.train.pretrain as pretrain_module
 from masklm.cli import main
 from masklm.train.loop import _StopFlag
 
@@ -86,7 +86,7 @@ def checkpoints(run: Path) -> list[str]:
 
 def interrupt_at(monkeypatch, step: int, sig: int = signal.SIGINT) -> None:
     """Send `sig` to this process in the middle of step `step` (in its loss function)."""
-    real, calls = pretrain_module.mlm_loss, []
+    real, calls = mlm_module.mlm_loss, []
 
     def loss(model, batch):
         calls.append(1)
@@ -94,7 +94,7 @@ def interrupt_at(monkeypatch, step: int, sig: int = signal.SIGINT) -> None:
             os.kill(os.getpid(), sig)
         return real(model, batch)
 
-    monkeypatch.setattr(pretrain_module, "mlm_loss", loss)
+    monkeypatch.setattr(mlm_module, "mlm_loss", loss)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -277,14 +277,14 @@ def test_keep_last_one_never_deletes_the_checkpoint_just_written(data, tmp_path,
 
 
 def nan_at(monkeypatch, steps: set[int]) -> None:
-    real, calls = pretrain_module.mlm_loss, []
+    real, calls = mlm_module.mlm_loss, []
 
     def loss(model, batch):
         calls.append(1)
         value = real(model, batch)
         return value * math.nan if len(calls) in steps else value
 
-    monkeypatch.setattr(pretrain_module, "mlm_loss", loss)
+    monkeypatch.setattr(mlm_module, "mlm_loss", loss)
 
 
 def all_finite(path: Path) -> bool:

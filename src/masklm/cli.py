@@ -217,6 +217,8 @@ def build_pretrain(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--init-from", metavar="MODEL", help="start from a masklm or Hugging Face BERT model folder"
     )
+    objective = section_settings(sections(Config)["objective"], "objective")["name"]
+    add_setting(p, objective, "--objective", help=f"the same as --objective.name: {objective.help}")
     _add_log_flag(p)
 
 
@@ -393,6 +395,11 @@ def build_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("hf", "onnx"), default="hf")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-check", action="store_true", help="ONNX: skip the ONNX Runtime comparison")
+    p.add_argument(
+        "--generator",
+        action="store_true",
+        help="an ELECTRA model: export its generator (hf: ElectraForMaskedLM) instead of its discriminator",
+    )
 
 
 def cmd_export(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
@@ -400,7 +407,12 @@ def cmd_export(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     from masklm.export import export_model
 
     out = export_model(
-        args.model, args.output, args.format, overwrite=args.overwrite, check=not args.no_check
+        args.model,
+        args.output,
+        args.format,
+        overwrite=args.overwrite,
+        check=not args.no_check,
+        generator=args.generator,
     )
     print(f"exported {args.model} as {args.format} to {out}")
     return 0

@@ -41,6 +41,11 @@ class ModelConfig:
 
     vocab_size: int = setting(30522, "tokenizer size; set from the tokenizer at run time")
     hidden_size: int = setting(768, "width of every hidden state (H)")
+    embedding_size: int | None = setting(
+        None,
+        "width of the token embeddings (E; None = hidden_size); a linear layer projects them to hidden_size "
+        "(ELECTRA's embeddings_project). The MLM head then predicts at width E, tied to the embeddings",
+    )
     num_hidden_layers: int = setting(12, "Transformer blocks")
     num_attention_heads: int = setting(12, "attention heads per block (hidden_size must divide by it)")
     intermediate_size: int = setting(3072, "feed-forward width")
@@ -72,12 +77,19 @@ class ModelConfig:
         return int(math.ceil(self.vocab_size / m) * m)
 
     @property
+    def embedding_width(self) -> int:
+        """E: the width of the embeddings (hidden_size unless embedding_size says otherwise)."""
+        return self.embedding_size or self.hidden_size
+
+    @property
     def is_bert_compatible(self) -> bool:
         return not self.modern_options()
 
-    def modern_options(self) -> list[str]:
-        """Names of the settings that Hugging Face's BertForMaskedLM cannot express."""
+    def modern_options(self, model_type: str = "bert") -> list[str]:
+        """Names of the settings that Hugging Face's BERT (or, model_type="electra", ELECTRA) cannot express."""
         out = []
+        if model_type == "bert" and self.embedding_width != self.hidden_size:
+            out.append(f"model.embedding_size={self.embedding_size}")
         if self.norm != "post":
             out.append(f"model.norm={self.norm}")
         if self.position != "absolute":
@@ -123,6 +135,23 @@ class MaskConfig:
     )
     span_mean: float = setting(3.0, "span masking: mean span length in words (geometric distribution)")
     span_max: int = setting(10, "span masking: longest span in words")
+
+
+@dataclass
+class ObjectiveConfig:
+    """What a pretraining step learns: masked-token prediction, or ELECTRA's replaced-token detection."""
+
+    name: Literal["mlm", "electra"] = setting(
+        "mlm",
+        "mlm: predict the masked tokens; electra: a small MLM generator fills the masked positions with sampled "
+        "tokens and the model (the discriminator) tells for every token whether it was replaced",
+    )
+    generator_fraction: float = setting(
+        0.25, "electra: the generator's width (hidden size, heads, feed-forward) as a fraction of the model's"
+    )
+    discriminator_weight: float = setting(
+        50.0, "electra: loss = generator MLM loss + this weight x discriminator loss (Clark et al. 2020: 50)"
+    )
 
 
 @dataclass
@@ -180,11 +209,12 @@ class DistConfig:
 
 @dataclass
 class Config:
-    """Pretraining (and `prepare`): the sections model, data, mask, train and dist."""
+    """Pretraining (and `prepare`): the sections model, data, mask, objective, train and dist."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     dist: DistConfig = field(default_factory=DistConfig)
 
@@ -201,6 +231,16 @@ class Config:
             f"({m.num_attention_heads})",
         )
         _require(m.intermediate_size > 0, "model.intermediate_size must be positive")
+        _require(
+            m.embedding_size is None or m.embedding_size > 0,
+            f"model.embedding_size must be positive (or None), not {m.embedding_size}",
+        )
+        o = self.objective
+        _require(
+            0 < o.generator_fraction <= 1,
+            f"objective.generator_fraction must be in (0, 1], not {o.generator_fraction}",
+        )
+        _require(o.discriminator_weight >= 0, "objective.discriminator_weight must be >= 0")
         if m.position == "rotary":
             _require(
                 (m.hidden_size // m.num_attention_heads) % 2 == 0, "rotary positions need an even head size"

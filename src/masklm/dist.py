@@ -27,6 +27,7 @@ from torch import nn
 
 from masklm.config import Config
 from masklm.errors import UserError
+from masklm.model.encoder import Encoder
 
 T = TypeVar("T")
 
@@ -100,10 +101,10 @@ def wrap(model: nn.Module, cfg: Config | Any, device: torch.device) -> nn.Module
     if strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        # One FSDP unit per block (all-gathered just before it runs, freed after), then the root, which holds
-        # the embeddings (tied to the MLM decoder) and the head.
-        encoder = getattr(model, "encoder", None)
-        for block in getattr(encoder, "layers", []):
+        # One FSDP unit per block of every encoder in the model (all-gathered just before it runs, freed after;
+        # ELECTRA has two encoders, its discriminator and its generator), then the root, which holds the
+        # embeddings (tied to the MLM decoder, shared by ELECTRA's two encoders) and the heads.
+        for block in encoder_blocks(model):
             fully_shard(block)
         fully_shard(model)
         # The heads return slices of their logits (padded vocabulary rows cut off); nothing modifies them in
@@ -113,6 +114,11 @@ def wrap(model: nn.Module, cfg: Config | Any, device: torch.device) -> nn.Module
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def encoder_blocks(model: nn.Module) -> list[nn.Module]:
+    """The Transformer blocks of every encoder in `model`, in order."""
+    return [block for module in model.modules() if isinstance(module, Encoder) for block in module.layers]
 
 
 def no_sync(model: nn.Module) -> Callable[[], contextlib.AbstractContextManager] | None:

@@ -15,6 +15,7 @@ Special tokens ([CLS], [SEP], [PAD], ...) are never chosen.
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
@@ -22,6 +23,12 @@ import torch
 from masklm.config import MaskConfig
 
 IGNORE_INDEX = -100
+
+
+def mask_seed(seed: int, *key: int) -> int:
+    """A generator seed from the run's seed and a key (a stream position in training): masks are pure functions."""
+    digest = hashlib.blake2b(":".join(map(str, ("mask", seed, *key))).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
 def mask_tokens(

@@ -2,6 +2,7 @@
 
     export_model("runs/demo", "exports/demo-hf")                 # BertForMaskedLM folder for transformers
     export_model("runs/demo", "exports/demo-onnx", fmt="onnx")   # model.onnx for ONNX Runtime
+    export_model("runs/electra", "exports/gen", generator=True)  # an ELECTRA run's generator (ElectraForMaskedLM)
 
 Both write into a temporary sibling folder and rename it to OUT only once everything is written and checked, so a
 failed export leaves no OUT behind. Each format is one module: `hf` (the Hugging Face folder and its check against
@@ -24,6 +25,7 @@ from masklm.export.card import RunRecord, model_card
 from masklm.export.common import TOLERANCE, write_text
 from masklm.export.hf import bert_tokenizer_settings, check_hf_export, tokenizer_files, write_hf_folder
 from masklm.export.onnx import check_onnx_export, export_onnx, require_onnx, write_onnx_folder
+from masklm.model.electra import ElectraGenerator, ElectraPreTraining
 from masklm.model.hf import refuse_modern
 from masklm.model.io import load_model, resolve_model_dir
 from masklm.tasks import all_tasks
@@ -52,15 +54,25 @@ def export_model(
     *,
     overwrite: bool = False,
     check: bool = True,
+    generator: bool = False,
 ) -> Path:
-    """Export the model in `model_dir` (a model folder, a run folder or an HF BERT folder) to the folder `out`."""
+    """Export the model in `model_dir` (a model folder, a run folder or an HF BERT folder) to the folder `out`.
+
+    An ELECTRA model exports its discriminator (ElectraForPreTraining); with `generator`, its generator
+    (ElectraForMaskedLM) instead."""
     out = Path(out)
     folder = _check_request(Path(model_dir), out, fmt, overwrite)
     all_tasks()  # task modules may define heads of their own: importing them registers those heads
     model, tokenizer, info = load_model(folder)
+    if generator:
+        if not isinstance(model, ElectraPreTraining):
+            raise UserError(
+                f"--generator exports an ELECTRA model's generator, but {model_dir} is a {info.architecture}"
+            )
+        model, tokenizer, info = load_model(folder, architecture=ElectraGenerator.architecture)
     model = model.float().eval()  # exports are float32
     if fmt == "hf":
-        refuse_modern(model.cfg)
+        refuse_modern(model.cfg, type(model).hf_model_type)
         obstacle = model.hf_obstacle()
         if obstacle:
             raise UserError(obstacle)

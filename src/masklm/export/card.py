@@ -190,7 +190,7 @@ def _header(head: type[Head], info: ModelInfo, fmt: str, name: str) -> list[str]
         "---",
         f"library_name: {'transformers' if fmt == 'hf' else 'onnx'}",
         f"pipeline_tag: {head.pipeline_tag}",
-        "tags: [masklm, bert]",
+        f"tags: [masklm, {head.hf_model_type}]",
         "---",
         "",
         f"# {name}",
@@ -202,7 +202,10 @@ def _header(head: type[Head], info: ModelInfo, fmt: str, name: str) -> list[str]
 def _model_section(model: Head, tok: tokenizers.Tokenizer, info: ModelInfo) -> list[str]:
     cfg: ModelConfig = model.cfg
     rows = [
-        ("parameters", sum(p.numel() for p in model.parameters())),
+        (
+            "parameters",
+            sum(p.numel() for k, p in model.named_parameters() if not k.startswith(model.hf_skip)),
+        ),
         ("layers", cfg.num_hidden_layers),
         ("hidden size", cfg.hidden_size),
         ("attention heads", cfg.num_attention_heads),

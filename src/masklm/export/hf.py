@@ -1,4 +1,4 @@
-"""The Hugging Face export: a BERT folder that transformers loads as is, and the check that it does.
+"""The Hugging Face export: a BERT (or ELECTRA) folder that transformers loads as is, and the check that it does.
 
 The folder holds config.json, model.safetensors (HF key names, vocabulary rows trimmed to the tokenizer),
 tokenizer.json, tokenizer_config.json, special_tokens_map.json and vocab.txt. The check reloads it with masklm,
@@ -129,8 +129,9 @@ def check_hf_export(
     head = type(model)
     inputs = head.example_inputs(model.cfg)
     want = model_logits(model, inputs)
-    again, _, _ = load_model(folder)
-    compare("the exported folder reloaded by masklm", model_logits(again.eval(), inputs), want, tolerance)
+    if head.hf_model_type == "bert":  # masklm reads BERT folders only; transformers checks ELECTRA ones
+        again, _, _ = load_model(folder)
+        compare("the exported folder reloaded by masklm", model_logits(again.eval(), inputs), want, tolerance)
     if importlib.util.find_spec("transformers") is not None:
         _check_with_transformers(head, tok, folder, inputs, want, tolerance)
 

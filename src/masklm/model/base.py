@@ -51,6 +51,11 @@ class Head(nn.Module):
     # The encoder (and its `encoder.` prefix) is mapped by masklm.model.hf for every head alike.
     hf_modules: ClassVar[dict[str, str]]
     hf_also_reads: ClassVar[tuple[str, ...]] = ()  # other HF classes whose checkpoints carry this head
+    # The HF model type the head exports to ("bert", "electra"): config.json's model_type and the encoder's key
+    # prefix ("bert.", "electra."). Only "bert" heads are read back from Hugging Face folders.
+    hf_model_type: ClassVar[str] = "bert"
+    # Prefixes of weights the HF class does not have (ELECTRA's generator, beside its discriminator)
+    hf_skip: ClassVar[tuple[str, ...]] = ()
     # The module with one output per label ("classifier"); None for a head not sized by labels
     label_layer: ClassVar[str | None] = None
     # Parameters with one row per token besides the word embeddings (padded here, trimmed in HF)
@@ -71,11 +76,17 @@ class Head(nn.Module):
 
     @classmethod
     def create(
-        cls, cfg: ModelConfig, labels: Sequence[str] | None = None, options: dict[str, Any] | None = None
+        cls,
+        cfg: ModelConfig,
+        labels: Sequence[str] | None = None,
+        options: dict[str, Any] | None = None,
+        task: dict[str, Any] | None = None,
     ) -> Head:
         """A freshly initialised model; heads sized by labels get one output per label (at least one).
 
-        `options` are head settings (`options`); those this head does not take are a TypeError."""
+        `options` are head settings (`options`); those this head does not take are a TypeError. `task` is what a
+        model folder saved with the head (`ModelInfo.task`); a head whose shape depends on more than `cfg`
+        (ELECTRA's generator width) reads it."""
         unknown = sorted(set(options or {}) - set(cls.options))
         if unknown:
             raise TypeError(f"the {cls.architecture} head takes no option {', '.join(unknown)}")
@@ -95,6 +106,12 @@ class Head(nn.Module):
     def hf_config(self) -> dict[str, Any]:
         """Entries of the Hugging Face config.json that this head's options set (e.g. classifier_dropout)."""
         return {}
+
+    @classmethod
+    def view(cls, checkpoint: Checkpoint, architecture: str) -> Checkpoint | None:
+        """A checkpoint of this head seen as a checkpoint of `architecture`, for a head that carries another model
+        inside (ELECTRA's generator is a MaskedLM); None: load by the usual rule (keep the encoder)."""
+        return None
 
     @classmethod
     def title(cls) -> str:
@@ -200,9 +217,11 @@ def build_model(
     cfg: ModelConfig,
     labels: Sequence[str] | None = None,
     options: dict[str, Any] | None = None,
+    task: dict[str, Any] | None = None,
 ) -> Head:
-    """A freshly initialised model with the head registered as `architecture` (and its `options`)."""
-    return head_class(architecture).create(cfg, labels, options)
+    """A freshly initialised model with the head registered as `architecture` (`options`, `task`: see
+    `Head.create`)."""
+    return head_class(architecture).create(cfg, labels, options, task)
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """The bidirectional Transformer encoder, top to bottom in one file.
 
     embeddings (word + position + token type → LayerNorm → dropout)
+    → projection to the hidden size (only when embedding_size differs from hidden_size, as in ELECTRA)
     → num_hidden_layers × Block (self-attention, feed-forward; post- or pre-LayerNorm)
     → final LayerNorm (pre-LN only)
 
@@ -9,7 +10,8 @@ post-LayerNorm, GELU, biases everywhere; its parameters map one-to-one onto Hugg
 `masklm.model.hf`). The modern switches (`norm="pre"`, `position="rotary"`, `ffn="geglu"`, `bias=False`) change
 only the lines that mention them. Attention runs through `torch.nn.functional.scaled_dot_product_attention`.
 
-Shapes in comments: B batch, T sequence length, H hidden size, N heads, D head size (H / N), I intermediate size.
+Shapes in comments: B batch, T sequence length, H hidden size, N heads, D head size (H / N), I intermediate size,
+E embedding width (`ModelConfig.embedding_width`: H unless embedding_size is set).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def activation(name: str):
 class Embeddings(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        H = cfg.hidden_size
+        H = cfg.embedding_width  # E
         # Rows padded to a multiple of 64 for fast matmuls; ids never change, padded rows are never looked up.
         self.word = nn.Embedding(cfg.padded_vocab_size, H, padding_idx=cfg.pad_token_id)
         self.position = nn.Embedding(cfg.max_position_embeddings, H) if cfg.position == "absolute" else None
@@ -44,7 +46,7 @@ class Embeddings(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
         T = input_ids.shape[1]
-        x = self.word(input_ids)  # (B, T, H)
+        x = self.word(input_ids)  # (B, T, E)
         if self.position is not None:
             x = x + self.position.weight[:T]  # (T, H) broadcast over B
         if self.token_type is not None:
@@ -164,12 +166,24 @@ class Block(nn.Module):
 
 
 class Encoder(nn.Module):
-    """input ids (B, T) → contextual hidden states (B, T, H)."""
+    """input ids (B, T) → contextual hidden states (B, T, H).
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    `shared_embeddings`: another encoder's embedding module to read instead of owning one (ELECTRA's generator
+    reads its discriminator's). It is held, not registered: it is not among this module's parameters, and its
+    owner saves, moves and shards it.
+    """
+
+    def __init__(self, cfg: ModelConfig, shared_embeddings: Embeddings | None = None) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embeddings = Embeddings(cfg)
+        if shared_embeddings is None:
+            self.embeddings: Embeddings | None = Embeddings(cfg)
+            self._shared: tuple[Embeddings, ...] = ()
+        else:
+            self.embeddings = None
+            self._shared = (shared_embeddings,)  # a tuple, so that nn.Module does not register it
+        E, H = cfg.embedding_width, cfg.hidden_size
+        self.embed_proj = nn.Linear(E, H, bias=cfg.bias) if E != H else None
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
         self.final_norm = (
             nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, bias=cfg.bias)
@@ -183,7 +197,9 @@ class Encoder(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
+        x = self.input_embeddings(input_ids, token_type_ids)  # (B, T, E)
+        if self.embed_proj is not None:
+            x = self.embed_proj(x)  # (B, T, H)
         # (B, 1, 1, T): each query may look at every real key; padded keys are hidden. Callers pass no mask for
         # batches without padding (packed pretraining), which lets SDPA pick its fastest kernel.
         attn_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
@@ -192,6 +208,11 @@ class Encoder(nn.Module):
         if self.final_norm is not None:
             x = self.final_norm(x)
         return x
+
+    @property
+    def input_embeddings(self) -> Embeddings:
+        """The embedding module this encoder reads: its own, or the shared one."""
+        return self.embeddings if self.embeddings is not None else self._shared[0]
 
 
 def init_weights(module: nn.Module, std: float) -> None:

@@ -1,8 +1,9 @@
 """Task heads on top of the encoder. Each returns logits; the losses are computed where the model is trained
-(`mlm_loss` in `masklm.train.pretrain`, `loss_from_logits` in `masklm.finetune`).
+(`masklm.objectives` for pretraining, each task's `loss` in `masklm.tasks` for fine-tuning).
 
 - MaskedLM: BERT's prediction head (dense → act → LayerNorm → decoder tied to the word embeddings). Given
   `labels`, it runs only at the masked positions: gather those hidden states first, then project to the vocabulary.
+  With `embedding_size` set, the dense layer maps H to E and the decoder is the (V, E) embedding matrix.
 - SequenceClassification: BERT's pooler (dense + tanh on [CLS]) → dropout → linear; with pooling="mean", the
   mean of the hidden states over the real tokens ([CLS] and [SEP] included, padding not) → dropout → linear,
   without a pooler (as sentence-transformers pools).
@@ -26,7 +27,7 @@ from torch import nn
 
 from masklm.config import ModelConfig
 from masklm.model.base import Head, register_head
-from masklm.model.encoder import Encoder, activation, init_weights
+from masklm.model.encoder import Embeddings, Encoder, activation, init_weights
 
 
 @register_head
@@ -44,14 +45,14 @@ class MaskedLM(Head):
     vocab_sized = ("decoder_bias",)
     head_title = "MLM head"
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, shared_embeddings: Embeddings | None = None) -> None:
         super().__init__()
         self.cfg = cfg
-        H = cfg.hidden_size
-        self.encoder = Encoder(cfg)
-        self.transform = nn.Linear(H, H, bias=cfg.bias)
-        self.act = activation(cfg.hidden_act)
-        self.transform_norm = nn.LayerNorm(H, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        H, E = cfg.hidden_size, cfg.embedding_width
+        self.encoder = Encoder(cfg, shared_embeddings)
+        self.transform = nn.Linear(H, E, bias=cfg.bias)
+        self.act = activation(self.head_act(cfg))
+        self.transform_norm = nn.LayerNorm(E, eps=cfg.layer_norm_eps, bias=cfg.bias)
         # The decoder's weight is the word-embedding matrix (tied); it has its own bias.
         self.decoder_bias = nn.Parameter(torch.zeros(cfg.padded_vocab_size))
         init_weights(self, cfg.initializer_range)
@@ -67,9 +68,14 @@ class MaskedLM(Head):
         h = self.encoder(input_ids, attention_mask, token_type_ids)  # (B, T, H)
         if labels is not None:
             h = h[labels != -100]  # (M, H): only masked positions reach the vocabulary projection
-        h = self.transform_norm(self.act(self.transform(h)))
-        logits = F.linear(h, self.encoder.embeddings.word.weight, self.decoder_bias)  # (..., V_padded)
+        h = self.transform_norm(self.act(self.transform(h)))  # (..., E)
+        logits = F.linear(h, self.encoder.input_embeddings.word.weight, self.decoder_bias)  # (..., V_padded)
         return logits[..., : self.cfg.vocab_size]  # padded rows are not tokens
+
+    @classmethod
+    def head_act(cls, cfg: ModelConfig) -> str:
+        """The prediction head's activation: the model's (BERT)."""
+        return cfg.hidden_act
 
     @classmethod
     def hf_usage(cls) -> list[str]:

@@ -22,6 +22,10 @@ The encoder's name map, one BERT layer (masklm ← HF, "bert." prefix optional o
     encoder.layers.i.ffn.up / ffn.down / ffn_norm  ← encoder.layer.i.intermediate.dense / output.dense / .LayerNorm
 
 Heads map their own modules (`Head.hf_modules`, e.g. pooler / classifier ← bert.pooler.dense / classifier).
+
+ELECTRA's heads (masklm.model.electra, `Head.hf_model_type == "electra"`) export through the same map with the
+prefix "electra." instead of "bert.", plus `encoder.embed_proj` ← `electra.embeddings_project` when the
+embeddings are narrower than the encoder. Only BERT folders are read back.
 """
 
 from __future__ import annotations
@@ -70,11 +74,12 @@ _LAYER = {
     "ffn_norm": "output.LayerNorm",
 }
 _QKV = ("query", "key", "value")
-_EMBEDDINGS = {
-    "encoder.embeddings.word": "bert.embeddings.word_embeddings",
-    "encoder.embeddings.position": "bert.embeddings.position_embeddings",
-    "encoder.embeddings.token_type": "bert.embeddings.token_type_embeddings",
-    "encoder.embeddings.norm": "bert.embeddings.LayerNorm",
+_EMBEDDINGS = {  # under the model type's prefix ("bert.")
+    "encoder.embeddings.word": "embeddings.word_embeddings",
+    "encoder.embeddings.position": "embeddings.position_embeddings",
+    "encoder.embeddings.token_type": "embeddings.token_type_embeddings",
+    "encoder.embeddings.norm": "embeddings.LayerNorm",
+    "encoder.embed_proj": "embeddings_project",  # ELECTRA only: BERT has no embedding_size
 }
 _WORD = "encoder.embeddings.word.weight"
 _LAYER_KEY = re.compile(r"encoder\.layers\.(\d+)\.(.+)\.(weight|bias)")
@@ -87,15 +92,17 @@ _IGNORED = re.compile(
 _ALIASES = {"cls.predictions.bias": "cls.predictions.decoder.bias"}
 
 
-def hf_keys(key: str, head: type[Head] | None = None) -> list[str]:
+def hf_keys(key: str, head: type[Head] | None = None, prefix: str | None = None) -> list[str]:
     """The HF name(s) of one masklm parameter; `attn.qkv` maps to three (query, key, value).
 
-    Head parameters are looked up in `head.hf_modules`, or in every registered head's when `head` is None.
+    Head parameters are looked up in `head.hf_modules`, or in every registered head's when `head` is None. The
+    encoder's names start with `prefix` (default: the head's model type and a dot, "bert.").
     """
+    base = prefix if prefix is not None else f"{head.hf_model_type if head is not None else 'bert'}."
     m = _LAYER_KEY.fullmatch(key)
     if m:
         i, module, param = m.groups()
-        prefix = f"bert.encoder.layer.{i}."
+        prefix = f"{base}encoder.layer.{i}."
         if module == "attn.qkv":
             return [f"{prefix}attention.self.{name}.{param}" for name in _QKV]
         if module in _LAYER:
@@ -103,7 +110,7 @@ def hf_keys(key: str, head: type[Head] | None = None) -> list[str]:
         raise KeyError(f"masklm parameter {key!r} has no Hugging Face BERT counterpart")
     module, _, param = key.rpartition(".")
     if module in _EMBEDDINGS:
-        return [f"{_EMBEDDINGS[module]}.{param}"]
+        return [f"{base}{_EMBEDDINGS[module]}.{param}"]
     for h in (head,) if head is not None else registered_heads():
         if key in h.hf_modules:
             return [h.hf_modules[key]]
@@ -191,11 +198,13 @@ def config_to_hf(
     vocab_size: int | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> dict[str, Any]:
-    """ModelConfig → a Hugging Face BERT config.json dict (`vocab_size` overrides the row count written)."""
-    refuse_modern(cfg)
+    """ModelConfig → a Hugging Face BERT (or, for an ELECTRA head, ElectraConfig) config.json dict
+    (`vocab_size` overrides the row count written)."""
+    head = head_class(architecture)
+    refuse_modern(cfg, head.hf_model_type)
     out: dict[str, Any] = {
-        "architectures": [head_class(architecture).hf_class],
-        "model_type": "bert",
+        "architectures": [head.hf_class],
+        "model_type": head.hf_model_type,
         "vocab_size": vocab_size or cfg.vocab_size,
         "hidden_size": cfg.hidden_size,
         "num_hidden_layers": cfg.num_hidden_layers,
@@ -217,19 +226,25 @@ def config_to_hf(
         "use_cache": False,
         "dtype": str(dtype).removeprefix("torch."),
     }
+    if head.hf_model_type == "electra":
+        out["embedding_size"] = cfg.embedding_width
     if labels:
         out["id2label"] = {str(i): name for i, name in enumerate(labels)}
         out["label2id"] = {name: i for i, name in enumerate(labels)}
     return out
 
 
-def refuse_modern(cfg: ModelConfig) -> None:
-    """Raise a UserError naming the settings Hugging Face's BERT cannot express."""
-    options = cfg.modern_options()
+def refuse_modern(cfg: ModelConfig, model_type: str = "bert") -> None:
+    """Raise a UserError naming the settings Hugging Face's BERT (or ELECTRA) cannot express."""
+    options = cfg.modern_options(model_type)
+    if model_type == "electra" and cfg.hidden_act != "gelu":  # ElectraGeneratorPredictions: always gelu
+        options.append(f"model.hidden_act={cfg.hidden_act}")
     if options:
+        name = "ElectraModel" if model_type == "electra" else "BertForMaskedLM"
         raise UserError(
-            f"this model uses {', '.join(options)}, which Hugging Face's BertForMaskedLM cannot express; "
-            "only models trained with the BERT defaults export to BERT (ONNX export works for any model)"
+            f"this model uses {', '.join(options)}, which Hugging Face's {name} cannot express; "
+            "only models trained with the BERT defaults (--model.norm post --model.position absolute "
+            "--model.ffn mlp --model.bias true) export to Hugging Face (ONNX export works for any model)"
         )
 
 
@@ -256,12 +271,15 @@ def to_hf_state_dict(model: nn.Module, vocab_size: int | None = None) -> dict[st
     """
     cfg: ModelConfig = model.cfg
     head = head_class(type(model).architecture)
-    refuse_modern(cfg)
+    refuse_modern(cfg, head.hf_model_type)
+    prefix = f"{head.hf_model_type}."
     rows = vocab_size or cfg.vocab_size
     if rows > cfg.vocab_size:
         raise UserError(f"cannot export {rows} vocabulary rows from a model with {cfg.vocab_size}")
     out: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
+        if key.startswith(head.hf_skip):
+            continue
         value = value.detach().cpu()
         if key == _WORD or key in head.vocab_sized:
             value = value[:rows]
@@ -270,9 +288,9 @@ def to_hf_state_dict(model: nn.Module, vocab_size: int | None = None) -> dict[st
         for name, part in zip(names, parts, strict=True):
             out[name] = part.clone().contiguous()
     if cfg.type_vocab_size == 0:
-        word = out["bert.embeddings.word_embeddings.weight"]
-        out["bert.embeddings.token_type_embeddings.weight"] = torch.zeros(
-            1, cfg.hidden_size, dtype=word.dtype
+        word = out[f"{prefix}embeddings.word_embeddings.weight"]
+        out[f"{prefix}embeddings.token_type_embeddings.weight"] = torch.zeros(
+            1, cfg.embedding_width, dtype=word.dtype
         )
     return out
 
@@ -308,6 +326,8 @@ def _masklm_params(cfg: ModelConfig) -> dict[str, tuple[list[str], tuple[int, ..
     """
     out: dict[str, tuple[list[str], tuple[int, ...], bool]] = {}
     for head in registered_heads():
+        if head.hf_model_type != "bert":  # only BERT checkpoints are read
+            continue
         with torch.device("meta"):
             model = head.create(cfg, ["label"])
         for key, value in model.state_dict().items():
@@ -378,16 +398,15 @@ def _checkpoint_head(data: dict[str, Any], state: dict[str, torch.Tensor]) -> tu
     among equals) whose modules all have weights in the checkpoint.
     """
     bare = None, f"a bare encoder ({_BARE_ENCODER}) without head weights"
+    bert_heads = [h for h in registered_heads() if h.hf_model_type == "bert"]
     for name in data.get("architectures") or []:
         if name == _BARE_ENCODER:
             return bare
-        for head in registered_heads():
+        for head in bert_heads:
             if name == head.hf_class or name in head.hf_also_reads:
                 return head, f"a {head.hf_class}"
     carried = [
-        h
-        for h in registered_heads()
-        if all(m in state or f"{m}.weight" in state for m in h.hf_modules.values())
+        h for h in bert_heads if all(m in state or f"{m}.weight" in state for m in h.hf_modules.values())
     ]
     if not carried:
         return bare

@@ -33,6 +33,7 @@ from masklm.model.base import (
     head_class,
     read_config_json,
     read_safetensors,
+    registered_heads,
     save_safetensors,
 )
 from masklm.model.hf import is_hf_config, read_hf_checkpoint
@@ -172,9 +173,15 @@ def _model_from_checkpoint(
     labels: Sequence[str] | None,
     options: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, tokenizers.Tokenizer, ModelInfo]:
-    """Build the model asked for and fill it from the checkpoint by the one rule (`_take_weights`)."""
+    """Build the model asked for and fill it from the checkpoint by the one rule (`_take_weights`).
+
+    A head that carries another model (ELECTRA's generator) may first present the checkpoint as one of that
+    model (`Head.view`): an ELECTRA run asked for a MaskedLM gives its generator."""
     want = architecture or ckpt.architecture or DEFAULT_ARCHITECTURE
     head = head_class(want)
+    own = {h.architecture: h for h in registered_heads()}.get(ckpt.architecture or "")
+    seen = own.view(ckpt, want) if own is not None and want != ckpt.architecture else None
+    ckpt = seen or ckpt
     sized = head.label_layer is not None
     if labels is not None:
         want_labels: list[str] | None = list(labels)
@@ -186,7 +193,8 @@ def _model_from_checkpoint(
     other_weights = [k for k in head.weight_options if want_options[k] != had_options[k]]
     same_labels = not sized or want_labels == ckpt.labels
     same_head = want == ckpt.architecture and same_labels and not other_weights
-    model = build_model(want, ckpt.cfg, want_labels, want_options)
+    saved_task = ckpt.task if want == ckpt.architecture else None
+    model = build_model(want, ckpt.cfg, want_labels, want_options, saved_task)
     fresh = _take_weights(model, ckpt, same_head)
     notes = list(ckpt.notes)
     if fresh:

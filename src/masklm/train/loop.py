@@ -209,7 +209,7 @@ class Trainer:
         run_dir: Path,
         tokens_per_step: int,
         loss_fn: Callable[[nn.Module, Batch], torch.Tensor],
-        loss_items: Callable[[Batch], int] | None = None,
+        loss_items: Callable[[Batch], int | tuple[int, ...]] | None = None,
         reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
         no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
         evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
@@ -321,7 +321,11 @@ class Trainer:
             with contextlib.nullcontext() if (self.no_sync is None or last) else self.no_sync():
                 with autocast_context(self.device, self.precision):
                     loss = self.loss_fn(self.model, batch)
-                    loss = loss / accum if weights is None else loss * weights[micro]
+                    if loss.dim() == 0:
+                        loss = loss / accum if weights is None else loss * weights[micro]
+                    else:  # a loss in parts, each weighted by its own items
+                        w = 1 / accum if weights is None else torch.tensor(weights[micro], device=loss.device)
+                        loss = (loss * w).sum()
                 loss.backward()
             step_loss += loss.detach()
         return step_loss
@@ -433,7 +437,7 @@ def fit(
     on_eval: Callable[[dict[str, float], int], None] | None = None,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
-    loss_items: Callable[[Batch], int] | None = None,
+    loss_items: Callable[[Batch], int | tuple[int, ...]] | None = None,
     extra_state: dict[str, Any] | None = None,
 ) -> FitResult:
     """Train `model` until the budget is spent (or a stop signal); returns where it ended.
@@ -447,7 +451,10 @@ def fit(
     loss_items(batch), when given, counts what loss_fn averages over (e.g. masked tokens): each micro-batch's
     loss is then weighted by its share of the items of the whole step on all processes, so the step's loss is
     the mean over all of them and any split of the global batch into processes × micro-batches × accumulation
-    trains the same. Without it each micro-batch's mean loss weighs 1 / grad_accum.
+    trains the same. Without it each micro-batch's mean loss weighs 1 / grad_accum. A loss in parts (loss_fn
+    returns a 1-D tensor, e.g. ELECTRA's generator and discriminator losses, means over masked and over real
+    tokens) pairs with loss_items returning one count per part: each part is weighted by its own share and the
+    step's loss is their sum.
     extra_state is saved with every checkpoint's trainer state (e.g. the global batch).
     """
     trainer = Trainer(
@@ -513,21 +520,28 @@ def _process_seed(seed: int, process: int, step: int) -> int:
 
 def _loss_weights(
     micro_batches: list[Batch],
-    loss_items: Callable[[Batch], int] | None,
+    loss_items: Callable[[Batch], int | tuple[int, ...]] | None,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None,
     device: torch.device,
-) -> list[float] | None:
-    """Each micro-batch's share of the items of the whole step on all processes (None: 1 / grad_accum each).
+) -> list[Any] | None:
+    """Each micro-batch's share of the items of the whole step on all processes (None: 1 / grad_accum each);
+    for a loss in parts (loss_items returns a tuple), a list of shares, one per part.
 
     Data-parallel gradients are averaged over processes, so a share is count / (total / world size), which is
     count / mean(per-process total).
     """
     if loss_items is None:
         return None
-    counts = [float(loss_items(b)) for b in micro_batches]
-    total = torch.tensor(sum(counts), dtype=torch.float64, device=device)
-    mean_total = float(reduce(total)) if reduce is not None else float(total)
-    return [c / max(mean_total, 1e-12) for c in counts]
+    items = [loss_items(b) for b in micro_batches]
+    if not isinstance(items[0], tuple):
+        counts = [float(c) for c in items]  # type: ignore[arg-type]
+        total = torch.tensor(sum(counts), dtype=torch.float64, device=device)
+        mean_total = float(reduce(total)) if reduce is not None else float(total)
+        return [c / max(mean_total, 1e-12) for c in counts]
+    parts = torch.tensor(items, dtype=torch.float64)  # (micro-batches, parts)
+    totals = parts.sum(0).to(device)
+    mean_totals = (reduce(totals) if reduce is not None else totals).cpu().clamp(min=1e-12)
+    return (parts / mean_totals).tolist()
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -9,35 +9,29 @@ The run folder:
 
 from __future__ import annotations
 
-import hashlib
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
 
 from masklm import dist
 from masklm.config import Config
-from masklm.data.masking import mask_tokens
+from masklm.data.masking import mask_seed, mask_tokens
 from masklm.data.shards import PackedDataset, batch_indices
 from masklm.data.tokenizer import load_tokenizer, special_ids, tokenizer_hash
 from masklm.errors import UserError
-from masklm.model.heads import MaskedLM
-from masklm.model.io import ModelInfo, load_model, save_model
+from masklm.model.base import read_config_json
+from masklm.model.electra import ElectraPreTraining
+from masklm.model.io import ModelInfo, load_model, resolve_model_dir, save_model
+from masklm.objectives import Objective, evaluate, objective_for
 from masklm.train import checkpoint as ckpt
-from masklm.train.loop import Budget, perplexity
+from masklm.train.loop import Budget, FitResult
 from masklm.train.run import Run, full_model
 from masklm.utils import log
-
-
-def mask_seed(seed: int, *key: int) -> int:
-    """A generator seed from the run's seed and a key (a stream position in training): masks are pure functions."""
-    digest = hashlib.blake2b(":".join(map(str, ("mask", seed, *key))).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
 class MaskedBatches:
@@ -46,6 +40,10 @@ class MaskedBatches:
     The sequence at position p of the global stream (see `batch_indices`) is always masked with the generator
     seeded by mask_seed(seed, p). Which sequences a step trains on and how each one is masked therefore depend
     only on the step and the global batch, not on how it is split into processes × micro-batch × accumulation.
+
+    With `extras` (the ELECTRA objective) a batch also holds "sample_u" (B, T): one uniform number per token,
+    drawn from the same generator after the mask, at which the ELECTRA generator's softmax is sampled; and
+    "real" (B, T): the tokens that are neither padding nor special.
     """
 
     def __init__(
@@ -57,8 +55,9 @@ class MaskedBatches:
         vocab_size: int,
         rank: int = 0,
         world_size: int = 1,
+        extras: bool = False,
     ) -> None:
-        self.dataset, self.cfg = dataset, cfg
+        self.dataset, self.cfg, self.extras = dataset, cfg, extras
         self.rank, self.world_size = rank, world_size
         self.mask_id, self.vocab_size = mask_id, vocab_size
         table = torch.zeros(max(vocab_size, max(specials) + 1), dtype=torch.bool)
@@ -72,8 +71,8 @@ class MaskedBatches:
         """Mask a batch with one generator (an int seed) or each row with its own (a list of seeds, one per row)."""
         special = self.special_table[ids]
 
-        def mask(rows: slice, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-            return mask_tokens(
+        def mask(rows: slice, g: torch.Generator) -> tuple[torch.Tensor, ...]:
+            masked = mask_tokens(
                 ids[rows],
                 special[rows],
                 self.cfg.mask,
@@ -82,13 +81,18 @@ class MaskedBatches:
                 generator=g,
                 word_starts=word_starts[rows],
             )
+            if not self.extras:
+                return masked
+            return (*masked, torch.rand(ids[rows].shape, generator=g))  # after the mask: it stays the same
 
         if isinstance(seed, int):
-            inputs, labels = mask(slice(None), torch.Generator().manual_seed(seed))
+            parts = mask(slice(None), torch.Generator().manual_seed(seed))
         else:
             rows = [mask(slice(i, i + 1), torch.Generator().manual_seed(s)) for i, s in enumerate(seed)]
-            inputs, labels = (torch.cat(parts) for parts in zip(*rows))
-        batch = {"input_ids": inputs, "labels": labels}
+            parts = tuple(torch.cat(part) for part in zip(*rows))
+        batch = {"input_ids": parts[0], "labels": parts[1]}
+        if self.extras:
+            batch["sample_u"], batch["real"] = parts[2], ~special
         pad = ids == self.pad_id
         if bool(pad.any()):
             batch["attention_mask"] = ~pad
@@ -100,57 +104,6 @@ class MaskedBatches:
         ids, ws = self.dataset.get(idx)
         first = (micro_step * self.world_size + self.rank) * t.batch_size  # stream position of row 0
         return self.masked(ids, ws, [mask_seed(t.seed, p) for p in range(first, first + t.batch_size)])
-
-
-def masked_tokens(batch: dict[str, torch.Tensor]) -> int:
-    """What mlm_loss averages over: fit weights micro-batches by it (see fit's loss_items)."""
-    return int((batch["labels"] != -100).sum())
-
-
-def mlm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    labels = batch["labels"]
-    logits = model(
-        batch["input_ids"], batch.get("attention_mask"), None, labels
-    )  # (M, V) at masked positions
-    return F.cross_entropy(logits.float(), labels[labels != -100])
-
-
-@torch.no_grad()
-def evaluate_mlm(
-    model: nn.Module, batches: MaskedBatches, limit: int, batch_size: int, device: torch.device
-) -> dict[str, float]:
-    """Held-out MLM loss, masked-token accuracy and perplexity, with the same masks at every evaluation (and for
-    any batch size or number of processes: each sequence's mask is seeded by its index).
-
-    Each process evaluates a disjoint share of the batches and the sums are all-reduced. Every process runs the
-    same number of forward passes (FSDP gathers parameters collectively in each one): a process with no batch
-    left in the last round runs a stand-in batch and ignores it.
-    """
-    ds = batches.dataset
-    n = min(limit, len(ds))
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.float64, device=device)
-    count = torch.zeros((), dtype=torch.float64, device=device)
-    r, w = dist.rank(), dist.world_size()
-    starts = range(0, n, batch_size)
-    for round_ in range(-(-len(starts) // w)):
-        j = round_ * w + r  # this process's batch in this round
-        start = starts[j] if j < len(starts) else 0
-        idx = np.arange(start, min(n, start + batch_size))
-        ids, ws = ds.get(idx)
-        masked = batches.masked(ids, ws, [mask_seed(12345, int(i)) for i in idx])  # one per sequence
-        batch = {k: v.to(device) for k, v in masked.items()}
-        labels = batch["labels"]
-        logits = model(batch["input_ids"], batch.get("attention_mask"), None, labels).float()
-        if j >= len(starts):
-            continue
-        target = labels[labels != -100]
-        loss_sum += F.cross_entropy(logits, target, reduction="sum").double()
-        correct += (logits.argmax(-1) == target).sum().double()
-        count += target.numel()
-    loss_sum, correct, count = (dist.all_reduce_sum(x) for x in (loss_sum, correct, count))
-    loss = float(loss_sum / count.clamp(min=1))
-    return {"loss": loss, "accuracy": float(correct / count.clamp(min=1)), "perplexity": perplexity(loss)}
 
 
 def frequency_baseline(dataset: PackedDataset, specials: list[int], limit: int = 2000) -> float:
@@ -223,14 +176,27 @@ def fit_config_to_data(cfg: Config, tokenizer: Tokenizer, seq_len: int) -> None:
 
 
 def build_model(
-    cfg: Config, tokenizer: Tokenizer, init_from: str | Path | None, data_dir: Path
-) -> tuple[MaskedLM, list[str]]:
-    """A new MaskedLM from cfg.model, or the one in `init_from` (which then sets cfg.model); and its notes."""
+    cfg: Config, objective: Objective, tokenizer: Tokenizer, init_from: str | Path | None, data_dir: Path
+) -> tuple[nn.Module, list[str]]:
+    """A new model for the objective from cfg.model, or the one in `init_from` (which then sets cfg.model); and
+    its notes. ELECTRA from a model without a generator (BERT, an MLM run) keeps its encoder as the discriminator
+    and starts a generator of objective.generator_fraction; from an ELECTRA run, both go on. MLM from an ELECTRA
+    run continues its discriminator (the encoder that fine-tuning and export use) with a fresh MLM head."""
     notes: list[str] = []
     if init_from is None:
-        model = MaskedLM(cfg.model)
+        model = objective.build(cfg.model)
     else:
-        model, init_tok, minfo = load_model(init_from, architecture="MaskedLM")
+        electra_to_mlm = objective.architecture == "MaskedLM" and _is_electra(init_from)
+        want = ElectraPreTraining.architecture if electra_to_mlm else objective.architecture
+        model, init_tok, minfo = load_model(init_from, architecture=want)
+        if electra_to_mlm:
+            discriminator = model
+            model = objective.build(discriminator.cfg)
+            model.encoder.load_state_dict(discriminator.encoder.state_dict())
+            minfo.notes.append(
+                f"MLM head initialised from scratch: {init_from} is an ELECTRA model, whose discriminator is the "
+                "encoder pretraining continues (its generator is what masklm fill-mask answers from)"
+            )
         if tokenizer_hash(init_tok) != tokenizer_hash(tokenizer):
             raise UserError(
                 f"--init-from {init_from} uses a different tokenizer than {data_dir}; prepare the data with "
@@ -238,7 +204,10 @@ def build_model(
             )
         cfg.model = model.cfg
         notes += minfo.notes
-        for n in minfo.notes:
+        if isinstance(model, ElectraPreTraining):
+            model, note = _electra_generator(model, cfg, fresh=bool(minfo.notes))
+            notes += [note] if note else []
+        for n in notes:
             log(f"note: {n}")
     seq_len, m = cfg.data.seq_len, cfg.model
     if seq_len > m.max_position_embeddings and m.position == "absolute":
@@ -246,7 +215,32 @@ def build_model(
             f"the data's seq_len ({seq_len}) is above the model's max_position_embeddings "
             f"({m.max_position_embeddings}); prepare with a smaller --seq-len"
         )
-    return model, notes  # type: ignore[return-value]
+    return model, notes
+
+
+def _is_electra(path: str | Path) -> bool:
+    """Whether `path` is a masklm ELECTRA model (or run) folder."""
+    data = read_config_json(resolve_model_dir(path))
+    return data.get("format") == "masklm" and data.get("architecture") == ElectraPreTraining.architecture
+
+
+def _electra_generator(
+    model: ElectraPreTraining, cfg: Config, fresh: bool
+) -> tuple[ElectraPreTraining, str | None]:
+    """--init-from with ELECTRA: a fresh generator of the configured width, or an ELECTRA run's own generator (whose
+    width then decides objective.generator_fraction)."""
+    want = cfg.objective.generator_fraction
+    if model.generator_fraction == want:
+        return model, None
+    if fresh:  # the checkpoint had no generator: start one of the configured width around its encoder
+        again = ElectraPreTraining(model.cfg, want)
+        again.encoder.load_state_dict(model.encoder.state_dict())
+        return again, None
+    cfg.objective.generator_fraction = model.generator_fraction
+    return model, (
+        f"objective.generator_fraction is {model.generator_fraction}, the width of the generator in the "
+        f"--init-from model, not {want}"
+    )
 
 
 def keep_global_batch(cfg: Config, resume_from: Path | None) -> None:
@@ -288,7 +282,9 @@ def pretrain(
     device = run.setup(cfg)
     tokenizer = load_data_tokenizer(data_dir, run)
     fit_config_to_data(cfg, tokenizer, int(train_ds.seq_len))
-    model, notes = build_model(cfg, tokenizer, init_from, data_dir)
+    objective = objective_for(cfg)
+    model, notes = build_model(cfg, objective, tokenizer, init_from, data_dir)
+    objective = objective_for(cfg)  # --init-from may have set the ELECTRA generator's width
     keep_global_batch(cfg, run.open())
     trainable = run.build(model, cfg, device)
     run.write_files(cfg.to_dict(), command, {"tokenizer.json": tokenizer.to_str()})
@@ -298,32 +294,55 @@ def pretrain(
     global_batch = t.batch_size * t.grad_accum * world
     tokens_per_step = global_batch * cfg.data.seq_len
     budget = compute_budget(cfg, len(train_ds), tokens_per_step, max(1, -(-len(train_ds) // global_batch)))
-    run.announce("pretraining", model, t, [
+    run.announce(f"pretraining ({objective.name})", model, t, [
         f"{len(train_ds):,} train sequences of {cfg.data.seq_len} tokens",
         f"global batch {global_batch} ({t.batch_size} x {t.grad_accum} accumulation x {world} processes)",
         "budget " + (f"{budget.steps} steps" if budget.steps else f"{budget.minutes} minutes"),
     ])  # fmt: skip
-    evaluate = None
+    evaluate_fn = None
     if val_ds is not None:
-        val_batches = MaskedBatches(val_ds, cfg, specials, sp.mask, vocab)
-        evaluate = partial(
-            evaluate_mlm, batches=val_batches, limit=t.eval_sequences, batch_size=t.batch_size, device=device
+        val_batches = MaskedBatches(val_ds, cfg, specials, sp.mask, vocab, extras=objective.extras)
+        evaluate_fn = partial(
+            evaluate,
+            objective=objective,
+            batches=val_batches,
+            limit=t.eval_sequences,
+            batch_size=t.batch_size,
+            device=device,
         )
     result = run.fit(
         trainable,
         t,
         budget=budget,
-        make_batch=MaskedBatches(train_ds, cfg, specials, sp.mask, vocab, dist.rank(), world),
-        loss_fn=mlm_loss,
-        evaluate=evaluate,
+        make_batch=MaskedBatches(
+            train_ds, cfg, specials, sp.mask, vocab, dist.rank(), world, extras=objective.extras
+        ),
+        loss_fn=objective.loss,
+        evaluate=evaluate_fn,
         tokens_per_step=tokens_per_step,
-        loss_items=masked_tokens,
+        loss_items=objective.loss_items,
         extra_state={"global_batch": global_batch, "world_size": world},
     )
     if result.stopped_by_signal:
         return run.stopped(result)
 
-    summary: dict[str, Any] = {
+    summary = _summary(result, run, model, cfg, data_dir, objective.name, notes)
+    if val_ds is not None:
+        summary["frequency_baseline_accuracy"] = frequency_baseline(val_ds, specials)
+    final = full_model(model, lambda: objective.build(cfg.model))
+    if dist.rank() == 0:
+        extra = {"tokens_seen": result.tokens, "eval": result.last_eval}
+        info = ModelInfo(architecture=objective.architecture, task=objective.info())
+        save_model(final, run.run_dir / "model", tokenizer, info, extra=extra)
+    return run.finish(summary)
+
+
+def _summary(
+    result: FitResult, run: Run, model: nn.Module, cfg: Config, data_dir: Path, objective: str, notes: list[str]
+) -> dict[str, Any]:
+    """summary.json's content (without the frequency baseline, which needs the validation split)."""
+    world = dist.world_size()
+    return {
         "steps": result.step,
         "tokens": result.tokens,
         "train_time_s": round(result.elapsed_s, 2),
@@ -332,16 +351,10 @@ def pretrain(
         "skipped_steps": result.skipped_steps,
         "eval": result.last_eval,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "global_batch": global_batch,
+        "global_batch": cfg.train.batch_size * cfg.train.grad_accum * world,
         "processes": world,
         "seq_len": cfg.data.seq_len,
         "data": str(data_dir),
+        "objective": objective,
         "notes": notes,
     }
-    if val_ds is not None:
-        summary["frequency_baseline_accuracy"] = frequency_baseline(val_ds, specials)
-    final = full_model(model, lambda: MaskedLM(cfg.model))
-    if dist.rank() == 0:
-        extra = {"tokens_seen": result.tokens, "eval": result.last_eval}
-        save_model(final, run.run_dir / "model", tokenizer, ModelInfo(architecture="MaskedLM"), extra=extra)
-    return run.finish(summary)
