@@ -338,7 +338,13 @@ def pretrain(
 
 
 def _summary(
-    result: FitResult, run: Run, model: nn.Module, cfg: Config, data_dir: Path, objective: str, notes: list[str]
+    result: FitResult,
+    run: Run,
+    model: nn.Module,
+    cfg: Config,
+    data_dir: Path,
+    objective: str,
+    notes: list[str],
 ) -> dict[str, Any]:
     """summary.json's content (without the frequency baseline, which needs the validation split)."""
     world = dist.world_size()
