@@ -76,6 +76,18 @@ TINY_ENCODER = {
 }
 
 
+def keyword_rows(n: int, seed: int, filler: list[str], words: tuple[int, int] = (4, 9)) -> list[dict]:
+    """Toy sentiment rows: `words` (min, max) filler words around "great" (label "pos") or "awful" ("neg")."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        text = [rng.choice(filler) for _ in range(rng.randint(*words))]
+        label = rng.choice(["pos", "neg"])
+        text.insert(rng.randrange(len(text) + 1), "great" if label == "pos" else "awful")
+        rows.append({"text": " ".join(text), "label": label})
+    return rows
+
+
 def tiny_model_config(vocab_size: int, **overrides: object) -> ModelConfig:
     """TINY_ENCODER for a vocabulary of `vocab_size`, with `overrides` on top."""
     return ModelConfig(**{**TINY_ENCODER, "vocab_size": vocab_size, **overrides})

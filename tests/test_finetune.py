@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import cli, file_snapshot, read_metrics, tiny_model_config, write_csv, write_jsonl
+from helpers import cli, file_snapshot, keyword_rows, read_metrics, tiny_model_config, write_csv, write_jsonl
 from safetensors.torch import load_file, save_file
 
 from masklm import finetune as ft
@@ -43,14 +43,7 @@ FAST = ["--train.lr", "3e-3", "--train.batch_size", "16", "--train.threads", "1"
 
 def cls_rows(n: int, seed: int) -> list[dict]:
     """Label "pos" when the sentence holds "great", "neg" when it holds "awful"."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        words = [rng.choice(FILLER) for _ in range(rng.randint(4, 9))]
-        label = rng.choice(["pos", "neg"])
-        words.insert(rng.randrange(len(words) + 1), "great" if label == "pos" else "awful")
-        rows.append({"text": " ".join(words), "label": label})
-    return rows
+    return keyword_rows(n, seed, FILLER, words=(4, 9))
 
 
 def ner_sentences(n: int, seed: int) -> list[tuple[list[str], list[str]]]:

@@ -12,7 +12,15 @@ import pytest
 import tokenizers
 import torch
 import yaml
-from helpers import cli, file_snapshot, final_weights, random_inputs, tiny_model_config, write_csv
+from helpers import (
+    cli,
+    file_snapshot,
+    final_weights,
+    keyword_rows,
+    random_inputs,
+    tiny_model_config,
+    write_csv,
+)
 from safetensors.torch import load_file
 
 from masklm import finetune as ft
@@ -32,14 +40,7 @@ FAST = ["--train.lr", "3e-3", "--train.batch_size", "8", "--train.threads", "1"]
 
 def cls_rows(n: int, seed: int) -> list[dict]:
     """ "pos" when the sentence holds "great", "neg" when it holds "awful"."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        words = [rng.choice(WORDS) for _ in range(rng.randint(3, 8))]
-        label = rng.choice(["pos", "neg"])
-        words.insert(rng.randrange(len(words) + 1), "great" if label == "pos" else "awful")
-        rows.append({"text": " ".join(words), "label": label})
-    return rows
+    return keyword_rows(n, seed, WORDS, words=(3, 8))
 
 
 def write_ner(path: Path, n: int, seed: int) -> Path:
