@@ -7,7 +7,7 @@ dropout seed, next to the Hugging Face loop of finetune_vs_hf.py.
 finetune_vs_hf.py compares the two tools as users run them: each draws its own head initialisation, data order
 (masklm: length-bucketed batches) and dropout masks. This script removes those three differences, so that what
 is left is implementation:
-- masklm's `finetune()` gets, epoch by epoch, the batches of the DataLoader that `_hf_fit` uses;
+- masklm's `finetune()` gets, epoch by epoch, the batches of the DataLoader that `hf_fit` uses;
 - its classifier starts from the weights `from_pretrained` gives the Hugging Face model for the same seed
   (rows matched by label name);
 - both sides reseed torch's global generator just before training, so dropout draws from the same stream.
@@ -49,7 +49,7 @@ def main() -> None:
 
     from transformers import AutoModelForTokenClassification
 
-    # Hugging Face's batch order: the DataLoader of _hf_fit, drawn epoch after epoch.
+    # Hugging Face's batch order: the DataLoader of hf_fit, drawn epoch after epoch.
     loader = torch.utils.data.DataLoader(
         list(range(len(train))),
         batch_size=args.batch_size,
@@ -84,7 +84,7 @@ def main() -> None:
 
     ft.load_model, run_skeleton.fit = load_with_hf_head, seeded_fit
 
-    hf_fit = bench._hf_fit
+    hf_fit = bench.hf_fit
     hf_curve: list[float] = []
 
     def seeded_hf_fit(model, feats, collate, evaluate, args):
@@ -96,7 +96,7 @@ def main() -> None:
 
         return hf_fit(model, feats, collate, recorded, args)
 
-    bench._hf_fit = seeded_hf_fit
+    bench.hf_fit = seeded_hf_fit
 
     with tempfile.TemporaryDirectory(prefix="same-streams-") as tmp:
         work = Path(tmp)

@@ -110,7 +110,14 @@ def write_conll(path: Path, sentences: list[dict]) -> Path:
 # masklm
 
 
-def run_masklm(task: str, files: dict[str, Path], args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def run_masklm(
+    task: str,
+    files: dict[str, Path],
+    args: argparse.Namespace,
+    work: Path,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """masklm's side: finetune() with the shared settings (plus `extra` dotted settings), then the test split."""
     overrides = {
         "train.epochs": args.epochs,
         "train.lr": args.lr,
@@ -121,6 +128,7 @@ def run_masklm(task: str, files: dict[str, Path], args: argparse.Namespace, work
         "train.weight_decay": 0.01,
         "train.warmup": 0.1,
         "data.max_length": args.max_length,
+        **(extra or {}),
     }
     cfg = ft.build_config(overrides)
     out = work / f"masklm-{task}"
@@ -160,7 +168,7 @@ def _hf_optimizer(model: torch.nn.Module, args: argparse.Namespace, total: int):
     return opt, get_linear_schedule_with_warmup(opt, math.ceil(0.1 * total), total)
 
 
-def _hf_fit(model, train_feats, collate, evaluate, args: argparse.Namespace) -> float:
+def hf_fit(model, train_feats, collate, evaluate, args: argparse.Namespace) -> float:
     """Train for args.epochs, evaluate after each, load the best epoch's weights; returns its value."""
     from torch.utils.data import DataLoader
 
@@ -196,7 +204,8 @@ def _hf_fit(model, train_feats, collate, evaluate, args: argparse.Namespace) -> 
     return best
 
 
-def _batches(feats: list[dict], collate, size: int):
+def eval_batches(feats: list[dict], collate, size: int):
+    """(first index, collated batch) for consecutive slices of `feats`, in order (evaluation)."""
     for i in range(0, len(feats), size):
         yield i, collate(feats[i : i + size])
 
@@ -225,12 +234,12 @@ def run_hf_classification(data: tuple[list, list, list], args: argparse.Namespac
 
     def accuracy(model, feats) -> dict[str, float]:
         preds = []
-        for _, batch in _batches(feats, collate, args.batch_size):
+        for _, batch in eval_batches(feats, collate, args.batch_size):
             batch.pop("labels")
             preds += model(**batch).logits.argmax(-1).tolist()
         return M.classification_metrics(preds, [f["labels"] for f in feats], len(labels))
 
-    val_best = _hf_fit(model, train_feats, collate, lambda m: accuracy(m, val_feats)["accuracy"], args)
+    val_best = hf_fit(model, train_feats, collate, lambda m: accuracy(m, val_feats)["accuracy"], args)
     wall = time.perf_counter() - t0
     t1 = time.perf_counter()
     with torch.no_grad():
@@ -289,7 +298,7 @@ def run_hf_ner(data: tuple[list, list, list], args: argparse.Namespace) -> dict[
 
     def entity_f1(model, feats, sentences) -> dict[str, float]:
         predicted = []
-        for start, batch in _batches(feats, collate, args.batch_size):
+        for start, batch in eval_batches(feats, collate, args.batch_size):
             batch.pop("labels")
             argmax = model(**batch).logits.argmax(-1).tolist()
             for row, pred in enumerate(argmax):
@@ -303,7 +312,7 @@ def run_hf_ner(data: tuple[list, list, list], args: argparse.Namespace) -> dict[
                 predicted.append(words)
         return M.entity_metrics([s["tags"] for s in sentences], predicted)
 
-    val_best = _hf_fit(model, train_feats, collate, lambda m: entity_f1(m, val_feats, val)["f1"], args)
+    val_best = hf_fit(model, train_feats, collate, lambda m: entity_f1(m, val_feats, val)["f1"], args)
     wall = time.perf_counter() - t0
     t1 = time.perf_counter()
     with torch.no_grad():
