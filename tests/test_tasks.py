@@ -603,9 +603,12 @@ def test_postprocess_qa_hand_logits():
     # best valid: start beta (5) + end gamma (6) = 11 -> "beta gamma"
     assert postprocess_qa(examples, [_feature(window)], [start], [end]) == {"x": "beta gamma"}
     assert postprocess_qa(examples, [_feature(window)], [start], [end], max_answer_length=1) == {"x": "alpha"}
-    # top-1 start is beta, top-1 end is alpha: no valid pair left, so no answer
+    # the n_best candidates are taken over all positions, as transformers' run_qa does, and the question/special
+    # ones yield nothing: the top-4 starts leave beta, the top-4 ends leave alpha, which cannot end a span that
+    # starts at beta, so no answer; the 5th start (alpha) and end (gamma) add "beta gamma"
     assert postprocess_qa(examples, [_feature(window)], [start], [end], n_best=1) == {"x": ""}
-    assert postprocess_qa(examples, [_feature(window)], [start], [end], n_best=2) == {"x": "beta gamma"}
+    assert postprocess_qa(examples, [_feature(window)], [start], [end], n_best=4) == {"x": ""}
+    assert postprocess_qa(examples, [_feature(window)], [start], [end], n_best=5) == {"x": "beta gamma"}
 
     # a second window with a better span wins; logits may come as one padded tensor
     second = [None, None, None, (11, 16), (17, 22), None]

@@ -260,8 +260,9 @@ def postprocess_qa(
     """Answer text per question id from per-feature start/end logits.
 
     `start_logits[f]` / `end_logits[f]` hold feature f's logits (a 2-D padded array/tensor or a list of 1-D
-    ones). Over all windows of a question, candidates are the `n_best` highest start and end logits among
-    context tokens with start <= end and at most `max_answer_length` tokens; the best start + end score wins.
+    ones). Over all windows of a question, candidates are pairs of a window's `n_best` highest start and end
+    logits (over all its tokens; only context tokens count) with start <= end and at most `max_answer_length`
+    tokens; the best start + end score wins, the earlier window on a tie.
     With `version_2`, the answer is "" when the null score (start[0] + end[0], the lowest over the question's
     windows) minus the best span score is above `null_threshold`, or when there is no valid span.
     """
@@ -294,13 +295,19 @@ def _best_span(
     n_best: int,
     max_answer_length: int,
 ) -> tuple[float, tuple[int, int]]:
-    """(score, (first char, end char)) of one window's best answer span; -inf when it has none."""
-    context = np.array([i for i, o in enumerate(offsets) if o is not None], dtype=np.int64)
-    if not len(context):
+    """(score, (first char, end char)) of one window's best answer span; -inf when it has none.
+
+    The candidates are the `n_best` highest start and end logits over all of the window's tokens, of which only
+    context tokens count: a [CLS], question or [SEP] token among them takes a place and yields nothing. This is
+    the rule of transformers' question-answering example (utils_qa.postprocess_qa_predictions), kept so that
+    the same logits give the same answer. On equal logits the earlier token ranks first.
+    """
+    in_context = np.array([o is not None for o in offsets])
+    top_s = np.argsort(-s, kind="stable")[:n_best]
+    top_e = np.argsort(-e, kind="stable")[:n_best]
+    top_s, top_e = top_s[in_context[top_s]], top_e[in_context[top_e]]
+    if not len(top_s) or not len(top_e):
         return -math.inf, (0, 0)
-    k = min(n_best, len(context))
-    top_s = context[np.argsort(-s[context], kind="stable")[:k]]
-    top_e = context[np.argsort(-e[context], kind="stable")[:k]]
     scores = s[top_s][:, None] + e[top_e][None, :]
     length = top_e[None, :] - top_s[:, None] + 1
     scores[(length < 1) | (length > max_answer_length)] = -math.inf
