@@ -347,7 +347,10 @@ class FinetuneDataConfig:
     label_all_subwords: bool = setting(
         False, "token classification: label every sub-word, not only a word's first"
     )
-    n_best: int = setting(20, "QA: start / end candidates considered per window")
+    n_best: int = setting(
+        20,
+        "QA: the highest start / end logits of each window (over all its tokens) paired into answer candidates",
+    )
     max_answer_length: int = setting(30, "QA: longest answer in tokens")
     null_threshold: float = setting(0.0, 'QA v2: answer "" when null score - best span score > this')
     version_2: bool | None = setting(
