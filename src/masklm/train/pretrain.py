@@ -175,7 +175,7 @@ def fit_config_to_data(cfg: Config, tokenizer: Tokenizer, seq_len: int) -> None:
     cfg.validate()
 
 
-def build_model(
+def start_model(
     cfg: Config, objective: Objective, tokenizer: Tokenizer, init_from: str | Path | None, data_dir: Path
 ) -> tuple[nn.Module, list[str]]:
     """A new model for the objective from cfg.model, or the one in `init_from` (which then sets cfg.model); and
@@ -283,7 +283,7 @@ def pretrain(
     tokenizer = load_data_tokenizer(data_dir, run)
     fit_config_to_data(cfg, tokenizer, int(train_ds.seq_len))
     objective = objective_for(cfg)
-    model, notes = build_model(cfg, objective, tokenizer, init_from, data_dir)
+    model, notes = start_model(cfg, objective, tokenizer, init_from, data_dir)
     objective = objective_for(cfg)  # --init-from may have set the ELECTRA generator's width
     keep_global_batch(cfg, run.open())
     trainable = run.build(model, cfg, device)
