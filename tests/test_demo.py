@@ -1,0 +1,78 @@
+"""The demo's closing check: Rotten Tomatoes splits and the pretrained-vs-random-init fine-tuning (tiny model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import tiny_model_config
+
+from masklm.data.tokenizer import train_tokenizer
+from masklm.demo import SentimentCheck, rotten_tomatoes_splits, sentiment_lift
+from masklm.model.heads import MaskedLM
+from masklm.model.io import ModelInfo, save_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+TINY = SentimentCheck(
+    labels=48,
+    validation=16,
+    test=24,
+    lrs=(1e-3, 3e-3),
+    seeds=(0, 1),
+    epochs=1,
+    min_steps=4,
+    batch_size=16,
+    max_length=24,
+)
+
+
+def test_splits_are_disjoint_seeded_and_hold_only_rotten_tomatoes():
+    a, b = rotten_tomatoes_splits(TINY), rotten_tomatoes_splits(TINY)
+    assert a == b
+    assert [len(a[k]) for k in ("train", "validation", "test")] == [48, 16, 24]
+    texts = [{r["text"] for r in a[k]} for k in ("train", "validation", "test")]
+    assert not (texts[0] & texts[1]) and not (texts[0] & texts[2]) and not (texts[1] & texts[2])
+    assert {r["label"] for part in a.values() for r in part} <= {"0", "1"}
+    assert rotten_tomatoes_splits(TINY, seed=1)["train"] != a["train"]
+    # the training rows of a larger check begin with the smaller one's: more labels only add rows
+    bigger = rotten_tomatoes_splits(SentimentCheck(labels=96, validation=16, test=24))
+    assert bigger["train"][:48] == a["train"] and bigger["test"] == a["test"]
+
+
+def test_lift_fine_tunes_both_starts_at_their_best_lr(tmp_path):
+    rows = rotten_tomatoes_splits(SentimentCheck())["train"][:300]
+    tok = train_tokenizer([r["text"] for r in rows], vocab_size=200)
+    run = tmp_path / "run"
+    torch.manual_seed(0)
+    save_model(MaskedLM(tiny_model_config(tok.get_vocab_size())), run / "model", tok, ModelInfo("MaskedLM"))
+
+    result = sentiment_lift(run / "model", TINY, threads=1)
+
+    assert set(result) == {"pretrained", "random"}
+    for init, r in result.items():
+        assert r["lr"] in TINY.lrs and len(r["tests"]) == len(TINY.seeds)
+        assert r["test"] == pytest.approx(sum(r["tests"]) / len(r["tests"]))
+        assert all(0.0 <= t <= 1.0 for t in r["tests"])
+        # the best lr is the one with the best mean validation accuracy
+        val = {
+            lr: sum(
+                json.loads(
+                    (
+                        run / "model" / "demo-sentiment" / f"{init}-lr{lr:g}-seed{s}" / "summary.json"
+                    ).read_text()
+                )["accuracy"]
+                for s in TINY.seeds
+            )
+            for lr in TINY.lrs
+        }
+        assert val[r["lr"]] == max(val.values())
+    summaries = [
+        json.loads(p.read_text()) for p in sorted((run / "model" / "demo-sentiment").glob("*/summary.json"))
+    ]
+    assert len(summaries) == 2 * len(TINY.lrs) * len(TINY.seeds)
+    assert {s["init"] for s in summaries} == {"pretrained", "random"}
+    assert all(s["train_examples"] == 48 and s["validation_examples"] == 16 for s in summaries)
+    assert Path(run / "model" / "demo-sentiment" / "test.csv").read_text().count("\n") == 25
