@@ -1,117 +1,281 @@
-"""The value of pretraining, measured: a pretrained masklm model vs the same architecture from random
-initialisation, fine-tuned identically on Rotten Tomatoes sentiment (seeded 80/10/10 split, test accuracy).
+"""The value of pretraining, measured the honest way: pretrained starts against a random-init twin on Rotten
+Tomatoes sentiment, for several label budgets, each start at its own best learning rate, several seeds.
 
-    python -m benchmarks.pretraining_value --run runs/demo            # after `masklm pretrain` (the demo)
-    python -m benchmarks.pretraining_value --run runs/demo runs/longer   # several budgets, one random twin
-    python -m benchmarks.pretraining_value --run runs/demo --epochs 1 --limit 2000   # a quick look
+    python -m benchmarks.pretraining_value --run runs/demo                      # labels 100 300 1000 all
+    python -m benchmarks.pretraining_value --run runs/mlm runs/electra --labels 300 all --seeds 0 1 2
+    python -m benchmarks.pretraining_value --run runs/demo --labels 300 --lrs 3e-4 --seeds 0 --no-docs  # a look
 
-All starts get the same data, seed, epochs, learning rate, batch size and max length; only the starting weights
-differ. Several runs (of the same architecture and tokenizer, e.g. the demo and a longer run of the same preset)
-show how the gain grows with pretraining. Appends a table to docs/benchmarks.md.
+For every start (each --run, plus `--init random` on the first run's architecture and tokenizer: the CLI's
+random-init control) and every label budget N, every learning rate of --lrs is fine-tuned with every seed of
+--seeds. Seed s draws the N training rows (the same rows for every start) and seeds the fine-tuning. The learning
+rate kept for a start is the one with the best mean validation accuracy; the table reports test accuracy at that
+rate, mean and sample standard deviation over the seeds. Few labels get more epochs (at least --min-steps
+optimizer steps), the same for every start.
+
+Each fine-tuning result is cached in --results (JSON lines), so an interrupted sweep goes on where it stopped and
+a new run folder adds only its own fine-tunings. Writes two plots beside docs/benchmarks.md (accuracy against
+labels; points over random init against pretraining tokens, by objective) and appends the table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import random
+import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from benchmarks.common import add_common_args, append_docs, table
+from benchmarks.common import DOCS, add_common_args, append_docs, table
 from benchmarks.finetune_vs_hf import rotten_tomatoes, write_csv
-from masklm import finetune as ft  # noqa: E402
-from masklm.model.heads import MaskedLM  # noqa: E402
-from masklm.model.io import load_model, save_model  # noqa: E402
+from masklm import finetune as ft
 
-RANDOM = "random init (same architecture and tokenizer)"
+RANDOM = "random init"
 
 
-def random_twin(run: Path, out: Path, seed: int) -> Path:
-    """A model folder with the run's architecture and tokenizer but freshly initialised weights."""
-    model, tokenizer, _ = load_model(run, architecture="MaskedLM")
-    torch.manual_seed(seed)
-    save_model(MaskedLM(model.cfg), out, tokenizer)
+def describe(run: Path) -> dict[str, Any]:
+    """What a pretraining run was: objective, tokens, minutes, held-out accuracy (from its summary.json)."""
+    info: dict[str, Any] = {"run": str(run), "objective": "mlm", "tokens": None, "minutes": None, "acc": None}
+    summary = run / "summary.json"
+    if summary.is_file():
+        s = json.loads(summary.read_text())
+        eval_ = s.get("eval") or {}
+        info.update(
+            objective=s.get("objective", "mlm"),
+            tokens=s.get("tokens"),
+            minutes=round(s.get("train_time_s", 0) / 60, 1),
+            acc=eval_.get("accuracy", eval_.get("generator_accuracy")),
+        )
+    return info
+
+
+def start_label(info: dict[str, Any]) -> str:
+    if info["run"] == RANDOM:
+        return "random init (same architecture and tokenizer)"
+    extra = [info["objective"]]
+    if info["tokens"]:
+        extra.append(f"{info['tokens'] / 1e6:.1f}M tokens, {info['minutes']:.0f} min")
+    if info["acc"] is not None:
+        extra.append(f"held-out masked accuracy {info['acc']:.3f}")
+    return f"`{info['run']}` ({', '.join(extra)})"
+
+
+def epochs_for(n: int, args: argparse.Namespace) -> int:
+    """At least --epochs passes and at least --min-steps optimizer steps."""
+    return max(args.epochs, math.ceil(args.min_steps * args.batch_size / n))
+
+
+def finetune_once(
+    model: Path, init: str, rows: dict[str, list[dict]], lr: float, seed: int, args: argparse.Namespace
+) -> dict[str, float]:
+    """One fine-tuning: best validation accuracy and the test accuracy of that checkpoint."""
+    epochs = epochs_for(len(rows["train"]), args)
+    overrides = {
+        "train.epochs": epochs,
+        "train.lr": lr,
+        "train.batch_size": args.batch_size,
+        "train.seed": seed,
+        "train.threads": args.threads,
+        "train.precision": args.precision,
+        "data.max_length": args.max_length,
+        "head.pooling": args.pooling,
+        "head.classifier_dropout": args.dropout,
+    }
+    if epochs > 8:  # evaluate about eight times, not after each of many tiny epochs
+        steps = math.ceil(len(rows["train"]) / args.batch_size) * epochs
+        overrides |= {"train.eval_every": max(1, steps // 8), "train.checkpoint_every": 0}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        files = {name: write_csv(work / f"{name}.csv", part) for name, part in rows.items()}
+        t0 = time.perf_counter()
+        summary = ft.finetune(
+            ft.build_config(overrides),
+            "classification",
+            model,
+            files["train"],
+            files["val"],
+            work / "out",
+            init=init,
+        )
+        test = ft.evaluate_model(work / "out" / "model", files["test"], {"train.threads": args.threads})
+    return {
+        "val": summary["accuracy"],
+        "test": test["accuracy"],
+        "wall_s": time.perf_counter() - t0,
+        "epochs": epochs,
+    }
+
+
+def cache_key(args: argparse.Namespace, run: str, n_arg: str, lr: float, seed: int) -> str:
+    """One fine-tuning's identity; random init is keyed by the run whose architecture and tokenizer it takes."""
+    start = f"random init of {args.run[0]}" if run == RANDOM else run
+    return json.dumps([start, n_arg, lr, seed, args.tag])
+
+
+def load_cache(path: Path) -> dict[str, dict]:
+    if not path.is_file():
+        return {}
+    out = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            out[rec["key"]] = rec
     return out
 
 
-def describe(run: Path) -> str:
-    """A row label: the run folder with its pretraining tokens and held-out MLM accuracy (from summary.json)."""
-    summary = run / "summary.json"
-    if not summary.is_file():
-        return f"pretrained: `{run}`"
-    info = json.loads(summary.read_text())
-    acc = (info.get("eval") or {}).get("accuracy")
-    return f"pretrained: `{run}` ({info['tokens'] / 1e6:.1f}M tokens, {info['train_time_s'] / 60:.0f} min" + (
-        f", held-out MLM accuracy {acc:.3f})" if acc is not None else ")"
+def sweep(args: argparse.Namespace, starts: list[dict[str, Any]]) -> dict[str, dict]:
+    """Every (start, labels, lr, seed) fine-tuning, from the cache when it was run before."""
+    cache_path = Path(args.results)
+    cache = load_cache(cache_path)
+    first = Path(starts[0]["run"])
+    for n_arg in args.labels:
+        for seed in args.seeds:
+            train, val, test = rotten_tomatoes(0)
+            n = len(train) if n_arg == "all" else int(n_arg)
+            subset = train if n >= len(train) else random.Random(seed).sample(train, n)
+            rows = {"train": subset, "val": val, "test": test}
+            for info in starts:
+                model, init = (
+                    (first, "random") if info["run"] == RANDOM else (Path(info["run"]), "pretrained")
+                )
+                for lr in args.lrs:
+                    key = cache_key(args, info["run"], n_arg, lr, seed)
+                    if key in cache:
+                        continue
+                    result = finetune_once(model, init, rows, lr, seed, args)
+                    cache[key] = {"key": key, **result}
+                    with open(cache_path, "a") as f:
+                        f.write(json.dumps(cache[key]) + "\n")
+                    print(f"{info['run']} labels={n_arg} lr={lr} seed={seed}: {result}", flush=True)
+    return cache
+
+
+def best_lr(cache: dict, run: str, n_arg: str, args: argparse.Namespace) -> tuple[float, list[dict]]:
+    """The lr with the best mean validation accuracy over the seeds, and that lr's results."""
+
+    def results(lr: float) -> list[dict]:
+        return [cache[cache_key(args, run, n_arg, lr, s)] for s in args.seeds]
+
+    lr = max(args.lrs, key=lambda lr: statistics.mean(r["val"] for r in results(lr)))
+    return lr, results(lr)
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def report(args: argparse.Namespace, starts: list[dict[str, Any]], cache: dict) -> tuple[str, dict]:
+    """The table (one row per start, one column per label budget) and {run: {labels: (mean, sd)}}."""
+    summary: dict[str, dict[str, tuple[float, float]]] = {}
+    rows = []
+    for info in starts:
+        cells = [start_label(info)]
+        for n_arg in args.labels:
+            lr, results = best_lr(cache, info["run"], n_arg, args)
+            m, sd = mean_sd([r["test"] * 100 for r in results])
+            summary.setdefault(info["run"], {})[n_arg] = (m, sd)
+            cells.append(f"{m:.2f} ± {sd:.2f} (lr {lr:g})")
+        rows.append(cells)
+    lift_rows = []
+    for info in starts:
+        if info["run"] == RANDOM:
+            continue
+        lifts = [summary[info["run"]][n][0] - summary[RANDOM][n][0] for n in args.labels]
+        lift_rows.append([start_label(info), *(f"{x:+.2f}" for x in lifts)])
+    headers = ["start", *(f"{n} labels" for n in args.labels)]
+    body = "Test accuracy, mean ± sd over seeds, each start at its best lr on validation:\n\n"
+    body += table(headers, rows) + "\n\nPoints over random init:\n\n" + table(headers, lift_rows)
+    body += (
+        f"\n\nRotten Tomatoes (split seed 0: 6,824 / 853 / 853; seed s draws the N training rows), seeds "
+        f"{', '.join(map(str, args.seeds))}, lrs {', '.join(f'{x:g}' for x in args.lrs)}, batch {args.batch_size}, "
+        f"max length {args.max_length}, at least {args.epochs} epochs and {args.min_steps} steps, pooling "
+        f"{args.pooling}, classifier dropout {args.dropout}, precision {args.precision}.\n"
     )
+    return body, summary
+
+
+def plot(args: argparse.Namespace, starts: list[dict[str, Any]], summary: dict, out: Path) -> list[Path]:
+    """Accuracy against labels (log scale) per start; lift against pretraining tokens by objective."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train_size = len(rotten_tomatoes(0)[0])
+    xs = [train_size if n == "all" else int(n) for n in args.labels]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for info in starts:
+        means = [summary[info["run"]][n][0] for n in args.labels]
+        sds = [summary[info["run"]][n][1] for n in args.labels]
+        name = "random init" if info["run"] == RANDOM else f"{Path(info['run']).name} ({info['objective']})"
+        ax.errorbar(xs, means, yerr=sds, marker="o", capsize=3, label=name)
+    ax.set(xscale="log", xlabel="Rotten Tomatoes training labels", ylabel="test accuracy (%)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    paths = [out.with_name(out.stem + "_labels.png")]
+    fig.tight_layout()
+    fig.savefig(paths[0], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for objective in sorted({i["objective"] for i in starts if i["run"] != RANDOM and i["tokens"]}):
+        runs = sorted(
+            (i for i in starts if i["objective"] == objective and i["tokens"] and i["run"] != RANDOM),
+            key=lambda i: i["tokens"],
+        )
+        for n in args.labels:
+            lifts = [summary[i["run"]][n][0] - summary[RANDOM][n][0] for i in runs]
+            ax.plot([i["tokens"] / 1e6 for i in runs], lifts, marker="o", label=f"{objective}, {n} labels")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set(xlabel="pretraining tokens (millions)", ylabel="points over random init")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    paths.append(out.with_name(out.stem + "_lift.png"))
+    fig.tight_layout()
+    fig.savefig(paths[1], dpi=120)
+    plt.close(fig)
+    return paths
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "--run", nargs="+", default=["runs/demo"], help="pretraining run folders (or model folders)"
+        "--run", nargs="+", default=["runs/demo"], help="pretraining run folders (same architecture)"
     )
+    p.add_argument("--labels", nargs="+", default=["100", "300", "1000", "all"])
+    p.add_argument("--lrs", nargs="+", type=float, default=[1e-4, 3e-4, 1e-3])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument(
+        "--min-steps", type=int, default=150, help="few labels get more epochs, up to this many steps"
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, default=None, help="use only this many training rows")
+    p.add_argument("--pooling", choices=["cls", "mean"], default="mean")
+    p.add_argument("--dropout", type=float, default=0.1, help="classifier dropout")
+    p.add_argument("--precision", default="fp32", help="fp32: the same numbers on any CPU")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--results", default="pretraining_value.jsonl", help="cache of every fine-tuning result")
+    p.add_argument("--tag", default="", help="kept in the cache key: change it when changing other settings")
     add_common_args(p)
     args = p.parse_args()
 
-    train, val, test = rotten_tomatoes(args.seed)
-    if args.limit:
-        train = train[: args.limit]
-    overrides = {
-        "train.epochs": args.epochs,
-        "train.lr": args.lr,
-        "train.batch_size": args.batch_size,
-        "train.seed": args.seed,
-        "train.threads": args.threads,
-        "data.max_length": args.max_length,
-        "train.precision": "fp32",  # the same numbers on any CPU
-    }
-    results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        files = {
-            name: write_csv(work / f"{name}.csv", rows)
-            for name, rows in (("train", train), ("val", val), ("test", test))
-        }
-        starts = {describe(Path(run)): Path(run) for run in args.run}
-        starts[RANDOM] = random_twin(Path(args.run[0]), work / "random", args.seed)
-        for name, model_dir in starts.items():
-            t0 = time.perf_counter()
-            out = work / f"start{len(results)}"
-            ft.finetune(
-                ft.build_config(overrides), "classification", model_dir, files["train"], files["val"], out
-            )
-            test_metrics = ft.evaluate_model(out / "model", files["test"], {"train.threads": args.threads})
-            results[name] = (test_metrics["accuracy"], test_metrics["macro_f1"], time.perf_counter() - t0)
-
-    rows = [
-        [name, f"{acc * 100:.2f}", f"{f1 * 100:.2f}", f"{wall:.0f} s"]
-        for name, (acc, f1, wall) in results.items()
+    starts = [describe(Path(run)) for run in args.run] + [
+        {"run": RANDOM, "objective": "none", "tokens": None}
     ]
-    body = table(["start", "test accuracy", "test macro-F1", "fine-tune wall"], rows)
-    random_acc = results[RANDOM][0]
-    gains = ", ".join(
-        f"{(acc - random_acc) * 100:+.2f}" for name, (acc, _, _) in results.items() if name != RANDOM
-    )
-    body += (
-        f"\n\nRotten Tomatoes ({len(train)} train / {len(val)} val / {len(test)} test rows), "
-        f"{args.epochs} epochs, lr {args.lr}, batch {args.batch_size}, max length {args.max_length}, seed "
-        f"{args.seed}. Accuracy points added by pretraining, per run above: {gains}.\n"
-    )
+    cache = sweep(args, starts)
+    body, summary = report(args, starts, cache)
     print(body)
     if not args.no_docs:
+        images = plot(args, starts, summary, DOCS.with_name("pretraining_value.png"))
+        body += "\n" + "\n".join(f"![{img.stem}]({img.name})" for img in images) + "\n"
         append_docs(
-            "Value of pretraining: fine-tuning from the demo model vs random init",
+            "Value of pretraining: pretrained vs random init by labels",
             body,
             args.shared,
             f"{args.threads} threads",
