@@ -42,14 +42,20 @@ def test_splits_are_disjoint_seeded_and_hold_only_rotten_tomatoes():
     assert bigger["train"][:48] == a["train"] and bigger["test"] == a["test"]
 
 
-def test_lift_fine_tunes_both_starts_at_their_best_lr(tmp_path):
+def test_lift_fine_tunes_both_starts_at_their_best_lr(tmp_path, capsys):
     rows = rotten_tomatoes_splits(SentimentCheck())["train"][:300]
     tok = train_tokenizer([r["text"] for r in rows], vocab_size=200)
     run = tmp_path / "run"
     torch.manual_seed(0)
     save_model(MaskedLM(tiny_model_config(tok.get_vocab_size())), run / "model", tok, ModelInfo("MaskedLM"))
 
-    result = sentiment_lift(run / "model", TINY, threads=1)
+    result = sentiment_lift(run / "model", TINY, threads=1, verbose=True)
+
+    # one line per fine-tuning on stdout; the runs' own output (start lines, progress bars) goes to a log file
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 2 * len(TINY.lrs) * len(TINY.seeds) and "validation accuracy" in out
+    assert "train" not in err
+    assert "parameters" in (run / "model" / "demo-sentiment" / "finetune.log").read_text()
 
     assert set(result) == {"pretrained", "random"}
     for init, r in result.items():

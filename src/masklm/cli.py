@@ -342,7 +342,7 @@ def _report_lift(run_dir: Path) -> None:
         f"best of lr {', '.join(f'{lr:g}' for lr in check.lrs)} on {check.validation} validation sentences "
         f"({len(check.seeds)} seeds); test on {check.test:,} more ..."
     )
-    result = sentiment_lift(run_dir, check)
+    result = sentiment_lift(run_dir, check, verbose=True)
     pre, rnd = result["pretrained"], result["random"]
     print(
         f"sentiment test accuracy: pretrained {pre['test'] * 100:.1f}% (lr {pre['lr']:g}) vs random init "

@@ -8,6 +8,7 @@ both test accuracies. Everything the check writes stays under RUN/demo-sentiment
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import random
 import statistics
@@ -83,10 +84,11 @@ def _write(path: Path, rows: list[dict[str, str]]) -> Path:
 
 
 def sentiment_lift(
-    run_dir: Path, check: SentimentCheck = SentimentCheck(), threads: int | None = None
+    run_dir: Path, check: SentimentCheck = SentimentCheck(), threads: int | None = None, verbose: bool = False
 ) -> dict:
     """Fine-tune the run's model and its random-init twin; each at its best lr (mean validation accuracy over
-    the seeds); returns {init: {"lr", "test" (mean accuracy), "tests" (per seed)}}."""
+    the seeds); returns {init: {"lr", "test" (mean accuracy), "tests" (per seed)}}. The fine-tuning runs' own
+    output goes to RUN/demo-sentiment/finetune.log; `verbose` prints one line per run instead."""
     from masklm import finetune as ft
 
     out = run_dir / "demo-sentiment"
@@ -112,18 +114,21 @@ def sentiment_lift(
                     **({"train.threads": threads} if threads else {}),
                 }
                 target = out / f"{init}-lr{lr:g}-seed{seed}"
-                summary = ft.finetune(
-                    ft.build_config(overrides),
-                    "classification",
-                    run_dir,
-                    files["train"],
-                    files["validation"],
-                    target,
-                    overwrite=True,
-                    init=init,
-                )
+                with open(out / "finetune.log", "a") as log, contextlib.redirect_stderr(log):
+                    summary = ft.finetune(
+                        ft.build_config(overrides),
+                        "classification",
+                        run_dir,
+                        files["train"],
+                        files["validation"],
+                        target,
+                        overwrite=True,
+                        init=init,
+                    )
                 vals.append(summary["accuracy"])
                 tests.append(ft.evaluate_model(target / "model", files["test"])["accuracy"])
+                if verbose:
+                    print(f"  {init:<10} lr {lr:<6g} seed {seed}: validation accuracy {vals[-1] * 100:.1f}%")
             by_lr[lr] = (statistics.mean(vals), tests)
         lr = max(by_lr, key=lambda x: by_lr[x][0])
         result[init] = {"lr": lr, "test": statistics.mean(by_lr[lr][1]), "tests": by_lr[lr][1]}
