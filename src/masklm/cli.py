@@ -226,7 +226,13 @@ def build_pretrain(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help="tiny, small (default), base or large")
     p.add_argument("--config", metavar="FILE", help="YAML config file (applied after the preset)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--data", metavar="DIR", help="a folder made by masklm prepare")
+    src.add_argument(
+        "--data",
+        nargs="+",
+        metavar="DIR[:WEIGHT]",
+        help="a folder made by masklm prepare (or a folder of its --num-shards parts); several: a mixture "
+        "sampled by WEIGHT (default: by size)",
+    )
     _add_prepare_args(p, required_input=False)
     p.add_argument("--output", metavar="RUN_DIR", help=f"run folder (default {DEMO_RUN} for the demo)")
     p.add_argument("--max-steps", type=int, help="budget in optimizer steps")
@@ -312,14 +318,14 @@ def cmd_pretrain(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         check_resume_settings(run_dir, {**data_over, **budget, **overrides})
     if args.input is None and args.data is None:
         raise UserError("--init-from needs data: pass --input PATHS or --data PREPARED_DIR")
-    data_dir = Path(args.data) if args.data else run_dir / "data"
+    data_dir = run_dir / "data"
     overwrite = args.overwrite
     if args.input is not None and not (args.resume and (data_dir / "meta.json").is_file()):
         _prepare_into_run(args, cfg, run_dir, data_dir)
         overwrite = False  # done by _prepare_into_run, before the new data was prepared into the run folder
     summary = pretrain(
         cfg,
-        data_dir,
+        args.data or data_dir,
         run_dir,
         resume=args.resume,
         overwrite=overwrite,
