@@ -15,7 +15,9 @@ Every run is a fresh process (this script started again with --worker) that prep
 - datasets: `load_dataset("json")` + `map(tokenize, num_proc=2)` + `map(group_texts, num_proc=2)`, the recipe of
   transformers' run_mlm.py (prepare_throughput.run_datasets).
 
-MB/s = UTF-8 bytes of the document texts / wall seconds of the work (imports and Python's start not counted).
+MB/s = UTF-8 bytes of the document texts / wall seconds of the work (imports and Python's start not counted);
+MB per CPU s = the same bytes / CPU seconds (user + system) of the worker and its child processes, which a
+machine shared with other work changes far less than wall time.
 Peak memory = the largest sum of the resident sets of the worker and all its child processes (tokenizer workers,
 datasets' map processes), sampled from /proc every 0.1 s; pages shared between processes are counted in each,
 so this overstates what the machine needed.
@@ -100,9 +102,15 @@ def build(folder: Path, mb: int, pool: list[str]) -> dict[str, Path | int]:
 # One measured run
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its children that have ended."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def worker(side: str, src: Path, out: Path) -> None:
-    """Prepare `src` into `out` in this process; print {"seconds", "rows"} as JSON."""
-    t0 = time.perf_counter()
+    """Prepare `src` into `out` in this process; print {"seconds", "cpu_seconds", "rows"} as JSON."""
+    t0, c0 = time.perf_counter(), cpu_seconds()
     if side == "datasets":
         from datasets.utils.logging import disable_progress_bar, set_verbosity_error
 
@@ -120,7 +128,7 @@ def worker(side: str, src: Path, out: Path) -> None:
         cfg = DataConfig(seq_len=SEQ_LEN, vocab_size=30522)
         meta = prepare([src], out, cfg, tokenizer=tok, progress=False)
         rows = sum(s["sequences"] for s in meta["splits"].values())
-    print(json.dumps({"seconds": time.perf_counter() - t0, "rows": rows}))
+    print(json.dumps({"seconds": time.perf_counter() - t0, "cpu_seconds": cpu_seconds() - c0, "rows": rows}))
 
 
 def tree_rss_mib(pid: int) -> float:
@@ -174,10 +182,13 @@ def measure(side: str, src: Path, out: Path) -> dict:
 # The table
 
 
-def runs_for(args: argparse.Namespace) -> list[tuple[str, str]]:
-    """(side, input format) pairs measured at every size."""
-    runs = [("masklm", "jsonl"), ("masklm", "zst"), ("masklm", "parquet"), ("masklm-train-tok", "jsonl")]
-    return runs + ([] if args.no_datasets else [("datasets", "jsonl")])
+def runs_for(args: argparse.Namespace, mb: int) -> list[tuple[str, str]]:
+    """(side, input format) pairs measured at size `mb`: masklm on each format at every size; masklm training
+    its tokenizer and datasets at the sizes in --compare-sizes (all by default)."""
+    runs = [("masklm", "jsonl"), ("masklm", "zst"), ("masklm", "parquet")]
+    if args.compare_sizes is None or mb in args.compare_sizes:
+        runs += [("masklm-train-tok", "jsonl")] + ([] if args.no_datasets else [("datasets", "jsonl")])
+    return runs
 
 
 NAMES = {
@@ -192,6 +203,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[50, 200], help="corpus sizes in MB of text")
     ap.add_argument("--no-datasets", action="store_true", help="measure masklm only")
+    ap.add_argument(
+        "--compare-sizes",
+        type=int,
+        nargs="*",
+        help="sizes at which to run datasets and tokenizer training too",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--src", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -208,31 +225,23 @@ def main() -> None:
             corpus = build(Path(tmp) / f"{mb}mb", mb, pool)
             text_mb = int(corpus["text_bytes"]) / 1e6
             sizes = {k: Path(corpus[k]).stat().st_size / 1e6 for k in FORMATS}
-            for side, fmt in runs_for(args):
+            for side, fmt in runs_for(args, mb):
                 res = measure(side, Path(corpus[fmt]), Path(tmp) / "out")
-                rate = text_mb / res["seconds"]
                 rows.append([f"{mb} MB", NAMES[side], f"{FORMATS[fmt]} ({sizes[fmt]:.0f} MB)", f"{res['seconds']:.1f}",
-                             f"{rate:.1f}", f"{res['peak_mib']:,.0f}", f"{res['rows']:,}"])  # fmt: skip
+                             f"{text_mb / res['seconds']:.2f}", f"{res['cpu_seconds']:.1f}",
+                             f"{text_mb / res['cpu_seconds']:.2f}", f"{res['peak_mib']:,.0f}", f"{res['rows']:,}"])  # fmt: skip
                 print(" | ".join(rows[-1]), file=sys.stderr)
             shutil.rmtree(Path(tmp) / f"{mb}mb", ignore_errors=True)
-    headers = [
-        "corpus",
-        "side",
-        "input (on disk)",
-        "seconds",
-        "MB/s",
-        "peak RSS, MiB (tree)",
-        "128-token rows",
-    ]
+    headers = ["corpus", "side", "input (on disk)", "wall s", "MB/s", "CPU s", "MB per CPU s", "peak RSS MiB (tree)",
+               "128-token rows"]  # fmt: skip
     tbl = common.table(headers, rows)
     print(tbl)
     if not args.no_docs:
         body = (
             f"- Corpus: IMDB sentences re-mixed into distinct documents (4-16 sentences each), sizes {args.sizes} MB "
             f"of UTF-8 text; bert-base-uncased vocab except 'train tok' (a 30,522 WordPiece vocabulary trained on "
-            "the bounded sample, 200 MB by default); 128-token rows; one run each, fresh process\n\n"
-            + tbl
-            + "\n"
+            "the bounded sample, 200 MB by default); 128-token rows; one run each, fresh process; MB per CPU s = text MB "
+            "/ CPU seconds of the worker and its children\n\n" + tbl + "\n"
         )
         common.append_docs(
             "Corpus scale: masklm prepare memory and MB/s by size and format", body, args.shared, "all cores"

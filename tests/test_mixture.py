@@ -120,6 +120,11 @@ def test_mixture_run_resumes_bit_identically_and_logs_tokens_by_source(corpora, 
     last = rows[-1]
     assert sum(last["tokens_by_source"].values()) == last["tokens"] == 6 * 8 * 32
     assert last["tokens_by_source"]["a"] > last["tokens_by_source"]["b"] > 0
+    other = ["--data", f"{corpora['a']}:1", f"{corpora['b']}:1", *common[3:]]
+    with pytest.raises(UserError, match="other --data sources or weights"):
+        from masklm.cli import run as cli_run
+
+        cli_run(["pretrain", *TINY, *other, "--output", str(tmp_path / "half"), "--max-steps", "8", "--resume"])
 
 
 def test_mixture_of_other_tokenizers_is_one_line_error(corpora, tmp_path):
@@ -158,6 +163,9 @@ def test_opening_a_thousand_shards_is_lazy_and_fast(corpora, tmp_path):
     data = PackedDataset(folder)
     opened = time.perf_counter() - start
     assert len(data) == 1000 and data.opened_shards == 0
-    assert opened < 1.0, opened  # stat() per file only; mapping 2000 files took about 0.3 s more here
     ids, _ = data.get(np.array([5, 999]))
     assert data.opened_shards == 2 and ids[1, 1] == rows[0][0, 1] + 999 % 3
+    start = time.perf_counter()
+    data.get(np.arange(1000))  # maps the other 998 shards
+    assert data.opened_shards == 1000
+    assert opened < time.perf_counter() - start  # opening (a stat per file) costs less than mapping them all

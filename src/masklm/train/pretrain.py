@@ -197,6 +197,23 @@ def source_tokens(
     return tokens
 
 
+def mixture_state(data: PackedDataset | Mixture, resume_from: Path | None) -> dict[str, Any]:
+    """What a checkpoint records of a mixture (each source's name and positions per block), checked on resume:
+    the same stream needs the same sources and weights. {} for a single source."""
+    state = (
+        {"mixture": [[n, int(c)] for n, c in zip(data.names, data.counts)]}
+        if isinstance(data, Mixture)
+        else {}
+    )
+    saved = ckpt.read_trainer_state(resume_from).get("mixture") if resume_from else None
+    if resume_from is not None and saved != state.get("mixture"):
+        raise UserError(
+            f"--resume: the run was trained on other --data sources or weights ({saved or 'one source'}); "
+            "pass the --data it was started with"
+        )
+    return state
+
+
 def load_data_tokenizer(tokenizer_path: Path, run: Run) -> Tokenizer:
     """The data's tokenizer; a resumed run refuses data prepared with another one than it was trained with."""
     tokenizer = load_tokenizer(tokenizer_path)
@@ -334,7 +351,8 @@ def pretrain(
     objective = objective_for(cfg)
     model, notes = start_model(cfg, objective, tokenizer, init_from, data_name)
     objective = objective_for(cfg)  # --init-from may have set the ELECTRA generator's width
-    keep_global_batch(cfg, run.open())
+    resume_from = run.open()
+    keep_global_batch(cfg, resume_from)
     trainable = run.build(model, cfg, device)
     run.write_files(cfg.to_dict(), command, {"tokenizer.json": tokenizer.to_str()})
 
@@ -351,14 +369,8 @@ def pretrain(
     evaluate_fn = None
     if val_ds is not None:
         val_batches = MaskedBatches(val_ds, cfg, specials, sp.mask, vocab, extras=objective.extras)
-        evaluate_fn = partial(
-            evaluate,
-            objective=objective,
-            batches=val_batches,
-            limit=t.eval_sequences,
-            batch_size=t.batch_size,
-            device=device,
-        )
+        evaluate_fn = partial(evaluate, objective=objective, batches=val_batches, limit=t.eval_sequences,
+                              batch_size=t.batch_size, device=device)  # fmt: skip
     result = run.fit(
         trainable,
         t,
@@ -370,7 +382,11 @@ def pretrain(
         evaluate=evaluate_fn,
         tokens_per_step=tokens_per_step,
         loss_items=objective.loss_items,
-        extra_state={"global_batch": global_batch, "world_size": world},
+        extra_state={
+            "global_batch": global_batch,
+            "world_size": world,
+            **mixture_state(train_ds, resume_from),
+        },
         log_extra=source_tokens(train_ds, t.seed, global_batch, cfg.data.seq_len),
     )
     if result.stopped_by_signal:
