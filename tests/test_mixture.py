@@ -124,7 +124,9 @@ def test_mixture_run_resumes_bit_identically_and_logs_tokens_by_source(corpora, 
     with pytest.raises(UserError, match="other --data sources or weights"):
         from masklm.cli import run as cli_run
 
-        cli_run(["pretrain", *TINY, *other, "--output", str(tmp_path / "half"), "--max-steps", "8", "--resume"])
+        cli_run(
+            ["pretrain", *TINY, *other, "--output", str(tmp_path / "half"), "--max-steps", "8", "--resume"]
+        )
 
 
 def test_mixture_of_other_tokenizers_is_one_line_error(corpora, tmp_path):
