@@ -138,7 +138,7 @@ def test_both_forms_reach_the_handler_as_given(calls, form):
     assert cli.main(["pretrain", "--data", "d", *form]) == 0
     (name, args, overrides) = calls[0]
     assert name == "pretrain" and overrides == {"model.hidden_size": "64"}
-    assert args.data == "d" and args.argv == ["pretrain", "--data", "d", *form]
+    assert args.data == ["d"] and args.argv == ["pretrain", "--data", "d", *form]
 
 
 def test_only_given_settings_reach_the_handler_in_command_line_order(calls):

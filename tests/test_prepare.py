@@ -537,7 +537,7 @@ def _bad_inputs(tmp_path: Path, case: str) -> list[Path]:
 
 BAD_INPUTS = {
     "missing": r"nope\.txt does not exist",
-    "no-files": r"no readable input files .*\.txt, \.jsonl or \.csv",
+    "no-files": r"no readable input files .*\.txt, \.jsonl, \.csv .*\.parquet or \.arrow",
     "empty": r"no text",
     "empty-given-tokenizer": r"no text",
     "binary": r"data\.bin is not UTF-8 text",

@@ -133,7 +133,8 @@ def _add_prepare_args(p: argparse.ArgumentParser, required_input: bool) -> None:
         nargs="+",
         required=required_input,
         metavar="PATH",
-        help="text files or folders (.txt, .jsonl, .csv, optionally .gz)",
+        help="files, folders or glob patterns: .txt, .jsonl, .csv (optionally .gz, .zst, .bz2, .xz), .parquet, "
+        "or a datasets save_to_disk folder (.arrow)",
     )
     p.add_argument("--vocab-size", type=int, help="size of a newly trained WordPiece vocabulary")
     p.add_argument(
@@ -141,7 +142,17 @@ def _add_prepare_args(p: argparse.ArgumentParser, required_input: bool) -> None:
     )
     p.add_argument("--seq-len", type=int, help="tokens per packed sequence ([CLS] and [SEP] included)")
     p.add_argument("--one-doc-per-line", action="store_true", help=".txt: every non-empty line is a document")
-    p.add_argument("--text-field", help="the .jsonl key / .csv column with the text (default: text)")
+    p.add_argument(
+        "--text-field", help="the .jsonl key / .csv, .parquet or .arrow column with the text (default: text)"
+    )
+    p.add_argument(
+        "--tokenizer-sample-bytes",
+        type=int,
+        help="train a new tokenizer on at most this much text, spread over the inputs (default 200 MB)",
+    )
+    p.add_argument(
+        "--dedup", action="store_true", help="drop documents equal to an earlier one (whitespace aside)"
+    )
 
 
 def _data_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -156,6 +167,10 @@ def _data_overrides(args: argparse.Namespace) -> dict[str, Any]:
         out["data.one_doc_per_line"] = True
     if getattr(args, "text_field", None):
         out["data.text_field"] = args.text_field
+    if getattr(args, "tokenizer_sample_bytes", None) is not None:
+        out["data.tokenizer_sample_bytes"] = args.tokenizer_sample_bytes
+    if getattr(args, "dedup", False):
+        out["data.dedup"] = True
     return out
 
 
@@ -174,16 +189,26 @@ def build_prepare(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--config", metavar="FILE", help="YAML config file")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--num-shards",
+        type=int,
+        default=1,
+        metavar="N",
+        help="one of N independent jobs: prepare a deterministic 1/N of the inputs into OUTPUT/part-I-of-N "
+        "(needs --tokenizer)",
+    )
+    p.add_argument("--shard-index", type=int, default=0, metavar="I", help="which of the N parts, 0 to N-1")
 
 
 def cmd_prepare(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
-    from masklm.data.prepare import prepare
+    from masklm.data.prepare import Part, prepare
 
     cfg = _config(args, {**_data_overrides(args), **overrides}, None)
-    meta = prepare(args.input, args.output, cfg.data, overwrite=args.overwrite, seed=args.seed)
+    part = Part(args.shard_index, args.num_shards)
+    meta = prepare(args.input, args.output, cfg.data, overwrite=args.overwrite, seed=args.seed, part=part)
     tr, va = meta["splits"]["train"], meta["splits"]["val"]
     print(
-        f"prepared {args.output}: {tr['sequences']:,} train and {va['sequences']:,} validation sequences of "
+        f"prepared {part.folder(Path(args.output))}: {tr['sequences']:,} train and {va['sequences']:,} validation sequences of "
         f"{meta['seq_len']} tokens, vocabulary {meta['vocab_size']:,}"
     )
     return 0
@@ -197,7 +222,13 @@ def build_pretrain(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help="tiny, small (default), base or large")
     p.add_argument("--config", metavar="FILE", help="YAML config file (applied after the preset)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--data", metavar="DIR", help="a folder made by masklm prepare")
+    src.add_argument(
+        "--data",
+        nargs="+",
+        metavar="DIR[:WEIGHT]",
+        help="a folder made by masklm prepare (or a folder of its --num-shards parts); several: a mixture "
+        "sampled by WEIGHT (default: by size)",
+    )
     _add_prepare_args(p, required_input=False)
     p.add_argument("--output", metavar="RUN_DIR", help=f"run folder (default {DEMO_RUN} for the demo)")
     p.add_argument("--max-steps", type=int, help="budget in optimizer steps")
@@ -269,14 +300,14 @@ def cmd_pretrain(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         check_resume_settings(run_dir, {**data_over, **budget, **overrides})
     if args.input is None and args.data is None:
         raise UserError("--init-from needs data: pass --input PATHS or --data PREPARED_DIR")
-    data_dir = Path(args.data) if args.data else run_dir / "data"
+    data_dir = run_dir / "data"
     overwrite = args.overwrite
     if args.input is not None and not (args.resume and (data_dir / "meta.json").is_file()):
         _prepare_into_run(args, cfg, run_dir, data_dir)
         overwrite = False  # done by _prepare_into_run, before the new data was prepared into the run folder
     summary = pretrain(
         cfg,
-        data_dir,
+        args.data or data_dir,
         run_dir,
         resume=args.resume,
         overwrite=overwrite,

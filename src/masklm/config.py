@@ -117,9 +117,19 @@ class DataConfig:
     max_val_sequences: int = setting(2000, "cap on validation sequences")
     shard_sequences: int = setting(1 << 16, "sequences per shard file")
     max_documents: int | None = setting(None, "stop after this many documents (None = all)")
-    where: str | None = setting(None, '.csv/.jsonl: keep only rows where COLUMN=VALUE (e.g. "source=imdb")')
+    where: str | None = setting(
+        None, '.csv/.jsonl/.parquet/.arrow: keep only rows where COLUMN=VALUE (e.g. "source=imdb")'
+    )
     workers: int = setting(
         0, "processes that tokenize in parallel (0 = one per CPU core, at most 8; 1 = no extra process)"
+    )
+    tokenizer_sample_bytes: int = setting(
+        200_000_000,
+        "train a new tokenizer on at most this many characters of text, shared among the input files by size "
+        "(the whole corpus when it is smaller)",
+    )
+    dedup: bool = setting(
+        False, "keep only the first of documents that are equal once whitespace is normalised"
     )
 
 

@@ -11,18 +11,14 @@ docs/prepare.md for the layout and meta.json fields.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import gzip
 import hashlib
 import io
 import json
 import os
-import re
 import secrets
 import shutil
 import sys
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,6 +32,7 @@ from tqdm import tqdm
 from masklm import __version__
 from masklm.config import DataConfig
 from masklm.data.encode import default_workers, encode_batches
+from masklm.data.readers import Corpus, InputFile, find_input_files
 from masklm.data.tokenizer import (
     SpecialIds,
     is_lowercase,
@@ -49,266 +46,16 @@ from masklm.errors import UserError
 
 FORMAT = "masklm-packed"
 FORMAT_VERSION = 1
-EXTENSIONS = {".txt": "txt", ".jsonl": "jsonl", ".csv": "csv"}  # each may also end in .gz
 BATCH_DOCUMENTS = 1000  # documents per encode_batch call ...
 BATCH_CHARS = 4_000_000  # ... or fewer, when they hold this many characters
 SPLITS = ("train", "val")
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # one CSV cell may hold a whole book
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Finding and reading the input files
 
 
-@dataclass(frozen=True)
-class InputFile:
-    path: Path
-    kind: str  # "txt", "jsonl" or "csv"
-    gz: bool
-
-
-def _kind(path: Path) -> tuple[str | None, bool]:
-    """("txt" | "jsonl" | "csv" | None, gzipped) from the file name."""
-    name = path.name.lower()
-    gz = name.endswith(".gz")
-    base = name[:-3] if gz else name
-    return EXTENSIONS.get(os.path.splitext(base)[1]), gz
-
-
-def _walk(folder: Path) -> Iterator[Path]:
-    """Files under `folder`, recursively, in sorted order, skipping hidden files and folders."""
-    for root, dirs, names in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(names):
-            path = Path(root) / name
-            if not name.startswith(".") and path.is_file():
-                yield path
-
-
-def find_input_files(inputs: Sequence[str | Path]) -> list[InputFile]:
-    """Expand files and folders into the list of files to read (folders keep only known extensions)."""
-    if not inputs:
-        raise UserError("no inputs given; pass one or more text files or folders")
-    files: list[InputFile] = []
-    seen: set[Path] = set()
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            candidates = [(p, *_kind(p)) for p in _walk(path)]
-            found = [(p, kind, gz) for p, kind, gz in candidates if kind is not None]
-        elif path.is_file():
-            kind, gz = _kind(path)
-            found = [(path, kind or "txt", gz)]  # a file named explicitly is read as text whatever its name
-        else:
-            raise UserError(f"input {path} does not exist; check the path")
-        for p, kind, gz in found:
-            if p.resolve() not in seen:
-                seen.add(p.resolve())
-                files.append(InputFile(p, kind, gz))
-    if not files:
-        names = ", ".join(str(i) for i in inputs)
-        raise UserError(
-            f"no readable input files in {names}; expected .txt, .jsonl or .csv files (optionally .gz)"
-        )
-    return files
-
-
-class _CountingReader(io.RawIOBase):
-    """A raw binary stream that counts and hashes (sha256) the bytes read through it."""
-
-    def __init__(self, raw: io.RawIOBase) -> None:
-        self._raw = raw
-        self.bytes_read = 0
-        self.sha256 = hashlib.sha256()
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        n = self._raw.readinto(buffer) or 0
-        if n:
-            self.sha256.update(memoryview(buffer)[:n])
-            self.bytes_read += n
-        return n
-
-    def drain(self) -> None:
-        """Read (and hash) whatever is left, so `sha256` covers the whole file."""
-        while chunk := self._raw.read(1 << 20):
-            self.sha256.update(chunk)
-            self.bytes_read += len(chunk)
-
-    def close(self) -> None:
-        self._raw.close()
-        super().close()
-
-
-def _lines(text: io.TextIOBase, path: Path) -> Iterator[str]:
-    """Lines of a text stream, refusing binary content (NUL bytes)."""
-    for line in text:
-        if "\x00" in line:
-            raise _binary(path)
-        yield line
-
-
-def _binary(path: Path) -> UserError:
-    return UserError(
-        f"{path} is not UTF-8 text (binary file?); convert it to UTF-8 or leave it out of the inputs"
-    )
-
-
-def _txt_documents(text: io.TextIOBase, path: Path, cfg: DataConfig) -> Iterator[str]:
-    if cfg.one_doc_per_line:
-        for line in _lines(text, path):
-            if line.strip():
-                yield line.rstrip("\n")
-        return
-    document = text.read()
-    if "\x00" in document:
-        raise _binary(path)
-    yield document
-
-
-def _clean(value: str) -> str:
-    """Replace lone surrogates (possible in JSON escapes like "\\ud800") with U+FFFD so the text is valid UTF-8."""
-    return value if value.isascii() else _SURROGATE.sub("\ufffd", value)
-
-
-def _jsonl_documents(text: io.TextIOBase, path: Path, cfg: DataConfig) -> Iterator[str]:
-    field = cfg.text_field
-    where = parse_where(cfg.where)
-    for lineno, line in enumerate(_lines(text, path), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(
-                f"{path}:{lineno}: invalid JSON ({e.msg}); each line of a .jsonl file must be one JSON object"
-            ) from None
-        if not isinstance(record, dict):
-            raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-        if where is not None:
-            if where[0] not in record:
-                raise UserError(f"{path}:{lineno}: no field {where[0]!r} for --data.where; fix the filter")
-            if str(record[where[0]]) != where[1]:
-                continue
-        if field not in record:
-            fields = ", ".join(list(record)[:20]) or "none"
-            raise UserError(
-                f"{path}:{lineno}: no field {field!r} (fields: {fields}); set --data.text_field to the text field"
-            )
-        value = record[field]
-        if value is None:
-            value = ""
-        if not isinstance(value, str):
-            raise UserError(
-                f"{path}:{lineno}: field {field!r} holds {type(value).__name__}, not text; "
-                "set --data.text_field to a text field"
-            )
-        yield _clean(value)
-
-
-def _csv_documents(text: io.TextIOBase, path: Path, cfg: DataConfig) -> Iterator[str]:
-    reader = csv.reader(_lines(text, path))
-    try:
-        header = next(reader, None)
-        if header is None:
-            return  # an empty file holds no documents
-        if cfg.text_field not in header:
-            columns = ", ".join(header[:20]) or "none"
-            raise UserError(
-                f"{path}: no column {cfg.text_field!r} (columns: {columns}); set --data.text_field to the text column"
-            )
-        column = header.index(cfg.text_field)
-        where = parse_where(cfg.where)
-        if where is not None and where[0] not in header:
-            raise UserError(
-                f"{path}: no column {where[0]!r} for --data.where (columns: {', '.join(header[:20])})"
-            )
-        keep_col = header.index(where[0]) if where is not None else -1
-        for row in reader:
-            if not row or (where is not None and (row[keep_col] if keep_col < len(row) else "") != where[1]):
-                continue
-            yield row[column] if column < len(row) else ""
-    except csv.Error as e:
-        raise UserError(f"{path}:{reader.line_num}: malformed CSV ({e}); fix the file") from None
-
-
-def parse_where(where: str | None) -> tuple[str, str] | None:
-    """ "source=imdb" → ("source", "imdb"): keep only .csv / .jsonl rows whose column holds that value."""
-    if where is None:
-        return None
-    column, sep, value = where.partition("=")
-    if not sep or not column.strip():
-        raise UserError(f"data.where must look like COLUMN=VALUE (e.g. source=imdb), not {where!r}")
-    return column.strip(), value
-
-
-_READERS: dict[str, Callable[[io.TextIOBase, Path, DataConfig], Iterator[str]]] = {
-    "txt": _txt_documents,
-    "jsonl": _jsonl_documents,
-    "csv": _csv_documents,
-}
-
-
-class _Corpus:
-    """The documents of all input files, streamed; tracks bytes read and each file's size and sha256."""
-
-    def __init__(self, files: list[InputFile], cfg: DataConfig) -> None:
-        self.files = files
-        self.cfg = cfg
-        self.total_bytes = sum(f.path.stat().st_size for f in files)
-        self.documents = 0
-        self.sources: list[dict[str, Any]] = []
-        self._bytes_before = 0  # bytes of the files already finished
-        self._current: _CountingReader | None = None
-
-    @property
-    def bytes_read(self) -> int:
-        return self._bytes_before + (self._current.bytes_read if self._current else 0)
-
-    def __iter__(self) -> Iterator[str]:
-        for f in self.files:
-            try:
-                with open(f.path, "rb", buffering=0) as raw:
-                    self._current = _CountingReader(raw)
-                    with self._text_stream(f, self._current) as text:
-                        if not self._done():
-                            yield from self._read(f, text)
-                        self._current.drain()  # the sha256 covers the whole file even when we stop early
-            except UnicodeDecodeError:
-                raise _binary(f.path) from None
-            except (OSError, EOFError, zlib.error) as e:
-                raise UserError(
-                    f"cannot read {f.path} ({e}); fix the file or leave it out of the inputs"
-                ) from None
-            size, digest = self._current.bytes_read, self._current.sha256.hexdigest()
-            self.sources.append({"path": str(f.path), "bytes": size, "sha256": digest})
-            self._bytes_before += size
-            self._current = None
-
-    def _done(self) -> bool:
-        return self.cfg.max_documents is not None and self.documents >= self.cfg.max_documents
-
-    def _read(self, f: InputFile, text: io.TextIOBase) -> Iterator[str]:
-        for document in _READERS[f.kind](text, f.path, self.cfg):
-            if self._done():
-                return
-            self.documents += 1
-            yield document
-
-    @staticmethod
-    def _text_stream(f: InputFile, raw: _CountingReader) -> io.TextIOWrapper:
-        binary: io.BufferedIOBase = io.BufferedReader(raw, 1 << 20)
-        if f.gz:
-            binary = gzip.GzipFile(fileobj=binary, mode="rb")
-        newline = "" if f.kind == "csv" else None  # the csv module handles line ends itself
-        return io.TextIOWrapper(binary, encoding="utf-8-sig", newline=newline)
-
-
-def _progress_bar(corpus: _Corpus, desc: str, enabled: bool) -> tqdm:
+def _progress_bar(corpus: Corpus, desc: str, enabled: bool) -> tqdm:
     return tqdm(
         total=corpus.total_bytes,
         desc=desc,
@@ -321,7 +68,7 @@ def _progress_bar(corpus: _Corpus, desc: str, enabled: bool) -> tqdm:
     )
 
 
-def _update(bar: tqdm, corpus: _Corpus) -> None:
+def _update(bar: tqdm, corpus: Corpus) -> None:
     bar.set_postfix(documents=corpus.documents, refresh=False)
     bar.update(corpus.bytes_read - bar.n)
 
@@ -355,7 +102,7 @@ def _get_tokenizer(
         tok.no_padding()
         tok.no_truncation()
         return tok
-    documents = _Passes(files, cfg, progress)
+    documents = _Passes(files, cfg, progress, sample_limits(files, cfg.tokenizer_sample_bytes))
     tok = train_tokenizer(documents, vocab_size=cfg.vocab_size, lowercase=cfg.lowercase)
     if not documents.has_text:
         raise UserError(_empty_corpus_message(files))
@@ -365,19 +112,34 @@ def _get_tokenizer(
 class _Passes:
     """The corpus as a re-iterable: each `iter()` is a fresh pass over the files, with its own progress bar."""
 
-    def __init__(self, files: list[InputFile], cfg: DataConfig, progress: bool) -> None:
-        self.files, self.cfg, self.progress = files, cfg, progress
+    def __init__(
+        self, files: list[InputFile], cfg: DataConfig, progress: bool, limits: list[int] | None = None
+    ) -> None:
+        self.files, self.cfg, self.progress, self.limits = files, cfg, progress, limits
         self.has_text = False
         self.passes = 0
 
     def __iter__(self) -> Iterator[str]:
         self.passes += 1
-        corpus = _Corpus(self.files, self.cfg)
+        corpus = Corpus(self.files, self.cfg, self.limits, hash_files=self.limits is None)
         with _progress_bar(corpus, f"tokenizer pass {self.passes}", self.progress) as bar:
             for batch in _batches(corpus):
                 self.has_text = self.has_text or any(d and not d.isspace() for d in batch)
                 yield from batch
                 _update(bar, corpus)
+
+
+def sample_limits(files: list[InputFile], sample_bytes: int) -> list[int] | None:
+    """Characters of text to take from each file for tokenizer training: `sample_bytes` shared among the files in
+    proportion to their size on disk (at least one character each), or None (everything) when the corpus is no
+    larger than that. Each file's share is taken from its start, so the sample costs what it holds to read."""
+    if sample_bytes < 1:
+        raise UserError(f"data.tokenizer_sample_bytes must be at least 1, not {sample_bytes}")
+    sizes = [f.path.stat().st_size for f in files]
+    total = sum(sizes)
+    if total <= sample_bytes:
+        return None
+    return [max(1, sample_bytes * size // total) for size in sizes]
 
 
 def _empty_corpus_message(files: list[InputFile]) -> str:
@@ -586,6 +348,50 @@ def _publish(staging: Path, output: Path) -> None:
 # The command
 
 
+@dataclass(frozen=True)
+class Part:
+    """Part `index` of `count`: which share of the corpus one of several independent `prepare` jobs handles."""
+
+    index: int = 0
+    count: int = 1
+
+    def folder(self, output: Path) -> Path:
+        """Where this part goes: OUTPUT itself for a whole corpus, else OUTPUT/part-IIIII-of-NNNNN."""
+        return output if self.count == 1 else output / f"part-{self.index:05d}-of-{self.count:05d}"
+
+    def files(self, files: list[InputFile]) -> tuple[list[InputFile], int]:
+        """(the files this part reads, `every`): every `count`-th file from the `index`-th when there are at least
+        as many files as parts (every = 1: all their documents); else all files and every = count, meaning every
+        `count`-th document from the `index`-th."""
+        if len(files) >= self.count:
+            return files[self.index :: self.count], 1
+        return files, self.count
+
+
+class _Selection:
+    """The documents a part keeps: every `every`-th of the stream (from the part's index), and with dedup only
+    the first of those equal once whitespace is normalised (a 128-bit blake2b of the words joined by spaces)."""
+
+    def __init__(self, every: int, index: int, dedup: bool) -> None:
+        self.every, self.index, self.dedup = every, index if every > 1 else 0, dedup
+        self.taken = 0  # documents of this part, duplicates included
+        self.dropped = 0
+        self._seen: set[bytes] = set()
+
+    def __call__(self, documents: Iterable[str]) -> Iterator[str]:
+        for i, document in enumerate(documents):
+            if i % self.every != self.index:
+                continue
+            self.taken += 1
+            if self.dedup:
+                key = hashlib.blake2b(" ".join(document.split()).encode("utf-8"), digest_size=16).digest()
+                if key in self._seen:
+                    self.dropped += 1
+                    continue
+                self._seen.add(key)
+            yield document
+
+
 def prepare(
     inputs: Sequence[str | Path],
     output: str | Path,
@@ -595,11 +401,17 @@ def prepare(
     tokenizer: Tokenizer | None = None,
     seed: int = 0,
     progress: bool = True,
+    part: Part | None = None,
 ) -> dict[str, Any]:
-    """Tokenize and pack `inputs` (files or folders) into `output`; return the meta.json contents."""
+    """Tokenize and pack `inputs` (files or folders) into `output`; return the meta.json contents.
+
+    With `part` (one of several jobs preparing one corpus together), the part's share goes to
+    OUTPUT/part-IIIII-of-NNNNN; all parts need the same tokenizer, so one must be given."""
     _check_config(cfg)
-    output = Path(output)
-    files = find_input_files(inputs)
+    part = part or Part()
+    _check_part(part, cfg, tokenizer)
+    output = part.folder(Path(output))
+    files, every = part.files(find_input_files(inputs))
     _check_output(output, inputs, overwrite)
     tok = _get_tokenizer(files, cfg, tokenizer, progress)
     special = special_ids(tok)
@@ -608,12 +420,36 @@ def prepare(
     staging = _sibling(output, "tmp")
     staging.mkdir()
     try:
-        meta = _pack(files, staging, tok, special, cfg, seed, progress)
+        selection = _Selection(every, part.index, cfg.dedup)
+        meta = _pack(files, staging, tok, special, cfg, seed, progress, selection)
+        if part.count > 1:
+            meta["part"] = {
+                "index": part.index,
+                "count": part.count,
+                "by": "files" if every == 1 else "documents",
+            }
+        _save_meta(staging, meta)
         _publish(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return meta
+
+
+def _check_part(part: Part, cfg: DataConfig, tokenizer: Tokenizer | None) -> None:
+    if part.count < 1 or not 0 <= part.index < part.count:
+        raise UserError(
+            f"--shard-index must be in [0, --num-shards) and --num-shards at least 1, not {part.index} of {part.count}"
+        )
+    if part.count > 1 and not cfg.tokenizer and tokenizer is None:
+        raise UserError(
+            "--num-shards needs --tokenizer FILE, one tokenizer for all parts: train it once first (see "
+            "docs/corpora.md), then run every part with it"
+        )
+
+
+def _save_meta(root: Path, meta: dict[str, Any]) -> None:
+    _save(root / "meta.json", lambda f: f.write((json.dumps(meta, indent=2) + "\n").encode("utf-8")))
 
 
 def _pack(
@@ -624,8 +460,10 @@ def _pack(
     cfg: DataConfig,
     seed: int,
     progress: bool,
+    selection: _Selection,
 ) -> dict[str, Any]:
-    """Tokenize every document, route it to train or val, pack both splits and write meta.json into `root`."""
+    """Tokenize the selected documents, route each to train or val, pack both splits into `root`; return the
+    meta.json contents (written by the caller)."""
     n_vocab = vocab_size(tok)
     dtype = np.dtype(np.uint16 if n_vocab <= 1 << 16 else np.uint32)
 
@@ -639,10 +477,10 @@ def _pack(
     val_capacity = cfg.max_val_sequences * (cfg.seq_len - 2)  # stream tokens that fit in the cap
     skipped = 0
 
-    corpus = _Corpus(files, cfg)
+    corpus = Corpus(files, cfg)
     workers = cfg.workers or default_workers()
     with _progress_bar(corpus, "tokenizing", progress) as bar:
-        for batch, encoded in encode_batches(_batches(corpus), tok, dtype, workers):
+        for batch, encoded in encode_batches(_batches(selection(corpus)), tok, dtype, workers):
             for text, (ids, starts) in zip(batch, encoded):
                 if not len(ids):
                     skipped += 1
@@ -666,12 +504,31 @@ def _pack(
         packer.writer.close()
 
     _save(root / "tokenizer.json", lambda f: f.write(tok.to_str(pretty=True).encode("utf-8")))
-    meta = {
+    counts = {
+        "documents": selection.taken,
+        "skipped_documents": skipped,
+        "duplicates_dropped": selection.dropped,
+    }
+    return _meta(tok, special, dtype, packers, cfg, seed, counts, corpus.sources)
+
+
+def _meta(
+    tok: Tokenizer,
+    special: SpecialIds,
+    dtype: np.dtype,
+    packers: dict[str, _Packer],
+    cfg: DataConfig,
+    seed: int,
+    counts: dict[str, int],
+    sources: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """meta.json: the format, the tokenizer, each split's shards and counts, and where the text came from."""
+    return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "seq_len": cfg.seq_len,
         "dtype": dtype.name,
-        "vocab_size": n_vocab,
+        "vocab_size": vocab_size(tok),
         "tokenizer": "tokenizer.json",
         "tokenizer_hash": tokenizer_hash(tok),
         "lowercase": is_lowercase(tok),
@@ -686,13 +543,10 @@ def _pack(
             }
             for split, p in packers.items()
         },
-        "documents": corpus.documents,
-        "skipped_documents": skipped,
+        **counts,
         "seed": seed,
         "data_config": dataclasses.asdict(cfg),
-        "sources": corpus.sources,
+        "sources": sources,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "masklm_version": __version__,
     }
-    _save(root / "meta.json", lambda f: f.write((json.dumps(meta, indent=2) + "\n").encode("utf-8")))
-    return meta

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -22,51 +22,63 @@ from masklm.errors import UserError
 
 
 class PackedDataset:
-    """One split of a folder written by `masklm prepare`: rows of `seq_len` token ids plus word-start flags."""
+    """One split of a folder written by `masklm prepare`: rows of `seq_len` token ids plus word-start flags.
 
-    def __init__(self, data_dir: str | Path, split: str = "train") -> None:
-        self.data_dir = Path(data_dir)
+    `data_dir` may also be a folder of parts (OUTPUT/part-IIIII-of-NNNNN from `prepare --num-shards`), or a list
+    of such folders: their rows are read as one dataset, in order. Shards are memory-mapped only when a row of
+    theirs is first read, so opening a corpus of a thousand shards costs no more than opening one.
+    """
+
+    def __init__(self, data_dir: str | Path | Sequence[str | Path], split: str = "train") -> None:
+        dirs = [Path(data_dir)] if isinstance(data_dir, str | Path) else [Path(d) for d in data_dir]
+        self.data_dir = dirs[0]
         self.split = split
-        self.meta: dict[str, Any] = _read_meta(self.data_dir)
-        splits = self.meta["splits"]
-        if split not in splits:
-            raise UserError(f"{self.data_dir} has no split {split!r} (it has {', '.join(splits)})")
+        self.meta: dict[str, Any] = merged_meta([part for d in dirs for part in find_parts(d)], split)
+        self.tokenizer_path: Path = self.meta["tokenizer_path"]
         self.seq_len: int = int(self.meta["seq_len"])
-        self._open_shards()
+        self._index_shards()
 
-    def _open_shards(self) -> None:
-        """Memory-map every shard of the split and note where each starts in the global numbering."""
-        self._ids: list[np.ndarray] = []
-        self._starts: list[np.ndarray] = []
-        for shard in self.meta["splits"][self.split]["shards"]:
-            ids = self._open(shard["ids"])
-            starts = self._open(shard["word_starts"])
-            rows = int(shard["sequences"])
-            if ids.shape != (rows, self.seq_len) or starts.shape != (rows, (self.seq_len + 7) // 8):
-                raise UserError(
-                    f"{self.data_dir / shard['ids']} does not match meta.json; run masklm prepare again"
-                )
-            self._ids.append(ids)
-            self._starts.append(starts)
-        sizes = [len(a) for a in self._ids]
+    def _index_shards(self) -> None:
+        """Note each shard's files and where it starts in the global numbering; open none of them yet."""
+        self._shards: list[tuple[Path, Path, int]] = [
+            (Path(s["ids"]), Path(s["word_starts"]), int(s["sequences"]))
+            for s in self.meta["splits"][self.split]["shards"]
+        ]
+        for paths in self._shards:  # a stat per file: a missing shard is an error now, not mid-training
+            for path in paths[:2]:
+                if not path.is_file():
+                    raise UserError(f"cannot read {path} (missing); run masklm prepare again")
+        self._ids: list[np.ndarray | None] = [None] * len(self._shards)
+        self._starts: list[np.ndarray | None] = [None] * len(self._shards)
+        sizes = [rows for _, _, rows in self._shards]
         self._offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])  # shard s: [off[s], off[s+1])
+
+    @property
+    def opened_shards(self) -> int:
+        """How many shards are memory-mapped so far."""
+        return sum(a is not None for a in self._ids)
+
+    def _shard(self, s: int) -> tuple[np.ndarray, np.ndarray]:
+        """Shard `s`'s (ids, packed word starts), memory-mapped on first use and checked against meta.json."""
+        ids, starts = self._ids[s], self._starts[s]
+        if ids is None or starts is None:
+            ids_path, starts_path, rows = self._shards[s]
+            ids, starts = _open(ids_path), _open(starts_path)
+            if ids.shape != (rows, self.seq_len) or starts.shape != (rows, (self.seq_len + 7) // 8):
+                raise UserError(f"{ids_path} does not match meta.json; run masklm prepare again")
+            self._ids[s], self._starts[s] = ids, starts
+        return ids, starts
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle (e.g. for DataLoader workers) without the mapped arrays, which would be copied in full."""
         state = self.__dict__.copy()
-        del state["_ids"], state["_starts"]
+        for derived in ("_ids", "_starts", "_shards", "_offsets"):  # rebuilt from meta by _index_shards
+            del state[derived]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._open_shards()
-
-    def _open(self, name: str) -> np.ndarray:
-        path = self.data_dir / name
-        try:
-            return np.load(path, mmap_mode="r")
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot read {path} ({type(e).__name__}); run masklm prepare again") from None
+        self._index_shards()
 
     def __len__(self) -> int:
         return int(self._offsets[-1])
@@ -86,10 +98,22 @@ class PackedDataset:
         for shard in np.unique(shard_of):
             here = shard_of == shard
             rows = indices[here] - self._offsets[shard]
-            ids[here] = self._ids[shard][rows]
-            packed[here] = self._starts[shard][rows]
+            shard_ids, shard_starts = self._shard(int(shard))
+            ids[here] = shard_ids[rows]
+            packed[here] = shard_starts[rows]
         starts = np.unpackbits(packed, axis=1, count=self.seq_len).astype(bool)
         return torch.from_numpy(ids), torch.from_numpy(starts)
+
+    def draw(self, positions: np.ndarray, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows at global stream `positions` (see `batch_indices`): epoch after epoch of shuffled rows."""
+        return self.get(stream_rows(positions, len(self), seed))
+
+
+def _open(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path} ({type(e).__name__}); run masklm prepare again") from None
 
 
 def _read_meta(data_dir: Path) -> dict[str, Any]:
@@ -103,6 +127,54 @@ def _read_meta(data_dir: Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != "masklm-packed" or "splits" not in meta:
         raise UserError(f"{hint} (meta.json is not masklm's)")
     return meta
+
+
+def find_parts(data_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """[(folder, meta)]: the prepared folder itself, or the parts in it (part-IIIII-of-NNNNN), all present."""
+    if (data_dir / "meta.json").is_file() or not data_dir.is_dir():
+        return [(data_dir, _read_meta(data_dir))]
+    folders = sorted(p for p in data_dir.glob("part-*-of-*") if (p / "meta.json").is_file())
+    if not folders:
+        return [(data_dir, _read_meta(data_dir))]  # the usual "not a prepared data folder" error
+    parts = [(folder, _read_meta(folder)) for folder in folders]
+    counts = {int(meta.get("part", {}).get("count", 1)) for _, meta in parts}
+    have = sorted(int(meta.get("part", {}).get("index", 0)) for _, meta in parts)
+    if len(counts) != 1 or have != list(range(counts.pop())):
+        names = ", ".join(folder.name for folder, _ in parts)
+        raise UserError(
+            f"{data_dir} holds the parts {names}, not all parts of one corpus; run the missing masklm prepare "
+            "--shard-index jobs (or remove stray parts)"
+        )
+    return parts
+
+
+def merged_meta(parts: list[tuple[Path, dict[str, Any]]], split: str) -> dict[str, Any]:
+    """The first part's meta.json, with `split`'s shards of every part (absolute paths) and their counts summed;
+    UserError when the parts differ in tokenizer or sequence length, or one lacks the split."""
+    first_dir, first = parts[0]
+    for folder, meta in parts:
+        if split not in meta["splits"]:
+            raise UserError(f"{folder} has no split {split!r} (it has {', '.join(meta['splits'])})")
+        for key, what in (("tokenizer_hash", "tokenizer"), ("seq_len", "sequence length")):
+            if meta.get(key) != first.get(key):
+                raise UserError(
+                    f"{folder} and {first_dir} were prepared with a different {what}; data read together must "
+                    "share one tokenizer and seq_len (prepare them with the same --tokenizer and --seq-len)"
+                )
+    shards = [
+        {**s, "ids": folder / s["ids"], "word_starts": folder / s["word_starts"]}
+        for folder, meta in parts
+        for s in meta["splits"][split]["shards"]
+    ]
+    totals = {
+        key: sum(int(meta["splits"][split].get(key, 0)) for _, meta in parts)
+        for key in ("sequences", "tokens", "documents")
+    }
+    return {
+        **first,
+        "splits": {split: {**totals, "shards": shards}},
+        "tokenizer_path": first_dir / first.get("tokenizer", "tokenizer.json"),
+    }
 
 
 @lru_cache(maxsize=4)
@@ -128,9 +200,14 @@ def batch_indices(
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
     start = (step * world_size + rank) * batch_size
-    positions = np.arange(start, start + batch_size, dtype=np.int64)
+    return stream_rows(np.arange(start, start + batch_size, dtype=np.int64), num_sequences, seed)
+
+
+def stream_rows(positions: np.ndarray, num_sequences: int, seed: int) -> np.ndarray:
+    """The row at each global stream position: epoch e's permutation (seed, e) of range(num_sequences), e = 0, 1..."""
+    positions = np.asarray(positions, dtype=np.int64)
     epochs, offsets = np.divmod(positions, num_sequences)
-    out = np.empty(batch_size, dtype=np.int64)
+    out = np.empty(len(positions), dtype=np.int64)
     for epoch in np.unique(epochs):  # usually one epoch, two when the batch crosses an epoch boundary
         here = epochs == epoch
         out[here] = _permutation(seed, int(epoch), num_sequences)[offsets[here]]

@@ -215,6 +215,7 @@ class Trainer:
         evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
         on_eval: Callable[[dict[str, float], int], None] | None = None,
         extra_state: dict[str, Any] | None = None,
+        log_extra: Callable[[int], dict[str, Any]] | None = None,
     ) -> None:
         self.model, self.optimizer, self.cfg, self.device = model, optimizer, cfg, device
         self.precision = resolve_precision(cfg.precision, device)
@@ -224,6 +225,7 @@ class Trainer:
         self.no_sync = dist.no_sync(model) if no_sync is None else no_sync
         self._evaluate, self._on_eval = evaluate, on_eval
         self.extra_state = extra_state or {}
+        self.log_extra = log_extra
         self.result = FitResult()
         self.window = _LogWindow(torch.zeros((), device=device))
         self.metrics = MetricsLogger(self.run_dir, [])
@@ -378,6 +380,7 @@ class Trainer:
             "grad_norm": float(outcome.grad_norm),
             "tokens_per_s": tokens_per_s,
             "elapsed_s": res.elapsed_s,
+            **(self.log_extra(res.step) if self.log_extra is not None else {}),
         }
         self._record(record)
         w.loss_sum.zero_()
@@ -439,6 +442,7 @@ def fit(
     no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
     loss_items: Callable[[Batch], int | tuple[int, ...]] | None = None,
     extra_state: dict[str, Any] | None = None,
+    log_extra: Callable[[int], dict[str, Any]] | None = None,
 ) -> FitResult:
     """Train `model` until the budget is spent (or a stop signal); returns where it ended.
 
@@ -455,12 +459,13 @@ def fit(
     returns a 1-D tensor, e.g. ELECTRA's generator and discriminator losses, means over masked and over real
     tokens) pairs with loss_items returning one count per part: each part is weighted by its own share and the
     step's loss is their sum.
-    extra_state is saved with every checkpoint's trainer state (e.g. the global batch).
+    extra_state is saved with every checkpoint's trainer state (e.g. the global batch). log_extra(step), when
+    given, adds its fields to every "train" record (e.g. the tokens each data source supplied so far).
     """
     trainer = Trainer(
         model, optimizer, cfg, device, run_dir=run_dir, tokens_per_step=tokens_per_step, loss_fn=loss_fn,
         loss_items=loss_items, reduce=reduce, no_sync=no_sync, evaluate=evaluate, on_eval=on_eval,
-        extra_state=extra_state,
+        extra_state=extra_state, log_extra=log_extra,
     )  # fmt: skip
     trainer.start(resume_from)
     res = trainer.result

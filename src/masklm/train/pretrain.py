@@ -9,6 +9,7 @@ The run folder:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ from torch import nn
 from masklm import dist
 from masklm.config import Config
 from masklm.data.masking import mask_seed, mask_tokens
-from masklm.data.shards import PackedDataset, batch_indices
+from masklm.data.mixture import Mixture, Source, parse_source, source_weights
+from masklm.data.shards import PackedDataset, find_parts
 from masklm.data.tokenizer import load_tokenizer, special_ids, tokenizer_hash
 from masklm.errors import UserError
 from masklm.model.base import read_config_json
@@ -37,6 +39,7 @@ from masklm.utils import log
 class MaskedBatches:
     """micro_step → {"input_ids", "labels"[, "attention_mask"]}: this process's share of that micro-step.
 
+    `dataset` is one corpus or a Mixture of several: either draws the rows at given stream positions.
     The sequence at position p of the global stream (see `batch_indices`) is always masked with the generator
     seeded by mask_seed(seed, p). Which sequences a step trains on and how each one is masked therefore depend
     only on the step and the global batch, not on how it is split into processes × micro-batch × accumulation.
@@ -48,7 +51,7 @@ class MaskedBatches:
 
     def __init__(
         self,
-        dataset: PackedDataset,
+        dataset: PackedDataset | Mixture,
         cfg: Config,
         specials: list[int],
         mask_id: int,
@@ -100,9 +103,8 @@ class MaskedBatches:
 
     def __call__(self, micro_step: int) -> dict[str, torch.Tensor]:
         t = self.cfg.train
-        idx = batch_indices(micro_step, t.batch_size, len(self.dataset), t.seed, self.rank, self.world_size)
-        ids, ws = self.dataset.get(idx)
         first = (micro_step * self.world_size + self.rank) * t.batch_size  # stream position of row 0
+        ids, ws = self.dataset.draw(np.arange(first, first + t.batch_size, dtype=np.int64), t.seed)
         return self.masked(ids, ws, [mask_seed(t.seed, p) for p in range(first, first + t.batch_size)])
 
 
@@ -146,23 +148,80 @@ def compute_budget(cfg: Config, n_train: int, tokens_per_step: int, steps_per_ep
     return Budget(steps=steps, minutes=t.max_minutes)
 
 
-def load_splits(data_dir: Path) -> tuple[PackedDataset, PackedDataset | None]:
-    """The prepared train split and the validation split (None when there is none or it is empty)."""
-    train_ds = PackedDataset(data_dir, "train")
-    if len(train_ds) == 0:
-        raise UserError(f"{data_dir} holds no training sequences; add more text and run masklm prepare again")
-    val_ds = PackedDataset(data_dir, "val") if (data_dir / "val").exists() else None
+DataArg = str | Path | Source | list[str | Path | Source]
+
+
+def data_sources(data: DataArg) -> list[Source]:
+    """The --data arguments as Sources: one folder (or folder of parts), or several DIR[:WEIGHT] for a mixture."""
+    items = data if isinstance(data, list) else [data]
+    return [item if isinstance(item, Source) else parse_source(str(item)) for item in items]
+
+
+def load_splits(data: DataArg) -> tuple[PackedDataset | Mixture, PackedDataset | None]:
+    """The prepared train split (several sources: a Mixture) and the validation split (None when there is none
+    or it is empty; for a mixture, the sources' validation splits one after another)."""
+    sources = data_sources(data)
+    paths = [s.path for s in sources]
+    checked = PackedDataset(paths, "train")  # one tokenizer and seq_len for all sources and parts
+    if len(sources) == 1:
+        train_ds: PackedDataset | Mixture = checked
+        if sources[0].weight is not None:
+            log(f"note: a single --data source is used alone; its weight {sources[0].weight} does not matter")
+    else:
+        parts = [PackedDataset(p, "train") for p in paths]
+        names = [s.name for s in sources]
+        if len(set(names)) < len(names):
+            names = [str(p) for p in paths]
+        train_ds = Mixture(parts, source_weights(sources, [len(d) for d in parts]), names)
+    if any(len(d) == 0 for d in getattr(train_ds, "datasets", [train_ds])):
+        raise UserError(
+            f"{' '.join(map(str, paths))} holds no training sequences; add more text and run masklm prepare again"
+        )
+    has_val = all((folder / "val").exists() for p in paths for folder, _ in find_parts(p))
+    val_ds = PackedDataset(paths, "val") if has_val else None
     return train_ds, (val_ds if val_ds is not None and len(val_ds) > 0 else None)
 
 
-def load_data_tokenizer(data_dir: Path, run: Run) -> Tokenizer:
+def source_tokens(
+    data: PackedDataset | Mixture, seed: int, global_batch: int, seq_len: int
+) -> Callable[[int], dict[str, Any]] | None:
+    """For a mixture, step → {"tokens_by_source": {source: tokens trained on so far}} (positions x seq_len, as
+    the run's `tokens` counts them); None for a single source."""
+    if not isinstance(data, Mixture):
+        return None
+
+    def tokens(step: int) -> dict[str, Any]:
+        counts = data.sequences_by_source(step * global_batch, seed)
+        return {"tokens_by_source": {name: n * seq_len for name, n in counts.items()}}
+
+    return tokens
+
+
+def mixture_state(data: PackedDataset | Mixture, resume_from: Path | None) -> dict[str, Any]:
+    """What a checkpoint records of a mixture (each source's name and positions per block), checked on resume:
+    the same stream needs the same sources and weights. {} for a single source."""
+    state = (
+        {"mixture": [[n, int(c)] for n, c in zip(data.names, data.counts)]}
+        if isinstance(data, Mixture)
+        else {}
+    )
+    saved = ckpt.read_trainer_state(resume_from).get("mixture") if resume_from else None
+    if resume_from is not None and saved != state.get("mixture"):
+        raise UserError(
+            f"--resume: the run was trained on other --data sources or weights ({saved or 'one source'}); "
+            "pass the --data it was started with"
+        )
+    return state
+
+
+def load_data_tokenizer(tokenizer_path: Path, run: Run) -> Tokenizer:
     """The data's tokenizer; a resumed run refuses data prepared with another one than it was trained with."""
-    tokenizer = load_tokenizer(data_dir / "tokenizer.json")
+    tokenizer = load_tokenizer(tokenizer_path)
     saved = run.run_dir / "tokenizer.json"
     if run.resume and saved.is_file() and tokenizer_hash(load_tokenizer(saved)) != tokenizer_hash(tokenizer):
         raise UserError(
-            f"--resume: {data_dir} was prepared with another tokenizer than the run in {run.run_dir} was trained "
-            "with; pass the --data the run was started with"
+            f"--resume: {tokenizer_path.parent} was prepared with another tokenizer than the run in {run.run_dir} "
+            "was trained with; pass the --data the run was started with"
         )
     return tokenizer
 
@@ -176,7 +235,11 @@ def fit_config_to_data(cfg: Config, tokenizer: Tokenizer, seq_len: int) -> None:
 
 
 def start_model(
-    cfg: Config, objective: Objective, tokenizer: Tokenizer, init_from: str | Path | None, data_dir: Path
+    cfg: Config,
+    objective: Objective,
+    tokenizer: Tokenizer,
+    init_from: str | Path | None,
+    data_dir: str | Path,
 ) -> tuple[nn.Module, list[str]]:
     """A new model for the objective from cfg.model, or the one in `init_from` (which then sets cfg.model); and
     its notes. ELECTRA from a model without a generator (BERT, an MLM run) keeps its encoder as the discriminator
@@ -261,7 +324,7 @@ def keep_global_batch(cfg: Config, resume_from: Path | None) -> None:
 
 def pretrain(
     cfg: Config,
-    data_dir: str | Path,
+    data_dir: DataArg,
     run_dir: str | Path,
     *,
     resume: bool = False,
@@ -272,20 +335,24 @@ def pretrain(
 ) -> dict[str, Any]:
     """Pretrain a masked language model on a prepared data folder; returns summary.json's content.
 
+    `data_dir` is a prepared folder, a folder of parts, or several sources ("DIR:WEIGHT") mixed by weight.
+
     With `resume`, the run's saved config.yaml is used; `resume_changes` (dotted keys set on the command line)
     may change the settings in RESUME_FREE, such as the budget (masklm.train.run).
     """
-    data_dir = Path(data_dir)
+    sources = data_sources(data_dir)
+    data_name = " ".join(str(s.path) for s in sources)
     run = Run(run_dir, resume=resume, overwrite=overwrite)
-    train_ds, val_ds = load_splits(data_dir)
+    train_ds, val_ds = load_splits(sources)
     cfg = run.resume_config(cfg, resume_changes)
     device = run.setup(cfg)
-    tokenizer = load_data_tokenizer(data_dir, run)
+    tokenizer = load_data_tokenizer(train_ds.tokenizer_path, run)
     fit_config_to_data(cfg, tokenizer, int(train_ds.seq_len))
     objective = objective_for(cfg)
-    model, notes = start_model(cfg, objective, tokenizer, init_from, data_dir)
+    model, notes = start_model(cfg, objective, tokenizer, init_from, data_name)
     objective = objective_for(cfg)  # --init-from may have set the ELECTRA generator's width
-    keep_global_batch(cfg, run.open())
+    resume_from = run.open()
+    keep_global_batch(cfg, resume_from)
     trainable = run.build(model, cfg, device)
     run.write_files(cfg.to_dict(), command, {"tokenizer.json": tokenizer.to_str()})
 
@@ -302,14 +369,8 @@ def pretrain(
     evaluate_fn = None
     if val_ds is not None:
         val_batches = MaskedBatches(val_ds, cfg, specials, sp.mask, vocab, extras=objective.extras)
-        evaluate_fn = partial(
-            evaluate,
-            objective=objective,
-            batches=val_batches,
-            limit=t.eval_sequences,
-            batch_size=t.batch_size,
-            device=device,
-        )
+        evaluate_fn = partial(evaluate, objective=objective, batches=val_batches, limit=t.eval_sequences,
+                              batch_size=t.batch_size, device=device)  # fmt: skip
     result = run.fit(
         trainable,
         t,
@@ -321,12 +382,17 @@ def pretrain(
         evaluate=evaluate_fn,
         tokens_per_step=tokens_per_step,
         loss_items=objective.loss_items,
-        extra_state={"global_batch": global_batch, "world_size": world},
+        extra_state={
+            "global_batch": global_batch,
+            "world_size": world,
+            **mixture_state(train_ds, resume_from),
+        },
+        log_extra=source_tokens(train_ds, t.seed, global_batch, cfg.data.seq_len),
     )
     if result.stopped_by_signal:
         return run.stopped(result)
 
-    summary = _summary(result, run, model, cfg, data_dir, objective.name, notes)
+    summary = _summary(result, run, model, cfg, data_name, objective.name, notes)
     if val_ds is not None:
         summary["frequency_baseline_accuracy"] = frequency_baseline(val_ds, specials)
     final = full_model(model, lambda: objective.build(cfg.model))
@@ -342,7 +408,7 @@ def _summary(
     run: Run,
     model: nn.Module,
     cfg: Config,
-    data_dir: Path,
+    data_dir: str | Path,
     objective: str,
     notes: list[str],
 ) -> dict[str, Any]:

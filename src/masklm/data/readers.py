@@ -1,0 +1,500 @@
+"""Input files → a stream of documents, for `masklm prepare`.
+
+    files = find_input_files(["corpus/", "web/*.jsonl.zst", "hub.parquet"])
+    for document in Corpus(files, DataConfig(text_field="text")):
+        ...
+
+Text formats (.txt, .jsonl, .csv) may be compressed with gzip (.gz), zstd (.zst), bz2 (.bz2) or xz (.xz), and are
+decompressed as a stream. Tables (.parquet, and the .arrow files of a `datasets` `save_to_disk` folder) are read
+record batch by record batch through pyarrow, the Arrow files memory-mapped, so no reader ever holds a whole file
+(except a .txt file read as one document). pyarrow and zstandard are optional (`pip install 'masklm[corpora]'`):
+`find_input_files` checks the ones the inputs need before any work starts.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import glob
+import gzip
+import hashlib
+import importlib.util
+import io
+import json
+import lzma
+import os
+import re
+import sys
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from masklm.config import DataConfig
+from masklm.errors import UserError
+
+TEXT_KINDS = {".txt": "txt", ".jsonl": "jsonl", ".csv": "csv"}
+TABLE_KINDS = {".parquet": "parquet", ".arrow": "arrow"}
+COMPRESSIONS = {".gz": "gz", ".zst": "zst", ".zstd": "zst", ".bz2": "bz2", ".xz": "xz"}
+NEEDS = {"parquet": "pyarrow", "arrow": "pyarrow", "zst": "zstandard"}  # kind or compression → module
+TABLE_BATCH_ROWS = 1024  # rows per record batch read from a Parquet file
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_GLOB = re.compile(r"[*?\[]")
+
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # one CSV cell may hold a whole book
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Finding the input files
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: Path
+    kind: str  # "txt", "jsonl", "csv", "parquet" or "arrow"
+    compression: str | None = None  # "gz", "zst", "bz2", "xz" or None (text kinds only)
+
+    @property
+    def gz(self) -> bool:
+        return self.compression == "gz"
+
+
+def file_kind(path: Path) -> tuple[str | None, str | None]:
+    """(kind or None when unknown, compression or None) from the file name: "a.jsonl.zst" → ("jsonl", "zst")."""
+    base, ext = os.path.splitext(path.name.lower())
+    compression = COMPRESSIONS.get(ext)
+    if compression is not None:
+        base, ext = os.path.splitext(base)
+        return TEXT_KINDS.get(ext), compression
+    return TEXT_KINDS.get(ext) or TABLE_KINDS.get(ext), None
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    """Files under `folder`, recursively, in sorted order, skipping hidden files and folders."""
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            path = Path(root) / name
+            if not name.startswith(".") and path.is_file():
+                yield path
+
+
+def _expand(item: str | Path) -> list[Path]:
+    """A path as given, or the sorted matches of a glob pattern (`**` recurses)."""
+    path = Path(item)
+    if path.exists() or not _GLOB.search(str(item)):
+        return [path]
+    matches = sorted(Path(p) for p in glob.glob(str(item), recursive=True))
+    if not matches:
+        raise UserError(f"no file matches {item}; check the pattern (quote it so the shell leaves it alone)")
+    return matches
+
+
+def _found(path: Path, named: bool) -> list[InputFile]:
+    """The input files at `path`: a folder's known files, or the file itself (read as text if its kind is unknown)."""
+    if path.is_dir():
+        kinds = [(p, *file_kind(p)) for p in _walk(path)]
+        return [InputFile(p, kind, comp) for p, kind, comp in kinds if kind is not None]
+    if path.is_file():
+        kind, comp = file_kind(path)
+        if kind is None and not named:
+            return []
+        return [
+            InputFile(path, kind or "txt", comp)
+        ]  # a file named explicitly is read as text whatever its name
+    raise UserError(f"input {path} does not exist; check the path")
+
+
+def find_input_files(inputs: Sequence[str | Path]) -> list[InputFile]:
+    """Expand files, folders (recursively) and glob patterns into the files to read, each once, in order."""
+    if not inputs:
+        raise UserError("no inputs given; pass one or more text files or folders")
+    files: list[InputFile] = []
+    seen: set[Path] = set()
+    for item in inputs:
+        expanded = _expand(item)
+        for path in expanded:
+            for f in _found(path, named=len(expanded) == 1 and Path(item) == path):
+                if f.path.resolve() not in seen:
+                    seen.add(f.path.resolve())
+                    files.append(f)
+    if not files:
+        names = ", ".join(str(i) for i in inputs)
+        raise UserError(
+            f"no readable input files in {names}; expected .txt, .jsonl, .csv (optionally .gz, .zst, .bz2, .xz), "
+            ".parquet or .arrow files"
+        )
+    check_modules(files)
+    return files
+
+
+def check_modules(files: list[InputFile]) -> None:
+    """One line naming the optional package the inputs need and how to install it, before any work starts."""
+    for f in files:
+        for need in (f.kind, f.compression):
+            module = NEEDS.get(need or "")
+            if module and importlib.util.find_spec(module) is None:
+                raise UserError(
+                    f"reading {f.path} needs {module}, which is not installed: pip install 'masklm[corpora]' "
+                    f"(or pip install {module})"
+                )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Byte streams: counting, hashing, decompressing
+
+
+class _CountingReader(io.RawIOBase):
+    """A raw binary stream that counts and hashes (sha256) the bytes read through it."""
+
+    def __init__(self, raw: io.RawIOBase) -> None:
+        self._raw = raw
+        self.bytes_read = 0
+        self.sha256 = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._raw.readinto(buffer) or 0
+        if n:
+            self.sha256.update(memoryview(buffer)[:n])
+            self.bytes_read += n
+        return n
+
+    def drain(self) -> None:
+        """Read (and hash) whatever is left, so `sha256` covers the whole file."""
+        while chunk := self._raw.read(1 << 20):
+            self.sha256.update(chunk)
+            self.bytes_read += len(chunk)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class _ZstdReader(io.RawIOBase):
+    """zstd frames decompressed as a stream. Unlike zstandard's stream_reader, a file cut short in the middle of a
+    frame raises EOFError instead of ending quietly, and a stream that is not zstd raises OSError."""
+
+    def __init__(self, raw: io.BufferedIOBase) -> None:
+        import zstandard
+
+        self._raw, self._zstd = raw, zstandard
+        self._context = zstandard.ZstdDecompressor()
+        self._frame = self._context.decompressobj()
+        self._in_frame = False  # input fed to the current frame, which has not ended yet
+        self._out = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._out:
+            chunk = self._raw.read(1 << 20)
+            if not chunk:
+                if self._in_frame:
+                    raise EOFError("zstd stream ends in the middle of a frame (truncated file?)")
+                return 0
+            self._feed(chunk)
+        n = min(len(buffer), len(self._out))
+        buffer[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+    def _feed(self, chunk: bytes) -> None:
+        """Decompress `chunk`, starting a new frame whenever one ends (a file may hold several)."""
+        while chunk:
+            try:
+                self._out += self._frame.decompress(chunk)
+            except self._zstd.ZstdError as e:
+                raise OSError(f"not a valid zstd stream: {e}") from None
+            self._in_frame = not self._frame.eof
+            if not self._frame.eof:
+                return
+            chunk = self._frame.unused_data
+            self._frame = self._context.decompressobj()
+
+
+def _decompressed(binary: io.BufferedIOBase, compression: str | None) -> io.BufferedIOBase:
+    if compression == "gz":
+        return gzip.GzipFile(fileobj=binary, mode="rb")
+    if compression == "bz2":
+        return bz2.BZ2File(binary, mode="rb")
+    if compression == "xz":
+        return lzma.LZMAFile(binary, mode="rb")
+    if compression == "zst":
+        return io.BufferedReader(_ZstdReader(binary), 1 << 20)
+    return binary
+
+
+def _text_stream(f: InputFile, raw: _CountingReader) -> io.TextIOWrapper:
+    binary = _decompressed(io.BufferedReader(raw, 1 << 20), f.compression)
+    newline = "" if f.kind == "csv" else None  # the csv module handles line ends itself
+    return io.TextIOWrapper(binary, encoding="utf-8-sig", newline=newline)
+
+
+READ_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Text formats
+
+
+def _lines(text: io.TextIOBase, path: Path) -> Iterator[str]:
+    """Lines of a text stream, refusing binary content (NUL bytes)."""
+    for line in text:
+        if "\x00" in line:
+            raise binary_error(path)
+        yield line
+
+
+def binary_error(path: Path) -> UserError:
+    return UserError(
+        f"{path} is not UTF-8 text (binary file?); convert it to UTF-8 or leave it out of the inputs"
+    )
+
+
+def _txt_documents(text: io.TextIOBase, path: Path, cfg: DataConfig) -> Iterator[str]:
+    if cfg.one_doc_per_line:
+        for line in _lines(text, path):
+            if line.strip():
+                yield line.rstrip("\n")
+        return
+    document = text.read()
+    if "\x00" in document:
+        raise binary_error(path)
+    yield document
+
+
+def _clean(value: str) -> str:
+    """Replace lone surrogates (possible in JSON escapes like "\\ud800") with U+FFFD so the text is valid UTF-8."""
+    return value if value.isascii() else _SURROGATE.sub("\ufffd", value)
+
+
+def _jsonl_documents(text: io.TextIOBase, path: Path, cfg: DataConfig) -> Iterator[str]:
+    field = cfg.text_field
+    where = parse_where(cfg.where)
+    for lineno, line in enumerate(_lines(text, path), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(
+                f"{path}:{lineno}: invalid JSON ({e.msg}); each line of a .jsonl file must be one JSON object"
+            ) from None
+        if not isinstance(record, dict):
+            raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+        if where is not None:
+            if where[0] not in record:
+                raise UserError(f"{path}:{lineno}: no field {where[0]!r} for --data.where; fix the filter")
+            if str(record[where[0]]) != where[1]:
+                continue
+        if field not in record:
+            fields = ", ".join(list(record)[:20]) or "none"
+            raise UserError(
+                f"{path}:{lineno}: no field {field!r} (fields: {fields}); set --data.text_field (--text-field) to the text field"
+            )
+        value = record[field]
+        if value is None:
+            value = ""
+        if not isinstance(value, str):
+            raise UserError(
+                f"{path}:{lineno}: field {field!r} holds {type(value).__name__}, not text; "
+                "set --data.text_field (--text-field) to a text field"
+            )
+        yield _clean(value)
+
+
+def _csv_documents(text: io.TextIOBase, path: Path, cfg: DataConfig) -> Iterator[str]:
+    reader = csv.reader(_lines(text, path))
+    try:
+        header = next(reader, None)
+        if header is None:
+            return  # an empty file holds no documents
+        if cfg.text_field not in header:
+            columns = ", ".join(header[:20]) or "none"
+            raise UserError(
+                f"{path}: no column {cfg.text_field!r} (columns: {columns}); set --data.text_field (--text-field) to the text column"
+            )
+        column = header.index(cfg.text_field)
+        where = parse_where(cfg.where)
+        if where is not None and where[0] not in header:
+            raise UserError(
+                f"{path}: no column {where[0]!r} for --data.where (columns: {', '.join(header[:20])})"
+            )
+        keep_col = header.index(where[0]) if where is not None else -1
+        for row in reader:
+            if not row or (where is not None and (row[keep_col] if keep_col < len(row) else "") != where[1]):
+                continue
+            yield row[column] if column < len(row) else ""
+    except csv.Error as e:
+        raise UserError(f"{path}:{reader.line_num}: malformed CSV ({e}); fix the file") from None
+
+
+def parse_where(where: str | None) -> tuple[str, str] | None:
+    """ "source=imdb" → ("source", "imdb"): keep only rows whose column holds that value."""
+    if where is None:
+        return None
+    column, sep, value = where.partition("=")
+    if not sep or not column.strip():
+        raise UserError(f"data.where must look like COLUMN=VALUE (e.g. source=imdb), not {where!r}")
+    return column.strip(), value
+
+
+TEXT_READERS: dict[str, Callable[[io.TextIOBase, Path, DataConfig], Iterator[str]]] = {
+    "txt": _txt_documents,
+    "jsonl": _jsonl_documents,
+    "csv": _csv_documents,
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tables: Parquet and Arrow (`datasets` save_to_disk folders)
+
+
+def _record_batches(f: InputFile, columns: list[str] | None) -> tuple[list[str], Iterator[Any]]:
+    """(the table's column names, an iterator over its record batches): Parquet row group by row group,
+    Arrow (IPC stream as `datasets` writes it, or IPC file) memory-mapped. With `columns`, only those are read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if f.kind == "parquet":
+        table = pq.ParquetFile(f.path, memory_map=True)
+        names = table.schema_arrow.names
+        wanted = [c for c in columns or [] if c in names] or None
+        return names, table.iter_batches(batch_size=TABLE_BATCH_ROWS, columns=wanted)
+    source = pa.memory_map(str(f.path))
+    try:
+        reader = pa.ipc.open_stream(source)
+    except pa.ArrowInvalid:
+        reader = pa.ipc.open_file(source)
+        return reader.schema.names, (reader.get_batch(i) for i in range(reader.num_record_batches))
+    return reader.schema.names, iter(reader)
+
+
+def _table_documents(f: InputFile, cfg: DataConfig) -> Iterator[str]:
+    """The `cfg.text_field` column of a Parquet or Arrow file, batch by batch (null → empty document)."""
+    import pyarrow as pa
+
+    where = parse_where(cfg.where)
+    try:
+        names, batches = _record_batches(f, [cfg.text_field, *([where[0]] if where else [])])
+        _check_columns(f, names, cfg.text_field, where)
+        for batch in batches:
+            column = batch.column(cfg.text_field)
+            if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+                raise UserError(
+                    f"{f.path}: column {cfg.text_field!r} holds {column.type}, not text; "
+                    "set --data.text_field (--text-field) to a text column"
+                )
+            if where is not None:
+                column = column.filter(_matches(batch.column(where[0]), where[1]))
+            for value in column.to_pylist():
+                yield "" if value is None else _clean(value)
+    except pa.ArrowException as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(
+            f"cannot read {f.path} ({reason}); fix the file or leave it out of the inputs"
+        ) from None
+
+
+def _check_columns(f: InputFile, names: list[str], field: str, where: tuple[str, str] | None) -> None:
+    columns = ", ".join(names[:20]) or "none"
+    if field not in names:
+        raise UserError(
+            f"{f.path}: no column {field!r} (columns: {columns}); set --data.text_field (--text-field) to the text column"
+        )
+    if where is not None and where[0] not in names:
+        raise UserError(f"{f.path}: no column {where[0]!r} for --data.where (columns: {columns})")
+
+
+def _matches(column: Any, value: str) -> Any:
+    """A boolean mask: the rows whose `column`, written as text, equals `value` (null never does)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    text = column if pa.types.is_string(column.type) else pc.cast(column, pa.string())
+    return pc.fill_null(pc.equal(text, value), False)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The corpus
+
+
+class Corpus:
+    """The documents of all input files, streamed; tracks bytes read and each file's size and sha256.
+
+    `limits` (characters of text per file, one per file), when given, stops reading each file once that much of
+    its text has been taken: a bounded sample spread over the inputs. `hash_files=False` skips hashing what is
+    left of a file after that (a sample needs no checksums).
+    """
+
+    def __init__(
+        self,
+        files: list[InputFile],
+        cfg: DataConfig,
+        limits: list[int] | None = None,
+        hash_files: bool = True,
+    ) -> None:
+        self.files = files
+        self.cfg = cfg
+        self.limits = limits
+        self.hash_files = hash_files
+        self.total_bytes = sum(f.path.stat().st_size for f in files)
+        self.documents = 0
+        self.sources: list[dict[str, Any]] = []
+        self._bytes_before = 0  # bytes of the files already finished
+        self._current: _CountingReader | None = None
+
+    @property
+    def bytes_read(self) -> int:
+        return self._bytes_before + (self._current.bytes_read if self._current else 0)
+
+    def __iter__(self) -> Iterator[str]:
+        for i, f in enumerate(self.files):
+            try:
+                with open(f.path, "rb", buffering=0) as raw:
+                    self._current = _CountingReader(raw)
+                    yield from self._read(f, None if self.limits is None else self.limits[i])
+            except UnicodeDecodeError:
+                raise binary_error(f.path) from None
+            except READ_ERRORS as e:
+                raise UserError(
+                    f"cannot read {f.path} ({e}); fix the file or leave it out of the inputs"
+                ) from None
+            size, digest = self._current.bytes_read, self._current.sha256.hexdigest()
+            self.sources.append({"path": str(f.path), "bytes": size, "sha256": digest})
+            self._bytes_before += size
+            self._current = None
+
+    def _done(self) -> bool:
+        return self.cfg.max_documents is not None and self.documents >= self.cfg.max_documents
+
+    def _read(self, f: InputFile, limit: int | None) -> Iterator[str]:
+        """The documents of one file; then (with hash_files) the rest of its bytes, so its sha256 is whole."""
+        current = self._current
+        assert current is not None
+        if f.kind in TEXT_READERS:
+            with _text_stream(f, current) as text:
+                if not self._done():
+                    yield from self._take(TEXT_READERS[f.kind](text, f.path, self.cfg), limit)
+                if self.hash_files:
+                    current.drain()
+            return
+        if not self._done():
+            yield from self._take(_table_documents(f, self.cfg), limit)
+        if self.hash_files:
+            current.drain()
+
+    def _take(self, documents: Iterator[str], limit: int | None) -> Iterator[str]:
+        """Count documents; stop at data.max_documents, or once `limit` characters of this file are taken."""
+        taken = 0
+        for document in documents:
+            if self._done() or (limit is not None and taken >= limit):
+                return
+            self.documents += 1
+            taken += len(document)
+            yield document

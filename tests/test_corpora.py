@@ -1,0 +1,291 @@
+"""Real corpora for `masklm prepare`: Parquet, `datasets` folders, compressed text, globs, bad files, the bounded
+tokenizer sample, exact deduplication and preparing one corpus as several parts."""
+
+from __future__ import annotations
+
+import bz2
+import collections
+import gzip
+import json
+import lzma
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import cli, file_snapshot
+
+from masklm.config import DataConfig
+from masklm.data import readers
+from masklm.data.prepare import Part, prepare, sample_limits
+from masklm.data.readers import find_input_files
+from masklm.data.shards import PackedDataset
+from masklm.data.tokenizer import train_tokenizer
+from masklm.errors import UserError
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+zstandard = pytest.importorskip("zstandard")
+
+WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november".split()
+
+
+def make_docs(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 25))) for _ in range(n)]
+
+
+DOCS = make_docs(120)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(make_docs(300, seed=1), vocab_size=60)
+
+
+def cfg(**kwargs) -> DataConfig:
+    values = {"seq_len": 16, "shard_sequences": 8, "val_fraction": 0.1, "workers": 1}
+    return DataConfig(**{**values, **kwargs})
+
+
+def all_ids(folder: Path) -> dict[str, np.ndarray]:
+    """Every split's rows, concatenated in order."""
+    out = {}
+    for split in ("train", "val"):
+        ds = PackedDataset(folder, split)
+        out[split] = ds.get(np.arange(len(ds)))[0].numpy()
+    return out
+
+
+def jsonl_bytes(docs: list[str], field: str = "text") -> bytes:
+    return "".join(json.dumps({"id": i, field: d}) + "\n" for i, d in enumerate(docs)).encode()
+
+
+COMPRESS = {
+    "gz": gzip.compress,
+    "zst": lambda b: zstandard.ZstdCompressor().compress(b),
+    "bz2": bz2.compress,
+    "xz": lzma.compress,
+}
+
+
+def write_format(folder: Path, kind: str, docs: list[str]) -> Path:
+    """`docs` stored as `kind`; returns the path to give prepare."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if kind == "jsonl":
+        return _write(folder / "c.jsonl", jsonl_bytes(docs))
+    if kind.startswith("jsonl."):
+        ext = kind.split(".")[1]
+        return _write(folder / f"c.jsonl.{ext}", COMPRESS[ext](jsonl_bytes(docs)))
+    if kind == "txt.zst":  # several zstd frames in one file, one document per line
+        half = len(docs) // 2
+        frames = [
+            zstandard.ZstdCompressor().compress(("\n".join(part) + "\n").encode())
+            for part in (docs[:half], docs[half:])
+        ]
+        return _write(folder / "c.txt.zst", b"".join(frames))
+    if kind == "csv.bz2":
+        rows = "text,n\n" + "".join(f"{d},{i}\n" for i, d in enumerate(docs))
+        return _write(folder / "c.csv.bz2", bz2.compress(rows.encode()))
+    table = pa.table({"id": list(range(len(docs))), "text": docs})
+    if kind == "parquet":
+        pq.write_table(table, folder / "c.parquet", row_group_size=17)  # several row groups
+        return folder / "c.parquet"
+    datasets = pytest.importorskip("datasets")
+    datasets.disable_progress_bars()
+    ds = datasets.Dataset(table)
+    ds.save_to_disk(str(folder / "saved"), max_shard_size=2000)  # several .arrow files
+    return folder / "saved"
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+FORMATS = ["jsonl.gz", "jsonl.zst", "jsonl.bz2", "jsonl.xz", "txt.zst", "csv.bz2", "parquet", "datasets"]
+
+
+@pytest.mark.parametrize("kind", FORMATS)
+def test_every_format_gives_the_same_shards_as_plain_jsonl(tmp_path, tokenizer, kind):
+    plain = prepare(
+        [write_format(tmp_path / "a", "jsonl", DOCS)],
+        tmp_path / "plain",
+        cfg(),
+        tokenizer=tokenizer,
+        progress=False,
+    )
+    source = write_format(tmp_path / "b", kind, DOCS)
+    meta = prepare(
+        [source], tmp_path / "out", cfg(one_doc_per_line=True), tokenizer=tokenizer, progress=False
+    )
+    assert meta["documents"] == plain["documents"] == len(DOCS)
+    for split, ids in all_ids(tmp_path / "plain").items():
+        np.testing.assert_array_equal(all_ids(tmp_path / "out")[split], ids)
+
+
+def test_datasets_folder_is_read_in_record_batches_without_loading_the_table(
+    tmp_path, tokenizer, monkeypatch
+):
+    folder = write_format(tmp_path, "datasets", DOCS)
+    files = find_input_files([folder])
+    assert [f.kind for f in files] == ["arrow"] * len(files) and len(files) > 1
+    monkeypatch.setattr(
+        pa.ipc.RecordBatchStreamReader, "read_all", lambda self: pytest.fail("whole table read")
+    )
+    seen = list(readers.Corpus(files, cfg()))
+    assert seen == DOCS
+
+
+@pytest.mark.parametrize("ext", ["gz", "zst", "bz2", "xz"])
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_bad_compressed_file_is_one_line_error_and_writes_nothing(tmp_path, tokenizer, ext, damage):
+    data = COMPRESS[ext](jsonl_bytes(DOCS * 20))
+    bad = data[: len(data) // 2] if damage == "truncated" else b"this is not compressed data at all\n" * 10
+    source = _write(tmp_path / "in" / f"c.jsonl.{ext}", bad)
+    with pytest.raises(UserError, match=r"cannot read .*c\.jsonl\." + ext) as e:
+        prepare([source], tmp_path / "out", cfg(), tokenizer=tokenizer, progress=False)
+    assert "\n" not in str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # no output, no temporary folder
+
+
+def test_bad_parquet_is_one_line_error(tmp_path, tokenizer):
+    good = write_format(tmp_path / "in", "parquet", DOCS)
+    good.write_bytes(good.read_bytes()[:100])
+    with pytest.raises(UserError, match=r"cannot read .*c\.parquet") as e:
+        prepare([good], tmp_path / "out", cfg(), tokenizer=tokenizer, progress=False)
+    assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["parquet", "datasets", "jsonl.zst"])
+def test_missing_text_field_names_the_fields_that_exist(tmp_path, tokenizer, kind):
+    source = write_format(tmp_path, kind, DOCS)
+    with pytest.raises(UserError, match=r"no (field|column) 'body' \((fields|columns): id, text\)"):
+        prepare([source], tmp_path / "out", cfg(text_field="body"), tokenizer=tokenizer, progress=False)
+
+
+def test_text_field_of_numbers_is_refused(tmp_path, tokenizer):
+    source = write_format(tmp_path, "parquet", DOCS)
+    with pytest.raises(UserError, match=r"column 'id' holds int64, not text"):
+        prepare([source], tmp_path / "out", cfg(text_field="id"), tokenizer=tokenizer, progress=False)
+
+
+def test_where_filters_parquet_rows(tmp_path, tokenizer):
+    table = pa.table({"text": DOCS, "source": ["a" if i % 3 else "b" for i in range(len(DOCS))]})
+    pq.write_table(table, tmp_path / "c.parquet", row_group_size=10)
+    meta = prepare(
+        [tmp_path / "c.parquet"], tmp_path / "out", cfg(where="source=b"), tokenizer=tokenizer, progress=False
+    )
+    assert meta["documents"] == len(DOCS[::3])
+
+
+def test_glob_patterns_and_folders(tmp_path):
+    for name in ["a/x.jsonl.zst", "a/b/y.jsonl.zst", "a/z.jsonl", "a/notes.md", "c/w.jsonl.zst"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    files = find_input_files([str(tmp_path / "a" / "**" / "*.jsonl.zst")])
+    assert [f.path.relative_to(tmp_path).as_posix() for f in files] == ["a/b/y.jsonl.zst", "a/x.jsonl.zst"]
+    assert {f.compression for f in files} == {"zst"}
+    folder = find_input_files([tmp_path / "a"])
+    assert [f.path.name for f in folder] == ["x.jsonl.zst", "z.jsonl", "y.jsonl.zst"]  # notes.md is skipped
+    with pytest.raises(UserError, match=r"no file matches .*\*\.parquet"):
+        find_input_files([str(tmp_path / "*.parquet")])
+
+
+def test_missing_optional_package_is_named_before_any_work(tmp_path, monkeypatch):
+    (tmp_path / "c.parquet").write_bytes(b"")
+    real = readers.importlib.util.find_spec
+    monkeypatch.setattr(
+        readers.importlib.util, "find_spec", lambda name: None if name == "pyarrow" else real(name)
+    )
+    with pytest.raises(
+        UserError, match=r"needs pyarrow, which is not installed: pip install 'masklm\[corpora\]'"
+    ):
+        find_input_files([tmp_path])
+
+
+def test_tokenizer_trains_on_a_bounded_sample_spread_over_the_files(tmp_path):
+    inputs = tmp_path / "in"
+    _write(inputs / "a.txt", b"alpha bravo\n" * 400 + b"zulu\n" * 400)  # zulu only in the tail
+    _write(inputs / "b.txt", b"charlie delta\n" * 400)
+    files = find_input_files([inputs])
+    limits = sample_limits(files, 3000)
+    assert limits == [3000 * 6800 // 12400, 3000 * 5600 // 12400]
+    assert sample_limits(files, 10**6) is None  # a small corpus is read whole
+    settings = {"one_doc_per_line": True, "vocab_size": 80, "val_fraction": 0.0}
+    sampled = prepare(
+        [inputs], tmp_path / "sampled", cfg(**settings, tokenizer_sample_bytes=3000), progress=False
+    )
+    whole = prepare([inputs], tmp_path / "whole", cfg(**settings), progress=False)
+    vocab = lambda out: json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]  # noqa: E731
+    assert "zulu" in vocab(tmp_path / "whole") and "zulu" not in vocab(tmp_path / "sampled")
+    assert "charlie" in vocab(tmp_path / "sampled")  # the second file is sampled too
+    assert sampled["documents"] == whole["documents"] == 1200  # the sample is for the tokenizer only
+
+
+def test_dedup_keeps_the_first_copy_and_counts_the_rest(tmp_path, tokenizer):
+    docs = DOCS[:50] + [" " + DOCS[3].replace(" ", "  \t") + "\n", DOCS[7], DOCS[7].upper()]
+    source = _write(tmp_path / "c.jsonl", jsonl_bytes(docs))
+    kept = prepare([source], tmp_path / "dedup", cfg(dedup=True), tokenizer=tokenizer, progress=False)
+    assert kept["duplicates_dropped"] == 2 and kept["documents"] == 53  # upper case is another document
+    assert kept["splits"]["train"]["documents"] + kept["splits"]["val"]["documents"] == 51
+    reference = prepare(
+        [_write(tmp_path / "r.jsonl", jsonl_bytes(DOCS[:50] + [DOCS[7].upper()]))],
+        tmp_path / "ref",
+        cfg(),
+        tokenizer=tokenizer,
+        progress=False,
+    )
+    for split, ids in all_ids(tmp_path / "ref").items():
+        np.testing.assert_array_equal(all_ids(tmp_path / "dedup")[split], ids)
+    assert reference["duplicates_dropped"] == 0
+
+
+def token_counts(folders: list[Path], specials: set[int]) -> collections.Counter:
+    counts: collections.Counter = collections.Counter()
+    for folder in folders:
+        for ids in all_ids(folder).values():
+            counts.update(int(t) for t in ids.ravel() if int(t) not in specials)
+    return counts
+
+
+@pytest.mark.parametrize("n_files", [8, 2])  # by files; by documents (fewer files than parts)
+def test_four_parts_hold_the_same_tokens_as_one_prepare(tmp_path, tokenizer, n_files):
+    for i in range(n_files):
+        _write(tmp_path / "in" / f"f{i}.jsonl", jsonl_bytes(DOCS[i::n_files]))
+    tok_file = tmp_path / "tokenizer.json"
+    tok_file.write_text(tokenizer.to_str())
+    settings = [
+        "--tokenizer",
+        tok_file,
+        "--seq-len",
+        "16",
+        "--data.workers",
+        "1",
+        "--data.max_val_sequences",
+        "1000",
+    ]
+    assert cli("prepare", "--input", tmp_path / "in", "--output", tmp_path / "one", *settings) == 0
+    for i in range(4):
+        argv = ["--num-shards", 4, "--shard-index", i]
+        assert (
+            cli("prepare", "--input", tmp_path / "in", "--output", tmp_path / "parts", *argv, *settings) == 0
+        )
+    parts = sorted((tmp_path / "parts").iterdir())
+    assert [p.name for p in parts] == [f"part-{i:05d}-of-00004" for i in range(4)]
+    metas = [json.loads((p / "meta.json").read_text()) for p in parts]
+    assert [m["part"]["by"] for m in metas] == ["files" if n_files >= 4 else "documents"] * 4
+    assert sum(m["documents"] for m in metas) == len(DOCS)
+    assert min(m["documents"] for m in metas) > 0
+    specials = set(metas[0]["special_ids"].values())
+    assert token_counts(parts, specials) == token_counts([tmp_path / "one"], specials)
+
+
+def test_parts_need_a_tokenizer_and_a_valid_index(tmp_path):
+    _write(tmp_path / "c.jsonl", jsonl_bytes(DOCS))
+    with pytest.raises(UserError, match="--num-shards needs --tokenizer FILE"):
+        prepare([tmp_path / "c.jsonl"], tmp_path / "out", cfg(), part=Part(0, 2), progress=False)
+    with pytest.raises(UserError, match=r"--shard-index must be in \[0, --num-shards\)"):
+        prepare([tmp_path / "c.jsonl"], tmp_path / "out", cfg(), part=Part(2, 2), progress=False)
+    assert file_snapshot(tmp_path / "out") is None
