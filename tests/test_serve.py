@@ -72,6 +72,8 @@ def test_predict_classification_equals_masklm_predict(server, served_models, tmp
             tmp_path / "in.csv",
             "--output",
             tmp_path / "p.jsonl",
+            "--train.precision",  # the server's float32 (--dtype float32)
+            "fp32",
         )
         == 0
     )

@@ -80,7 +80,9 @@ def test_tagger_and_qa_highlight_the_text(page, server):
     page.fill("#text", text)
     page.click("#run")
     page.wait_for_selector(".marked")
-    entities = httpx.post(server.url + "/v1/predict", json={"model": "ner", "inputs": text}).json()["outputs"][0]
+    entities = httpx.post(server.url + "/v1/predict", json={"model": "ner", "inputs": text}).json()[
+        "outputs"
+    ][0]
     marks = page.locator(".marked mark")
     assert marks.count() == len(entities["entities"])
     for i, e in enumerate(entities["entities"]):

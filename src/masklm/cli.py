@@ -500,8 +500,8 @@ def build_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dtype",
         default="auto",
-        help="fill-mask weights: auto (bfloat16 where the CPU or GPU has native bf16, else float32), float32 or "
-        "bfloat16; fine-tuned models keep the precision they were trained with",
+        help="weights: auto (fill-mask: bfloat16 where the CPU or GPU has native bf16; fine-tuned models: bfloat16 "
+        "where they trained in bf16; else float32), float32 or bfloat16",
     )
     for name, default, text in flags():
         p.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default, help=text)

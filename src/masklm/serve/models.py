@@ -9,7 +9,7 @@ Three kinds of model folder are served:
     fill-mask           a pretraining run or a masked-LM folder (FillMask: bf16 weights where the CPU has bf16)
     a task's name       a fine-tuned model (masklm.finetune.load_finetuned); the task object reads each input
                         (`Task.request_example`), encodes it as `masklm predict` does and answers
-                        (`Task.answers`), under the precision the model was trained with
+                        (`Task.answers`); bf16 weights where it trained in bf16 (TaskModel)
     feature-extraction  an encoder without a trained head (a bare Hugging Face BertModel folder): embed only
 Every kind answers /v1/embed: the mean of the encoder's last hidden states over the real tokens.
 Nothing here branches on a task's name: the task object is asked.
@@ -17,7 +17,6 @@ Nothing here branches on a task's name: the task object is asked.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
@@ -28,14 +27,14 @@ from torch import nn
 
 from masklm.errors import UserError
 from masklm.finetune import FinetunedModel, load_finetuned
-from masklm.infer.fill_mask import FillMask
+from masklm.infer.fill_mask import FillMask, resolve_dtype
 from masklm.model.heads import mean_pool
 from masklm.model.io import load_model
 from masklm.serve.batcher import Work
 from masklm.serve.limits import ServeOptions
 from masklm.tasks import all_tasks, task_of_architecture
 from masklm.tasks.batching import Feature, pad_batch
-from masklm.train.loop import autocast_context, resolve_precision
+from masklm.train.loop import resolve_precision
 
 FILL, EMBED, PREDICT = "fill-mask", "embed", "predict"
 
@@ -114,10 +113,6 @@ class ServedModel:
         """What /v1/models says about the model."""
         return {"name": self.name, "task": self.kind, "labels": self.labels, "path": str(self.path)}
 
-    def precision(self) -> contextlib.AbstractContextManager:
-        """The autocast the forward passes run under (none by default)."""
-        return contextlib.nullcontext()
-
     def embed_work(self, texts: list[str], normalize: bool, limits: ServeOptions) -> Work:
         """One vector per text: the mean of the last hidden states over its tokens (unit length with normalize)."""
         _check_sizes(texts, limits)
@@ -148,8 +143,7 @@ class ServedModel:
     @torch.inference_mode()
     def forward(self, key: Hashable, features: list[Feature]) -> list[Any]:
         """One output per feature of one batch (all of one key), on the batcher's thread."""
-        with self.precision():
-            return self._forward(key, features)
+        return self._forward(key, features)
 
     def _forward(self, key: Hashable, features: list[Feature]) -> list[Any]:
         batch = pad_batch(features, self.pad_id)
@@ -203,13 +197,17 @@ class EncoderModel(ServedModel):
 class TaskModel(ServedModel):
     """A fine-tuned model: /v1/predict through its task object."""
 
-    def __init__(self, name: str, path: Path, fm: FinetunedModel) -> None:
-        super().__init__(name, path, fm.model, fm.tokenizer, fm.pad_id)
+    def __init__(self, name: str, path: Path, fm: FinetunedModel, dtype: str = "auto") -> None:
+        """`dtype` "auto": bfloat16 weights when the model trained in bf16 here (its saved precision, "auto"
+        meaning where the CPU has native bf16), else float32; "float32" / "bfloat16" for every model. Weights
+        are held in that type rather than cast on every forward pass as autocast would."""
+        if dtype == "auto":
+            bf16 = resolve_precision(fm.cfg.train.precision, fm.device) == "bf16"
+            weights = torch.bfloat16 if bf16 else torch.float32
+        else:
+            weights = resolve_dtype(dtype, fm.device)
+        super().__init__(name, path, fm.model.to(weights), fm.tokenizer, fm.pad_id)
         self.fm, self.task, self.labels, self.kind = fm, fm.task, fm.labels, fm.task.name
-        self._precision = resolve_precision(fm.cfg.train.precision, fm.device)
-
-    def precision(self) -> contextlib.AbstractContextManager:
-        return autocast_context(self.fm.device, self._precision)
 
     def predict_work(self, items: list[Any], limits: ServeOptions) -> Work:
         _check_sizes(items, limits)
@@ -232,12 +230,12 @@ class TaskModel(ServedModel):
 
 def load_served(spec: str, dtype: str = "auto") -> ServedModel:
     """The model a MODEL argument names (see the module docstring for the kinds); a UserError when the folder
-    is not a model masklm reads. `dtype`: the fill-mask weights (FillMask's)."""
+    is not a model masklm reads. `dtype`: the weights' type (auto, float32, bfloat16; see TaskModel)."""
     name, path = parse_spec(spec)
     all_tasks()  # a task module may define the head a model needs: import them all before loading
     model, tok, info = load_model(path)
     if (info.task or {}).get("name") or task_of_architecture(info.architecture):
-        return TaskModel(name, path, load_finetuned(path))
+        return TaskModel(name, path, load_finetuned(path), dtype)
     if info.architecture != "MaskedLM":
         model, tok, info = load_model(path, architecture="MaskedLM")
     model.eval()
