@@ -10,7 +10,8 @@ masklm: `masklm serve` (dynamic batching, bf16 where the CPU has it). The baseli
 ("fill-mask", "text-classification") on the exported Hugging Face folders behind the same request shapes in a
 minimal FastAPI app that answers one request at a time (a lock around the pipeline call).
 For 1, 8 and 32 concurrent clients (asyncio + httpx), each sends requests back to back; every level is bounded
-by --requests and --seconds. Then masklm's resident memory after start-up, its peak while answering
+by --requests and --seconds, and runs on masklm, then at once on the baseline (both servers are up throughout,
+so a change in the machine's load hits both sides of a row alike). Then masklm's resident memory after start-up, its peak while answering
 --rss-requests mixed good and bad requests (sampled every 0.1 s), and after.
 """
 
@@ -164,9 +165,12 @@ async def load(url: str, path: str, bodies: list[Any], clients: int, requests: i
             body = bodies[sent % len(bodies)]
             sent += 1
             t = time.perf_counter()
-            r = await c.post(url + path, json=body)
+            try:
+                status = (await c.post(url + path, json=body)).status_code
+            except httpx.TransportError:  # a keep-alive connection the server closed as it was reused
+                status = 0
             latencies.append(time.perf_counter() - t)
-            errors += r.status_code != 200
+            errors += status != 200
 
     async with httpx.AsyncClient(timeout=120, limits=limits) as c:
         await c.post(url + path, json=bodies[0])  # warm the connection and the model
@@ -182,9 +186,9 @@ async def load(url: str, path: str, bodies: list[Any], clients: int, requests: i
     }
 
 
-async def mixed(url: str, n: int, pid: int) -> tuple[int, int]:
-    """`n` requests, 3 bad for every good one, from 16 clients; (peak RSS KiB sampled every 0.1 s, errors
-    that were not 4xx for bad bodies or 200 for good ones)."""
+async def mixed(url: str, n: int, pid: int, seconds: float) -> tuple[int, int, int]:
+    """`n` requests (fewer if `seconds` pass first), 3 bad for every good one, from 16 clients; (requests sent,
+    peak RSS KiB sampled every 0.1 s, answers that were not 4xx for bad bodies or 200 for good ones)."""
     import httpx
 
     good = [("/v1/fill-mask", json.dumps({"model": "fill", "inputs": t})) for t in FILL_TEXTS]
@@ -195,6 +199,7 @@ async def mixed(url: str, n: int, pid: int) -> tuple[int, int]:
     ]
     peak, wrong, at = 0, 0, 0
     stop = False
+    deadline = time.perf_counter() + seconds
 
     async def sample() -> None:
         nonlocal peak
@@ -204,39 +209,49 @@ async def mixed(url: str, n: int, pid: int) -> tuple[int, int]:
 
     async def client(c: httpx.AsyncClient) -> None:
         nonlocal at, wrong
-        while at < len(plan):
+        while at < len(plan) and time.perf_counter() < deadline:
             (path, body), expect = plan[at]
             at += 1
-            r = await c.post(url + path, content=body, headers={"content-type": "application/json"})
-            wrong += (r.status_code == 200) != (expect == 200) or r.status_code >= 500
+            try:
+                r = await c.post(url + path, content=body, headers={"content-type": "application/json"})
+                status = r.status_code
+            except httpx.TransportError:
+                status = 0
+            wrong += (status == 200) != (expect == 200) or status >= 500 or status == 0
 
     sampler = asyncio.create_task(sample())
     async with httpx.AsyncClient(timeout=120) as c:
         await asyncio.gather(*(client(c) for _ in range(16)))
     stop = True
     await sampler
-    return peak, wrong
+    return at, peak, wrong
 
 
 # ----------------------------------------------------------------------------------------------------
 # Main
 
 
-def measure(url: str, args: argparse.Namespace) -> dict[tuple[str, int], dict]:
-    workloads = {
-        "fill-mask": ("/v1/fill-mask", [{"model": "fill", "inputs": t, "top_k": 5} for t in FILL_TEXTS]),
-        "classifier": ("/v1/predict", [{"model": "cls", "inputs": t} for t in CLASSIFY_TEXTS]),
-    }
-    out = {}
-    for name, (path, bodies) in workloads.items():
+WORKLOADS = {
+    "fill-mask": ("/v1/fill-mask", [{"model": "fill", "inputs": t, "top_k": 5} for t in FILL_TEXTS]),
+    "classifier": ("/v1/predict", [{"model": "cls", "inputs": t} for t in CLASSIFY_TEXTS]),
+}
+SIDES = ("masklm serve", "pipeline + FastAPI")
+
+
+def measure(urls: dict[str, str], args: argparse.Namespace) -> dict[str, dict[tuple[str, int], dict]]:
+    """Every level on both servers, one side right after the other, so that both see the same machine load."""
+    out: dict[str, dict[tuple[str, int], dict]] = {side: {} for side in urls}
+    for name, (path, bodies) in WORKLOADS.items():
         for clients in (1, 8, 32):
             requests = args.requests if clients > 1 else args.requests // 4
-            out[name, clients] = asyncio.run(load(url, path, bodies, clients, requests, args.seconds))
-            r = out[name, clients]
-            print(
-                f"  {name} x{clients}: {r['req_s']:.1f} req/s p50 {r['p50']:.0f} ms p99 {r['p99']:.0f} ms",
-                flush=True,
-            )
+            for side, url in urls.items():
+                r = asyncio.run(load(url, path, bodies, clients, requests, args.seconds))
+                out[side][name, clients] = r
+                print(
+                    f"  {side}: {name} x{clients}: {r['req_s']:.1f} req/s p50 {r['p50']:.0f} ms "
+                    f"p99 {r['p99']:.0f} ms",
+                    flush=True,
+                )
     return out
 
 
@@ -245,6 +260,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=400, help="requests per level (a quarter at 1 client)")
     ap.add_argument("--seconds", type=float, default=20, help="time limit per level")
     ap.add_argument("--rss-requests", type=int, default=10_000)
+    ap.add_argument("--rss-seconds", type=float, default=600, help="time limit of the memory run")
     ap.add_argument("--baseline-app", nargs=2, metavar=("FILL_HF", "CLS_HF"), help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     common.add_common_args(ap)
@@ -257,35 +273,44 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         paths = build_models(root)
-        serve = [sys.executable, "-m", "masklm", "serve", f"fill={paths['fill']}", f"cls={paths['cls']}"]
-        base = [
-            sys.executable,
-            "-m",
-            "benchmarks.serve_load",
-            "--baseline-app",
-            str(paths["fill_hf"]),
-            str(paths["cls_hf"]),
-        ]
-        results = {}
-        for side, argv in (("masklm serve", serve), ("pipeline + FastAPI", base)):
-            print(side, flush=True)
-            proc, url = start(argv, root / "log.txt")
-            started = rss_kib(proc.pid)
-            try:
-                results[side] = measure(url, args)
-                if side == "masklm serve":
-                    rss = {"start": started, **_rss(proc, url, args.rss_requests)}
-            finally:
+        argvs = {
+            SIDES[0]: [
+                sys.executable,
+                "-m",
+                "masklm",
+                "serve",
+                f"fill={paths['fill']}",
+                f"cls={paths['cls']}",
+            ],
+            SIDES[1]: [
+                *(sys.executable, "-m", "benchmarks.serve_load"),
+                *("--baseline-app", str(paths["fill_hf"]), str(paths["cls_hf"])),
+            ],
+        }
+        procs: dict[str, subprocess.Popen] = {}
+        urls: dict[str, str] = {}
+        try:
+            for i, (side, argv) in enumerate(argvs.items()):
+                procs[side], urls[side] = start(argv, root / f"log{i}.txt")
+            started = rss_kib(procs[SIDES[0]].pid)
+            results = measure(urls, args)
+            procs.pop(SIDES[1]).terminate()
+            rss = {
+                "start": started,
+                **_rss(procs[SIDES[0]], urls[SIDES[0]], args.rss_requests, args.rss_seconds),
+            }
+        finally:
+            for proc in procs.values():
                 proc.terminate()
                 proc.wait(60)
     report(results, rss, args)
 
 
-def _rss(proc: subprocess.Popen, url: str, n: int) -> dict[str, Any]:
+def _rss(proc: subprocess.Popen, url: str, n: int, seconds: float) -> dict[str, Any]:
     """Memory around `n` mixed requests: before them (after the load levels), the peak, after."""
     before = rss_kib(proc.pid)
     t = time.perf_counter()
-    peak, wrong = asyncio.run(mixed(url, n, proc.pid))
+    n, peak, wrong = asyncio.run(mixed(url, n, proc.pid, seconds))
     return {
         "before": before,
         "peak": peak,

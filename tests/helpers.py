@@ -211,7 +211,7 @@ def free_port() -> int:
 class ServerProcess:
     """`masklm serve ARGS` as a subprocess on a free loopback port; `url` once /health answers."""
 
-    def __init__(self, args: list[object], log: Path, timeout_s: float = 90) -> None:
+    def __init__(self, args: list[object], log: Path, timeout_s: float = 300) -> None:
         import subprocess
         import sys
         import time

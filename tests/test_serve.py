@@ -270,3 +270,30 @@ def test_full_queue_answers_503_and_sigterm_drains_requests_in_flight(served_mod
         assert srv.proc.wait(30) == 0
     finally:
         srv.stop()
+
+
+def test_serve_refuses_in_one_line_before_any_work(served_models, tmp_path, capsys, monkeypatch):
+    """No serve extra, a folder that is no model, a busy port, a bad option: exit 2 with one line."""
+    import importlib.util
+    import socket
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "fastapi" else real_find_spec(name, *a)
+    )
+    assert cli("serve", tmp_path / "nothing-here") == 2
+    assert "pip install 'masklm[serve]'" in capsys.readouterr().err
+    monkeypatch.undo()
+
+    assert cli("serve", tmp_path / "nothing-here", "--port", "0") == 2
+    assert "does not exist" in capsys.readouterr().err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert cli("serve", served_models["tiny"], "--port", busy.getsockname()[1]) == 2
+    assert "cannot listen" in capsys.readouterr().err
+    assert cli("serve", served_models["tiny"], "--max-batch", "0") == 2
+    assert "--max-batch must be at least 1" in capsys.readouterr().err
+    assert cli("serve", served_models["tiny"], "--dtype", "float16", "--port", "0") == 2
+    err = capsys.readouterr().err
+    assert "--dtype" in err and len(err.strip().splitlines()) == 1

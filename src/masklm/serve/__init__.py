@@ -70,6 +70,13 @@ def serve(
     # uvicorn re-raises the SIGTERM it handled once it has shut down; a handler of our own makes that a no-op
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            timeout_graceful_shutdown=30,
+            timeout_keep_alive=30,
+        )
     finally:
         signal.signal(signal.SIGTERM, previous)

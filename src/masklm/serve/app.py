@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from starlette.exceptions import HTTPException
 
 from masklm.errors import UserError
-from masklm.serve.batcher import Batcher, QueueFull
+from masklm.serve.batcher import Batcher, QueueFull, Work
 from masklm.serve.limits import ServeOptions
 from masklm.serve.models import RequestError, ServedModel
 
@@ -170,64 +170,73 @@ def _install_error_handlers(app: FastAPI) -> None:
 # The app
 
 
+class Models:
+    """The served models by name, with one batcher each and the one thread their forward passes run on."""
+
+    def __init__(self, models: list[ServedModel], options: ServeOptions) -> None:
+        self.by_name = {m.name: m for m in models}
+        self.options = options
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="masklm-forward")
+        self.batchers = {
+            m.name: Batcher(
+                m.forward, self.executor, options.max_batch, options.max_wait_ms, options.max_queue
+            )
+            for m in models
+        }
+
+    def pick(self, name: str | None) -> ServedModel:
+        """The model a request names: 404 for an unknown one, 400 for none when several are served."""
+        if name is None:
+            if len(self.by_name) == 1:
+                return next(iter(self.by_name.values()))
+            names = ", ".join(self.by_name)
+            raise RequestError(400, f'several models are served ({names}); name one in "model"')
+        if name not in self.by_name:
+            raise RequestError(404, f"unknown model {name!r}; served: {', '.join(self.by_name)}")
+        return self.by_name[name]
+
+    async def answer(self, served: ServedModel, work: Work) -> Any:
+        """The answer to one request, computed in a batch of its model."""
+        return await self.batchers[served.name].submit(work)
+
+
+def as_list(inputs: Any) -> list[Any]:
+    """A request's inputs as a list (one input alone is a list of one); 400 for an empty list."""
+    items = inputs if isinstance(inputs, list) else [inputs]
+    if not items:
+        raise RequestError(400, "inputs: the list is empty; give at least one input")
+    return items
+
+
 def create_app(models: list[ServedModel], options: ServeOptions | None = None) -> FastAPI:
-    """The FastAPI app answering with `models` (already loaded); one batcher per model, one forward thread."""
-    options = options or ServeOptions()
-    by_name = {m.name: m for m in models}
-    executor = ThreadPoolExecutor(1, thread_name_prefix="masklm-forward")
-    batchers = {
-        m.name: Batcher(m.forward, executor, options.max_batch, options.max_wait_ms, options.max_queue)
-        for m in models
-    }
+    """The FastAPI app answering with `models` (already loaded)."""
+    served = Models(models, options or ServeOptions())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        workers = [asyncio.create_task(b.run()) for b in batchers.values()]
+        workers = [asyncio.create_task(b.run()) for b in served.batchers.values()]
         yield
         for w in workers:  # uvicorn has drained the requests in flight before the lifespan ends
             w.cancel()
-        executor.shutdown(wait=True)
+        served.executor.shutdown(wait=True)
 
     app = FastAPI(title="masklm", summary="masked language models over HTTP", lifespan=lifespan)
     _install_error_handlers(app)
+    limit = served.options.max_body_bytes
 
     @app.middleware("http")
     async def _limit_body(request: Request, call_next: Any) -> Any:
         size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > options.max_body_bytes:
-            return error(
-                413, f"the body is {size} bytes, above the server's limit of {options.max_body_bytes}"
-            )
+        if size is not None and size.isdigit() and int(size) > limit:
+            return error(413, f"the body is {size} bytes, above the server's limit of {limit}")
         return await call_next(request)
 
-    def pick(name: str | None) -> ServedModel:
-        if name is None:
-            if len(by_name) == 1:
-                return next(iter(by_name.values()))
-            raise RequestError(400, f'several models are served ({", ".join(by_name)}); name one in "model"')
-        if name not in by_name:
-            raise RequestError(404, f"unknown model {name!r}; served: {', '.join(by_name)}")
-        return by_name[name]
-
-    def as_list(inputs: Any) -> list[Any]:
-        items = inputs if isinstance(inputs, list) else [inputs]
-        if not items:
-            raise RequestError(400, "inputs: the list is empty; give at least one input")
-        return items
-
-    _add_routes(app, by_name, batchers, options, pick, as_list)
+    _add_routes(app, served)
     return app
 
 
-def _add_routes(
-    app: FastAPI,
-    by_name: dict[str, ServedModel],
-    batchers: dict[str, Batcher],
-    options: ServeOptions,
-    pick: Any,
-    as_list: Any,
-) -> None:
-    limits = options
+def _add_routes(app: FastAPI, models: Models) -> None:
+    limits = models.options
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -241,25 +250,25 @@ def _add_routes(
 
     @app.get("/v1/models", response_model=list[ModelInfo])
     async def list_models() -> list[dict[str, Any]]:
-        return [m.info() for m in by_name.values()]
+        return [m.info() for m in models.by_name.values()]
 
     @app.post("/v1/fill-mask", response_model=FillMaskResponse)
     async def fill_mask(req: FillMaskRequest) -> dict[str, Any]:
-        served = pick(req.model)
+        served = models.pick(req.model)
         if req.top_k > limits.max_top_k:
             raise RequestError(400, f"top_k: {req.top_k} is above the server's limit of {limits.max_top_k}")
         work = served.fill_mask_work(as_list(req.inputs), req.top_k, limits)
-        return {"model": served.name, "outputs": await batchers[served.name].submit(work)}
+        return {"model": served.name, "outputs": await models.answer(served, work)}
 
     @app.post("/v1/predict", response_model=PredictResponse)
     async def predict(req: PredictRequest) -> dict[str, Any]:
-        served = pick(req.model)
+        served = models.pick(req.model)
         work = served.predict_work(as_list(req.inputs), limits)
-        outputs = await batchers[served.name].submit(work)
+        outputs = await models.answer(served, work)
         return {"model": served.name, "task": served.kind, "outputs": outputs}
 
     @app.post("/v1/embed", response_model=EmbedResponse)
     async def embed(req: EmbedRequest) -> dict[str, Any]:
-        served = pick(req.model)
+        served = models.pick(req.model)
         work = served.embed_work(as_list(req.inputs), req.normalize, limits)
-        return {"model": served.name, "outputs": await batchers[served.name].submit(work)}
+        return {"model": served.name, "outputs": await models.answer(served, work)}
