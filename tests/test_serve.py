@@ -191,6 +191,7 @@ BAD_REQUESTS = [  # (path, raw body, status, a word the error must hold)
     ("/v1/embed", json.dumps({"model": "tiny", "inputs": "a", "normalize": "yes"}), 400, "normalize"),
     ("/v1/nothing", json.dumps({}), 404, "no such path"),
     ("/v1/fill-mask", "", 400, "body"),
+    ("/v1/predict", '{"model": "cls", "inputs": ' + "[" * 100_000 + "]" * 100_000 + "}", 400, "body"),
 ]
 
 

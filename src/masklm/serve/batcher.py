@@ -96,7 +96,10 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             taken = await self._gather()
-            results = await loop.run_in_executor(self.executor, self._compute, [w for w, _ in taken])
+            try:
+                results = await loop.run_in_executor(self.executor, self._compute, [w for w, _ in taken])
+            except Exception as e:  # a bug outside the forward passes: fail these requests, keep the worker
+                results = [e] * len(taken)
             self.batches += 1
             self.requests += len(taken)
             for (_, future), result in zip(taken, results):
