@@ -298,3 +298,43 @@ def test_serve_refuses_in_one_line_before_any_work(served_models, tmp_path, caps
     assert cli("serve", served_models["tiny"], "--dtype", "float16", "--port", "0") == 2
     err = capsys.readouterr().err
     assert "--dtype" in err and len(err.strip().splitlines()) == 1
+
+
+def test_batcher_gathers_concurrent_requests_and_survives_failures():
+    """In-process, without a model: 10 requests submitted at once share forward passes of at most 4 features;
+    a forward pass that raises fails only its own requests; beyond max_queue, QueueFull at once."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor as Pool
+
+    from masklm.serve.batcher import Batcher, QueueFull, Work
+
+    calls: list[list[int]] = []
+
+    def forward(key, features):
+        calls.append(list(features))
+        if -1 in features:
+            raise RuntimeError("boom")
+        return [f * 10 for f in features]
+
+    def work(*features: int) -> Work:
+        return Work(list(features), [("k",)] * len(features), [1] * len(features), lambda outs: outs)
+
+    async def scenario() -> tuple[list, list, bool]:
+        batcher = Batcher(forward, Pool(1), max_batch=4, max_wait_ms=50, max_queue=12)
+        worker = asyncio.create_task(batcher.run())
+        answers = await asyncio.gather(*(batcher.submit(work(i)) for i in range(10)))
+        failed = await asyncio.gather(batcher.submit(work(-1)), return_exceptions=True)
+        after = await batcher.submit(work(7, 8))
+        batcher.pending = batcher.max_queue  # as if 12 requests were held
+        try:
+            await batcher.submit(work(1))
+            full = False
+        except QueueFull:
+            full = True
+        worker.cancel()
+        return answers + [after], failed, full
+
+    answers, failed, full = asyncio.run(scenario())
+    assert answers == [[i * 10] for i in range(10)] + [[70, 80]]
+    assert sorted(len(c) for c in calls[:3]) == [2, 4, 4]  # 10 features in batches of at most 4
+    assert isinstance(failed[0], RuntimeError) and full
