@@ -261,6 +261,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20, help="time limit per level")
     ap.add_argument("--rss-requests", type=int, default=10_000)
     ap.add_argument("--rss-seconds", type=float, default=600, help="time limit of the memory run")
+    ap.add_argument(
+        "--memory-only", action="store_true", help="only the memory run (no load levels, no baseline)"
+    )
     ap.add_argument("--baseline-app", nargs=2, metavar=("FILL_HF", "CLS_HF"), help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     common.add_common_args(ap)
@@ -291,10 +294,12 @@ def main() -> None:
         urls: dict[str, str] = {}
         try:
             for i, (side, argv) in enumerate(argvs.items()):
-                procs[side], urls[side] = start(argv, root / f"log{i}.txt")
+                if side == SIDES[0] or not args.memory_only:
+                    procs[side], urls[side] = start(argv, root / f"log{i}.txt")
             started = rss_kib(procs[SIDES[0]].pid)
-            results = measure(urls, args)
-            procs.pop(SIDES[1]).terminate()
+            results = {} if args.memory_only else measure(urls, args)
+            if not args.memory_only:
+                procs.pop(SIDES[1]).terminate()
             rss = {
                 "start": started,
                 **_rss(procs[SIDES[0]], urls[SIDES[0]], args.rss_requests, args.rss_seconds),
@@ -322,6 +327,19 @@ def _rss(proc: subprocess.Popen, url: str, n: int, seconds: float) -> dict[str, 
 
 
 def report(results: dict, rss: dict, args: argparse.Namespace) -> None:
+    memory = (
+        f"- masklm serve resident memory: {rss['start'] / 1024:.0f} MiB after start-up, "
+        f"{rss['before'] / 1024:.0f} MiB before the mixed requests, peak "
+        f"{rss['peak'] / 1024:.0f} MiB while answering {rss['n']:,} mixed requests (3 bad for 1 good, 16 clients, "
+        f"{rss['s']:.0f} s), {rss['after'] / 1024:.0f} MiB after; {rss['wrong']} answers had the wrong status.\n"
+    )
+    if not results:
+        print(memory)
+        if not args.no_docs:
+            common.append_docs(
+                "masklm serve: memory under mixed requests", memory, args.shared, "torch default threads"
+            )
+        return
     rows = []
     for workload in ("fill-mask", "classifier"):
         for clients in (1, 8, 32):
@@ -342,10 +360,8 @@ def report(results: dict, rss: dict, args: argparse.Namespace) -> None:
         f"{args.seconds:g} s per level. masklm: `masklm serve` defaults (max batch 32, max wait 2 ms, bf16 where "
         "native); baseline: transformers `pipeline` in a minimal FastAPI app, one request at a time.\n\n"
         + common.table(headers, rows)
-        + f"\n\n- masklm serve resident memory: {rss['start'] / 1024:.0f} MiB after start-up, "
-        f"{rss['before'] / 1024:.0f} MiB after the load levels above, peak "
-        f"{rss['peak'] / 1024:.0f} MiB while answering {rss['n']:,} mixed requests (3 bad for 1 good, 16 clients, "
-        f"{rss['s']:.0f} s), {rss['after'] / 1024:.0f} MiB after; {rss['wrong']} answers had the wrong status.\n"
+        + "\n\n"
+        + memory
     )
     print(body)
     if not args.no_docs:
