@@ -11,3 +11,9 @@ fi
 .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null \
   || .venv/bin/pip install --quiet --disable-pip-version-check torch==2.13.0
 .venv/bin/pip install --quiet --disable-pip-version-check -e ".[dev,onnx]"
+# The browser test of the web page (tests/test_serve_browser.py) drives Debian's chromium through Playwright.
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then
+  apt-get install -y -qq chromium >/dev/null 2>&1 \
+    || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; } \
+    || echo "setup: could not install chromium (apt-get install chromium); the browser test will fail" >&2
+fi

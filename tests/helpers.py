@@ -142,3 +142,120 @@ def file_snapshot(folder: Path) -> dict[str, bytes] | None:
     return {
         p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
     }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# masklm serve: tiny served models and a real server process
+
+SERVE_LABELS_NER = ["B-LOC", "B-PER", "I-PER", "O"]
+
+
+def make_served_models(folder: Path) -> dict[str, Path]:
+    """Tiny model folders of every kind `masklm serve` answers with, by the name it serves them under:
+    "tiny" (a masked LM in a run folder's model/), "cls" (a classifier fine-tuned for a few steps on keyword
+    sentiment), and untrained heads for "ner", "qa" and "mc" (their answers are random but deterministic)."""
+    from masklm.data.tokenizer import train_tokenizer
+    from masklm.model.base import build_model
+    from masklm.model.heads import MaskedLM
+    from masklm.model.io import ModelInfo, save_model
+    from masklm.tasks import all_tasks
+
+    all_tasks()  # the multiple-choice head is defined in its task module
+    rows = keyword_rows(96, 5, WALK_WORDS)
+    tok = train_tokenizer([r["text"] for r in rows] + ["what is it ? alice smith paris"], vocab_size=200)
+    cfg = tiny_model_config(tok.get_vocab_size())
+    torch.manual_seed(0)
+    paths = {"tiny": save_model(MaskedLM(cfg), folder / "tiny" / "model", tok, ModelInfo("MaskedLM")).parent}
+    data = folder / "data"
+    data.mkdir()
+    write_csv(data / "train.csv", rows[:64])
+    write_csv(data / "val.csv", rows[64:])
+    paths["cls"] = folder / "cls"
+    fast = ["--train.lr", "3e-3", "--train.batch_size", "16", "--train.threads", "1", "--train.epochs", 6]
+    train = ["--train", data / "train.csv", "--validation", data / "val.csv"]
+    assert (
+        cli(
+            "finetune",
+            "--task",
+            "classification",
+            "--model",
+            paths["tiny"],
+            *train,
+            "--output",
+            paths["cls"],
+            *fast,
+        )
+        == 0
+    )
+    for name, arch, task, labels in (
+        ("ner", "TokenClassification", "token-classification", SERVE_LABELS_NER),
+        ("qa", "QuestionAnswering", "qa", None),
+        ("mc", "MultipleChoice", "multiple-choice", None),
+    ):
+        model = build_model(arch, cfg, labels)
+        paths[name] = save_model(
+            model, folder / name, tok, ModelInfo(arch, labels=labels, task={"name": task})
+        )
+    return paths
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """`masklm serve ARGS` as a subprocess on a free loopback port; `url` once /health answers."""
+
+    def __init__(self, args: list[object], log: Path, timeout_s: float = 300) -> None:
+        import subprocess
+        import sys
+        import time
+
+        import httpx
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        argv = [sys.executable, "-m", "masklm", "serve", *map(str, args), "--port", str(self.port)]
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"masklm serve exited with {self.proc.returncode}: {log.read_text()[-2000:]}"
+                )
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(
+                    f"masklm serve did not answer /health in {timeout_s} s: {log.read_text()[-2000:]}"
+                )
+            time.sleep(0.2)
+
+    def rss_kib(self) -> int:
+        """The server's resident memory (VmRSS) in KiB."""
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit code (killed after 30 s)."""
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode

@@ -175,6 +175,7 @@ def test_every_command_has_one_handler_signature():
         "finetune",
         "evaluate",
         "predict",
+        "serve",
     }
     for name, command in cli.COMMANDS.items():
         handler = getattr(finetune, command.handler.__name__, command.handler)  # the lazy ones: their target

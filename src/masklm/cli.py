@@ -514,6 +514,45 @@ def _finetune_handler(name: str) -> Handler:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# serve
+
+
+def build_serve(p: argparse.ArgumentParser) -> None:
+    from masklm.serve.limits import flags
+
+    p.add_argument(
+        "models",
+        nargs="+",
+        metavar="MODEL",
+        help="a run, model or Hugging Face BERT folder, or NAME=FOLDER to choose the name requests use "
+        "(default: the folder's name)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--threads", type=int, default=None, help="torch threads for the forward passes")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        help="weights: auto (fill-mask: bfloat16 where the CPU or GPU has native bf16; fine-tuned models: bfloat16 "
+        "where they trained in bf16; else float32), float32 or bfloat16",
+    )
+    for name, default, text in flags():
+        p.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default, help=text)
+
+
+def cmd_serve(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    """serve takes no settings (the parser refuses them), so `overrides` is always empty."""
+    from masklm.serve import check_installed
+
+    check_installed()  # before any model is read
+    from masklm.serve import serve
+    from masklm.serve.limits import options_from
+
+    serve(args.models, args.host, args.port, options_from(vars(args)), args.threads, args.dtype)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # The command table
 
 
@@ -596,6 +635,14 @@ COMMANDS: dict[str, Command] = {
         _finetune_handler("cmd_predict"),
         FinetuneConfig,
         SAVED_EPILOG,
+    ),
+    "serve": Command(
+        "serve models over HTTP: a JSON API with dynamic batching, and a web page",
+        "Serve one or more models (pretraining runs: fill-mask; fine-tuned models: their task) over HTTP with "
+        "a JSON API (/v1/fill-mask, /v1/predict, /v1/embed; OpenAPI at /docs) and a web page at /. Needs the "
+        "serve extra: pip install 'masklm[serve]'. See docs/serving.md.",
+        build_serve,
+        cmd_serve,
     ),
 }
 

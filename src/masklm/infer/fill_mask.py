@@ -35,6 +35,9 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 class FillMask:
+    """A masked-LM model with its tokenizer, answering fill-mask queries (one text at a time, or batched by
+    `masklm.serve` through `encode`, `masked_logits` and `candidates`)."""
+
     def __init__(self, model: nn.Module, tokenizer: tokenizers.Tokenizer, dtype: str = "auto") -> None:
         self.dtype = resolve_dtype(dtype, next(model.parameters()).device)
         self.model = model.eval().to(self.dtype)
@@ -53,33 +56,42 @@ class FillMask:
             raise UserError(f"{path} has no trained masked-LM head ({info.notes[0]}); fill-mask needs one")
         return cls(model, tokenizer, dtype)
 
+    def encode(self, text: str) -> dict[str, list[int]]:
+        """The model inputs of `text` ({"input_ids", "token_type_ids"}); a UserError when it has no [MASK] or is
+        longer than the model reads."""
+        enc = self.tokenizer.encode(text)
+        if self.mask_id not in enc.ids:
+            raise UserError('the text has no [MASK] token; write "[MASK]" where a word should be predicted')
+        if len(enc.ids) > self.max_len:
+            raise UserError(
+                f"the text is {len(enc.ids)} tokens long, above the model's limit of {self.max_len}; shorten it"
+            )
+        return {"input_ids": list(enc.ids), "token_type_ids": list(enc.type_ids)}
+
+    def masked_logits(
+        self, ids: torch.Tensor, attention_mask: torch.Tensor | None, types: torch.Tensor
+    ) -> torch.Tensor:
+        """(M, V) logits of the M [MASK] positions of a (B, T) batch, row by row, left to right."""
+        labels = torch.where(ids == self.mask_id, ids, torch.full_like(ids, -100))
+        return self.model(ids, attention_mask, types, labels)
+
+    def candidates(self, logits: torch.Tensor, top_k: int) -> list[list[dict]]:
+        """One ranked list of {token, token_id, score} per row of (M, V) mask logits."""
+        probs = logits.float().softmax(-1)
+        top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+        return [
+            [
+                {"token": self.tokenizer.id_to_token(i), "token_id": i, "score": p}
+                for p, i in zip(row_p, row_i)
+            ]
+            for row_p, row_i in zip(top.values.tolist(), top.indices.tolist())
+        ]
+
     @torch.inference_mode()
     def __call__(self, text: str, top_k: int = 5) -> list[list[dict]]:
         """One ranked list of {token, token_id, score} per [MASK], in order of appearance."""
         if top_k < 1:
             raise UserError(f"--top-k must be at least 1, not {top_k}")
-        enc = self.tokenizer.encode(text)
-        ids = torch.tensor([enc.ids])
-        positions = (ids[0] == self.mask_id).nonzero().flatten()
-        if positions.numel() == 0:
-            raise UserError('the text has no [MASK] token; write "[MASK]" where a word should be predicted')
-        if ids.shape[1] > self.max_len:
-            raise UserError(
-                f"the text is {ids.shape[1]} tokens long, above the model's limit of {self.max_len}; shorten it"
-            )
-        types = torch.tensor([enc.type_ids])
-        labels = torch.full_like(ids, -100)
-        labels[0, positions] = ids[0, positions]
-        logits = self.model(ids, None, types, labels)  # (M, V): only the masked positions
-        probs = logits.float().softmax(-1)
-        k = min(top_k, probs.shape[-1])
-        top = probs.topk(k, dim=-1)
-        out = []
-        for row_p, row_i in zip(top.values.tolist(), top.indices.tolist()):
-            out.append(
-                [
-                    {"token": self.tokenizer.id_to_token(i), "token_id": i, "score": p}
-                    for p, i in zip(row_p, row_i)
-                ]
-            )
-        return out
+        feature = self.encode(text)
+        ids, types = torch.tensor([feature["input_ids"]]), torch.tensor([feature["token_type_ids"]])
+        return self.candidates(self.masked_logits(ids, None, types), top_k)

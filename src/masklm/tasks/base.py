@@ -226,6 +226,32 @@ class Task(abc.ABC):
     ) -> list[Row]:
         """One output row per example, as `masklm predict` writes it."""
 
+    # ------------------------------------------------------------------------------------------------
+    # Serving (masklm serve: one HTTP request's inputs in, JSON answers out)
+
+    request_help: ClassVar[str] = ""
+    """What one input of a /v1/predict request looks like, as an error message says it."""
+
+    def request_example(self, item: Any, settings: FinetuneDataConfig) -> Example:
+        """The example one JSON input of a request stands for; a UserError (answered 400) when its shape is
+        wrong or its text empty."""
+        raise UserError(f"{self.name} models cannot answer requests")
+
+    def answers(
+        self,
+        data: TaskData,
+        outputs: Sequence[torch.Tensor],
+        labels: Sequence[str] | None,
+        settings: FinetuneDataConfig,
+    ) -> list[dict[str, Any]]:
+        """One JSON-able answer per example from the per-feature outputs (in feature order), with scores."""
+        raise UserError(f"{self.name} models cannot answer requests")
+
+    def feature_group(self, feature: Feature) -> Any:
+        """Features of different groups are never collated into one batch (multiple choice: the number of
+        choices); None for tasks whose features all collate together."""
+        return None
+
     def check_output(self, output: Path) -> None:
         """A UserError when `output`'s file type is not one of `output_formats`."""
         if output.suffix.lower() not in self.output_formats:

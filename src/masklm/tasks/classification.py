@@ -22,7 +22,7 @@ from masklm.errors import UserError
 from masklm.tasks.base import Example, Row, Task, TaskData
 from masklm.tasks.batching import Batch, Feature
 from masklm.tasks.encoding import INTEGER_LABEL, build_label_map, special_token_ids, truncate_longest_first
-from masklm.tasks.files import label_field, read_records, text_field
+from masklm.tasks.files import label_field, read_records, request_object, request_text, text_field
 from masklm.train import metrics as M
 
 if TYPE_CHECKING:
@@ -272,3 +272,35 @@ class ClassificationTask(Task):
                 row["score"] = round(p[1], 6)
             rows.append(row)
         return rows
+
+    request_help = '"text" or {"text": ..., "text_pair": ...}'
+
+    def request_example(self, item: Any, settings: FinetuneDataConfig) -> Example:
+        """A string, or {"text", "text_pair"} for a model fine-tuned on pairs."""
+        if isinstance(item, str):
+            return {"text": request_text(item, "text"), "text_pair": None, "label": None}
+        rec = request_object(item, ("text",), ("text_pair",), '"text" or {"text": ..., "text_pair": ...}')
+        pair = rec.get("text_pair")
+        return {
+            "text": request_text(rec["text"], "text"),
+            "text_pair": None if pair is None else request_text(pair, "text_pair"),
+            "label": None,
+        }
+
+    def answers(
+        self,
+        data: TaskData,
+        outputs: Sequence[torch.Tensor],
+        labels: Sequence[str] | None,
+        settings: FinetuneDataConfig,
+    ) -> list[dict[str, Any]]:
+        """{"label", "score", "scores": {label: probability}} per example, labels by falling probability;
+        {"score": value} for regression."""
+        if settings.regression:
+            return [{"score": float(o.reshape(-1)[0])} for o in outputs]
+        out = []
+        for o in outputs:
+            probs = torch.softmax(o.float(), -1).tolist()
+            ranked = sorted(zip(labels or [], probs), key=lambda lp: -lp[1])
+            out.append({"label": ranked[0][0], "score": ranked[0][1], "scores": dict(ranked)})
+        return out

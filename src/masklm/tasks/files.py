@@ -149,3 +149,39 @@ def label_field(rec: Record, column: str, path: Path, line: int) -> str | None:
     raise UserError(
         f"{path}:{line}: '{column}' is a {type(value).__name__}; a label must be one string or number"
     )
+
+
+# ----------------------------------------------------------------------------------------------------
+# One input of an HTTP request (masklm serve)
+
+_JSON_TYPES = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number"}
+
+
+def json_type(value: Any) -> str:
+    """How JSON names the type of `value` ("a string", "an object", "null" ...), for error messages."""
+    if value is None:
+        return "null"
+    return next((name for t, name in _JSON_TYPES.items() if isinstance(value, t)), "a number")
+
+
+def request_text(value: Any, field: str) -> str:
+    """`value` as the text of `field`; a UserError when it is not a string or holds only white space."""
+    if not isinstance(value, str):
+        raise UserError(f"'{field}' is {json_type(value)}, expected a string")
+    if not value.strip():
+        raise UserError(f"'{field}' is empty; give some text")
+    return value
+
+
+def request_object(item: Any, required: tuple[str, ...], optional: tuple[str, ...], shape: str) -> Record:
+    """`item` checked to be a JSON object with the `required` keys and no keys but those and `optional`;
+    `shape` says what was expected (`{"question": ..., "context": ...}`) in the error."""
+    if not isinstance(item, dict):
+        raise UserError(f"expected {shape}, got {json_type(item)}")
+    unknown = [k for k in item if k not in required and k not in optional]
+    if unknown:
+        raise UserError(f"unknown field '{unknown[0]}'; expected {shape}")
+    missing = [k for k in required if k not in item]
+    if missing:
+        raise UserError(f"'{missing[0]}' is missing; expected {shape}")
+    return item

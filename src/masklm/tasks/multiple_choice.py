@@ -27,7 +27,7 @@ from masklm.model.encoder import Encoder, init_weights
 from masklm.tasks.base import Example, Row, Task, TaskData
 from masklm.tasks.batching import Batch, Feature, pad_batch
 from masklm.tasks.encoding import INTEGER_LABEL, special_token_ids, truncate_longest_first
-from masklm.tasks.files import Record, label_field, read_records, text_field
+from masklm.tasks.files import Record, label_field, read_records, request_object, request_text, text_field
 from masklm.train import metrics as M
 
 if TYPE_CHECKING:
@@ -345,3 +345,34 @@ class MultipleChoiceTask(Task):
             row.update({f"score{i}": s for i, s in enumerate(r["scores"])})
             flat.append(row)
         return super().render(flat, suffix)
+
+    request_help = '{"context": ..., "endings": [..., ...]}'
+
+    def request_example(self, item: Any, settings: FinetuneDataConfig) -> Example:
+        """{"context", "endings"}: text and a list of at least two texts."""
+        rec = request_object(item, ("context", "endings"), (), self.request_help)
+        endings = rec["endings"]
+        if not isinstance(endings, list) or len(endings) < 2:
+            raise UserError(f"'endings' must be a list of at least two strings; expected {self.request_help}")
+        return {
+            "context": request_text(rec["context"], "context"),
+            "endings": [request_text(e, f"endings[{i}]") for i, e in enumerate(endings)],
+            "label": None,
+        }
+
+    def answers(
+        self,
+        data: TaskData,
+        outputs: Sequence[torch.Tensor],
+        labels: Sequence[str] | None,
+        settings: FinetuneDataConfig,
+    ) -> list[dict[str, Any]]:
+        """{"choice": the chosen ending's index, "scores": every ending's probability} per example."""
+        return [
+            {"choice": index, "scores": probs}
+            for index, probs in self.decode(data, outputs, labels, settings)
+        ]
+
+    def feature_group(self, feature: Feature) -> Any:
+        """The number of choices: a batch holds examples with as many endings each."""
+        return len(feature["input_ids"])

@@ -25,7 +25,7 @@ from masklm.errors import UserError
 from masklm.tasks.base import Example, Row, Task, TaskData
 from masklm.tasks.batching import Batch, Feature
 from masklm.tasks.encoding import special_token_ids
-from masklm.tasks.files import read_records, read_text
+from masklm.tasks.files import read_records, read_text, request_object, request_text
 from masklm.train import metrics as M
 
 if TYPE_CHECKING:
@@ -257,35 +257,64 @@ def postprocess_qa(
     null_threshold: float = 0.0,
     version_2: bool = False,
 ) -> dict[str, str]:
-    """Answer text per question id from per-feature start/end logits.
+    """Answer text per question id from per-feature start/end logits (see `best_answers` for the rule)."""
+    answers = best_answers(
+        examples, features, start_logits, end_logits, n_best, max_answer_length, null_threshold, version_2
+    )
+    return {ex["id"]: answer["text"] for ex, answer in zip(examples, answers)}
+
+
+def best_answers(
+    examples: Sequence[Example],
+    features: Sequence[Feature],
+    start_logits: Any,
+    end_logits: Any,
+    n_best: int = 20,
+    max_answer_length: int = 30,
+    null_threshold: float = 0.0,
+    version_2: bool = False,
+) -> list[dict[str, Any]]:
+    """The answer to each example: {"text", "start", "end" (character offsets in the context), "score"}.
 
     `start_logits[f]` / `end_logits[f]` hold feature f's logits (a 2-D padded array/tensor or a list of 1-D
     ones). Over all windows of a question, candidates are pairs of a window's `n_best` highest start and end
     logits (over all its tokens; only context tokens count) with start <= end and at most `max_answer_length`
-    tokens; the best start + end score wins, the earlier window on a tie.
-    With `version_2`, the answer is "" when the null score (start[0] + end[0], the lowest over the question's
-    windows) minus the best span score is above `null_threshold`, or when there is no valid span.
+    tokens; the best start + end score wins, the earlier window on a tie. The score is the probability of that
+    start times that of that end in its window.
+    With `version_2`, the answer is "" (start and end None) when the null score (start[0] + end[0], the lowest
+    over the question's windows) minus the best span score is above `null_threshold`, or when there is no valid
+    span; its score is then the probability of the null span in the window that has the lowest null score.
     """
     by_example: list[list[int]] = [[] for _ in examples]
     for f, feature in enumerate(features):
         by_example[feature["example_index"]].append(f)
-    predictions: dict[str, str] = {}
+    answers = []
     for ex, feature_indexes in zip(examples, by_example):
-        best_score, best_text, null_score = -math.inf, "", math.inf
+        best: dict[str, Any] = {"text": "", "start": None, "end": None, "score": 0.0}
+        best_score, null_score, null_prob = -math.inf, math.inf, 0.0
         for f in feature_indexes:
             offsets = features[f]["offsets"]
             s = _as_numpy(start_logits[f])[: len(offsets)]
             e = _as_numpy(end_logits[f])[: len(offsets)]
             if len(s) < len(offsets) or len(e) < len(offsets):
                 raise ValueError(f"feature {f} has {len(offsets)} tokens but fewer logits")
-            null_score = min(null_score, s[0] + e[0])
+            log_norm = _logsumexp(s) + _logsumexp(e)
+            if s[0] + e[0] < null_score:
+                null_score, null_prob = s[0] + e[0], math.exp(s[0] + e[0] - log_norm)
             score, span = _best_span(s, e, offsets, n_best, max_answer_length)
             if score > best_score:
-                best_score, best_text = score, ex["context"][span[0] : span[1]]
+                best_score = score
+                text = ex["context"][span[0] : span[1]]
+                best = {"text": text, "start": span[0], "end": span[1], "score": math.exp(score - log_norm)}
         if version_2 and (best_score == -math.inf or null_score - best_score > null_threshold):
-            best_text = ""
-        predictions[ex["id"]] = best_text
-    return predictions
+            best = {"text": "", "start": None, "end": None, "score": null_prob}
+        answers.append(best)
+    return answers
+
+
+def _logsumexp(x: np.ndarray) -> float:
+    top = float(x.max())
+    return top + math.log(float(np.exp(x - top).sum()))
 
 
 def _best_span(
@@ -430,3 +459,39 @@ class QuestionAnsweringTask(Task):
         if suffix == ".json":
             return json.dumps({r["id"]: r["answer"] for r in rows}, ensure_ascii=False, indent=1) + "\n"
         return super().render(rows, suffix)
+
+    request_help = '{"question": ..., "context": ...}'
+
+    def request_example(self, item: Any, settings: FinetuneDataConfig) -> Example:
+        """{"question", "context"}, both non-empty text."""
+        rec = request_object(item, ("question", "context"), (), self.request_help)
+        return {
+            "id": "request",
+            "question": request_text(rec["question"], "question"),
+            "context": request_text(rec["context"], "context"),
+            "answers": {"text": [], "answer_start": []},
+            "is_impossible": False,
+        }
+
+    def answers(
+        self,
+        data: TaskData,
+        outputs: Sequence[torch.Tensor],
+        labels: Sequence[str] | None,
+        settings: FinetuneDataConfig,
+    ) -> list[dict[str, Any]]:
+        """{"answer", "start", "end", "score"} per question; start and end are character offsets in the context
+        ("" and None for no answer, with data.version_2)."""
+        found = best_answers(
+            data.examples,
+            data.features,
+            [o[:, 0] for o in outputs],
+            [o[:, 1] for o in outputs],
+            n_best=settings.n_best,
+            max_answer_length=settings.max_answer_length,
+            null_threshold=settings.null_threshold,
+            version_2=bool(settings.version_2),
+        )
+        return [
+            {"answer": a["text"], "start": a["start"], "end": a["end"], "score": a["score"]} for a in found
+        ]

@@ -10,6 +10,7 @@ entities (seqeval), others by token accuracy.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ from masklm.errors import UserError
 from masklm.tasks.base import Example, Requirement, Row, Task, TaskData
 from masklm.tasks.batching import IGNORE_INDEX, Batch, Feature
 from masklm.tasks.encoding import build_label_map, special_token_ids
-from masklm.tasks.files import read_records, read_text, split_lines
+from masklm.tasks.files import read_records, read_text, request_object, request_text, split_lines
 from masklm.train import metrics as M
 
 if TYPE_CHECKING:
@@ -261,6 +262,59 @@ def align_predictions(
 
 
 # ----------------------------------------------------------------------------------------------------
+# Serving: raw text in, entities with character offsets out
+
+WORD = re.compile(r"\w+|[^\w\s]")
+"""A word of a request's text: a run of letters and digits, or one punctuation mark (as CoNLL files split)."""
+
+
+def split_words(text: str) -> tuple[list[str], list[tuple[int, int]]]:
+    """The words of `text` and their (start, end) character offsets."""
+    matches = list(WORD.finditer(text))
+    return [m.group() for m in matches], [m.span() for m in matches]
+
+
+def word_scores(feature: Feature, output: torch.Tensor) -> tuple[list[int], list[float]]:
+    """(tag id, probability) of every encoded word, read at its first sub-word."""
+    probs = torch.softmax(output.float(), -1)
+    best, ids = probs.max(-1)
+    tags, scores, seen = [], [], set()
+    for position, w in enumerate(feature["word_ids"]):
+        if w is not None and w not in seen:
+            seen.add(w)
+            tags.append(int(ids[position]))
+            scores.append(float(best[position]))
+    return tags, scores
+
+
+def group_entities(
+    tags: Sequence[str], scores: Sequence[float], spans: Sequence[tuple[int, int]], text: str, prefixed: bool
+) -> list[dict[str, Any]]:
+    """Entities {"text", "label", "start", "end", "score"} from per-word tags: with `prefixed` tags, a B-/S- tag
+    (or an I- tag of another type) starts an entity and I-/E- tags of its type extend it; otherwise every word
+    not tagged "O" is one. The score is the mean of its words' probabilities."""
+    entities: list[dict[str, Any]] = []
+    open_entity: dict[str, Any] | None = None
+    for tag, score, (start, end) in zip(tags, scores, spans):
+        prefix, kind = (tag[0], tag[2:]) if prefixed and tag[1:2] == "-" else ("", tag)
+        if tag == "O":
+            open_entity = None
+            continue
+        if open_entity is not None and prefix in ("I", "E") and kind == open_entity["label"]:
+            open_entity["end"] = end
+            open_entity["scores"].append(score)
+        else:
+            open_entity = {"label": kind, "start": start, "end": end, "scores": [score]}
+            entities.append(open_entity)
+        if not prefixed or prefix in ("E", "S"):
+            open_entity = None
+    for e in entities:
+        word_probs = e.pop("scores")
+        e["text"], e["score"] = text[e["start"] : e["end"]], sum(word_probs) / len(word_probs)
+    return entities
+
+
+# ----------------------------------------------------------------------------------------------------
 # The task
 
 
@@ -365,3 +419,34 @@ class TokenClassificationTask(Task):
         if suffix in (".conll", ".txt"):
             return "\n".join("".join(f"{t}\t{g}\n" for t, g in zip(r["tokens"], r["tags"])) for r in rows)
         return super().render(rows, suffix)
+
+    request_help = '"text" or {"text": ...}'
+
+    def request_example(self, item: Any, settings: FinetuneDataConfig) -> Example:
+        """Raw text (or {"text": ...}), split into words and punctuation marks with their offsets."""
+        if not isinstance(item, str):
+            item = request_object(item, ("text",), (), self.request_help)["text"]
+        text = request_text(item, "text")
+        words, spans = split_words(text)
+        if not words:
+            raise UserError("'text' has no words; give some text")
+        return {"tokens": words, "tags": None, "text": text, "spans": spans}
+
+    def answers(
+        self,
+        data: TaskData,
+        outputs: Sequence[torch.Tensor],
+        labels: Sequence[str] | None,
+        settings: FinetuneDataConfig,
+    ) -> list[dict[str, Any]]:
+        """{"entities": [...], "tokens", "tags"} per example; words cut off by max_length are tagged "O"."""
+        names = list(labels or [])
+        prefixed = M.has_entity_tags(names)
+        out = []
+        for ex, f, o in zip(data.examples, data.features, outputs):
+            ids, scores = word_scores(f, o)
+            missing = len(ex["tokens"]) - len(ids)
+            tags = [names[i] for i in ids] + ["O"] * missing
+            entities = group_entities(tags, scores + [1.0] * missing, ex["spans"], ex["text"], prefixed)
+            out.append({"entities": entities, "tokens": ex["tokens"], "tags": tags})
+        return out
