@@ -389,6 +389,59 @@ def cmd_fill_mask(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     return 0
 
 
+def build_score(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="a run folder, a model folder or a Hugging Face BERT folder with an MLM head",
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="FILE",
+        help="one sentence a line, or JSONL minimal pairs {sentence_good, sentence_bad, group}",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--word-level",
+        action="store_true",
+        help="PLL-word-l2r: also mask the later pieces of the scored piece's word (Kauf & Ivanova 2023)",
+    )
+    p.add_argument(
+        "--dtype", default="float32", help="weights for inference: float32 (default), bfloat16 or auto"
+    )
+    p.add_argument(
+        "--token-budget", type=int, default=8192, help="tokens per forward pass (rows x padded length)"
+    )
+
+
+def cmd_score(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    """score takes no settings (the parser refuses them), so `overrides` is always empty."""
+    from masklm.infer.score import Scorer, read_score_input
+
+    if args.token_budget < 1:
+        raise UserError(f"--token-budget must be at least 1, not {args.token_budget}")
+    kind, rows = read_score_input(args.data)  # a bad file is refused before the model is read
+    scorer = Scorer.load(args.model, dtype=args.dtype, token_budget=args.token_budget)
+    if kind == "pairs":
+        result = {"word_level": args.word_level, **scorer.pairs(rows, args.word_level)}
+        if args.json:
+            print(json.dumps(result))
+            return 0
+        for group, g in result["groups"].items():
+            print(f"{group:>30}  {g['accuracy']:.4f}  ({g['pairs']} pairs)")
+        print(f"{'overall':>30}  {result['accuracy']:.4f}  ({result['pairs']} pairs)")
+        return 0
+    scores = scorer.score(rows, args.word_level, where=args.data)
+    if args.json:
+        out = [{"sentence": s, "pll": sc.pll, "tokens": sc.tokens} for s, sc in zip(rows, scores)]
+        print(json.dumps({"word_level": args.word_level, "sentences": out}, ensure_ascii=False))
+    else:
+        for sentence, sc in zip(rows, scores):
+            print(f"{sc.pll:12.4f}  {sc.tokens:4d}  {sentence}")
+    return 0
+
+
 def build_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL_DIR")
     p.add_argument("output", metavar="OUT")
@@ -530,6 +583,13 @@ COMMANDS: dict[str, Command] = {
         "Predict the tokens hidden behind [MASK] in TEXT.",
         build_fill_mask,
         cmd_fill_mask,
+    ),
+    "score": Command(
+        "pseudo-log-likelihood of sentences; minimal-pair accuracy",
+        "Score each sentence by its pseudo-log-likelihood under a masked LM (every token masked in turn, "
+        "batched), or a JSONL file of minimal pairs by the share whose good sentence scores higher.",
+        build_score,
+        cmd_score,
     ),
     "export": Command(
         "export a model as a Hugging Face folder or ONNX",
