@@ -178,6 +178,8 @@ def test_every_command_has_one_handler_signature():
         "evaluate",
         "predict",
         "score",
+        "compare",
+        "suite",
     }
     for name, command in cli.COMMANDS.items():
         handler = getattr(finetune, command.handler.__name__, command.handler)  # the lazy ones: their target

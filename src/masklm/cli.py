@@ -442,6 +442,27 @@ def cmd_score(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     return 0
 
 
+def build_compare(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", metavar="RUN", help="pretraining or fine-tuning run folders")
+    p.add_argument("--output", metavar="FILE.png", help="also plot their curves against tokens and wall time")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    p.add_argument("--json", action="store_true", help="print the table as JSON (headers and rows)")
+
+
+def cmd_compare(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    """compare takes no settings (the parser refuses them), so `overrides` is always empty."""
+    from masklm.compare import compare, format_table
+
+    result = compare(args.runs, args.output, args.overwrite)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(format_table(result["headers"], result["rows"]))
+    if result["plot"]:
+        print(f"plot: {result['plot']}")
+    return 0
+
+
 def build_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL_DIR")
     p.add_argument("output", metavar="OUT")
@@ -590,6 +611,13 @@ COMMANDS: dict[str, Command] = {
         "batched), or a JSONL file of minimal pairs by the share whose good sentence scores higher.",
         build_score,
         cmd_score,
+    ),
+    "compare": Command(
+        "final metrics and differing settings of several runs; their curves in one plot",
+        "Compare run folders (pretraining or fine-tuning): a table of their final metrics and of the settings "
+        "that differ between them, and with --output a plot of their curves against tokens and wall time.",
+        build_compare,
+        cmd_compare,
     ),
     "export": Command(
         "export a model as a Hugging Face folder or ONNX",
