@@ -463,6 +463,35 @@ def cmd_compare(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     return 0
 
 
+def build_suite(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, metavar="MODEL", help="the model every task starts from")
+    p.add_argument(
+        "--suite", required=True, metavar="SUITE", help="a suite YAML file, or glue (the GLUE folder layout)"
+    )
+    p.add_argument(
+        "--data-dir", required=True, metavar="DIR", help="the folder the suite's file paths start in"
+    )
+    p.add_argument(
+        "--output", metavar="DIR", help="runs, results, suite.json and suite.md (default runs/suite-NAME)"
+    )
+    p.add_argument("--jobs", type=int, default=1, help="tasks run at a time, in separate processes")
+    p.add_argument("--lrs", type=float, nargs="+", help="learning rates: replaces every task's grid")
+    p.add_argument("--epochs", type=float, nargs="+", help="epoch counts: replaces every task's grid")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds: replaces every task's grid")
+    p.add_argument(
+        "--init",
+        choices=("pretrained", "random"),
+        default="pretrained",
+        help="random: the same architecture with fresh weights (the baseline for what pretraining is worth)",
+    )
+
+
+def cmd_suite(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    from masklm.suite import cmd_suite as run
+
+    return run(args, overrides)
+
+
 def build_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL_DIR")
     p.add_argument("output", metavar="OUT")
@@ -618,6 +647,16 @@ COMMANDS: dict[str, Command] = {
         "that differ between them, and with --output a plot of their curves against tokens and wall time.",
         build_compare,
         cmd_compare,
+    ),
+    "suite": Command(
+        "fine-tune on a benchmark suite (GLUE layout built in); one table and a suite score",
+        "Fine-tune MODEL on every task of a suite over a small grid of learning rates, epochs and seeds, keep "
+        "each task's best validation run, and report the task metrics and the suite average (suite.json, "
+        "suite.md). Finished tasks are skipped when the command is run again.",
+        build_suite,
+        cmd_suite,
+        FinetuneConfig,
+        "The settings apply to every task's fine-tuning (after the suite file's). See docs/evaluation.md.",
     ),
     "export": Command(
         "export a model as a Hugging Face folder or ONNX",
