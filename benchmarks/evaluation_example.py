@@ -29,7 +29,7 @@ from benchmarks.finetune_vs_hf import rotten_tomatoes, unseen_tags_as_o, wnut, w
 
 SUITE = """name: demo-suite
 grid: {{lrs: {lrs}, epochs: {epochs}, seeds: [0]}}
-settings: {{train.batch_size: 32, data.max_length: 128}}
+settings: {{train.batch_size: 32, data.max_length: 64}}
 tasks:
   - {{name: rotten_tomatoes, type: classification, train: rt_train.csv, validation: rt_val.csv,
      columns: {{text: text, label: label}}, metrics: [accuracy]}}
@@ -47,18 +47,19 @@ def random_init(model: str, out: Path) -> Path:
     return save_model(MaskedLM(trained.cfg), out, tokenizer, ModelInfo("MaskedLM"))
 
 
-def write_suite(work: Path, rt_train: int, lrs: list[float], epochs: list[float]) -> Path:
+def write_suite(work: Path, args: argparse.Namespace) -> Path:
     data = work / "data"
     data.mkdir(parents=True, exist_ok=True)
     rt_tr, rt_val, _ = rotten_tomatoes(0)
-    write_csv(data / "rt_train.csv", rt_tr[:rt_train])
-    write_csv(data / "rt_val.csv", rt_val)
+    write_csv(data / "rt_train.csv", rt_tr[: args.rt_train])
+    write_csv(data / "rt_val.csv", rt_val[: args.val])
     w_tr, w_val, _ = wnut(0)
+    w_tr, w_val = w_tr[: args.wnut_train], w_val[: args.val]
     unseen_tags_as_o(w_tr, w_val)
     write_conll(data / "wnut_train.txt", w_tr)
     write_conll(data / "wnut_val.txt", w_val)
     suite = work / "suite.yaml"
-    suite.write_text(SUITE.format(lrs=json.dumps(lrs), epochs=json.dumps(epochs)))
+    suite.write_text(SUITE.format(lrs=json.dumps(args.lrs), epochs=json.dumps(args.epochs)))
     return suite
 
 
@@ -76,6 +77,10 @@ def main() -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--work", required=True, help="data, runs and reports go here")
     ap.add_argument("--rt-train", type=int, default=2000, help="Rotten Tomatoes training rows")
+    ap.add_argument("--wnut-train", type=int, default=None, help="WNUT-16 training sentences (default: all)")
+    ap.add_argument(
+        "--val", type=int, default=None, help="validation rows / sentences per task (default: all)"
+    )
     ap.add_argument("--lrs", type=float, nargs="+", default=[3e-4, 1e-3])
     ap.add_argument("--epochs", type=float, nargs="+", default=[2.0])
     ap.add_argument("--skip-suite", action="store_true", help="minimal pairs only")
@@ -95,7 +100,7 @@ def main() -> None:
     print(pairs_table(results), flush=True)
     if args.skip_suite:
         return
-    suite = write_suite(work, args.rt_train, args.lrs, args.epochs)
+    suite = write_suite(work, args)
     for init in ("pretrained", "random"):
         report = run_suite(str(suite), args.model, str(work / "data"), str(work / f"suite-{init}"), init=init)
         print(report_markdown(report), flush=True)

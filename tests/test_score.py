@@ -73,6 +73,25 @@ def test_pll_equals_direct_computation(loaded, word_level):
         assert score.tokens == len(encode_sentences(scorer.tokenizer, [sentence], 64)[0].ids) - 2
 
 
+def test_a_hugging_face_folder_scores_as_transformers_does(model_dir, tmp_path):
+    """The model exported as BertForMaskedLM: masklm's PLL of the HF folder equals a per-token loop in transformers."""
+    transformers = pytest.importorskip("transformers")
+    from masklm.export import export_model
+
+    hf = export_model(model_dir, tmp_path / "hf", "hf", check=False)
+    scorer = Scorer.load(hf)
+    bert = transformers.BertForMaskedLM.from_pretrained(str(hf)).eval()
+    for sentence, got in zip(SENTENCES, scorer.score(SENTENCES)):
+        enc = encode_sentences(scorer.tokenizer, [sentence], scorer.max_len)[0]
+        total = 0.0
+        for p in range(1, len(enc.ids) - 1):
+            ids = torch.tensor([enc.ids])
+            ids[0, p] = scorer.mask_id
+            with torch.no_grad():
+                total += float(bert(input_ids=ids).logits[0, p].log_softmax(-1)[enc.ids[p]])
+        assert got.pll == pytest.approx(total, abs=1e-4)
+
+
 def test_word_level_differs_on_words_of_several_pieces(loaded):
     scorer, _ = loaded
     encoded = encode_sentences(scorer.tokenizer, SENTENCES, scorer.max_len)
