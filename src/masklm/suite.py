@@ -396,7 +396,8 @@ def run_tasks(
 def report_markdown(report: dict[str, Any]) -> str:
     """suite.md: one row per task (metrics x 100, score, the best grid point, wall time), then the average."""
     lines = [
-        f"# {report['suite']}: {report['model']}",
+        f"# {report['suite']}: {report['model']}"
+        + (" (random init)" if report.get("init") == "random" else ""),
         "",
         "| task | metrics | score | best lr | epochs | seed | grid runs | wall s |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
