@@ -83,7 +83,9 @@ def main() -> None:
     )
     ap.add_argument("--lrs", type=float, nargs="+", default=[3e-4, 1e-3])
     ap.add_argument("--epochs", type=float, nargs="+", default=[2.0])
-    ap.add_argument("--skip-suite", action="store_true", help="minimal pairs only")
+    ap.add_argument(
+        "--skip-suite", action="store_true", help="write the suite's data and file, run only the pairs"
+    )
     args = ap.parse_args()
 
     from masklm.infer.score import Scorer
@@ -98,9 +100,9 @@ def main() -> None:
         for name, m in (("pretrained", args.model), ("random init", baseline))
     }
     print(pairs_table(results), flush=True)
+    suite = write_suite(work, args)
     if args.skip_suite:
         return
-    suite = write_suite(work, args)
     for init in ("pretrained", "random"):
         report = run_suite(str(suite), args.model, str(work / "data"), str(work / f"suite-{init}"), init=init)
         print(report_markdown(report), flush=True)
