@@ -422,6 +422,109 @@ def cmd_fill_mask(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     return 0
 
 
+def build_score(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="a run folder, a model folder or a Hugging Face BERT folder with an MLM head",
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="FILE",
+        help="one sentence a line, or JSONL minimal pairs {sentence_good, sentence_bad, group}",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--word-level",
+        action="store_true",
+        help="PLL-word-l2r: also mask the later pieces of the scored piece's word (Kauf & Ivanova 2023)",
+    )
+    p.add_argument(
+        "--dtype", default="float32", help="weights for inference: float32 (default), bfloat16 or auto"
+    )
+    p.add_argument(
+        "--token-budget", type=int, default=8192, help="tokens per forward pass (rows x padded length)"
+    )
+
+
+def cmd_score(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    """score takes no settings (the parser refuses them), so `overrides` is always empty."""
+    from masklm.infer.score import Scorer, read_score_input
+
+    if args.token_budget < 1:
+        raise UserError(f"--token-budget must be at least 1, not {args.token_budget}")
+    kind, rows = read_score_input(args.data)  # a bad file is refused before the model is read
+    scorer = Scorer.load(args.model, dtype=args.dtype, token_budget=args.token_budget)
+    if kind == "pairs":
+        result = {"word_level": args.word_level, **scorer.pairs(rows, args.word_level)}
+        if args.json:
+            print(json.dumps(result))
+            return 0
+        for group, g in result["groups"].items():
+            print(f"{group:>30}  {g['accuracy']:.4f}  ({g['pairs']} pairs)")
+        print(f"{'overall':>30}  {result['accuracy']:.4f}  ({result['pairs']} pairs)")
+        return 0
+    scores = scorer.score(rows, args.word_level, where=args.data)
+    if args.json:
+        out = [{"sentence": s, "pll": sc.pll, "tokens": sc.tokens} for s, sc in zip(rows, scores)]
+        print(json.dumps({"word_level": args.word_level, "sentences": out}, ensure_ascii=False))
+    else:
+        for sentence, sc in zip(rows, scores):
+            print(f"{sc.pll:12.4f}  {sc.tokens:4d}  {sentence}")
+    return 0
+
+
+def build_compare(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", metavar="RUN", help="pretraining or fine-tuning run folders")
+    p.add_argument("--output", metavar="FILE.png", help="also plot their curves against tokens and wall time")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    p.add_argument("--json", action="store_true", help="print the table as JSON (headers and rows)")
+
+
+def cmd_compare(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    """compare takes no settings (the parser refuses them), so `overrides` is always empty."""
+    from masklm.compare import compare, format_table
+
+    result = compare(args.runs, args.output, args.overwrite)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(format_table(result["headers"], result["rows"]))
+    if result["plot"]:
+        print(f"plot: {result['plot']}")
+    return 0
+
+
+def build_suite(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, metavar="MODEL", help="the model every task starts from")
+    p.add_argument(
+        "--suite", required=True, metavar="SUITE", help="a suite YAML file, or glue (the GLUE folder layout)"
+    )
+    p.add_argument(
+        "--data-dir", required=True, metavar="DIR", help="the folder the suite's file paths start in"
+    )
+    p.add_argument(
+        "--output", metavar="DIR", help="runs, results, suite.json and suite.md (default runs/suite-NAME)"
+    )
+    p.add_argument("--jobs", type=int, default=1, help="tasks run at a time, in separate processes")
+    p.add_argument("--lrs", type=float, nargs="+", help="learning rates: replaces every task's grid")
+    p.add_argument("--epochs", type=float, nargs="+", help="epoch counts: replaces every task's grid")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds: replaces every task's grid")
+    p.add_argument(
+        "--init",
+        choices=("pretrained", "random"),
+        default="pretrained",
+        help="random: the same architecture with fresh weights (the baseline for what pretraining is worth)",
+    )
+
+
+def cmd_suite(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    from masklm.suite import cmd_suite as run
+
+    return run(args, overrides)
+
+
 def build_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL_DIR")
     p.add_argument("output", metavar="OUT")
@@ -603,6 +706,30 @@ COMMANDS: dict[str, Command] = {
         "Predict the tokens hidden behind [MASK] in TEXT.",
         build_fill_mask,
         cmd_fill_mask,
+    ),
+    "score": Command(
+        "pseudo-log-likelihood of sentences; minimal-pair accuracy",
+        "Score each sentence by its pseudo-log-likelihood under a masked LM (every token masked in turn, "
+        "batched), or a JSONL file of minimal pairs by the share whose good sentence scores higher.",
+        build_score,
+        cmd_score,
+    ),
+    "compare": Command(
+        "final metrics and differing settings of several runs; their curves in one plot",
+        "Compare run folders (pretraining or fine-tuning): a table of their final metrics and of the settings "
+        "that differ between them, and with --output a plot of their curves against tokens and wall time.",
+        build_compare,
+        cmd_compare,
+    ),
+    "suite": Command(
+        "fine-tune on a benchmark suite (GLUE layout built in); one table and a suite score",
+        "Fine-tune MODEL on every task of a suite over a small grid of learning rates, epochs and seeds, keep "
+        "each task's best validation run, and report the task metrics and the suite average (suite.json, "
+        "suite.md). Finished tasks are skipped when the command is run again.",
+        build_suite,
+        cmd_suite,
+        FinetuneConfig,
+        "The settings apply to every task's fine-tuning (after the suite file's). See docs/evaluation.md.",
     ),
     "export": Command(
         "export a model as a Hugging Face folder or ONNX",

@@ -187,6 +187,11 @@ class TrainConfig:
     max_minutes: float | None = setting(None, "budget in wall-clock minutes (the schedule decays to its end)")
     eval_every: int = setting(200, "steps between evaluations (0 = only at the end)")
     eval_sequences: int = setting(512, "validation sequences per evaluation")
+    eval_pairs: str | None = setting(
+        None,
+        "JSONL minimal pairs {sentence_good, sentence_bad} (masklm score): each evaluation adds pairs_accuracy, "
+        "the share whose good sentence has the higher pseudo-log-likelihood (keep it to a few hundred pairs)",
+    )
     log_every: int = setting(10, "steps between metrics.jsonl lines")
     log: Literal["jsonl", "tensorboard"] = setting(
         "jsonl",
@@ -316,6 +321,7 @@ class FinetuneTrainConfig(TrainConfig):
         0, "extra evaluations every N steps (the validation set is evaluated after every epoch anyway)"
     )
     eval_sequences: int = setting(512, "not used in fine-tuning: the whole validation file is evaluated")
+    eval_pairs: str | None = setting(None, "pretraining only (minimal pairs); refused in fine-tuning")
     eval_batch_size: int | None = setting(
         None, "batch size for evaluation and prediction (None: train.batch_size); saved with the model"
     )
@@ -404,6 +410,9 @@ class FinetuneConfig:
             t.max_tokens is None,
             "train.max_tokens is a pretraining budget; fine-tuning stops after train.epochs, train.max_steps "
             "or train.max_minutes",
+        )
+        _require(
+            t.eval_pairs is None, "train.eval_pairs scores a masked LM during pretraining; not in fine-tuning"
         )
         _require(t.eval_batch_size is None or t.eval_batch_size > 0, "train.eval_batch_size must be positive")
         _require(t.bucket_batches >= 1, f"train.bucket_batches must be at least 1, not {t.bucket_batches}")

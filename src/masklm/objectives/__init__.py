@@ -5,6 +5,7 @@
     loss = objective.loss(model, batch)                # a mean, or one mean per part (see `loss_items`)
     objective.loss_items(batch)                        # what each part averages over: fit weights by it
     metrics = evaluate(model, objective, batches, ...) # held-out metrics (objective.eval_sums / eval_metrics)
+    objective.fill_mask_model(model)                   # the masked LM in it: the model, or ELECTRA's generator
 
 An objective is one file here (mlm.py, electra.py) and its entry in `objective_for`. Batches come from
 `masklm.train.pretrain.MaskedBatches`, which adds what an objective asks for (`extras`).
@@ -42,6 +43,10 @@ class Objective(Protocol):
     def eval_sums(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]: ...
 
     def eval_metrics(self, sums: dict[str, float]) -> dict[str, float]: ...
+
+    def fill_mask_model(
+        self, model: nn.Module
+    ) -> nn.Module: ...  # the MaskedLM inside (pseudo-log-likelihood)
 
 
 def objective_for(cfg: Config) -> Objective:

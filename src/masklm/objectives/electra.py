@@ -97,3 +97,7 @@ class Electra:
             "replaced_fraction": sums["replaced"] / real,
             "replaced_recall": sums["replaced_caught"] / max(sums["replaced"], 1.0),
         }
+
+    def fill_mask_model(self, model: nn.Module) -> nn.Module:
+        """The generator (it shares the discriminator's embeddings): ELECTRA's masked LM."""
+        return model.generator

@@ -26,6 +26,7 @@ from masklm.data.mixture import Mixture, Source, parse_source, source_weights
 from masklm.data.shards import PackedDataset, find_parts
 from masklm.data.tokenizer import load_tokenizer, special_ids, tokenizer_hash
 from masklm.errors import UserError
+from masklm.infer.score import Scorer, read_pairs
 from masklm.model.base import read_config_json
 from masklm.model.electra import ElectraPreTraining
 from masklm.model.io import ModelInfo, load_model, resolve_model_dir, save_model
@@ -322,6 +323,22 @@ def keep_global_batch(cfg: Config, resume_from: Path | None) -> None:
         t.batch_size, t.grad_accum = split
 
 
+def with_pair_accuracy(
+    evaluate_fn: Callable[[nn.Module], dict[str, float]] | None,
+    lm: nn.Module,
+    tokenizer: Tokenizer,
+    pairs: list[dict[str, Any]],
+) -> Callable[[nn.Module], dict[str, float]]:
+    """`evaluate_fn` (if any) plus "pairs_accuracy": the minimal-pair accuracy of `lm` (the plain masked LM:
+    every process scores all pairs, the same forward passes in the same order)."""
+
+    def evaluate_with_pairs(model: nn.Module) -> dict[str, float]:
+        metrics = evaluate_fn(model) if evaluate_fn is not None else {}
+        return {**metrics, "pairs_accuracy": Scorer.from_model(lm, tokenizer).pairs(pairs)["accuracy"]}
+
+    return evaluate_with_pairs
+
+
 def pretrain(
     cfg: Config,
     data_dir: DataArg,
@@ -345,6 +362,7 @@ def pretrain(
     run = Run(run_dir, resume=resume, overwrite=overwrite)
     train_ds, val_ds = load_splits(sources)
     cfg = run.resume_config(cfg, resume_changes)
+    pairs = read_pairs(cfg.train.eval_pairs) if cfg.train.eval_pairs else []
     device = run.setup(cfg)
     tokenizer = load_data_tokenizer(train_ds.tokenizer_path, run)
     fit_config_to_data(cfg, tokenizer, int(train_ds.seq_len))
@@ -369,8 +387,16 @@ def pretrain(
     evaluate_fn = None
     if val_ds is not None:
         val_batches = MaskedBatches(val_ds, cfg, specials, sp.mask, vocab, extras=objective.extras)
-        evaluate_fn = partial(evaluate, objective=objective, batches=val_batches, limit=t.eval_sequences,
-                              batch_size=t.batch_size, device=device)  # fmt: skip
+        evaluate_fn = partial(
+            evaluate,
+            objective=objective,
+            batches=val_batches,
+            limit=t.eval_sequences,
+            batch_size=t.batch_size,
+            device=device,
+        )
+    if t.eval_pairs:
+        evaluate_fn = with_pair_accuracy(evaluate_fn, objective.fill_mask_model(model), tokenizer, pairs)
     result = run.fit(
         trainable,
         t,

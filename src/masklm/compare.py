@@ -1,0 +1,209 @@
+"""masklm compare: several run folders side by side, one table and one plot.
+
+    masklm compare runs/a runs/b runs/c --output compare.png
+
+The table has one row per run: its final metrics (summary.json: a pretraining run's last evaluation, a fine-tuning
+run's best validation metrics; the last evaluation in metrics.jsonl for a run that has not finished), its budget
+used (tokens, training time) and every setting of config.yaml whose value is not the same in all the runs (the
+settings they share are left out: they explain no difference). The plot (--output) has the training loss and the
+validation metric of every run against tokens seen and against training wall time; a run's validation metric is
+its main one (masked-token accuracy for pretraining, the metric that picked the best model for fine-tuning).
+Evaluation records carry no clock, so their wall time is interpolated between the training records around them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from masklm.errors import UserError
+from masklm.plots import read_metrics
+
+SUMMARY_KEYS = ("tokens", "steps", "train_time_s")  # the budget each run used, beside its metrics
+SKIPPED_METRICS = {"perplexity"}  # follows from the loss
+
+
+@dataclass
+class RunRecord:
+    name: str
+    folder: Path
+    settings: dict[str, Any]  # config.yaml flattened to dotted keys
+    final: dict[str, float]
+    main_metric: str
+    rows: list[dict[str, Any]]
+    finished: bool
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"lr": 1e-3}} → {"train.lr": 1e-3}."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def load_run(folder: str | Path) -> RunRecord:
+    """A pretraining or fine-tuning run folder: config.yaml, metrics.jsonl and (once finished) summary.json."""
+    folder = Path(folder)
+    config, metrics = folder / "config.yaml", folder / "metrics.jsonl"
+    if not (config.is_file() and metrics.is_file()):
+        raise UserError(f"{folder} is not a masklm run folder (it needs config.yaml and metrics.jsonl)")
+    try:
+        settings = flatten(yaml.safe_load(config.read_text(encoding="utf-8")) or {})
+        rows = read_metrics(metrics)
+        summary = (
+            json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").is_file() else None
+        )
+    except (yaml.YAMLError, json.JSONDecodeError) as e:
+        raise UserError(
+            f"{folder}: a damaged run file ({e.__class__.__name__}); compare only whole runs"
+        ) from None
+    evals = [r for r in rows if r.get("split") == "val"]
+    last_eval = {
+        k: v for k, v in (evals[-1] if evals else {}).items() if k not in ("step", "tokens", "split")
+    }
+    if summary is None:
+        final = dict(last_eval)
+    elif "best" in summary:  # fine-tuning: the best validation metrics at the top level
+        final = {
+            k: summary[k] for k in summary.get("last_eval") or {} if isinstance(summary.get(k), (int, float))
+        }
+    else:
+        final = dict(summary.get("eval") or {})
+    final = {k: float(v) for k, v in final.items() if k not in SKIPPED_METRICS}
+    if summary is not None:
+        final.update({k: float(summary[k]) for k in SUMMARY_KEYS if isinstance(summary.get(k), (int, float))})
+    elif rows:
+        final.update({"tokens": float(rows[-1].get("tokens", 0)), "steps": float(rows[-1].get("step", 0))})
+    main = (summary or {}).get("best", {}).get("metric") or next(
+        (k for k in ("accuracy", "f1", "pearson", "exact_match", "loss") if k in last_eval), "loss"
+    )
+    return RunRecord(folder.name, folder, settings, final, main, rows, summary is not None)
+
+
+def differing_settings(runs: list[RunRecord]) -> list[str]:
+    """The dotted settings whose values are not all equal (absent counts as a value), in config order."""
+    keys = list(dict.fromkeys(k for r in runs for k in r.settings))
+    missing = object()
+    return [k for k in keys if len({repr(r.settings.get(k, missing)) for r in runs}) > 1]
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.3e}"
+    return "-" if value is None else str(value)
+
+
+def comparison_table(runs: list[RunRecord]) -> tuple[list[str], list[list[str]]]:
+    """(headers, one row per run): run, final metrics (union, first-seen order), then the differing settings."""
+    metrics = list(dict.fromkeys(k for r in runs for k in r.final))
+    settings = differing_settings(runs)
+    headers = ["run", *metrics, *settings]
+    rows = []
+    for r in runs:
+        name = r.name if r.finished else f"{r.name} (unfinished)"
+        rows.append(
+            [name, *(_cell(r.final.get(k)) for k in metrics), *(_cell(r.settings.get(k)) for k in settings)]
+        )
+    return headers, rows
+
+
+def format_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table, columns padded to their widest cell (readable as plain text too)."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+
+    return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+def _wall_times(rows: list[dict[str, Any]]) -> list[float]:
+    """Each record's training wall time: its own elapsed_s, or interpolated in steps between train records."""
+    clock = sorted((r["step"], r["elapsed_s"]) for r in rows if "elapsed_s" in r and "step" in r)
+    out = []
+    for r in rows:
+        if "elapsed_s" in r or not clock:
+            out.append(float(r.get("elapsed_s", math.nan)))
+            continue
+        step = r.get("step", 0)
+        before = [c for c in clock if c[0] <= step] or [(0, 0.0)]
+        after = [c for c in clock if c[0] >= step] or [before[-1]]
+        (s0, t0), (s1, t1) = before[-1], after[0]
+        out.append(t0 if s1 == s0 else t0 + (t1 - t0) * (step - s0) / (s1 - s0))
+    return out
+
+
+def plot_runs(runs: list[RunRecord], out_path: Path) -> Path:
+    """2 × 2 panels: training loss and validation metric, against tokens and against wall time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), squeeze=False)
+    for i, r in enumerate(runs):
+        times = _wall_times(r.rows)
+        train = [(row, t) for row, t in zip(r.rows, times) if row.get("split") == "train" and "loss" in row]
+        val = [
+            (row, t) for row, t in zip(r.rows, times) if row.get("split") == "val" and r.main_metric in row
+        ]
+        for panel, points, key, style, label in (
+            (0, train, "loss", "-", r.name),
+            (1, val, r.main_metric, "o-", f"{r.name} ({r.main_metric})"),
+        ):
+            ys = [row[key] for row, _ in points]
+            axes[panel][0].plot(
+                [row.get("tokens", 0) for row, _ in points], ys, style, color=f"C{i}", label=label
+            )
+            axes[panel][1].plot([t for _, t in points], ys, style, color=f"C{i}", label=label)
+    for row, ylabel in enumerate(("training loss", "validation metric")):
+        for col, xlabel in enumerate(("tokens seen", "training wall time (s)")):
+            ax = axes[row][col]
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = out_path.with_name(f".{out_path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out_path)
+    return out_path
+
+
+def compare(
+    folders: list[str | Path], output: str | Path | None = None, overwrite: bool = False
+) -> dict[str, Any]:
+    """Load the runs, build the table, write the plot when `output` is given; returns {"headers", "rows", "plot"}.
+
+    Everything is checked before the plot is written; an existing output file is kept unless `overwrite`."""
+    if output is not None:
+        out = Path(output)
+        if out.suffix.lower() != ".png":
+            raise UserError(f"--output {out} must end in .png")
+        if out.exists() and not overwrite:
+            raise UserError(
+                f"{out} already exists; pass --overwrite to replace it, or choose another --output"
+            )
+        if not out.parent.is_dir():
+            raise UserError(f"the folder of --output {out} does not exist; create it first")
+    runs = [load_run(f) for f in folders]
+    names = [r.name for r in runs]
+    for r in runs:
+        if names.count(r.name) > 1:
+            r.name = str(r.folder)
+    headers, rows = comparison_table(runs)
+    plot = str(plot_runs(runs, Path(output))) if output is not None else None
+    return {"headers": headers, "rows": rows, "plot": plot}

@@ -1,0 +1,259 @@
+"""Pseudo-log-likelihood (Salazar et al. 2020): how likely a masked language model finds a sentence.
+
+    from masklm.infer.score import Scorer
+    scorer = Scorer.load("runs/demo")
+    scorer.score(["the cats sleep .", "the cats sleeps ."])   # → [SentenceScore(pll=-9.1, tokens=5), ...]
+    scorer.pairs([{"sentence_good": ..., "sentence_bad": ..., "group": ...}])   # minimal-pair accuracy
+
+The PLL of a sentence is the sum, over its tokens (not [CLS] / [SEP]), of log P(token | the sentence with that
+token masked). Each token needs one forward pass of its own masked copy, so a sentence of n tokens costs n rows.
+Scoring one sentence at a time leaves those batches small and ragged; `Scorer` instead flattens the
+(sentence, position) pairs of MANY sentences, sorts them by length and fills batches up to a token budget
+(rows × padded length), so nearly every batch is full and little of it is padding.
+
+The word-level variant (`word_level=True`, Kauf & Ivanova 2023, "PLL-word-l2r") also masks the later pieces of
+the token's own word while scoring a piece: "sleep ##s" is scored as P(sleep | _ _) · P(##s | sleep _), so a
+word split into many pieces is not scored as nearly certain from its own other pieces. Words are the
+tokenizer's pre-tokenized words (`Encoding.word_ids`).
+
+Minimal pairs (BLiMP's format): the share of pairs whose good sentence has the higher PLL (a tie counts as wrong),
+per `group` and overall.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tokenizers
+import torch
+from torch import nn
+
+from masklm.data.tokenizer import special_ids
+from masklm.errors import UserError
+
+# (input_ids (B, T), attention_mask (B, T), labels (B, T)) → logits (M, V) at the M positions where labels != -100
+LogitsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+DEFAULT_TOKEN_BUDGET = 8192  # rows × padded length per forward pass
+
+
+@dataclass(frozen=True)
+class SentenceScore:
+    pll: float  # natural log, summed over the scored tokens
+    tokens: int  # tokens scored (specials excluded)
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    ids: list[int]
+    words: list[int | None]  # the word each token belongs to; None for [CLS] / [SEP]
+
+
+def masked_copies(enc: _Encoded, word_level: bool) -> list[tuple[int, list[int]]]:
+    """(scored position, every position masked in its copy) for each token of one sentence."""
+    out = []
+    for p, word in enumerate(enc.words):
+        if word is None:
+            continue
+        masked = [p]
+        if word_level:
+            masked += [q for q in range(p + 1, len(enc.ids)) if enc.words[q] == word]
+        out.append((p, masked))
+    return out
+
+
+def pll_batches(
+    encoded: Sequence[_Encoded], word_level: bool, token_budget: int
+) -> list[list[tuple[int, int, list[int]]]]:
+    """Every masked copy of every sentence as (sentence, scored position, masked positions), sorted by length
+    and cut into batches of at most `token_budget` tokens (rows × the longest row; at least one row each)."""
+    copies = [(i, p, m) for i, enc in enumerate(encoded) for p, m in masked_copies(enc, word_level)]
+    copies.sort(key=lambda c: len(encoded[c[0]].ids))
+    batches: list[list[tuple[int, int, list[int]]]] = []
+    current: list[tuple[int, int, list[int]]] = []
+    for copy in copies:
+        length = len(encoded[copy[0]].ids)  # the longest so far: copies come sorted by length
+        if current and (len(current) + 1) * length > token_budget:
+            batches.append(current)
+            current = []
+        current.append(copy)
+    if current:
+        batches.append(current)
+    return batches
+
+
+@torch.inference_mode()
+def pseudo_log_likelihoods(
+    logits_fn: LogitsFn,
+    encoded: Sequence[_Encoded],
+    mask_id: int,
+    pad_id: int,
+    word_level: bool = False,
+    token_budget: int = DEFAULT_TOKEN_BUDGET,
+    device: torch.device | None = None,
+) -> list[SentenceScore]:
+    """The PLL of each encoded sentence, computed in full batches of masked copies (see the module doc)."""
+    sums = [0.0] * len(encoded)
+    counts = [0] * len(encoded)
+    for batch in pll_batches(encoded, word_level, token_budget):
+        width = max(len(encoded[i].ids) for i, _, _ in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        attention = torch.zeros_like(ids)
+        labels = torch.full_like(ids, -100)
+        for row, (i, p, masked) in enumerate(batch):
+            sentence = encoded[i].ids
+            ids[row, : len(sentence)] = torch.tensor(sentence)
+            attention[row, : len(sentence)] = 1
+            labels[row, p] = sentence[p]
+            ids[row, masked] = mask_id
+        if device is not None:
+            ids, attention, labels = ids.to(device), attention.to(device), labels.to(device)
+        logits = logits_fn(ids, attention, labels)  # (B, V): one masked position is scored per row
+        targets = labels[labels != -100]
+        logp = logits.float().log_softmax(-1).gather(1, targets[:, None]).squeeze(1).double().tolist()
+        for (i, _, _), lp in zip(batch, logp):
+            sums[i] += lp
+            counts[i] += 1
+    return [SentenceScore(pll=s, tokens=c) for s, c in zip(sums, counts)]
+
+
+def encode_sentences(
+    tokenizer: tokenizers.Tokenizer, sentences: Sequence[str], max_len: int, where: str = "input"
+) -> list[_Encoded]:
+    """Tokenize with [CLS] / [SEP]; a sentence longer than the model's positions is refused, naming it."""
+    out = []
+    for n, enc in enumerate(tokenizer.encode_batch(list(sentences)), 1):
+        if len(enc.ids) > max_len:
+            raise UserError(
+                f"{where}: sentence {n} is {len(enc.ids)} tokens long, above the model's limit of {max_len}; "
+                "shorten or split it"
+            )
+        special = enc.special_tokens_mask
+        words = [None if s else w for w, s in zip(enc.word_ids, special)]
+        out.append(_Encoded(list(enc.ids), words))
+    return out
+
+
+def pair_accuracy(
+    good: Sequence[SentenceScore], bad: Sequence[SentenceScore], groups: Sequence[str | None]
+) -> dict[str, Any]:
+    """{"accuracy", "pairs", "groups": {group: {"accuracy", "pairs"}}}: good scored strictly above bad."""
+    per_group: dict[str, list[int]] = {}
+    wins = [int(g.pll > b.pll) for g, b in zip(good, bad)]
+    for win, group in zip(wins, groups):
+        per_group.setdefault(group or "all", []).append(win)
+    return {
+        "accuracy": sum(wins) / max(len(wins), 1),
+        "pairs": len(wins),
+        "groups": {g: {"accuracy": sum(w) / len(w), "pairs": len(w)} for g, w in sorted(per_group.items())},
+    }
+
+
+class Scorer:
+    """PLL scores and minimal-pair accuracy from a model with a masked-LM head."""
+
+    def __init__(
+        self,
+        logits_fn: LogitsFn,
+        tokenizer: tokenizers.Tokenizer,
+        max_len: int,
+        token_budget: int = DEFAULT_TOKEN_BUDGET,
+        device: torch.device | None = None,
+    ) -> None:
+        sp = special_ids(tokenizer)
+        self.logits_fn, self.tokenizer, self.max_len = logits_fn, tokenizer, max_len
+        self.mask_id, self.pad_id = sp.mask, sp.pad
+        self.token_budget, self.device = token_budget, device
+
+    @classmethod
+    def from_model(cls, model: nn.Module, tokenizer: tokenizers.Tokenizer, **kwargs: Any) -> Scorer:
+        """A Scorer over a MaskedLM-like module (forward(ids, attention_mask, token_type_ids, labels))."""
+        cfg = model.cfg
+        max_len = cfg.max_position_embeddings if cfg.position == "absolute" else 1 << 30
+        device = next(model.parameters()).device
+        return cls(lambda i, a, lab: model(i, a, None, lab), tokenizer, max_len, device=device, **kwargs)
+
+    @classmethod
+    def load(
+        cls, path: str | Path, dtype: str = "float32", token_budget: int = DEFAULT_TOKEN_BUDGET
+    ) -> Scorer:
+        """A masklm run / model folder (an ELECTRA run scores with its generator) or a Hugging Face BERT folder
+        with an MLM head; the same loading and refusals as fill-mask."""
+        from masklm.infer.fill_mask import FillMask
+
+        fm = FillMask.load(path, dtype=dtype)
+        return cls.from_model(fm.model, fm.tokenizer, token_budget=token_budget)
+
+    def score(
+        self, sentences: Sequence[str], word_level: bool = False, where: str = "input"
+    ) -> list[SentenceScore]:
+        """The PLL of each sentence."""
+        encoded = encode_sentences(self.tokenizer, sentences, self.max_len, where)
+        return pseudo_log_likelihoods(
+            self.logits_fn, encoded, self.mask_id, self.pad_id, word_level, self.token_budget, self.device
+        )
+
+    def pairs(self, pairs: Sequence[dict[str, Any]], word_level: bool = False) -> dict[str, Any]:
+        """Minimal-pair accuracy (`pair_accuracy`) of rows with "sentence_good", "sentence_bad", optional "group";
+        both sentences of every pair are scored in the same batches."""
+        sentences = [p["sentence_good"] for p in pairs] + [p["sentence_bad"] for p in pairs]
+        scores = self.score(sentences, word_level, where="pairs")
+        return pair_accuracy(scores[: len(pairs)], scores[len(pairs) :], [p.get("group") for p in pairs])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Input files
+
+
+def read_pairs(path: str | Path) -> list[dict[str, Any]]:
+    """A JSONL file of minimal pairs: one {"sentence_good", "sentence_bad"[, "group"]} object a line."""
+    path = Path(path)
+    rows = []
+    for n, line in enumerate(_read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise UserError(
+                f"{path}:{n}: not a JSON object; a pairs file has one JSON object a line"
+            ) from None
+        if not isinstance(row, dict) or not all(
+            isinstance(row.get(k), str) and row[k].strip() for k in ("sentence_good", "sentence_bad")
+        ):
+            raise UserError(f'{path}:{n}: needs non-empty "sentence_good" and "sentence_bad" strings')
+        if row.get("group") is not None:
+            row["group"] = str(row["group"])
+        rows.append(row)
+    if not rows:
+        raise UserError(f"{path} holds no pairs")
+    return rows
+
+
+def read_score_input(path: str | Path) -> tuple[str, list[Any]]:
+    """("pairs", rows) for a JSONL of minimal pairs (its first line an object with "sentence_good"), else
+    ("sentences", the non-empty lines)."""
+    path = Path(path)
+    text = _read_text(path)
+    first = next((line for line in text.splitlines() if line.strip()), None)
+    if first is None:
+        raise UserError(f"{path} is empty; write one sentence a line, or JSONL minimal pairs")
+    try:
+        head = json.loads(first)
+    except json.JSONDecodeError:
+        head = None
+    if isinstance(head, dict) and "sentence_good" in head:
+        return "pairs", read_pairs(path)
+    return "sentences", [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _read_text(path: Path) -> str:
+    if not path.is_file():
+        raise UserError(f"{path} does not exist (or is not a file)")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text") from None

@@ -1,0 +1,468 @@
+"""masklm suite: fine-tune one model on a list of tasks, each over a small grid, and report a suite score.
+
+    masklm suite --model runs/demo --suite glue --data-dir glue_data/ --output runs/glue-demo --jobs 2
+    masklm suite --model runs/demo --suite my_suite.yaml --data-dir data/ --lrs 1e-4 3e-4 --epochs 3
+
+A suite file (YAML; `glue` is built in: src/masklm/suites/glue.yaml):
+
+    name: my-suite
+    grid: {lrs: [3.0e-5, 5.0e-5], epochs: [3], seeds: [0]}   # every task's grid unless it has its own
+    settings: {train.batch_size: 32}                          # fine-tuning settings for every task
+    tasks:
+      - name: CoLA
+        type: classification        # | pair-classification | regression | token-classification | qa | multiple-choice
+        train: CoLA/train.tsv       # paths relative to --data-dir
+        validation: CoLA/dev.tsv
+        also: {}                    # more labelled files, scored with the model picked on validation (MNLI-mm)
+        header: [source, label, original_label, sentence]   # a file without a header row: its column names
+        columns: {text: sentence, label: label}            # (pair-)classification / regression: where things are
+        metrics: [mcc]              # what is reported; an `also` file's metric is NAME_metric (mismatched_accuracy)
+        select: mcc                 # the validation metric that picks the best run (default: the first metric)
+        grid: {lrs: [1.0e-5]}       # this task's own grid (missing keys: the suite's)
+        settings: {data.max_length: 64}
+
+For each task and each grid point (learning rate × epochs × seed) a fine-tuning run is made in
+OUTPUT/runs/TASK/lrL-epE-seedS, keeping its best epoch by the `select` metric; the run with the best validation
+value is the task's result, as the GLUE papers report. A task's score is 100 × the mean of its metrics; the suite
+average the mean of the task scores (GLUE's definition). Each finished task writes OUTPUT/tasks/TASK.json, so a
+suite stopped half-way and run again skips what it finished (and reuses the finished grid runs of the task it was
+in). `--jobs N` runs N tasks at a time in separate processes, each with its share of the CPU threads.
+
+Files of the three text types are read (CSV / TSV without quoting, as GLUE ships them / JSONL) and written to
+OUTPUT/data/TASK/ as JSONL with the columns text, text_pair, label; the other types take their files as they are,
+in their task's format (`masklm finetune --help`), with column settings under `settings`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from masklm.errors import UserError
+from masklm.tasks.files import read_records, read_text
+from masklm.utils import atomic_write_text, log
+
+BUILT_IN = {"glue": Path(__file__).parent / "suites" / "glue.yaml"}
+
+# suite type → (masklm task, settings it implies, whether its files are read through `columns`)
+TYPES: dict[str, tuple[str, dict[str, str], bool]] = {
+    "classification": ("classification", {}, True),
+    "pair-classification": ("classification", {"data.text_pair_column": "text_pair"}, True),
+    "regression": ("classification", {"data.regression": "true"}, True),
+    "token-classification": ("token-classification", {}, False),
+    "qa": ("qa", {}, False),
+    "multiple-choice": ("multiple-choice", {}, False),
+}
+TASK_KEYS = {
+    "name",
+    "type",
+    "train",
+    "validation",
+    "also",
+    "header",
+    "columns",
+    "metrics",
+    "select",
+    "grid",
+    "settings",
+}
+GRID_KEYS = ("lrs", "epochs", "seeds")
+DEFAULT_GRID = {"lrs": [5e-5], "epochs": [3.0], "seeds": [0]}
+
+
+@dataclass
+class TaskSpec:
+    name: str
+    type: str
+    train: str
+    validation: str
+    metrics: list[str]
+    select: str
+    grid: dict[str, list[Any]]
+    settings: dict[str, str] = field(default_factory=dict)
+    also: dict[str, str] = field(default_factory=dict)
+    header: list[str] | None = None
+    columns: dict[str, str] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The suite file
+
+
+def _grid(values: Any, base: dict[str, list[Any]], where: str) -> dict[str, list[Any]]:
+    """A grid: `base` with the keys `values` gives; each a non-empty list of numbers."""
+    values = values or {}
+    if not isinstance(values, dict) or set(values) - set(GRID_KEYS):
+        raise UserError(f"{where}: grid takes the keys {', '.join(GRID_KEYS)}, not {values!r}")
+    out = dict(base)
+    for key, items in values.items():
+        items = items if isinstance(items, list) else [items]
+        if not items or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in items):
+            raise UserError(f"{where}: grid.{key} must be a non-empty list of numbers, not {values[key]!r}")
+        out[key] = [int(v) for v in items] if key == "seeds" else [float(v) for v in items]
+    return out
+
+
+def _settings(values: Any, where: str) -> dict[str, str]:
+    if not isinstance(values or {}, dict):
+        raise UserError(f"{where}: settings must map dotted names to values ({{train.batch_size: 16}})")
+    return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in (values or {}).items()}
+
+
+def _task_spec(raw: Any, n: int, grid: dict[str, list[Any]], where: str) -> TaskSpec:
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: task {n} must be a mapping with name, type, train, validation, metrics")
+    missing = [k for k in ("name", "type", "train", "validation", "metrics") if not raw.get(k)]
+    unknown = sorted(set(raw) - TASK_KEYS)
+    if missing or unknown:
+        what = f"needs {', '.join(missing)}" if missing else f"has unknown keys {', '.join(unknown)}"
+        raise UserError(
+            f"{where}: task {n} ({raw.get('name', '?')}) {what} (keys: {', '.join(sorted(TASK_KEYS))})"
+        )
+    name, kind = str(raw["name"]), str(raw["type"])
+    where = f"{where}: task {name}"
+    if kind not in TYPES:
+        raise UserError(f"{where}: unknown type {kind!r}; choose one of {', '.join(TYPES)}")
+    if raw.get("columns") and not TYPES[kind][2]:
+        raise UserError(f"{where}: a {kind} task reads its own format; set its columns under settings")
+    metrics = [str(m) for m in (raw["metrics"] if isinstance(raw["metrics"], list) else [raw["metrics"]])]
+    also = {str(k): str(v) for k, v in (raw.get("also") or {}).items()}
+    own = [m for m in metrics if not any(m.startswith(f"{a}_") for a in also)]
+    select = str(raw.get("select") or (own or metrics)[0])
+    return TaskSpec(
+        name=name, type=kind, train=str(raw["train"]), validation=str(raw["validation"]), metrics=metrics,
+        select=select, grid=_grid(raw.get("grid"), grid, where), settings=_settings(raw.get("settings"), where),
+        also=also, header=[str(h) for h in raw["header"]] if raw.get("header") else None,
+        columns={str(k): str(v) for k, v in (raw.get("columns") or {}).items()},
+    )  # fmt: skip
+
+
+def load_suite(suite: str) -> tuple[str, list[TaskSpec], dict[str, str]]:
+    """(name, tasks, settings for every task) of a built-in suite name or a YAML file."""
+    path = BUILT_IN.get(suite, Path(suite))
+    if not path.is_file():
+        raise UserError(f"--suite {suite}: no such file (built-in suites: {', '.join(BUILT_IN)})")
+    try:
+        raw = yaml.safe_load(read_text(path))
+    except yaml.YAMLError as e:
+        raise UserError(f"{path} is not valid YAML ({e.__class__.__name__})") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("tasks"), list) or not raw["tasks"]:
+        raise UserError(f"{path}: a suite file needs a `tasks:` list (see `masklm suite --help`)")
+    grid = _grid(raw.get("grid"), DEFAULT_GRID, str(path))
+    tasks = [_task_spec(t, n, grid, str(path)) for n, t in enumerate(raw["tasks"], 1)]
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise UserError(f"{path}: two tasks share a name; task names must be unique")
+    return str(raw.get("name") or path.stem), tasks, _settings(raw.get("settings"), str(path))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Task files
+
+
+def _read_rows(path: Path, header: list[str] | None) -> tuple[list[str], list[dict[str, Any]]]:
+    """The records of a CSV / TSV / JSONL file; with `header`, a TSV / CSV that has no header row."""
+    if header is None:
+        columns, records = read_records(path)
+        return columns, [rec for _, rec in records]
+    text = read_text(path)
+    if path.suffix.lower() == ".tsv":
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    else:
+        reader = csv.reader(io.StringIO(text, newline=""))
+    rows = []
+    for row in reader:
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise UserError(
+                f"{path}:{reader.line_num}: has {len(row)} fields, the suite's header has {len(header)}"
+            )
+        rows.append(dict(zip(header, row)))
+    return header, rows
+
+
+def convert_file(spec: TaskSpec, path: Path, out: Path) -> Path:
+    """A (pair-)classification / regression file as JSONL with the columns text[, text_pair], label."""
+    columns, rows = _read_rows(path, spec.header)
+    wanted = {"text": spec.columns.get("text", "text"), "label": spec.columns.get("label", "label")}
+    if "text_pair" in spec.columns:
+        wanted["text_pair"] = spec.columns["text_pair"]
+    absent = [c for c in wanted.values() if c not in columns]
+    if absent:
+        raise UserError(
+            f"{path}: no column {absent[0]!r} (columns: {', '.join(columns)}); fix the task's columns in the suite"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps({k: row[c] for k, c in wanted.items()}, ensure_ascii=False) for row in rows]
+    atomic_write_text(out, "\n".join(lines) + "\n")
+    return out
+
+
+def task_files(spec: TaskSpec, data_dir: Path, out_dir: Path) -> dict[str, Path]:
+    """split → the file fine-tuning reads (converted into OUTPUT/data/TASK/ for the text types)."""
+    given = {
+        "train": spec.train,
+        "validation": spec.validation,
+        **{f"also_{k}": v for k, v in spec.also.items()},
+    }
+    paths = {split: data_dir / rel for split, rel in given.items()}
+    for split, path in paths.items():
+        if not path.is_file():
+            raise UserError(
+                f"task {spec.name}: {split} file {path} does not exist (paths are relative to --data-dir)"
+            )
+    if not TYPES[spec.type][2]:
+        return paths
+    return {
+        split: convert_file(spec, p, out_dir / "data" / spec.name / f"{split}.jsonl")
+        for split, p in paths.items()
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One task: its grid, the best run, its metrics
+
+
+@dataclass(frozen=True)
+class SuiteRun:
+    """What every task of one `masklm suite` call shares."""
+
+    model: str
+    data_dir: str
+    out_dir: str
+    overrides: dict[str, str]  # the fine-tuning settings given on the command line
+    init: str = "pretrained"
+
+
+def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    return [
+        {"lr": lr, "epochs": ep, "seed": s}
+        for lr in grid["lrs"]
+        for ep in grid["epochs"]
+        for s in grid["seeds"]
+    ]
+
+
+def _point_name(point: dict[str, Any]) -> str:
+    return f"lr{point['lr']:g}-ep{point['epochs']:g}-seed{point['seed']}"
+
+
+def task_settings(spec: TaskSpec, run: SuiteRun, base_settings: dict[str, str]) -> dict[str, str]:
+    """The fine-tuning settings of a task's runs: the suite's, its type's, the task's, the command line's (and,
+    per point, the grid's). The CPU threads a process gets (from --jobs) are not among them: they change the
+    speed, not the result."""
+    return {**base_settings, **TYPES[spec.type][1], **spec.settings, **run.overrides}
+
+
+def _identity(spec: TaskSpec, run: SuiteRun, settings: dict[str, str]) -> dict[str, Any]:
+    """What a task's result depends on: a saved result is reused only when all of it is the same."""
+    model = str(Path(run.model).resolve()) if Path(run.model).exists() else run.model
+    return {"task": asdict(spec), "model": model, "init": run.init, "settings": settings}
+
+
+def _fit_point(
+    spec: TaskSpec, run: SuiteRun, files: dict[str, Path], settings: dict[str, str], point: dict
+) -> dict:
+    """One grid point's fine-tuning run (a finished one is read back); its summary."""
+    from masklm.config import build_config
+    from masklm.finetune import finetune
+
+    out = Path(run.out_dir) / "runs" / spec.name / _point_name(point)
+    summary_path = out / "summary.json"
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        if not summary.get("stopped"):
+            log(f"[{spec.name}] {out.name}: finished before, reused")
+            return summary
+    values = {**settings, "train.lr": str(point["lr"]), "train.epochs": str(point["epochs"])}
+    values |= {"train.seed": str(point["seed"]), "train.metric_for_best": spec.select}
+    log(f"[{spec.name}] fine-tuning {out.name}")
+    task = TYPES[spec.type][0]
+    return finetune(
+        build_config(values), task, run.model, files["train"], files["validation"], out, overwrite=True,
+        command=f"masklm suite ({spec.name}, {out.name})", init=run.init,
+    )  # fmt: skip
+
+
+def run_task(
+    spec: TaskSpec, run: SuiteRun, base_settings: dict[str, str], threads: int | None
+) -> dict[str, Any]:
+    """Fine-tune every grid point, keep the best by validation `select`, score the `also` files with it; the
+    result is written to OUTPUT/tasks/NAME.json and returned."""
+    from masklm.finetune import evaluate_model
+    from masklm.tasks import get_task
+
+    start = time.perf_counter()
+    task = TYPES[spec.type][0]
+    settings = task_settings(spec, run, base_settings)
+    files = task_files(spec, Path(run.data_dir), Path(run.out_dir))
+    fit_settings = {"train.threads": str(threads), **settings} if threads else settings
+    points = []
+    for point in grid_points(spec.grid):
+        summary = _fit_point(spec, run, files, fit_settings, point)
+        points.append(
+            {**point, "value": summary["best"]["value"], "run": _point_name(point), "summary": summary}
+        )
+    lower = spec.select in get_task(task).lower_is_better
+    best = (min if lower else max)(points, key=lambda p: p["value"])
+    summary = best["summary"]
+    metrics = {
+        k: summary[k] for k in summary["last_eval"] if k in summary
+    }  # the best epoch's validation metrics
+    best_model = Path(run.out_dir) / "runs" / spec.name / best["run"] / "model"
+    for name in spec.also:
+        scored = evaluate_model(best_model, files[f"also_{name}"], {})
+        metrics.update({f"{name}_{k}": v for k, v in scored.items()})
+    absent = [m for m in spec.metrics if m not in metrics]
+    if absent:
+        raise UserError(
+            f"task {spec.name}: no metric {absent[0]!r} among {', '.join(sorted(metrics))}; fix its metrics"
+        )
+    reported = {m: float(metrics[m]) for m in spec.metrics}
+    result = {
+        "task": spec.name,
+        "type": spec.type,
+        "metrics": reported,
+        "score": 100 * sum(reported.values()) / len(reported),
+        "best": {k: best[k] for k in ("lr", "epochs", "seed", "run")},
+        "select": spec.select,
+        "grid": [{k: p[k] for k in ("lr", "epochs", "seed", "value", "run")} for p in points],
+        "wall_s": round(time.perf_counter() - start, 1),
+        "identity": _identity(spec, run, settings),
+    }
+    _result_path(run, spec).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(_result_path(run, spec), json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _result_path(run: SuiteRun, spec: TaskSpec) -> Path:
+    return Path(run.out_dir) / "tasks" / f"{spec.name}.json"
+
+
+def finished_result(spec: TaskSpec, run: SuiteRun, base_settings: dict[str, str]) -> dict[str, Any] | None:
+    """The saved result of a task finished by an earlier call of the same suite, or None; a result of another
+    model, task definition or settings is refused rather than mixed in."""
+    path = _result_path(run, spec)
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    settings = task_settings(spec, run, base_settings)
+    if result.get("identity") != _identity(spec, run, settings):
+        raise UserError(
+            f"{run.out_dir} holds a result for {spec.name} from another model, task definition or settings; "
+            "choose another --output (or delete that folder to start over)"
+        )
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The suite: tasks in order or in parallel, resume, the report
+
+
+def _run_task_in_process(spec: TaskSpec, run: SuiteRun, base_settings: dict[str, str], threads: int) -> dict:
+    """run_task in a worker process (spawned: a fresh interpreter, torch initialised there)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    return run_task(spec, run, base_settings, threads)
+
+
+def run_tasks(
+    todo: Sequence[TaskSpec], run: SuiteRun, base_settings: dict[str, str], jobs: int
+) -> dict[str, dict[str, Any]]:
+    """Run the unfinished tasks: one after another, or `jobs` at a time in worker processes."""
+    if jobs <= 1 or len(todo) <= 1:
+        return {spec.name: run_task(spec, run, base_settings, None) for spec in todo}
+    threads = max(1, (os.cpu_count() or 1) // min(jobs, len(todo)))
+    with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=get_context("spawn")) as pool:
+        futures = {
+            spec.name: pool.submit(_run_task_in_process, spec, run, base_settings, threads) for spec in todo
+        }
+        return {name: future.result() for name, future in futures.items()}
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """suite.md: one row per task (metrics x 100, score, the best grid point, wall time), then the average."""
+    lines = [
+        f"# {report['suite']}: {report['model']}"
+        + (" (random init)" if report.get("init") == "random" else ""),
+        "",
+        "| task | metrics | score | best lr | epochs | seed | grid runs | wall s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in report["tasks"].items():
+        metrics = " / ".join(f"{k} {100 * v:.1f}" for k, v in r["metrics"].items())
+        b = r["best"]
+        lines.append(
+            f"| {name} | {metrics} | {r['score']:.1f} | {b['lr']:g} | {b['epochs']:g} | {b['seed']} | "
+            f"{len(r['grid'])} | {r['wall_s']:.0f} |"
+        )
+    lines.append(f"| **average** |  | **{report['average']:.1f}** |  |  |  |  | {report['wall_s']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_suite(
+    suite: str,
+    model: str,
+    data_dir: str,
+    output: str,
+    overrides: dict[str, str] | None = None,
+    jobs: int = 1,
+    grid: dict[str, list[Any]] | None = None,
+    init: str = "pretrained",
+) -> dict[str, Any]:
+    """Run (or finish) a suite; write OUTPUT/suite.json and suite.md; return the report.
+
+    `grid` ({"lrs": [...], ...}) replaces the keys it has in every task's grid (the command line's --lrs etc.)."""
+    name, specs, base_settings = load_suite(suite)
+    if grid:
+        specs = [TaskSpec(**{**asdict(s), "grid": {**s.grid, **grid}}) for s in specs]
+    if not Path(data_dir).is_dir():
+        raise UserError(f"--data-dir {data_dir} is not a folder")
+    if jobs < 1:
+        raise UserError(f"--jobs must be at least 1, not {jobs}")
+    run = SuiteRun(model, str(data_dir), str(output), {k: str(v) for k, v in (overrides or {}).items()}, init)
+    done = {s.name: r for s in specs if (r := finished_result(s, run, base_settings)) is not None}
+    for task_name in done:
+        log(f"[{task_name}] finished before: result read from {Path(output) / 'tasks'}")
+    for s in specs:  # every missing file is found before any fine-tuning starts
+        if s.name not in done:
+            task_files(s, Path(data_dir), Path(output))
+    start = time.perf_counter()
+    done |= run_tasks([s for s in specs if s.name not in done], run, base_settings, jobs)
+    tasks = {s.name: {k: v for k, v in done[s.name].items() if k != "identity"} for s in specs}
+    report = {
+        "suite": name,
+        "model": model,
+        "init": init,
+        "tasks": tasks,
+        "average": sum(t["score"] for t in tasks.values()) / len(tasks),
+        "wall_s": round(sum(t["wall_s"] for t in tasks.values()), 1),
+        "wall_s_this_call": round(time.perf_counter() - start, 1),
+    }
+    out = Path(output)
+    atomic_write_text(out / "suite.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / "suite.md", report_markdown(report))
+    return report
+
+
+def cmd_suite(args: Any, overrides: dict[str, Any]) -> int:
+    """The `masklm suite` handler."""
+    grid = {k: v for k, v in (("lrs", args.lrs), ("epochs", args.epochs), ("seeds", args.seeds)) if v}
+    output = args.output or f"runs/suite-{Path(args.suite).stem}"
+    report = run_suite(args.suite, args.model, args.data_dir, output, overrides, args.jobs, grid, args.init)
+    print(report_markdown(report), end="")
+    print(f"wrote {Path(output) / 'suite.json'} and {Path(output) / 'suite.md'}")
+    return 0

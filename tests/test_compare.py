@@ -1,0 +1,83 @@
+"""masklm compare: two tiny pretraining runs with different settings (and a fine-tuning run) in one table and plot."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import cli, keyword_rows, prepare_tiny, write_csv, write_walk_corpus
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+TINY = ["--preset", "tiny", "--max-steps", 6, "--train.eval_every", 3, "--train.eval_sequences", 8]
+TINY += ["--train.threads", 1, "--train.log_every", 2]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("compare")
+    data = prepare_tiny(write_walk_corpus(root / "corpus", 30), root / "data")
+    out = {}
+    for name, lr in (("slow", "1e-4"), ("fast", "3e-3")):
+        out[name] = root / name
+        assert cli("pretrain", *TINY, "--data", data, "--output", out[name], "--train.lr", lr) == 0
+    words = ["alpha", "bravo", "charlie", "delta"]
+    write_csv(root / "train.csv", keyword_rows(24, 1, words))
+    write_csv(root / "val.csv", keyword_rows(12, 2, words))
+    out["clf"] = root / "clf"
+    rc = cli(
+        "finetune", "--task", "classification", "--model", out["fast"], "--train", root / "train.csv",
+        "--validation", root / "val.csv", "--output", out["clf"], "--train.epochs", 1, "--train.batch_size", 8,
+        "--train.threads", 1,
+    )  # fmt: skip
+    assert rc == 0
+    return out
+
+
+def table(capsys, *argv: object) -> dict:
+    assert cli("compare", *argv, "--json") == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_table_has_final_metrics_and_only_the_differing_settings(runs, capsys):
+    out = table(capsys, runs["slow"], runs["fast"])
+    headers, rows = out["headers"], out["rows"]
+    assert headers[0] == "run" and [r[0] for r in rows] == ["slow", "fast"]
+    assert "train.lr" in headers and "model.hidden_size" not in headers and "train.max_steps" not in headers
+    col = {h: i for i, h in enumerate(headers)}
+    for row, name in zip(rows, ("slow", "fast")):
+        summary = json.loads((runs[name] / "summary.json").read_text())
+        assert float(row[col["accuracy"]]) == pytest.approx(summary["eval"]["accuracy"], rel=1e-3)
+        assert float(row[col["tokens"]]) == summary["tokens"]
+    assert [float(r[col["train.lr"]]) for r in rows] == [1e-4, 3e-3]
+
+
+def test_pretraining_and_finetuning_runs_with_a_plot(runs, capsys, tmp_path):
+    plot = tmp_path / "cmp.png"
+    out = table(capsys, runs["slow"], runs["clf"], "--output", plot)
+    assert out["plot"] == str(plot) and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((runs["clf"] / "summary.json").read_text())
+    col = {h: i for i, h in enumerate(out["headers"])}
+    assert float(out["rows"][1][col["mcc"]]) == pytest.approx(summary["mcc"], abs=1e-3)
+    assert out["rows"][1][col["accuracy"]] != "-" and "run.task" in col  # only the fine-tuning run has a task
+    # an existing plot is kept unless --overwrite
+    before = plot.read_bytes()
+    assert cli("compare", runs["slow"], runs["fast"], "--output", plot) == 2
+    assert plot.read_bytes() == before
+    assert cli("compare", runs["slow"], runs["fast"], "--output", plot, "--overwrite") == 0
+
+
+def test_an_unfinished_run_shows_its_last_evaluation(runs, capsys, tmp_path):
+    partial = tmp_path / "partial"
+    shutil.copytree(runs["fast"], partial)
+    (partial / "summary.json").unlink()
+    out = table(capsys, runs["fast"], partial)
+    assert out["rows"][1][0] == "partial (unfinished)"
+    assert out["rows"][0][1:3] == out["rows"][1][1:3]  # same last evaluation, now read from metrics.jsonl
+
+
+def test_a_folder_that_is_not_a_run_is_refused(runs, tmp_path, capsys):
+    assert cli("compare", runs["fast"], tmp_path) == 2
+    assert "not a masklm run folder" in capsys.readouterr().err

@@ -1,0 +1,209 @@
+"""masklm score: pseudo-log-likelihood against a direct per-token computation, the word-level variant, batching
+invariance and minimal-pair accuracy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import cli, tiny_model_config, write_jsonl
+
+from masklm.data.tokenizer import train_tokenizer
+from masklm.infer.score import Scorer, encode_sentences
+from masklm.model.heads import MaskedLM
+from masklm.model.io import ModelInfo, save_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+TRAIN_TEXT = ["the cat sleeps on the mat", "a dog runs in the park", "the cats sleep", "dogs run"] * 20
+# Words the 80-token vocabulary has never seen whole, so they split into several pieces.
+SENTENCES = [
+    "the cat sleeps .",
+    "the dogs runs in the parkland",
+    "a catamaran sleeps",
+    "dogmatic cats run on mats",
+    "the",
+]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    tok = train_tokenizer(TRAIN_TEXT, vocab_size=80)
+    torch.manual_seed(3)
+    folder = tmp_path_factory.mktemp("score") / "model"
+    save_model(MaskedLM(tiny_model_config(tok.get_vocab_size())), folder, tok, ModelInfo("MaskedLM"))
+    return folder
+
+
+def direct_pll(scorer: Scorer, model: torch.nn.Module, sentence: str, word_level: bool) -> float:
+    """Each token masked in its own forward pass of the whole sequence (no labels, no batching), summed."""
+    enc = encode_sentences(scorer.tokenizer, [sentence], scorer.max_len)[0]
+    total = 0.0
+    for p, word in enumerate(enc.words):
+        if word is None:
+            continue
+        ids = torch.tensor([enc.ids])
+        ids[0, p] = scorer.mask_id
+        if word_level:
+            for q in range(p + 1, len(enc.ids)):
+                if enc.words[q] == word:
+                    ids[0, q] = scorer.mask_id
+        with torch.no_grad():
+            logits = model(ids)  # (1, T, V)
+        total += float(logits[0, p].log_softmax(-1)[enc.ids[p]])
+    return total
+
+
+@pytest.fixture(scope="module")
+def loaded(model_dir):
+    from masklm.model.io import load_model
+
+    model, _, _ = load_model(model_dir, "MaskedLM")
+    return Scorer.load(model_dir), model.eval()
+
+
+@pytest.mark.parametrize("word_level", [False, True])
+def test_pll_equals_direct_computation(loaded, word_level):
+    scorer, model = loaded
+    got = scorer.score(SENTENCES, word_level=word_level)
+    for sentence, score in zip(SENTENCES, got):
+        assert score.pll == pytest.approx(direct_pll(scorer, model, sentence, word_level), abs=1e-4)
+        assert score.tokens == len(encode_sentences(scorer.tokenizer, [sentence], 64)[0].ids) - 2
+
+
+def test_a_hugging_face_folder_scores_as_transformers_does(model_dir, tmp_path):
+    """The model exported as BertForMaskedLM: masklm's PLL of the HF folder equals a per-token loop in transformers."""
+    transformers = pytest.importorskip("transformers")
+    from masklm.export import export_model
+
+    hf = export_model(model_dir, tmp_path / "hf", "hf", check=False)
+    scorer = Scorer.load(hf)
+    bert = transformers.BertForMaskedLM.from_pretrained(str(hf)).eval()
+    for sentence, got in zip(SENTENCES, scorer.score(SENTENCES)):
+        enc = encode_sentences(scorer.tokenizer, [sentence], scorer.max_len)[0]
+        total = 0.0
+        for p in range(1, len(enc.ids) - 1):
+            ids = torch.tensor([enc.ids])
+            ids[0, p] = scorer.mask_id
+            with torch.no_grad():
+                total += float(bert(input_ids=ids).logits[0, p].log_softmax(-1)[enc.ids[p]])
+        assert got.pll == pytest.approx(total, abs=1e-4)
+
+
+def test_word_level_differs_on_words_of_several_pieces(loaded):
+    scorer, _ = loaded
+    encoded = encode_sentences(scorer.tokenizer, SENTENCES, scorer.max_len)
+    split = [
+        any(e.words.count(w) > 1 for w in set(e.words) if w is not None) for e in encoded
+    ]  # a word of 2+ pieces
+    assert any(split) and not all(split)
+    plain, word = scorer.score(SENTENCES), scorer.score(SENTENCES, word_level=True)
+    for s, a, b in zip(split, plain, word):
+        if s:
+            assert a.pll != pytest.approx(b.pll, abs=1e-6)
+        else:
+            assert a.pll == pytest.approx(b.pll, abs=1e-5)
+
+
+def test_batching_invariance(model_dir):
+    one_row = Scorer.load(model_dir, token_budget=1).score(SENTENCES * 3, word_level=True)
+    big = Scorer.load(model_dir, token_budget=100_000).score(SENTENCES * 3, word_level=True)
+    mid = Scorer.load(model_dir, token_budget=40).score(SENTENCES * 3, word_level=True)
+    for a, b, c in zip(one_row, big, mid):
+        assert a.pll == pytest.approx(b.pll, abs=1e-4) and a.pll == pytest.approx(c.pll, abs=1e-4)
+
+
+def test_minimal_pair_accuracy_per_group(loaded, model_dir, tmp_path, capsys):
+    scorer, _ = loaded
+    pairs = [
+        {"sentence_good": "the cat sleeps", "sentence_bad": "the cat sleep", "group": "agreement"},
+        {"sentence_good": "the cats sleep", "sentence_bad": "the cats sleeps", "group": "agreement"},
+        {"sentence_good": "dogs run", "sentence_bad": "dogs runs", "group": "agreement"},
+        {
+            "sentence_good": "a dog runs in the park",
+            "sentence_bad": "a dog in the park runs",
+            "group": "order",
+        },
+        {
+            "sentence_good": "the cat sleeps on the mat",
+            "sentence_bad": "mat the on sleeps cat the",
+            "group": "order",
+        },
+    ]
+    sentences = [s for p in pairs for s in (p["sentence_good"], p["sentence_bad"])]
+    scores = {s: sc.pll for s, sc in zip(sentences, scorer.score(sentences))}
+    wins = {"agreement": [], "order": []}
+    for p in pairs:
+        wins[p["group"]].append(scores[p["sentence_good"]] > scores[p["sentence_bad"]])
+    assert cli("score", model_dir, "--data", write_jsonl(tmp_path / "pairs.jsonl", pairs), "--json") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["pairs"] == 5
+    assert out["accuracy"] == pytest.approx(sum(sum(w) for w in wins.values()) / 5)
+    for group, w in wins.items():
+        assert out["groups"][group] == {"accuracy": pytest.approx(sum(w) / len(w)), "pairs": len(w)}
+
+
+def test_sentence_file_json_and_text(loaded, model_dir, tmp_path, capsys):
+    scorer, _ = loaded
+    data = tmp_path / "sentences.txt"
+    data.write_text("\n".join(SENTENCES[:3]) + "\n\n")
+    assert cli("score", model_dir, "--data", data, "--json", "--word-level") == 0
+    out = json.loads(capsys.readouterr().out)
+    expected = scorer.score(SENTENCES[:3], word_level=True)
+    assert [r["sentence"] for r in out["sentences"]] == SENTENCES[:3]
+    assert [r["pll"] for r in out["sentences"]] == pytest.approx([e.pll for e in expected], abs=1e-5)
+    assert cli("score", model_dir, "--data", data) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[0].endswith(SENTENCES[0])
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", "is empty"),
+        ('{"sentence_good": "the cat"}\n', "sentence_bad"),
+        ('{"sentence_good": "a", "sentence_bad": "b"}\nnot json\n', "not a JSON object"),
+        ("word " * 100, "above the model's limit"),
+    ],
+)
+def test_bad_input_is_one_line(model_dir, tmp_path, capsys, content, message):
+    data = tmp_path / "bad.txt"
+    data.write_text(content)
+    assert cli("score", model_dir, "--data", data) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# pretrain --train.eval_pairs
+
+WALK_PAIRS = [
+    {
+        "sentence_good": "alpha bravo charlie delta",
+        "sentence_bad": "alpha charlie bravo delta",
+        "group": "swap",
+    },
+    {"sentence_good": "kilo lima mike november", "sentence_bad": "kilo mike lima november", "group": "swap"},
+    {"sentence_good": "echo foxtrot golf", "sentence_bad": "echo foxtrot papa", "group": "replace"},
+]
+
+
+@pytest.mark.parametrize("objective", ["mlm", "electra"])
+def test_pretraining_evaluations_report_pair_accuracy(tmp_path, objective):
+    from helpers import prepare_tiny, read_metrics, write_walk_corpus
+
+    data = prepare_tiny(write_walk_corpus(tmp_path / "corpus", 30), tmp_path / "data")
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", WALK_PAIRS)
+    run = tmp_path / "run"
+    rc = cli(
+        "pretrain", "--preset", "tiny", "--data", data, "--output", run, "--max-steps", 6, "--objective", objective,
+        "--train.eval_every", 3, "--train.eval_sequences", 8, "--train.precision", "fp32", "--train.threads", 1,
+        "--train.eval_pairs", pairs,
+    )  # fmt: skip
+    assert rc == 0
+    evals = [r for r in read_metrics(run) if r.get("split") == "val"]
+    assert len(evals) >= 2 and all(0 <= r["pairs_accuracy"] <= 1 and "accuracy" in r for r in evals)
+    final = Scorer.load(run).pairs(WALK_PAIRS)["accuracy"]  # the saved model (ELECTRA: its generator)
+    assert evals[-1]["pairs_accuracy"] == pytest.approx(final)

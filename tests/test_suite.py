@@ -1,0 +1,225 @@
+"""masklm suite: the nine GLUE layouts as distributed (tiny files written here), grid selection, the average, resume."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import cli, tiny_model_config
+
+from masklm.data.tokenizer import train_tokenizer
+from masklm.model.heads import MaskedLM
+from masklm.model.io import ModelInfo, save_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+WORDS = "the a film movie plot actor was is very quite good great bad awful dull fun".split()
+FAST = ["--lrs", "1e-3", "--epochs", "1", "--train.batch_size", "8", "--train.threads", "1"]
+GLUE_TASKS = ["CoLA", "SST-2", "MRPC", "QQP", "STS-B", "MNLI", "QNLI", "RTE", "WNLI"]
+
+
+def sentence(rng: random.Random) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 7)))
+
+
+def tsv(path: Path, header: list[str] | None, rows: list[list[object]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = (["\t".join(header)] if header else []) + ["\t".join(str(c) for c in row) for row in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def write_glue(root: Path, n: int = 16, seed: int = 0) -> Path:
+    """The nine GLUE task folders with train and dev files in the official column layouts (GLUE's download)."""
+    rng = random.Random(seed)
+    s = lambda: sentence(rng)  # noqa: E731
+    nli = ["entailment", "neutral", "contradiction"]
+    for split, count in (("train", n), ("dev", n // 2)):
+        f = f"{split}.tsv"
+        tsv(
+            root / "CoLA" / f,
+            None,
+            [["gj04", b, "" if b else "*", s()] for b in (rng.randint(0, 1) for _ in range(count))],
+        )
+        tsv(root / "SST-2" / f, ["sentence", "label"], [[s(), rng.randint(0, 1)] for _ in range(count)])
+        tsv(
+            root / "MRPC" / f,
+            ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
+            [[rng.randint(0, 1), 100 + i, 200 + i, s(), s()] for i in range(count)],
+        )
+        tsv(
+            root / "QQP" / f,
+            ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"],
+            [[i, 2 * i, 2 * i + 1, s() + " ?", s() + " ?", rng.randint(0, 1)] for i in range(count)],
+        )
+        tsv(
+            root / "STS-B" / f,
+            [
+                "index",
+                "genre",
+                "filename",
+                "year",
+                "old_index",
+                "source1",
+                "source2",
+                "sentence1",
+                "sentence2",
+                "score",
+            ],
+            [
+                [
+                    i,
+                    "main-captions",
+                    "MSRvid",
+                    "2012test",
+                    i,
+                    "none",
+                    "none",
+                    s(),
+                    s(),
+                    f"{rng.uniform(0, 5):.3f}",
+                ]
+                for i in range(count)
+            ],
+        )
+        tsv(
+            root / "QNLI" / f,
+            ["index", "question", "sentence", "label"],
+            [[i, s() + " ?", s(), rng.choice(["entailment", "not_entailment"])] for i in range(count)],
+        )
+        for task in ("RTE", "WNLI"):
+            labels = ["entailment", "not_entailment"] if task == "RTE" else [0, 1]
+            tsv(
+                root / task / f,
+                ["index", "sentence1", "sentence2", "label"],
+                [[i, s(), s(), rng.choice(labels)] for i in range(count)],
+            )
+    parses = ["sentence1_binary_parse", "sentence2_binary_parse", "sentence1_parse", "sentence2_parse"]
+    head = ["index", "promptID", "pairID", "genre", *parses, "sentence1", "sentence2"]
+    tsv(
+        root / "MNLI" / "train.tsv",
+        [*head, "label1", "gold_label"],
+        [
+            [i, i, f"{i}e", "fiction", "( x )", "( y )", "(ROOT x)", "(ROOT y)", s(), s(), lab, lab]
+            for i, lab in enumerate(rng.choice(nli) for _ in range(n))
+        ],
+    )
+    for name in ("dev_matched", "dev_mismatched"):
+        tsv(
+            root / "MNLI" / f"{name}.tsv",
+            [*head, "label1", "label2", "label3", "label4", "label5", "gold_label"],
+            [
+                [i, i, f"{i}n", "slate", "( x )", "( y )", "(ROOT x)", "(ROOT y)", s(), s(), *[lab] * 5, lab]
+                for i, lab in enumerate(rng.choice(nli) for _ in range(n // 2))
+            ],
+        )
+    return root  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    rng = random.Random(5)
+    tok = train_tokenizer([sentence(rng) for _ in range(200)], vocab_size=80)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("suite") / "model"
+    save_model(MaskedLM(tiny_model_config(tok.get_vocab_size())), folder, tok, ModelInfo("MaskedLM"))
+    return folder
+
+
+def suite_json(out: Path) -> dict:
+    return json.loads((out / "suite.json").read_text())
+
+
+def test_glue_layout_all_nine_tasks_in_two_processes(model, tmp_path, capsys):
+    data = write_glue(tmp_path / "glue")
+    out = tmp_path / "out"
+    argv = ["--suite", "glue", "--data-dir", data, "--output", out, "--jobs", 2, *FAST]
+    assert cli("suite", "--model", model, *argv) == 0
+    report = suite_json(out)
+    assert list(report["tasks"]) == GLUE_TASKS
+    metrics = {name: list(t["metrics"]) for name, t in report["tasks"].items()}
+    assert metrics["CoLA"] == ["mcc"] and metrics["STS-B"] == ["pearson", "spearman"]
+    assert metrics["MRPC"] == metrics["QQP"] == ["f1", "accuracy"]
+    assert metrics["MNLI"] == ["accuracy", "mismatched_accuracy"] and metrics["WNLI"] == ["accuracy"]
+    for name, t in report["tasks"].items():
+        summary = json.loads((out / "runs" / name / t["best"]["run"] / "summary.json").read_text())
+        own = [m for m in t["metrics"] if not m.startswith("mismatched_")]
+        assert all(t["metrics"][m] == pytest.approx(summary[m]) for m in own), name
+        assert summary["validation_examples"] == 8 and summary["train_examples"] == 16, name
+        assert t["score"] == pytest.approx(100 * sum(t["metrics"].values()) / len(t["metrics"]))
+    assert report["average"] == pytest.approx(sum(t["score"] for t in report["tasks"].values()) / 9)
+    assert json.loads((out / "runs" / "MNLI" / report["tasks"]["MNLI"]["best"]["run"] / "summary.json").read_text())["labels"] == [
+        "contradiction", "entailment", "neutral"
+    ]  # fmt: skip
+    assert "**average**" in (out / "suite.md").read_text() and "| CoLA | mcc" in capsys.readouterr().out
+
+
+SMALL_SUITE = """
+name: small
+grid: {lrs: [1.0e-5, 3.0e-3], epochs: [2], seeds: [0]}
+tasks:
+  - {name: sst, type: classification, train: SST-2/train.tsv, validation: SST-2/dev.tsv,
+     columns: {text: sentence, label: label}, metrics: [accuracy, mcc], select: accuracy}
+  - {name: sts, type: regression, train: STS-B/train.tsv, validation: STS-B/dev.tsv,
+     columns: {text: sentence1, text_pair: sentence2, label: score}, metrics: [pearson], grid: {lrs: [3.0e-3]}}
+"""
+
+
+def test_grid_selection_average_and_resume(model, tmp_path, capsys):
+    data = write_glue(tmp_path / "glue", n=24, seed=1)
+    suite = tmp_path / "small.yaml"
+    suite.write_text(SMALL_SUITE)
+    out = tmp_path / "out"
+    argv = ["suite", "--model", model, "--suite", suite, "--data-dir", data, "--output", out]
+    assert cli(*argv, "--train.batch_size", 8, "--train.threads", 1) == 0
+    report = suite_json(out)
+    sst = report["tasks"]["sst"]
+    values = {}
+    for point in sst["grid"]:  # the best run is the one with the highest validation accuracy
+        values[point["run"]] = json.loads((out / "runs" / "sst" / point["run"] / "summary.json").read_text())[
+            "accuracy"
+        ]
+        assert point["value"] == pytest.approx(values[point["run"]])
+    assert len(values) == 2 and sst["best"]["run"] == max(values, key=values.get)
+    assert [p["lr"] for p in report["tasks"]["sts"]["grid"]] == [3e-3]
+    assert report["average"] == pytest.approx((sst["score"] + report["tasks"]["sts"]["score"]) / 2)
+
+    # a suite stopped during its second task: sts has no result and one of its runs never finished
+    (out / "tasks" / "sts.json").unlink()
+    (out / "runs" / "sts" / "lr0.003-ep2-seed0" / "summary.json").unlink()
+    sst_result = (out / "tasks" / "sst.json").read_bytes()
+    capsys.readouterr()
+    assert cli(*argv, "--train.batch_size", 8, "--train.threads", 1) == 0
+    err = capsys.readouterr().err
+    assert "[sst] finished before" in err and "[sst] fine-tuning" not in err and "[sts] fine-tuning" in err
+    assert (out / "tasks" / "sst.json").read_bytes() == sst_result
+    assert suite_json(out)["tasks"]["sst"] == report["tasks"]["sst"]
+    # other settings would mix results: refused
+    assert cli(*argv, "--train.batch_size", 4) == 2
+    assert "another model, task definition or settings" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("tasks: []", "needs a `tasks:` list"),
+        ("tasks: [{name: a, type: ranking, train: x, validation: y, metrics: [accuracy]}]", "unknown type"),
+        ("tasks: [{name: a, type: qa, train: x, validation: y}]", "needs metrics"),
+        (
+            "tasks: [{name: a, type: classification, train: x.tsv, validation: y.tsv, metrics: [accuracy]}]",
+            "does not exist",
+        ),
+    ],
+)
+def test_bad_suite_files_are_one_line(model, tmp_path, capsys, text, message):
+    suite = tmp_path / "bad.yaml"
+    suite.write_text(text)
+    assert (
+        cli("suite", "--model", model, "--suite", suite, "--data-dir", tmp_path, "--output", tmp_path / "o")
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
