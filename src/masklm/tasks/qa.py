@@ -264,6 +264,22 @@ def postprocess_qa(
     return {ex["id"]: answer["text"] for ex, answer in zip(examples, answers)}
 
 
+def _answers_from_outputs(
+    data: TaskData, outputs: Sequence[torch.Tensor], settings: FinetuneDataConfig
+) -> list[dict[str, Any]]:
+    """`best_answers` on the model's per-feature (start, end) logits, with the data settings' rules."""
+    return best_answers(
+        data.examples,
+        data.features,
+        [o[:, 0] for o in outputs],
+        [o[:, 1] for o in outputs],
+        n_best=settings.n_best,
+        max_answer_length=settings.max_answer_length,
+        null_threshold=settings.null_threshold,
+        version_2=bool(settings.version_2),
+    )
+
+
 def best_answers(
     examples: Sequence[Example],
     features: Sequence[Feature],
@@ -414,17 +430,7 @@ class QuestionAnsweringTask(Task):
         settings: FinetuneDataConfig,
     ) -> list[Any]:
         """The answer text per question ("" = no answer)."""
-        answers = postprocess_qa(
-            data.examples,
-            data.features,
-            [o[:, 0] for o in outputs],
-            [o[:, 1] for o in outputs],
-            n_best=settings.n_best,
-            max_answer_length=settings.max_answer_length,
-            null_threshold=settings.null_threshold,
-            version_2=bool(settings.version_2),
-        )
-        return [answers[ex["id"]] for ex in data.examples]
+        return [answer["text"] for answer in _answers_from_outputs(data, outputs, settings)]
 
     def metric_names(self, settings: FinetuneDataConfig, labels: Sequence[str] | None) -> list[str]:
         names = ["f1", "exact_match", "loss"]
@@ -482,16 +488,7 @@ class QuestionAnsweringTask(Task):
     ) -> list[dict[str, Any]]:
         """{"answer", "start", "end", "score"} per question; start and end are character offsets in the context
         ("" and None for no answer, with data.version_2)."""
-        found = best_answers(
-            data.examples,
-            data.features,
-            [o[:, 0] for o in outputs],
-            [o[:, 1] for o in outputs],
-            n_best=settings.n_best,
-            max_answer_length=settings.max_answer_length,
-            null_threshold=settings.null_threshold,
-            version_2=bool(settings.version_2),
-        )
+        found = _answers_from_outputs(data, outputs, settings)
         return [
             {"answer": a["text"], "start": a["start"], "end": a["end"], "score": a["score"]} for a in found
         ]
