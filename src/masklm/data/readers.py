@@ -357,16 +357,19 @@ TEXT_READERS: dict[str, Callable[[io.TextIOBase, Path, DataConfig], Iterator[str
 
 def _record_batches(f: InputFile, columns: list[str] | None) -> tuple[list[str], Iterator[Any]]:
     """(the table's column names, an iterator over its record batches): Parquet row group by row group,
-    Arrow (IPC stream as `datasets` writes it, or IPC file) memory-mapped. With `columns`, only those are read."""
+    Arrow (IPC stream as `datasets` writes it, or IPC file) batch by batch. With `columns`, only those are read.
+
+    Files are read, not memory-mapped: a mapped file's pages count in the process's resident set as they are
+    touched, so the peak memory of a prepare run grew with the file (1.19 GB for 678 MB of Parquet)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if f.kind == "parquet":
-        table = pq.ParquetFile(f.path, memory_map=True)
+        table = pq.ParquetFile(f.path, memory_map=False)
         names = table.schema_arrow.names
         wanted = [c for c in columns or [] if c in names] or None
         return names, table.iter_batches(batch_size=TABLE_BATCH_ROWS, columns=wanted)
-    source = pa.memory_map(str(f.path))
+    source = pa.OSFile(str(f.path))
     try:
         reader = pa.ipc.open_stream(source)
     except pa.ArrowInvalid:
