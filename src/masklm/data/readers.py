@@ -360,7 +360,7 @@ def _record_batches(f: InputFile, columns: list[str] | None) -> tuple[list[str],
     Arrow (IPC stream as `datasets` writes it, or IPC file) batch by batch. With `columns`, only those are read.
 
     Files are read, not memory-mapped: a mapped file's pages count in the process's resident set as they are
-    touched, so the peak memory of a prepare run grew with the file (1.19 GB for 678 MB of Parquet)."""
+    touched, which makes a prepare run's peak memory look like it grows with the file."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
