@@ -128,14 +128,17 @@ def load_cache(path: Path) -> dict[str, dict]:
     return out
 
 
-def sweep(args: argparse.Namespace, starts: list[dict[str, Any]]) -> dict[str, dict]:
-    """Every (start, labels, lr, seed) fine-tuning, from the cache when it was run before."""
+def sweep(
+    args: argparse.Namespace, starts: list[dict[str, Any]], parts: tuple[list[dict], list[dict], list[dict]]
+) -> dict[str, dict]:
+    """Every (start, labels, lr, seed) fine-tuning on Rotten Tomatoes `parts` (train, validation, test), from the
+    cache when it was run before."""
     cache_path = Path(args.results)
     cache = load_cache(cache_path)
     first = Path(starts[0]["run"])
+    train, val, test = parts
     for n_arg in args.labels:
         for seed in args.seeds:
-            train, val, test = rotten_tomatoes(0)
             n = len(train) if n_arg == "all" else int(n_arg)
             subset = train if n >= len(train) else random.Random(seed).sample(train, n)
             rows = {"train": subset, "val": val, "test": test}
@@ -199,14 +202,15 @@ def report(args: argparse.Namespace, starts: list[dict[str, Any]], cache: dict) 
     return body, summary
 
 
-def plot(args: argparse.Namespace, starts: list[dict[str, Any]], summary: dict, out: Path) -> list[Path]:
+def plot(
+    args: argparse.Namespace, starts: list[dict[str, Any]], summary: dict, train_size: int, out: Path
+) -> list[Path]:
     """Accuracy against labels (log scale) per start; lift against pretraining tokens by objective."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train_size = len(rotten_tomatoes(0)[0])
     xs = [train_size if n == "all" else int(n) for n in args.labels]
     fig, ax = plt.subplots(figsize=(6, 4))
     for info in starts:
@@ -268,11 +272,12 @@ def main() -> int:
     starts = [describe(Path(run)) for run in args.run] + [
         {"run": RANDOM, "objective": "none", "tokens": None}
     ]
-    cache = sweep(args, starts)
+    parts = rotten_tomatoes(0)  # read once: every label budget and seed draws from the same split
+    cache = sweep(args, starts, parts)
     body, summary = report(args, starts, cache)
     print(body)
     if not args.no_docs:
-        images = plot(args, starts, summary, DOCS.with_name("pretraining_value.png"))
+        images = plot(args, starts, summary, len(parts[0]), DOCS.with_name("pretraining_value.png"))
         body += "\n" + "\n".join(f"![{img.stem}]({img.name})" for img in images) + "\n"
         append_docs(
             "Value of pretraining: pretrained vs random init by labels",
