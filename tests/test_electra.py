@@ -114,6 +114,30 @@ def test_weight_zero_is_the_generators_mlm_loss():
     assert torch.allclose(parts.sum(), mlm_loss(model.generator_model().eval(), b), atol=1e-6)
 
 
+def test_padded_generator_rows_change_nothing():
+    """The generator's rows padded for flat memory (pad_rows) give the same samples, corrupted input and loss."""
+    model, b = tiny_electra(), batch()
+    args = (b["input_ids"], b["attention_mask"], None, b["labels"], b["sample_u"])
+    gen1, disc1, rep1 = model(*args)
+    gen8, disc8, rep8 = model(*args, pad_rows=8)
+    assert gen1.shape[0] == 6 and gen8.shape[0] == 8
+    torch.testing.assert_close(gen8[:6], gen1)
+    torch.testing.assert_close(disc8, disc1)
+    assert torch.equal(rep8, rep1)
+    torch.testing.assert_close(electra_loss(model, b, 50.0), electra_loss_unpadded(model, b, 50.0))
+
+
+def electra_loss_unpadded(
+    model: ElectraPreTraining, b: dict[str, torch.Tensor], weight: float
+) -> torch.Tensor:
+    """The loss written out without padding rows, as the objective computed it before rows were padded."""
+    labels, real = b["labels"], b["real"]
+    gen, disc, replaced = model(b["input_ids"], b["attention_mask"], None, labels, b["sample_u"])
+    g = torch.nn.functional.cross_entropy(gen.float(), labels[labels != -100])
+    d = torch.nn.functional.binary_cross_entropy_with_logits(disc.float()[real], replaced[real].float())
+    return torch.stack([g, weight * d])
+
+
 def test_samples_equal_to_the_original_count_as_original():
     model, b = tiny_electra(), batch()
     target = int(b["labels"][0, 1])

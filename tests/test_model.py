@@ -8,7 +8,14 @@ from tokenizers import models, pre_tokenizers
 
 from masklm.config import ModelConfig
 from masklm.errors import UserError
-from masklm.model.heads import MaskedLM, QuestionAnswering, SequenceClassification, TokenClassification
+from masklm.model.heads import (
+    MaskedLM,
+    QuestionAnswering,
+    SequenceClassification,
+    TokenClassification,
+    masked_rows,
+    masked_targets,
+)
 from masklm.model.io import ModelInfo, load_model, save_model
 
 VARIANTS = {
@@ -66,6 +73,41 @@ def test_sparse_head_equals_dense_head_at_masked_positions(variant):
     dense = m(ids)[labels != -100]
     assert sparse.shape == (4, 100)
     torch.testing.assert_close(sparse, dense, atol=1e-6, rtol=1e-6)
+
+
+def test_masked_rows_are_padded_to_a_multiple_and_the_padding_is_ignored():
+    """Pretraining pads the head's rows (same few buffer sizes every step); loss, gradients and eval sums are
+    those of the M masked positions alone."""
+    from masklm.objectives.mlm import MLM, PAD_ROWS, mlm_loss
+
+    labels = torch.full((3, 12), -100)
+    labels[0, 3], labels[1, 0], labels[2, 11], labels[2, 5] = 7, 8, 9, 10
+    rows = masked_rows(labels, 8)
+    assert rows.tolist() == [3, 12, 29, 35, 0, 0, 0, 0]  # flat (row * 12 + column), in order, then index 0
+    assert masked_targets(labels, 8).tolist() == [7, 8, 10, 9, -100, -100, -100, -100]
+    assert masked_rows(labels, 4).numel() == 4 and masked_rows(labels).numel() == 4
+
+    torch.manual_seed(2)
+    m = MaskedLM(tiny_cfg(**VARIANTS["modern"]))
+    batch = {"input_ids": torch.randint(5, 100, (3, 12)), "labels": labels}
+    logits = m(batch["input_ids"], labels=labels, pad_rows=PAD_ROWS)
+    assert logits.shape == (PAD_ROWS, 100)
+    loss = mlm_loss(m, batch)
+    loss.backward()
+    padded_grads = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    exact = torch.nn.functional.cross_entropy(m(batch["input_ids"], labels=labels), labels[labels != -100])
+    exact.backward()
+    torch.testing.assert_close(loss, exact)
+    for got, want in zip(padded_grads, (p.grad for p in m.parameters()), strict=True):
+        torch.testing.assert_close(got, want)
+    with torch.no_grad():
+        sums = MLM().eval_sums(m, batch)
+    assert int(sums["count"]) == 4
+    assert float(sums["loss_sum"]) == pytest.approx(4 * exact.item(), rel=1e-5)
+    assert int(sums["correct"]) == int(
+        (m(batch["input_ids"], labels=labels).argmax(-1) == labels[labels != -100]).sum()
+    )
 
 
 def test_attention_is_bidirectional():

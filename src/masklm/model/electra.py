@@ -21,6 +21,7 @@ import dataclasses
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from masklm.config import ModelConfig
@@ -125,22 +126,21 @@ class ElectraPreTraining(Head):
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         sample_u: torch.Tensor | None = None,
+        pad_rows: int = 1,
     ) -> Any:
         """Without labels: the discriminator's logits (B, T). With labels (-100 where not masked) and sample_u (B, T)
-        uniform numbers: (generator logits (M, V) at the M masked positions, discriminator logits (B, T) on the
-        input with sampled tokens at those positions, replaced (B, T) bool: where the sample differs from the
-        original). Without sample_u the samples are drawn from torch's default generator."""
+        uniform numbers: (generator logits (K, V) at the M masked positions then K - M padding rows (see
+        MaskedLM.forward), discriminator logits (B, T) on the input with sampled tokens at those positions,
+        replaced (B, T) bool: where the sample differs from the original). Without sample_u the samples are
+        drawn from torch's default generator."""
         if labels is None:
             return self.discriminate(input_ids, attention_mask, token_type_ids)
-        gen_logits = self.generator(input_ids, attention_mask, token_type_ids, labels)  # (M, V)
+        gen_logits = self.generator(input_ids, attention_mask, token_type_ids, labels, pad_rows)  # (K, V)
         masked = labels != -100  # (B, T)
-        u = (
-            sample_u[masked]
-            if sample_u is not None
-            else torch.rand(gen_logits.shape[0], device=labels.device)
-        )
+        u = sample_u[masked] if sample_u is not None else torch.rand(int(masked.sum()), device=labels.device)
+        u = F.pad(u, (0, gen_logits.shape[0] - u.numel()), value=0.5)  # padding rows: drawn, then dropped
         with torch.no_grad():
-            sampled = sample_from_logits(gen_logits, u)  # (M,)
+            sampled = sample_from_logits(gen_logits, u)  # (K,): masked_scatter takes the first M
             original = torch.where(masked, labels, input_ids)  # (B, T): the text before masking
             corrupted = original.masked_scatter(masked, sampled)
         # a sample equal to the original token counts as original

@@ -3,6 +3,8 @@
 
 - MaskedLM: BERT's prediction head (dense → act → LayerNorm → decoder tied to the word embeddings). Given
   `labels`, it runs only at the masked positions: gather those hidden states first, then project to the vocabulary.
+  Pretraining pads those rows to a multiple of `pad_rows` (see `masked_rows`) so that the head's large buffers
+  keep a few sizes from step to step.
   With `embedding_size` set, the dense layer maps H to E and the decoder is the (V, E) embedding matrix.
 - SequenceClassification: BERT's pooler (dense + tanh on [CLS]) → dropout → linear; with pooling="mean", the
   mean of the hidden states over the real tokens ([CLS] and [SEP] included, padding not) → dropout → linear,
@@ -28,6 +30,26 @@ from torch import nn
 from masklm.config import ModelConfig
 from masklm.model.base import Head, register_head
 from masklm.model.encoder import Embeddings, Encoder, activation, init_weights
+
+
+def masked_rows(labels: torch.Tensor, multiple: int = 1) -> torch.Tensor:
+    """Flat indexes (K,) of the positions where labels != -100, in order, padded with index 0 up to a multiple of
+    `multiple` (`masked_targets` gives the padded rows the label -100, so losses and metrics ignore them).
+
+    Why pad: the number of masked positions changes every batch, and with it the size of the head's largest
+    buffers ((K, V) logits, their float32 copy, their gradients). Buffers of ever-new sizes fragment the C
+    allocator's heap, which then holds more memory every step (docs/benchmarks.md, "Memory growth in a
+    pretraining run"); rounded to a multiple, the same few sizes come back and their blocks are reused.
+    """
+    index = (labels.reshape(-1) != -100).nonzero().squeeze(1)
+    extra = -index.numel() % multiple
+    return F.pad(index, (0, extra)) if extra else index
+
+
+def masked_targets(labels: torch.Tensor, rows: int) -> torch.Tensor:
+    """The labels at the masked positions (M,), padded with -100 up to `rows` (the logits' rows, see masked_rows)."""
+    target = labels[labels != -100]
+    return F.pad(target, (0, rows - target.numel()), value=-100)
 
 
 @register_head
@@ -63,11 +85,13 @@ class MaskedLM(Head):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        pad_rows: int = 1,
     ) -> torch.Tensor:
-        """Logits over the vocabulary: (B, T, V) without labels, (M, V) for the M positions where labels != -100."""
+        """Logits over the vocabulary: (B, T, V) without labels; with labels, (K, V) for the M positions where
+        labels != -100, in order, then K - M padding rows (K: M rounded up to a multiple of `pad_rows`)."""
         h = self.encoder(input_ids, attention_mask, token_type_ids)  # (B, T, H)
-        if labels is not None:
-            h = h[labels != -100]  # (M, H): only masked positions reach the vocabulary projection
+        if labels is not None:  # only masked positions reach the vocabulary projection
+            h = h.reshape(-1, h.shape[-1]).index_select(0, masked_rows(labels, pad_rows))  # (K, H)
         h = self.transform_norm(self.act(self.transform(h)))  # (..., E)
         logits = F.linear(h, self.encoder.input_embeddings.word.weight, self.decoder_bias)  # (..., V_padded)
         return logits[..., : self.cfg.vocab_size]  # padded rows are not tokens

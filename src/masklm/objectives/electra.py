@@ -29,23 +29,24 @@ from torch import nn
 
 from masklm.config import ModelConfig
 from masklm.model.electra import ElectraPreTraining
-from masklm.objectives.mlm import mlm_metrics, mlm_sums
+from masklm.model.heads import masked_targets
+from masklm.objectives.mlm import PAD_ROWS, mlm_metrics, mlm_sums
 
 Batch = dict[str, torch.Tensor]
 
 
 def electra_parts(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(generator logits (M, V) at the masked positions, discriminator logits (B, T), replaced (B, T) bool)."""
-    return model(
-        batch["input_ids"], batch.get("attention_mask"), None, batch["labels"], sample_u=batch["sample_u"]
-    )
+    """(generator logits (K, V) at the masked positions and padding rows (see MLM), discriminator logits (B, T),
+    replaced (B, T) bool)."""
+    ids, mask, labels = batch["input_ids"], batch.get("attention_mask"), batch["labels"]
+    return model(ids, mask, None, labels, sample_u=batch["sample_u"], pad_rows=PAD_ROWS)
 
 
 def electra_loss(model: nn.Module, batch: Batch, weight: float) -> torch.Tensor:
     """[generator MLM loss, weight × discriminator loss], each a mean over its own items (see `loss_items`)."""
     labels, real = batch["labels"], batch["real"]
     gen_logits, disc_logits, replaced = electra_parts(model, batch)
-    gen = F.cross_entropy(gen_logits.float(), labels[labels != -100])
+    gen = F.cross_entropy(gen_logits.float(), masked_targets(labels, gen_logits.shape[0]))
     disc = F.binary_cross_entropy_with_logits(disc_logits.float()[real], replaced[real].float())
     return torch.stack([gen, weight * disc])
 

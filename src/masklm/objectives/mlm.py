@@ -1,7 +1,7 @@
 """Masked-language modelling (BERT): predict the tokens behind the masked positions.
 
 The loss is the mean cross-entropy over the masked positions only; the head projects only those to the
-vocabulary (`MaskedLM.forward` with labels).
+vocabulary (`MaskedLM.forward` with labels), padded to a multiple of PAD_ROWS rows that the loss ignores.
 """
 
 from __future__ import annotations
@@ -13,10 +13,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from masklm.config import ModelConfig
-from masklm.model.heads import MaskedLM
+from masklm.model.heads import MaskedLM, masked_targets
 from masklm.train.loop import perplexity
 
 Batch = dict[str, torch.Tensor]
+
+# The masked-LM head's rows are padded to a multiple of this (masklm.model.heads.masked_rows): at 4,096 tokens
+# per batch and 15-30% masking, a few sizes recur instead of a new one each step (flat memory in long runs),
+# for at most PAD_ROWS - 1 wasted rows (1-10% of the head's work).
+PAD_ROWS = 128
 
 
 def masked_tokens(batch: Batch) -> int:
@@ -26,20 +31,21 @@ def masked_tokens(batch: Batch) -> int:
 
 def mlm_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     labels = batch["labels"]
-    logits = model(
-        batch["input_ids"], batch.get("attention_mask"), None, labels
-    )  # (M, V) at masked positions
-    return F.cross_entropy(logits.float(), labels[labels != -100])
+    logits = model(batch["input_ids"], batch.get("attention_mask"), None, labels, pad_rows=PAD_ROWS)  # (K, V)
+    return F.cross_entropy(logits.float(), masked_targets(labels, logits.shape[0]))  # padded rows are ignored
 
 
 def mlm_sums(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Summed loss, correct predictions and count at the masked positions (logits (M, V) there)."""
-    target = labels[labels != -100]
+    """Summed loss, correct predictions and count at the masked positions (logits (K, V): the M masked positions
+    in order, then any padding rows, which count nowhere)."""
+    target = masked_targets(
+        labels, logits.shape[0]
+    )  # -100 on padding rows: never argmax, ignored by the loss
     logits = logits.float()
     return {
         "loss_sum": F.cross_entropy(logits, target, reduction="sum"),
         "correct": (logits.argmax(-1) == target).sum(),
-        "count": torch.tensor(target.numel(), device=logits.device),
+        "count": (target != -100).sum(),
     }
 
 
@@ -71,7 +77,8 @@ class MLM:
 
     def eval_sums(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         labels = batch["labels"]
-        return mlm_sums(model(batch["input_ids"], batch.get("attention_mask"), None, labels), labels)
+        logits = model(batch["input_ids"], batch.get("attention_mask"), None, labels, pad_rows=PAD_ROWS)
+        return mlm_sums(logits, labels)
 
     def eval_metrics(self, sums: dict[str, float]) -> dict[str, float]:
         return mlm_metrics(sums)

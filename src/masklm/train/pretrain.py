@@ -34,7 +34,7 @@ from masklm.objectives import Objective, evaluate, objective_for
 from masklm.train import checkpoint as ckpt
 from masklm.train.loop import Budget, FitResult
 from masklm.train.run import Run, full_model
-from masklm.utils import log
+from masklm.utils import keep_large_blocks, log
 
 
 class MaskedBatches:
@@ -357,6 +357,7 @@ def pretrain(
     With `resume`, the run's saved config.yaml is used; `resume_changes` (dotted keys set on the command line)
     may change the settings in RESUME_FREE, such as the budget (masklm.train.run).
     """
+    keep_large_blocks()  # flat memory and few page faults: a step's buffers reuse the last step's (see there)
     sources = data_sources(data_dir)
     data_name = " ".join(str(s.path) for s in sources)
     run = Run(run_dir, resume=resume, overwrite=overwrite)
