@@ -34,6 +34,7 @@ import torch
 from benchmarks.common import DOCS, add_common_args, append_docs, table
 from benchmarks.finetune_vs_hf import rotten_tomatoes, write_csv
 from masklm import finetune as ft
+from masklm.demo import fine_tuning_epochs
 
 RANDOM = "random init"
 
@@ -66,8 +67,8 @@ def start_label(info: dict[str, Any]) -> str:
 
 
 def epochs_for(n: int, args: argparse.Namespace) -> int:
-    """At least --epochs passes and at least --min-steps optimizer steps."""
-    return max(args.epochs, math.ceil(args.min_steps * args.batch_size / n))
+    """At least --epochs passes and at least --min-steps optimizer steps (as the demo's check counts them)."""
+    return fine_tuning_epochs(n, args.batch_size, args.epochs, args.min_steps)
 
 
 def finetune_once(

@@ -10,7 +10,7 @@ import torch
 from helpers import tiny_model_config
 
 from masklm.data.tokenizer import train_tokenizer
-from masklm.demo import SentimentCheck, rotten_tomatoes_splits, sentiment_lift
+from masklm.demo import SentimentCheck, fine_tuning_epochs, rotten_tomatoes_splits, sentiment_lift
 from masklm.model.heads import MaskedLM
 from masklm.model.io import ModelInfo, save_model
 
@@ -82,3 +82,12 @@ def test_lift_fine_tunes_both_starts_at_their_best_lr(tmp_path, capsys):
     assert {s["init"] for s in summaries} == {"pretrained", "random"}
     assert all(s["train_examples"] == 48 and s["validation_examples"] == 16 for s in summaries)
     assert Path(run / "model" / "demo-sentiment" / "test.csv").read_text().count("\n") == 25
+
+
+@pytest.mark.parametrize(
+    ("n", "want"),
+    [(300, 15), (1000, 5), (10_000, 3), (31, 150)],  # 10, 32, 313 and 1 steps per epoch at batch 32
+)
+def test_few_labels_get_more_epochs_up_to_the_minimum_steps(n, want):
+    """The demo's check and benchmarks/pretraining_value.py count epochs with this one function."""
+    assert fine_tuning_epochs(n, batch_size=32, epochs=3, min_steps=150) == want

@@ -83,6 +83,12 @@ def _write(path: Path, rows: list[dict[str, str]]) -> Path:
     return path
 
 
+def fine_tuning_epochs(n: int, batch_size: int, epochs: int, min_steps: int) -> int:
+    """At least `epochs` passes over n examples and at least `min_steps` optimizer steps (few labels: more passes)."""
+    steps_per_epoch = -(-n // batch_size)
+    return max(epochs, -(-min_steps // steps_per_epoch))
+
+
 def sentiment_lift(
     run_dir: Path, check: SentimentCheck = SentimentCheck(), threads: int | None = None, verbose: bool = False
 ) -> dict:
@@ -94,8 +100,7 @@ def sentiment_lift(
     out = run_dir / "demo-sentiment"
     out.mkdir(parents=True, exist_ok=True)
     files = {name: _write(out / f"{name}.csv", rows) for name, rows in rotten_tomatoes_splits(check).items()}
-    steps_per_epoch = -(-check.labels // check.batch_size)
-    epochs = max(check.epochs, -(-check.min_steps // steps_per_epoch))
+    epochs = fine_tuning_epochs(check.labels, check.batch_size, check.epochs, check.min_steps)
     result: dict[str, Any] = {}
     for init in ("pretrained", "random"):
         by_lr = {}
