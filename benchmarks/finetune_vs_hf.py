@@ -468,10 +468,13 @@ def run_seed(name: str, spec: TaskSpec, seed: int, args: argparse.Namespace, wor
     records = []
     for side, job in jobs:
         print(f"--- {name} seed {seed}: {side}", file=sys.stderr)
+        cpu0 = time.process_time()
         result = job()
-        records.append(
-            {"task": name, "seed": seed, "side": side, "sizes": [len(p) for p in splits], **result}
-        )
+        cpu_s = (
+            time.process_time() - cpu0
+        )  # training and the test split: CPU time, which the load inflates less
+        sizes = [len(p) for p in splits]
+        records.append({"task": name, "seed": seed, "side": side, "sizes": sizes, "cpu_s": cpu_s, **result})
         print(json.dumps(records[-1], default=float), file=sys.stderr)
     return records
 
@@ -503,23 +506,25 @@ def report(records: list[dict[str, Any]], args: argparse.Namespace, command: str
         "wall / transformers' wall on the same seed (the sides alternate which runs first)",
         "",
         "| task | train / val / test | settings | side | test metric (mean ± sd) | Δ vs transformers "
-        "| val | wall s (mean ± sd) | wall / transformers |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|",
+        "| val | wall s (mean ± sd) | wall / transformers | CPU s / transformers |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name in dict.fromkeys(r["task"] for r in records):
         lines += _task_rows(name, [r for r in records if r["task"] == name], args)
     lines += [
         "",
-        "Each run:",
+        "Each run (CPU s: the process's CPU time for training and test scoring, all threads; a loaded machine "
+        "inflates it less than the wall time):",
         "",
-        "| task | seed | side | test | val | wall s |",
-        "|---|---:|---|---:|---:|---:|",
+        "| task | seed | side | test | val | wall s | CPU s |",
+        "|---|---:|---|---:|---:|---:|---:|",
     ]
     for r in records:
         scale = _scale(TASKS[r["task"]].metric)
         test = r["test"][TASKS[r["task"]].metric] * scale
         lines.append(
-            f"| {r['task']} | {r['seed']} | {r['side']} | {test:.2f} | {r['val'] * scale:.2f} | {r['wall_s']:.1f} |"
+            f"| {r['task']} | {r['seed']} | {r['side']} | {test:.2f} | {r['val'] * scale:.2f} | {r['wall_s']:.1f} "
+            f"| {r.get('cpu_s', math.nan):.1f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -542,10 +547,12 @@ def _task_rows(name: str, records: list[dict[str, Any]], args: argparse.Namespac
         ratio = [r["wall_s"] / hf[r["seed"]]["wall_s"] for r in mine if r["seed"] in hf]
         delta = f"{statistics.mean(test) - hf_mean:+.2f}" if side != "transformers" and hf else ""
         ratio_text = f"{statistics.mean(ratio):.2f}" if ratio else ""
+        cpu = [r["cpu_s"] / hf[r["seed"]]["cpu_s"] for r in mine if r["seed"] in hf and "cpu_s" in r]
+        cpu_text = f"{statistics.mean(cpu):.2f}" if cpu else ""
         rows.append(
             f"| {spec.title} | {' / '.join(map(str, mine[0]['sizes']))} | {settings} | {side} "
             f"| {_mean_sd(test)} | {delta} | {statistics.mean(r['val'] * scale for r in mine):.2f} "
-            f"| {_mean_sd([r['wall_s'] for r in mine])} | {ratio_text} |"
+            f"| {_mean_sd([r['wall_s'] for r in mine])} | {ratio_text} | {cpu_text} |"
         )
     return rows
 

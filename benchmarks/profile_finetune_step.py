@@ -8,7 +8,8 @@ under autocast, the task's loss, backward, gradient clipping, AdamW from `make_o
 pretraining uses), zero_grad. The batch is --batch rows of --length real tokens (no padding: long documents fill
 the window). After --warmup steps, --steps steps are timed without the profiler and --steps more under it; the
 table gives each operator's self CPU time per step, sorted, with its share and calls per step, and the step's time
-split into forward, backward and optimizer.
+split into forward, backward and optimizer, as wall time and as the process's CPU time (on a shared machine the
+wall time grows with the load; the CPU time much less).
 """
 
 from __future__ import annotations
@@ -52,23 +53,26 @@ def profile_precision(args: argparse.Namespace, precision: str) -> str:
     model.train()
     device = torch.device("cpu")
     parts = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
+    cpu = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
 
     def step(timed: bool) -> None:
+        c0 = time.process_time()
         t0 = time.perf_counter()
         with record_function("forward"), autocast_context(device, precision):
             loss = task.loss(task.forward(model, batch), batch, cfg.data)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         with record_function("backward"):
             loss.backward()
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         with record_function("optimizer"):
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        t3 = time.perf_counter()
+        t3, c3 = time.perf_counter(), time.process_time()
         if timed:
-            for k, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2)):
+            for k, dt, dc in zip(parts, (t1 - t0, t2 - t1, t3 - t2), (c1 - c0, c2 - c1, c3 - c2)):
                 parts[k] += dt / args.steps
+                cpu[k] += dc / args.steps
 
     for _ in range(args.warmup):
         step(False)
@@ -92,9 +96,12 @@ def profile_precision(args: argparse.Namespace, precision: str) -> str:
     ]
     step_s = sum(parts.values())
     split = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in parts.items())
+    cpu_split = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in cpu.items())
     head = (
         f"{precision}: {step_s * 1000:.0f} ms per step without the profiler ({split}; "
-        f"{args.batch * args.length / step_s:,.0f} tokens/s), {torch.get_num_threads()} threads"
+        f"{args.batch * args.length / step_s:,.0f} tokens/s), {torch.get_num_threads()} threads; "
+        f"CPU time of the process (all threads; what a loaded machine does not inflate): "
+        f"{sum(cpu.values()) * 1000:.0f} ms per step ({cpu_split})"
     )
     return head + "\n\n" + common.table(["operator", "self CPU ms / step", "share", "calls / step"], rows)
 
