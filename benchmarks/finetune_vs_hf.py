@@ -455,9 +455,9 @@ def run_seed(name: str, spec: TaskSpec, seed: int, args: argparse.Namespace, wor
         splits = tuple(part[:n] for part, n in zip(splits, sizes))
     files = spec.write(work, splits)
     run = run_args(args, spec, seed)
-    jobs: list[tuple[str, Callable[[], dict[str, Any]]]] = [
-        ("transformers", lambda: spec.run_hf(splits, run))
-    ]
+    jobs: list[tuple[str, Callable[[], dict[str, Any]]]] = []
+    if not args.no_transformers:
+        jobs.append(("transformers", lambda: spec.run_hf(splits, run)))
     for v in args.variants:
         extra = {**spec.extra, **parse_variant(v)}
         jobs.append(
