@@ -398,7 +398,7 @@ TASKS: dict[str, TaskSpec] = {
     "imdb": TaskSpec(
         "IMDB long reviews (256 tokens)", "classification", "accuracy", imdb_long,
         _write_parts(lambda p, rows: write_csv(p.with_suffix(".csv"), rows), "imdb"), run_hf_classification,
-        {"epochs": 2, "lr": 1e-4, "batch_size": 32, "max_length": 256}, sizes=(480, 160, 480),
+        {"epochs": 2, "lr": 1e-4, "batch_size": 32, "max_length": 256}, sizes=(320, 96, 320),
         quick_sizes=(160, 64, 160),
     ),
 }  # fmt: skip

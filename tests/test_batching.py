@@ -37,7 +37,8 @@ def test_order_is_a_pure_function_of_seed_and_epoch(batching):
     batches = EpochBatches(features(LENGTHS), 16, 0, seed=7, batching=batching)
     later = batches(2 * batches.micro_per_epoch + 5)
     assert torch.equal(
-        EpochBatches(features(LENGTHS), 16, 0, seed=7, batching=batching)(5)["input_ids"], batches(5)["input_ids"]
+        EpochBatches(features(LENGTHS), 16, 0, seed=7, batching=batching)(5)["input_ids"],
+        batches(5)["input_ids"],
     )
     fresh = EpochBatches(features(LENGTHS), 16, 0, seed=7, batching=batching)
     assert torch.equal(fresh(2 * fresh.micro_per_epoch + 5)["input_ids"], later["input_ids"])
@@ -79,7 +80,10 @@ def _toy_token_data(n: int, seed: int) -> list[dict]:
 
 @pytest.mark.parametrize(
     ("task_name", "architecture", "labels"),
-    [("classification", "SequenceClassification", None), ("token-classification", "TokenClassification", None)],
+    [
+        ("classification", "SequenceClassification", None),
+        ("token-classification", "TokenClassification", None),
+    ],
 )
 def test_item_weight_does_not_depend_on_its_batch(task_name, architecture, labels):
     torch.manual_seed(0)
