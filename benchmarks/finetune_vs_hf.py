@@ -356,7 +356,17 @@ class TaskSpec:
     load(seed) gives (train, validation, test) examples, the split reshuffled by the seed; write(work, splits)
     writes them as masklm reads them and returns {"train", "val", "test"} paths; run_hf(splits, run) is the
     transformers side and returns {"wall_s", "test_eval_s", "val", "test": {metric: value}}, where `run` holds
-    epochs, lr, batch_size, max_length, seed and threads (the same the masklm side gets)."""
+    epochs, lr, batch_size, max_length, seed and threads (the same the masklm side gets). The masklm side is
+    `run_masklm(masklm_task, files, run, work, extra)` unless the spec brings its own with those arguments.
+
+    A QA set registers itself from benchmarks/qa_vs_hf.py with, e.g.:
+
+        def register(tasks):
+            from benchmarks.finetune_vs_hf import TaskSpec
+            tasks["qa"] = TaskSpec("SQuAD-format QA, multi-window", "qa", "exact_match", load_qa, write_qa,
+                                   run_hf_qa, {"epochs": 2, "lr": 5e-5, "batch_size": 32, "max_length": 192},
+                                   extra={"data.doc_stride": 64}, scale=1.0)
+    """
 
     title: str
     masklm_task: str  # masklm finetune --task
@@ -368,6 +378,12 @@ class TaskSpec:
     sizes: tuple[int, int, int] | None = None  # train / validation / test cut to these (None: all)
     quick_sizes: tuple[int, int, int] = (800, 150, 300)
     extra: dict[str, Any] = field(default_factory=dict)  # masklm dotted settings this task needs
+    scale: float = (
+        100.0  # the metric x scale is shown (100: a fraction shown in points; 1: already in points)
+    )
+    run_masklm: Callable[..., dict[str, Any]] | None = (
+        None  # instead of run_masklm (same arguments and result)
+    )
 
 
 def _write_parts(writer: Callable[[Path, list[dict]], Path], prefix: str):
@@ -460,8 +476,12 @@ def run_seed(name: str, spec: TaskSpec, seed: int, args: argparse.Namespace, wor
         jobs.append(("transformers", lambda: spec.run_hf(splits, run)))
     for v in args.variants:
         extra = {**spec.extra, **parse_variant(v)}
+        runner = spec.run_masklm or run_masklm
         jobs.append(
-            (f"masklm {v}", lambda extra=extra: run_masklm(spec.masklm_task, files, run, work, extra))
+            (
+                f"masklm {v}",
+                lambda extra=extra, runner=runner: runner(spec.masklm_task, files, run, work, extra),
+            )
         )
     if seed % 2:  # alternate which side goes first
         jobs = jobs[1:] + jobs[:1]
@@ -520,7 +540,7 @@ def report(records: list[dict[str, Any]], args: argparse.Namespace, command: str
         "|---|---:|---|---:|---:|---:|---:|",
     ]
     for r in records:
-        scale = _scale(TASKS[r["task"]].metric)
+        scale = TASKS[r["task"]].scale
         test = r["test"][TASKS[r["task"]].metric] * scale
         lines.append(
             f"| {r['task']} | {r['seed']} | {r['side']} | {test:.2f} | {r['val'] * scale:.2f} | {r['wall_s']:.1f} "
@@ -529,13 +549,9 @@ def report(records: list[dict[str, Any]], args: argparse.Namespace, command: str
     return "\n".join(lines) + "\n"
 
 
-def _scale(metric: str) -> float:
-    return 100.0 if metric in ("accuracy", "f1", "exact_match") else 1.0
-
-
 def _task_rows(name: str, records: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
     spec = TASKS[name]
-    scale = _scale(spec.metric)
+    scale = spec.scale
     run = run_args(args, spec, 0)
     settings = f"{run.epochs:g} ep, lr {run.lr:g}, batch {run.batch_size}, len {run.max_length}"
     hf = {r["seed"]: r for r in records if r["side"] == "transformers"}
