@@ -466,7 +466,7 @@ def run_args(args: argparse.Namespace, spec: TaskSpec, seed: int) -> argparse.Na
 def run_seed(name: str, spec: TaskSpec, seed: int, args: argparse.Namespace, work: Path) -> list[dict]:
     """One seed of one task: transformers once, masklm once per variant; first side by the seed's parity."""
     splits = spec.load(seed)
-    sizes = spec.quick_sizes if args.quick else spec.sizes
+    sizes = spec.quick_sizes if args.quick else None if args.all_data else spec.sizes
     if sizes:
         splits = tuple(part[:n] for part, n in zip(splits, sizes))
     files = spec.write(work, splits)
@@ -579,6 +579,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tasks", nargs="+", default=["sentiment", "ner", "imdb"], help=f"of {', '.join(TASKS)}")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument(
+        "--seed", type=int, help="one seed: the same as --seeds N (the commands of earlier tables)"
+    )
+    p.add_argument(
+        "--all-data",
+        action="store_true",
+        help="every example of each split, not the task's sizes (earlier tables)",
+    )
+    p.add_argument(
         "--variants",
         nargs="+",
         default=["default"],
@@ -599,6 +607,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--no-write", action="store_true", help="print the table without appending to docs/benchmarks.md"
     )
     args = p.parse_args(argv)
+    if args.seed is not None:
+        args.seeds = [args.seed]
     unknown = [t for t in args.tasks if t not in TASKS]
     if unknown:
         p.error(f"unknown task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}")
