@@ -225,10 +225,17 @@ def test_bf16_attention_dropout_drops_at_rate_p_and_keeps_the_expectation():
 def test_no_padding_mask_when_nothing_is_padded():
     from masklm.model.encoder import _padding_mask
 
-    assert _padding_mask(torch.ones(2, 5, dtype=torch.long)) is None
+    assert _padding_mask(torch.ones(2, 5, dtype=torch.long), drop_if_full=True) is None
+    assert _padding_mask(torch.ones(2, 5, dtype=torch.long)).shape == (
+        2,
+        1,
+        1,
+        5,
+    )  # export: no data-dependent if
     mask = torch.ones(2, 5, dtype=torch.long)
     mask[1, 3:] = 0
-    assert _padding_mask(mask).tolist() == [[[[True] * 5]], [[[True, True, True, False, False]]]]
+    want = [[[[True] * 5]], [[[True, True, True, False, False]]]]
+    assert _padding_mask(mask, drop_if_full=True).tolist() == want
     torch.manual_seed(4)
     m = MaskedLM(tiny_cfg()).eval()
     ids = torch.randint(5, 100, (2, 6))

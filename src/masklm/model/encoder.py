@@ -219,7 +219,8 @@ class Encoder(nn.Module):
             x = self.embed_proj(x)  # (B, T, H)
         # (B, 1, 1, T): each query may look at every real key; padded keys are hidden. Callers pass no mask for
         # batches without padding (packed pretraining), which lets SDPA pick its fastest kernel.
-        attn_mask = _padding_mask(attention_mask)
+        # skipping the mask needs a look at the data: only in eager training (export and compile trace the graph)
+        attn_mask = _padding_mask(attention_mask, self.training and not torch.compiler.is_compiling())
         for layer in self.layers:
             x = layer(x, attn_mask)
         if self.final_norm is not None:
@@ -250,11 +251,12 @@ def init_weights(module: nn.Module, std: float) -> None:
                 nn.init.zeros_(m.bias)
 
 
-def _padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """(B, 1, 1, T) bool, True on real keys; None where nothing is padded (on CPU, where asking is free: long
-    documents fill every window, and each layer then skips masking a (B, N, T, T) tensor, forward and back)."""
+def _padding_mask(attention_mask: torch.Tensor | None, drop_if_full: bool = False) -> torch.Tensor | None:
+    """(B, 1, 1, T) bool, True on real keys. With `drop_if_full`, None where nothing is padded (on CPU, where
+    asking is free: long documents fill every window, and each training layer then skips masking a (B, N, T, T)
+    tensor, forward and back)."""
     if attention_mask is None:
         return None
-    if attention_mask.device.type == "cpu" and bool(attention_mask.all()):
+    if drop_if_full and attention_mask.device.type == "cpu" and bool(attention_mask.all()):
         return None
     return attention_mask.bool()[:, None, None, :]
