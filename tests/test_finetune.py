@@ -367,10 +367,12 @@ def test_hugging_face_folder_as_model(base, data, tmp_path):
 # Resume
 
 
-def test_resume_equals_uninterrupted_run(base, data, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("batching", ["bucketed", "tokens"])
+def test_resume_equals_uninterrupted_run(base, data, tmp_path, monkeypatch, capsys, batching):
     args = [
         "finetune", "--task", "classification", "--model", base, "--train", data / "cls_train.csv",
         "--validation", data / "cls_val.csv", "--train.epochs", 2.5, "--train.log_every", 1, *FAST,
+        "--train.batching", batching,
     ]  # fmt: skip
     assert cli(*args, "--output", tmp_path / "a") == 0  # 2.5 epochs of 4 steps: 10 steps
 

@@ -241,3 +241,44 @@ def test_a_masklm_folder_missing_head_weights_is_refused(tmp_path):
     save_file(state, str(weights))
     with pytest.raises(UserError, match=r"do not fit this model \(missing \['classifier.bias'\]\)"):
         load_model(tmp_path / "m")
+
+
+def test_bf16_attention_dropout_drops_at_rate_p_and_keeps_the_expectation():
+    from masklm.model.encoder import _attention_written_out
+
+    torch.manual_seed(3)
+    q, k, v = (torch.randn(4, 2, 64, 8).to(torch.bfloat16) for _ in range(3))
+    probs = ((q.float() * 8**-0.5) @ k.float().transpose(-1, -2)).softmax(-1)
+    plain = _attention_written_out(q, k, v, None, 0.0).float()
+    torch.testing.assert_close(plain, probs.to(torch.bfloat16).float() @ v.float(), atol=2e-2, rtol=2e-2)
+    # v = identity rows: the output shows which probabilities were kept (x 1 / (1 - p)) and which dropped
+    eye = torch.eye(64).expand(4, 2, 64, 64).to(torch.bfloat16)
+    q64, k64 = (torch.randn(4, 2, 64, 64).to(torch.bfloat16) for _ in range(2))
+    dropped = _attention_written_out(q64, k64, eye, None, 0.25).float()
+    assert abs((dropped == 0).float().mean().item() - 0.25) < 0.01
+    mean = torch.stack([_attention_written_out(q, k, v, None, 0.25).float() for _ in range(100)]).mean(0)
+    assert (mean - plain).abs().mean() < 0.03  # unbiased: the mean over draws tends to the plain output
+    # gradients reach q, k and v through the masked probabilities
+    q.requires_grad_(True)
+    _attention_written_out(q, k, v, None, 0.25).float().sum().backward()
+    assert q.grad is not None and q.grad.abs().sum() > 0
+
+
+def test_no_padding_mask_when_nothing_is_padded():
+    from masklm.model.encoder import _padding_mask
+
+    assert _padding_mask(torch.ones(2, 5, dtype=torch.long), drop_if_full=True) is None
+    assert _padding_mask(torch.ones(2, 5, dtype=torch.long)).shape == (
+        2,
+        1,
+        1,
+        5,
+    )  # export: no data-dependent if
+    mask = torch.ones(2, 5, dtype=torch.long)
+    mask[1, 3:] = 0
+    want = [[[[True] * 5]], [[[True, True, True, False, False]]]]
+    assert _padding_mask(mask, drop_if_full=True).tolist() == want
+    torch.manual_seed(4)
+    m = MaskedLM(tiny_cfg()).eval()
+    ids = torch.randint(5, 100, (2, 6))
+    torch.testing.assert_close(m(ids, torch.ones_like(ids)), m(ids))

@@ -325,6 +325,11 @@ class FinetuneTrainConfig(TrainConfig):
     eval_batch_size: int | None = setting(
         None, "batch size for evaluation and prediction (None: train.batch_size); saved with the model"
     )
+    batching: Literal["bucketed", "random", "tokens"] = setting(
+        "bucketed",
+        "training batches: bucketed (batch_size examples of similar length), random (as transformers), or "
+        "tokens (batch_size x the mean length in tokens, of similar length; loss summed / a constant)",
+    )
     bucket_batches: int = setting(
         50,
         "length bucketing: batches' worth of shuffled examples sorted by length together (1: random batches)",

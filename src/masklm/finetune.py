@@ -14,8 +14,8 @@ best model by `train.metric_for_best` in RUN/model. The run folder has pretraini
     model/         the best model so far (weights, tokenizer, labels, task settings)
     curves.png     training / validation loss and the main metric              summary.json best validation metrics
 
-Batches are length-bucketed and padded to the longest feature in the batch; the batch for micro-step m is a
-pure function of (seed, m) (masklm.tasks.batching.EpochBatches), so a resumed run draws exactly the batches the
+Batches are formed as train.batching says (length-bucketed, random, or by token budget) and padded to the
+longest feature in the batch; the batch for micro-step m is a pure function of (seed, m) (masklm.tasks.batching.EpochBatches), so a resumed run draws exactly the batches the
 uninterrupted run would have drawn.
 """
 
@@ -26,7 +26,7 @@ import dataclasses
 import json
 import math
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,9 +60,33 @@ from masklm.utils import rank as env_rank
 # ----------------------------------------------------------------------------------------------------
 
 
-def task_loss(task: Task, settings: FinetuneDataConfig, model: nn.Module, batch: Batch) -> torch.Tensor:
-    """The mean loss of one training micro-batch."""
-    return task.loss(task.forward(model, batch), batch, settings)
+def task_loss(
+    task: Task, settings: FinetuneDataConfig, model: nn.Module, batch: Batch, per_batch: float | None = None
+) -> torch.Tensor:
+    """The training loss of one micro-batch: its mean, or with `per_batch` its sum divided by that constant.
+
+    `per_batch` (the mean number of loss items, e.g. labelled tokens, per training batch; see `items_per_batch`)
+    gives every item the same weight whichever batch it is in. Token-budget batches (train.batching tokens)
+    hold many short examples or few long ones, and a per-batch mean would give each item of a small batch
+    more weight. Over an epoch both average to the mean loss."""
+    logits = task.forward(model, batch)
+    if per_batch is None:
+        return task.loss(logits, batch, settings)
+    return task.loss(logits, batch, settings, reduction="sum") / per_batch
+
+
+def items_per_batch(task: Task, batches: EpochBatches, pad_id: int) -> float:
+    """The loss items of all training features (as `task.loss_count` counts them) over the batches per epoch."""
+    items = sum(task.loss_count(task.collate([f], pad_id)) for f in batches.features)
+    return max(1.0, items / batches.batches_per_epoch)
+
+
+def training_loss(
+    task: Task, settings: FinetuneDataConfig, batches: EpochBatches, pad_id: int
+) -> Callable[[nn.Module, Batch], torch.Tensor]:
+    """The loss fit() trains on: the batch mean (as transformers), or per item for token-budget batches."""
+    per_batch = items_per_batch(task, batches, pad_id) if batches.batching == "tokens" else None
+    return lambda m, batch: task_loss(task, settings, m, batch, per_batch)
 
 
 @torch.no_grad()
@@ -334,6 +358,7 @@ def _epoch_batches(task: Task, train: TaskData, cfg: FinetuneTrainConfig, pad_id
         cfg.bucket_batches,
         lengths=[task.feature_length(f) for f in train.features],
         collate=task.collate,
+        batching=cfg.batching,
     )
 
 
@@ -497,7 +522,7 @@ def finetune(
         dataclasses.replace(cfg.train, checkpoint_every=_checkpoint_every(cfg.train, plan)),
         budget=Budget(steps=plan.total_steps, minutes=cfg.train.max_minutes),
         make_batch=batches,
-        loss_fn=lambda m, batch: task_loss(t, cfg.data, m, batch),
+        loss_fn=training_loss(t, cfg.data, batches, pad_id),
         # the plain module (fit passes the DDP / compiled one): no gradient sync while evaluating
         evaluate=lambda _: evaluate_data(model, t, inputs.val, labels, cfg, pad_id, device),
         tokens_per_step=plan.tokens_per_step,

@@ -1,7 +1,15 @@
 """Batches of encoded features: dynamic padding, length bucketing, and the seeded epoch order of fine-tuning.
 
-The batch for micro-step m is a pure function of (seed, m): epoch e's order comes from length_bucketed_batches
-with a seed derived from (seed, e), so a resumed run draws exactly the batches the uninterrupted run would have.
+The batch for micro-step m is a pure function of (seed, m): epoch e's order comes from `epoch_order` with a seed
+derived from (seed, e), so a resumed run draws exactly the batches the uninterrupted run would have.
+
+Three batchings (`train.batching`), each with the same number of batches per epoch, ceil(examples / batch_size):
+    bucketed  batch_size examples of similar length (sorted within windows of bucket_batches batches)
+    random    batch_size examples drawn at random, as transformers' Trainer does by default
+    tokens    about batch_size x the mean length in padded tokens per batch, examples of similar length (sorted
+              within the same windows): many short examples or few long ones; the loss is then a sum divided by
+              a constant (`ItemWeightedLoss` in masklm.finetune), so no example weighs more for being in a small
+              batch
 """
 
 from __future__ import annotations
@@ -103,6 +111,77 @@ def length_bucketed_batches(
     return batches
 
 
+def token_budget_batches(
+    lengths: Sequence[int], batch_size: int, seed: int, chunk_batches: int = 50
+) -> list[list[int]]:
+    """Batches of similar-length examples with about the same padded tokens each, in a seeded order.
+
+    Shuffle all indexes (seeded), cut them into chunks of `batch_size * chunk_batches`, sort each chunk by
+    length and split it into ceil(chunk / batch_size) runs of consecutive examples whose largest padded size
+    (examples x longest length) is as small as it can be: short examples go many to a batch, long ones few.
+    Then shuffle the order of all batches. As many batches as length_bucketed_batches gives, so an epoch has
+    the same number of steps; every index appears once.
+    """
+    if batch_size < 1:
+        raise UserError(f"batch_size must be at least 1, got {batch_size}")
+    order = list(range(len(lengths)))
+    rng = random.Random(seed)
+    rng.shuffle(order)
+    chunk = batch_size * max(1, chunk_batches)
+    batches: list[list[int]] = []
+    for c in range(0, len(order), chunk):
+        part = sorted(order[c : c + chunk], key=lambda i: lengths[i])
+        sizes = [max(1, lengths[i]) for i in part]
+        batches.extend(_split_evenly(part, sizes, -(-len(part) // batch_size)))
+    rng.shuffle(batches)
+    return batches
+
+
+def _split_evenly(part: list[int], sizes: list[int], k: int) -> list[list[int]]:
+    """`part` (ascending `sizes`) as exactly k runs whose largest padded size (count x last size) is smallest."""
+
+    def runs(cap: int) -> list[list[int]]:  # greedy: each run as long as its padded size stays within cap
+        out: list[list[int]] = []
+        for item, size in zip(part, sizes):
+            if out and (len(out[-1]) + 1) * size <= cap:
+                out[-1].append(item)
+            else:
+                out.append([item])
+        return out
+
+    lo, hi = max(sizes), max(sizes) * len(part)  # the fewest runs need no more than hi; lo is a floor
+    while lo < hi:  # the smallest cap that needs at most k runs (runs(cap) shrinks as cap grows)
+        mid = (lo + hi) // 2
+        if len(runs(mid)) <= k:
+            hi = mid
+        else:
+            lo = mid + 1
+    out = runs(lo)
+    while len(out) < k:  # fewer runs than batches: halve the one with the most examples (its cost only drops)
+        j = max(range(len(out)), key=lambda r: len(out[r]))
+        half = len(out[j]) // 2
+        out[j : j + 1] = [out[j][:half], out[j][half:]]
+    return out
+
+
+BATCHINGS = ("bucketed", "random", "tokens")
+"""train.batching's choices (the module docstring says what each does)."""
+
+
+def epoch_order(
+    batching: str, lengths: Sequence[int], batch_size: int, seed: int, bucket_batches: int = 50
+) -> list[list[int]]:
+    """One epoch's training batches (lists of indexes into `lengths`) for `batching`, a pure function of its
+    arguments."""
+    if batching == "bucketed":
+        return length_bucketed_batches(lengths, batch_size, seed, chunk_batches=bucket_batches)
+    if batching == "random":
+        return length_bucketed_batches(lengths, batch_size, seed, chunk_batches=1)
+    if batching == "tokens":
+        return token_budget_batches(lengths, batch_size, seed, chunk_batches=bucket_batches)
+    raise UserError(f"train.batching must be one of {', '.join(BATCHINGS)}, not {batching!r}")
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """The shuffling seed of one epoch: a pure function of (seed, epoch)."""
     digest = hashlib.blake2b(f"finetune:{seed}:{epoch}".encode(), digest_size=8).digest()
@@ -110,12 +189,13 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 class EpochBatches:
-    """micro_step → padded batch: length-bucketed, reshuffled every epoch, a pure function of the step.
+    """micro_step → padded batch: batched by `batching`, reshuffled every epoch, a pure function of the step.
 
     An epoch is `micro_per_epoch` micro-steps per process. Process r takes batches r, r + W, r + 2W, ... of the
     epoch's order; where the last optimizer step of an epoch needs more batches than the epoch has, it takes
     the epoch's first batches again. `lengths` (default: each feature's number of input_ids) is what the
-    bucketing sorts by; `collate` (default: pad_batch) turns a list of features into the batch.
+    bucketing sorts by (and token budgets count); `collate` (default: pad_batch) turns a list of features into
+    the batch.
     """
 
     def __init__(
@@ -131,8 +211,12 @@ class EpochBatches:
         *,
         lengths: Sequence[int] | None = None,
         collate: Collate = pad_batch,
+        batching: str = "bucketed",
     ) -> None:
+        if batching not in BATCHINGS:
+            raise UserError(f"train.batching must be one of {', '.join(BATCHINGS)}, not {batching!r}")
         self.features, self.batch_size, self.pad_id, self.seed = features, batch_size, pad_id, seed
+        self.batching = batching
         self.bucket_batches, self.collate = bucket_batches, collate
         self.rank, self.world_size = rank, world_size
         self.lengths = list(lengths) if lengths is not None else [len(f["input_ids"]) for f in features]
@@ -144,9 +228,8 @@ class EpochBatches:
     def order(self, epoch: int) -> list[list[int]]:
         """The batches (lists of feature indexes) of one epoch, in the order they are drawn."""
         if self._cached is None or self._cached[0] != epoch:
-            batches = length_bucketed_batches(
-                self.lengths, self.batch_size, epoch_seed(self.seed, epoch), chunk_batches=self.bucket_batches
-            )
+            seed = epoch_seed(self.seed, epoch)
+            batches = epoch_order(self.batching, self.lengths, self.batch_size, seed, self.bucket_batches)
             self._cached = (epoch, batches)
         return self._cached[1]
 
