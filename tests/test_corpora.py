@@ -138,6 +138,20 @@ def test_datasets_folder_is_read_in_record_batches_without_loading_the_table(
     assert seen == DOCS
 
 
+def test_parquet_memory_is_one_row_group_not_the_file(tmp_path):
+    """pyarrow's pool holds about one row group while a Parquet file is read, however many row groups it has
+    (a single `iter_batches` over the whole file kept them all until its end)."""
+    docs = make_docs(8000, seed=3)
+    pq.write_table(pa.table({"text": docs}), tmp_path / "c.parquet", row_group_size=250, compression="none")
+    files = find_input_files([tmp_path / "c.parquet"])
+    before, peak = pa.total_allocated_bytes(), 0
+    for i, document in enumerate(readers.Corpus(files, cfg())):
+        assert document == docs[i]
+        peak = max(peak, pa.total_allocated_bytes() - before)
+    file_bytes = sum(len(d) for d in docs)  # 32 row groups of about 1/32 of this each
+    assert 0 < peak < file_bytes / 4, (peak, file_bytes)
+
+
 @pytest.mark.parametrize("ext", ["gz", "zst", "bz2", "xz"])
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
 def test_bad_compressed_file_is_one_line_error_and_writes_nothing(tmp_path, tokenizer, ext, damage):
