@@ -461,6 +461,7 @@ class Corpus:
         self.sources: list[dict[str, Any]] = []
         self._bytes_before = 0  # bytes of the files already finished
         self._current: _CountingReader | None = None
+        self.file_index = -1  # the file the document just yielded comes from (an index into `files`)
 
     @property
     def bytes_read(self) -> int:
@@ -468,6 +469,7 @@ class Corpus:
 
     def __iter__(self) -> Iterator[str]:
         for i, f in enumerate(self.files):
+            self.file_index = i
             try:
                 with open(f.path, "rb", buffering=0) as raw:
                     self._current = _CountingReader(raw)
