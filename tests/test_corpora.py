@@ -311,6 +311,17 @@ def test_segments_do_not_depend_on_the_number_of_parts(tmp_path, tokenizer):
     assert set().union(*mine) == {tuple(k) for k in keys}
 
 
+def test_parts_cut_with_other_segment_sizes_are_refused(tmp_path, tokenizer):
+    _write(tmp_path / "in" / "c.jsonl", jsonl_bytes(DOCS))
+    for i, size in enumerate((400, 800)):
+        settings = cfg(segment_bytes=size)
+        prepare(
+            [tmp_path / "in"], tmp_path / "p", settings, tokenizer=tokenizer, progress=False, part=Part(i, 2)
+        )
+    with pytest.raises(UserError, match=r"different data\.segment_bytes \(400, 800\)"):
+        PackedDataset(tmp_path / "p")
+
+
 def _metas(folder: Path) -> list[dict]:
     return [json.loads((p / "meta.json").read_text()) for p in sorted(folder.iterdir())]
 
