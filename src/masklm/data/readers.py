@@ -368,7 +368,7 @@ def _record_batches(f: InputFile, columns: list[str] | None) -> tuple[list[str],
         table = pq.ParquetFile(f.path, memory_map=False)
         names = table.schema_arrow.names
         wanted = [c for c in columns or [] if c in names] or None
-        return names, table.iter_batches(batch_size=TABLE_BATCH_ROWS, columns=wanted)
+        return names, _row_group_batches(table, wanted)
     source = pa.OSFile(str(f.path))
     try:
         reader = pa.ipc.open_stream(source)
@@ -376,6 +376,16 @@ def _record_batches(f: InputFile, columns: list[str] | None) -> tuple[list[str],
         reader = pa.ipc.open_file(source)
         return reader.schema.names, (reader.get_batch(i) for i in range(reader.num_record_batches))
     return reader.schema.names, iter(reader)
+
+
+def _row_group_batches(table: Any, columns: list[str] | None) -> Iterator[Any]:
+    """A Parquet file's record batches, one row group at a time, each through its own `iter_batches` reader.
+
+    One `iter_batches` over the whole file keeps what it has read in pyarrow's memory pool until it ends (pyarrow
+    26: `pyarrow.total_allocated_bytes()` reaches the file's size on disk by the last row group), so the peak
+    memory grew with the file; a reader per row group frees each row group's buffers when it is done."""
+    for group in range(table.num_row_groups):
+        yield from table.iter_batches(batch_size=TABLE_BATCH_ROWS, row_groups=[group], columns=columns)
 
 
 def _table_documents(f: InputFile, cfg: DataConfig) -> Iterator[str]:
@@ -451,6 +461,7 @@ class Corpus:
         self.sources: list[dict[str, Any]] = []
         self._bytes_before = 0  # bytes of the files already finished
         self._current: _CountingReader | None = None
+        self.file_index = -1  # the file the document just yielded comes from (an index into `files`)
 
     @property
     def bytes_read(self) -> int:
@@ -458,6 +469,7 @@ class Corpus:
 
     def __iter__(self) -> Iterator[str]:
         for i, f in enumerate(self.files):
+            self.file_index = i
             try:
                 with open(f.path, "rb", buffering=0) as raw:
                     self._current = _CountingReader(raw)

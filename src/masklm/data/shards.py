@@ -25,7 +25,8 @@ class PackedDataset:
     """One split of a folder written by `masklm prepare`: rows of `seq_len` token ids plus word-start flags.
 
     `data_dir` may also be a folder of parts (OUTPUT/part-IIIII-of-NNNNN from `prepare --num-shards`), or a list
-    of such folders: their rows are read as one dataset, in order. Shards are memory-mapped only when a row of
+    of such folders: their rows are read as one dataset, folder after folder, and the parts of one folder in
+    segment order, which is the order one `prepare` of the whole corpus would have written them in. Shards are memory-mapped only when a row of
     theirs is first read, so opening a corpus of a thousand shards costs no more than opening one.
     """
 
@@ -33,7 +34,7 @@ class PackedDataset:
         dirs = [Path(data_dir)] if isinstance(data_dir, str | Path) else [Path(d) for d in data_dir]
         self.data_dir = dirs[0]
         self.split = split
-        self.meta: dict[str, Any] = merged_meta([part for d in dirs for part in find_parts(d)], split)
+        self.meta: dict[str, Any] = merged_meta([find_parts(d) for d in dirs], split)
         self.tokenizer_path: Path = self.meta["tokenizer_path"]
         self.seq_len: int = int(self.meta["seq_len"])
         self._index_shards()
@@ -148,9 +149,11 @@ def find_parts(data_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
     return parts
 
 
-def merged_meta(parts: list[tuple[Path, dict[str, Any]]], split: str) -> dict[str, Any]:
-    """The first part's meta.json, with `split`'s shards of every part (absolute paths) and their counts summed;
-    UserError when the parts differ in tokenizer or sequence length, or one lacks the split."""
+def merged_meta(corpora: list[list[tuple[Path, dict[str, Any]]]], split: str) -> dict[str, Any]:
+    """The first part's meta.json, with `split`'s shards of every part of every corpus (absolute paths; corpus
+    after corpus, each corpus's in segment order) and their counts summed; UserError when the parts differ in
+    tokenizer, sequence length or segment size, when one lacks the split, or when they hold no training rows."""
+    parts = [part for corpus in corpora for part in corpus]
     first_dir, first = parts[0]
     for folder, meta in parts:
         if split not in meta["splits"]:
@@ -161,20 +164,40 @@ def merged_meta(parts: list[tuple[Path, dict[str, Any]]], split: str) -> dict[st
                     f"{folder} and {first_dir} were prepared with a different {what}; data read together must "
                     "share one tokenizer and seq_len (prepare them with the same --tokenizer and --seq-len)"
                 )
-    shards = [
-        {**s, "ids": folder / s["ids"], "word_starts": folder / s["word_starts"]}
-        for folder, meta in parts
-        for s in meta["splits"][split]["shards"]
-    ]
+    shards = [shard for corpus in corpora for shard in _corpus_shards(corpus, split)]
     totals = {
         key: sum(int(meta["splits"][split].get(key, 0)) for _, meta in parts)
         for key in ("sequences", "tokens", "documents")
     }
+    if split == "train" and totals["sequences"] == 0:
+        raise UserError(
+            f"{first_dir.parent if 'part' in first else first_dir} holds no training sequences; "
+            "check the inputs it was prepared from"
+        )
     return {
         **first,
         "splits": {split: {**totals, "shards": shards}},
         "tokenizer_path": first_dir / first.get("tokenizer", "tokenizer.json"),
     }
+
+
+def _corpus_shards(parts: list[tuple[Path, dict[str, Any]]], split: str) -> list[dict[str, Any]]:
+    """The shards of one corpus's parts (absolute paths), sorted by segment: the rows of one `prepare` of the
+    whole corpus, in its order. Parts cut with another segment size would not fit together, and are refused."""
+    sizes = {meta.get("data_config", {}).get("segment_bytes") for _, meta in parts}
+    if len(sizes) > 1:
+        raise UserError(
+            f"the parts in {parts[0][0].parent} were prepared with different data.segment_bytes "
+            f"({', '.join(map(str, sorted(sizes, key=str)))}); prepare all parts with one value"
+        )
+    shards = [
+        {**s, "ids": folder / s["ids"], "word_starts": folder / s["word_starts"]}
+        for folder, meta in parts
+        for s in meta["splits"][split]["shards"]
+    ]
+    if all("segment" in s for s in shards):  # older folders: in part order
+        shards.sort(key=lambda s: tuple(s["segment"]))
+    return shards
 
 
 @lru_cache(maxsize=4)
