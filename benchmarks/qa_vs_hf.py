@@ -447,6 +447,12 @@ def results_table(rows: list[dict[str, Any]]) -> str:
 
 
 def per_seed_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: one row per run; for masklm also its test EM / F1 through the transformers side's evaluation."""
+
+    def through_transformers(r: dict[str, Any]) -> str:
+        scores = r.get("test_via_transformers")
+        return f"{scores['exact_match']:.2f} / {scores['f1']:.2f}" if scores else "–"
+
     body = [
         [
             r["side"],
@@ -454,11 +460,21 @@ def per_seed_table(rows: list[dict[str, Any]]) -> str:
             f"{r['val']:.2f}",
             f"{r['test']['exact_match']:.2f}",
             f"{r['test']['f1']:.2f}",
+            through_transformers(r),
             f"{r['wall_s']:.1f}",
         ]
         for r in rows
     ]
-    return common.table(["side", "seed", "validation F1", "test EM", "test F1", "wall s"], body)
+    headers = [
+        "side",
+        "seed",
+        "validation F1",
+        "test EM",
+        "test F1",
+        "test EM / F1, transformers' eval",
+        "wall s",
+    ]
+    return common.table(headers, body)
 
 
 def report(args: argparse.Namespace, setting: dict[str, Any]) -> str:
@@ -484,7 +500,11 @@ def report(args: argparse.Namespace, setting: dict[str, Any]) -> str:
         f"{args.batch_size} windows, max length {args.max_length}, doc stride {args.doc_stride}, n_best "
         f"{args.n_best}, max answer length {args.max_answer_length} tokens, warmup 10% then linear decay, AdamW "
         f"weight decay 0.01, clip 1.0, float32, {args.threads} torch threads; best epoch on validation F1\n"
-        "- Wall time: loading, tokenising, training and per-epoch validation; test scoring not included\n\n"
+        "- Wall time: loading, tokenising, training and per-epoch validation; test scoring not included\n"
+        "- Runs: one process per side and seed (`--side masklm|hf --seeds N`, the other options as in the "
+        "command), appending to OUT/results.jsonl; this table from `--table`. The last column scores masklm's "
+        "fine-tuned model a second time through the transformers side's evaluation (exported to a Hugging Face "
+        "folder, fast-tokenizer windows, utils_qa's rule)\n\n"
         f"{results_table(rows)}\n\n{per_seed_table(rows)}\n"
     )
 
