@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import cli, tiny_model_config, write_jsonl
+from helpers import cli, random_inputs, tiny_model_config, write_jsonl
 
 from masklm.data.tokenizer import train_tokenizer
 from masklm.infer.score import Scorer, encode_sentences
@@ -71,6 +71,26 @@ def test_pll_equals_direct_computation(loaded, word_level):
     for sentence, score in zip(SENTENCES, got):
         assert score.pll == pytest.approx(direct_pll(scorer, model, sentence, word_level), abs=1e-4)
         assert score.tokens == len(encode_sentences(scorer.tokenizer, [sentence], 64)[0].ids) - 2
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"norm": "pre", "position": "rotary", "ffn": "geglu", "bias": False}, {"embedding_size": 16}],
+    ids=["bert", "modern", "factorised"],
+)
+def test_logits_at_one_position_per_row_equal_the_full_forward(overrides):
+    """What scoring reads (the last layer run at one query per row) against every position's logits, with
+    padded rows and each encoder variant (pre-LN's final norm, rotary queries, an embedding projection)."""
+    torch.manual_seed(0)
+    model = MaskedLM(tiny_model_config(50, **overrides)).eval()
+    inputs = random_inputs(50, (9, 6, 9, 4), second_segment=99, seed=1)
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    positions = torch.tensor([0, 5, 8, 2])
+    with torch.no_grad():
+        full = model(ids, mask)[torch.arange(4), positions]  # (4, V)
+        got = model.logits_at(ids, mask, positions)
+    assert got.shape == full.shape and torch.allclose(got, full, atol=1e-5)
+    assert not torch.allclose(got, model.logits_at(ids, mask, torch.tensor([1, 5, 8, 2])), atol=1e-3)
 
 
 def test_a_hugging_face_folder_scores_as_transformers_does(model_dir, tmp_path):

@@ -14,7 +14,7 @@ from masklm.data.tokenizer import train_tokenizer
 from masklm.model.heads import MaskedLM
 from masklm.model.io import ModelInfo, save_model
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+pytestmark = pytest.mark.usefixtures("one_thread", "no_curves")  # one_thread: tests/conftest.py
 
 WORDS = "the a film movie plot actor was is very quite good great bad awful dull fun".split()
 FAST = ["--lrs", "1e-3", "--epochs", "1", "--train.batch_size", "8", "--train.threads", "1"]
@@ -128,14 +128,26 @@ def model(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def no_curves():
+    """Fine-tuning runs made in this process skip curves.png: drawing it costs more than a tiny run's training,
+    and no test here reads it (tests/test_finetune.py checks the plot)."""
+    import masklm.plots
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(masklm.plots, "plot_curves", lambda metrics, out, x="tokens": Path(out))
+        yield
+
+
 def suite_json(out: Path) -> dict:
     return json.loads((out / "suite.json").read_text())
 
 
-def test_glue_layout_all_nine_tasks_in_two_processes(model, tmp_path, capsys):
+def test_glue_layout_all_nine_tasks(model, tmp_path, capsys):
+    """In this process (--jobs 1); the grid test below runs its tasks in worker processes."""
     data = write_glue(tmp_path / "glue")
     out = tmp_path / "out"
-    argv = ["--suite", "glue", "--data-dir", data, "--output", out, "--jobs", 2, *FAST]
+    argv = ["--suite", "glue", "--data-dir", data, "--output", out, *FAST]
     assert cli("suite", "--model", model, *argv) == 0
     report = suite_json(out)
     assert list(report["tasks"]) == GLUE_TASKS
@@ -167,13 +179,14 @@ tasks:
 """
 
 
-def test_grid_selection_average_and_resume(model, tmp_path, capsys):
+def test_grid_selection_average_and_resume_in_two_processes(model, tmp_path, capsys):
     data = write_glue(tmp_path / "glue", n=24, seed=1)
     suite = tmp_path / "small.yaml"
     suite.write_text(SMALL_SUITE)
     out = tmp_path / "out"
     argv = ["suite", "--model", model, "--suite", suite, "--data-dir", data, "--output", out]
-    assert cli(*argv, "--train.batch_size", 8, "--train.threads", 1) == 0
+    assert cli(*argv, "--train.batch_size", 8, "--train.threads", 1, "--jobs", 2) == 0
+    assert (out / "runs" / "sst" / "lr1e-05-ep2-seed0" / "curves.png").is_file()  # made by a worker process
     report = suite_json(out)
     sst = report["tasks"]["sst"]
     values = {}

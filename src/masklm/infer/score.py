@@ -9,7 +9,9 @@ The PLL of a sentence is the sum, over its tokens (not [CLS] / [SEP]), of log P(
 token masked). Each token needs one forward pass of its own masked copy, so a sentence of n tokens costs n rows.
 Scoring one sentence at a time leaves those batches small and ragged; `Scorer` instead flattens the
 (sentence, position) pairs of MANY sentences, sorts them by length and fills batches up to a token budget
-(rows × padded length), so nearly every batch is full and little of it is padding.
+(rows × padded length), so nearly every batch is full and little of it is padding. Each row reads one
+position, so the model runs its last layer and the vocabulary projection there only (`MaskedLM.logits_at`), and a
+batch whose rows all have one length goes without an attention mask.
 
 The word-level variant (`word_level=True`, Kauf & Ivanova 2023, "PLL-word-l2r") also masks the later pieces of
 the token's own word while scoring a piece: "sleep ##s" is scored as P(sleep | _ _) · P(##s | sleep _), so a
@@ -35,8 +37,9 @@ from torch import nn
 from masklm.data.tokenizer import special_ids
 from masklm.errors import UserError
 
-# (input_ids (B, T), attention_mask (B, T), labels (B, T)) → logits (M, V) at the M positions where labels != -100
-LogitsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# (input_ids (B, T), attention_mask (B, T) or None without padding, positions (B,)) → logits (B, V) at one
+# position per row
+LogitsFn = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
 DEFAULT_TOKEN_BUDGET = 8192  # rows × padded length per forward pass
 
 
@@ -85,6 +88,26 @@ def pll_batches(
     return batches
 
 
+def batch_tensors(
+    encoded: Sequence[_Encoded], batch: Sequence[tuple[int, int, list[int]]], mask_id: int, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """(input ids (B, T), attention mask (B, T) or None when no row is padded, scored positions (B,), their
+    original tokens (B,)) of one batch of masked copies. Built as Python lists and converted once: per-row
+    tensor writes cost more than the forward pass of a short batch."""
+    width = max(len(encoded[i].ids) for i, _, _ in batch)
+    rows, masks = [], []
+    for i, _, masked in batch:
+        row = encoded[i].ids + [pad_id] * (width - len(encoded[i].ids))
+        for q in masked:
+            row[q] = mask_id
+        rows.append(row)
+        masks.append([1] * len(encoded[i].ids) + [0] * (width - len(encoded[i].ids)))
+    padded = any(len(encoded[i].ids) < width for i, _, _ in batch)
+    positions = torch.tensor([p for _, p, _ in batch])
+    targets = torch.tensor([encoded[i].ids[p] for i, p, _ in batch])
+    return torch.tensor(rows), torch.tensor(masks) if padded else None, positions, targets
+
+
 @torch.inference_mode()
 def pseudo_log_likelihoods(
     logits_fn: LogitsFn,
@@ -99,20 +122,11 @@ def pseudo_log_likelihoods(
     sums = [0.0] * len(encoded)
     counts = [0] * len(encoded)
     for batch in pll_batches(encoded, word_level, token_budget):
-        width = max(len(encoded[i].ids) for i, _, _ in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        attention = torch.zeros_like(ids)
-        labels = torch.full_like(ids, -100)
-        for row, (i, p, masked) in enumerate(batch):
-            sentence = encoded[i].ids
-            ids[row, : len(sentence)] = torch.tensor(sentence)
-            attention[row, : len(sentence)] = 1
-            labels[row, p] = sentence[p]
-            ids[row, masked] = mask_id
+        ids, attention, positions, targets = batch_tensors(encoded, batch, mask_id, pad_id)
         if device is not None:
-            ids, attention, labels = ids.to(device), attention.to(device), labels.to(device)
-        logits = logits_fn(ids, attention, labels)  # (B, V): one masked position is scored per row
-        targets = labels[labels != -100]
+            ids, positions, targets = ids.to(device), positions.to(device), targets.to(device)
+            attention = None if attention is None else attention.to(device)
+        logits = logits_fn(ids, attention, positions)  # (B, V): the scored position of each row
         logp = logits.float().log_softmax(-1).gather(1, targets[:, None]).squeeze(1).double().tolist()
         for (i, _, _), lp in zip(batch, logp):
             sums[i] += lp
@@ -170,11 +184,11 @@ class Scorer:
 
     @classmethod
     def from_model(cls, model: nn.Module, tokenizer: tokenizers.Tokenizer, **kwargs: Any) -> Scorer:
-        """A Scorer over a MaskedLM-like module (forward(ids, attention_mask, token_type_ids, labels))."""
+        """A Scorer over a masked LM (`MaskedLM` or a subclass: its `logits_at`)."""
         cfg = model.cfg
         max_len = cfg.max_position_embeddings if cfg.position == "absolute" else 1 << 30
         device = next(model.parameters()).device
-        return cls(lambda i, a, lab: model(i, a, None, lab), tokenizer, max_len, device=device, **kwargs)
+        return cls(model.logits_at, tokenizer, max_len, device=device, **kwargs)
 
     @classmethod
     def load(

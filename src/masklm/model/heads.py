@@ -92,6 +92,18 @@ class MaskedLM(Head):
         h = self.encoder(input_ids, attention_mask, token_type_ids)  # (B, T, H)
         if labels is not None:  # only masked positions reach the vocabulary projection
             h = h.reshape(-1, h.shape[-1]).index_select(0, masked_rows(labels, pad_rows))  # (K, H)
+        return self.vocab_logits(h)
+
+    def logits_at(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, positions: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, V) logits at one position per row (`positions`, (B,)): what pseudo-log-likelihood scoring reads.
+        The encoder's last layer runs for those positions only (`Encoder.forward`), so this costs less than
+        `forward` with one label per row; the numbers are the same."""
+        return self.vocab_logits(self.encoder(input_ids, attention_mask, None, positions))
+
+    def vocab_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Hidden states (..., H) → logits over the vocabulary (..., V)."""
         h = self.transform_norm(self.act(self.transform(h)))  # (..., E)
         logits = F.linear(h, self.encoder.input_embeddings.word.weight, self.decoder_bias)  # (..., V_padded)
         return logits[..., : self.cfg.vocab_size]  # padded rows are not tokens
