@@ -12,8 +12,10 @@ The cache lives in $MASKLM_BENCH_CACHE (default ~/.cache/masklm-bench); delete i
 
 from __future__ import annotations
 
+import argparse
 import csv
 import datetime
+import json
 import os
 import platform
 import shlex
@@ -22,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -466,6 +468,52 @@ def percentile(xs: Sequence[float], q: float) -> float:
     lo = int(pos)
     hi = min(lo + 1, len(s) - 1)
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def run_side(
+    side: str,
+    seed: int,
+    files: dict[str, Path],
+    args: argparse.Namespace,
+    setting: dict,
+    run_hf: Callable[[dict[str, Path], argparse.Namespace], dict],
+    run_masklm: Callable[[dict[str, Path], argparse.Namespace, Path], dict],
+) -> dict:
+    """One fine-tuning run of `side` ("hf" or "masklm") with `seed`, appended to OUT/results.jsonl: what the
+    one-process-per-side-and-seed benchmarks (qa_vs_hf, multiple_choice_vs_hf) run; `args.out` is OUT."""
+    run = argparse.Namespace(**{**vars(args), "seed": seed})
+    print(f"--- {side}, seed {seed}", file=sys.stderr)
+    if side == "hf":
+        result = run_hf(files, run)
+    else:
+        with tempfile.TemporaryDirectory(prefix="masklm-bench-") as tmp:
+            result = run_masklm(files, run, Path(tmp))
+    row = {
+        "side": side_name(side, args),
+        "seed": seed,
+        **result,
+        "settings": setting,
+        "machine": f"{cpu_model()}, {versions()}",
+    }
+    with open(args.out / "results.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row), file=sys.stderr)
+    return row
+
+
+def side_name(side: str, args: argparse.Namespace) -> str:
+    """ "hf", "masklm", or "masklm, bucket_batches N" when masklm's batching is not its default."""
+    if side == "masklm" and args.bucket_batches is not None:
+        return f"masklm, bucket_batches {args.bucket_batches}"
+    return side
+
+
+def mean_sd_text(xs: Sequence[float], scale: float = 1.0, digits: int = 2) -> str:
+    """ "mean ± sample sd" of xs × scale ("–" for none; sd 0 for one value)."""
+    if not xs:
+        return "–"
+    sd = statistics.stdev(xs) * scale if len(xs) > 1 else 0.0
+    return f"{statistics.mean(xs) * scale:.{digits}f} ± {sd:.{digits}f}"
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> str:

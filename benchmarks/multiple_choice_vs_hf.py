@@ -36,7 +36,6 @@ import json
 import random
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -242,42 +241,6 @@ def settings(args: argparse.Namespace, digests: dict[str, str]) -> dict[str, Any
     }
 
 
-def run_side(side: str, seed: int, files: dict[str, Path], args: argparse.Namespace, setting: dict) -> dict:
-    """One fine-tuning run of `side` ("hf" or "masklm") with `seed`, appended to OUT/results.jsonl."""
-    run = argparse.Namespace(**{**vars(args), "seed": seed})
-    print(f"--- {side}, seed {seed}", file=sys.stderr)
-    if side == "hf":
-        result = run_hf(files, run)
-    else:
-        with tempfile.TemporaryDirectory(prefix="mc-bench-") as tmp:
-            result = run_masklm_side(files, run, Path(tmp))
-    row = {
-        "side": side_name(side, args),
-        "seed": seed,
-        **result,
-        "settings": setting,
-        "machine": f"{common.cpu_model()}, {common.versions()}",
-    }
-    with open(args.out / "results.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
-    print(json.dumps(row), file=sys.stderr)
-    return row
-
-
-def side_name(side: str, args: argparse.Namespace) -> str:
-    """ "hf", "masklm", or "masklm, bucket_batches N" when masklm's batching is not its default."""
-    if side == "masklm" and args.bucket_batches is not None:
-        return f"masklm, bucket_batches {args.bucket_batches}"
-    return side
-
-
-def mean_std(xs: list[float], scale: float = 1.0, digits: int = 2) -> str:
-    if not xs:
-        return "–"
-    sd = statistics.stdev(xs) * scale if len(xs) > 1 else 0.0
-    return f"{statistics.mean(xs) * scale:.{digits}f} ± {sd:.{digits}f}"
-
-
 def results_table(rows: list[dict[str, Any]]) -> str:
     """Markdown: per side mean ± std over seeds (accuracy in points), then each masklm side − transformers."""
     sides = sorted({r["side"] for r in rows}, key=lambda s: (s == "hf", s))
@@ -288,9 +251,9 @@ def results_table(rows: list[dict[str, Any]]) -> str:
             [
                 "transformers" if side == "hf" else side,
                 " ".join(str(r["seed"]) for r in rs) or "–",
-                mean_std([r["val"] for r in rs], 100),
-                mean_std([r["test"] for r in rs], 100),
-                mean_std([r["wall_s"] for r in rs], digits=1),
+                common.mean_sd_text([r["val"] for r in rs], 100),
+                common.mean_sd_text([r["test"] for r in rs], 100),
+                common.mean_sd_text([r["wall_s"] for r in rs], digits=1),
             ]
         )
     theirs = by_side.get("hf", [])
@@ -399,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data in {data}: {sizes}; results to {args.out / 'results.jsonl'}", file=sys.stderr)
     for seed in args.seeds:
         for side in sides:
-            run_side(side, seed, files, args, setting)
+            common.run_side(side, seed, files, args, setting, run_hf, run_masklm_side)
     print(report(args, setting))
     return 0
 

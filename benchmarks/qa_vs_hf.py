@@ -44,7 +44,6 @@ import random
 import re
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -375,42 +374,6 @@ def settings(args: argparse.Namespace, digests: dict[str, str]) -> dict[str, Any
     }
 
 
-def run_side(side: str, seed: int, files: dict[str, Path], args: argparse.Namespace, setting: dict) -> dict:
-    """One fine-tuning run of `side` ("hf" or "masklm") with `seed`, appended to OUT/results.jsonl."""
-    run = argparse.Namespace(**{**vars(args), "seed": seed})
-    print(f"--- {side}, seed {seed}", file=sys.stderr)
-    if side == "hf":
-        result = run_hf_qa(files, run)
-    else:
-        with tempfile.TemporaryDirectory(prefix="qa-bench-") as tmp:
-            result = run_masklm_qa(files, run, Path(tmp))
-    row = {
-        "side": side_name(side, args),
-        "seed": seed,
-        **result,
-        "settings": setting,
-        "machine": f"{common.cpu_model()}, {common.versions()}",
-    }
-    with open(args.out / "results.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
-    print(json.dumps(row), file=sys.stderr)
-    return row
-
-
-def side_name(side: str, args: argparse.Namespace) -> str:
-    """ "hf", "masklm", or "masklm, bucket_batches N" when masklm's batching is not its default."""
-    if side == "masklm" and args.bucket_batches is not None:
-        return f"masklm, bucket_batches {args.bucket_batches}"
-    return side
-
-
-def mean_sd(xs: list[float], digits: int = 2) -> str:
-    if not xs:
-        return "–"
-    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-    return f"{statistics.mean(xs):.{digits}f} ± {sd:.{digits}f}"
-
-
 def results_table(rows: list[dict[str, Any]]) -> str:
     """Markdown: per side mean ± sd over seeds (EM and F1 in points), then each masklm side − transformers."""
     sides = sorted({r["side"] for r in rows}, key=lambda s: (s == "hf", s))
@@ -429,7 +392,10 @@ def results_table(rows: list[dict[str, Any]]) -> str:
             [
                 name,
                 seeds,
-                *(mean_sd([f(r) for r in rs], 1 if c == "wall s" else 2) for c, f in columns.items()),
+                *(
+                    common.mean_sd_text([f(r) for r in rs], digits=1 if c == "wall s" else 2)
+                    for c, f in columns.items()
+                ),
             ]
         )
     theirs = by_side.get("hf", [])
@@ -564,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data in {data}: {sizes}; results to {args.out / 'results.jsonl'}", file=sys.stderr)
     for seed in args.seeds:
         for side in sides:
-            run_side(side, seed, files, args, setting)
+            common.run_side(side, seed, files, args, setting, run_hf_qa, run_masklm_qa)
     print(report(args, setting))
     return 0
 
