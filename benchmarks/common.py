@@ -516,6 +516,26 @@ def mean_sd_text(xs: Sequence[float], scale: float = 1.0, digits: int = 2) -> st
     return f"{statistics.mean(xs) * scale:.{digits}f} ± {sd:.{digits}f}"
 
 
+def operator_rows(
+    prof: Any, steps: int, top: int, skip: set[str] | frozenset[str] = frozenset()
+) -> list[list[str]]:
+    """The `top` operators of a torch.profiler run by self CPU time (names in `skip` left out), as table rows:
+    operator, ms per step, share of the total, calls per step."""
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0 and e.key not in skip]
+    total = sum(e.self_cpu_time_total for e in events)
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    rows = [
+        [
+            f"`{e.key}`",
+            f"{e.self_cpu_time_total / 1000 / steps:.1f}",
+            f"{100 * e.self_cpu_time_total / total:.1f}%",
+            f"{e.count / steps:g}",
+        ]
+        for e in events[:top]
+    ]
+    return rows, total
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> str:
     """A Markdown table; align is one of 'l'/'r' per column (default: first left, the rest right)."""
     align = align or "l" + "r" * (len(headers) - 1)

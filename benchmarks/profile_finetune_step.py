@@ -81,19 +81,7 @@ def profile_precision(args: argparse.Namespace, precision: str) -> str:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(args.steps):
             step(False)
-    names = set(parts)
-    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0 and e.key not in names]
-    total = sum(e.self_cpu_time_total for e in events)
-    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
-    rows = [
-        [
-            f"`{e.key}`",
-            f"{e.self_cpu_time_total / 1000 / args.steps:.1f}",
-            f"{100 * e.self_cpu_time_total / total:.1f}%",
-            f"{e.count / args.steps:g}",
-        ]
-        for e in events[: args.top]
-    ]
+    rows, _ = common.operator_rows(prof, args.steps, args.top, set(parts))
     step_s = sum(parts.values())
     split = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in parts.items())
     cpu_split = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in cpu.items())

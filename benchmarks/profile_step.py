@@ -61,18 +61,7 @@ def main() -> None:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for i in range(args.warmup + args.steps, args.warmup + 2 * args.steps):
             step(i)
-    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
-    total = sum(e.self_cpu_time_total for e in events)
-    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
-    rows = [
-        [
-            f"`{e.key}`",
-            f"{e.self_cpu_time_total / 1000 / args.steps:.1f}",
-            f"{100 * e.self_cpu_time_total / total:.1f}%",
-            f"{e.count / args.steps:g}",
-        ]
-        for e in events[: args.top]
-    ]
+    rows, total = common.operator_rows(prof, args.steps, args.top)
     print(
         f"{args.size} model, batch {args.batch}, {args.precision}, dropout {args.dropout}, "
         f"{torch.get_num_threads()} threads: {plain * 1000:.0f} ms per step without the profiler, "
