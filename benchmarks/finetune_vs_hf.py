@@ -18,8 +18,8 @@ each has its own epochs, learning rate, batch size, maximum length and sizes, th
   `register_optional_tasks`; exact match, with F1 beside it.
 
 For every task and seed (each seed also reshuffles the split; both sides get the same split), transformers runs
-once and masklm once per --variants entry (BATCHING:PRECISION, e.g. tokens:fp32; "default" is masklm's own
-defaults). The sides alternate which goes first from seed to seed, so a machine whose load changes slows both
+once and masklm once per --variants entry (BATCHING:PRECISION[:ATTENTION_DROPOUT], e.g. tokens:fp32 or
+default:default:0; "default" is masklm's own defaults). The sides alternate which goes first from seed to seed, so a machine whose load changes slows both
 alike. The table gives the mean and the standard deviation over seeds of the test metric, the difference to
 transformers in points, and the wall time with its ratio to transformers' (mean of the per-seed ratios).
 
@@ -438,15 +438,20 @@ def register_optional_tasks() -> None:
 
 
 def parse_variant(text: str) -> dict[str, Any]:
-    """BATCHING:PRECISION (either may be "default", masklm's own) → masklm's dotted settings."""
+    """BATCHING:PRECISION[:ATTENTION_DROPOUT] (BATCHING or PRECISION may be "default", masklm's own) → masklm's
+    dotted settings; e.g. tokens:bf16:0 fine-tunes with no dropout on the attention weights."""
     from masklm.config import FinetuneTrainConfig
 
-    batching, _, precision = text.partition(":")
+    batching, _, rest = text.partition(":")
+    precision, _, attention = rest.partition(":")
     defaults = FinetuneTrainConfig()
-    return {
+    settings: dict[str, Any] = {
         "train.batching": defaults.batching if batching in ("", "default") else batching,
         "train.precision": defaults.precision if precision in ("", "default") else precision,
     }
+    if attention not in ("", "default"):
+        settings["train.attention_dropout"] = float(attention)
+    return settings
 
 
 def run_args(args: argparse.Namespace, spec: TaskSpec, seed: int) -> argparse.Namespace:
@@ -600,7 +605,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--variants",
         nargs="+",
         default=["default"],
-        help="masklm runs per seed, each BATCHING:PRECISION (e.g. tokens:fp32 bucketed:bf16; default: masklm's)",
+        help="masklm runs per seed, each BATCHING:PRECISION[:ATTENTION_DROPOUT] (e.g. tokens:fp32 bucketed:bf16:0; "
+        "default: masklm's)",
     )
     p.add_argument(
         "--no-transformers", action="store_true", help="masklm's variants only (e.g. to compare batchings)"
