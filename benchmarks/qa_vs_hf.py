@@ -476,6 +476,54 @@ def report(args: argparse.Namespace, setting: dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# As a task of benchmarks/finetune_vs_hf.py (`--tasks qa`)
+
+QA_SETTINGS = {"doc_stride": 64, "n_best": 20, "max_answer_length": 30}
+"""What finetune_vs_hf's QA task uses on both sides besides its shared settings (this script's defaults)."""
+
+
+def _load_splits(seed: int) -> tuple[list[dict], list[dict], list[dict]]:
+    """finetune_vs_hf's QA splits: the seed draws the reviews and the cues. Its sizes cut them afterwards, so
+    there are more questions here than any table uses (cheap: building is a pass over the reviews)."""
+    built = build_qa_set({"train": 1000, "validation": 200, "test": 400}, seed)
+    return built["train"], built["validation"], built["test"]
+
+
+def _write_splits(work: Path, splits: tuple[list[dict], ...]) -> dict[str, Path]:
+    folder = work / "qa"
+    write_qa_set(dict(zip(("train", "val", "test"), splits)), folder)
+    return {k: folder / f"{k}.jsonl" for k in ("train", "val", "test")}
+
+
+def _run_hf_splits(splits: tuple[list[dict], ...], run: argparse.Namespace) -> dict[str, Any]:
+    """run_hf_qa on `splits` (written to a temporary folder) with finetune_vs_hf's settings plus QA_SETTINGS."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="qa-hf-") as tmp:
+        return run_hf_qa(_write_splits(Path(tmp), splits), argparse.Namespace(**{**vars(run), **QA_SETTINGS}))
+
+
+def register(tasks: dict[str, Any]) -> None:
+    """Add this data set to finetune_vs_hf's TASKS as "qa" (exact match compared, F1 shown beside it)."""
+    from benchmarks.finetune_vs_hf import TaskSpec
+
+    tasks["qa"] = TaskSpec(
+        "IMDB extractive QA, multi-window (192 tokens, stride 64)",
+        "qa",
+        "exact_match",
+        _load_splits,
+        _write_splits,
+        _run_hf_splits,
+        {"epochs": 2, "lr": 1e-4, "batch_size": 16, "max_length": 192},
+        sizes=(400, 100, 200),
+        quick_sizes=(100, 50, 100),
+        extra={f"data.{k}": v for k, v in QA_SETTINGS.items()},
+        scale=1.0,  # squad_metrics are in points already
+        also=("f1",),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

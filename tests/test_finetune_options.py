@@ -3,6 +3,7 @@ of optional dependencies before any work. Tiny models, a step or two each."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import sys
@@ -27,6 +28,7 @@ from masklm import finetune as ft
 from masklm.config import FinetuneConfig, FinetuneTrainConfig, HeadConfig
 from masklm.data.tokenizer import train_tokenizer
 from masklm.model.base import build_model
+from masklm.model.encoder import set_attention_dropout
 from masklm.model.heads import MaskedLM, SequenceClassification, TokenClassification
 from masklm.model.io import ModelInfo, load_model, save_model
 from masklm.tasks import get_task
@@ -367,3 +369,42 @@ def test_head_config_defaults_are_todays_behaviour():
         "classifier_dropout": None,
     }
     assert ft.head_options(get_task("qa"), HeadConfig()) == {}
+
+
+# ----------------------------------------------------------------------------------------------------
+# train.attention_dropout
+
+
+def test_attention_dropout_sets_only_the_attention_weights_dropout(base, data, tmp_path, capsys):
+    """train.attention_dropout replaces the model's attention_probs_dropout_prob in training (random init too)
+    and nothing else: the hidden dropout and the saved config stay; None keeps the model's; out of [0, 1) is a
+    one-line error before anything is written."""
+    task, labels = get_task("classification"), ["neg", "pos"]
+    attention = lambda m: {a.dropout_p for a in m.modules() if a.__class__.__name__ == "SelfAttention"}  # noqa: E731
+    masked_lm, tok, _ = load_model(base)
+    start = save_model(
+        MaskedLM(dataclasses.replace(masked_lm.cfg, attention_probs_dropout_prob=0.1)),
+        tmp_path / "start",
+        tok,
+        ModelInfo("MaskedLM"),
+    )
+    kept, _, _ = ft._load_start_model(task, start, labels, FinetuneConfig())
+    assert attention(kept) == {kept.cfg.attention_probs_dropout_prob} == {0.1}
+    for init in ("pretrained", "random"):
+        cfg = FinetuneConfig(train=FinetuneTrainConfig(attention_dropout=0.0))
+        model, _, _ = ft._load_start_model(task, start, labels, cfg, init=init)
+        assert attention(model) == {0.0} and len(model.encoder.layers) > 1
+        assert model.cfg.attention_probs_dropout_prob == 0.1 and model.cfg.hidden_dropout_prob == 0.1
+    # with the hidden dropout off too, a training forward is deterministic only once attention dropout is 0
+    inputs = random_inputs(model.cfg.vocab_size, (9, 6), second_segment=4, seed=2)
+    quiet = SequenceClassification(
+        tiny_model_config(model.cfg.vocab_size, attention_probs_dropout_prob=0.5), 2
+    )
+    quiet.train()
+    with torch.no_grad():
+        assert not torch.allclose(quiet(**inputs), quiet(**inputs))
+        assert set_attention_dropout(quiet, 0.0) == quiet.cfg.num_hidden_layers
+        torch.testing.assert_close(quiet(**inputs), quiet.eval()(**inputs))
+    out = tmp_path / "refused"
+    assert cli(*finetune_args(base, data, out, "--train.attention_dropout", 1.0)) == 2
+    assert "train.attention_dropout must be in [0, 1), not 1.0" in one_line_error(capsys) and not out.exists()

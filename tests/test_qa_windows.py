@@ -221,3 +221,46 @@ def test_benchmark_questions_quote_a_unique_cue():
         assert "the acting is superb" not in cue.lower()
         seen.add(answer)
     assert len(seen) > 3
+
+
+def test_benchmark_qa_task_joins_finetune_vs_hf_with_f1_beside_exact_match(tmp_path):
+    """benchmarks/qa_vs_hf.py registers its set as finetune_vs_hf's "qa" task; the report compares exact match
+    and shows F1 (with its difference to transformers) beside it; the splits are written as SQuAD .jsonl."""
+    import benchmarks.finetune_vs_hf as fv
+    from benchmarks.qa_vs_hf import _write_splits, read_jsonl
+
+    fv.register_optional_tasks()
+    spec = fv.TASKS["qa"]
+    assert (spec.masklm_task, spec.metric, spec.also, spec.scale) == ("qa", "exact_match", ("f1",), 1.0)
+    assert spec.extra["data.doc_stride"] == 64 and spec.settings["max_length"] == 192
+    run = {"task": "qa", "sizes": [4, 2, 2], "cpu_s": 1.0, "val": 50.0}
+    records = [
+        {**run, "seed": 0, "side": "transformers", "wall_s": 10.0, "test": {"exact_match": 40.0, "f1": 60.0}},
+        {**run, "seed": 1, "side": "transformers", "wall_s": 12.0, "test": {"exact_match": 44.0, "f1": 62.0}},
+        {
+            **run,
+            "seed": 0,
+            "side": "masklm default",
+            "wall_s": 5.0,
+            "test": {"exact_match": 45.0, "f1": 61.0},
+        },
+        {
+            **run,
+            "seed": 1,
+            "side": "masklm default",
+            "wall_s": 6.0,
+            "test": {"exact_match": 43.0, "f1": 65.0},
+        },
+    ]
+    table = fv.report(records, fv.parse_args(["--tasks", "qa", "--seeds", "0", "1"]), "cmd")
+    masklm_row = next(line for line in table.splitlines() if "| masklm default | 44.00 ± 1.41 |" in line)
+    assert "| +2.00 | f1 63.00 ± 2.83 (+2.00) |" in masklm_row and "| 0.50 |" in masklm_row
+    assert "| qa | 1 | masklm default | 43.00 | f1 65.00 |" in table
+    example = {
+        "id": "q",
+        "question": "Q?",
+        "context": "a b.",
+        "answers": {"text": ["b"], "answer_start": [2]},
+    }
+    files = _write_splits(tmp_path, ([example], [example], []))
+    assert read_jsonl(files["train"]) == [example] and files["test"].read_text() == ""

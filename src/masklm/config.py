@@ -343,6 +343,11 @@ class FinetuneTrainConfig(TrainConfig):
         None, "steps between checkpoints (None: at the end of every epoch; 0: only at the end)"
     )
     keep_last: int = setting(1, "checkpoints kept on disk (the best model is kept separately in model/)")
+    attention_dropout: float | None = setting(
+        None,
+        "dropout on attention weights while fine-tuning (None: the model's attention_probs_dropout_prob); 0 "
+        "lets CPUs run attention as one fused kernel, much faster on long inputs (docs/finetuning.md)",
+    )
     layer_decay: float = setting(
         1.0,
         "layer-wise lr decay d (1: off): the head at lr, encoder block i of L (0 = lowest) at "
@@ -428,6 +433,10 @@ class FinetuneConfig:
         _require(t.bucket_batches >= 1, f"train.bucket_batches must be at least 1, not {t.bucket_batches}")
         _require(t.checkpoint_every is None or t.checkpoint_every >= 0, "train.checkpoint_every must be >= 0")
         _require(0 < t.layer_decay <= 1, f"train.layer_decay must be in (0, 1], not {t.layer_decay}")
+        _require(
+            t.attention_dropout is None or 0 <= t.attention_dropout < 1,
+            f"train.attention_dropout must be in [0, 1), not {t.attention_dropout}",
+        )
         h = self.head
         _require(
             h.classifier_dropout is None or 0 <= h.classifier_dropout < 1,

@@ -45,6 +45,7 @@ from masklm.config import (
 )
 from masklm.errors import UserError
 from masklm.model.base import build_model, head_class
+from masklm.model.encoder import set_attention_dropout
 from masklm.model.io import ModelInfo, load_model, save_model
 from masklm.tasks import all_tasks, get_task, output_formats, task_of_architecture
 from masklm.tasks.base import Example, Task, TaskData, check_requirements
@@ -225,6 +226,8 @@ def _load_start_model(
             f"--init random: every weight initialised from scratch (seed {cfg.train.seed}); only the model's "
             f"config and tokenizer come from {model_path}",
         ]
+    if cfg.train.attention_dropout is not None:
+        set_attention_dropout(model, cfg.train.attention_dropout)
     task.check_model(model, cfg.data, model_path)
     _resolve_length(cfg, task, model)
     return model, tok, notes

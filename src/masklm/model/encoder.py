@@ -112,6 +112,15 @@ class SelfAttention(nn.Module):
         return self.out(y.transpose(1, 2).reshape(B, T, H))
 
 
+def set_attention_dropout(model: nn.Module, p: float) -> int:
+    """Dropout on the attention weights of every SelfAttention in `model` set to `p` for what follows (the
+    model's config keeps its attention_probs_dropout_prob, so a saved model is unchanged); returns how many."""
+    layers = [m for m in model.modules() if isinstance(m, SelfAttention)]
+    for layer in layers:
+        layer.dropout_p = p
+    return len(layers)
+
+
 def _attention_written_out(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None, p: float
 ) -> torch.Tensor:
