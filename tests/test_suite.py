@@ -214,6 +214,45 @@ def test_grid_selection_average_and_resume_in_two_processes(model, tmp_path, cap
     assert "another model, task definition or settings" in capsys.readouterr().err
 
 
+def squad_jsonl(path: Path, n: int, rng: random.Random) -> None:
+    """n SQuAD questions (flat .jsonl): the answer is a word of the context."""
+    rows = []
+    for i in range(n):
+        context = sentence(rng) + " " + sentence(rng)
+        word = rng.choice(context.split())
+        start = context.index(word)
+        answers = {"text": [word], "answer_start": [start]}
+        rows.append({"id": f"q{i}", "question": f"where is {word}", "context": context, "answers": answers})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def test_qa_metrics_count_as_points_not_fractions(model, tmp_path):
+    """SQuAD's exact match and F1 are 0-100 already: the task's score is their mean (not x 100), an `also`
+    file's QA metrics too, while a fraction (accuracy) of another task is still x 100."""
+    rng = random.Random(3)
+    data = write_glue(tmp_path / "glue", n=16, seed=2)
+    for name, n in (("train", 16), ("dev", 8), ("other", 8)):
+        squad_jsonl(data / f"qa_{name}.jsonl", n, rng)
+    suite = tmp_path / "qa.yaml"
+    suite.write_text(
+        "tasks:\n"
+        "  - {name: qa, type: qa, train: qa_train.jsonl, validation: qa_dev.jsonl, also: {other: qa_other.jsonl},\n"
+        "     metrics: [exact_match, f1, other_f1], select: f1, settings: {data.max_length: 32}}\n"
+        "  - {name: sst, type: classification, train: SST-2/train.tsv, validation: SST-2/dev.tsv,\n"
+        "     columns: {text: sentence, label: label}, metrics: [accuracy]}\n"
+    )
+    out = tmp_path / "out"
+    assert cli("suite", "--model", model, "--suite", suite, "--data-dir", data, "--output", out, *FAST) == 0
+    report = suite_json(out)
+    qa, sst = report["tasks"]["qa"], report["tasks"]["sst"]
+    assert qa["points"] == qa["metrics"] and 0 <= qa["metrics"]["f1"] <= 100
+    assert qa["score"] == pytest.approx(sum(qa["metrics"].values()) / 3)
+    assert sst["points"] == {"accuracy": pytest.approx(100 * sst["metrics"]["accuracy"])}
+    assert report["average"] == pytest.approx((qa["score"] + sst["score"]) / 2)
+    row = next(line for line in (out / "suite.md").read_text().splitlines() if line.startswith("| qa |"))
+    assert f"f1 {qa['metrics']['f1']:.1f}" in row and f"| {qa['score']:.1f} |" in row
+
+
 @pytest.mark.parametrize(
     "text, message",
     [

@@ -23,8 +23,9 @@ A suite file (YAML; `glue` is built in: src/masklm/suites/glue.yaml):
 
 For each task and each grid point (learning rate × epochs × seed) a fine-tuning run is made in
 OUTPUT/runs/TASK/lrL-epE-seedS, keeping its best epoch by the `select` metric; the run with the best validation
-value is the task's result, as the GLUE papers report. A task's score is 100 × the mean of its metrics; the suite
-average the mean of the task scores (GLUE's definition). Each finished task writes OUTPUT/tasks/TASK.json, so a
+value is the task's result, as the GLUE papers report. A task's score is the mean of its metrics in points
+(fractions × 100; QA's exact match and F1 are points already); the suite average the mean of the task scores
+(GLUE's definition). Each finished task writes OUTPUT/tasks/TASK.json, so a
 suite stopped half-way and run again skips what it finished (and reuses the finished grid runs of the task it was
 in). `--jobs N` runs N tasks at a time in separate processes, each with its share of the CPU threads.
 
@@ -331,11 +332,13 @@ def run_task(
             f"task {spec.name}: no metric {absent[0]!r} among {', '.join(sorted(metrics))}; fix its metrics"
         )
     reported = {m: float(metrics[m]) for m in spec.metrics}
+    in_points = {m: v if _in_points(m, spec, task) else 100 * v for m, v in reported.items()}
     result = {
         "task": spec.name,
         "type": spec.type,
         "metrics": reported,
-        "score": 100 * sum(reported.values()) / len(reported),
+        "points": in_points,
+        "score": sum(in_points.values()) / len(in_points),
         "best": {k: best[k] for k in ("lr", "epochs", "seed", "run")},
         "select": spec.select,
         "grid": [{k: p[k] for k in ("lr", "epochs", "seed", "value", "run")} for p in points],
@@ -345,6 +348,16 @@ def run_task(
     _result_path(run, spec).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(_result_path(run, spec), json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _in_points(metric: str, spec: TaskSpec, task: str) -> bool:
+    """Whether `metric` (maybe an `also` file's NAME_metric) is on a 0-100 scale already (QA's exact match and
+    F1) rather than a fraction."""
+    from masklm.tasks import get_task
+
+    in_points = get_task(task).points_metrics
+    prefixed = (metric.removeprefix(f"{name}_") for name in spec.also if metric.startswith(f"{name}_"))
+    return metric in in_points or any(m in in_points for m in prefixed)
 
 
 def _result_path(run: SuiteRun, spec: TaskSpec) -> Path:
@@ -394,7 +407,7 @@ def run_tasks(
 
 
 def report_markdown(report: dict[str, Any]) -> str:
-    """suite.md: one row per task (metrics x 100, score, the best grid point, wall time), then the average."""
+    """suite.md: one row per task (metrics in points, score, the best grid point, wall time), then the average."""
     lines = [
         f"# {report['suite']}: {report['model']}"
         + (" (random init)" if report.get("init") == "random" else ""),
@@ -403,7 +416,8 @@ def report_markdown(report: dict[str, Any]) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in report["tasks"].items():
-        metrics = " / ".join(f"{k} {100 * v:.1f}" for k, v in r["metrics"].items())
+        points = r.get("points") or {k: 100 * v for k, v in r["metrics"].items()}  # (results of 0.1.0 runs)
+        metrics = " / ".join(f"{k} {v:.1f}" for k, v in points.items())
         b = r["best"]
         lines.append(
             f"| {name} | {metrics} | {r['score']:.1f} | {b['lr']:g} | {b['epochs']:g} | {b['seed']} | "

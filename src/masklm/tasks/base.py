@@ -85,6 +85,8 @@ class Task(abc.ABC):
     """The file types `masklm predict --output` can write for this task."""
     lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss"})
     """The metrics (of `metric_names`) where a lower value is better."""
+    points_metrics: ClassVar[frozenset[str]] = frozenset()
+    """The metrics already on a 0-100 scale (SQuAD's exact match and F1); the others are fractions."""
 
     # ------------------------------------------------------------------------------------------------
     # Reading and encoding

@@ -373,6 +373,7 @@ class QuestionAnsweringTask(Task):
     architecture = "QuestionAnswering"
     default_max_length = 384
     output_formats = (".jsonl", ".csv", ".json")
+    points_metrics = frozenset({"f1", "exact_match", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1"})
 
     def read(self, path: Path, settings: FinetuneDataConfig, labelled: bool) -> list[Example]:
         examples = read_squad(path)
