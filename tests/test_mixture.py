@@ -3,6 +3,7 @@ resumable), and start-up that does not grow with the number of shards."""
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -159,13 +160,20 @@ def test_opening_a_thousand_shards_is_lazy_and_fast(corpora, tmp_path):
     meta["splits"] = {"train": {"sequences": 1000, "tokens": 0, "documents": 0, "shards": shards}}
     (folder / "meta.json").write_text(json.dumps(meta))
     (folder / "tokenizer.json").write_text((corpora["a"] / "tokenizer.json").read_text())
-    start = time.perf_counter()
     data = PackedDataset(folder)
-    opened = time.perf_counter() - start
     assert len(data) == 1000 and data.opened_shards == 0
     ids, _ = data.get(np.array([5, 999]))
     assert data.opened_shards == 2 and ids[1, 1] == rows[0][0, 1] + 999 % 3
-    start = time.perf_counter()
     data.get(np.arange(1000))  # maps the other 998 shards
     assert data.opened_shards == 1000
-    assert opened < time.perf_counter() - start  # opening (a stat per file) costs less than mapping them all
+
+    def seconds(work) -> float:
+        start = time.perf_counter()
+        work()
+        return time.perf_counter() - start
+
+    # opening (a stat per file) costs less than mapping them all; the best of 3 of each, so that a moment of
+    # other load on the machine does not decide it
+    opened = min(seconds(lambda: PackedDataset(folder)) for _ in range(3))
+    mapped = [seconds(functools.partial(PackedDataset(folder).get, np.arange(1000))) for _ in range(3)]
+    assert opened < min(mapped)
