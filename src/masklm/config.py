@@ -346,7 +346,7 @@ class FinetuneTrainConfig(TrainConfig):
     attention_dropout: float | None = setting(
         None,
         "dropout on attention weights while fine-tuning (None: the model's attention_probs_dropout_prob); 0 "
-        "lets CPUs run attention as one fused kernel, much faster on long inputs (docs/finetuning.md)",
+        "skips the dropout mask over the T x T attention weights: much faster on long inputs (docs/finetuning.md)",
     )
     layer_decay: float = setting(
         1.0,
