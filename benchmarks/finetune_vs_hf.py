@@ -60,7 +60,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import cpu_model
+from benchmarks.common import cpu_model, mean_sd_text
 from masklm import finetune as ft
 from masklm.tasks.token_classification import read_conll
 from masklm.train import metrics as M
@@ -505,11 +505,6 @@ def run_seed(name: str, spec: TaskSpec, seed: int, args: argparse.Namespace, wor
 # Report
 
 
-def _mean_sd(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {sd:.2f}"
-
-
 def report(records: list[dict[str, Any]], args: argparse.Namespace, command: str) -> str:
     """The Markdown section: settings, then per task and side the mean ± sd over seeds, then each run."""
     import transformers
@@ -564,7 +559,7 @@ def _task_rows(name: str, records: list[dict[str, Any]], args: argparse.Namespac
         cells = []
         for m in spec.also:
             values = [r["test"][m] * scale for r in mine]
-            cell = f"{m} {_mean_sd(values)}"
+            cell = f"{m} {mean_sd_text(values)}"
             if side != "transformers" and hf:
                 cell += f" ({statistics.mean(values) - statistics.mean(r['test'][m] * scale for r in hf.values()):+.2f})"
             cells.append(cell)
@@ -581,9 +576,9 @@ def _task_rows(name: str, records: list[dict[str, Any]], args: argparse.Namespac
         cpu_text = f"{statistics.mean(cpu):.2f}" if cpu else ""
         rows.append(
             f"| {spec.title} | {' / '.join(map(str, mine[0]['sizes']))} | {settings} | {side} "
-            f"| {_mean_sd(test)} | {delta} | {also_text(mine, side)} "
+            f"| {mean_sd_text(test)} | {delta} | {also_text(mine, side)} "
             f"| {statistics.mean(r['val'] * scale for r in mine):.2f} "
-            f"| {_mean_sd([r['wall_s'] for r in mine])} | {ratio_text} | {cpu_text} |"
+            f"| {mean_sd_text([r['wall_s'] for r in mine])} | {ratio_text} | {cpu_text} |"
         )
     return rows
 
