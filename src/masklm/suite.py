@@ -332,7 +332,10 @@ def run_task(
             f"task {spec.name}: no metric {absent[0]!r} among {', '.join(sorted(metrics))}; fix its metrics"
         )
     reported = {m: float(metrics[m]) for m in spec.metrics}
-    in_points = {m: v if _in_points(m, spec, task) else 100 * v for m, v in reported.items()}
+    # QA's exact match and F1 are 0-100 already, also as an `also` file's NAME_metric; the rest are fractions
+    on_100 = get_task(task).points_metrics
+    on_100 = on_100 | {f"{name}_{m}" for name in spec.also for m in on_100}
+    in_points = {m: v if m in on_100 else 100 * v for m, v in reported.items()}
     result = {
         "task": spec.name,
         "type": spec.type,
@@ -348,16 +351,6 @@ def run_task(
     _result_path(run, spec).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(_result_path(run, spec), json.dumps(result, indent=2) + "\n")
     return result
-
-
-def _in_points(metric: str, spec: TaskSpec, task: str) -> bool:
-    """Whether `metric` (maybe an `also` file's NAME_metric) is on a 0-100 scale already (QA's exact match and
-    F1) rather than a fraction."""
-    from masklm.tasks import get_task
-
-    in_points = get_task(task).points_metrics
-    prefixed = (metric.removeprefix(f"{name}_") for name in spec.also if metric.startswith(f"{name}_"))
-    return metric in in_points or any(m in in_points for m in prefixed)
 
 
 def _result_path(run: SuiteRun, spec: TaskSpec) -> Path:
