@@ -28,7 +28,7 @@ import torch
 
 from benchmarks.agreement_pairs import build_pairs
 from benchmarks.finetune_vs_hf import rotten_tomatoes, unseen_tags_as_o, wnut, write_conll, write_csv
-from benchmarks.qa_vs_hf import build_qa_set
+from benchmarks.qa_vs_hf import build_qa_set, write_qa_set
 
 SUITE = """name: demo-suite
 grid: {{lrs: {lrs}, epochs: {epochs}, seeds: [0]}}
@@ -37,7 +37,7 @@ tasks:
   - {{name: rotten_tomatoes, type: classification, train: rt_train.csv, validation: rt_val.csv,
      columns: {{text: text, label: label}}, metrics: [accuracy]}}
   - {{name: wnut16, type: token-classification, train: wnut_train.txt, validation: wnut_val.txt, metrics: [f1]}}
-  - {{name: imdb_qa, type: qa, train: qa_train.jsonl, validation: qa_val.jsonl, metrics: [exact_match, f1],
+  - {{name: imdb_qa, type: qa, train: qa/train.jsonl, validation: qa/val.jsonl, metrics: [exact_match, f1],
      select: f1, settings: {{data.max_length: 128, data.doc_stride: 32}}}}
 """
 
@@ -65,8 +65,7 @@ def write_suite(work: Path, args: argparse.Namespace) -> Path:
     write_conll(data / "wnut_val.txt", w_val)
     low, high = args.qa_words
     qa = build_qa_set({"train": args.qa_train, "val": args.val or 200}, seed=0, min_words=low, max_words=high)
-    for split, examples in qa.items():
-        (data / f"qa_{split}.jsonl").write_text("".join(json.dumps(ex) + "\n" for ex in examples))
+    write_qa_set(qa, data / "qa")  # qa/train.jsonl, qa/val.jsonl
     suite = work / "suite.yaml"
     suite.write_text(SUITE.format(lrs=json.dumps(args.lrs), epochs=json.dumps(args.epochs)))
     return suite
