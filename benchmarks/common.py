@@ -518,9 +518,9 @@ def mean_sd_text(xs: Sequence[float], scale: float = 1.0, digits: int = 2) -> st
 
 def operator_rows(
     prof: Any, steps: int, top: int, skip: set[str] | frozenset[str] = frozenset()
-) -> list[list[str]]:
-    """The `top` operators of a torch.profiler run by self CPU time (names in `skip` left out), as table rows:
-    operator, ms per step, share of the total, calls per step."""
+) -> tuple[list[list[str]], float]:
+    """The `top` operators of a torch.profiler run by self CPU time (names in `skip` left out), as table rows
+    (operator, ms per step, share of the total, calls per step), and the total self CPU time in microseconds."""
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0 and e.key not in skip]
     total = sum(e.self_cpu_time_total for e in events)
     events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
