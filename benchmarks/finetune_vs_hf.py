@@ -33,7 +33,8 @@ curves.png written to disk) and is scored on test in the precision it trained in
 
 Wall time covers everything from loading the checkpoint to the end of training (tokenisation, training, the
 per-epoch validation and, for masklm, the files it writes); scoring the test part is not included. The results
-table is appended to docs/benchmarks.md; --json keeps every run's numbers. CI never runs this.
+table is appended to docs/benchmarks.md; --json keeps every run's numbers, written after each run, and a stopped
+benchmark started again with the same --json file goes on from the runs it holds. CI never runs this.
 """
 
 from __future__ import annotations
@@ -465,8 +466,20 @@ def run_args(args: argparse.Namespace, spec: TaskSpec, seed: int) -> argparse.Na
     return argparse.Namespace(**settings, seed=seed, threads=args.threads)
 
 
-def run_seed(name: str, spec: TaskSpec, seed: int, args: argparse.Namespace, work: Path) -> list[dict]:
-    """One seed of one task: transformers once, masklm once per variant; first side by the seed's parity."""
+def run_seed(
+    name: str,
+    spec: TaskSpec,
+    seed: int,
+    args: argparse.Namespace,
+    work: Path,
+    done: list[dict] = (),
+    on_record: Callable[[dict], None] = lambda record: None,
+) -> list[dict]:
+    """One seed of one task: transformers once, masklm once per variant; first side by the seed's parity.
+
+    A side with a record in `done` for this task, seed, settings and split sizes is not run again: its record is
+    returned as it is. `on_record` gets each new record as soon as it is made.
+    """
     splits = spec.load(seed)
     sizes = spec.quick_sizes if args.quick else None if args.all_data else spec.sizes
     if sizes:
@@ -487,17 +500,35 @@ def run_seed(name: str, spec: TaskSpec, seed: int, args: argparse.Namespace, wor
         )
     if seed % 2:  # alternate which side goes first
         jobs = jobs[1:] + jobs[:1]
+    settings = {k: getattr(run, k) for k in ("epochs", "lr", "batch_size", "max_length")}
+    sizes = [len(p) for p in splits]
     records = []
     for side, job in jobs:
+        kept = next(
+            (
+                r
+                for r in done
+                if (r["task"], r["seed"], r["side"], r.get("settings"), r["sizes"])
+                == (name, seed, side, settings, sizes)
+            ),
+            None,
+        )
+        if kept is not None:
+            print(f"--- {name} seed {seed}: {side} (kept from --json)", file=sys.stderr)
+            records.append(kept)
+            continue
         print(f"--- {name} seed {seed}: {side}", file=sys.stderr)
         cpu0 = time.process_time()
         result = job()
         cpu_s = (
             time.process_time() - cpu0
         )  # training and the test split: CPU time, which the load inflates less
-        sizes = [len(p) for p in splits]
-        records.append({"task": name, "seed": seed, "side": side, "sizes": sizes, "cpu_s": cpu_s, **result})
+        records.append(
+            {"task": name, "seed": seed, "side": side, "sizes": sizes, "settings": settings, "cpu_s": cpu_s}
+            | result
+        )
         print(json.dumps(records[-1], default=float), file=sys.stderr)
+        on_record(records[-1])
     return records
 
 
@@ -614,7 +645,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--threads", type=int, default=torch.get_num_threads(), help="torch threads for both sides"
     )
-    p.add_argument("--json", type=Path, help="also write every run's numbers here (JSON lines)")
+    p.add_argument(
+        "--json",
+        type=Path,
+        help="also write every run's numbers here (JSON lines, after each run); the runs an existing file "
+        "holds (same task, seed, side, settings and sizes) are kept, not run again: a stopped benchmark goes on",
+    )
     p.add_argument(
         "--shared",
         action="store_true",
@@ -634,6 +670,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of an earlier --json file (none when it does not exist yet)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def main(argv: list[str] | None = None) -> int:
     register_optional_tasks()
     args = parse_args(argv)
@@ -641,13 +684,19 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m benchmarks.finetune_vs_hf " + " ".join(
         shlex.quote(a) for a in (argv or sys.argv[1:])
     )
+    done = read_records(args.json) if args.json else []
     records: list[dict[str, Any]] = []
+
+    def save(record: dict[str, Any]) -> None:  # the file holds every record, old and new, after each run
+        done.append(record)
+        args.json.write_text("".join(json.dumps(r, default=float) + "\n" for r in done))
+
     with tempfile.TemporaryDirectory(prefix="finetune-bench-") as tmp:
         for name in args.tasks:
             for seed in args.seeds:
-                records += run_seed(name, TASKS[name], seed, args, Path(tmp))
-                if args.json:
-                    args.json.write_text("".join(json.dumps(r, default=float) + "\n" for r in records))
+                records += run_seed(
+                    name, TASKS[name], seed, args, Path(tmp), done, save if args.json else lambda r: None
+                )
     table = report(records, args, command)
     print(table)
     if not args.no_write:

@@ -1,0 +1,72 @@
+"""benchmarks/finetune_vs_hf.py's bookkeeping, without training: a stopped benchmark goes on from its --json file."""
+
+import json
+
+import pytest
+
+import benchmarks.finetune_vs_hf as fv
+
+
+@pytest.fixture
+def fake_task(monkeypatch):
+    """A task whose two sides only count their calls and return a score from the seed."""
+    calls = []
+
+    def side(name):
+        def run(*args):
+            run_args = args[1] if name == "transformers" else args[2]
+            calls.append((name, run_args.seed))
+            return {
+                "wall_s": 1.0,
+                "test_eval_s": 0.1,
+                "val": 0.5,
+                "test": {"accuracy": 0.6 + run_args.seed / 100},
+            }
+
+        return run
+
+    spec = fv.TaskSpec(
+        "fake",
+        "classification",
+        "accuracy",
+        load=lambda seed: ([{"x": i} for i in range(6)], [{"x": 0}] * 2, [{"x": 0}] * 2),
+        write=lambda work, splits: {"train": work / "t", "val": work / "v", "test": work / "e"},
+        run_hf=side("transformers"),
+        settings={"epochs": 1, "lr": 1e-4, "batch_size": 2, "max_length": 16},
+        sizes=(4, 2, 2),
+        run_masklm=side("masklm"),
+    )
+    monkeypatch.setitem(fv.TASKS, "fake", spec)
+    return calls
+
+
+def test_a_stopped_benchmark_goes_on_from_its_json_file(tmp_path, fake_task):
+    out = tmp_path / "runs.jsonl"
+    argv = ["--tasks", "fake", "--seeds", "0", "1", "--no-write", "--json", str(out)]
+    assert fv.main(argv) == 0
+    assert sorted(fake_task) == [("masklm", 0), ("masklm", 1), ("transformers", 0), ("transformers", 1)]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 4 and records[0]["settings"] == {
+        "epochs": 1,
+        "lr": 1e-4,
+        "batch_size": 2,
+        "max_length": 16,
+    }
+
+    # stopped after three runs: only the missing one runs again, and the file ends with all four
+    out.write_text("".join(json.dumps(r) + "\n" for r in records[:3]))
+    fake_task.clear()
+    assert fv.main(argv) == 0
+    missing = (records[3]["side"].split()[0], records[3]["seed"])
+    assert fake_task == [missing]
+
+    def runs(rows):
+        return sorted((r["seed"], r["side"], r["test"]["accuracy"]) for r in rows)
+
+    assert runs(map(json.loads, out.read_text().splitlines())) == runs(records)
+
+    # other settings are other runs: nothing is reused
+    fake_task.clear()
+    assert fv.main([*argv, "--lr", "3e-4"]) == 0
+    assert len(fake_task) == 4
+    assert len(out.read_text().splitlines()) == 8
