@@ -14,7 +14,7 @@ optimizer steps), the same for every start.
 
 Each fine-tuning result is cached in --results (JSON lines), so an interrupted sweep goes on where it stopped and
 a new run folder adds only its own fine-tunings. Writes two plots beside docs/benchmarks.md (accuracy against
-labels; points over random init against pretraining tokens, by objective) and appends the table.
+labels; points over random init against pretraining tokens, by objective; named by --plots) and appends the table.
 """
 
 from __future__ import annotations
@@ -267,6 +267,12 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--results", default="pretraining_value.jsonl", help="cache of every fine-tuning result")
     p.add_argument("--tag", default="", help="kept in the cache key: change it when changing other settings")
+    p.add_argument(
+        "--plots",
+        default="pretraining_value",
+        help="the plots' file names beside docs/benchmarks.md: PLOTS_labels.png and PLOTS_lift.png (a new name "
+        "keeps the images an earlier section shows)",
+    )
     add_common_args(p)
     args = p.parse_args()
 
@@ -278,7 +284,7 @@ def main() -> int:
     body, summary = report(args, starts, cache)
     print(body)
     if not args.no_docs:
-        images = plot(args, starts, summary, len(parts[0]), DOCS.with_name("pretraining_value.png"))
+        images = plot(args, starts, summary, len(parts[0]), DOCS.with_name(f"{args.plots}.png"))
         body += "\n" + "\n".join(f"![{img.stem}]({img.name})" for img in images) + "\n"
         append_docs(
             "Value of pretraining: pretrained vs random init by labels",
