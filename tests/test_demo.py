@@ -10,7 +10,13 @@ import torch
 from helpers import tiny_model_config
 
 from masklm.data.tokenizer import train_tokenizer
-from masklm.demo import SentimentCheck, fine_tuning_epochs, rotten_tomatoes_splits, sentiment_lift
+from masklm.demo import (
+    SentimentCheck,
+    fine_tuning_epochs,
+    lift_verdict,
+    rotten_tomatoes_splits,
+    sentiment_lift,
+)
 from masklm.model.heads import MaskedLM
 from masklm.model.io import ModelInfo, save_model
 
@@ -91,3 +97,32 @@ def test_lift_fine_tunes_both_starts_at_their_best_lr(tmp_path, capsys):
 def test_few_labels_get_more_epochs_up_to_the_minimum_steps(n, want):
     """The demo's check and benchmarks/pretraining_value.py count epochs with this one function."""
     assert fine_tuning_epochs(n, batch_size=32, epochs=3, min_steps=150) == want
+
+
+def _result(pre: list[float], rnd: list[float]) -> dict:
+    return {
+        name: {"lr": 1e-3, "test": sum(tests) / len(tests), "tests": tests}
+        for name, tests in (("pretrained", pre), ("random", rnd))
+    }
+
+
+def test_the_verdict_reads_the_difference_against_the_seeds_spread():
+    """A gap larger than the seeds' spread is a gain (or a loss); a smaller one is called a tie, whatever its sign."""
+    gain = lift_verdict(_result([0.70, 0.71], [0.65, 0.66]))
+    assert gain.startswith("pretraining helps: +5.0 points") and "up to 1.0 points" in gain
+    tie = lift_verdict(_result([0.66, 0.64], [0.65, 0.64]))
+    assert tie.startswith("a tie: +0.5 points") and "up to 2.0 points" in tie and "--max-minutes 60" in tie
+    assert lift_verdict(_result([0.64, 0.66], [0.655, 0.655])).startswith("a tie: -0.5 points")
+    loss = lift_verdict(_result([0.60, 0.61], [0.66, 0.665]))
+    assert loss.startswith("random init is ahead by 5.8 points")
+
+
+def test_the_demo_prints_both_accuracies_and_the_verdict(tmp_path, monkeypatch, capsys):
+    import masklm.demo
+    from masklm import cli
+
+    monkeypatch.setattr(masklm.demo, "sentiment_lift", lambda *a, **k: _result([0.70, 0.71], [0.65, 0.66]))
+    cli._report_lift(tmp_path)
+    out = capsys.readouterr().out.splitlines()
+    assert "pretrained 70.5% (lr 0.001) vs random init 65.5% (lr 0.001): +5.0 points" in out[-2]
+    assert out[-1].startswith("pretraining helps: +5.0 points")

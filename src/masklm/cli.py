@@ -365,7 +365,7 @@ def _report_pretrain(summary: dict[str, Any], run_dir: Path, demo: bool) -> None
 
 def _report_lift(run_dir: Path) -> None:
     """The demo's closing check: fine-tuned on a few Rotten Tomatoes labels, pretrained vs random init."""
-    from masklm.demo import SentimentCheck, sentiment_lift
+    from masklm.demo import SentimentCheck, lift_verdict, sentiment_lift
 
     check = SentimentCheck()
     print(
@@ -380,6 +380,7 @@ def _report_lift(run_dir: Path) -> None:
         f"{rnd['test'] * 100:.1f}% (lr {rnd['lr']:g}): {(pre['test'] - rnd['test']) * 100:+.1f} points from "
         f"pretraining; runs in {run_dir / 'demo-sentiment'}"
     )
+    print(lift_verdict(result))
 
 
 # ----------------------------------------------------------------------------------------------------------------

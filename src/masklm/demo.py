@@ -138,3 +138,31 @@ def sentiment_lift(
         lr = max(by_lr, key=lambda x: by_lr[x][0])
         result[init] = {"lr": lr, "test": statistics.mean(by_lr[lr][1]), "tests": by_lr[lr][1]}
     return result
+
+
+# What longer pretraining gave on the same check's kind of data, measured (docs/benchmarks.md, "Value of
+# pretraining"): the demo's command with --max-minutes 60, 1,000 Rotten Tomatoes labels, 3 seeds, best lr each.
+LONGER_RUN = (
+    "`masklm pretrain --max-minutes 60` gave +7.0 points at 1,000 labels (3 seeds; docs/benchmarks.md)"
+)
+
+
+def lift_verdict(result: dict) -> str:
+    """One line that reads `sentiment_lift`'s result against the spread between its seeds: a difference smaller
+    than the seeds' own spread is a tie, not a gain or a loss."""
+    pre, rnd = result["pretrained"], result["random"]
+    diff = (pre["test"] - rnd["test"]) * 100
+    spread = max((max(r["tests"]) - min(r["tests"])) * 100 for r in (pre, rnd))
+    seeds = f"{len(pre['tests'])} seeds, which differ by up to {spread:.1f} points"
+    if diff > spread:
+        return f"pretraining helps: {diff:+.1f} points, more than the {seeds}"
+    if -diff > spread:
+        return (
+            f"random init is ahead by {-diff:.1f} points, more than the {seeds}: pretrain longer; "
+            f"{LONGER_RUN}"
+        )
+    return (
+        f"a tie: {diff:+.1f} points is within the spread of the {seeds}. At this budget the model has learned word "
+        f"classes and topics (see the fill-mask answers), not yet sentiment; longer pretraining pays off: "
+        f"{LONGER_RUN}"
+    )
