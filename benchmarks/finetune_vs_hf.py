@@ -481,7 +481,7 @@ def run_seed(
     returned as it is. `on_record` gets each new record as soon as it is made.
     """
     splits = spec.load(seed)
-    sizes = spec.quick_sizes if args.quick else None if args.all_data else spec.sizes
+    sizes = args.sizes or (spec.quick_sizes if args.quick else None if args.all_data else spec.sizes)
     if sizes:
         splits = tuple(part[:n] for part, n in zip(splits, sizes))
     files = spec.write(work, splits)
@@ -637,6 +637,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--no-transformers", action="store_true", help="masklm's variants only (e.g. to compare batchings)"
+    )
+    p.add_argument(
+        "--sizes",
+        type=int,
+        nargs=3,
+        metavar=("TRAIN", "VAL", "TEST"),
+        help="examples per split instead of each task's own (e.g. more training rows, so that both sides learn)",
     )
     p.add_argument("--epochs", type=float, help="instead of each task's own")
     p.add_argument("--lr", type=float, help="instead of each task's own")

@@ -70,3 +70,14 @@ def test_a_stopped_benchmark_goes_on_from_its_json_file(tmp_path, fake_task):
     assert fv.main([*argv, "--lr", "3e-4"]) == 0
     assert len(fake_task) == 4
     assert len(out.read_text().splitlines()) == 8
+
+
+def test_sizes_override_the_tasks_own(tmp_path, fake_task):
+    out = tmp_path / "runs.jsonl"
+    assert (
+        fv.main(
+            ["--tasks", "fake", "--seeds", "0", "--no-write", "--json", str(out), "--sizes", "5", "1", "2"]
+        )
+        == 0
+    )
+    assert {tuple(json.loads(line)["sizes"]) for line in out.read_text().splitlines()} == {(5, 1, 2)}
