@@ -54,7 +54,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -472,7 +472,7 @@ def run_seed(
     seed: int,
     args: argparse.Namespace,
     work: Path,
-    done: list[dict] = (),
+    done: Sequence[dict] = (),
     on_record: Callable[[dict], None] = lambda record: None,
 ) -> list[dict]:
     """One seed of one task: transformers once, masklm once per variant; first side by the seed's parity.
