@@ -377,8 +377,8 @@ def test_head_config_defaults_are_todays_behaviour():
 
 def test_attention_dropout_sets_only_the_attention_weights_dropout(base, data, tmp_path, capsys):
     """train.attention_dropout replaces the model's attention_probs_dropout_prob in training (random init too)
-    and nothing else: the hidden dropout and the saved config stay; None keeps the model's; out of [0, 1) is a
-    one-line error before anything is written."""
+    and nothing else: the hidden dropout and the saved config stay; the default is 0, None keeps the model's; out
+    of [0, 1) is a one-line error before anything is written."""
     task, labels = get_task("classification"), ["neg", "pos"]
     attention = lambda m: {a.dropout_p for a in m.modules() if a.__class__.__name__ == "SelfAttention"}  # noqa: E731
     masked_lm, tok, _ = load_model(base)
@@ -388,8 +388,12 @@ def test_attention_dropout_sets_only_the_attention_weights_dropout(base, data, t
         tok,
         ModelInfo("MaskedLM"),
     )
-    kept, _, _ = ft._load_start_model(task, start, labels, FinetuneConfig())
+    kept, _, _ = ft._load_start_model(
+        task, start, labels, FinetuneConfig(train=FinetuneTrainConfig(attention_dropout=None))
+    )
     assert attention(kept) == {kept.cfg.attention_probs_dropout_prob} == {0.1}
+    default, _, _ = ft._load_start_model(task, start, labels, FinetuneConfig())  # the default is 0
+    assert attention(default) == {0.0} and default.cfg.attention_probs_dropout_prob == 0.1
     for init in ("pretrained", "random"):
         cfg = FinetuneConfig(train=FinetuneTrainConfig(attention_dropout=0.0))
         model, _, _ = ft._load_start_model(task, start, labels, cfg, init=init)

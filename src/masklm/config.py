@@ -344,9 +344,10 @@ class FinetuneTrainConfig(TrainConfig):
     )
     keep_last: int = setting(1, "checkpoints kept on disk (the best model is kept separately in model/)")
     attention_dropout: float | None = setting(
-        None,
-        "dropout on attention weights while fine-tuning (None: the model's attention_probs_dropout_prob); 0 "
-        "skips the dropout mask over the T x T attention weights: much faster on long inputs (docs/finetuning.md)",
+        0.0,
+        "dropout on attention weights while fine-tuning (None: the model's attention_probs_dropout_prob); the "
+        "default 0 skips the mask over the T x T attention weights: as accurate over 3 tasks x 3 seeds and much "
+        "faster on long inputs (docs/finetuning.md)",
     )
     layer_decay: float = setting(
         1.0,
