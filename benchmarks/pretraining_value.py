@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import DOCS, add_common_args, append_docs, table
+from benchmarks.common import DOCS, add_common_args, append_docs, read_jsonl, table
 from benchmarks.finetune_vs_hf import rotten_tomatoes, write_csv
 from masklm import finetune as ft
 from masklm.demo import fine_tuning_epochs
@@ -119,14 +119,7 @@ def cache_key(args: argparse.Namespace, run: str, n_arg: str, lr: float, seed: i
 
 
 def load_cache(path: Path) -> dict[str, dict]:
-    if not path.is_file():
-        return {}
-    out = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            out[rec["key"]] = rec
-    return out
+    return {rec["key"]: rec for rec in read_jsonl(path)} if path.is_file() else {}
 
 
 def sweep(

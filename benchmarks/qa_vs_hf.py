@@ -155,10 +155,6 @@ def write_qa_set(splits: dict[str, list[dict[str, Any]]], folder: Path) -> dict[
     return digests
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The transformers side
 
@@ -290,7 +286,7 @@ def run_hf_qa(files: dict[str, Path], run: argparse.Namespace) -> dict[str, Any]
     model = AutoModelForQuestionAnswering.from_pretrained(common.minilm_dir(), dtype=torch.float32)
 
     def windows_of(name: str, labelled: bool) -> tuple[list[dict], list[dict]]:
-        examples = read_jsonl(files[name])
+        examples = common.read_jsonl(files[name])
         return examples, hf_windows(tok, examples, run.max_length, run.doc_stride, labelled)
 
     _, train = windows_of("train", True)
@@ -323,7 +319,7 @@ def scores_through_transformers(model_dir: Path, test: Path, run: argparse.Names
     write_hf_folder(model, tok, info, folder)
     hf_model = AutoModelForQuestionAnswering.from_pretrained(folder, dtype=torch.float32).eval()
     hf_tok = AutoTokenizer.from_pretrained(common.minilm_dir())
-    examples = read_jsonl(test)
+    examples = common.read_jsonl(test)
     windows = hf_windows(hf_tok, examples, run.max_length, run.doc_stride, labelled=False)
     return hf_scores(hf_model, hf_tok, examples, windows, run)
 

@@ -227,7 +227,8 @@ def test_benchmark_qa_task_joins_finetune_vs_hf_with_f1_beside_exact_match(tmp_p
     """benchmarks/qa_vs_hf.py registers its set as finetune_vs_hf's "qa" task; the report compares exact match
     and shows F1 (with its difference to transformers) beside it; the splits are written as SQuAD .jsonl."""
     import benchmarks.finetune_vs_hf as fv
-    from benchmarks.qa_vs_hf import _write_splits, read_jsonl
+    from benchmarks.common import read_jsonl
+    from benchmarks.qa_vs_hf import _write_splits
 
     fv.register_optional_tasks()
     spec = fv.TASKS["qa"]
@@ -258,7 +259,7 @@ def test_benchmark_qa_task_joins_finetune_vs_hf_with_f1_beside_exact_match(tmp_p
     assert "| qa | 1 | masklm default | 43.00 | f1 65.00 |" in table
     assert "shared with other work" not in table  # only when --shared says so
     shared = fv.report(records, fv.parse_args(["--tasks", "qa", "--seeds", "0", "--shared"]), "cmd")
-    assert "cores (shared with other work)," in shared
+    assert "**shared with other work while measured: expect noise**" in shared
     example = {
         "id": "q",
         "question": "Q?",
