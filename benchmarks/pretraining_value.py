@@ -86,6 +86,7 @@ def finetune_once(
         "data.max_length": args.max_length,
         "head.pooling": args.pooling,
         "head.classifier_dropout": args.dropout,
+        "train.layer_decay": args.layer_decay,
     }
     if epochs > 8:  # evaluate about eight times, not after each of many tiny epochs
         steps = math.ceil(len(rows["train"]) / args.batch_size) * epochs
@@ -112,10 +113,20 @@ def finetune_once(
     }
 
 
+# The fine-tuning settings a cached result depends on besides start, labels, lr and seed, with their defaults.
+SETTINGS = {
+    "epochs": 3, "min_steps": 150, "batch_size": 32, "max_length": 64, "pooling": "mean", "dropout": 0.1,
+    "precision": "fp32", "layer_decay": 1.0,
+}  # fmt: skip
+
+
 def cache_key(args: argparse.Namespace, run: str, n_arg: str, lr: float, seed: int) -> str:
-    """One fine-tuning's identity; random init is keyed by the run whose architecture and tokenizer it takes."""
+    """One fine-tuning's identity; random init is keyed by the run whose architecture and tokenizer it takes.
+    Settings left at their defaults are not in the key (so results cached before a setting existed stay valid);
+    any other value is, so changing a setting never reuses a result it did not produce."""
     start = f"random init of {args.run[0]}" if run == RANDOM else run
-    return json.dumps([start, n_arg, lr, seed, args.tag])
+    changed = {k: getattr(args, k) for k, default in SETTINGS.items() if getattr(args, k) != default}
+    return json.dumps([start, n_arg, lr, seed, args.tag, *([changed] if changed else [])])
 
 
 def load_cache(path: Path) -> dict[str, dict]:
@@ -191,7 +202,9 @@ def report(args: argparse.Namespace, starts: list[dict[str, Any]], cache: dict) 
         f"\n\nRotten Tomatoes (split seed 0: 6,824 / 853 / 853; seed s draws the N training rows), seeds "
         f"{', '.join(map(str, args.seeds))}, lrs {', '.join(f'{x:g}' for x in args.lrs)}, batch {args.batch_size}, "
         f"max length {args.max_length}, at least {args.epochs} epochs and {args.min_steps} steps, pooling "
-        f"{args.pooling}, classifier dropout {args.dropout}, precision {args.precision}.\n"
+        f"{args.pooling}, classifier dropout {args.dropout}, precision {args.precision}"
+        + (f", layer-wise lr decay {args.layer_decay:g}" if args.layer_decay != 1 else "")
+        + ".\n"
     )
     return body, summary
 
@@ -248,18 +261,31 @@ def main() -> int:
     p.add_argument("--labels", nargs="+", default=["100", "300", "1000", "all"])
     p.add_argument("--lrs", nargs="+", type=float, default=[1e-4, 3e-4, 1e-3])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=SETTINGS["epochs"])
     p.add_argument(
-        "--min-steps", type=int, default=150, help="few labels get more epochs, up to this many steps"
+        "--min-steps",
+        type=int,
+        default=SETTINGS["min_steps"],
+        help="few labels get more epochs, up to this many steps",
     )
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=64)
-    p.add_argument("--pooling", choices=["cls", "mean"], default="mean")
-    p.add_argument("--dropout", type=float, default=0.1, help="classifier dropout")
-    p.add_argument("--precision", default="fp32", help="fp32: the same numbers on any CPU")
+    p.add_argument("--batch-size", type=int, default=SETTINGS["batch_size"])
+    p.add_argument("--max-length", type=int, default=SETTINGS["max_length"])
+    p.add_argument("--pooling", choices=["cls", "mean"], default=SETTINGS["pooling"])
+    p.add_argument("--dropout", type=float, default=SETTINGS["dropout"], help="classifier dropout")
+    p.add_argument("--precision", default=SETTINGS["precision"], help="fp32: the same numbers on any CPU")
+    p.add_argument(
+        "--layer-decay",
+        type=float,
+        default=SETTINGS["layer_decay"],
+        help="train.layer_decay for every start (1: off)",
+    )
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--results", default="pretraining_value.jsonl", help="cache of every fine-tuning result")
-    p.add_argument("--tag", default="", help="kept in the cache key: change it when changing other settings")
+    p.add_argument(
+        "--tag",
+        default="",
+        help="kept in the cache key (the settings above are keyed when not at their default)",
+    )
     p.add_argument(
         "--plots",
         default="pretraining_value",
