@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from helpers import tiny_model_config
 
 from masklm.data.tokenizer import train_tokenizer
@@ -87,6 +88,12 @@ def test_lift_fine_tunes_both_starts_at_their_best_lr(tmp_path, capsys):
     assert len(summaries) == 2 * len(TINY.lrs) * len(TINY.seeds)
     assert {s["init"] for s in summaries} == {"pretrained", "random"}
     assert all(s["train_examples"] == 48 and s["validation_examples"] == 16 for s in summaries)
+    # both starts fine-tune with the check's layer-wise lr decay
+    configs = [
+        yaml.safe_load(p.read_text()) for p in (run / "model" / "demo-sentiment").glob("*/config.yaml")
+    ]
+    assert len(configs) == len(summaries)
+    assert {c["train"]["layer_decay"] for c in configs} == {TINY.layer_decay} != {1.0}
     assert Path(run / "model" / "demo-sentiment" / "test.csv").read_text().count("\n") == 25
 
 
@@ -106,15 +113,22 @@ def _result(pre: list[float], rnd: list[float]) -> dict:
     }
 
 
-def test_the_verdict_reads_the_difference_against_the_seeds_spread():
-    """A gap larger than the seeds' spread is a gain (or a loss); a smaller one is called a tie, whatever its sign."""
-    gain = lift_verdict(_result([0.70, 0.71], [0.65, 0.66]))
-    assert gain.startswith("pretraining helps: +5.0 points") and "up to 1.0 points" in gain
-    tie = lift_verdict(_result([0.66, 0.64], [0.65, 0.64]))
-    assert tie.startswith("a tie: +0.5 points") and "up to 2.0 points" in tie and "--max-minutes 60" in tie
+def test_the_verdict_reads_the_difference_against_its_standard_error():
+    """A gap beyond two standard errors of the difference of means is a gain (or a loss); a smaller one is called
+    a tie, whatever its sign. Standard error: sqrt(var_pretrained / n + var_random / n), variances over seeds."""
+    gain = lift_verdict(_result([0.70, 0.71], [0.65, 0.66]))  # se = sqrt(0.5/2 + 0.5/2) = 0.71
+    assert gain.startswith("pretraining helps: +5.0 points") and "over 2 seeds, 1.4 points" in gain
+    tie = lift_verdict(_result([0.66, 0.64], [0.65, 0.64]))  # se = sqrt(2/2 + 0.5/2) = 1.12
+    assert tie.startswith("a tie: +0.5 points") and "2.2 points" in tie and "--max-minutes 60" in tie
     assert lift_verdict(_result([0.64, 0.66], [0.655, 0.655])).startswith("a tie: -0.5 points")
     loss = lift_verdict(_result([0.60, 0.61], [0.66, 0.665]))
     assert loss.startswith("random init is ahead by 5.8 points")
+    # the same +1.5 points: a gain with steady seeds, a tie with noisy ones
+    assert lift_verdict(_result([0.665, 0.665, 0.67, 0.67], [0.65, 0.65, 0.655, 0.655])).startswith(
+        "pretraining"
+    )
+    assert lift_verdict(_result([0.64, 0.695, 0.635, 0.70], [0.65, 0.65, 0.655, 0.655])).startswith("a tie")
+    assert "one seed" in lift_verdict(_result([0.70], [0.60]))
 
 
 def test_the_demo_prints_both_accuracies_and_the_verdict(tmp_path, monkeypatch, capsys):

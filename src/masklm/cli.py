@@ -368,10 +368,15 @@ def _report_lift(run_dir: Path) -> None:
     from masklm.demo import SentimentCheck, lift_verdict, sentiment_lift
 
     check = SentimentCheck()
+    rates = (
+        f"both at lr {check.lrs[0]:g}"
+        if len(check.lrs) == 1
+        else f"each at its best of lr {', '.join(f'{lr:g}' for lr in check.lrs)} on {check.validation} "
+        "validation sentences"
+    )
     print(
-        f"fine-tuning on {check.labels:,} Rotten Tomatoes sentences, pretrained and from random init, each at its "
-        f"best of lr {', '.join(f'{lr:g}' for lr in check.lrs)} on {check.validation} validation sentences "
-        f"({len(check.seeds)} seeds); test on {check.test:,} more ..."
+        f"fine-tuning on {check.labels:,} Rotten Tomatoes sentences, pretrained and from random init, {rates} "
+        f"(layer-wise decay {check.layer_decay:g}, {len(check.seeds)} seeds); test on {check.test:,} more ..."
     )
     result = sentiment_lift(run_dir, check, verbose=True)
     pre, rnd = result["pretrained"], result["random"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import math
 import random
 import statistics
 from dataclasses import dataclass
@@ -46,19 +47,24 @@ def demo_corpus() -> str:
 
 @dataclass(frozen=True)
 class SentimentCheck:
-    """How the closing check fine-tunes: a few labels, a small learning-rate sweep, several seeds.
+    """How the closing check fine-tunes: a few labels, one learning rate or a small sweep, several seeds.
 
-    The defaults were chosen by measurement (docs/benchmarks.md, "Value of pretraining")."""
+    The defaults were chosen by measurement (docs/benchmarks.md, "Layer-wise learning-rate decay and the value of
+    pretraining at the demo's budget"): with layer-wise lr decay 0.8 (`train.layer_decay`, for both starts) the
+    demo-budget model went from 64.95 to 67.92 at 1,000 labels (3 seeds, best lr), random init stayed where it was
+    (65.10 against 65.30), and lr 1e-3 was each start's best on validation; so the check spends its runs on seeds
+    at that rate rather than on rates that lose."""
 
     labels: int = 1000
     validation: int = 500
     test: int = 1000
-    lrs: tuple[float, ...] = (3e-4, 1e-3)
-    seeds: tuple[int, ...] = (0, 1)
+    lrs: tuple[float, ...] = (1e-3,)
+    seeds: tuple[int, ...] = (0, 1, 2, 3)
     epochs: int = 3
     min_steps: int = 150
     batch_size: int = 32
     max_length: int = 64
+    layer_decay: float = 0.8
 
 
 def rotten_tomatoes_splits(check: SentimentCheck, seed: int = 0) -> dict[str, list[dict[str, str]]]:
@@ -116,6 +122,7 @@ def sentiment_lift(
                     "data.max_length": check.max_length,
                     "head.pooling": "mean",
                     "head.classifier_dropout": 0.1,
+                    "train.layer_decay": check.layer_decay,
                     **({"train.threads": threads} if threads else {}),
                 }
                 target = out / f"{init}-lr{lr:g}-seed{seed}"
@@ -150,21 +157,23 @@ LONGER_RUN = (
 
 
 def lift_verdict(result: dict) -> str:
-    """One line that reads `sentiment_lift`'s result against the spread between its seeds: a difference smaller
-    than the seeds' own spread is a tie, not a gain or a loss."""
+    """One line that reads `sentiment_lift`'s result against the noise of its seeds: a difference of the mean
+    test accuracies within two standard errors of that difference (from each start's spread over its seeds) is a
+    tie, not a gain or a loss."""
     pre, rnd = result["pretrained"], result["random"]
     diff = (pre["test"] - rnd["test"]) * 100
-    spread = max((max(r["tests"]) - min(r["tests"])) * 100 for r in (pre, rnd))
-    seeds = f"{len(pre['tests'])} seeds, which differ by up to {spread:.1f} points"
-    if diff > spread:
-        return f"pretraining helps: {diff:+.1f} points, more than the {seeds}"
-    if -diff > spread:
-        return (
-            f"random init is ahead by {-diff:.1f} points, more than the {seeds}: pretrain longer; "
-            f"{LONGER_RUN}"
-        )
+    n = min(len(pre["tests"]), len(rnd["tests"]))
+    if n < 2:
+        return f"{diff:+.1f} points from one seed, which cannot tell a gain from noise: run more seeds"
+    se = math.sqrt(
+        sum(statistics.variance([t * 100 for t in r["tests"]]) / len(r["tests"]) for r in (pre, rnd))
+    )
+    noise = f"two standard errors of the difference over {n} seeds, {2 * se:.1f} points"
+    if diff > 2 * se:
+        return f"pretraining helps: {diff:+.1f} points, more than {noise}"
+    if -diff > 2 * se:
+        return f"random init is ahead by {-diff:.1f} points, more than {noise}: pretrain longer; {LONGER_RUN}"
     return (
-        f"a tie: {diff:+.1f} points is within the spread of the {seeds}. At this budget the model has learned word "
-        f"classes and topics (see the fill-mask answers), not yet sentiment; longer pretraining pays off: "
-        f"{LONGER_RUN}"
+        f"a tie: {diff:+.1f} points is within {noise}. At this budget the model has learned word classes and "
+        f"topics (see the fill-mask answers), not yet much sentiment; longer pretraining pays off: {LONGER_RUN}"
     )
