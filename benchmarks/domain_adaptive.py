@@ -14,8 +14,8 @@ with the given epochs, batch, max length and precision (float32 unless --precisi
 the first of --seeds, takes the learning rate with the best validation accuracy and runs the other seeds there
 (`--full-grid`: every seed at every learning rate, chosen by the mean); it is reported at that learning rate, and
 the lift is the difference of the test-accuracy means. The defaults are 10 fine-tuning runs of 3 epochs on 6,824
-sentences (`--full-grid`: 18), each about 20 minutes in float32 on 2 CPU cores; `--precision auto` (bf16) halves
-that and `--train-size` cuts it further (docs/benchmarks.md's measurement: 2,000 rows in bf16, 19 minutes). Appends a table to docs/benchmarks.md. A benchmark, not a test: CI never runs it.
+sentences (`--full-grid`: 18) in float32, hours on 2 CPU cores; `--precision auto` (bf16) and `--train-size` cut
+that (docs/benchmarks.md's measurement, 2,000 rows in bf16: 19 minutes for the 10 runs). Appends a table to docs/benchmarks.md. A benchmark, not a test: CI never runs it.
 """
 
 from __future__ import annotations
@@ -210,7 +210,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--precision",
         default="fp32",
         help="fine-tuning precision: fp32 (default: the same numbers on any CPU) or auto (bf16 where the CPU "
-        "has it: about twice as fast; as accurate on Rotten Tomatoes, docs/finetuning.md)",
+        "has it: faster, and as accurate on Rotten Tomatoes, docs/finetuning.md)",
     )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=64, help="Rotten Tomatoes sentences are short")
