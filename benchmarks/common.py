@@ -513,12 +513,17 @@ def side_name(side: str, args: argparse.Namespace) -> str:
     return side
 
 
+def mean_sd(xs: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation of xs (sd 0 for one value)."""
+    return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
 def mean_sd_text(xs: Sequence[float], scale: float = 1.0, digits: int = 2) -> str:
     """ "mean ± sample sd" of xs × scale ("–" for none; sd 0 for one value)."""
     if not xs:
         return "–"
-    sd = statistics.stdev(xs) * scale if len(xs) > 1 else 0.0
-    return f"{statistics.mean(xs) * scale:.{digits}f} ± {sd:.{digits}f}"
+    mean, sd = mean_sd(xs)
+    return f"{mean * scale:.{digits}f} ± {sd * scale:.{digits}f}"
 
 
 def operator_rows(

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import add_common_args, append_docs, minilm_dir, reviews_csv, table
+from benchmarks.common import add_common_args, append_docs, mean_sd, minilm_dir, reviews_csv, table
 from benchmarks.finetune_vs_hf import rotten_tomatoes, write_csv
 
 QUICK_SIZES = (400, 200, 200)  # train / validation / test rows in --quick
@@ -92,10 +92,6 @@ def finetune_once(
     return summary["best"]["value"], test["accuracy"]
 
 
-def mean_std(xs: list[float]) -> tuple[float, float]:
-    return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
-
-
 Grid = dict[float, list[tuple[float, float]]]  # lr → (validation, test) accuracy per seed, in seed order
 
 
@@ -140,7 +136,7 @@ def report(
     """The tables: each start at its best learning rate, the lift, then every learning rate tried."""
     best = {name: chosen for name, (_, chosen) in results.items()}
     results = {name: grid for name, (grid, _) in results.items()}
-    test = {name: mean_std([t * 100 for _, t in results[name][best[name]]]) for name in results}
+    test = {name: mean_sd([t * 100 for _, t in results[name][best[name]]]) for name in results}
     rows = []
     for name, grid in results.items():
         runs = grid[best[name]]
@@ -173,7 +169,7 @@ def report(
     for name, grid in results.items():
         for lr, runs in grid.items():
             val = statistics.fmean(v for v, _ in runs) * 100
-            t_mean, t_std = mean_std([t * 100 for _, t in runs])
+            t_mean, t_std = mean_sd([t * 100 for _, t in runs])
             grid_rows.append([name, f"{lr:g}", len(runs), f"{val:.2f}", f"{t_mean:.2f} ± {t_std:.2f}"])
     return body + table(["start", "lr", "seeds", "validation accuracy", "test accuracy"], grid_rows)
 

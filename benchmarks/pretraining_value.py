@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import DOCS, add_common_args, append_docs, read_jsonl, table
+from benchmarks.common import DOCS, add_common_args, append_docs, mean_sd, read_jsonl, table
 from benchmarks.finetune_vs_hf import rotten_tomatoes, write_csv
 from masklm import finetune as ft
 from masklm.demo import fine_tuning_epochs
@@ -171,10 +171,6 @@ def best_lr(cache: dict, run: str, n_arg: str, args: argparse.Namespace) -> tupl
 
     lr = max(args.lrs, key=lambda lr: statistics.mean(r["val"] for r in results(lr)))
     return lr, results(lr)
-
-
-def mean_sd(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def report(args: argparse.Namespace, starts: list[dict[str, Any]], cache: dict) -> tuple[str, dict]:
