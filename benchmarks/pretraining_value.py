@@ -5,16 +5,17 @@ Tomatoes sentiment, for several label budgets, each start at its own best learni
     python -m benchmarks.pretraining_value --run runs/mlm runs/electra --labels 300 all --seeds 0 1 2
     python -m benchmarks.pretraining_value --run runs/demo --labels 300 --lrs 3e-4 --seeds 0 --no-docs  # a look
 
-For every start (each --run, plus `--init random` on the first run's architecture and tokenizer: the CLI's
-random-init control) and every label budget N, every learning rate of --lrs is fine-tuned with every seed of
---seeds. Seed s draws the N training rows (the same rows for every start) and seeds the fine-tuning. The learning
-rate kept for a start is the one with the best mean validation accuracy; the table reports test accuracy at that
-rate, mean and sample standard deviation over the seeds. Few labels get more epochs (at least --min-steps
-optimizer steps), the same for every start.
+For every start (each --run, plus `--init random` on the architecture and tokenizer of --random-of, by default the
+first run: the CLI's random-init control) and every label budget N, every learning rate of --lrs is fine-tuned
+with every seed of --seeds. Seed s draws the N training rows (the same rows for every start) and seeds the
+fine-tuning. The learning rate kept for a start is the one with the best mean validation accuracy; the table
+reports test accuracy at that rate, mean and sample standard deviation over the seeds. Few labels get more epochs
+(at least --min-steps optimizer steps), the same for every start.
 
 Each fine-tuning result is cached in --results (JSON lines), so an interrupted sweep goes on where it stopped and
 a new run folder adds only its own fine-tunings. Writes two plots beside docs/benchmarks.md (accuracy against
-labels; points over random init against pretraining tokens, by objective; named by --plots) and appends the table.
+labels; points over random init against pretraining tokens and minutes, by objective; named by --plots) and
+appends the table.
 """
 
 from __future__ import annotations
@@ -124,9 +125,14 @@ def cache_key(args: argparse.Namespace, run: str, n_arg: str, lr: float, seed: i
     """One fine-tuning's identity; random init is keyed by the run whose architecture and tokenizer it takes.
     Settings left at their defaults are not in the key (so results cached before a setting existed stay valid);
     any other value is, so changing a setting never reuses a result it did not produce."""
-    start = f"random init of {args.run[0]}" if run == RANDOM else run
+    start = f"random init of {random_source(args)}" if run == RANDOM else run
     changed = {k: getattr(args, k) for k, default in SETTINGS.items() if getattr(args, k) != default}
     return json.dumps([start, n_arg, lr, seed, args.tag, *([changed] if changed else [])])
+
+
+def random_source(args: argparse.Namespace) -> str:
+    """The run whose architecture and tokenizer the random-init twin takes: --random-of, else the first --run."""
+    return args.random_of or args.run[0]
 
 
 def load_cache(path: Path) -> dict[str, dict]:
@@ -140,7 +146,7 @@ def sweep(
     cache when it was run before."""
     cache_path = Path(args.results)
     cache = load_cache(cache_path)
-    first = Path(starts[0]["run"])
+    first = Path(random_source(args))
     train, val, test = parts
     for n_arg in args.labels:
         for seed in args.seeds:
@@ -208,7 +214,7 @@ def report(args: argparse.Namespace, starts: list[dict[str, Any]], cache: dict) 
 def plot(
     args: argparse.Namespace, starts: list[dict[str, Any]], summary: dict, train_size: int, out: Path
 ) -> list[Path]:
-    """Accuracy against labels (log scale) per start; lift against pretraining tokens by objective."""
+    """Accuracy against labels (log scale) per start; lift against pretraining tokens and minutes by objective."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -229,19 +235,28 @@ def plot(
     fig.savefig(paths[0], dpi=120)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for objective in sorted({i["objective"] for i in starts if i["run"] != RANDOM and i["tokens"]}):
-        runs = sorted(
-            (i for i in starts if i["objective"] == objective and i["tokens"] and i["run"] != RANDOM),
-            key=lambda i: i["tokens"],
-        )
-        for n in args.labels:
-            lifts = [summary[i["run"]][n][0] - summary[RANDOM][n][0] for i in runs]
-            ax.plot([i["tokens"] / 1e6 for i in runs], lifts, marker="o", label=f"{objective}, {n} labels")
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set(xlabel="pretraining tokens (millions)", ylabel="points over random init")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    # lift against pretraining tokens and against pretraining minutes (the runs' own train time: compare minutes
+    # only between runs measured alone on the same machine)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, (x_of, x_label) in zip(
+        axes,
+        [
+            (lambda i: i["tokens"] / 1e6, "pretraining tokens (millions)"),
+            (lambda i: i["minutes"], "pretraining minutes (train time)"),
+        ],
+    ):
+        for objective in sorted({i["objective"] for i in starts if i["run"] != RANDOM and i["tokens"]}):
+            runs = sorted(
+                (i for i in starts if i["objective"] == objective and i["tokens"] and i["run"] != RANDOM),
+                key=lambda i: i["tokens"],
+            )
+            for n in args.labels:
+                lifts = [summary[i["run"]][n][0] - summary[RANDOM][n][0] for i in runs]
+                ax.plot([x_of(i) for i in runs], lifts, marker="o", label=f"{objective}, {n} labels")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set(xlabel=x_label, ylabel="points over random init")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
     paths.append(out.with_name(out.stem + "_lift.png"))
     fig.tight_layout()
     fig.savefig(paths[1], dpi=120)
@@ -277,6 +292,11 @@ def main() -> int:
     )
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--results", default="pretraining_value.jsonl", help="cache of every fine-tuning result")
+    p.add_argument(
+        "--random-of",
+        help="the run whose architecture and tokenizer the random-init twin takes (default: the first --run); "
+        "every --run must share them",
+    )
     p.add_argument(
         "--tag",
         default="",
