@@ -169,13 +169,23 @@ def sweep(
     return cache
 
 
+def swept_lrs(cache: dict, run: str, n_arg: str, args: argparse.Namespace) -> list[float]:
+    """The lrs of --lrs with a cached result for every seed: all of them after a sweep; with --from-cache, those
+    this start was fine-tuned with."""
+    return [lr for lr in args.lrs if all(cache_key(args, run, n_arg, lr, s) in cache for s in args.seeds)]
+
+
 def best_lr(cache: dict, run: str, n_arg: str, args: argparse.Namespace) -> tuple[float, list[dict]]:
-    """The lr with the best mean validation accuracy over the seeds, and that lr's results."""
+    """The lr with the best mean validation accuracy over the seeds (of the lrs swept for this start), and that
+    lr's results."""
 
     def results(lr: float) -> list[dict]:
         return [cache[cache_key(args, run, n_arg, lr, s)] for s in args.seeds]
 
-    lr = max(args.lrs, key=lambda lr: statistics.mean(r["val"] for r in results(lr)))
+    lrs = swept_lrs(cache, run, n_arg, args)
+    if not lrs:
+        raise SystemExit(f"no cached results for {run} at {n_arg} labels with every seed at any of --lrs")
+    lr = max(lrs, key=lambda lr: statistics.mean(r["val"] for r in results(lr)))
     return lr, results(lr)
 
 
@@ -199,6 +209,21 @@ def report(args: argparse.Namespace, starts: list[dict[str, Any]], cache: dict) 
         lift_rows.append([start_label(info), *(f"{x:+.2f}" for x in lifts)])
     headers = ["start", *(f"{n} labels" for n in args.labels)]
     body = "Test accuracy, mean ± sd over seeds, each start at its best lr on validation:\n\n"
+    grids = {
+        info["run"]: tuple(tuple(swept_lrs(cache, info["run"], n, args)) for n in args.labels)
+        for info in starts
+    }
+    if len(set(grids.values())) > 1:  # --from-cache with starts swept over different lrs: say which
+        body = (
+            "Learning rates swept per start: "
+            + "; ".join(
+                f"{Path(run).name if run != RANDOM else RANDOM} "
+                + " / ".join(", ".join(f"{lr:g}" for lr in g) for g in grid)
+                for run, grid in grids.items()
+            )
+            + ".\n\n"
+            + body
+        )
     body += table(headers, rows) + "\n\nPoints over random init:\n\n" + table(headers, lift_rows)
     body += (
         f"\n\nRotten Tomatoes (split seed 0: 6,824 / 853 / 853; seed s draws the N training rows), seeds "
@@ -293,6 +318,11 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--results", default="pretraining_value.jsonl", help="cache of every fine-tuning result")
     p.add_argument(
+        "--from-cache",
+        action="store_true",
+        help="fine-tune nothing: report the cached results, each start at its best of the --lrs it was swept over",
+    )
+    p.add_argument(
         "--random-of",
         help="the run whose architecture and tokenizer the random-init twin takes (default: the first --run); "
         "every --run must share them",
@@ -315,7 +345,7 @@ def main() -> int:
         {"run": RANDOM, "objective": "none", "tokens": None}
     ]
     parts = rotten_tomatoes(0)  # read once: every label budget and seed draws from the same split
-    cache = sweep(args, starts, parts)
+    cache = load_cache(Path(args.results)) if args.from_cache else sweep(args, starts, parts)
     body, summary = report(args, starts, cache)
     print(body)
     if not args.no_docs:
