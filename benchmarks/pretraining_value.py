@@ -262,6 +262,11 @@ def plot(
 
     # lift against pretraining tokens and against pretraining minutes (the runs' own train time: compare minutes
     # only between runs measured alone on the same machine)
+    pretrained = sorted((i for i in starts if i["run"] != RANDOM and i["tokens"]), key=lambda i: i["tokens"])
+    by_objective = {
+        o: [i for i in pretrained if i["objective"] == o]
+        for o in sorted({i["objective"] for i in pretrained})
+    }
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, (x_of, x_label) in zip(
         axes,
@@ -270,11 +275,7 @@ def plot(
             (lambda i: i["minutes"], "pretraining minutes (train time)"),
         ],
     ):
-        for objective in sorted({i["objective"] for i in starts if i["run"] != RANDOM and i["tokens"]}):
-            runs = sorted(
-                (i for i in starts if i["objective"] == objective and i["tokens"] and i["run"] != RANDOM),
-                key=lambda i: i["tokens"],
-            )
+        for objective, runs in by_objective.items():
             for n in args.labels:
                 lifts = [summary[i["run"]][n][0] - summary[RANDOM][n][0] for i in runs]
                 ax.plot([x_of(i) for i in runs], lifts, marker="o", label=f"{objective}, {n} labels")
