@@ -217,6 +217,7 @@ class MasklmSide:
         from masklm.data.tokenizer import load_tokenizer, special_ids
         from masklm.model.heads import MaskedLM
         from masklm.train.pretrain import MaskedBatches
+        from masklm.train.run import compiled
 
         self.cfg, self.threads, self.device = cfg, threads, torch.device(device)
         tok = load_tokenizer(data_dir / "tokenizer.json")
@@ -229,8 +230,9 @@ class MasklmSide:
         self.set_threads()
         torch.manual_seed(cfg.train.seed)
         self.model = MaskedLM(cfg.model).to(self.device)
-        # what fit trains: the model itself, or torch.compile's wrapper (as `masklm pretrain --train.compile`)
-        self.train_model = torch.compile(self.model) if compile else self.model
+        # what fit trains: the model itself, or torch.compile's wrapper as `masklm pretrain --train.compile true`
+        # makes it (deterministic algorithms on)
+        self.train_model = compiled(self.model, self.device) if compile else self.model
         self.micro_step = 0  # where the next run continues the data stream
 
     def set_threads(self) -> None:

@@ -71,14 +71,19 @@ class Rotary(nn.Module):
         inv_freq = 1.0 / (self.theta ** (torch.arange(0, D, 2, device=q.device, dtype=torch.float32) / D))
         T = q.shape[-2]
         angles = torch.outer(torch.arange(T, device=q.device, dtype=torch.float32), inv_freq)  # (T, D/2)
-        cos = torch.cat([angles.cos(), angles.cos()], dim=-1).to(q.dtype)  # (T, D)
-        sin = torch.cat([angles.sin(), angles.sin()], dim=-1).to(q.dtype)
-        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        cos, sin = angles.cos().to(q.dtype), angles.sin().to(q.dtype)
+        return _rotate(q, cos, sin), _rotate(k, cos, sin)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Channel i paired with channel i + D/2, the pair rotated by its angle: (a, b) → (a cos − b sin, b cos + a sin).
+
+    Written on the two halves rather than as x cos + rotate_half(x) sin (the same roundings, so the same numbers):
+    under torch.compile (inductor, CPU, bf16, torch 2.13) the rotate_half form gave the keys non-finite gradients
+    (tests/test_compile.py).
+    """
     a, b = x.chunk(2, dim=-1)
-    return torch.cat([-b, a], dim=-1)
+    return torch.cat([a * cos - b * sin, b * cos + a * sin], dim=-1)
 
 
 class SelfAttention(nn.Module):

@@ -256,7 +256,7 @@ class Run:
         train_model = dist.wrap(model, cfg, device)
         optimizer = make_optimizer(model, cfg.train, device)
         if cfg.train.compile:
-            train_model = torch.compile(train_model)
+            train_model = compiled(train_model, device)
         return Trainable(model, train_model, optimizer)
 
     def announce(
@@ -297,6 +297,33 @@ class Run:
             write_run_results(self.run_dir, summary)
         dist.shutdown()
         return summary
+
+
+def compiled(model: nn.Module, device: torch.device) -> nn.Module:
+    """torch.compile(model), with deterministic algorithms on; on a CPU without a C++ compiler (inductor writes C++
+    for the CPU and would fail at the first step), the model itself, after one line saying so.
+
+    Deterministic algorithms: without them, inductor's CPU kernels gave a compiled run resumed from its checkpoint
+    weights that differed in the last bits from the uninterrupted run's (the embeddings' gradients first); with
+    them the two are equal bit for bit (tests/test_compile.py). warn_only: an operator without a deterministic
+    version warns rather than stopping the run."""
+    if device.type == "cpu" and not cpp_compiler():
+        log(
+            "train.compile: no C++ compiler found (inductor needs g++ or clang++ on CPU); training without compile"
+        )
+        return model
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    return torch.compile(model)
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler inductor would use on CPU, or None."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        return get_cpp_compiler()
+    except Exception:  # a private API: any failure means "none we can use"
+        return None
 
 
 def full_model(model: nn.Module, rebuild: Callable[[], nn.Module]) -> nn.Module:
