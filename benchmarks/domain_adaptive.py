@@ -48,6 +48,8 @@ def pretrain_argv(args: argparse.Namespace) -> list[str]:
         "--train.lr", f"{args.pretrain_lr:g}", "--train.warmup", f"{args.warmup:g}",
         "--mask.rate", f"{args.mask_rate:g}", "--seed", "0", "--train.threads", str(args.threads),
     ]  # fmt: skip
+    if args.pretrain_layer_decay != 1:
+        argv += ["--train.layer_decay", f"{args.pretrain_layer_decay:g}"]
     if args.quick:
         argv += ["--data.max_documents", "2000", "--train.eval_every", "0", "--train.eval_sequences", "64"]
     return argv
@@ -186,6 +188,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--output", help="the continued run's folder (default runs/bench-domain-adaptive[-quick])")
     p.add_argument("--pretrain-lr", type=float, default=1e-4)
     p.add_argument("--warmup", type=float, default=0.06, help="warmup share of the pretraining budget")
+    p.add_argument(
+        "--pretrain-layer-decay",
+        type=float,
+        default=1.0,
+        help="train.layer_decay of the continued pretraining (1: off): the fresh MLM head at --pretrain-lr, "
+        "MiniLM's blocks and embeddings lower",
+    )
     p.add_argument("--mask-rate", type=float, default=0.15)
     p.add_argument("--seeds", type=int, nargs="+", help="fine-tuning seeds (default 0 1 2; quick: 0)")
     p.add_argument(

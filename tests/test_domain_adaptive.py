@@ -190,3 +190,37 @@ def test_masklm_run_continues_with_its_own_mlm_head(continued, domain, tmp_path,
     assert all(torch.allclose(after[k], before[k], atol=1e-6) for k in before)  # the MLM head too
     first, second = (json.loads((r / "summary.json").read_text())["eval"] for r in (run, again))
     assert second["loss"] == pytest.approx(first["loss"], rel=1e-4)  # the same held-out rows, masks and model
+
+
+def test_layer_decay_keeps_the_encoder_close_while_the_fresh_head_trains(
+    hf_encoder, domain, tmp_path, one_thread
+):
+    """`--train.layer_decay 0.25`: the fresh MLM head at the full rate, block i of L at lr * 0.25^(L - i) and the
+    embeddings at lr * 0.25^(L + 1) (L = 2: 1/64 of it), so after the same steps each has moved at most its own
+    share of the bound, while the head's bias (zero at the start) moved further than the embeddings may."""
+    run = tmp_path / "decayed"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli("pretrain", "--init-from", hf_encoder, "--input", domain, "--output", run,
+                   "--max-steps", STEPS, "--train.lr", LR, "--train.layer_decay", "0.25", *PRETRAIN)  # fmt: skip
+    assert code == 0, err.getvalue()
+    L, d = TINY_ENCODER["num_hidden_layers"], 0.25
+    start = encoder_of(load_model(hf_encoder)[0].state_dict())
+    end = final_weights(run)
+    bounds = {
+        "encoder.embeddings.": d ** (L + 1),
+        "encoder.layers.0.": d**L,
+        "encoder.layers.1.": d ** (L - 1),
+    }
+    for prefix, share in bounds.items():
+        moved = max((end[k] - start[k]).abs().max().item() for k in start if k.startswith(prefix))
+        assert 0 < moved <= MOVED_AT_MOST * share, (prefix, moved, MOVED_AT_MOST * share)
+    assert end["decoder_bias"].abs().max().item() > MOVED_AT_MOST * d ** (L + 1)
+
+
+def test_layer_decay_is_refused_for_electra(domain, tmp_path, capsys):
+    code = cli("pretrain", "--input", domain, "--output", tmp_path / "run", "--objective", "electra",
+               "--train.layer_decay", "0.8", *PRETRAIN)  # fmt: skip
+    assert code == 2
+    assert "train.layer_decay in pretraining is for the mlm objective" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -209,6 +209,12 @@ class TrainConfig:
     precision: Literal["fp32", "bf16", "fp16", "auto"] = setting(
         "auto", "auto: bf16 autocast on GPUs and CPUs with native bf16, else fp32"
     )
+    layer_decay: float = setting(
+        1.0,
+        "layer-wise lr decay d (1: off): the head at lr, encoder block i of L (0 = lowest) at "
+        "lr * d^(L - i), the embeddings at lr * d^(L + 1); e.g. 0.8 in fine-tuning; in pretraining (MLM only) it "
+        "lets --init-from train a fresh head fast while the pretrained encoder moves slowly",
+    )
     compile: bool = setting(False, "torch.compile the model")
     device: str = setting("auto", 'where to train: "auto", "cpu", "cuda", "cuda:1", ...')
     threads: int | None = setting(None, "torch intra-op threads on CPU (None = torch's default)")
@@ -291,6 +297,11 @@ class Config:
         _require(t.eval_every >= 0 and t.checkpoint_every >= 0, "eval_every/checkpoint_every must be >= 0")
         _require(t.eval_sequences > 0, "train.eval_sequences must be positive")
         _require(t.log_every > 0, "train.log_every must be positive")
+        _require(0 < t.layer_decay <= 1, f"train.layer_decay must be in (0, 1], not {t.layer_decay}")
+        _require(
+            t.layer_decay == 1 or o.name == "mlm",
+            "train.layer_decay in pretraining is for the mlm objective (ELECTRA has two encoders); set it to 1",
+        )
         return self
 
 
@@ -348,11 +359,6 @@ class FinetuneTrainConfig(TrainConfig):
         "dropout on attention weights while fine-tuning (None: the model's attention_probs_dropout_prob); the "
         "default 0 skips the mask over the T x T attention weights: as accurate over 3 tasks x 3 seeds and much "
         "faster on long inputs (docs/finetuning.md)",
-    )
-    layer_decay: float = setting(
-        1.0,
-        "layer-wise lr decay d (1: off): the head at lr, encoder block i of L (0 = lowest) at "
-        "lr * d^(L - i), the embeddings at lr * d^(L + 1); e.g. 0.8",
     )
 
 
@@ -433,7 +439,6 @@ class FinetuneConfig:
         _require(t.eval_batch_size is None or t.eval_batch_size > 0, "train.eval_batch_size must be positive")
         _require(t.bucket_batches >= 1, f"train.bucket_batches must be at least 1, not {t.bucket_batches}")
         _require(t.checkpoint_every is None or t.checkpoint_every >= 0, "train.checkpoint_every must be >= 0")
-        _require(0 < t.layer_decay <= 1, f"train.layer_decay must be in (0, 1], not {t.layer_decay}")
         _require(
             t.attention_dropout is None or 0 <= t.attention_dropout < 1,
             f"train.attention_dropout must be in [0, 1), not {t.attention_dropout}",

@@ -4,10 +4,10 @@ AdamW with two parameter groups: weight decay on matrices, none on biases, Layer
 padding-free norms (anything with fewer than two dimensions). The schedule is a pure function of training
 progress in [0, 1], so step budgets and wall-clock budgets use the same code.
 
-Layer-wise learning-rate decay (fine-tuning's train.layer_decay = d < 1) splits both groups by depth, as BEiT
-and ELECTRA do: with L encoder blocks, the embeddings are depth 0, block i (0 = the lowest) depth i + 1,
-everything else (the head, a pooler, a pre-LN model's final norm) depth L + 1; depth k gets
-lr * d ** (L + 1 - k). So the head trains at lr, the top block at lr * d, block i at lr * d ** (L - i) and the
+Layer-wise learning-rate decay (train.layer_decay = d < 1: fine-tuning, and MLM pretraining from a pretrained
+encoder) splits both groups by depth, as BEiT and ELECTRA do: with L encoder blocks, the embeddings are depth 0,
+block i (0 = the lowest) depth i + 1, everything else (the head, a pooler, a pre-LN model's final norm) depth
+L + 1; depth k gets lr * d ** (L + 1 - k). So the head trains at lr, the top block at lr * d, block i at lr * d ** (L - i) and the
 embeddings at lr * d ** (L + 1). Each such group carries its factor as "lr_scale", and `set_lr` keeps the ratios.
 """
 
@@ -78,7 +78,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
     # (21 vs 49 ms for 11M parameters, docs/profile.md). FSDP2's sharded DTensor parameters take foreach.
     fused = device.type in ("cuda", "cpu") and not dist.is_fsdp(model)
     kwargs = {"fused": True} if fused else {"foreach": True}
-    decay = float(getattr(cfg, "layer_decay", 1.0))  # fine-tuning only (FinetuneTrainConfig)
+    decay = cfg.layer_decay
     groups = (
         param_groups(model, cfg.weight_decay)
         if decay == 1.0
