@@ -7,8 +7,9 @@ progress in [0, 1], so step budgets and wall-clock budgets use the same code.
 Layer-wise learning-rate decay (train.layer_decay = d < 1: fine-tuning, and MLM pretraining from a pretrained
 encoder) splits both groups by depth, as BEiT and ELECTRA do: with L encoder blocks, the embeddings are depth 0,
 block i (0 = the lowest) depth i + 1, everything else (the head, a pooler, a pre-LN model's final norm) depth
-L + 1; depth k gets lr * d ** (L + 1 - k). So the head trains at lr, the top block at lr * d, block i at lr * d ** (L - i) and the
-embeddings at lr * d ** (L + 1). Each such group carries its factor as "lr_scale", and `set_lr` keeps the ratios.
+L + 1; depth k gets lr * d ** (L + 1 - k). So the head trains at lr, the top block at lr * d, block i at
+lr * d ** (L - i) and the embeddings at lr * d ** (L + 1). Each such group carries its factor as "lr_scale", and
+`set_lr` keeps the ratios.
 """
 
 from __future__ import annotations
