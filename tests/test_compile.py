@@ -1,5 +1,6 @@
-"""torch.compile in training (`train.compile`, on in the `small` preset): the compiled model's gradients are the
-eager model's, a compiled run resumes exactly, and a CPU without a C++ compiler trains without compile."""
+"""torch.compile in training (`train.compile true`; off by default, the `small` preset included): the compiled
+model's gradients are the eager model's, a compiled run resumes exactly, and a CPU without a C++ compiler trains
+without compile."""
 
 from __future__ import annotations
 
@@ -7,10 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import final_weights, prepare_tiny, read_metrics, write_walk_corpus
+from helpers import final_weights, prepare_tiny, read_metrics, tiny_model_config, write_walk_corpus
 
 from masklm.cli import main
-from masklm.config import ModelConfig
 from masklm.model.heads import MaskedLM
 from masklm.objectives.mlm import mlm_loss
 
@@ -47,15 +47,12 @@ def test_compiled_gradients_match_eager_in_bf16():
     """The `small` preset's block (pre-LN, rotary, GeGLU, no biases) under bf16 autocast, one batch, eager and
     compiled. With rotary written as x cos + rotate_half(x) sin, inductor gave the keys' projection non-finite
     gradients at these shapes (head size 64, 128 positions)."""
-    cfg = ModelConfig(
-        vocab_size=256,
+    cfg = tiny_model_config(
+        256,
         hidden_size=128,
         num_hidden_layers=1,
-        num_attention_heads=2,
         intermediate_size=176,
         max_position_embeddings=128,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
         norm="pre",
         position="rotary",
         ffn="geglu",
