@@ -60,7 +60,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import machine_line, mean_sd_text, read_jsonl
+from benchmarks.common import machine_line, mean_sd, mean_sd_text, read_jsonl
 from masklm import finetune as ft
 from masklm.tasks.token_classification import read_conll
 from masklm.train import metrics as M
@@ -548,10 +548,14 @@ def report(records: list[dict[str, Any]], args: argparse.Namespace, command: str
         "weight decay 0.01, clip 1.0; best epoch on validation, scored on test",
         "- Wall time: loading, tokenising, training and per-epoch validation; ratio = mean over seeds of masklm's "
         "wall / transformers' wall on the same seed (the sides alternate which runs first)",
+        "- Δ per seed: masklm's test metric minus transformers' on the same seed (same split), mean ± its "
+        "standard error over the seeds, and on how many seeds masklm is ahead; a mean within about two standard "
+        "errors of 0 is a tie",
         "",
         "| task | train / val / test | settings | side | test metric (mean ± sd) | Δ vs transformers "
-        "| other test metrics (Δ) | val | wall s (mean ± sd) | wall / transformers | CPU s / transformers |",
-        "|---|---|---|---|---:|---:|---|---:|---:|---:|---:|",
+        "| Δ per seed (mean ± SE; ahead) | other test metrics (Δ) | val | wall s (mean ± sd) "
+        "| wall / transformers | CPU s / transformers |",
+        "|---|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for name in dict.fromkeys(r["task"] for r in records):
         lines += _task_rows(name, [r for r in records if r["task"] == name], args)
@@ -572,6 +576,19 @@ def report(records: list[dict[str, Any]], args: argparse.Namespace, command: str
             f"| {r['wall_s']:.1f} | {r.get('cpu_s', math.nan):.1f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def paired_text(
+    mine: Sequence[dict[str, Any]], hf: dict[int, dict[str, Any]], value: Callable[[dict[str, Any]], float]
+) -> str:
+    """masklm minus transformers seed by seed (the seeds both sides ran): "mean ± standard error; k/n ahead".
+    The seed fixes the split, so the paired difference removes what the split adds to both sides' spread."""
+    diffs = [value(r) - value(hf[r["seed"]]) for r in mine if r["seed"] in hf]
+    if not diffs:
+        return ""
+    mean, sd = mean_sd(diffs)
+    ahead = sum(d > 0 for d in diffs)
+    return f"{mean:+.2f} ± {sd / math.sqrt(len(diffs)):.2f}; {ahead}/{len(diffs)}"
 
 
 def _task_rows(name: str, records: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
@@ -598,12 +615,15 @@ def _task_rows(name: str, records: list[dict[str, Any]], args: argparse.Namespac
         test = [r["test"][spec.metric] * scale for r in mine]
         ratio = [r["wall_s"] / hf[r["seed"]]["wall_s"] for r in mine if r["seed"] in hf]
         delta = f"{statistics.mean(test) - hf_mean:+.2f}" if side != "transformers" and hf else ""
+        paired = (
+            paired_text(mine, hf, lambda r: r["test"][spec.metric] * scale) if side != "transformers" else ""
+        )
         ratio_text = f"{statistics.mean(ratio):.2f}" if ratio else ""
         cpu = [r["cpu_s"] / hf[r["seed"]]["cpu_s"] for r in mine if r["seed"] in hf and "cpu_s" in r]
         cpu_text = f"{statistics.mean(cpu):.2f}" if cpu else ""
         rows.append(
             f"| {spec.title} | {' / '.join(map(str, mine[0]['sizes']))} | {settings} | {side} "
-            f"| {mean_sd_text(test)} | {delta} | {also_text(mine, side)} "
+            f"| {mean_sd_text(test)} | {delta} | {paired} | {also_text(mine, side)} "
             f"| {statistics.mean(r['val'] * scale for r in mine):.2f} "
             f"| {mean_sd_text([r['wall_s'] for r in mine])} | {ratio_text} | {cpu_text} |"
         )

@@ -81,3 +81,29 @@ def test_sizes_override_the_tasks_own(tmp_path, fake_task):
         == 0
     )
     assert {tuple(json.loads(line)["sizes"]) for line in out.read_text().splitlines()} == {(5, 1, 2)}
+
+
+def test_the_report_pairs_the_sides_seed_by_seed(tmp_path, fake_task, capsys):
+    """The Δ per seed cell: masklm minus transformers on each seed, mean ± standard error, seeds ahead."""
+    records = []
+    for seed, (hf, ours) in enumerate([(0.60, 0.62), (0.70, 0.66), (0.50, 0.55)]):
+        for side, value in (("transformers", hf), ("masklm default", ours)):
+            records.append(
+                {
+                    "task": "fake",
+                    "seed": seed,
+                    "side": side,
+                    "sizes": [4, 2, 2],
+                    "wall_s": 1.0,
+                    "val": 0.5,
+                    "test": {"accuracy": value},
+                }
+            )
+    args = fv.parse_args(["--tasks", "fake", "--seeds", "0", "1", "2", "--no-write"])
+    table = fv.report(records, args, "cmd")
+    ours_row = next(line for line in table.splitlines() if "| masklm default |" in line and "fake" in line)
+    cells = [c.strip() for c in ours_row.split("|")]
+    # differences in points: +2, -4, +5 -> mean +1.00, sd 4.58, SE 2.65; ahead on 2 of 3
+    assert "+1.00 ± 2.65; 2/3" in cells
+    hf_row = next(line for line in table.splitlines() if "| transformers |" in line and "fake" in line)
+    assert "±" not in hf_row.split("|")[7]

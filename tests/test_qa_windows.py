@@ -255,7 +255,9 @@ def test_benchmark_qa_task_joins_finetune_vs_hf_with_f1_beside_exact_match(tmp_p
     ]
     table = fv.report(records, fv.parse_args(["--tasks", "qa", "--seeds", "0", "1"]), "cmd")
     masklm_row = next(line for line in table.splitlines() if "| masklm default | 44.00 ± 1.41 |" in line)
-    assert "| +2.00 | f1 63.00 ± 2.83 (+2.00) |" in masklm_row and "| 0.50 |" in masklm_row
+    assert (
+        "| +2.00 | +2.00 ± 3.00; 1/2 | f1 63.00 ± 2.83 (+2.00) |" in masklm_row and "| 0.50 |" in masklm_row
+    )
     assert "| qa | 1 | masklm default | 43.00 | f1 65.00 |" in table
     assert "shared with other work" not in table  # only when --shared says so
     shared = fv.report(records, fv.parse_args(["--tasks", "qa", "--seeds", "0", "--shared"]), "cmd")
