@@ -21,7 +21,8 @@ For every task and seed (each seed also reshuffles the split; both sides get the
 once and masklm once per --variants entry (BATCHING:PRECISION[:ATTENTION_DROPOUT], e.g. tokens:fp32 or
 default:default:0; "default" is masklm's own defaults). The sides alternate which goes first from seed to seed, so a machine whose load changes slows both
 alike. The table gives the mean and the standard deviation over seeds of the test metric, the difference to
-transformers in points, and the wall time with its ratio to transformers' (mean of the per-seed ratios).
+transformers in points, the same difference seed by seed (mean ± standard error, seeds where masklm is ahead), and
+the wall time with its ratio to transformers' (mean of the per-seed ratios).
 
 Both sides train with the same thread count, epochs, batch size, learning rate, linear schedule with 10% warmup,
 AdamW (betas 0.9 / 0.999, eps 1e-8, weight decay 0.01 on matrices only), gradient clipping at 1.0 and maximum

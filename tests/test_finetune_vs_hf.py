@@ -83,7 +83,7 @@ def test_sizes_override_the_tasks_own(tmp_path, fake_task):
     assert {tuple(json.loads(line)["sizes"]) for line in out.read_text().splitlines()} == {(5, 1, 2)}
 
 
-def test_the_report_pairs_the_sides_seed_by_seed(tmp_path, fake_task, capsys):
+def test_the_report_pairs_the_sides_seed_by_seed(fake_task):
     """The Δ per seed cell: masklm minus transformers on each seed, mean ± standard error, seeds ahead."""
     records = []
     for seed, (hf, ours) in enumerate([(0.60, 0.62), (0.70, 0.66), (0.50, 0.55)]):
