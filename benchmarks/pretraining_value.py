@@ -4,6 +4,8 @@ Tomatoes sentiment, for several label budgets, each start at its own best learni
     python -m benchmarks.pretraining_value --run runs/demo                      # labels 100 300 1000 all
     python -m benchmarks.pretraining_value --run runs/mlm runs/electra --labels 300 all --seeds 0 1 2
     python -m benchmarks.pretraining_value --run runs/demo --labels 300 --lrs 3e-4 --seeds 0 --no-docs  # a look
+    python -m benchmarks.pretraining_value --run runs/demo --labels 1000 --prompt '{text} it was [MASK] .' \
+        --label-words '0=bad,1=good'                                   # prompt-based fine-tuning for every start
 
 For every start (each --run, plus `--init random` on the architecture and tokenizer of --random-of, by default the
 first run: the CLI's random-init control) and every label budget N, every learning rate of --lrs is fine-tuned
@@ -85,10 +87,16 @@ def finetune_once(
         "train.threads": args.threads,
         "train.precision": args.precision,
         "data.max_length": args.max_length,
-        "head.pooling": args.pooling,
-        "head.classifier_dropout": args.dropout,
         "train.layer_decay": args.layer_decay,
     }
+    task = "classification"
+    if (
+        args.prompt
+    ):  # the MLM head at the template's [MASK] is the classifier: no pooling, no classifier layer
+        task = "prompt-classification"
+        overrides |= {"data.prompt": args.prompt, "data.label_words": args.label_words}
+    else:
+        overrides |= {"head.pooling": args.pooling, "head.classifier_dropout": args.dropout}
     if epochs > 8:  # evaluate about eight times, not after each of many tiny epochs
         steps = math.ceil(len(rows["train"]) / args.batch_size) * epochs
         overrides |= {"train.eval_every": max(1, steps // 8), "train.checkpoint_every": 0}
@@ -98,7 +106,7 @@ def finetune_once(
         t0 = time.perf_counter()
         summary = ft.finetune(
             ft.build_config(overrides),
-            "classification",
+            task,
             model,
             files["train"],
             files["val"],
@@ -117,7 +125,7 @@ def finetune_once(
 # The fine-tuning settings a cached result depends on besides start, labels, lr and seed, with their defaults.
 SETTINGS = {
     "epochs": 3, "min_steps": 150, "batch_size": 32, "max_length": 64, "pooling": "mean", "dropout": 0.1,
-    "precision": "fp32", "layer_decay": 1.0,
+    "precision": "fp32", "layer_decay": 1.0, "prompt": None, "label_words": None,
 }  # fmt: skip
 
 
@@ -228,8 +236,13 @@ def report(args: argparse.Namespace, starts: list[dict[str, Any]], cache: dict) 
     body += (
         f"\n\nRotten Tomatoes (split seed 0: 6,824 / 853 / 853; seed s draws the N training rows), seeds "
         f"{', '.join(map(str, args.seeds))}, lrs {', '.join(f'{x:g}' for x in args.lrs)}, batch {args.batch_size}, "
-        f"max length {args.max_length}, at least {args.epochs} epochs and {args.min_steps} steps, pooling "
-        f"{args.pooling}, classifier dropout {args.dropout}, precision {args.precision}"
+        f"max length {args.max_length}, at least {args.epochs} epochs and {args.min_steps} steps, "
+        + (
+            f"prompt-based: template {args.prompt!r}, label words {args.label_words!r}"
+            if args.prompt
+            else f"pooling {args.pooling}, classifier dropout {args.dropout}"
+        )
+        + f", precision {args.precision}"
         + (f", layer-wise lr decay {args.layer_decay:g}" if args.layer_decay != 1 else "")
         + ".\n"
     )
@@ -316,6 +329,17 @@ def main() -> int:
         default=SETTINGS["layer_decay"],
         help="train.layer_decay for every start (1: off)",
     )
+    p.add_argument(
+        "--prompt",
+        default=SETTINGS["prompt"],
+        help="fine-tune every start with --task prompt-classification and this template (e.g. '{text} it was "
+        "[MASK] .'); --pooling and --dropout then do not apply",
+    )
+    p.add_argument(
+        "--label-words",
+        default=SETTINGS["label_words"],
+        help="with --prompt: the label words ('0=bad,1=good')",
+    )
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--results", default="pretraining_value.jsonl", help="cache of every fine-tuning result")
     p.add_argument(
@@ -341,6 +365,8 @@ def main() -> int:
     )
     add_common_args(p)
     args = p.parse_args()
+    if bool(args.prompt) != bool(args.label_words):
+        p.error("--prompt and --label-words go together")
 
     starts = [describe(Path(run)) for run in args.run] + [
         {"run": RANDOM, "objective": "none", "tokens": None}

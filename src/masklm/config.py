@@ -382,6 +382,16 @@ class FinetuneDataConfig:
     regression: bool = setting(
         False, "classification: labels are numbers; one output, MSE loss, Pearson / Spearman"
     )
+    prompt: str | None = setting(
+        None,
+        "prompt-classification: the template each text is put into, with {text} (and {text_pair}) and one "
+        "[MASK], e.g. '{text} it was [MASK] .'",
+    )
+    label_words: str | None = setting(
+        None,
+        "prompt-classification: each label's word at the [MASK], LABEL=WORD pairs separated by commas, e.g. "
+        "'0=bad,1=good'; each word must be one token of the model's vocabulary",
+    )
     label_all_subwords: bool = setting(
         False, "token classification: label every sub-word, not only a word's first"
     )

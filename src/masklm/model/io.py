@@ -212,7 +212,7 @@ def _model_from_checkpoint(
         notes.append(f"{head.title()} initialised from scratch: {reason} (new: {', '.join(modules)})")
     info = ModelInfo(
         architecture=want,
-        labels=want_labels if sized else None,
+        labels=want_labels,  # a head not sized by labels may still carry its task's (prompt-classification)
         task=ckpt.task,
         head=model.head_options(),
         source=ckpt.source,

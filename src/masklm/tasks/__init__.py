@@ -25,6 +25,7 @@ _TASKS: dict[str, str] = {
     "token-classification": "masklm.tasks.token_classification:TokenClassificationTask",
     "qa": "masklm.tasks.qa:QuestionAnsweringTask",
     "multiple-choice": "masklm.tasks.multiple_choice:MultipleChoiceTask",
+    "prompt-classification": "masklm.tasks.prompt_classification:PromptClassificationTask",
 }
 
 TASK_NAMES: tuple[str, ...] = tuple(_TASKS)
@@ -49,7 +50,9 @@ def all_tasks() -> tuple[Task, ...]:
 
 def task_of_architecture(architecture: str) -> Task | None:
     """The task whose head is `architecture` (for models saved without a task name), or None."""
-    return next((task for task in all_tasks() if task.architecture == architecture), None)
+    return next(
+        (task for task in all_tasks() if task.architecture == architecture and task.claims_architecture), None
+    )
 
 
 def output_formats() -> tuple[str, ...]:

@@ -79,6 +79,9 @@ class Task(abc.ABC):
     """What `masklm finetune --task` takes, and what a fine-tuned model records as its task."""
     architecture: ClassVar[str]
     """The masklm head the task trains (a `masklm.model.io.load_model` architecture name)."""
+    claims_architecture: ClassVar[bool] = True
+    """Whether a model saved with this head and no task name is this task's (False where the head is shared,
+    as prompt-classification's MaskedLM is with pretraining)."""
     default_max_length: ClassVar[int] = 128
     """data.max_length when it is not set (tokens per feature, special tokens included)."""
     output_formats: ClassVar[tuple[str, ...]] = (".jsonl", ".csv")
