@@ -131,6 +131,16 @@ def test_a_long_text_is_cut_and_the_template_kept(base):
     assert f["input_ids"][f["prompt_position"]] == tok.token_to_id("[MASK]")
 
 
+def test_plain_classification_refuses_a_prompt(base, data, tmp_path, capsys):
+    flags = ["--data.prompt", PROMPT, "--data.label_words", WORDS, "--train.epochs", 1, *FAST]
+    rc = cli(
+        "finetune", "--task", "classification", "--model", base, "--train", data / "train.csv",
+        "--validation", data / "val.csv", "--output", tmp_path / "run", *flags,
+    )  # fmt: skip
+    assert rc == 2 and "--task prompt-classification" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_pretraining_run_is_not_taken_for_a_prompt_classifier():
     assert task_of_architecture("MaskedLM") is None
     assert task_of_architecture("SequenceClassification").name == "classification"

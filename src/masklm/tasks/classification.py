@@ -167,6 +167,11 @@ class ClassificationTask(Task):
     def label_set(
         self, examples: Sequence[Example], settings: FinetuneDataConfig, path: Path
     ) -> list[str] | None:
+        if settings.prompt or settings.label_words:
+            raise UserError(
+                "--data.prompt and --data.label_words are settings of --task prompt-classification; use that task "
+                "or leave them out"
+            )
         if settings.regression:
             return None
         labels = build_label_map(ex["label"] for ex in examples)

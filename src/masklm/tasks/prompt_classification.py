@@ -28,7 +28,7 @@ from masklm.errors import UserError
 from masklm.tasks.base import Example
 from masklm.tasks.batching import Batch, Feature, pad_batch
 from masklm.tasks.classification import ClassificationTask, encode_labels
-from masklm.tasks.encoding import special_token_ids, truncate_longest_first
+from masklm.tasks.encoding import build_label_map, special_token_ids, truncate_longest_first
 
 if TYPE_CHECKING:
     from masklm.config import FinetuneDataConfig
@@ -167,8 +167,11 @@ class PromptClassificationTask(ClassificationTask):
         if settings.regression:
             raise UserError("prompt-classification predicts labels, not scores; use --task classification")
         template_parts(settings.prompt, settings.text_pair_column is not None)
-        labels = super().label_set(examples, settings, path)
-        assert labels is not None
+        labels = build_label_map(ex["label"] for ex in examples)
+        if len(labels) < 2:
+            raise UserError(
+                f"{path}: every example has the label '{labels[0]}'; classification needs at least two"
+            )
         check_label_words(parse_label_words(settings.label_words), labels, path)
         return labels
 
