@@ -283,6 +283,18 @@ def test_auto_precision_follows_native_bf16(monkeypatch, has_bf16):
         resolve_precision("fp16", cpu)
 
 
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_forced_bf16_on_a_cpu_that_emulates_it_is_kept_with_a_note(monkeypatch, capsys, has_bf16):
+    from masklm.train import loop
+
+    monkeypatch.setattr(loop, "native_bf16", lambda device: has_bf16)
+    loop._note_emulated_bf16.cache_clear()
+    assert loop.resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    assert loop.resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    err = capsys.readouterr().err
+    assert err.count("emulated") == (0 if has_bf16 else 1), err
+
+
 def test_cpu_optimizer_is_fused_and_matches_foreach():
     from masklm.config import TrainConfig
     from masklm.train.optim import make_optimizer

@@ -21,6 +21,7 @@ budget, the elapsed time (the slowest process's), so they never diverge.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import math
 import queue
@@ -153,10 +154,21 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision != "auto":
         if precision == "fp16" and device.type == "cpu":
             raise UserError("train.precision=fp16 needs a GPU; use bf16 or fp32 on CPU")
+        if precision == "bf16" and device.type == "cpu" and not native_bf16(device):
+            _note_emulated_bf16()
         return precision
     # bf16 autocast where the hardware multiplies bf16 natively (2x per CPU step here, docs/profile.md);
     # the master weights, the optimizer and the loss stay float32.
     return "bf16" if native_bf16(device) else "fp32"
+
+
+@functools.cache
+def _note_emulated_bf16() -> None:
+    """Once per process: bf16 asked for on a CPU that only emulates it (a `small` step took 35 s, not 0.8 s)."""
+    log(
+        "note: this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 is emulated and many times slower than "
+        "fp32; use --train.precision auto (fp32 here) or fp32"
+    )
 
 
 def rng_state() -> dict[str, Any]:
