@@ -103,7 +103,7 @@ def label_word_ids(tok: Any, words: dict[str, str], labels: Sequence[str]) -> li
 
 
 def encode_prompts(
-    tok: Any, examples: Sequence[Example], prompt: str, word_ids: list[int], max_length: int
+    tok: Any, examples: Sequence[Example], prompt: str | None, word_ids: list[int], max_length: int
 ) -> list[Feature]:
     """ "[CLS] template-with-texts [SEP]" per example, at most `max_length` tokens: the texts are cut (pairs
     longest-first), never the template. Each feature records where its [MASK] is ("prompt_position") and the
@@ -190,7 +190,6 @@ class PromptClassificationTask(ClassificationTask):
         examples = (
             encode_labels(examples, labels, path) if labelled else [{**ex, "label": None} for ex in examples]
         )
-        assert settings.prompt is not None  # label_set / template_parts refused a missing one
         return encode_prompts(
             tok, examples, settings.prompt, label_word_ids(tok, words, labels), settings.max_length
         )
