@@ -146,6 +146,16 @@ def encode_classification(tok: Any, examples: Sequence[Example], max_length: int
     return features
 
 
+def class_labels(examples: Sequence[Example], path: str | Path, hint: str = "") -> list[str]:
+    """The examples' labels in id order (`build_label_map`); a UserError, ending in `hint`, when there is only one."""
+    labels = build_label_map(ex["label"] for ex in examples)
+    if len(labels) < 2:
+        raise UserError(
+            f"{path}: every example has the label '{labels[0]}'; classification needs at least two labels{hint}"
+        )
+    return labels
+
+
 def label_value(label: str) -> int | str:
     """A label name as a predictions file writes it: integer-looking labels as numbers."""
     return int(label) if INTEGER_LABEL.fullmatch(label) else label
@@ -174,13 +184,7 @@ class ClassificationTask(Task):
             )
         if settings.regression:
             return None
-        labels = build_label_map(ex["label"] for ex in examples)
-        if len(labels) < 2:
-            raise UserError(
-                f"{path}: every example has the label '{labels[0]}'; classification needs at least two labels "
-                "(or --data.regression true for numeric scores)"
-            )
-        return labels
+        return class_labels(examples, path, " (or --data.regression true for numeric scores)")
 
     def encode(
         self,

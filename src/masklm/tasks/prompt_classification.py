@@ -27,8 +27,8 @@ from torch import nn
 from masklm.errors import UserError
 from masklm.tasks.base import Example
 from masklm.tasks.batching import Batch, Feature, pad_batch
-from masklm.tasks.classification import ClassificationTask, encode_labels
-from masklm.tasks.encoding import build_label_map, special_token_ids, truncate_longest_first
+from masklm.tasks.classification import ClassificationTask, class_labels, encode_labels
+from masklm.tasks.encoding import special_token_ids, truncate_longest_first
 
 if TYPE_CHECKING:
     from masklm.config import FinetuneDataConfig
@@ -117,10 +117,11 @@ def encode_prompts(
     literal = {
         p: tok.encode(p, add_special_tokens=False).ids for p in parts if p not in ("{text}", "{text_pair}")
     }
-    masks = sum(ids.count(mask) for p, ids in literal.items() for _ in range(parts.count(p)))
+    template = [literal[p] for p in parts if p in literal]  # the literal pieces, each as often as it appears
+    masks = sum(ids.count(mask) for ids in template)
     if masks != 1:
         raise UserError(f"--data.prompt {prompt!r} must contain [MASK] exactly once, not {masks} times")
-    budget = max_length - 2 - sum(len(literal[p]) for p in parts if p in literal)
+    budget = max_length - 2 - sum(map(len, template))
     if budget < (2 if pairs else 1):
         raise UserError(
             f"--data.prompt {prompt!r} leaves no room for the text in {max_length} tokens; raise --data.max_length"
@@ -167,11 +168,7 @@ class PromptClassificationTask(ClassificationTask):
         if settings.regression:
             raise UserError("prompt-classification predicts labels, not scores; use --task classification")
         template_parts(settings.prompt, settings.text_pair_column is not None)
-        labels = build_label_map(ex["label"] for ex in examples)
-        if len(labels) < 2:
-            raise UserError(
-                f"{path}: every example has the label '{labels[0]}'; classification needs at least two"
-            )
+        labels = class_labels(examples, path)
         check_label_words(parse_label_words(settings.label_words), labels, path)
         return labels
 
