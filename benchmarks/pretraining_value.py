@@ -153,6 +153,7 @@ def sweep(
     """Every (start, labels, lr, seed) fine-tuning on Rotten Tomatoes `parts` (train, validation, test), from the
     cache when it was run before."""
     cache_path = Path(args.results)
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
     cache = load_cache(cache_path)
     first = Path(random_source(args))
     train, val, test = parts
@@ -341,7 +342,11 @@ def main() -> int:
         help="with --prompt: the label words ('0=bad,1=good')",
     )
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--results", default="pretraining_value.jsonl", help="cache of every fine-tuning result")
+    p.add_argument(
+        "--results",
+        default="runs/pretraining_value.jsonl",
+        help="cache of every fine-tuning result (runs/ is left out of git)",
+    )
     p.add_argument(
         "--from-cache",
         action="store_true",
