@@ -12,7 +12,10 @@ first run: the CLI's random-init control) and every label budget N, every learni
 with every seed of --seeds. Seed s draws the N training rows (the same rows for every start) and seeds the
 fine-tuning. The learning rate kept for a start is the one with the best mean validation accuracy; the table
 reports test accuracy at that rate, mean and sample standard deviation over the seeds. Few labels get more epochs
-(at least --min-steps optimizer steps), the same for every start.
+(at least --min-steps optimizer steps), the same for every start. The validation part is evaluated after every
+epoch (and about eight times more when there are more than eight epochs), as the results cached before
+`train.eval_epochs` existed were; `--eval-epochs auto` evaluates as `masklm finetune` does by default instead
+(fewer evaluations when the validation part outweighs the training rows).
 
 Each fine-tuning result is cached in --results (JSON lines), so an interrupted sweep goes on where it stopped and
 a new run folder adds only its own fine-tunings. Writes two plots beside docs/benchmarks.md (accuracy against
@@ -97,7 +100,9 @@ def finetune_once(
         overrides |= {"data.prompt": args.prompt, "data.label_words": args.label_words}
     else:
         overrides |= {"head.pooling": args.pooling, "head.classifier_dropout": args.dropout}
-    if epochs > 8:  # evaluate about eight times, not after each of many tiny epochs
+    overrides["train.eval_epochs"] = args.eval_epochs
+    if epochs > 8 and args.eval_epochs == 1:
+        # what the results cached before train.eval_epochs existed ran: every epoch, about eight evaluations more
         steps = math.ceil(len(rows["train"]) / args.batch_size) * epochs
         overrides |= {"train.eval_every": max(1, steps // 8), "train.checkpoint_every": 0}
     with tempfile.TemporaryDirectory() as tmp:
@@ -125,7 +130,7 @@ def finetune_once(
 # The fine-tuning settings a cached result depends on besides start, labels, lr and seed, with their defaults.
 SETTINGS = {
     "epochs": 3, "min_steps": 150, "batch_size": 32, "max_length": 64, "pooling": "mean", "dropout": 0.1,
-    "precision": "fp32", "layer_decay": 1.0, "prompt": None, "label_words": None,
+    "precision": "fp32", "layer_decay": 1.0, "prompt": None, "label_words": None, "eval_epochs": 1,
 }  # fmt: skip
 
 
@@ -329,6 +334,13 @@ def main() -> int:
         type=float,
         default=SETTINGS["layer_decay"],
         help="train.layer_decay for every start (1: off)",
+    )
+    p.add_argument(
+        "--eval-epochs",
+        type=lambda v: None if v == "auto" else int(v),
+        default=SETTINGS["eval_epochs"],
+        help="train.eval_epochs: 1 (every epoch, what the cached results used) or auto (masklm's default: "
+        "fewer evaluations when the validation set outweighs the training set)",
     )
     p.add_argument(
         "--prompt",

@@ -19,6 +19,7 @@ from helpers import (
     final_weights,
     keyword_rows,
     random_inputs,
+    read_metrics,
     tiny_model_config,
     write_csv,
 )
@@ -412,3 +413,41 @@ def test_attention_dropout_sets_only_the_attention_weights_dropout(base, data, t
     out = tmp_path / "refused"
     assert cli(*finetune_args(base, data, out, "--train.attention_dropout", 1.0)) == 2
     assert "train.attention_dropout must be in [0, 1), not 1.0" in one_line_error(capsys) and not out.exists()
+
+
+# ----------------------------------------------------------------------------------------------------
+# train.eval_epochs: how often the validation file is evaluated
+
+
+def test_eval_epochs_auto_spaces_evaluations_when_validation_outweighs_training():
+    auto = FinetuneTrainConfig()
+    assert [ft.eval_epochs(auto, n, 500) for n in (100, 300, 499, 500, 6824)] == [5, 2, 2, 1, 1]
+    assert ft.eval_epochs(FinetuneTrainConfig(eval_epochs=4), 6824, 500) == 4  # set: taken as it is
+
+
+def test_eval_epochs_sets_which_steps_are_evaluated_and_kept(tmp_path, base, data, capsys):
+    write_csv(tmp_path / "few.csv", cls_rows(8, 5))  # 8 examples: one step per epoch at batch 8
+    write_csv(tmp_path / "val.csv", cls_rows(24, 6))  # 3x the training set: auto evaluates every 3 epochs
+
+    def run(name: str, *extra: object) -> tuple[list[int], dict, str]:
+        out = tmp_path / name
+        args = ["finetune", "--task", "classification", "--model", base, "--train", tmp_path / "few.csv",
+                "--validation", tmp_path / "val.csv", "--output", out, "--train.epochs", 7, *FAST, *extra]  # fmt: skip
+        capsys.readouterr()
+        assert cli(*args) == 0
+        steps = [r["step"] for r in read_metrics(out) if r.get("split") == "val"]
+        summary = json.loads((out / "summary.json").read_text())
+        return steps, summary, capsys.readouterr().err
+
+    steps, summary, err = run("auto")
+    assert steps == [3, 6, 7] and summary["eval_epochs"] == 3 and summary["best"]["step"] in steps
+    assert "validation every 3 epochs" in err
+    steps, summary, err = run("every", "--train.eval_epochs", 1)
+    assert steps == list(range(1, 8)) and summary["eval_epochs"] == 1 and "validation every" not in err
+    steps, _, _ = run(
+        "two", "--train.eval_epochs", 2, "--train.eval_every", 3
+    )  # eval_every adds steps 3 and 6
+    assert steps == [2, 3, 4, 6, 7]
+    out = tmp_path / "refused"
+    assert cli(*finetune_args(base, data, out, "--train.eval_epochs", 0)) == 2
+    assert "train.eval_epochs must be at least 1" in one_line_error(capsys) and not out.exists()

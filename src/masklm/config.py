@@ -333,8 +333,12 @@ class FinetuneTrainConfig(TrainConfig):
         "keep the model with the best value of this validation metric (loss and mse: lower is better); "
         "auto: the task's main one (accuracy; pearson for regression; entity f1; QA f1)",
     )
-    eval_every: int = setting(
-        0, "extra evaluations every N steps (the validation set is evaluated after every epoch anyway)"
+    eval_every: int = setting(0, "extra evaluations every N steps (besides those of train.eval_epochs)")
+    eval_epochs: int | None = setting(
+        None,
+        "epochs between evaluations of the validation file (each one a candidate for the best model) and the "
+        "end; None: every epoch, or every ceil(validation / training examples) epochs when the validation file "
+        "is the larger, so that evaluating takes at most about a quarter of the run (few labels)",
     )
     eval_sequences: int = setting(512, "not used in fine-tuning: the whole validation file is evaluated")
     eval_pairs: str | None = setting(None, "pretraining only (minimal pairs); refused in fine-tuning")
@@ -351,7 +355,7 @@ class FinetuneTrainConfig(TrainConfig):
         "length bucketing: batches' worth of shuffled examples sorted by length together (1: random batches)",
     )
     checkpoint_every: int | None = setting(
-        None, "steps between checkpoints (None: at the end of every epoch; 0: only at the end)"
+        None, "steps between checkpoints (None: at every evaluation of train.eval_epochs; 0: only at the end)"
     )
     keep_last: int = setting(1, "checkpoints kept on disk (the best model is kept separately in model/)")
     attention_dropout: float | None = setting(
@@ -447,6 +451,10 @@ class FinetuneConfig:
             t.eval_pairs is None, "train.eval_pairs scores a masked LM during pretraining; not in fine-tuning"
         )
         _require(t.eval_batch_size is None or t.eval_batch_size > 0, "train.eval_batch_size must be positive")
+        _require(
+            t.eval_epochs is None or t.eval_epochs >= 1,
+            f"train.eval_epochs must be at least 1 (or None: automatic), not {t.eval_epochs}",
+        )
         _require(t.bucket_batches >= 1, f"train.bucket_batches must be at least 1, not {t.bucket_batches}")
         _require(t.checkpoint_every is None or t.checkpoint_every >= 0, "train.checkpoint_every must be >= 0")
         _require(

@@ -6,8 +6,8 @@
 
 What differs between tasks (file formats, labels, encoding, loss, decoding, metrics, output files) is asked of
 the task object (masklm.tasks); this module never branches on a task's name. One path: read the files → encode
-them with the model's tokenizer → fit() (masklm.train.loop) with an evaluation at the end of every epoch → the
-best model by `train.metric_for_best` in RUN/model. The run folder has pretraining's layout:
+them with the model's tokenizer → fit() (masklm.train.loop) with an evaluation every train.eval_epochs epochs →
+the best model by `train.metric_for_best` in RUN/model. The run folder has pretraining's layout:
 
     config.yaml    the resolved FinetuneConfig (+ the task, model and files)   command.txt  the command
     metrics.jsonl  one JSON line per log / evaluation                         checkpoints/ resumable state
@@ -373,15 +373,20 @@ class _Plan:
     total_steps: int
     global_batch: int
     tokens_per_step: int
+    eval_steps: int  # steps between evaluations of the validation set: a whole number of epochs
 
     @classmethod
-    def of(cls, batches: EpochBatches, train: FinetuneTrainConfig, tokens: Sequence[int]) -> _Plan:
-        """`tokens`: the tokens of each training feature (what one step reads, on average, times the batch)."""
+    def of(
+        cls, batches: EpochBatches, train: FinetuneTrainConfig, tokens: Sequence[int], val_features: int
+    ) -> _Plan:
+        """`tokens`: the tokens of each training feature (what one step reads, on average, times the batch);
+        `val_features`: the size of the validation set."""
         steps_per_epoch = batches.steps_per_epoch
         total = train.max_steps or max(1, math.ceil(train.epochs * steps_per_epoch))
         global_batch = train.batch_size * train.grad_accum * dist.world_size()
         mean_tokens = sum(tokens) / len(tokens)
-        return cls(steps_per_epoch, total, global_batch, max(1, round(mean_tokens * global_batch)))
+        every = steps_per_epoch * eval_epochs(train, len(tokens), val_features)
+        return cls(steps_per_epoch, total, global_batch, max(1, round(mean_tokens * global_batch)), every)
 
 
 @dataclass
@@ -420,6 +425,11 @@ def _start_details(task: Task, inputs: _Inputs, plan: _Plan, metric: str, init: 
         *([f"{len(labels)} labels"] if labels else []),
         f"batch {plan.global_batch}",
         f"{plan.steps_per_epoch} steps per epoch, {plan.total_steps} steps",
+        *(
+            [f"validation every {plan.eval_steps // plan.steps_per_epoch} epochs"]
+            if plan.eval_steps > plan.steps_per_epoch
+            else []
+        ),
         f"best model by {metric}",
     ]
 
@@ -447,6 +457,7 @@ def _summary(
         "steps": result.step,
         "epochs": round(result.step / plan.steps_per_epoch, 3),
         "steps_per_epoch": plan.steps_per_epoch,
+        "eval_epochs": plan.eval_steps // plan.steps_per_epoch,
         "train_examples": len(train.examples),
         "validation_examples": len(val.examples),
         "train_features": len(train.features),
@@ -513,7 +524,9 @@ def finetune(
     trainable = run.build(model, cfg, device)
     pad_id = _pad_id(tok, model)
     batches = _epoch_batches(t, inputs.train, cfg.train, pad_id)
-    plan = _Plan.of(batches, cfg.train, [t.feature_tokens(f) for f in inputs.train.features])
+    plan = _Plan.of(
+        batches, cfg.train, [t.feature_tokens(f) for f in inputs.train.features], len(inputs.val.features)
+    )
     details = _start_details(t, inputs, plan, metric, init, cfg.train.seed)
     run.announce("fine-tuning", model, cfg.train, details, purpose=t.name)
     info = _model_info(t, labels, cfg)
@@ -529,7 +542,7 @@ def finetune(
         # the plain module (fit passes the DDP / compiled one): no gradient sync while evaluating
         evaluate=lambda _: evaluate_data(model, t, inputs.val, labels, cfg, pad_id, device),
         tokens_per_step=plan.tokens_per_step,
-        eval_every_epoch=plan.steps_per_epoch,
+        eval_epoch_steps=plan.eval_steps,
         on_eval=best.on_eval,
     )
     if result.stopped_by_signal:
@@ -540,9 +553,18 @@ def finetune(
     )
 
 
+def eval_epochs(train: FinetuneTrainConfig, train_features: int, val_features: int) -> int:
+    """Epochs between evaluations: train.eval_epochs, or (unset) every epoch unless the validation set is the
+    larger: a forward pass over it costs about a third of training on as many examples, so evaluating every
+    ceil(val / train) epochs keeps validation to at most about a quarter of the run."""
+    if train.eval_epochs is not None:
+        return train.eval_epochs
+    return max(1, math.ceil(val_features / max(1, train_features)))
+
+
 def _checkpoint_every(train: FinetuneTrainConfig, plan: _Plan) -> int:
-    """train.checkpoint_every for fit(): unset means at the end of every epoch."""
-    return plan.steps_per_epoch if train.checkpoint_every is None else train.checkpoint_every
+    """train.checkpoint_every for fit(): unset means at every evaluation (see eval_epochs)."""
+    return plan.eval_steps if train.checkpoint_every is None else train.checkpoint_every
 
 
 # ----------------------------------------------------------------------------------------------------

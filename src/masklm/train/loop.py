@@ -4,7 +4,7 @@
   averages over → backward), then clip, agree across processes, optimizer step (or skip) and learning-rate schedule;
 - log: every `train.log_every` steps a "train" record (mean loss since the last one, lr, grad norm, tokens/s) to
   the run's MetricsLogger (metrics.jsonl; TensorBoard with train.log=tensorboard, see train/logger.py);
-- evaluate: every `train.eval_every` steps, at each epoch end when asked, and at the end: a "val" record;
+- evaluate: every `train.eval_every` steps, at the epoch ends asked for, and at the end: a "val" record;
 - checkpoint: every `train.checkpoint_every` steps, at the end and when a SIGTERM / SIGINT asks to stop.
 Around them: a step / token / wall-clock budget and batches built in a background thread.
 
@@ -448,7 +448,7 @@ def fit(
     tokens_per_step: int,
     device: torch.device,
     resume_from: Path | None = None,
-    eval_every_epoch: int | None = None,
+    eval_epoch_steps: int | None = None,
     on_eval: Callable[[dict[str, float], int], None] | None = None,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
@@ -460,8 +460,8 @@ def fit(
 
     make_batch(micro_step) returns CPU tensors; loss_fn(model, batch) returns the mean loss of that micro-batch.
     tokens_per_step counts the training tokens of one optimizer step (all processes), for tokens/s and budgets.
-    eval_every_epoch (steps per epoch), when given, evaluates at each epoch end as well; on_eval(metrics, step)
-    is told every evaluation. resume_from is a checkpoint to continue from.
+    eval_epoch_steps (a whole number of epochs, in steps), when given, evaluates at those epoch ends as well;
+    on_eval(metrics, step) is told every evaluation. resume_from is a checkpoint to continue from.
     reduce averages a scalar tensor across processes (distributed runs); no_sync() skips gradient synchronisation
     on the micro-batches before the last (by default masklm.dist.no_sync(model): DDP's or FSDP2's).
     loss_items(batch), when given, counts what loss_fn averages over (e.g. masked tokens): each micro-batch's
@@ -496,7 +496,7 @@ def fit(
                         loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}", refresh=False
                     )
                 bar.update(1)
-                if not at_end and _due(res.step, cfg.eval_every, eval_every_epoch):
+                if not at_end and _due(res.step, cfg.eval_every, eval_epoch_steps):
                     trainer.evaluate()
                 if not at_end and _due(res.step, cfg.checkpoint_every):
                     trainer.save()

@@ -58,7 +58,7 @@ C = TypeVar("C")
 RESUME_FREE = (
     "train.max_steps", "train.max_tokens", "train.max_minutes", "train.epochs",  # the budget
     "train.threads", "train.device", "train.precision", "train.compile", "train.log",  # how it runs
-    "train.eval_every", "train.eval_sequences", "train.eval_batch_size", "train.log_every",  # how often
+    "train.eval_every", "train.eval_epochs", "train.eval_sequences", "train.eval_batch_size", "train.log_every",  # how often
     "train.eval_pairs",
     "train.checkpoint_every", "train.keep_last",
     "train.lr", "train.clip_norm", "train.nonfinite",  # from the next step on
