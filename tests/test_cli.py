@@ -67,7 +67,7 @@ def test_finetune_help_lists_the_fine_tuning_settings(capsys):
     text = help_text(capsys, "finetune")
     assert "--train.epochs FLOAT passes over the training data" in text
     assert "(default: 3.0)" in text
-    assert "--train.lr FLOAT peak learning rate; 5e-5 suits a pretrained encoder" in text
+    assert "--train.lr FLOAT peak learning rate; None: by the encoder's width" in text
     assert "--train.beta2 FLOAT AdamW beta2 (default: 0.999)" in text  # a changed default keeps its help
     assert "--data.max_length INT" in text and "--log {jsonl,tensorboard}" in text
     missing = [s.key for s in settings(FinetuneConfig) if f"--{s.key} " not in text]

@@ -451,3 +451,35 @@ def test_eval_epochs_sets_which_steps_are_evaluated_and_kept(tmp_path, base, dat
     out = tmp_path / "refused"
     assert cli(*finetune_args(base, data, out, "--train.eval_epochs", 0)) == 2
     assert "train.eval_epochs must be at least 1" in one_line_error(capsys) and not out.exists()
+
+
+# ----------------------------------------------------------------------------------------------------
+# train.lr unset: chosen by the encoder's width
+
+
+def test_default_lr_follows_the_encoders_width(base, data, tmp_path, capsys):
+    assert [ft.default_lr(h) for h in (64, 128, 256, 384, 768, 1024)] == [3e-4] * 3 + [5e-5] * 3
+    no_lr = [a for a in finetune_args(base, data, tmp_path / "x") if a not in ("--train.lr", "3e-3")]
+    assert "--train.lr" not in no_lr
+    for name, extra, lr in (("auto", [], 3e-4), ("set", ["--train.lr", 1e-4], 1e-4)):
+        out = tmp_path / name
+        capsys.readouterr()
+        assert cli(*[out if a == tmp_path / "x" else a for a in no_lr], *extra) == 0
+        saved = yaml.safe_load((out / "config.yaml").read_text())["train"]["lr"]
+        assert saved == lr  # the value used is what config.yaml (and so --resume) holds
+        noted = "train.lr 0.0003, the default for hidden size" in capsys.readouterr().err
+        assert noted == (name == "auto")
+    _, tok, _ = load_model(base)  # a wider encoder with the same tokenizer gets BERT's 5e-5
+    wide = save_model(
+        MaskedLM(tiny_model_config(tok.get_vocab_size(), hidden_size=384, num_attention_heads=4)),
+        tmp_path / "wide",
+        tok,
+        ModelInfo("MaskedLM"),
+    )
+    out = tmp_path / "wide-run"
+    assert cli(*[wide if a == base else out if a == tmp_path / "x" else a for a in no_lr]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["lr"] == 5e-5
+    capsys.readouterr()
+    out = tmp_path / "zero"
+    assert cli(*finetune_args(base, data, out, "--train.lr", 0)) == 2
+    assert "train.lr must be positive" in one_line_error(capsys) and not out.exists()

@@ -316,8 +316,10 @@ class FinetuneTrainConfig(TrainConfig):
     A field declared here with a plain default keeps TrainConfig's help."""
 
     batch_size: int = setting(32, "examples (QA: context windows) per micro-batch, per process")
-    lr: float = setting(
-        5e-5, "peak learning rate; 5e-5 suits a pretrained encoder, raise it for a model trained from scratch"
+    lr: float | None = setting(
+        None,
+        "peak learning rate; None: by the encoder's width, 3e-4 up to hidden size 256 (small encoders, from "
+        "masklm pretraining or random init), 5e-5 above (BERT's); the value used is recorded in config.yaml",
     )
     beta2: float = 0.999
     eps: float = 1e-8
@@ -440,7 +442,8 @@ class FinetuneConfig:
         t, d = self.train, self.data
         check_choices(self)
         # the shared TrainConfig checks (batch size, lr, precision, ...)
-        Config(train=dataclasses.replace(t, checkpoint_every=t.checkpoint_every or 0)).validate()
+        lr = 1.0 if t.lr is None else t.lr  # None: chosen by the model's width when it is loaded
+        Config(train=dataclasses.replace(t, checkpoint_every=t.checkpoint_every or 0, lr=lr)).validate()
         _require(t.epochs > 0, f"train.epochs must be positive, not {t.epochs}")
         _require(
             t.max_tokens is None,
