@@ -66,7 +66,7 @@ def test_pretrain_help_lists_every_setting_with_type_default_and_help(capsys):
 def test_finetune_help_lists_the_fine_tuning_settings(capsys):
     text = help_text(capsys, "finetune")
     assert "--train.epochs FLOAT passes over the training data" in text
-    assert "(default: 3.0)" in text
+    assert "None: 3, or more with few examples" in text  # train.epochs unset: by the number of steps
     assert "--train.lr FLOAT peak learning rate; None: by the encoder's width" in text
     assert "--train.beta2 FLOAT AdamW beta2 (default: 0.999)" in text  # a changed default keeps its help
     assert "--data.max_length INT" in text and "--log {jsonl,tensorboard}" in text

@@ -483,3 +483,25 @@ def test_default_lr_follows_the_encoders_width(base, data, tmp_path, capsys):
     out = tmp_path / "zero"
     assert cli(*finetune_args(base, data, out, "--train.lr", 0)) == 2
     assert "train.lr must be positive" in one_line_error(capsys) and not out.exists()
+
+
+# ----------------------------------------------------------------------------------------------------
+# train.epochs unset: 3, or enough for 150 optimizer steps
+
+
+def test_default_epochs_give_few_examples_enough_steps(base, data, tmp_path, capsys):
+    assert [ft.default_epochs(n) for n in (1, 4, 32, 50, 51, 400)] == [150.0, 38.0, 5.0, 3.0, 3.0, 3.0]
+    args = [a for a in finetune_args(base, data, tmp_path / "x") if a not in ("--train.max_steps", 2)]
+    assert "--train.max_steps" not in args and "--train.epochs" not in args
+    for name, extra, epochs, steps in (("auto", [], 50.0, 150), ("set", ["--train.epochs", 2], 2.0, 6)):
+        out = tmp_path / name
+        capsys.readouterr()
+        assert (
+            cli(*[out if a == tmp_path / "x" else a for a in args], *extra) == 0
+        )  # 24 rows: 3 steps an epoch
+        assert yaml.safe_load((out / "config.yaml").read_text())["train"]["epochs"] == epochs
+        assert json.loads((out / "summary.json").read_text())["steps"] == steps
+        noted = (
+            "train.epochs 50, the default for 3 steps an epoch: at least 150 steps" in capsys.readouterr().err
+        )
+        assert noted == (name == "auto")

@@ -327,8 +327,10 @@ class FinetuneTrainConfig(TrainConfig):
     max_tokens: int | None = setting(
         None, "a pretraining budget, refused here: fine-tuning stops after epochs, max_steps or max_minutes"
     )
-    epochs: float = setting(
-        3.0, "passes over the training data (fractions allowed); train.max_steps replaces it"
+    epochs: float | None = setting(
+        None,
+        "passes over the training data (fractions allowed); None: 3, or more with few examples, so that training "
+        "takes at least 150 optimizer steps; train.max_steps replaces it",
     )
     metric_for_best: str = setting(
         "auto",
@@ -444,7 +446,7 @@ class FinetuneConfig:
         # the shared TrainConfig checks (batch size, lr, precision, ...)
         lr = 1.0 if t.lr is None else t.lr  # None: chosen by the model's width when it is loaded
         Config(train=dataclasses.replace(t, checkpoint_every=t.checkpoint_every or 0, lr=lr)).validate()
-        _require(t.epochs > 0, f"train.epochs must be positive, not {t.epochs}")
+        _require(t.epochs is None or t.epochs > 0, f"train.epochs must be positive, not {t.epochs}")
         _require(
             t.max_tokens is None,
             "train.max_tokens is a pretraining budget; fine-tuning stops after train.epochs, train.max_steps "

@@ -240,6 +240,19 @@ def _load_start_model(
     return model, tok, notes
 
 
+DEFAULT_EPOCHS, MIN_STEPS = 3, 150
+
+
+def default_epochs(steps_per_epoch: int) -> float:
+    """train.epochs when none is given: 3, or as many more as make MIN_STEPS optimizer steps (few examples).
+
+    Measured (docs/benchmarks.md, "Few labels: 3 epochs against 150 steps"): with 100 and 300 Rotten Tomatoes
+    labels, 3 epochs (12 and 30 steps) left an hour-pretrained small model at 49.6 and 60.2 and random init at
+    one class, 150 steps gave 57.0 and 65.3; the demo's check and benchmarks/pretraining_value.py count their
+    epochs the same way (masklm.demo.fine_tuning_epochs)."""
+    return float(max(DEFAULT_EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch)))
+
+
 def default_lr(hidden_size: int) -> float:
     """train.lr when none is given: 3e-4 for encoders up to hidden size 256, 5e-5 (BERT's) above.
 
@@ -531,6 +544,14 @@ def finetune(
     model, tok, notes = _load_start_model(t, model_path, labels, cfg, init)
     files = (train_path, train_examples), (validation_path, val_examples)
     inputs = _Inputs.encode(t, tok, cfg.data, labels, *files)
+    pad_id = _pad_id(tok, model)
+    batches = _epoch_batches(t, inputs.train, cfg.train, pad_id)
+    if cfg.train.epochs is None:
+        cfg.train.epochs = default_epochs(batches.steps_per_epoch)
+        if cfg.train.epochs > DEFAULT_EPOCHS and not cfg.train.max_steps:
+            steps = batches.steps_per_epoch
+            more = f"train.epochs {cfg.train.epochs:g}, the default for {steps} steps an epoch"
+            notes = [*notes, f"{more}: at least {MIN_STEPS} steps in all (--train.epochs to change)"]
 
     run.open()
     paths = {"model": model_path, "train": train_path, "validation": validation_path}
@@ -539,8 +560,6 @@ def finetune(
     for note in notes:
         log(f"note: {note}")
     trainable = run.build(model, cfg, device)
-    pad_id = _pad_id(tok, model)
-    batches = _epoch_batches(t, inputs.train, cfg.train, pad_id)
     plan = _Plan.of(
         batches, cfg.train, [t.feature_tokens(f) for f in inputs.train.features], len(inputs.val.features)
     )
