@@ -214,6 +214,20 @@ def test_grid_selection_average_and_resume_in_two_processes(model, tmp_path, cap
     assert "another model, task definition or settings" in capsys.readouterr().err
 
 
+def test_a_grid_without_rates_takes_the_models_default(model, tmp_path):
+    """No lrs in the suite, the task or --lrs: masklm finetune's default rate for the model (a tiny encoder: 3e-4);
+    a task's own rates are kept."""
+    data = write_glue(tmp_path / "glue", n=16, seed=2)
+    suite = tmp_path / "norates.yaml"
+    suite.write_text(SMALL_SUITE.replace("lrs: [1.0e-5, 3.0e-3], ", ""))
+    out = tmp_path / "out"
+    argv = ["suite", "--model", model, "--suite", suite, "--data-dir", data, "--output", out, "--epochs", 1]
+    assert cli(*argv, "--train.batch_size", 8, "--train.threads", 1) == 0
+    grids = {name: [p["lr"] for p in task["grid"]] for name, task in suite_json(out)["tasks"].items()}
+    assert grids == {"sst": [3e-4], "sts": [3e-3]}
+    assert (out / "runs" / "sst" / "lr0.0003-ep1-seed0" / "summary.json").is_file()
+
+
 def squad_jsonl(path: Path, n: int, rng: random.Random) -> None:
     """n SQuAD questions (flat .jsonl): the answer is a word of the context."""
     rows = []

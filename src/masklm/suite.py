@@ -79,7 +79,8 @@ TASK_KEYS = {
     "settings",
 }
 GRID_KEYS = ("lrs", "epochs", "seeds")
-DEFAULT_GRID = {"lrs": [5e-5], "epochs": [3.0], "seeds": [0]}
+# lrs []: none given, so masklm finetune's default for the model (masklm.finetune.default_lr), set in run_suite
+DEFAULT_GRID: dict[str, list[Any]] = {"lrs": [], "epochs": [3.0], "seeds": [0]}
 
 
 @dataclass
@@ -436,6 +437,14 @@ def run_suite(
     name, specs, base_settings = load_suite(suite)
     if grid:
         specs = [TaskSpec(**{**asdict(s), "grid": {**s.grid, **grid}}) for s in specs]
+    if any(not s.grid["lrs"] for s in specs):  # no rate in the suite, the task or --lrs: the model's default
+        from masklm.finetune import default_lr
+        from masklm.model.io import load_model
+
+        lr = default_lr(load_model(model)[0].cfg.hidden_size)
+        specs = [
+            s if s.grid["lrs"] else TaskSpec(**{**asdict(s), "grid": {**s.grid, "lrs": [lr]}}) for s in specs
+        ]
     if not Path(data_dir).is_dir():
         raise UserError(f"--data-dir {data_dir} is not a folder")
     if jobs < 1:
