@@ -90,9 +90,11 @@ def _write(path: Path, rows: list[dict[str, str]]) -> Path:
 
 
 def fine_tuning_epochs(n: int, batch_size: int, epochs: int, min_steps: int) -> int:
-    """At least `epochs` passes over n examples and at least `min_steps` optimizer steps (few labels: more passes)."""
-    steps_per_epoch = -(-n // batch_size)
-    return max(epochs, -(-min_steps // steps_per_epoch))
+    """At least `epochs` passes over n examples and at least `min_steps` optimizer steps (few labels: more passes):
+    masklm finetune's rule for train.epochs unset, for n examples in batches of `batch_size`."""
+    from masklm.finetune import default_epochs
+
+    return int(default_epochs(-(-n // batch_size), epochs, min_steps))
 
 
 def sentiment_lift(

@@ -243,14 +243,14 @@ def _load_start_model(
 DEFAULT_EPOCHS, MIN_STEPS = 3, 150
 
 
-def default_epochs(steps_per_epoch: int) -> float:
-    """train.epochs when none is given: 3, or as many more as make MIN_STEPS optimizer steps (few examples).
+def default_epochs(steps_per_epoch: int, epochs: int = DEFAULT_EPOCHS, min_steps: int = MIN_STEPS) -> float:
+    """train.epochs when none is given: `epochs` (3), or as many more as make `min_steps` (150) optimizer steps.
 
     Measured (docs/benchmarks.md, "Few labels: 3 epochs against 150 steps"): with 100 and 300 Rotten Tomatoes
     labels, 3 epochs (12 and 30 steps) left an hour-pretrained small model at 49.6 and 60.2 and random init at
     one class, 150 steps gave 57.0 and 65.3; the demo's check and benchmarks/pretraining_value.py count their
-    epochs the same way (masklm.demo.fine_tuning_epochs)."""
-    return float(max(DEFAULT_EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch)))
+    epochs with it too (masklm.demo.fine_tuning_epochs)."""
+    return float(max(epochs, math.ceil(min_steps / steps_per_epoch)))
 
 
 def default_lr(hidden_size: int) -> float:
