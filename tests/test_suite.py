@@ -228,6 +228,24 @@ def test_a_grid_without_rates_takes_the_models_default(model, tmp_path):
     assert (out / "runs" / "sst" / "lr0.0003-ep1-seed0" / "summary.json").is_file()
 
 
+def test_model_hidden_size_reads_config_only(model, tmp_path):
+    """The width for the default rate comes from config.json alone (masklm or Hugging Face layout); a folder
+    that is neither gets load_model's one-line error."""
+    from masklm.errors import UserError
+    from masklm.model.io import load_model, model_hidden_size
+
+    assert model_hidden_size(model) == load_model(model)[0].cfg.hidden_size
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 384}))
+    assert model_hidden_size(hf) == 384  # no weights in the folder: they were never read
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 768}))
+    with pytest.raises(UserError, match="neither a masklm model nor a Hugging Face BERT config"):
+        model_hidden_size(other)
+
+
 def squad_jsonl(path: Path, n: int, rng: random.Random) -> None:
     """n SQuAD questions (flat .jsonl): the answer is a word of the context."""
     rows = []

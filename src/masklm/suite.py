@@ -439,9 +439,9 @@ def run_suite(
         specs = [TaskSpec(**{**asdict(s), "grid": {**s.grid, **grid}}) for s in specs]
     if any(not s.grid["lrs"] for s in specs):  # no rate in the suite, the task or --lrs: the model's default
         from masklm.finetune import default_lr
-        from masklm.model.io import load_model
+        from masklm.model.io import model_hidden_size
 
-        lr = default_lr(load_model(model)[0].cfg.hidden_size)
+        lr = default_lr(model_hidden_size(model))
         specs = [
             s if s.grid["lrs"] else TaskSpec(**{**asdict(s), "grid": {**s.grid, "lrs": [lr]}}) for s in specs
         ]

@@ -97,6 +97,19 @@ def resolve_model_dir(path: str | Path) -> Path:
     )
 
 
+def model_hidden_size(path: str | Path) -> int:
+    """The encoder's hidden size, read from the folder's config.json without loading the weights.
+
+    A config.json that does not give it plainly (neither a masklm nor a Hugging Face BERT one) is loaded as
+    `load_model` would, which raises the one-line error that folder deserves."""
+    data = read_config_json(resolve_model_dir(path))
+    section = data.get("model") if data.get("format") == "masklm" else data if is_hf_config(data) else None
+    size = section.get("hidden_size") if isinstance(section, dict) else None
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        return size
+    return load_model(path)[0].cfg.hidden_size
+
+
 def load_model(
     path: str | Path,
     architecture: str | None = None,
