@@ -127,7 +127,7 @@ def test_a_bad_choice_names_the_field_and_the_allowed_values(capsys, calls, argv
 
 def test_a_value_of_the_wrong_type_is_refused_before_the_handler_runs(capsys, calls):
     line = error_line(capsys, "finetune", "--train.epochs", "many")
-    assert "train.epochs expects float" in line
+    assert "train.epochs expects a finite number" in line
     assert not calls
 
 

@@ -206,7 +206,8 @@ def test_grid_selection_average_and_resume_in_two_processes(model, tmp_path, cap
     capsys.readouterr()
     assert cli(*argv, "--train.batch_size", 8, "--train.threads", 1) == 0
     err = capsys.readouterr().err
-    assert "[sst] finished before" in err and "[sst] fine-tuning" not in err and "[sts] fine-tuning" in err
+    assert "[sst] finished before" in err and "[sst] fine-tuning" not in err
+    assert "[sts] resuming" in err  # its checkpoints are there: the run goes on from the newest
     assert (out / "tasks" / "sst.json").read_bytes() == sst_result
     assert suite_json(out)["tasks"]["sst"] == report["tasks"]["sst"]
     # other settings would mix results: refused
@@ -295,6 +296,24 @@ def test_qa_metrics_count_as_points_not_fractions(model, tmp_path):
             "tasks: [{name: a, type: classification, train: x.tsv, validation: y.tsv, metrics: [accuracy]}]",
             "does not exist",
         ),
+        (
+            "gird: {lrs: [1.0e-3]}\ntasks: [{name: a, type: qa, train: x, validation: y, metrics: [f1]}]",
+            "'gird'",
+        ),
+        ("tasks: [{name: ../../a, type: qa, train: x, validation: y, metrics: [f1]}]", "names its folders"),
+        ("tasks: [{name: a, type: qa, train: x, validation: y, metrics: [f1], also: [z]}]", "also must be"),
+        (
+            "tasks: [{name: a, type: classification, train: x, validation: y, metrics: [f1], columns: [text]}]",
+            "columns must be",
+        ),
+        (
+            "grid: {epochs: [0]}\ntasks: [{name: a, type: qa, train: x, validation: y, metrics: [f1]}]",
+            "grid.epochs",
+        ),
+        (
+            "grid: {lrs: [.inf]}\ntasks: [{name: a, type: qa, train: x, validation: y, metrics: [f1]}]",
+            "grid.lrs",
+        ),
     ],
 )
 def test_bad_suite_files_are_one_line(model, tmp_path, capsys, text, message):
@@ -307,3 +326,103 @@ def test_bad_suite_files_are_one_line(model, tmp_path, capsys, text, message):
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+def two_task_suite(tmp_path: Path, second: str) -> tuple[Path, Path]:
+    """A suite whose first task is fine and whose second has `second` in it (YAML flow keys); its data."""
+    data = write_glue(tmp_path / "glue", n=16, seed=3)
+    suite = tmp_path / "two.yaml"
+    suite.write_text(
+        "grid: {lrs: [3.0e-3], epochs: [1], seeds: [0]}\ntasks:\n"
+        "  - {name: sst, type: classification, train: SST-2/train.tsv, validation: SST-2/dev.tsv,\n"
+        "     columns: {text: sentence, label: label}, metrics: [accuracy]}\n"
+        "  - {name: sst2, type: classification, train: SST-2/train.tsv, validation: SST-2/dev.tsv,\n"
+        f"     columns: {{text: sentence, label: label}}, {second}}}\n"
+    )
+    return suite, data
+
+
+@pytest.mark.parametrize(
+    "second, message",
+    [
+        ("metrics: [accuracy, pearson]", "metrics names 'pearson', not a metric of a classification task"),
+        ("metrics: [accuracy], select: acuracy", "select names 'acuracy'"),
+        (
+            "metrics: [accuracy], settings: {train.batchsize: 8}",
+            "unknown config key 'train.batchsize' in task sst2",
+        ),
+        ("metrics: [accuracy], settings: {train.batch_size: 0}", "train.batch_size must be positive"),
+        ("metrics: [accuracy], columns: {text: sentence, label: lable}", "no column 'lable'"),
+    ],
+)
+def test_every_task_is_checked_before_any_fine_tunes(model, tmp_path, capsys, second, message):
+    """A mistake in the second task is found before the first one trains, and nothing is written."""
+    suite, data = two_task_suite(tmp_path, second)
+    out = tmp_path / "out"
+    assert cli("suite", "--model", model, "--suite", suite, "--data-dir", data, "--output", out) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_output_must_be_new_empty_or_a_suites_own(model, tmp_path, capsys):
+    suite, data = two_task_suite(tmp_path, "metrics: [accuracy]")
+    mine = tmp_path / "mine"
+    (mine / "data" / "sst").mkdir(parents=True)
+    (mine / "data" / "sst" / "train.jsonl").write_text("my own file\n")
+    (mine / "suite.md").write_text("my notes\n")
+    before = tree(mine)
+    argv = ["suite", "--model", model, "--suite", suite, "--data-dir", data, *FAST]
+    for extra in ([], ["--overwrite"]):
+        assert cli(*argv, "--output", mine, *extra) == 2
+        assert "not a masklm suite folder" in capsys.readouterr().err
+        assert tree(mine) == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli(*argv, "--output", empty) == 0
+    assert (empty / "suite-run.json").is_file() and (empty / "tasks" / "sst2.json").is_file()
+    (empty / "stray.txt").write_text("x")
+    assert cli(*argv, "--output", empty, "--overwrite") == 0  # a suite's folder: deleted and done again
+    assert not (empty / "stray.txt").exists() and (empty / "tasks" / "sst2.json").is_file()
+    assert "fine-tuning" in capsys.readouterr().err
+
+
+def test_a_stopped_suite_resumes_its_stopped_run(model, tmp_path, capsys, monkeypatch):
+    """SIGTERM during a grid run: that run checkpoints, the suite exits 0 saying how to go on; the same command
+    resumes the run from its checkpoint and finishes the suite."""
+    import os
+    import signal
+
+    import masklm.finetune as ft
+
+    suite, data = two_task_suite(tmp_path, "metrics: [accuracy]")
+    out = tmp_path / "out"
+    argv = ["suite", "--model", model, "--suite", suite, "--data-dir", data, "--output", out]
+    argv += ["--train.batch_size", 4, "--train.threads", 1, "--train.checkpoint_every", 2, "--epochs", 2]
+    real, calls = ft.training_loss, []
+
+    def stopping(*args):
+        inner = real(*args)
+
+        def loss(m, batch):
+            calls.append(1)
+            if len(calls) == 11:  # step 3 of the second task's run (8 steps each)
+                os.kill(os.getpid(), signal.SIGTERM)
+            return inner(m, batch)
+
+        return loss
+
+    monkeypatch.setattr(ft, "training_loss", stopping)
+    assert cli(*argv) == 0
+    err = capsys.readouterr().err
+    assert "the suite stopped in sst2" in err and "run the same masklm suite command again" in err
+    assert (out / "tasks" / "sst.json").is_file() and not (out / "tasks" / "sst2.json").exists()
+    monkeypatch.undo()
+    assert cli(*argv) == 0
+    err = capsys.readouterr().err
+    assert "[sst] finished before" in err and "[sst2] resuming" in err and "resumed from" in err
+    assert suite_json(out)["tasks"].keys() == {"sst", "sst2"}

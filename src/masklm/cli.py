@@ -513,6 +513,12 @@ def build_suite(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--output", metavar="DIR", help="runs, results, suite.json and suite.md (default runs/suite-NAME)"
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete --output (a folder an earlier suite wrote) and start over; without it, the suite continues "
+        "what that folder holds",
+    )
     p.add_argument("--jobs", type=int, default=1, help="tasks run at a time, in separate processes")
     p.add_argument("--lrs", type=float, nargs="+", help="learning rates: replaces every task's grid")
     p.add_argument("--epochs", type=float, nargs="+", help="epoch counts: replaces every task's grid")

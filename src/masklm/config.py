@@ -483,14 +483,17 @@ class FinetuneConfig:
 
 
 def build_config(
-    overrides: dict[str, Any] | None = None, config_file: str | Path | None = None
+    overrides: dict[str, Any] | None = None,
+    config_file: str | Path | None = None,
+    source: str = "the command line",
 ) -> FinetuneConfig:
-    """Defaults, then a YAML file (sections train / data / head), then dotted overrides; validated."""
+    """Defaults, then a YAML file (sections train / data / head), then dotted overrides (from `source`, as an
+    unknown key's message names it); validated."""
     cfg = FinetuneConfig()
     if config_file:
         apply_dict(cfg, read_yaml(config_file), str(config_file))
     if overrides:
-        apply_dict(cfg, overrides, "the command line")
+        apply_dict(cfg, overrides, source)
     return cfg.validate()
 
 
@@ -549,7 +552,8 @@ class Setting:
         try:
             return _PARSE[self.kind](value)
         except (TypeError, ValueError):
-            raise UserError(f"config key {self.key} expects {self.kind.__name__}, got {value!r}") from None
+            wanted = "a finite number" if self.kind is float else self.kind.__name__
+            raise UserError(f"config key {self.key} expects {wanted}, got {value!r}") from None
 
 
 def _to_bool(value: Any) -> bool:
@@ -566,13 +570,23 @@ def _to_bool(value: Any) -> bool:
 def _to_int(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError(value)
-    f = float(value)
+    f = _to_float(value)
     if f != int(f):
         raise ValueError(value)
     return int(f)
 
 
-_PARSE = {bool: _to_bool, int: _to_int, float: float, str: str}
+def _to_float(value: Any) -> float:
+    """A finite float: no setting means anything at inf or nan (an infinite lr trains a NaN model)."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    f = float(value)
+    if not math.isfinite(f):
+        raise ValueError(value)
+    return f
+
+
+_PARSE = {bool: _to_bool, int: _to_int, float: _to_float, str: str}
 
 
 def sections(root: type) -> dict[str, type]:

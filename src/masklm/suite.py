@@ -39,7 +39,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
+import re
+import shutil
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -78,7 +81,12 @@ TASK_KEYS = {
     "grid",
     "settings",
 }
+SUITE_KEYS = ("name", "grid", "settings", "tasks")
 GRID_KEYS = ("lrs", "epochs", "seeds")
+# a task's name names its folders (OUTPUT/runs/NAME, OUTPUT/data/NAME, OUTPUT/tasks/NAME.json): one plain component
+TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# written into OUTPUT when a suite starts there: what --output may resume and --overwrite may delete
+MARKER = "suite-run.json"
 # lrs []: none given, so masklm finetune's default for the model (masklm.finetune.default_lr), set in run_suite
 DEFAULT_GRID: dict[str, list[Any]] = {"lrs": [], "epochs": [3.0], "seeds": [0]}
 
@@ -113,13 +121,33 @@ def _grid(values: Any, base: dict[str, list[Any]], where: str) -> dict[str, list
         if not items or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in items):
             raise UserError(f"{where}: grid.{key} must be a non-empty list of numbers, not {values[key]!r}")
         out[key] = [int(v) for v in items] if key == "seeds" else [float(v) for v in items]
+    check_grid(out, where)
     return out
+
+
+def check_grid(grid: dict[str, list[Any]], where: str) -> None:
+    """Learning rates and epochs positive and finite, seeds whole numbers from 0 (a suite file's or --lrs ...)."""
+    for key in ("lrs", "epochs"):
+        bad = [v for v in grid[key] if not (math.isfinite(v) and v > 0)]
+        if bad:
+            raise UserError(f"{where}: grid.{key} must hold positive, finite numbers, not {bad[0]:g}")
+    bad_seeds = [v for v in grid["seeds"] if v != int(v) or v < 0]
+    if bad_seeds:
+        raise UserError(f"{where}: grid.seeds must hold whole numbers from 0, not {bad_seeds[0]}")
 
 
 def _settings(values: Any, where: str) -> dict[str, str]:
     if not isinstance(values or {}, dict):
         raise UserError(f"{where}: settings must map dotted names to values ({{train.batch_size: 16}})")
     return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in (values or {}).items()}
+
+
+def _mapping(raw: dict[str, Any], key: str, example: str, where: str) -> dict[str, str]:
+    """A task's `also` / `columns`: a mapping of names to strings."""
+    value = raw.get(key) or {}
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: {key} must be a mapping ({example}), not {value!r}")
+    return {str(k): str(v) for k, v in value.items()}
 
 
 def _task_spec(raw: Any, n: int, grid: dict[str, list[Any]], where: str) -> TaskSpec:
@@ -133,20 +161,28 @@ def _task_spec(raw: Any, n: int, grid: dict[str, list[Any]], where: str) -> Task
             f"{where}: task {n} ({raw.get('name', '?')}) {what} (keys: {', '.join(sorted(TASK_KEYS))})"
         )
     name, kind = str(raw["name"]), str(raw["type"])
+    if not TASK_NAME.fullmatch(name):
+        raise UserError(
+            f"{where}: task name {name!r} names its folders under --output: use letters, digits, '.', '_' and "
+            "'-' (no '/', no leading '.')"
+        )
     where = f"{where}: task {name}"
     if kind not in TYPES:
         raise UserError(f"{where}: unknown type {kind!r}; choose one of {', '.join(TYPES)}")
     if raw.get("columns") and not TYPES[kind][2]:
         raise UserError(f"{where}: a {kind} task reads its own format; set its columns under settings")
     metrics = [str(m) for m in (raw["metrics"] if isinstance(raw["metrics"], list) else [raw["metrics"]])]
-    also = {str(k): str(v) for k, v in (raw.get("also") or {}).items()}
+    also = _mapping(raw, "also", "{mismatched: MNLI/dev_mismatched.tsv}", where)
+    header = raw.get("header")
+    if header is not None and not isinstance(header, list):
+        raise UserError(f"{where}: header must be a list of column names, not {header!r}")
     own = [m for m in metrics if not any(m.startswith(f"{a}_") for a in also)]
     select = str(raw.get("select") or (own or metrics)[0])
     return TaskSpec(
         name=name, type=kind, train=str(raw["train"]), validation=str(raw["validation"]), metrics=metrics,
         select=select, grid=_grid(raw.get("grid"), grid, where), settings=_settings(raw.get("settings"), where),
-        also=also, header=[str(h) for h in raw["header"]] if raw.get("header") else None,
-        columns={str(k): str(v) for k, v in (raw.get("columns") or {}).items()},
+        also=also, header=[str(h) for h in header] if header else None,
+        columns=_mapping(raw, "columns", "{text: sentence, label: label}", where),
     )  # fmt: skip
 
 
@@ -161,6 +197,9 @@ def load_suite(suite: str) -> tuple[str, list[TaskSpec], dict[str, str]]:
         raise UserError(f"{path} is not valid YAML ({e.__class__.__name__})") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("tasks"), list) or not raw["tasks"]:
         raise UserError(f"{path}: a suite file needs a `tasks:` list (see `masklm suite --help`)")
+    unknown = sorted(str(k) for k in set(raw) - set(SUITE_KEYS))
+    if unknown:
+        raise UserError(f"{path}: unknown key {unknown[0]!r} (a suite file's keys: {', '.join(SUITE_KEYS)})")
     grid = _grid(raw.get("grid"), DEFAULT_GRID, str(path))
     tasks = [_task_spec(t, n, grid, str(path)) for n, t in enumerate(raw["tasks"], 1)]
     names = [t.name for t in tasks]
@@ -195,8 +234,8 @@ def _read_rows(path: Path, header: list[str] | None) -> tuple[list[str], list[di
     return header, rows
 
 
-def convert_file(spec: TaskSpec, path: Path, out: Path) -> Path:
-    """A (pair-)classification / regression file as JSONL with the columns text[, text_pair], label."""
+def converted_lines(spec: TaskSpec, path: Path) -> list[str]:
+    """A (pair-)classification / regression file's rows as JSONL lines with the keys text[, text_pair], label."""
     columns, rows = _read_rows(path, spec.header)
     wanted = {"text": spec.columns.get("text", "text"), "label": spec.columns.get("label", "label")}
     if "text_pair" in spec.columns:
@@ -206,14 +245,19 @@ def convert_file(spec: TaskSpec, path: Path, out: Path) -> Path:
         raise UserError(
             f"{path}: no column {absent[0]!r} (columns: {', '.join(columns)}); fix the task's columns in the suite"
         )
+    return [json.dumps({k: row[c] for k, c in wanted.items()}, ensure_ascii=False) for row in rows]
+
+
+def convert_file(spec: TaskSpec, path: Path, out: Path) -> Path:
+    """A (pair-)classification / regression file written as JSONL with the columns text[, text_pair], label."""
+    lines = converted_lines(spec, path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps({k: row[c] for k, c in wanted.items()}, ensure_ascii=False) for row in rows]
     atomic_write_text(out, "\n".join(lines) + "\n")
     return out
 
 
-def task_files(spec: TaskSpec, data_dir: Path, out_dir: Path) -> dict[str, Path]:
-    """split → the file fine-tuning reads (converted into OUTPUT/data/TASK/ for the text types)."""
+def given_files(spec: TaskSpec, data_dir: Path) -> dict[str, Path]:
+    """split → the task's file under --data-dir; a missing one is a UserError."""
     given = {
         "train": spec.train,
         "validation": spec.validation,
@@ -225,6 +269,12 @@ def task_files(spec: TaskSpec, data_dir: Path, out_dir: Path) -> dict[str, Path]
             raise UserError(
                 f"task {spec.name}: {split} file {path} does not exist (paths are relative to --data-dir)"
             )
+    return paths
+
+
+def task_files(spec: TaskSpec, data_dir: Path, out_dir: Path) -> dict[str, Path]:
+    """split → the file fine-tuning reads (converted into OUTPUT/data/TASK/ for the text types)."""
+    paths = given_files(spec, data_dir)
     if not TYPES[spec.type][2]:
         return paths
     return {
@@ -274,28 +324,108 @@ def _identity(spec: TaskSpec, run: SuiteRun, settings: dict[str, str]) -> dict[s
     return {"task": asdict(spec), "model": model, "init": run.init, "settings": settings}
 
 
+def point_settings(spec: TaskSpec, settings: dict[str, str], point: dict[str, Any]) -> dict[str, str]:
+    """The fine-tuning settings (dotted keys) of one grid point."""
+    values = {**settings, "train.lr": str(point["lr"]), "train.epochs": str(point["epochs"])}
+    return values | {"train.seed": str(point["seed"]), "train.metric_for_best": spec.select}
+
+
+def point_config(spec: TaskSpec, settings: dict[str, str], point: dict[str, Any]) -> Any:
+    """The fine-tuning config of one grid point (a FinetuneConfig, validated)."""
+    from masklm.config import build_config
+
+    values = point_settings(spec, settings, point)
+    return build_config(
+        values, source=f"task {spec.name}'s settings (the suite file's or the command line's)"
+    )
+
+
+# label sets that bring out every metric a task may report (f1 for two classes, entity F1 for BIO tags)
+_LABEL_GUESSES: tuple[list[str] | None, ...] = (None, ["0", "1"], ["B-X", "I-X", "O"])
+
+
+def check_task(spec: TaskSpec, run: SuiteRun, base_settings: dict[str, str]) -> None:
+    """What can be wrong with a task before it fine-tunes: its files (read, not written), its settings at every
+    grid point, and the names of its metrics (`select` and those reported)."""
+    import dataclasses
+
+    from masklm.tasks import get_task
+
+    paths = given_files(spec, Path(run.data_dir))
+    if TYPES[spec.type][2]:
+        for path in paths.values():
+            converted_lines(spec, path)
+    settings = task_settings(spec, run, base_settings)
+    cfg = None
+    for point in grid_points(spec.grid):
+        cfg = point_config(spec, settings, point)
+    assert cfg is not None  # a grid has at least one point
+    task = get_task(TYPES[spec.type][0])
+    data = dataclasses.replace(cfg.data, version_2=True) if cfg.data.version_2 is None else cfg.data
+    known = {m for labels in _LABEL_GUESSES for m in task.metric_names(data, labels)}
+    own = {m: m for m in known} | {f"{a}_{m}": m for a in spec.also for m in known}
+    for name, pool, what in (*((m, own, "metrics") for m in spec.metrics), (spec.select, known, "select")):
+        if name not in pool:
+            raise UserError(
+                f"task {spec.name}: {what} names {name!r}, not a metric of a {spec.type} task "
+                f"({', '.join(sorted(known))}; an `also` file's as NAME_metric)"
+            )
+
+
+def _read_json_object(path: Path) -> dict[str, Any] | None:
+    """A grid run's summary.json or a task's result, or None when it is missing or damaged (a crash while it
+    was written): that run or task is then done again."""
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+def _resumable(out: Path, values: dict[str, str], run: SuiteRun) -> bool:
+    """Whether an unfinished grid run (stopped by a signal, or killed) can go on from its newest checkpoint: it
+    has one, and it was started from the same model with settings `--resume` accepts (masklm.train.run's rule);
+    otherwise it starts over."""
+    from masklm.finetune import saved_config
+    from masklm.train.checkpoint import is_valid
+    from masklm.train.run import check_resume_settings, read_saved_config
+
+    try:
+        started = (read_saved_config(out) or {}).get("run") or {}
+        if started.get("model") != str(run.model) or started.get("init", "pretrained") != run.init:
+            return False
+        check_resume_settings(out, values, saved_config)
+    except UserError:  # other settings, or a damaged config.yaml
+        return False
+    return any(is_valid(p) for p in (out / "checkpoints").glob("step_*"))
+
+
+class SuiteStopped(Exception):
+    """A stop signal (SIGTERM, Ctrl-C) ended a grid run: the suite stops; the same command continues it."""
+
+
 def _fit_point(
     spec: TaskSpec, run: SuiteRun, files: dict[str, Path], settings: dict[str, str], point: dict
 ) -> dict:
-    """One grid point's fine-tuning run (a finished one is read back); its summary."""
-    from masklm.config import build_config
+    """One grid point's fine-tuning run (a finished one is read back, a stopped one resumed); its summary."""
     from masklm.finetune import finetune
 
     out = Path(run.out_dir) / "runs" / spec.name / _point_name(point)
-    summary_path = out / "summary.json"
-    if summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
-        if not summary.get("stopped"):
-            log(f"[{spec.name}] {out.name}: finished before, reused")
-            return summary
-    values = {**settings, "train.lr": str(point["lr"]), "train.epochs": str(point["epochs"])}
-    values |= {"train.seed": str(point["seed"]), "train.metric_for_best": spec.select}
-    log(f"[{spec.name}] fine-tuning {out.name}")
-    task = TYPES[spec.type][0]
-    return finetune(
-        build_config(values), task, run.model, files["train"], files["validation"], out, overwrite=True,
-        command=f"masklm suite ({spec.name}, {out.name})", init=run.init,
+    summary = _read_json_object(out / "summary.json")
+    if summary is not None and isinstance(summary.get("best"), dict):
+        log(f"[{spec.name}] {out.name}: finished before, reused")
+        return summary
+    values = point_settings(spec, settings, point)
+    resume = _resumable(out, values, run)
+    log(f"[{spec.name}] {'resuming' if resume else 'fine-tuning'} {out.name}")
+    summary = finetune(
+        point_config(spec, settings, point), TYPES[spec.type][0], run.model, files["train"], files["validation"],
+        out, resume=resume, overwrite=not resume, command=f"masklm suite ({spec.name}, {out.name})",
+        resume_changes=values if resume else None, init=run.init,
     )  # fmt: skip
+    if summary.get("stopped"):
+        raise SuiteStopped(f"{spec.name}, {out.name}")
+    return summary
 
 
 def run_task(
@@ -364,7 +494,10 @@ def finished_result(spec: TaskSpec, run: SuiteRun, base_settings: dict[str, str]
     path = _result_path(run, spec)
     if not path.is_file():
         return None
-    result = json.loads(path.read_text())
+    result = _read_json_object(path)  # damaged (a crash while it was written): the task is done again
+    if result is None:
+        log(f"[{spec.name}] {path} is damaged: the task runs again (its finished grid runs are reused)")
+        return None
     settings = task_settings(spec, run, base_settings)
     if result.get("identity") != _identity(spec, run, settings):
         raise UserError(
@@ -430,12 +563,17 @@ def run_suite(
     jobs: int = 1,
     grid: dict[str, list[Any]] | None = None,
     init: str = "pretrained",
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run (or finish) a suite; write OUTPUT/suite.json and suite.md; return the report.
 
-    `grid` ({"lrs": [...], ...}) replaces the keys it has in every task's grid (the command line's --lrs etc.)."""
+    `grid` ({"lrs": [...], ...}) replaces the keys it has in every task's grid (the command line's --lrs etc.).
+    OUTPUT may be new, empty, or a suite's earlier output (which it continues; `overwrite` starts it over).
+    Everything that can be checked (the suite, every task's files, settings and metrics) is checked before
+    anything is written. A stop signal raises SuiteStopped once the grid run it stopped is checkpointed."""
     name, specs, base_settings = load_suite(suite)
     if grid:
+        check_grid({**DEFAULT_GRID, "lrs": [1.0], **grid}, "the command line")
         specs = [TaskSpec(**{**asdict(s), "grid": {**s.grid, **grid}}) for s in specs]
     if any(not s.grid["lrs"] for s in specs):  # no rate in the suite, the task or --lrs: the model's default
         from masklm.finetune import default_lr
@@ -450,12 +588,19 @@ def run_suite(
     if jobs < 1:
         raise UserError(f"--jobs must be at least 1, not {jobs}")
     run = SuiteRun(model, str(data_dir), str(output), {k: str(v) for k, v in (overrides or {}).items()}, init)
+    out = Path(output)
+    check_output(out, overwrite)
+    if overwrite and out.exists():
+        shutil.rmtree(out)
     done = {s.name: r for s in specs if (r := finished_result(s, run, base_settings)) is not None}
     for task_name in done:
-        log(f"[{task_name}] finished before: result read from {Path(output) / 'tasks'}")
-    for s in specs:  # every missing file is found before any fine-tuning starts
+        log(f"[{task_name}] finished before: result read from {out / 'tasks'}")
+    for s in specs:  # every task's mistakes are found before any fine-tuning starts (or anything is written)
         if s.name not in done:
-            task_files(s, Path(data_dir), Path(output))
+            check_task(s, run, base_settings)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / MARKER).is_file():
+        atomic_write_text(out / MARKER, json.dumps({"format": "masklm-suite", "suite": name}) + "\n")
     start = time.perf_counter()
     done |= run_tasks([s for s in specs if s.name not in done], run, base_settings, jobs)
     tasks = {s.name: {k: v for k, v in done[s.name].items() if k != "identity"} for s in specs}
@@ -468,17 +613,52 @@ def run_suite(
         "wall_s": round(sum(t["wall_s"] for t in tasks.values()), 1),
         "wall_s_this_call": round(time.perf_counter() - start, 1),
     }
-    out = Path(output)
     atomic_write_text(out / "suite.json", json.dumps(report, indent=2) + "\n")
     atomic_write_text(out / "suite.md", report_markdown(report))
     return report
+
+
+def check_output(out: Path, overwrite: bool) -> None:
+    """--output: new, an empty folder, or one a suite wrote (it holds MARKER); anything else is refused, so a
+    suite never writes into (or deletes) a folder of the user's."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UserError(f"--output {out} is a file; give a folder for the suite's runs and results")
+    if (out / MARKER).is_file() or not any(out.iterdir()):
+        return
+    legacy = (out / "tasks").is_dir() and any(
+        "identity" in (_read_json_object(p) or {}) for p in (out / "tasks").glob("*.json")
+    )  # a suite folder written before MARKER existed
+    if not legacy:
+        what = "--overwrite refuses to delete" if overwrite else "--output"
+        raise UserError(
+            f"{what} {out}: it is not empty and not a masklm suite folder (no {MARKER}); choose another --output"
+        )
 
 
 def cmd_suite(args: Any, overrides: dict[str, Any]) -> int:
     """The `masklm suite` handler."""
     grid = {k: v for k, v in (("lrs", args.lrs), ("epochs", args.epochs), ("seeds", args.seeds)) if v}
     output = args.output or f"runs/suite-{Path(args.suite).stem}"
-    report = run_suite(args.suite, args.model, args.data_dir, output, overrides, args.jobs, grid, args.init)
+    try:
+        report = run_suite(
+            args.suite,
+            args.model,
+            args.data_dir,
+            output,
+            overrides,
+            args.jobs,
+            grid,
+            args.init,
+            args.overwrite,
+        )
+    except SuiteStopped as stopped:
+        log(
+            f"the suite stopped in {stopped}; run the same masklm suite command again (no --resume) to continue: "
+            "finished tasks and grid runs are kept, the stopped run resumes from its checkpoint"
+        )
+        return 0
     print(report_markdown(report), end="")
     print(f"wrote {Path(output) / 'suite.json'} and {Path(output) / 'suite.md'}")
     return 0
