@@ -164,3 +164,20 @@ def test_one_rank(monkeypatch, capsys):
     assert dist.rank() == 1
     utils.log("only rank 0 prints")
     assert capsys.readouterr().err == ""
+
+
+def test_overwrite_never_deletes_what_the_run_reads(tmp_path, capsys):
+    """pretrain --overwrite of the run folder that holds its --data or --input: refused, every file kept."""
+    run = tmp_path / "run"
+    argv = ["--preset", "tiny", "--max-steps", "2", "--train.eval_every", "0", "--train.threads", "1"]
+    corpus = write_walk_corpus(tmp_path / "corpus", 12)
+    prep = ["--vocab-size", "120", "--seq-len", "32"]
+    assert cli("pretrain", *argv, *prep, "--input", corpus, "--output", run) == 0
+    shutil.copytree(corpus, run / "texts")
+    before = sorted(p for p in run.rglob("*"))
+    capsys.readouterr()
+    for source in (["--data", run / "data"], ["--input", run / "texts", *prep]):
+        assert cli("pretrain", *argv, *source, "--output", run, "--overwrite") == 2
+        err = capsys.readouterr().err
+        assert f"--overwrite would delete {run}, which holds {source[0]}" in err and err.count("\n") == 1
+        assert sorted(p for p in run.rglob("*")) == before

@@ -328,7 +328,9 @@ def _prepare_into_run(args: argparse.Namespace, cfg: Config, run_dir: Path, data
     from masklm.train.run import prepare_run_dir
 
     dist.init(cfg.dist.backend, cfg.train.device)  # under torchrun: rank 0 prepares, the others wait
-    prepare_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite)
+    inputs = [("--input", path) for path in args.input]
+    inputs += [("--init-from", args.init_from)] if args.init_from else []
+    prepare_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite, inputs=inputs)
 
     def prepare_data() -> None:
         tokenizer = None

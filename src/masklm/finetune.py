@@ -528,7 +528,8 @@ def finetune(
     if init not in INITS:
         raise UserError(f"--init must be pretrained or random, not {init!r}")
     t = get_task(task)
-    run = Run(output, resume=resume, overwrite=overwrite, what="output folder")
+    inputs = [("--model", model_path), ("--train", train_path), ("--validation", validation_path)]
+    run = Run(output, resume=resume, overwrite=overwrite, what="output folder", inputs=inputs)
     saved_init = resume_settings(output).get("init", "pretrained") if resume else init
     if saved_init != init:
         raise UserError(f"--resume continues {output} with --init {saved_init}, not {init}; leave --init out")

@@ -360,7 +360,8 @@ def pretrain(
     keep_large_blocks()  # flat memory and few page faults: a step's buffers reuse the last step's (see there)
     sources = data_sources(data_dir)
     data_name = " ".join(str(s.path) for s in sources)
-    run = Run(run_dir, resume=resume, overwrite=overwrite)
+    inputs = [("--data", src.path) for src in sources] + ([("--init-from", init_from)] if init_from else [])
+    run = Run(run_dir, resume=resume, overwrite=overwrite, inputs=inputs)
     train_ds, val_ds = load_splits(sources)
     cfg = run.resume_config(cfg, resume_changes)
     pairs = read_pairs(cfg.train.eval_pairs) if cfg.train.eval_pairs else []

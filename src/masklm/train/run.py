@@ -69,11 +69,17 @@ RESUME_FREE = (
 # The run folder
 
 
-def check_run_dir(run_dir: Path, resume: bool, overwrite: bool, what: str = "run folder") -> None:
+Inputs = Sequence[tuple[str, "str | Path"]]  # what a run reads, by the option that names it: ("--data", path)
+
+
+def check_run_dir(
+    run_dir: Path, resume: bool, overwrite: bool, what: str = "run folder", inputs: Inputs = ()
+) -> None:
     """The refusals of `prepare_run_dir`, without touching anything: call it before any other work.
 
     A folder holding only the prepared `data/` of this run (pretrain --input) counts as new. `what` names the
-    folder in messages ("output folder" for fine-tuning).
+    folder in messages ("output folder" for fine-tuning). `inputs`: the files and folders the run reads; an
+    --overwrite that would delete one of them (it lies inside the run folder) is refused.
     """
     run_dir = Path(run_dir)
     if run_dir.exists() and (run_dir.is_file() or any(p.name != "data" for p in run_dir.iterdir())):
@@ -91,15 +97,25 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool, what: str = "run
                 f"--overwrite refuses to delete {run_dir}: it does not look like a masklm run folder; "
                 "choose another --output"
             )
+        for option, path in inputs:
+            if Path(path).resolve() == run_dir.resolve():
+                raise UserError(
+                    f"--overwrite would delete {run_dir}, the {option} itself; choose another --output"
+                )
+            if Path(path).resolve().is_relative_to(run_dir.resolve()):
+                raise UserError(
+                    f"--overwrite would delete {run_dir}, which holds {option} {path}; choose another --output "
+                    f"or move {Path(path).name} out of {run_dir} first"
+                )
     elif resume and not run_dir.exists():
         raise UserError(f"--resume: {what} {run_dir} does not exist; start the run without --resume")
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, inputs: Inputs = ()) -> None:
     """Refuse an existing run folder unless resuming or overwriting (`check_run_dir`), delete it when
     overwriting (rank 0, once every process has looked), then make it."""
     run_dir = Path(run_dir)
-    check_run_dir(run_dir, resume, overwrite)
+    check_run_dir(run_dir, resume, overwrite, inputs=inputs)
     if overwrite and not resume and run_dir.exists() and any(p.name != "data" for p in run_dir.iterdir()):
         dist.barrier()  # every process has looked before rank 0 deletes
         if dist.rank() == 0:
@@ -196,13 +212,21 @@ class Run:
     """One training run in one folder; see the module's docstring for the order of the calls."""
 
     def __init__(
-        self, run_dir: str | Path, *, resume: bool, overwrite: bool, what: str = "run folder"
+        self,
+        run_dir: str | Path,
+        *,
+        resume: bool,
+        overwrite: bool,
+        what: str = "run folder",
+        inputs: Inputs = (),
     ) -> None:
+        """`inputs`: what the run reads (`check_run_dir`), so --overwrite never deletes it."""
         self.run_dir, self.resume, self.overwrite = Path(run_dir), resume, overwrite
+        self.inputs = list(inputs)
         self.resume_from: Path | None = None
         self.device = torch.device("cpu")
         self.wall_s = 0.0  # fit's wall-clock time in this session
-        check_run_dir(self.run_dir, resume, overwrite, what)
+        check_run_dir(self.run_dir, resume, overwrite, what, self.inputs)
 
     def resume_config(
         self,
@@ -228,7 +252,7 @@ class Run:
 
     def open(self) -> Path | None:
         """Make the run folder (replacing it with --overwrite); with --resume, the newest complete checkpoint."""
-        prepare_run_dir(self.run_dir, self.resume, self.overwrite)
+        prepare_run_dir(self.run_dir, self.resume, self.overwrite, self.inputs)
         if self.resume:
             self.resume_from = ckpt.latest_checkpoint(self.run_dir / "checkpoints")
             if self.resume_from is None:
