@@ -186,14 +186,34 @@ def test_sentence_file_json_and_text(loaded, model_dir, tmp_path, capsys):
         ('{"sentence_good": "the cat"}\n', "sentence_bad"),
         ('{"sentence_good": "a", "sentence_bad": "b"}\nnot json\n', "not a JSON object"),
         ("word " * 100, "above the model's limit"),
+        (
+            '{"sentence_god": "a", "sentence_bad": "b"}\n',
+            '"sentence_good" is missing',
+        ),  # not sentences to score
+        ('{"text": "a"}\n', '"sentence_good" is missing'),
+        ("the cat\n\u200b\n", "line 2 has no token to score"),
+        ('{"sentence_good": "\u200b", "sentence_bad": "the cat"}\n', "pair 1 (sentence_good) has no token"),
+        ("the cat\n\x00\x01\n", "NUL bytes"),
     ],
 )
 def test_bad_input_is_one_line(model_dir, tmp_path, capsys, content, message):
     data = tmp_path / "bad.txt"
-    data.write_text(content)
+    data.write_text(content, encoding="utf-8")
     assert cli("score", model_dir, "--data", data) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_pairs_file_with_a_byte_order_mark_and_line_separators(loaded, model_dir, tmp_path, capsys):
+    """A BOM does not hide that the file holds pairs, and a U+2028 inside a sentence does not split its line."""
+    scorer, _ = loaded
+    pair = {"sentence_good": f"{SENTENCES[0]}\u2028{SENTENCES[1]}", "sentence_bad": SENTENCES[2]}
+    data = tmp_path / "pairs.jsonl"
+    data.write_bytes(b"\xef\xbb\xbf" + (json.dumps(pair, ensure_ascii=False) + "\r\n").encode())
+    assert cli("score", model_dir, "--data", data, "--json") == 0
+    out = json.loads(capsys.readouterr().out)
+    good, bad = scorer.score([pair["sentence_good"], pair["sentence_bad"]])
+    assert out["pairs"] == 1 and out["accuracy"] == float(good.pll > bad.pll)
 
 
 # ----------------------------------------------------------------------------------------------------------------

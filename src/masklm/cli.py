@@ -462,7 +462,7 @@ def cmd_score(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
 
     if args.token_budget < 1:
         raise UserError(f"--token-budget must be at least 1, not {args.token_budget}")
-    kind, rows = read_score_input(args.data)  # a bad file is refused before the model is read
+    kind, rows, names = read_score_input(args.data)  # a bad file is refused before the model is read
     scorer = Scorer.load(args.model, dtype=args.dtype, token_budget=args.token_budget)
     if kind == "pairs":
         result = {"word_level": args.word_level, **scorer.pairs(rows, args.word_level)}
@@ -473,7 +473,7 @@ def cmd_score(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
             print(f"{group:>30}  {g['accuracy']:.4f}  ({g['pairs']} pairs)")
         print(f"{'overall':>30}  {result['accuracy']:.4f}  ({result['pairs']} pairs)")
         return 0
-    scores = scorer.score(rows, args.word_level, where=args.data)
+    scores = scorer.score(rows, args.word_level, where=args.data, names=names)
     if args.json:
         out = [{"sentence": s, "pll": sc.pll, "tokens": sc.tokens} for s, sc in zip(rows, scores)]
         print(json.dumps({"word_level": args.word_level, "sentences": out}, ensure_ascii=False))

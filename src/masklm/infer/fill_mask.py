@@ -44,7 +44,7 @@ class FillMask:
         self.tokenizer = tokenizer
         mask_id = tokenizer.token_to_id("[MASK]")
         if mask_id is None:
-            raise UserError("the model's tokenizer has no [MASK] token; fill-mask needs one")
+            raise UserError("the model's tokenizer has no [MASK] token; fill-mask and score need one")
         self.mask_id = mask_id
         self.max_len = model.cfg.max_position_embeddings if model.cfg.position == "absolute" else 1 << 30
 
@@ -53,7 +53,7 @@ class FillMask:
         resolve_dtype(dtype, torch.device("cpu"))  # a bad dtype is refused before the model is read
         model, tokenizer, info = load_model(path, architecture="MaskedLM")
         if info.notes:
-            raise UserError(f"{path} has no trained masked-LM head ({info.notes[0]}); fill-mask needs one")
+            raise UserError(f"{path} has no trained masked-LM head ({info.notes[0]}); fill-mask and score need one")
         return cls(model, tokenizer, dtype)
 
     def encode(self, text: str) -> dict[str, list[int]]:

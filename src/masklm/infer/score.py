@@ -135,17 +135,28 @@ def pseudo_log_likelihoods(
 
 
 def encode_sentences(
-    tokenizer: tokenizers.Tokenizer, sentences: Sequence[str], max_len: int, where: str = "input"
+    tokenizer: tokenizers.Tokenizer,
+    sentences: Sequence[str],
+    max_len: int,
+    where: str = "input",
+    names: Sequence[str] | None = None,
 ) -> list[_Encoded]:
-    """Tokenize with [CLS] / [SEP]; a sentence longer than the model's positions is refused, naming it."""
+    """Tokenize with [CLS] / [SEP]; a sentence longer than the model's positions, or one with no token to score
+    (nothing but [CLS] / [SEP] once tokenized, such as a zero-width space), is refused, naming it (`names`:
+    how messages call each sentence; default "sentence N")."""
     out = []
     for n, enc in enumerate(tokenizer.encode_batch(list(sentences)), 1):
+        name = names[n - 1] if names is not None else f"sentence {n}"
         if len(enc.ids) > max_len:
             raise UserError(
-                f"{where}: sentence {n} is {len(enc.ids)} tokens long, above the model's limit of {max_len}; "
+                f"{where}: {name} is {len(enc.ids)} tokens long, above the model's limit of {max_len}; "
                 "shorten or split it"
             )
         special = enc.special_tokens_mask
+        if all(special):
+            raise UserError(
+                f"{where}: {name} has no token to score once tokenized ({sentences[n - 1]!r}); remove it"
+            )
         words = [None if s else w for w, s in zip(enc.word_ids, special)]
         out.append(_Encoded(list(enc.ids), words))
     return out
@@ -202,10 +213,14 @@ class Scorer:
         return cls.from_model(fm.model, fm.tokenizer, token_budget=token_budget)
 
     def score(
-        self, sentences: Sequence[str], word_level: bool = False, where: str = "input"
+        self,
+        sentences: Sequence[str],
+        word_level: bool = False,
+        where: str = "input",
+        names: Sequence[str] | None = None,
     ) -> list[SentenceScore]:
-        """The PLL of each sentence."""
-        encoded = encode_sentences(self.tokenizer, sentences, self.max_len, where)
+        """The PLL of each sentence (`names`: how an error message calls each one; default "sentence N")."""
+        encoded = encode_sentences(self.tokenizer, sentences, self.max_len, where, names)
         return pseudo_log_likelihoods(
             self.logits_fn, encoded, self.mask_id, self.pad_id, word_level, self.token_budget, self.device
         )
@@ -214,7 +229,8 @@ class Scorer:
         """Minimal-pair accuracy (`pair_accuracy`) of rows with "sentence_good", "sentence_bad", optional "group";
         both sentences of every pair are scored in the same batches."""
         sentences = [p["sentence_good"] for p in pairs] + [p["sentence_bad"] for p in pairs]
-        scores = self.score(sentences, word_level, where="pairs")
+        names = [f"pair {i} ({key})" for key in PAIR_KEYS for i in range(1, len(pairs) + 1)]
+        scores = self.score(sentences, word_level, where="pairs", names=names)
         return pair_accuracy(scores[: len(pairs)], scores[len(pairs) :], [p.get("group") for p in pairs])
 
 
@@ -222,23 +238,38 @@ class Scorer:
 # Input files
 
 
+PAIR_KEYS = ("sentence_good", "sentence_bad")
+
+
+def _lines(text: str) -> list[tuple[int, str]]:
+    """(line number, line) of the non-blank lines. Lines end at "\n" (and "\r\n") only: str.splitlines would
+    also cut at characters a sentence may hold (U+2028, form feed, U+0085)."""
+    lines = ((n, line.rstrip("\r")) for n, line in enumerate(text.split("\n"), 1))
+    return [(n, line) for n, line in lines if line.strip()]
+
+
 def read_pairs(path: str | Path) -> list[dict[str, Any]]:
     """A JSONL file of minimal pairs: one {"sentence_good", "sentence_bad"[, "group"]} object a line."""
     path = Path(path)
     rows = []
-    for n, line in enumerate(_read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
+    for n, line in _lines(_read_text(path)):
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             raise UserError(
                 f"{path}:{n}: not a JSON object; a pairs file has one JSON object a line"
             ) from None
-        if not isinstance(row, dict) or not all(
-            isinstance(row.get(k), str) and row[k].strip() for k in ("sentence_good", "sentence_bad")
-        ):
-            raise UserError(f'{path}:{n}: needs non-empty "sentence_good" and "sentence_bad" strings')
+        if not isinstance(row, dict):
+            raise UserError(
+                f'{path}:{n}: not a JSON object; write {{"sentence_good": ..., "sentence_bad": ...}}'
+            )
+        wrong = [k for k in PAIR_KEYS if not (isinstance(row.get(k), str) and row[k].strip())]
+        if wrong:
+            what = "missing" if wrong[0] not in row else "not a non-empty string"
+            raise UserError(
+                f'{path}:{n}: "{wrong[0]}" is {what}; a pairs line needs non-empty "sentence_good" and '
+                f'"sentence_bad" strings (keys here: {", ".join(row) or "none"})'
+            )
         if row.get("group") is not None:
             row["group"] = str(row["group"])
         rows.append(row)
@@ -247,27 +278,31 @@ def read_pairs(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def read_score_input(path: str | Path) -> tuple[str, list[Any]]:
-    """("pairs", rows) for a JSONL of minimal pairs (its first line an object with "sentence_good"), else
-    ("sentences", the non-empty lines)."""
+def read_score_input(path: str | Path) -> tuple[str, list[Any], list[str]]:
+    """("pairs", rows, []) for JSONL minimal pairs (a .jsonl file, or one whose first line is a JSON object),
+    else ("sentences", the non-blank lines, how messages name them: "line N")."""
     path = Path(path)
-    text = _read_text(path)
-    first = next((line for line in text.splitlines() if line.strip()), None)
-    if first is None:
+    lines = _lines(_read_text(path))
+    if not lines:
         raise UserError(f"{path} is empty; write one sentence a line, or JSONL minimal pairs")
     try:
-        head = json.loads(first)
+        head = json.loads(lines[0][1])
     except json.JSONDecodeError:
         head = None
-    if isinstance(head, dict) and "sentence_good" in head:
-        return "pairs", read_pairs(path)
-    return "sentences", [line.strip() for line in text.splitlines() if line.strip()]
+    if path.suffix.lower() == ".jsonl" or isinstance(head, dict):
+        return "pairs", read_pairs(path), []
+    return "sentences", [line.strip() for _, line in lines], [f"line {n}" for n, _ in lines]
 
 
 def _read_text(path: Path) -> str:
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; --data takes one file (sentences, or JSONL minimal pairs)")
     if not path.is_file():
-        raise UserError(f"{path} does not exist (or is not a file)")
+        raise UserError(f"{path} does not exist")
+    data = path.read_bytes()
+    if b"\x00" in data:
+        raise UserError(f"{path} is not text (it holds NUL bytes: a binary file?); give a UTF-8 text file")
     try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"{path} is not UTF-8 text") from None
+        return data.decode("utf-8-sig")  # a byte-order mark is not part of the first line
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (byte {e.start}); re-save it as UTF-8") from None
