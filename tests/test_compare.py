@@ -81,3 +81,54 @@ def test_an_unfinished_run_shows_its_last_evaluation(runs, capsys, tmp_path):
 def test_a_folder_that_is_not_a_run_is_refused(runs, tmp_path, capsys):
     assert cli("compare", runs["fast"], tmp_path) == 2
     assert "not a masklm run folder" in capsys.readouterr().err
+
+
+DAMAGE = [  # (file, bytes appended, or written in place of the file when replace)
+    ("config.yaml", b"[1, 2]\n", True),
+    ("config.yaml", b"\xff\xfe: 1\n", True),
+    ("metrics.jsonl", b"{not json\n", False),
+    ("metrics.jsonl", bytes(range(128, 256)) * 2, False),  # random bytes, not UTF-8
+    ("metrics.jsonl", b'{"step": "x", "split": "val", "loss": "abc"}\n', False),
+    ("metrics.jsonl", b'{"step": 7, "split": "val", "accuracy": [1]}', False),  # whole, though no newline
+    ("metrics.jsonl", b'{"step": 7, "split": 3}\n', False),
+    ("metrics.jsonl", b"[1, 2]\n", False),
+    ("metrics.jsonl", b'{"step": 7, "spl\n{"step": 8}\n', False),  # a cut line that is not the last
+    ("summary.json", b"[1]\n", True),
+    ("summary.json", b'{"a": "\xe9"}', True),
+    ("summary.json", b'{"best": "x", "last_eval": 5}', True),
+    ("summary.json", b'{"eval": {"loss": "low"}}', True),
+    ("summary.json", b'{"best": {"metric": 3}, "last_eval": {}}', True),
+]
+
+
+@pytest.mark.parametrize("name, data, replace", DAMAGE, ids=[f"{d[0]}-{i}" for i, d in enumerate(DAMAGE)])
+def test_a_damaged_run_file_is_refused_in_one_line(runs, tmp_path, capsys, name, data, replace):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(runs["fast"], damaged)
+    with open(damaged / name, "wb" if replace else "ab") as f:
+        f.write(data)
+    plot = tmp_path / "cmp.png"
+    assert cli("compare", runs["slow"], damaged, "--output", plot) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "damaged run file" in err and name in err, err
+    assert len(err.strip().splitlines()) == 1 and not plot.exists()
+
+
+def test_a_run_killed_while_writing_its_last_record_is_unfinished(runs, capsys, tmp_path):
+    killed = tmp_path / "killed"
+    shutil.copytree(runs["fast"], killed)
+    (killed / "summary.json").unlink()
+    with open(killed / "metrics.jsonl", "ab") as f:
+        f.write(b'{"step": 7, "tokens": 1792, "split": "tr')  # no newline: the kill came mid-write
+    out = table(capsys, runs["fast"], killed, "--output", tmp_path / "cmp.png")
+    assert out["rows"][1][0] == "killed (unfinished)"
+    assert out["rows"][0][1:3] == out["rows"][1][1:3]
+
+
+def test_an_output_that_is_a_folder_is_refused_and_nothing_is_left(runs, tmp_path, capsys):
+    folder = tmp_path / "dir.png"
+    folder.mkdir()
+    assert cli("compare", runs["slow"], "--output", folder, "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "folder" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.png"] and not any(folder.iterdir())

@@ -4,10 +4,14 @@ SIGTERM with requests in flight."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import shutil
 import signal
+import socket
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -192,6 +196,30 @@ BAD_REQUESTS = [  # (path, raw body, status, a word the error must hold)
     ("/v1/nothing", json.dumps({}), 404, "no such path"),
     ("/v1/fill-mask", "", 400, "body"),
     ("/v1/predict", '{"model": "cls", "inputs": ' + "[" * 100_000 + "]" * 100_000 + "}", 400, "body"),
+    ("/v1/embed", json.dumps({"model": "tiny", "inputs": "a b " * 40}), 400, "limit of 64"),  # 82 tokens
+    # a lone surrogate ("\ud800" in the JSON) is no text: 400 naming where it is, not a tokenizer error
+    ("/v1/predict", json.dumps({"model": "cls", "inputs": "\ud800"}), 400, "inputs: not valid Unicode"),
+    ("/v1/fill-mask", json.dumps({"model": "tiny", "inputs": "\ud800 [MASK]"}), 400, "lone surrogate"),
+    (
+        "/v1/embed",
+        json.dumps({"model": "tiny", "inputs": ["a", "\ud800 [MASK]"]}),
+        400,
+        "inputs[1]: not valid",
+    ),
+    (
+        "/v1/predict",
+        json.dumps({"model": "qa", "inputs": {"question": "\ud800", "context": "a"}}),
+        400,
+        "inputs.question: not valid Unicode",
+    ),
+    (
+        "/v1/predict",
+        json.dumps({"model": "mc", "inputs": [{"context": "\udfff", "endings": ["b", "c"]}]}),
+        400,
+        "inputs[0].context: not valid Unicode",
+    ),
+    ("/v1/predict", json.dumps({"model": "cls\udfff", "inputs": "a"}), 400, "model: not valid Unicode"),
+    ("/v1/predict", json.dumps({"model": "cls", "inputs": {"\ud800": "a"}}), 400, "a field name in inputs"),
 ]
 
 
@@ -205,6 +233,7 @@ def test_bad_requests_get_one_line_errors(server, path, body, status, word):
         answer = r.json()
         assert list(answer) == ["error"] and "\n" not in answer["error"] and word in answer["error"]
     assert httpx.get(server.url + "/health").status_code == 200
+    assert "Traceback" not in server.log.read_text()  # a refused request is no failure of the server
 
 
 def test_oversized_body_is_refused_before_it_is_read(server):
@@ -212,6 +241,29 @@ def test_oversized_body_is_refused_before_it_is_read(server):
         server.url + "/v1/embed", content=b"x" * (2 << 20), headers={"content-type": "application/json"}
     )
     assert r.status_code == 413 and "limit" in r.json()["error"]
+
+
+def test_a_chunked_body_is_refused_once_past_the_limit(server):
+    """Without a Content-Length, the server counts the bytes it reads: 413 once past --max-body-bytes (1 MiB),
+    answered before the body ends (this one never does); a chunked body within the limit is answered."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        s.sendall(
+            b"POST /v1/embed HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        chunk = b"x" * (64 << 10)
+        for _ in range(17):  # 1.06 MiB, and no last chunk
+            s.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        answer = http.client.HTTPResponse(s)
+        answer.begin()
+        assert answer.status == 413 and "limit" in json.loads(answer.read())["error"]
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"model": "tiny", '
+        yield b'"inputs": "alpha bravo"}'
+
+    r = httpx.post(server.url + "/v1/embed", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 200 and len(r.json()["outputs"][0]) == 32
 
 
 def test_memory_stays_flat_under_bad_requests(server):
@@ -295,6 +347,10 @@ def test_serve_refuses_in_one_line_before_any_work(served_models, tmp_path, caps
     assert "cannot listen" in capsys.readouterr().err
     assert cli("serve", served_models["tiny"], "--max-batch", "0") == 2
     assert "--max-batch must be at least 1" in capsys.readouterr().err
+    for flag, value in (("--port", "99999"), ("--port", "-1"), ("--threads", "-2"), ("--threads", "0")):
+        assert cli("serve", served_models["tiny"], flag, value) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {flag} must be") and len(err.strip().splitlines()) == 1
     assert cli("serve", served_models["tiny"], "--dtype", "float16", "--port", "0") == 2
     err = capsys.readouterr().err
     assert "--dtype" in err and len(err.strip().splitlines()) == 1
@@ -338,3 +394,24 @@ def test_batcher_gathers_concurrent_requests_and_survives_failures():
     assert answers == [[i * 10] for i in range(10)] + [[70, 80]]
     assert sorted(len(c) for c in calls[:3]) == [2, 4, 4]  # 10 features in batches of at most 4
     assert isinstance(failed[0], RuntimeError) and full
+
+
+def test_a_pair_model_refuses_a_single_text(served_models, tmp_path):
+    """A classifier fine-tuned on text pairs (its saved data.text_pair_column) answers {"text", "text_pair"}
+    and refuses a text alone with 400 instead of answering about an input it never learnt from."""
+    from starlette.testclient import TestClient
+
+    from masklm.serve.app import create_app
+    from masklm.serve.models import load_served
+
+    folder = tmp_path / "pair"
+    shutil.copytree(served_models["cls"] / "model", folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["task"]["data"]["text_pair_column"] = "text_b"
+    (folder / "config.json").write_text(json.dumps(config))
+    with TestClient(create_app([load_served(str(folder), "float32")])) as client:
+        pair = client.post("/v1/predict", json={"inputs": {"text": "alpha", "text_pair": "great bravo"}})
+        assert pair.status_code == 200 and pair.json()["outputs"][0]["label"] in ("neg", "pos")
+        alone = client.post("/v1/predict", json={"inputs": ["alpha", "great bravo"]})
+        assert alone.status_code == 400 and "inputs[0]" in alone.json()["error"]
+        assert "text pairs" in alone.json()["error"]

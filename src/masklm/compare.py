@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,6 @@ from typing import Any
 import yaml
 
 from masklm.errors import UserError
-from masklm.plots import read_metrics
 
 SUMMARY_KEYS = ("tokens", "steps", "train_time_s")  # the budget each run used, beside its metrics
 SKIPPED_METRICS = {"perplexity"}  # follows from the loss
@@ -51,6 +51,97 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+class DamagedRun(Exception):
+    """A run file whose content is not what masklm writes (load_run turns it into a one-line UserError)."""
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_numbers(record: dict[str, Any], keys: Iterable[str], what: str) -> None:
+    """DamagedRun unless every one of `keys` that `record` holds is a number."""
+    for key in keys:
+        if key in record and not _number(record[key]):
+            raise DamagedRun(f"{what}: {key!r} is {record[key]!r}, not a number")
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """config.yaml flattened to dotted keys; DamagedRun when it is not a YAML mapping."""
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as e:
+        raise DamagedRun(f"{path.name} is not valid YAML ({e.__class__.__name__})") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise DamagedRun(f"{path.name} holds a {type(tree).__name__}, not a mapping of settings")
+    return flatten(tree)
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl's records; DamagedRun for a line that is not one. A last line cut short by a kill (no
+    newline after it, text that begins like a record) is left out: the run is shown as unfinished."""
+    lines = path.read_bytes().split(b"\n")
+    last = lines.pop()  # b"" when the file ends in a newline
+    rows = []
+    for number, raw in enumerate(lines, 1):
+        if raw.strip():
+            rows.append(_record(raw, f"{path.name} line {number}"))
+    if last.strip() and not _cut_short(last):
+        rows.append(_record(last, f"{path.name} line {len(lines) + 1}"))
+    return rows
+
+
+def _cut_short(raw: bytes) -> bool:
+    """Whether `raw` is a record a kill cut short: ASCII text (json.dumps writes no other) that begins like a
+    record and does not parse."""
+    if not (raw.isascii() and raw.lstrip().startswith(b"{")):
+        return False
+    try:
+        json.loads(raw)
+    except json.JSONDecodeError:
+        return True
+    return False
+
+
+def _record(raw: bytes, where: str) -> dict[str, Any]:
+    """One metrics.jsonl line: a JSON object whose split is text and whose numbers are numbers (every value of
+    an evaluation is a metric)."""
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DamagedRun(f"{where} is not a JSON record ({e.__class__.__name__})") from None
+    if not isinstance(record, dict):
+        raise DamagedRun(f"{where} holds a {type(record).__name__}, not a JSON object")
+    if not isinstance(record.get("split", ""), str):
+        raise DamagedRun(f"{where}: 'split' is {record['split']!r}, not a name")
+    metrics = [k for k in record if k != "split"] if record.get("split") == "val" else ()
+    _check_numbers(record, ("step", "tokens", "elapsed_s", "loss", *metrics), where)
+    return record
+
+
+def read_summary(path: Path) -> dict[str, Any] | None:
+    """summary.json (None while the run has not finished); DamagedRun when its parts are not of their type."""
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DamagedRun(f"{path.name} is not valid JSON ({e.__class__.__name__})") from None
+    if not isinstance(summary, dict):
+        raise DamagedRun(f"{path.name} holds a {type(summary).__name__}, not a JSON object")
+    for key in ("eval", "best", "last_eval"):
+        if summary.get(key) is not None and not isinstance(summary[key], dict):
+            raise DamagedRun(f"{path.name}: {key!r} is {summary[key]!r}, not a JSON object")
+    scores = summary.get("eval") or {}
+    _check_numbers(scores, scores, f"{path.name} eval")
+    metric = (summary.get("best") or {}).get("metric")
+    if metric is not None and not isinstance(metric, str):
+        raise DamagedRun(f"{path.name}: best.metric is {metric!r}, not a metric's name")
+    return summary
+
+
 def load_run(folder: str | Path) -> RunRecord:
     """A pretraining or fine-tuning run folder: config.yaml, metrics.jsonl and (once finished) summary.json."""
     folder = Path(folder)
@@ -58,15 +149,13 @@ def load_run(folder: str | Path) -> RunRecord:
     if not (config.is_file() and metrics.is_file()):
         raise UserError(f"{folder} is not a masklm run folder (it needs config.yaml and metrics.jsonl)")
     try:
-        settings = flatten(yaml.safe_load(config.read_text(encoding="utf-8")) or {})
-        rows = read_metrics(metrics)
-        summary = (
-            json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").is_file() else None
-        )
-    except (yaml.YAMLError, json.JSONDecodeError) as e:
-        raise UserError(
-            f"{folder}: a damaged run file ({e.__class__.__name__}); compare only whole runs"
-        ) from None
+        settings = read_config(config)
+        rows = read_records(metrics)
+        summary = read_summary(folder / "summary.json")
+    except DamagedRun as e:
+        raise UserError(f"{folder}: a damaged run file: {e}; compare only whole runs") from None
+    except OSError as e:
+        raise UserError(f"{folder}: cannot read {e.filename} ({e.strerror}); check its permissions") from None
     evals = [r for r in rows if r.get("split") == "val"]
     last_eval = {
         k: v for k, v in (evals[-1] if evals else {}).items() if k not in ("step", "tokens", "split")
@@ -84,7 +173,7 @@ def load_run(folder: str | Path) -> RunRecord:
         final.update({k: float(summary[k]) for k in SUMMARY_KEYS if isinstance(summary.get(k), (int, float))})
     elif rows:
         final.update({"tokens": float(rows[-1].get("tokens", 0)), "steps": float(rows[-1].get("step", 0))})
-    main = (summary or {}).get("best", {}).get("metric") or next(
+    main = ((summary or {}).get("best") or {}).get("metric") or next(
         (k for k in ("accuracy", "f1", "pearson", "exact_match", "loss") if k in last_eval), "loss"
     )
     return RunRecord(folder.name, folder, settings, final, main, rows, summary is not None)
@@ -177,9 +266,14 @@ def plot_runs(runs: list[RunRecord], out_path: Path) -> Path:
             ax.legend(fontsize=8)
     fig.tight_layout()
     tmp = out_path.with_name(f".{out_path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(out_path)
+    try:
+        fig.savefig(tmp, dpi=110)
+        tmp.replace(out_path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write --output {out_path} ({e.strerror}); choose another --output") from None
+    finally:
+        plt.close(fig)
     return out_path
 
 
@@ -193,6 +287,8 @@ def compare(
         out = Path(output)
         if out.suffix.lower() != ".png":
             raise UserError(f"--output {out} must end in .png")
+        if out.is_dir():
+            raise UserError(f"--output {out} is a folder; give the path of a .png file")
         if out.exists() and not overwrite:
             raise UserError(
                 f"{out} already exists; pass --overwrite to replace it, or choose another --output"

@@ -28,6 +28,14 @@ def check_installed() -> None:
         )
 
 
+def check_options(port: int, threads: int | None) -> None:
+    """A one-line UserError for a --port that is no TCP port or a --threads below 1."""
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port must be between 0 and 65535, not {port}; pass a free port such as 8000")
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be at least 1, not {threads}; leave it out for torch's default")
+
+
 def check_port(host: str, port: int) -> None:
     """A one-line UserError when host:port cannot be listened on (in use, or not this machine's address)."""
     try:
@@ -46,6 +54,7 @@ def serve(
     """Load every model, then answer on host:port until SIGTERM or Ctrl-C. SIGTERM drains the requests in
     flight (uvicorn's graceful shutdown), then returns, so the command exits 0."""
     check_installed()
+    check_options(port, threads)
     import torch
     import uvicorn
 

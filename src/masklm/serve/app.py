@@ -27,8 +27,18 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from masklm.errors import UserError
 from masklm.serve.batcher import Batcher, QueueFull, Work
@@ -56,11 +66,51 @@ def _texts(value: Any) -> Any:
     return value
 
 
+def _is_text(value: str) -> bool:
+    """False for a string holding a lone surrogate (JSON's "\\ud800" escape alone), which is not Unicode text."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def lone_surrogate(body: Any) -> str | None:
+    """Where in a parsed JSON body a string or a field name holds a lone surrogate ("inputs[0].question"), the
+    first in the body's order; None when every string is text. Iterative: deeply nested bodies are fine."""
+    stack: list[tuple[str, Any]] = [("", body)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, str) and not _is_text(value):
+            return where
+        if isinstance(value, dict):
+            for key in value:
+                if isinstance(key, str) and not _is_text(key):
+                    return f"a field name in {where or 'the body'}"
+            stack.extend((f"{where}.{k}" if where else str(k), v) for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in reversed(list(enumerate(value))))
+    return None
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: StrictStr | None = Field(
         None, description="a served model's name; may be left out when one is served"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode(cls, body: Any) -> Any:
+        """Every string of a request is checked here, once, before its fields are read: a lone surrogate would
+        reach the tokenizer, which cannot encode it."""
+        where = lone_surrogate(body)
+        if where is not None:
+            raise ValueError(
+                f"{where}: not valid Unicode text (lone surrogate); a \\ud800-\\udfff escape must be one half "
+                "of a pair, or send the text as UTF-8"
+            )
+        return body
 
 
 class FillMaskRequest(_Request):
@@ -115,7 +165,8 @@ class ModelInfo(BaseModel):
 
 
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    """`text` on one line, any lone surrogate in it escaped (a JSON answer is UTF-8)."""
+    return " ".join(str(text).split()).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -222,17 +273,54 @@ def create_app(models: list[ServedModel], options: ServeOptions | None = None) -
 
     app = FastAPI(title="masklm", summary="masked language models over HTTP", lifespan=lifespan)
     _install_error_handlers(app)
-    limit = served.options.max_body_bytes
-
-    @app.middleware("http")
-    async def _limit_body(request: Request, call_next: Any) -> Any:
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > limit:
-            return error(413, f"the body is {size} bytes, above the server's limit of {limit}")
-        return await call_next(request)
-
+    app.add_middleware(BodyLimit, limit=served.options.max_body_bytes)
     _add_routes(app, served)
     return app
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a request body over `limit` bytes. A Content-Length above it is refused before
+    the body is read; a body without one (Transfer-Encoding: chunked) is read here, its bytes counted, and refused
+    as soon as they pass the limit, without reading the rest. A body within it goes on to the app in one piece."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        size = dict(scope["headers"]).get(b"content-length", b"").decode("latin-1")
+        if size.isdigit() and int(size) > self.limit:
+            await error(413, f"the body is {size} bytes, above the server's limit of {self.limit}")(
+                scope, receive, send
+            )
+            return
+        chunks: list[bytes] = []
+        read = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            read += len(chunks[-1])
+            if read > self.limit:
+                await error(413, f"the body is over the server's limit of {self.limit} bytes")(
+                    scope, receive, send
+                )
+                return
+            if not message.get("more_body", False):
+                break
+        body: Message | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        async def replay() -> Message:
+            nonlocal body
+            if body is None:
+                return await receive()
+            message, body = body, None
+            return message
+
+        await self.app(scope, replay, send)
 
 
 def _add_routes(app: FastAPI, models: Models) -> None:

@@ -28,7 +28,7 @@ class ServeOptions:
     max_masks: int = option(16, "[MASK] tokens per fill-mask input (more: 400)")
     max_top_k: int = option(100, "fill-mask candidates per [MASK] a request may ask for")
     max_body_bytes: int = option(
-        1 << 20, "request body size; a larger one is refused (413) before it is read"
+        1 << 20, "request body size; a larger one is refused (413) without reading past the limit"
     )
 
 

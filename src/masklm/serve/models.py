@@ -121,8 +121,12 @@ class ServedModel:
             if not text.strip():
                 raise UserError(f"inputs[{i}]: the text is empty; give some text")
             enc = self.tokenizer.encode(text)
-            n = min(len(enc.ids), self.max_len)
-            features.append({"input_ids": enc.ids[:n], "token_type_ids": enc.type_ids[:n]})
+            if len(enc.ids) > self.max_len:
+                raise UserError(
+                    f"inputs[{i}]: the text is {len(enc.ids)} tokens long, above the model's limit of "
+                    f"{self.max_len}; shorten it"
+                )
+            features.append({"input_ids": enc.ids, "token_type_ids": enc.type_ids})
 
         def finish(outputs: list[torch.Tensor]) -> list[list[float]]:
             return [(F.normalize(v, dim=-1) if normalize else v).tolist() for v in outputs]
@@ -213,6 +217,7 @@ class TaskModel(ServedModel):
         _check_sizes(items, limits)
         fm, task = self.fm, self.task
         examples = _each(items, lambda item: task.request_example(item, fm.cfg.data))
+        self._check_pairs(examples)
         data = task.load(Path("request"), fm.tokenizer, fm.cfg.data, fm.labels, False, examples)
         keys = [(PREDICT, task.feature_group(f)) for f in data.features]
 
@@ -220,6 +225,20 @@ class TaskModel(ServedModel):
             return task.answers(data, outputs, fm.labels, fm.cfg.data)
 
         return Work(data.features, keys, [task.feature_length(f) for f in data.features], finish)
+
+    def _check_pairs(self, examples: list[Any]) -> None:
+        """400 for a single text sent to a model fine-tuned on text pairs (its saved data.text_pair_column): it
+        would answer, but not about what it learnt. (A model saved without that setting, such as a Hugging Face
+        folder, takes either.)"""
+        if self.fm.cfg.data.text_pair_column is None:
+            return
+        for i, ex in enumerate(examples):
+            if "text_pair" in ex and ex["text_pair"] is None:
+                raise RequestError(
+                    400,
+                    f'inputs[{i}]: model {self.name!r} was fine-tuned on text pairs; send {{"text": ..., '
+                    '"text_pair": ...}',
+                )
 
     def _forward(self, key: Hashable, features: list[Feature]) -> list[Any]:
         if key[0] != PREDICT:
