@@ -461,10 +461,19 @@ def test_tiny_corpus_still_gets_one_validation_sequence(tmp_path, tok):
         [tmp_path / "c.txt"], tmp_path / "out", cfg(val_fraction=1e-9), tokenizer=tok, progress=False
     )
     assert meta["splits"]["val"]["sequences"] == 1 and meta["splits"]["train"]["sequences"] >= 1
-    train, val = stored(tmp_path / "out", "train"), stored(tmp_path / "out", "val")
-    assert (train[0] + val[0], train[1] + val[1]) == truth(
-        tok, docs
-    )  # the last train row moved, nothing lost
+    # against the same corpus with no validation at all: one row moved, nothing lost or changed
+    prepare([tmp_path / "c.txt"], tmp_path / "all", cfg(), tokenizer=tok, progress=False)
+    alone = read_split(tmp_path / "all", "train")
+    (train, train_starts), (val, val_starts) = (
+        read_split(tmp_path / "out", "train"),
+        read_split(tmp_path / "out", "val"),
+    )
+    rows = lambda ids, starts: sorted(map(tuple, np.concatenate([ids, starts], axis=1).tolist()))  # noqa: E731
+    assert rows(np.concatenate([train, val]), np.concatenate([train_starts, val_starts])) == rows(*alone)
+    # the moved row is a full one, not the stream's short tail
+    pad = tok.token_to_id("[PAD]")
+    filled = (alone[0] != pad).sum(axis=1)
+    assert filled[-1] < filled.max() and (val[0] != pad).sum() == filled.max()
 
 
 def test_max_documents_and_source_hashes(tmp_path, tok):

@@ -173,7 +173,8 @@ def _save(path: Path, write: Callable[[io.BufferedWriter], Any]) -> None:
 class _ShardWriter:
     """Writes rows to <split>/ids_NNNNN.npy and word_starts_NNNNN.npy, `shard_sequences` rows per file.
 
-    Rows are written lazily: at least the last row stays in memory until `close()`, so `pop_last()` can take it.
+    Rows are written lazily: at least the last row stays in memory until `close()`, so `pop_fullest()` can take
+    one.
     """
 
     def __init__(self, root: Path, split: str, shard_sequences: int, pad_id: int) -> None:
@@ -215,12 +216,16 @@ class _ShardWriter:
             self._ids, self._starts = [ids[rest:].copy()], [starts[rest:].copy()]
             self._buffered = len(ids) - rest
 
-    def pop_last(self) -> tuple[np.ndarray, np.ndarray]:
-        """Remove the last row (always still in memory) and return it as (1, T) arrays."""
-        ids, starts = self._ids[-1], self._starts[-1]
-        self._ids[-1], self._starts[-1] = ids[:-1], starts[:-1]
+    def pop_fullest(self) -> tuple[np.ndarray, np.ndarray]:
+        """Remove the row still in memory that holds the most tokens (the latest of those) and return it as (1, T)
+        arrays. The last row is the stream's tail, often a few tokens and padding: as a validation split it
+        would score a handful of positions, or none."""
+        ids, starts = np.concatenate(self._ids), np.concatenate(self._starts)
+        filled = (ids != self.pad_id).sum(axis=1)
+        i = len(ids) - 1 - int(np.argmax(filled[::-1]))
+        self._ids, self._starts = [np.delete(ids, i, axis=0)], [np.delete(starts, i, axis=0)]
         self._buffered -= 1
-        return ids[-1:], starts[-1:]
+        return ids[i : i + 1], starts[i : i + 1]
 
     def close(self) -> None:
         if self._buffered:
@@ -565,7 +570,7 @@ def _pack(
     _check_not_empty(packers, selection)
     no_val = val.writer.sequences == 0 and cfg.val_fraction > 0 and cfg.max_val_sequences > 0
     if no_val and selection.one_segment and train.writer.sequences >= 2:
-        val.writer.add(*train.writer.pop_last())  # a tiny corpus still gets a validation sequence
+        val.writer.add(*train.writer.pop_fullest())  # a tiny corpus still gets a validation sequence
     for packer in packers.values():
         packer.writer.close()
 
