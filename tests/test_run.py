@@ -181,3 +181,13 @@ def test_overwrite_never_deletes_what_the_run_reads(tmp_path, capsys):
         err = capsys.readouterr().err
         assert f"--overwrite would delete {run}, which holds {source[0]}" in err and err.count("\n") == 1
         assert sorted(p for p in run.rglob("*")) == before
+
+
+def test_a_run_without_its_model_yet_is_named_as_such(tmp_path, capsys):
+    """A stopped run (checkpoints, no model/) given as a model: one line saying to finish it with --resume."""
+    run = tmp_path / "stopped"
+    (run / "checkpoints" / "step_00000010").mkdir(parents=True)
+    (run / "config.yaml").write_text("model: {}\n")
+    assert cli("fill-mask", run, "a [MASK] b") == 2
+    err = capsys.readouterr().err
+    assert "stopped before its end" in err and "--resume" in err and err.count("\n") == 1

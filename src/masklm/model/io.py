@@ -91,6 +91,11 @@ def resolve_model_dir(path: str | Path) -> Path:
         return p
     if (p / "model" / "config.json").is_file():
         return p / "model"
+    if (p / "config.yaml").is_file() and (p / "checkpoints").is_dir():
+        raise UserError(
+            f"{p} is a run that stopped before its end: it has checkpoints but no model/ yet; finish it with "
+            "the command that started it plus --resume (a smaller --max-steps or --max-minutes ends it sooner)"
+        )
     raise UserError(
         f"{p} holds no config.json (nor model/config.json); pass a model folder, a finished run folder "
         "or a Hugging Face BERT folder"
