@@ -638,3 +638,23 @@ def test_where_keeps_only_matching_rows(tmp_path):
     with pytest.raises(UserError, match="nosuch"):
         prepare([tmp_path / "c.csv"], tmp_path / "out_bad", bad, progress=False)
     assert not (tmp_path / "out_bad").exists()
+
+
+def test_a_folder_input_skips_the_folders_masklm_wrote(tmp_path, tok, capsys):
+    """`--input .` beside an earlier run and its prepared data reads the text only (not metrics.jsonl, the
+    run's command.txt or the shards), saying which folders it left out."""
+    corpus = tmp_path / "corpus"
+    docs = make_docs(6, seed=3)
+    corpus.mkdir()
+    write_lines(corpus / "texts.txt", docs)
+    prepare([corpus / "texts.txt"], corpus / "data", cfg(), tokenizer=tok, progress=False)
+    run = corpus / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("train: {lr: 0.001}\n")
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    (run / "command.txt").write_text("masklm pretrain --input .\n")
+    capsys.readouterr()
+    meta = prepare([corpus], tmp_path / "out", cfg(), tokenizer=tok, progress=False)
+    assert meta["documents"] == len(docs)
+    err = capsys.readouterr().err
+    assert f"{corpus / 'data'} is a folder masklm wrote" in err and f"{corpus / 'run'} is a folder" in err

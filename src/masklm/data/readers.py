@@ -33,6 +33,7 @@ from typing import Any
 
 from masklm.config import DataConfig
 from masklm.errors import UserError
+from masklm.utils import log
 
 TEXT_KINDS = {".txt": "txt", ".jsonl": "jsonl", ".csv": "csv"}
 TABLE_KINDS = {".parquet": "parquet", ".arrow": "arrow"}
@@ -70,10 +71,33 @@ def file_kind(path: Path) -> tuple[str | None, str | None]:
     return TEXT_KINDS.get(ext) or TABLE_KINDS.get(ext), None
 
 
+def masklm_output(folder: Path) -> bool:
+    """Whether `folder` is one masklm wrote: a run (config.yaml beside metrics.jsonl or command.txt), prepared
+    data (meta.json of masklm's packed format) or a suite's output. Its files are logs and token ids, not text."""
+    if (folder / "config.yaml").is_file() and any(
+        (folder / n).is_file() for n in ("metrics.jsonl", "command.txt")
+    ):
+        return True
+    if (folder / "suite-run.json").is_file():
+        return True
+    meta = folder / "meta.json"
+    try:
+        return (
+            meta.is_file() and '"masklm-packed"' in meta.read_text(encoding="utf-8", errors="replace")[:4096]
+        )
+    except OSError:
+        return False
+
+
 def _walk(folder: Path) -> Iterator[Path]:
-    """Files under `folder`, recursively, in sorted order, skipping hidden files and folders."""
+    """Files under `folder`, recursively, in sorted order, skipping hidden files and folders and the folders
+    masklm wrote (`masklm_output`: `--input .` beside an earlier run reads the text, not the run's logs)."""
     for root, dirs, names in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        kept = sorted(d for d in dirs if not d.startswith("."))
+        skipped = [d for d in kept if masklm_output(Path(root) / d)]
+        for d in skipped:
+            log(f"note: {Path(root) / d} is a folder masklm wrote (a run or prepared data): not read as text")
+        dirs[:] = [d for d in kept if d not in skipped]
         for name in sorted(names):
             path = Path(root) / name
             if not name.startswith(".") and path.is_file():
