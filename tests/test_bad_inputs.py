@@ -199,6 +199,7 @@ CASES: list[tuple[str, list[str], str]] = [
      [*PT_NEW, "--data", "{ws}/data", "--init-from", "{ws}/models/bad_st"], "safetensors"),
     # fill-mask
     ("fill-mask-no-mask", ["fill-mask", "{ws}/run", "alpha bravo charlie"], "[MASK]"),
+    ("fill-mask-lowercase-mask", ["fill-mask", "{ws}/run", "alpha [mask] charlie"], "'[mask]' is not it"),
     ("fill-mask-missing-model", ["fill-mask", "{ws}/nope", "alpha [MASK]"], "does not exist"),
     ("fill-mask-non-masklm-folder", ["fill-mask", "{ws}/precious", "alpha [MASK]"], "config.json"),
     ("fill-mask-corrupt-safetensors", ["fill-mask", "{ws}/models/bad_st", "alpha [MASK]"], "safetensors"),

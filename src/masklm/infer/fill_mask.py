@@ -12,6 +12,7 @@ which halves the bytes (docs/benchmarks.md); scores then agree with float32 to a
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import tokenizers
@@ -53,7 +54,9 @@ class FillMask:
         resolve_dtype(dtype, torch.device("cpu"))  # a bad dtype is refused before the model is read
         model, tokenizer, info = load_model(path, architecture="MaskedLM")
         if info.notes:
-            raise UserError(f"{path} has no trained masked-LM head ({info.notes[0]}); fill-mask and score need one")
+            raise UserError(
+                f"{path} has no trained masked-LM head ({info.notes[0]}); fill-mask and score need one"
+            )
         return cls(model, tokenizer, dtype)
 
     def encode(self, text: str) -> dict[str, list[int]]:
@@ -61,7 +64,11 @@ class FillMask:
         longer than the model reads."""
         enc = self.tokenizer.encode(text)
         if self.mask_id not in enc.ids:
-            raise UserError('the text has no [MASK] token; write "[MASK]" where a word should be predicted')
+            spelled = re.search(r"\[mask\]|<mask>", text, re.IGNORECASE)
+            hint = f" ({spelled.group(0)!r} is not it: the mask token is [MASK], in capitals)" if spelled else ""
+            raise UserError(
+                f'the text has no [MASK] token{hint}; write "[MASK]" where a word should be predicted'
+            )
         if len(enc.ids) > self.max_len:
             raise UserError(
                 f"the text is {len(enc.ids)} tokens long, above the model's limit of {self.max_len}; shorten it"
