@@ -386,6 +386,9 @@ def test_output_must_be_new_empty_or_a_suites_own(model, tmp_path, capsys):
     assert cli(*argv, "--output", empty) == 0
     assert (empty / "suite-run.json").is_file() and (empty / "tasks" / "sst2.json").is_file()
     (empty / "stray.txt").write_text("x")
+    kept = tree(empty)
+    assert cli(*argv, "--output", empty, "--overwrite", "--train.batch_size", 0) == 2  # nothing deleted
+    assert tree(empty) == kept
     assert cli(*argv, "--output", empty, "--overwrite") == 0  # a suite's folder: deleted and done again
     assert not (empty / "stray.txt").exists() and (empty / "tasks" / "sst2.json").is_file()
     assert "fine-tuning" in capsys.readouterr().err

@@ -590,14 +590,16 @@ def run_suite(
     run = SuiteRun(model, str(data_dir), str(output), {k: str(v) for k, v in (overrides or {}).items()}, init)
     out = Path(output)
     check_output(out, overwrite)
-    if overwrite and out.exists():
-        shutil.rmtree(out)
-    done = {s.name: r for s in specs if (r := finished_result(s, run, base_settings)) is not None}
+    done = {}
+    if not overwrite:
+        done = {s.name: r for s in specs if (r := finished_result(s, run, base_settings)) is not None}
     for task_name in done:
         log(f"[{task_name}] finished before: result read from {out / 'tasks'}")
     for s in specs:  # every task's mistakes are found before any fine-tuning starts (or anything is written)
         if s.name not in done:
             check_task(s, run, base_settings)
+    if overwrite and out.exists():  # only once everything is known to be right
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     if not (out / MARKER).is_file():
         atomic_write_text(out / MARKER, json.dumps({"format": "masklm-suite", "suite": name}) + "\n")
