@@ -65,7 +65,9 @@ class FillMask:
         enc = self.tokenizer.encode(text)
         if self.mask_id not in enc.ids:
             spelled = re.search(r"\[mask\]|<mask>", text, re.IGNORECASE)
-            hint = f" ({spelled.group(0)!r} is not it: the mask token is [MASK], in capitals)" if spelled else ""
+            hint = (
+                f" ({spelled.group(0)!r} is not it: the mask token is [MASK], in capitals)" if spelled else ""
+            )
             raise UserError(
                 f'the text has no [MASK] token{hint}; write "[MASK]" where a word should be predicted'
             )
