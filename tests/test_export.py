@@ -194,6 +194,33 @@ def test_classification_export_runs_in_transformers(tmp_path: Path, tok) -> None
     assert "text-classification" in (out / "README.md").read_text()
 
 
+def test_regression_export_runs_in_transformers(tmp_path: Path, tok) -> None:
+    """A one-output classifier without labels (fine-tuned with data.regression) is written with num_labels 1 and
+    problem_type regression: transformers builds one output (not its default two), the check passes, and
+    masklm reads the folder back as a regression model with the same scores."""
+    transformers = pytest.importorskip("transformers")
+    from masklm.finetune import load_finetuned
+
+    cfg = tiny_model_config(tok.get_vocab_size())
+    torch.manual_seed(4)
+    info = ModelInfo("SequenceClassification", labels=None, task={"name": "classification"})
+    model_dir = save_model(SequenceClassification(cfg, 1), tmp_path / "reg", tok, info)
+    out = export_model(model_dir, tmp_path / "out", "hf")  # the check (masklm and transformers) runs
+    config = json.loads((out / "config.json").read_text())
+    assert config["num_labels"] == 1 and config["problem_type"] == "regression"
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(str(out)).eval()
+    assert hf.config.num_labels == 1 and hf.config.problem_type == "regression"
+    ours = load_finetuned(model_dir)
+    again = load_finetuned(out)
+    assert ours.cfg.data.regression and again.cfg.data.regression
+    b = padded_batch(cfg.vocab_size)
+    with torch.no_grad():
+        want = ours.model(**b)
+        assert want.shape == (3, 1)
+        assert (want - hf(**b).logits).abs().max().item() < 1e-5
+        assert (want - again.model(**b)).abs().max().item() < 1e-5
+
+
 def test_refusals(tmp_path: Path, tok, hf_export: tuple[Path, Path]) -> None:
     modern = make_folder(tmp_path / "modern", tok, norm="pre", ffn="geglu")
     with pytest.raises(UserError, match=r"model\.norm=pre, model\.ffn=geglu"):

@@ -528,3 +528,131 @@ def test_bucket_batches_sets_how_alike_batch_lengths_are():
     assert build_config({}).train.bucket_batches == 50
     with pytest.raises(UserError, match="train.bucket_batches must be at least 1"):
         build_config({"train.bucket_batches": 0})
+
+
+# ----------------------------------------------------------------------------------------------------
+# predict: the output file, the tokens it can hold, labels it ignores
+
+
+def test_predict_refuses_to_write_over_its_data(cls_run, data, tmp_path, capsys, monkeypatch):
+    """--output naming the --data file (as such, relative, through a symbolic or a hard link) is refused even
+    with --overwrite: the user's file, gold labels and all, stays as it was."""
+    mine = tmp_path / "mine.csv"
+    mine.write_bytes((data / "cls_val.csv").read_bytes())
+    before = mine.read_bytes()
+    (tmp_path / "link.csv").symlink_to(mine)
+    os.link(mine, tmp_path / "hard.csv")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    for output in (
+        mine,
+        "../mine.csv",
+        tmp_path / "sub" / ".." / "mine.csv",
+        tmp_path / "link.csv",
+        tmp_path / "hard.csv",
+    ):
+        rc = cli("predict", "--model", cls_run, "--data", mine, "--output", output, "--overwrite")
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and "is the --data file" in err[0], (output, err)
+        assert mine.read_bytes() == before
+    assert (tmp_path / "link.csv").is_symlink()
+
+
+@pytest.fixture(scope="module")
+def ner_model(base, tmp_path_factory) -> Path:
+    """An untrained token-classification model (its tags are random but deterministic): enough for predict."""
+    from masklm.model.base import build_model
+    from masklm.model.io import load_model
+
+    encoder, tok, _ = load_model(base)
+    labels = ["B-LOC", "B-PER", "I-PER", "O"]
+    torch.manual_seed(0)
+    model = build_model("TokenClassification", encoder.cfg, labels)
+    info = ModelInfo("TokenClassification", labels=labels, task={"name": "token-classification"})
+    return save_model(model, tmp_path_factory.mktemp("ner") / "model", tok, info)
+
+
+def test_predict_conll_refuses_tokens_it_cannot_hold(ner_model, tmp_path, capsys):
+    data = write_jsonl(
+        tmp_path / "mine.jsonl", [{"tokens": ["bob"]}, {"tokens": ["alice", "New York", "a\tb"]}]
+    )
+    out = tmp_path / "mine.conll"
+    rc = cli("predict", "--model", ner_model, "--data", data, "--output", out)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    assert "mine.jsonl: sentence 2 has the token 'a\\tb'" in err[0] and ".jsonl" in err[0]
+    assert not out.exists()
+    # without the tab the file is written, and read back as it was ("New York": the columns split on tabs)
+    write_jsonl(data, [{"tokens": ["bob"]}, {"tokens": ["alice", "New York", "{"]}])
+    assert cli("predict", "--model", ner_model, "--data", data, "--output", out) == 0
+    assert [
+        s["tokens"] for s in ft.get_task("token-classification").read(out, ft.FinetuneDataConfig(), True)
+    ] == [
+        ["bob"],
+        ["alice", "New York", "{"],
+    ]
+
+
+def test_predict_ignores_tags_on_some_lines(ner_model, tmp_path, capsys):
+    """Labels are ignored by predict: tags on some JSONL lines only are fine; evaluate still refuses them."""
+    rows = [{"tokens": ["alice", "smith"], "tags": ["B-PER", "I-PER"]}, {"tokens": ["paris"]}]
+    data = write_jsonl(tmp_path / "mixed.jsonl", rows)
+    assert cli("predict", "--model", ner_model, "--data", data, "--output", tmp_path / "p.jsonl") == 0
+    predicted = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [p["tokens"] for p in predicted] == [["alice", "smith"], ["paris"]]
+    capsys.readouterr()
+    assert cli("evaluate", "--model", ner_model, "--data", data) == 2
+    assert "has no 'tags' field unlike line 1" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------
+# Resuming after the training file changed; notes on resume
+
+
+def test_resume_refuses_a_changed_label_set(base, data, tmp_path, capsys):
+    train = tmp_path / "train.csv"
+    train.write_bytes((data / "cls_train.csv").read_bytes())
+    out = tmp_path / "run"
+    args = ["finetune", "--task", "classification", "--model", base, "--train", train,
+            "--validation", data / "cls_val.csv", "--output", out, "--train.max_steps", 2, *FAST]  # fmt: skip
+    assert cli(*args) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["run"]["labels"] == ["neg", "pos"]
+    with open(train, "a", encoding="utf-8") as f:
+        f.write("great awful film,mixed\n")
+    before = file_snapshot(out)
+    capsys.readouterr()
+    assert cli("finetune", "--output", out, "--resume", "--train.max_steps", 4) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert "labels of" in err[0] and "changed since" in err[0] and "added mixed" in err[0]
+    assert "another architecture" not in err[0]
+    assert file_snapshot(out) == before
+    # a run folder from before config.yaml recorded the labels: its best model's labels are compared
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    del config["run"]["labels"]
+    (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    assert cli("finetune", "--output", out, "--resume", "--train.max_steps", 4) == 2
+    assert "added mixed" in capsys.readouterr().err
+
+
+def test_resume_keeps_the_notes_of_the_start(base, data, tmp_path, capsys):
+    """train.lr left to its default is noted at the start and saved as set: the resumed run's summary keeps the
+    note (and the same labels spelled otherwise, "1" for "1.0", are the same label set)."""
+    rows = [{"text": r["text"], "label": 1.0 if r["label"] == "pos" else 0.0} for r in cls_rows(48, 3)]
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    out = tmp_path / "run"
+    slow = [a for a in FAST if a not in ("--train.lr", "3e-3")]
+    args = ["finetune", "--task", "classification", "--model", base, "--train", train,
+            "--validation", train, "--output", out, "--train.max_steps", 2, *slow]  # fmt: skip
+    assert cli(*args) == 0
+    first = json.loads((out / "summary.json").read_text())["notes"]
+    assert any(n.startswith("train.lr 0.0003, the default") for n in first)
+    assert json.loads((out / "model" / "config.json").read_text())["labels"] == ["0", "1"]
+    # as a run started before JSON's 1.0 was read as the label "1" recorded them: the same numbers
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    config["run"]["labels"] = ["0.0", "1.0"]
+    (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    assert cli("finetune", "--output", out, "--resume", "--train.max_steps", 4) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["notes"] == first
+    assert summary["labels"] == ["0.0", "1.0"]  # the run goes on with the labels it started with

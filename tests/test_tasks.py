@@ -14,17 +14,25 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 
+from masklm.config import FinetuneDataConfig
 from masklm.errors import UserError
+from masklm.tasks.base import TaskData
 from masklm.tasks.batching import length_bucketed_batches, pad_batch
 from masklm.tasks.classification import (
+    ClassificationTask,
     encode_classification,
     encode_float_labels,
     encode_labels,
     read_classification,
 )
-from masklm.tasks.encoding import build_label_map
+from masklm.tasks.encoding import build_label_map, match_label
 from masklm.tasks.qa import _answer_token_span, encode_qa, postprocess_qa, read_squad
-from masklm.tasks.token_classification import align_predictions, encode_token_classification, read_conll
+from masklm.tasks.token_classification import (
+    TokenClassificationTask,
+    align_predictions,
+    encode_token_classification,
+    read_conll,
+)
 
 # fmt: off
 WORDS = [
@@ -115,12 +123,58 @@ def test_read_classification_formats(tmp_path):
         ("a.jsonl", '{"text": "a", "label": [1]}\n', {}, ":1: 'label' is a list"),
         ("a.jsonl", "[1, 2]\n", {}, ":1: expected a JSON object"),
         ("a.txt", "text\nhi\n", {}, "unsupported file type '.txt'"),
+        ("a.csv", "text,text,label\na,b,1\n", {}, ":1: the header names the column 'text' twice"),
+        (
+            "a.tsv",
+            "\nid\tlabel\ttext\tlabel\n1\ta\tb\tc\n",
+            {},
+            ":2: the header names the column 'label' twice",
+        ),
     ],
 )
 def test_read_classification_errors(tmp_path, name, content, kwargs, match):
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")
     assert str(path) in _raises(match, read_classification, path, **kwargs)
+
+
+def test_json_whole_numbers_are_integer_labels(tmp_path):
+    """A JSON 1.0 is the label "1" (pandas writes integer columns with gaps as floats); text keeps its spelling."""
+    jsonl_file = tmp_path / "train.jsonl"
+    jsonl_file.write_text(
+        '{"text": "a", "label": 1.0}\n{"text": "b", "label": 0.0}\n{"text": "c", "label": -2.0}\n'
+        '{"text": "d", "label": 1.5}\n{"text": "e", "label": "1.0"}\n',
+        encoding="utf-8",
+    )
+    assert [r["label"] for r in read_classification(jsonl_file)] == ["1", "0", "-2", "1.5", "1.0"]
+    csv_file = tmp_path / "train.csv"
+    csv_file.write_text("text,label\na,1.0\nb,2\n", encoding="utf-8")
+    assert [r["label"] for r in read_classification(csv_file)] == ["1.0", "2"]
+
+
+def test_labels_of_other_files_match_by_number():
+    """A validation label spelled otherwise than the training label of the same number is that label."""
+    dev = [{"text": "a", "label": "1"}, {"text": "b", "label": "0"}, {"text": "c", "label": "1.00"}]
+    assert [e["label"] for e in encode_labels(dev, ["0.0", "1.0"], "dev.csv")] == [1, 0, 1]
+    dev = [{"text": "a", "label": "1.0"}, {"text": "b", "label": "-1.0"}]
+    assert [e["label"] for e in encode_labels(dev, ["-1", "0", "1"], "dev.jsonl")] == [2, 0]
+    assert match_label("2", ["0.0", "1.0"]) is None
+    assert match_label("1", ["1.0", "1.00"]) is None  # two training labels of that number: no guess
+    assert match_label("pos", ["neg", "pos"]) == 1
+    _raises("label '2' in dev.csv (example 1) was not in the training labels", encode_labels,
+            [{"text": "a", "label": "2"}], ["0.0", "1.0"], "dev.csv")  # fmt: skip
+
+
+def test_prediction_ignores_labels(tmp_path):
+    """`predict` reads no labels: on some lines, or malformed, they do not matter; evaluate / finetune refuse."""
+    task = ClassificationTask()
+    settings = FinetuneDataConfig()
+    jsonl_file = tmp_path / "mine.jsonl"
+    jsonl_file.write_text(
+        '{"text": "a", "label": 1}\n{"text": "b"}\n{"text": "c", "label": [2]}\n', encoding="utf-8"
+    )
+    assert [r["label"] for r in task.read(jsonl_file, settings, labelled=False)] == [None, None, None]
+    _raises(":2: has no 'label' field", task.read, jsonl_file, settings, True)
 
 
 def test_reader_file_errors(tmp_path):
@@ -201,6 +255,8 @@ def test_read_conll_columns(tmp_path):
         ("a.jsonl", '{"tokens": ["a"], "tags": ["O"]}\n{"tokens": ["b"]}\n', ":2: has no 'tags' field"),
         ("a.jsonl", '{"tokens": []}\n', ":1: 'tokens' must be a non-empty list"),
         ("a.jsonl", '{"tokens": ["a"], "tags": [0]}\n', ":1: 'tags' must be a list of strings"),
+        ("a.json", '\n{"tokens": ["a", "b"], "tags": ["O", "O"]}\n', "looks like JSON lines"),
+        ("a.txt", '{"tokens": ["a"]}\n', "rename it to a.jsonl"),
     ],
 )
 def test_read_conll_errors(tmp_path, name, content, match):
@@ -220,6 +276,54 @@ def test_read_conll_jsonl(tmp_path):
     ]
     path.write_text('{"tokens": ["a", "b"]}\n', encoding="utf-8")
     assert read_conll(path) == [{"tokens": ["a", "b"], "tags": None}]
+
+
+def test_read_conll_for_prediction_ignores_tags(tmp_path):
+    """Tags on some lines only (or malformed) are refused for training and evaluation, ignored for predict."""
+    path = tmp_path / "ner.jsonl"
+    path.write_text(
+        '{"tokens": ["a"], "tags": ["O"]}\n{"tokens": ["b", "c"]}\n{"tokens": ["d"], "tags": 5}\n',
+        encoding="utf-8",
+    )
+    _raises(":2: has no 'tags' field unlike line 1", read_conll, path)
+    assert read_conll(path, with_tags=False) == [
+        {"tokens": ["a"], "tags": None},
+        {"tokens": ["b", "c"], "tags": None},
+        {"tokens": ["d"], "tags": None},
+    ]
+    columns = tmp_path / "ner.conll"
+    columns.write_text("{\tO\nx\tO\n", encoding="utf-8")  # a "{" token is not JSON
+    assert read_conll(columns) == [{"tokens": ["{", "x"], "tags": ["O", "O"]}]
+    assert read_conll(columns, with_tags=False) == [{"tokens": ["{", "x"], "tags": None}]
+
+
+@pytest.mark.parametrize(
+    ("suffix", "tokens", "match"),
+    [
+        (".conll", ["alice", "New York", "a\tb"], "sentence 2 has the token 'a\\tb', which contains a tab"),
+        (".txt", ["two\nlines"], "contains a tab or a line break"),
+        (".conll", [" padded"], "starts or ends with white space"),
+        (".conll", ["-DOCSTART-"], "document separator"),
+        (".csv", ["New York"], "sentence 2 has the token 'New York', which contains white space"),
+    ],
+)
+def test_token_predictions_refuse_files_that_cannot_hold_the_tokens(tmp_path, suffix, tokens, match):
+    task = TokenClassificationTask()
+    data = TaskData(tmp_path / "mine.jsonl", [{"tokens": ["ok"]}, {"tokens": tokens}], [], labelled=False)
+    message = _raises(match, task.check_writable, data, ["O"], tmp_path / f"out{suffix}")
+    assert "mine.jsonl: sentence 2" in message and ".jsonl" in message
+    task.check_writable(data, ["O"], tmp_path / "out.jsonl")  # JSON lines hold any token
+
+
+def test_token_predictions_in_conll_read_back(tmp_path):
+    """Tokens a .conll file can hold (spaces inside, "{", unicode) come back from it as they were written."""
+    task = TokenClassificationTask()
+    tokens = ["alice", "New York", "{", "naïve", "a\u00a0b"]
+    data = TaskData(tmp_path / "mine.jsonl", [{"tokens": tokens}], [], labelled=False)
+    task.check_writable(data, ["B-LOC", "O"], tmp_path / "out.conll")
+    out = tmp_path / "out.conll"
+    out.write_text(task.render([{"tokens": tokens, "tags": ["O"] * len(tokens)}], ".conll"), encoding="utf-8")
+    assert read_conll(out) == [{"tokens": tokens, "tags": ["O"] * len(tokens)}]
 
 
 def test_read_real_wnut():

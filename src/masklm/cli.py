@@ -544,7 +544,11 @@ def build_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("output", metavar="OUT")
     p.add_argument("--format", choices=("hf", "onnx"), default="hf")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--no-check", action="store_true", help="ONNX: skip the ONNX Runtime comparison")
+    p.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip the check of the export (hf: reloaded by masklm and transformers; onnx: ONNX Runtime)",
+    )
     p.add_argument(
         "--generator",
         action="store_true",

@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ from masklm.model.io import ModelInfo, load_model, save_model
 from masklm.tasks import all_tasks, get_task, output_formats, task_of_architecture
 from masklm.tasks.base import Example, Task, TaskData, check_requirements
 from masklm.tasks.batching import Batch, EpochBatches, length_bucketed_batches
+from masklm.tasks.encoding import match_label
 from masklm.train.logger import check_log_kind
 from masklm.train.loop import Budget, FitResult, autocast_context, resolve_precision
 from masklm.train.run import Run, command_line, read_saved_config
@@ -274,9 +276,59 @@ def saved_config(values: dict[str, Any]) -> FinetuneConfig:
     return apply_dict(FinetuneConfig(), sections, "saved config")
 
 
+RUN_ARGUMENTS = ("task", "model", "train", "validation", "init")
+"""The command-line arguments config.yaml's `run` section records (--resume fills them in); it also records the
+run's labels and notes."""
+
+
 def resume_settings(run_dir: str | Path) -> dict[str, Any]:
-    """The task, model and files a run folder was started with (config.yaml's `run` section)."""
+    """The task, model and files a run folder was started with, its labels and notes (config.yaml's `run`
+    section)."""
     return dict((read_saved_config(Path(run_dir)) or {}).get("run") or {})
+
+
+def _started_labels(run_dir: Path) -> list[str] | None:
+    """The labels a run folder's run started with: config.yaml's, or (a run that did not record them there) its
+    best model's so far; None when the task has no labels or the folder has none yet."""
+    run = resume_settings(run_dir)
+    if "labels" in run:
+        labels = run["labels"]
+    else:
+        try:
+            labels = json.loads((run_dir / "model" / "config.json").read_text(encoding="utf-8")).get("labels")
+        except (OSError, ValueError, AttributeError):
+            return None
+    return [str(label) for label in labels] if isinstance(labels, list) else None
+
+
+def resumed_labels(run_dir: Path, labels: list[str] | None, train_path: str | Path) -> list[str] | None:
+    """--resume: the labels the run started with, when the training file has the same label set (a label may
+    spell the same number as a started one: "1" for "1.0"); a UserError saying which labels were added or
+    removed when the set changed, since the run's head and checkpoints have one output per started label."""
+    started = _started_labels(run_dir)
+    if started is None or labels is None:
+        return labels
+    matches = [match_label(label, started) for label in labels]
+    added = [label for label, i in zip(labels, matches) if i is None]
+    removed = [label for i, label in enumerate(started) if i not in matches]
+    if not added and not removed and len(labels) == len(started):
+        return started
+    changes = [
+        f"{what} {', '.join(names)}" for what, names in (("added", added), ("removed", removed)) if names
+    ]
+    change = "; ".join(changes) or f"{len(labels)} labels instead of {len(started)}"
+    raise UserError(
+        f"the labels of {train_path} changed since {run_dir} started ({change}; the run has {started}); a run "
+        "continues with the labels it started with: restore the training file, or start a new run with another "
+        "--output"
+    )
+
+
+def resumed_notes(run_dir: Path, notes: list[str]) -> list[str]:
+    """--resume: the notes of the run's start (settings that were defaults then, such as train.lr, are saved
+    as set, so they are not noted again) and after them this session's new ones."""
+    started = [str(n) for n in resume_settings(run_dir).get("notes") or []]
+    return [*started, *(n for n in notes if n not in started)]
 
 
 def _best_so_far(run_dir: Path) -> dict[str, Any] | None:
@@ -538,6 +590,8 @@ def finetune(
     check_log_kind(cfg.train.log)
     # Everything that can be wrong with the inputs is found before anything is written.
     train_examples, val_examples, labels = _read_training_files(t, train_path, validation_path, cfg.data)
+    if resume:
+        labels = resumed_labels(Path(output), labels, train_path)
     check_requirements(t.requirements(cfg.data, labels))
     metric = select_metric(t, cfg.train.metric_for_best, cfg.data, labels)
     head_options(t, cfg.head)  # a head setting that does not apply is refused before the model is read
@@ -553,10 +607,18 @@ def finetune(
             steps = batches.steps_per_epoch
             more = f"train.epochs {cfg.train.epochs:g}, the default for {steps} steps an epoch"
             notes = [*notes, f"{more}: at least {MIN_STEPS} steps in all (--train.epochs to change)"]
+    if resume:
+        notes = resumed_notes(Path(output), notes)
 
     run.open()
     paths = {"model": model_path, "train": train_path, "validation": validation_path}
-    run_info = {"task": t.name, **{k: str(v) for k, v in paths.items()}, "init": init}  # --resume reads these
+    run_info = {  # --resume reads these: the RUN_ARGUMENTS, the labels and the notes
+        "task": t.name,
+        **{k: str(v) for k, v in paths.items()},
+        "init": init,
+        "labels": labels,
+        "notes": notes,
+    }
     run.write_files({"run": run_info, **cfg.to_dict()}, command)
     for note in notes:
         log(f"note: {note}")
@@ -684,6 +746,17 @@ def evaluate_model(
     return {k: float(v) for k, v in metrics.items()}
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether `a` and `b` name one file: the same path once resolved (relative paths, symbolic links), or
+    one file under two names (hard links)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
 def predict(
     model_path: str | Path,
     data_path: str | Path,
@@ -697,6 +770,11 @@ def predict(
     suffix = output.suffix.lower()
     if suffix not in output_formats():
         raise UserError(f"--output {output}: unsupported file type '{suffix}'; use .jsonl or .csv")
+    if _same_file(output, Path(data_path)):
+        raise UserError(
+            f"--output {output} is the --data file {data_path}; predictions would replace it (even with "
+            "--overwrite): choose another --output"
+        )
     if output.exists() and not overwrite:
         raise UserError(f"{output} already exists; pass --overwrite to replace it or choose another --output")
     if output.is_dir():
@@ -704,6 +782,7 @@ def predict(
     fm = load_finetuned(model_path, overrides)
     fm.task.check_output(output)
     data = fm.task.load(data_path, fm.tokenizer, fm.cfg.data, fm.labels, labelled=False)
+    fm.task.check_writable(data, fm.labels, output)
     predictions, _ = _infer(fm, data)
     rows = fm.task.prediction_rows(data, predictions, fm.labels, fm.cfg.data)
     text = fm.task.render(rows, suffix)
@@ -721,6 +800,8 @@ def predict(
 def _fill_from_saved_run(args: argparse.Namespace) -> None:
     """--resume: the saved run fills in the task, model and files the command leaves out (and refuses others)."""
     for key, value in resume_settings(args.output).items():
+        if key not in RUN_ARGUMENTS:
+            continue
         given = getattr(args, key, None)
         if given is None:
             setattr(args, key, value)

@@ -23,6 +23,7 @@ from masklm.data.tokenizer import SPECIAL_TOKENS, special_ids, vocab_size
 from masklm.errors import UserError
 from masklm.export.common import TOLERANCE, compare, model_logits, write_json, write_text
 from masklm.model.base import Head, ModelInfo, save_safetensors
+from masklm.model.heads import SequenceClassification
 from masklm.model.hf import config_to_hf, to_hf_state_dict
 from masklm.model.io import load_model
 from masklm.utils import fsync_file
@@ -115,11 +116,27 @@ def write_hf_folder(model: Head, tok: tokenizers.Tokenizer, info: ModelInfo, fol
     dtype = next(iter(state.values())).dtype
     hf_config = config_to_hf(cfg, info.architecture, info.labels, vocab_size=rows, dtype=dtype)
     hf_config.update(model.hf_config())
+    hf_config.update(label_entries(model, info.labels))
     save_safetensors(state, folder / "model.safetensors", metadata={"format": "pt"})
     fsync_file(folder / "model.safetensors")
     write_json(folder / "config.json", hf_config)
     for name, text in files.items():
         write_text(folder / name, text)
+
+
+def label_entries(model: Head, labels: list[str] | None) -> dict[str, Any]:
+    """config.json entries that size the head where id2label cannot: `num_labels` for a head sized by labels
+    whose model has no label names, and `problem_type: "regression"` for a one-output sequence classifier (a
+    regression model: masklm scores with it, and transformers' BertForSequenceClassification then uses MSE).
+
+    Without them transformers builds its default two outputs and refuses the one-row classifier."""
+    count = getattr(model, "num_labels", None)
+    if type(model).label_layer is None or not isinstance(count, int) or labels:
+        return {}
+    entries: dict[str, Any] = {"num_labels": count}
+    if isinstance(model, SequenceClassification) and count == 1:
+        entries["problem_type"] = "regression"
+    return entries
 
 
 def check_hf_export(

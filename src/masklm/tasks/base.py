@@ -264,6 +264,11 @@ class Task(abc.ABC):
             kinds = f"{', '.join(first)} or {last}" if first else last
             raise UserError(f"--output {output}: write predictions as {kinds}")
 
+    def check_writable(self, data: TaskData, labels: Sequence[str] | None, output: Path) -> None:
+        """A UserError when `output`'s file type cannot hold the predictions for `data` as they are (a token with
+        a tab in a CoNLL column file); `predict` asks before the model runs. Every type can by default."""
+        return None
+
     def render(self, rows: list[Row], suffix: str) -> str:
         """The text of a predictions file of type `suffix` (one of `output_formats`): JSON lines or CSV."""
         if suffix == ".jsonl":

@@ -21,7 +21,13 @@ from torch import nn
 from masklm.errors import UserError
 from masklm.tasks.base import Example, Row, Task, TaskData
 from masklm.tasks.batching import Batch, Feature
-from masklm.tasks.encoding import INTEGER_LABEL, build_label_map, special_token_ids, truncate_longest_first
+from masklm.tasks.encoding import (
+    INTEGER_LABEL,
+    build_label_map,
+    match_label,
+    special_token_ids,
+    truncate_longest_first,
+)
 from masklm.tasks.files import label_field, read_records, request_object, request_text, text_field
 from masklm.train import metrics as M
 
@@ -33,15 +39,16 @@ def read_classification(
     path: str | Path,
     text_column: str = "text",
     text_pair_column: str | None = None,
-    label_column: str = "label",
+    label_column: str | None = "label",
     require_label: bool = False,
 ) -> list[Example]:
     """Read a sentence (pair) classification / regression file.
 
     Returns one dict per row: {"text": str, "text_pair": str | None, "label": str | None}. Labels are kept as
     stripped strings (convert with `encode_labels` or `encode_float_labels`); an empty cell or JSON null gives
-    None. A file without the label column is fine (prediction) unless `require_label`. Columns are the CSV/TSV
-    header or the keys of the first JSONL object. TSV is read without quote handling, like the GLUE files.
+    None. A file without the label column is fine (prediction) unless `require_label`; `label_column` None
+    reads no labels at all (prediction: whatever is in the file is ignored). Columns are the CSV/TSV header or
+    the keys of the first JSONL object. TSV is read without quote handling, like the GLUE files.
     """
     path = Path(path)
     columns, records = read_records(path)
@@ -51,7 +58,7 @@ def read_classification(
                 f"{path}: has no column '{column}' (columns: {', '.join(columns)}); "
                 f"pass --data.{setting} with one of them"
             )
-    has_label = label_column in columns
+    has_label = label_column is not None and label_column in columns
     if require_label and not has_label:
         raise UserError(
             f"{path}: has no label column '{label_column}' (columns: {', '.join(columns)}); "
@@ -61,7 +68,7 @@ def read_classification(
         {
             "text": text_field(rec, text_column, path, line),
             "text_pair": text_field(rec, text_pair_column, path, line) if text_pair_column else None,
-            "label": label_field(rec, label_column, path, line) if has_label else None,
+            "label": label_field(rec, label_column, path, line) if label_column and has_label else None,
         }
         for line, rec in records
     ]
@@ -70,7 +77,8 @@ def read_classification(
 def encode_labels(examples: Sequence[Example], label_list: Sequence[str], path: str | Path) -> list[Example]:
     """Copies of `examples` with "label" replaced by its index in `label_list` (classification).
 
-    `path` is the file the examples came from, for the error messages.
+    A label that is not in `label_list` but spells the same number as one label there is that label ("1" for
+    "1.0"). `path` is the file the examples came from, for the error messages.
     """
     ids = {label: i for i, label in enumerate(label_list)}
     out = []
@@ -78,12 +86,15 @@ def encode_labels(examples: Sequence[Example], label_list: Sequence[str], path: 
         label = ex["label"]
         if label is None:
             raise UserError(f"{path}: example {n} has no label; fill in its label or drop the row")
-        if label not in ids:
+        k = ids.get(label)
+        if k is None:
+            k = match_label(label, label_list)  # the same number spelled otherwise: "1" for "1.0"
+        if k is None:
             raise UserError(
                 f"label '{label}' in {path} (example {n}) was not in the training labels {list(label_list)}; "
                 "fix the label or add examples of it to the training data"
             )
-        out.append({**ex, "label": ids[label]})
+        out.append({**ex, "label": k})
     return out
 
 
@@ -170,8 +181,9 @@ class ClassificationTask(Task):
 
     def read(self, path: Path, settings: FinetuneDataConfig, labelled: bool) -> list[Example]:
         s = settings
+        label_column = s.label_column if labelled else None  # predict ignores labels, even malformed ones
         return read_classification(
-            path, s.text_column, s.text_pair_column, s.label_column, require_label=labelled
+            path, s.text_column, s.text_pair_column, label_column, require_label=labelled
         )
 
     def label_set(
@@ -214,7 +226,9 @@ class ClassificationTask(Task):
     def settings_from_model(
         self, model: nn.Module, labels: Sequence[str] | None, settings: FinetuneDataConfig
     ) -> None:
-        if not labels and model.num_labels == 1:  # a one-output classifier without label names scores
+        # A one-output classifier scores (classification needs two labels or more), with or without a label
+        # name: a Hugging Face regression folder (problem_type "regression") names its output "LABEL_0".
+        if model.num_labels == 1:
             settings.regression = True
 
     def loss(

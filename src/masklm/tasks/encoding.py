@@ -8,13 +8,16 @@ is in our hands.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from masklm.errors import UserError
 
 INTEGER_LABEL = re.compile(r"[+-]?\d+")
 """Labels that look like integers ("0", "-1") sort numerically and are written back as numbers."""
+NUMBER_LABEL = re.compile(r"[+-]?\d+(\.\d*)?")
+"""Labels that spell a decimal number ("1", "1.0", "-2.50"): one matches a label of another file that spells the
+same number (`match_label`)."""
 
 
 def special_token_ids(tok: Any) -> tuple[int, int, int]:
@@ -59,3 +62,21 @@ def build_label_map(labels: Iterable[str | None]) -> list[str]:
     if all(INTEGER_LABEL.fullmatch(label) for label in distinct):
         return sorted(distinct, key=lambda label: (int(label), label))
     return sorted(distinct)
+
+
+def label_number(label: str) -> float | None:
+    """The number a label spells ("1", "1.0" and "+1.00" all 1.0); None for a label that is not a number."""
+    return float(label) if NUMBER_LABEL.fullmatch(label) else None
+
+
+def match_label(label: str, label_list: Sequence[str]) -> int | None:
+    """The id of `label` in `label_list`: the label itself, else the one label there that spells the same number
+    (a model trained on "1.0" reads a file that writes 1, and the other way round); None when there is none."""
+    for i, known in enumerate(label_list):
+        if known == label:
+            return i
+    number = label_number(label)
+    if number is None:
+        return None
+    same = [i for i, known in enumerate(label_list) if label_number(known) == number]
+    return same[0] if len(same) == 1 else None

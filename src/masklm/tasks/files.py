@@ -98,6 +98,7 @@ def _table_records(path: Path, text: str, suffix: str) -> tuple[list[str], list[
             if header is None:
                 header = [cell.strip() for cell in row]
                 header_line = reader.line_num
+                _refuse_repeated_columns(path, header, header_line)
                 continue
             if len(row) != len(header):
                 fix = (
@@ -120,6 +121,18 @@ def _table_records(path: Path, text: str, suffix: str) -> tuple[list[str], list[
     return header, records
 
 
+def _refuse_repeated_columns(path: Path, header: list[str], line: int) -> None:
+    """A UserError when the header names a column twice: a record would keep only its last cell, silently.
+    Unnamed columns (empty header cells, e.g. from trailing commas) may repeat: no setting can name them."""
+    seen: set[str] = set()
+    for name in header:
+        if name and name in seen:
+            raise UserError(
+                f"{path}:{line}: the header names the column '{name}' twice; rename or remove one of them"
+            )
+        seen.add(name)
+
+
 def text_field(rec: Record, column: str, path: Path, line: int) -> str:
     """The text in `column` of one record; a UserError when it is missing or not a string."""
     if column not in rec:
@@ -135,7 +148,10 @@ def text_field(rec: Record, column: str, path: Path, line: int) -> str:
 
 
 def label_field(rec: Record, column: str, path: Path, line: int) -> str | None:
-    """The label in `column` as a stripped string (numbers too); None for an empty cell or JSON null."""
+    """The label in `column` as a stripped string (numbers too); None for an empty cell or JSON null.
+
+    A JSON number that is a whole number is written as an integer: 1.0 is the label "1", as 1 is (pandas
+    writes an integer column with missing values as floats). A CSV cell, or a JSON string, is kept as written."""
     if column not in rec:
         raise UserError(
             f"{path}:{line}: has no '{column}' field (fields: {', '.join(rec)}); add it to that line"
@@ -143,6 +159,8 @@ def label_field(rec: Record, column: str, path: Path, line: int) -> str | None:
     value = rec[column]
     if value is None:
         return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool | int | float | str):
         value = str(value).strip()
         return value or None

@@ -10,6 +10,7 @@ entities (seqeval), others by token accuracy.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 # Reading
 
 
-def read_conll(path: str | Path) -> list[Example]:
+def read_conll(path: str | Path, with_tags: bool = True) -> list[Example]:
     """Read a token-classification file: one {"tokens": [...], "tags": [...] | None} per sentence.
 
     Column format (any extension but .jsonl): one token per line, token in the first column, tag in the
@@ -44,10 +45,12 @@ def read_conll(path: str | Path) -> list[Example]:
 
     .jsonl: one {"tokens": [str, ...], "tags": [str, ...]} object per line; "tags" may be left out
     (prediction) but must then be left out everywhere.
+
+    With `with_tags=False` (prediction) any tags are ignored, unchecked, and every sentence has "tags" None.
     """
     path = Path(path)
     if path.suffix.lower() == ".jsonl":
-        return _read_token_jsonl(path)
+        return _read_token_jsonl(path, with_tags)
     sentences: list[Example] = []
     tokens: list[str] = []
     tags: list[str] = []
@@ -60,7 +63,9 @@ def read_conll(path: str | Path) -> list[Example]:
             tokens.clear()
             tags.clear()
 
-    for lineno, line in enumerate(split_lines(read_text(path)), 1):
+    lines = split_lines(read_text(path))
+    _refuse_json_lines(path, lines)
+    for lineno, line in enumerate(lines, 1):
         stripped = line.strip()
         if not stripped:
             flush()
@@ -85,12 +90,32 @@ def read_conll(path: str | Path) -> list[Example]:
     flush()
     if not sentences:
         raise UserError(f"{path}: has no sentences (only -DOCSTART- lines); give a file with tokens in it")
+    if not with_tags:
+        return [{**sentence, "tags": None} for sentence in sentences]
     return sentences
 
 
-def _read_token_jsonl(path: Path) -> list[Example]:
+def _refuse_json_lines(path: Path, lines: list[str]) -> None:
+    """A UserError when a file read as CoNLL columns is JSON lines under another name (its first non-blank line
+    is a JSON object): read as columns it would give a confusing field count. A "{" token ("{<TAB>O") is not."""
+    first = next((line.strip() for line in lines if line.strip()), "")
+    if not first.startswith("{"):
+        return
+    try:
+        is_object = isinstance(json.loads(first), dict)
+    except ValueError:
+        is_object = False
+    if is_object:
+        raise UserError(
+            f"{path}: looks like JSON lines (it starts with '{{'), but only .jsonl files are read as JSON; "
+            f"rename it to {path.with_suffix('.jsonl').name}"
+        )
+
+
+def _read_token_jsonl(path: Path, with_tags: bool = True) -> list[Example]:
+    """The sentences of a .jsonl file; `with_tags=False` ignores the "tags" fields (prediction)."""
     _, records = read_records(path)
-    has_tags = "tags" in records[0][1]
+    has_tags = with_tags and "tags" in records[0][1]
     sentences = []
     for line, rec in records:
         tokens = rec.get("tokens")
@@ -99,7 +124,7 @@ def _read_token_jsonl(path: Path) -> list[Example]:
                 f"{path}:{line}: 'tokens' must be a non-empty list of non-empty strings; fix that line"
             )
         tags = rec.get("tags")
-        if has_tags != ("tags" in rec):
+        if with_tags and has_tags != ("tags" in rec):
             raise UserError(
                 f"{path}:{line}: {'has no' if has_tags else 'has a'} 'tags' field unlike line {records[0][0]}; "
                 "give tags on every line or on none"
@@ -115,6 +140,22 @@ def _read_token_jsonl(path: Path) -> list[Example]:
                 )
         sentences.append({"tokens": tokens, "tags": tags if has_tags else None})
     return sentences
+
+
+def _conll_problem(token: str) -> str | None:
+    """Why `token` would not be read back from a "token<TAB>tag" line as it is (None: it would)."""
+    if "\t" in token or "\n" in token or "\r" in token:
+        return "contains a tab or a line break"
+    if token != token.strip():
+        return "starts or ends with white space"
+    if token == "-DOCSTART-":
+        return "is a document separator (-DOCSTART-)"
+    return None
+
+
+def _csv_problem(token: str) -> str | None:
+    """Why `token` would not survive a CSV column of space-separated tokens (None: it would)."""
+    return "contains white space" if any(c.isspace() for c in token) else None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -326,7 +367,7 @@ class TokenClassificationTask(Task):
     output_formats = (".jsonl", ".csv", ".conll", ".txt")
 
     def read(self, path: Path, settings: FinetuneDataConfig, labelled: bool) -> list[Example]:
-        sentences = read_conll(path)
+        sentences = read_conll(path, with_tags=labelled)  # predict ignores tags: any, on some lines or none
         if labelled and sentences[0]["tags"] is None:
             raise UserError(
                 f"{path}: has no tags (one column only); give 'token<TAB>tag' lines, or use masklm predict "
@@ -413,6 +454,29 @@ class TokenClassificationTask(Task):
         settings: FinetuneDataConfig,
     ) -> list[Row]:
         return [{"tokens": ex["tokens"], "tags": tags} for ex, tags in zip(data.examples, predictions)]
+
+    def check_writable(self, data: TaskData, labels: Sequence[str] | None, output: Path) -> None:
+        """Refuse a .conll / .txt file for tokens (or tags) a CoNLL reader would not read back as they are, and a
+        .csv file (tokens joined by spaces) for tokens with white space in them; .jsonl holds any token."""
+        suffix = output.suffix.lower()
+        if suffix not in (".conll", ".txt", ".csv"):
+            return
+        problem = _conll_problem if suffix != ".csv" else _csv_problem
+        for tag in labels or ():
+            why = problem(tag)
+            if why:
+                raise UserError(
+                    f"--output {output}: the model's tag {tag!r} {why}, which a {suffix} file cannot hold; "
+                    "write the predictions as .jsonl"
+                )
+        for n, ex in enumerate(data.examples, 1):
+            for token in ex["tokens"]:
+                why = problem(token)
+                if why:
+                    raise UserError(
+                        f"{data.path}: sentence {n} has the token {token!r}, which {why}: a {suffix} file cannot "
+                        f"hold it; write the predictions as .jsonl (--output {output.with_suffix('.jsonl')})"
+                    )
 
     def render(self, rows: list[Row], suffix: str) -> str:
         """Also CoNLL columns (.conll / .txt): "token<TAB>tag" lines, a blank line after each sentence."""
