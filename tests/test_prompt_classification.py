@@ -160,6 +160,7 @@ def test_a_pretraining_run_is_not_taken_for_a_prompt_classifier():
         (["--data.prompt", PROMPT, "--data.label_words", "neg awful,pos=great"], "is not LABEL=WORD"),
         (["--data.prompt", PROMPT, "--data.label_words", "neg=awful,pos=splendiferous"], "one token"),
         (["--data.prompt", PROMPT, "--data.label_words", "neg=awful,pos=zzz"], "one token"),
+        (["--data.prompt", PROMPT, "--data.label_words", "neg=awful,pos=[MASK]"], "[MASK], a special token"),
         (["--data.prompt", PROMPT, "--data.label_words", WORDS, "--data.regression", "true"], "not scores"),
         (["--data.prompt", PROMPT, "--data.label_words", WORDS, "--head.pooling", "mean"], "head.pooling"),
     ],

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from masklm.data.tokenizer import SPECIAL_TOKENS
 from masklm.errors import UserError
 from masklm.tasks.base import Example
 from masklm.tasks.batching import Batch, Feature, pad_batch
@@ -92,8 +93,10 @@ def label_word_ids(tok: Any, words: dict[str, str], labels: Sequence[str]) -> li
     for label in labels:
         encoding = tok.encode(words[label], add_special_tokens=False)
         pieces = encoding.tokens
-        if len(pieces) != 1 or encoding.ids[0] == unk:
-            what = f"{len(pieces)} tokens ({' '.join(pieces) or 'none'})" if len(pieces) != 1 else "[UNK]"
+        special = len(pieces) == 1 and pieces[0] in SPECIAL_TOKENS  # [UNK], [MASK], [CLS], [SEP], [PAD]
+        if len(pieces) != 1 or encoding.ids[0] == unk or special:
+            what = f"{len(pieces)} tokens ({' '.join(pieces) or 'none'})" if len(pieces) != 1 else pieces[0]
+            what += ", a special token," if special and pieces[0] != "[UNK]" else ""
             raise UserError(
                 f"label word {words[label]!r} is {what} in this model's vocabulary; choose a word that is one "
                 "token (masklm fill-mask on the template shows candidates)"
