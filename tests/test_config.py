@@ -63,6 +63,21 @@ def test_base_preset_is_bert_base():
         ({"data.seq_len": "1024"}, "max_position_embeddings"),
         ({"mask.strategy": "random"}, "mask.strategy"),
         ({"train.schedule": "exp"}, "train.schedule"),
+        # numbers a run would take and then train badly with (NaN weights, a negative rate) or crash on
+        ({"train.eps": "0"}, "train.eps must be positive"),
+        ({"train.min_lr_ratio": "-1"}, "min_lr_ratio must be in"),
+        ({"train.decay_fraction": "1.5"}, "decay_fraction must be in"),
+        ({"train.beta1": "1.0"}, "beta1 and beta2"),
+        ({"train.seed": "-1"}, "train.seed"),
+        ({"train.threads": "0"}, "train.threads"),
+        ({"train.device": "tpu"}, "train.device must be"),
+        ({"train.device": "meta"}, "train.device must be"),
+        ({"model.hidden_dropout_prob": "1.5"}, "hidden_dropout_prob"),
+        ({"model.initializer_range": "-0.02"}, "initializer_range"),
+        ({"model.layer_norm_eps": "-1"}, "layer_norm_eps"),
+        ({"model.rope_theta": "0"}, "rope_theta"),
+        ({"model.pad_vocab_multiple": "0"}, "pad_vocab_multiple"),
+        ({"data.max_documents": "0"}, "max_documents"),
     ],
 )
 def test_bad_values_are_one_line_user_errors(overrides, message):
@@ -143,3 +158,12 @@ def test_train_log_defaults_to_jsonl_and_takes_tensorboard():
     assert load_config("tiny").train.log == "jsonl"
     assert load_config("tiny", None, {"train.log": "tensorboard"}).train.log == "tensorboard"
     assert build_config({"train.log": "tensorboard"}).train.log == "tensorboard"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a machine without a CUDA GPU")
+@pytest.mark.parametrize(
+    "overrides", [{"train.device": "cuda"}, {"train.device": "cpu", "train.precision": "fp16"}]
+)
+def test_a_device_this_machine_lacks_is_refused_before_the_run(overrides):
+    with pytest.raises(UserError, match="GPU"):
+        load_config("tiny", None, overrides)

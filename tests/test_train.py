@@ -325,3 +325,30 @@ def test_no_preset_forces_bf16_on_a_cpu_without_it():
     for name in PRESETS:
         precision = preset_values(name).get("train", {}).get("precision", "auto")
         assert precision in ("auto", "fp32"), (name, precision)
+
+
+def test_every_step_of_the_budget_moves_the_weights(prepared, tmp_path):
+    """The rate of each step is the schedule where that step starts, as transformers' get_linear_schedule_with_
+    warmup gives it: the last step of a decaying schedule is not at lr 0, and a one-step run without warmup
+    trains at the peak rate."""
+    import transformers
+
+    out = tmp_path / "sched"
+    steps, lr, warmup = 6, 1e-3, 2
+    args = ["--data", str(prepared), "--output", str(out), "--max-steps", str(steps), "--train.lr", str(lr)]
+    args += ["--train.warmup", str(warmup), "--train.schedule", "linear", "--train.log_every", "1"]
+    assert run(args) == 0
+    logged = [r["lr"] for r in read_metrics(out) if r["split"] == "train"]
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    sched = transformers.get_linear_schedule_with_warmup(opt, warmup, steps)
+    expected = []
+    for _ in range(steps):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert logged == pytest.approx(expected, abs=1e-12) and logged[-1] > 0
+    one = ["--data", str(prepared), "--max-steps", "1", "--train.warmup", "0", "--train.log_every", "1"]
+    assert run([*one, "--output", str(tmp_path / "a"), "--train.lr", "1e-3"]) == 0
+    assert run([*one, "--output", str(tmp_path / "b"), "--train.lr", "1e-1"]) == 0
+    a, b = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
+    assert any(not torch.equal(a[k], b[k]) for k in a)

@@ -302,7 +302,79 @@ class Config:
             t.layer_decay == 1 or o.name == "mlm",
             "train.layer_decay in pretraining is for the mlm objective (ELECTRA has two encoders); set it to 1",
         )
+        _check_model_numbers(m)
+        _check_optimizer_numbers(t)
+        _require(
+            d.max_documents is None or d.max_documents > 0, "data.max_documents must be positive (or None)"
+        )
         return self
+
+
+def _check_model_numbers(m: ModelConfig) -> None:
+    """The model's numbers a build would take without complaint and then train badly (NaN, nothing) or crash."""
+    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+        value = getattr(m, name)
+        _require(0 <= value < 1, f"model.{name} must be in [0, 1), not {value:g}")
+    _require(
+        m.initializer_range > 0, f"model.initializer_range must be positive, not {m.initializer_range:g}"
+    )
+    _require(m.layer_norm_eps > 0, f"model.layer_norm_eps must be positive, not {m.layer_norm_eps:g}")
+    _require(m.rope_theta > 1, f"model.rope_theta must be above 1 (10000 is usual), not {m.rope_theta:g}")
+    _require(m.type_vocab_size >= 0, f"model.type_vocab_size must be >= 0, not {m.type_vocab_size}")
+    _require(
+        m.pad_vocab_multiple >= 1, f"model.pad_vocab_multiple must be at least 1, not {m.pad_vocab_multiple}"
+    )
+    _require(
+        m.max_position_embeddings >= 1,
+        f"model.max_position_embeddings must be at least 1, not {m.max_position_embeddings}",
+    )
+
+
+def _check_optimizer_numbers(t: TrainConfig) -> None:
+    """AdamW's and the schedule's numbers, the seed, threads and device: refused before anything is written."""
+    _require(
+        0 <= t.beta1 < 1 and 0 <= t.beta2 < 1,
+        f"train.beta1 and beta2 must be in [0, 1), not {t.beta1:g}, {t.beta2:g}",
+    )
+    _require(t.eps > 0, f"train.eps must be positive (1e-6 is usual), not {t.eps:g}: 0 divides by zero")
+    _require(t.weight_decay >= 0, f"train.weight_decay must be >= 0, not {t.weight_decay:g}")
+    _require(t.clip_norm >= 0, f"train.clip_norm must be >= 0 (0 disables it), not {t.clip_norm:g}")
+    _require(0 <= t.min_lr_ratio <= 1, f"train.min_lr_ratio must be in [0, 1], not {t.min_lr_ratio:g}")
+    _require(0 <= t.decay_fraction <= 1, f"train.decay_fraction must be in [0, 1], not {t.decay_fraction:g}")
+    _require(0 <= t.seed < 2**63, f"train.seed must be a whole number from 0 to 2**63 - 1, not {t.seed}")
+    _require(
+        t.threads is None or t.threads >= 1, f"train.threads must be at least 1 (or None), not {t.threads}"
+    )
+    _check_device(t.device, t.precision)
+
+
+def _check_device(device: str, precision: str) -> None:
+    """train.device names a device this machine has; fp16 needs a GPU."""
+    import torch
+
+    kind, _, index = device.partition(":")
+    _require(
+        kind in ("auto", "cpu", "cuda", "mps") and (not index or (kind == "cuda" and index.isdigit())),
+        f'train.device must be "auto", "cpu", "cuda", "cuda:N" or "mps", not {device!r}',
+    )
+    if kind == "cuda":
+        _require(
+            torch.cuda.is_available(), f"train.device {device}: this machine has no CUDA GPU; use auto or cpu"
+        )
+        _require(
+            not index or int(index) < torch.cuda.device_count(),
+            f"train.device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)",
+        )
+    if kind == "mps":
+        _require(
+            torch.backends.mps.is_available(),
+            "train.device mps: this machine has no MPS device; use auto or cpu",
+        )
+    on_cpu = kind == "cpu" or (kind == "auto" and not torch.cuda.is_available())
+    _require(
+        not (precision == "fp16" and on_cpu),
+        "train.precision fp16 needs a GPU; use bf16, auto or fp32 on CPU",
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------

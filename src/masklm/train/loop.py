@@ -300,7 +300,9 @@ class Trainer:
         """One optimizer step over the next `grad_accum` micro-batches; counts its steps, tokens and time."""
         t0 = time.perf_counter()
         res = self.result
-        lr = self.cfg.lr * lr_factor(budget.progress(res.step + 1, res.elapsed_s), self.cfg, budget.steps)
+        # the rate at where this step starts (transformers' convention): the last step of a decaying schedule
+        # still moves the weights, and the schedule reaches its floor when the budget ends
+        lr = self.cfg.lr * lr_factor(budget.progress(res.step, res.elapsed_s), self.cfg, budget.steps)
         set_lr(self.optimizer, lr)
         step_loss = self._backward([next_batch() for _ in range(self.cfg.grad_accum)])
         grad_norm = dist.clip_grad_norm_(self.model, self.cfg.clip_norm)  # the global norm, on every process
