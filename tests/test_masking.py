@@ -156,3 +156,18 @@ def test_property_specials_untouched_and_every_row_has_a_target(rate, strategy, 
     assert torch.equal(out[special], ids[special])
     has_real = (~special).any(dim=1)
     assert bool(((labels != -100).any(dim=1) | ~has_real).all())
+
+
+def test_the_one_target_of_an_empty_row_is_a_whole_word():
+    """At a rate so low that most rows choose nothing, the fallback target of whole-word (and span) masking is
+    a whole word, never one piece of a longer word."""
+    ids, special, starts = make_batch(B=64, T=32)
+    for strategy in ("whole_word", "span"):
+        cfg = MaskConfig(rate=0.001, strategy=strategy)
+        for seed in range(5):
+            _, labels = draw(cfg, ids, special, starts, seed)
+            sel = labels != -100
+            assert bool(sel.any(dim=1).all())
+            for b in range(ids.shape[0]):
+                for word in _words(starts[b].tolist(), special[b].tolist()):
+                    assert len({bool(sel[b, t]) for t in word}) == 1, (strategy, seed, b, word)

@@ -48,6 +48,7 @@ def mask_tokens(
     word_starts:  (B, T) True where a token begins a new word; needed for "whole_word" and "span".
     Returns (masked_ids, labels): labels hold the original id at chosen positions and -100 elsewhere.
     """
+    word_ids = None
     if cfg.strategy == "token":
         chosen = _choose_tokens(special_mask, cfg.rate, generator)
     else:
@@ -60,7 +61,7 @@ def mask_tokens(
             chosen = _choose_spans(word_ids, special_mask, cfg, generator)
         else:
             raise ValueError(f"unknown mask strategy {cfg.strategy!r}")
-    chosen = _at_least_one(chosen, special_mask, generator)
+    chosen = _at_least_one(chosen, special_mask, generator, word_ids)
 
     labels = torch.where(chosen, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
 
@@ -133,14 +134,22 @@ def _choose_spans(
 
 
 def _at_least_one(
-    chosen: torch.Tensor, special_mask: torch.Tensor, generator: torch.Generator
+    chosen: torch.Tensor,
+    special_mask: torch.Tensor,
+    generator: torch.Generator,
+    word_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Rows with real tokens but nothing chosen get one random real token, so every row has a target."""
+    """Rows with real tokens but nothing chosen get one random real token, so every row has a target; with
+    `word_ids` (whole-word and span masking) the whole word of that token, never a lone piece of one."""
     empty = ~chosen.any(dim=1) & (~special_mask).any(dim=1)
     if not bool(empty.any()):
         return chosen
     scores = torch.rand(chosen.shape, generator=generator).masked_fill(special_mask, -1.0)
-    pick = scores.argmax(dim=1)
-    extra = torch.zeros_like(chosen)
-    extra[torch.arange(chosen.shape[0]), pick] = True
+    pick = scores.argmax(dim=1)  # (B,)
+    if word_ids is None:
+        extra = torch.zeros_like(chosen)
+        extra[torch.arange(chosen.shape[0]), pick] = True
+    else:
+        picked_word = word_ids.gather(1, pick[:, None])  # (B, 1)
+        extra = (word_ids == picked_word) & ~special_mask
     return chosen | (extra & empty[:, None])
