@@ -352,3 +352,14 @@ def test_every_step_of_the_budget_moves_the_weights(prepared, tmp_path):
     assert run([*one, "--output", str(tmp_path / "b"), "--train.lr", "1e-1"]) == 0
     a, b = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
     assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_with_an_init_from_of_another_shape_is_one_line(prepared, tmp_path, capsys):
+    data = ["--data", str(prepared), "--max-steps", "2"]
+    assert run([*data, "--output", str(tmp_path / "other")]) == 0
+    assert run([*data, "--output", str(tmp_path / "run"), "--model.num_hidden_layers", "1"]) == 0
+    capsys.readouterr()
+    argv = [*data, "--output", str(tmp_path / "run"), "--resume", "--init-from", str(tmp_path / "other")]
+    assert run([*argv, "--max-steps", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "--init-from" in err and "model.num_hidden_layers" in err and err.count("\n") == 1, err

@@ -9,6 +9,7 @@ The run folder:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -369,7 +370,19 @@ def pretrain(
     tokenizer = load_data_tokenizer(train_ds.tokenizer_path, run)
     fit_config_to_data(cfg, tokenizer, int(train_ds.seq_len))
     objective = objective_for(cfg)
+    saved_model = dataclasses.replace(cfg.model)
     model, notes = start_model(cfg, objective, tokenizer, init_from, data_name)
+    if resume and init_from and cfg.model != saved_model:
+        changed = [
+            f.name
+            for f in dataclasses.fields(saved_model)
+            if getattr(cfg.model, f.name) != getattr(saved_model, f.name)
+        ]
+        raise UserError(
+            f"--resume continues {run_dir} with the model it started with, but --init-from {init_from} is "
+            f"another one (model.{changed[0]}: {getattr(cfg.model, changed[0])}, not {getattr(saved_model, changed[0])}); "
+            "pass the --init-from the run started from, or leave it out"
+        )
     objective = objective_for(cfg)  # --init-from may have set the ELECTRA generator's width
     resume_from = run.open()
     keep_global_batch(cfg, resume_from)
