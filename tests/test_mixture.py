@@ -103,6 +103,18 @@ def test_parse_source():
         parse_source("data/web:0")
 
 
+@pytest.mark.parametrize("weight", ["-1", "abc", "inf", "nan"])
+def test_a_weight_that_is_no_positive_number_is_named(corpora, weight):
+    with pytest.raises(UserError, match=f"weight in --data .*:{weight} must be a positive number"):
+        parse_source(f"{corpora['a']}:{weight}")
+
+
+def test_the_same_source_twice_is_refused(corpora, tmp_path, capsys):
+    a = corpora["a"]
+    assert cli("pretrain", *TINY, "--data", f"{a}:1", f"{a}/:1", "--output", tmp_path / "run") == 2
+    assert "names" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
 def run(*args: object) -> int:
     return cli("pretrain", *TINY, *args)
 

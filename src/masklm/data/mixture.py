@@ -46,6 +46,9 @@ def parse_source(text: str) -> Source:
     """ "DIR" or "DIR:WEIGHT" → Source. A DIR that exists as written wins over reading ":..." as a weight."""
     match = _WEIGHT.match(text)
     if match is None or Path(text).exists():
+        folder, sep, weight_text = text.rpartition(":")
+        if sep and not Path(text).exists() and Path(folder).exists():  # a weight that is not a number: d1:-1
+            raise UserError(f"the weight in --data {text} must be a positive number, not {weight_text!r}")
         return Source(Path(text))
     weight = float(match.group(2))
     if not (math.isfinite(weight) and weight > 0):

@@ -164,6 +164,10 @@ def load_splits(data: DataArg) -> tuple[PackedDataset | Mixture, PackedDataset |
     or it is empty; for a mixture, the sources' validation splits one after another)."""
     sources = data_sources(data)
     paths = [s.path for s in sources]
+    resolved = [p.resolve() for p in paths]
+    twice = next((p for i, p in enumerate(paths) if resolved[i] in resolved[:i]), None)
+    if twice is not None:
+        raise UserError(f"--data names {twice} twice; give each source once (a weight sets its share)")
     checked = PackedDataset(paths, "train")  # one tokenizer and seq_len for all sources and parts
     if len(sources) == 1:
         train_ds: PackedDataset | Mixture = checked
