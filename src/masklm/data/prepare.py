@@ -106,7 +106,7 @@ def _get_tokenizer(
     documents = _Passes(files, cfg, progress, sample_limits(files, cfg.tokenizer_sample_bytes))
     tok = train_tokenizer(documents, vocab_size=cfg.vocab_size, lowercase=cfg.lowercase)
     if not documents.has_text:
-        raise UserError(_empty_corpus_message(files))
+        raise UserError(_empty_corpus_message(files, cfg))
     return tok
 
 
@@ -143,7 +143,12 @@ def sample_limits(files: list[InputFile], sample_bytes: int) -> list[int] | None
     return [max(1, sample_bytes * size // total) for size in sizes]
 
 
-def _empty_corpus_message(files: list[InputFile]) -> str:
+def _empty_corpus_message(files: list[InputFile], cfg: DataConfig) -> str:
+    if cfg.where is not None:
+        return (
+            f"no document of the inputs ({len(files)} file(s)) has --data.where {cfg.where}; check the value "
+            "(it is compared as text: a JSON true is 'True') or leave the filter out"
+        )
     return (
         f"the inputs hold no text ({len(files)} file(s), no non-empty document); check the files "
         "(and --data.text_field for .jsonl / .csv)"
@@ -587,7 +592,7 @@ def _check_not_empty(packers: dict[str, _Packer], selection: _Selection) -> None
     """UserError when a whole corpus gives no rows. A part may be empty (a corpus of fewer segments than parts):
     it is written so, and reading the parts checks that they hold rows between them."""
     if selection.part.count == 1 and not any(p.writer.sequences for p in packers.values()):
-        raise UserError(_empty_corpus_message(selection.corpus.files))
+        raise UserError(_empty_corpus_message(selection.corpus.files, selection.corpus.cfg))
 
 
 def _meta(

@@ -281,6 +281,11 @@ def binary_error(path: Path) -> UserError:
 
 
 def _txt_documents(text: io.TextIOBase, path: Path, cfg: DataConfig) -> Iterator[str]:
+    if cfg.where is not None:
+        raise UserError(
+            f"{path}: --data.where {cfg.where} keeps the records with that field, and plain text has no fields; "
+            "leave the text files out of this run or drop --data.where"
+        )
     if cfg.one_doc_per_line:
         for line in _lines(text, path):
             if line.strip():
