@@ -658,3 +658,12 @@ def test_a_folder_input_skips_the_folders_masklm_wrote(tmp_path, tok, capsys):
     assert meta["documents"] == len(docs)
     err = capsys.readouterr().err
     assert f"{corpus / 'data'} is a folder masklm wrote" in err and f"{corpus / 'run'} is a folder" in err
+
+
+def test_prepare_takes_a_seq_len_above_the_default_models_positions(tmp_path):
+    """prepare makes data: a 1024-token row is fine there (a rotary model reads it); pretrain checks positions."""
+    from helpers import cli
+
+    write_lines(tmp_path / "c.txt", make_docs(20))
+    assert cli("prepare", "--input", tmp_path / "c.txt", "--output", tmp_path / "out", "--seq-len", 1024) == 0
+    assert json.loads((tmp_path / "out" / "meta.json").read_text())["seq_len"] == 1024

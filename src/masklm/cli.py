@@ -203,7 +203,10 @@ def build_prepare(p: argparse.ArgumentParser) -> None:
 def cmd_prepare(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     from masklm.data.prepare import Part, prepare
 
-    cfg = _config(args, {**_data_overrides(args), **overrides}, None)
+    values = {**_data_overrides(args), **overrides}
+    # prepare makes data, not a model: whether the model's positions reach data.seq_len is pretrain's check
+    values.setdefault("model.max_position_embeddings", 1 << 30)
+    cfg = _config(args, values, None)
     part = Part(args.shard_index, args.num_shards)
     meta = prepare(args.input, args.output, cfg.data, overwrite=args.overwrite, seed=args.seed, part=part)
     tr, va = meta["splits"]["train"], meta["splits"]["val"]
