@@ -95,6 +95,14 @@ def test_bad_yaml_and_missing_file(tmp_path):
         load_config(None, bad)
     with pytest.raises(UserError, match="unknown preset"):
         load_config("huge")
+    with pytest.raises(UserError, match="is a folder"):
+        load_config(None, tmp_path)
+    section = tmp_path / "section.yaml"
+    section.write_text("train: 5\n")
+    with pytest.raises(UserError, match="section 'train' in .* must map settings to values"):
+        load_config(None, section)
+    section.write_text("model:\ntrain: {lr: 0.002}\n")  # an empty section is no section
+    assert load_config(None, section).train.lr == 0.002
 
 
 def test_round_trip_through_dict():

@@ -250,7 +250,11 @@ class Config:
     def validate(self) -> Config:
         check_choices(self)
         m, d, k, t = self.model, self.data, self.mask, self.train
-        _require(m.hidden_size > 0 and m.num_hidden_layers > 0, "model sizes must be positive")
+        _require(
+            m.hidden_size > 0 and m.num_hidden_layers > 0,
+            f"model.hidden_size and model.num_hidden_layers must be positive, not {m.hidden_size} and "
+            f"{m.num_hidden_layers}",
+        )
         _require(
             m.num_attention_heads > 0 and m.hidden_size % m.num_attention_heads == 0,
             f"model.hidden_size ({m.hidden_size}) must be divisible by model.num_attention_heads "
@@ -284,7 +288,10 @@ class Config:
             k.mask_prob >= 0 and k.random_prob >= 0 and k.mask_prob + k.random_prob <= 1,
             "mask.mask_prob and mask.random_prob must be >= 0 and add up to at most 1",
         )
-        _require(k.span_mean >= 1 and k.span_max >= 1, "mask.span_mean and mask.span_max must be >= 1")
+        _require(
+            k.span_mean >= 1 and k.span_max >= 1,
+            f"mask.span_mean and mask.span_max must be >= 1, not {k.span_mean:g} and {k.span_max}",
+        )
         _require(t.batch_size > 0, f"train.batch_size must be positive, not {t.batch_size}")
         _require(t.grad_accum > 0, f"train.grad_accum must be positive, not {t.grad_accum}")
         _require(t.lr > 0, f"train.lr must be positive, not {t.lr}")
@@ -731,6 +738,12 @@ def apply_dict(cfg: Any, values: dict[str, Any], source: str) -> Any:
         if isinstance(v, dict):
             for kk, vv in v.items():
                 flat[f"{k}.{kk}"] = vv
+        elif k in names and v is None:  # an empty section ("model:" with nothing under it)
+            continue
+        elif k in names:
+            raise UserError(
+                f"section {k!r} in {source} must map settings to values ({k}: {{name: value}}), not {v!r}"
+            )
         else:
             flat[k] = v
     for key, value in flat.items():
@@ -755,6 +768,8 @@ def preset_values(name: str) -> dict[str, Any]:
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"config file {p} is a folder; give the YAML file itself")
     if not p.is_file():
         raise UserError(f"config file {p} does not exist")
     try:
