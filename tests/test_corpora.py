@@ -333,3 +333,8 @@ def test_parts_need_a_tokenizer_and_a_valid_index(tmp_path):
     with pytest.raises(UserError, match=r"--shard-index must be in \[0, --num-shards\)"):
         prepare([tmp_path / "c.jsonl"], tmp_path / "out", cfg(), part=Part(2, 2), progress=False)
     assert file_snapshot(tmp_path / "out") is None
+    # the command line: N parts and no index would quietly prepare part 0
+    assert (
+        cli("prepare", "--input", tmp_path / "c.jsonl", "--output", tmp_path / "out", "--num-shards", 2) == 2
+    )
+    assert file_snapshot(tmp_path / "out") is None

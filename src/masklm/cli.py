@@ -197,7 +197,12 @@ def build_prepare(p: argparse.ArgumentParser) -> None:
         help="one of N independent jobs: prepare a deterministic 1/N of the inputs into OUTPUT/part-I-of-N "
         "(needs --tokenizer)",
     )
-    p.add_argument("--shard-index", type=int, default=0, metavar="I", help="which of the N parts, 0 to N-1")
+    p.add_argument(
+        "--shard-index",
+        type=int,
+        metavar="I",
+        help="which of the N parts, 0 to N-1 (needed with --num-shards)",
+    )
 
 
 def cmd_prepare(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
@@ -207,7 +212,12 @@ def cmd_prepare(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     # prepare makes data, not a model: whether the model's positions reach data.seq_len is pretrain's check
     values.setdefault("model.max_position_embeddings", 1 << 30)
     cfg = _config(args, values, None)
-    part = Part(args.shard_index, args.num_shards)
+    if args.shard_index is None and args.num_shards > 1:
+        raise UserError(
+            f"--num-shards {args.num_shards} needs --shard-index I: which part this job prepares (0 to "
+            f"{args.num_shards - 1})"
+        )
+    part = Part(args.shard_index or 0, args.num_shards)
     meta = prepare(args.input, args.output, cfg.data, overwrite=args.overwrite, seed=args.seed, part=part)
     tr, va = meta["splits"]["train"], meta["splits"]["val"]
     print(
