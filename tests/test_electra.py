@@ -376,6 +376,17 @@ def test_hf_export_refusals(tmp_path, tok):
     assert not (tmp_path / "out2").exists()
 
 
+def test_a_relu_discriminator_exports_and_its_generator_is_refused(tmp_path, tok, one_thread):
+    """transformers' ElectraDiscriminatorPredictions follows config.hidden_act; only the generator's prediction
+    head is gelu whatever the config says."""
+    pytest.importorskip("transformers")
+    folder, _ = electra_folder(tmp_path / "model", tok, hidden_act="relu")
+    export_model(folder, tmp_path / "disc")  # its transformers parity check passes
+    with pytest.raises(UserError, match="model.hidden_act=relu.*--model.hidden_act gelu"):
+        export_model(folder, tmp_path / "gen", generator=True)
+    assert not (tmp_path / "gen").exists()
+
+
 def test_onnx_export_of_the_discriminator(tmp_path, tok, one_thread):
     pytest.importorskip("onnxruntime")
     folder, _ = electra_folder(tmp_path / "model", tok)

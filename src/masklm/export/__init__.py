@@ -72,7 +72,7 @@ def export_model(
         model, tokenizer, info = load_model(folder, architecture=ElectraGenerator.architecture)
     model = model.float().eval()  # exports are float32
     if fmt == "hf":
-        refuse_modern(model.cfg, type(model).hf_model_type)
+        refuse_modern(model.cfg, type(model).hf_model_type, type(model).hf_class)
         obstacle = model.hf_obstacle()
         if obstacle:
             raise UserError(obstacle)

@@ -201,7 +201,7 @@ def config_to_hf(
     """ModelConfig → a Hugging Face BERT (or, for an ELECTRA head, ElectraConfig) config.json dict
     (`vocab_size` overrides the row count written)."""
     head = head_class(architecture)
-    refuse_modern(cfg, head.hf_model_type)
+    refuse_modern(cfg, head.hf_model_type, head.hf_class)
     out: dict[str, Any] = {
         "architectures": [head.hf_class],
         "model_type": head.hf_model_type,
@@ -234,17 +234,20 @@ def config_to_hf(
     return out
 
 
-def refuse_modern(cfg: ModelConfig, model_type: str = "bert") -> None:
-    """Raise a UserError naming the settings Hugging Face's BERT (or ELECTRA) cannot express."""
+def refuse_modern(cfg: ModelConfig, model_type: str = "bert", hf_class: str | None = None) -> None:
+    """Raise a UserError naming the settings Hugging Face's BERT (or ELECTRA) cannot express (`hf_class`: the
+    class exported, when it matters: ElectraForMaskedLM's prediction head is always gelu, the discriminator's
+    follows config.hidden_act)."""
     options = cfg.modern_options(model_type)
-    if model_type == "electra" and cfg.hidden_act != "gelu":  # ElectraGeneratorPredictions: always gelu
+    if hf_class == "ElectraForMaskedLM" and cfg.hidden_act != "gelu":  # ElectraGeneratorPredictions: gelu
         options.append(f"model.hidden_act={cfg.hidden_act}")
     if options:
         name = "ElectraModel" if model_type == "electra" else "BertForMaskedLM"
+        gelu = " --model.hidden_act gelu" if any(o.startswith("model.hidden_act") for o in options) else ""
         raise UserError(
             f"this model uses {', '.join(options)}, which Hugging Face's {name} cannot express; "
             "only models trained with the BERT defaults (--model.norm post --model.position absolute "
-            "--model.ffn mlp --model.bias true) export to Hugging Face (ONNX export works for any model)"
+            f"--model.ffn mlp --model.bias true{gelu}) export to Hugging Face (ONNX export works for any model)"
         )
 
 
@@ -271,7 +274,7 @@ def to_hf_state_dict(model: nn.Module, vocab_size: int | None = None) -> dict[st
     """
     cfg: ModelConfig = model.cfg
     head = head_class(type(model).architecture)
-    refuse_modern(cfg, head.hf_model_type)
+    refuse_modern(cfg, head.hf_model_type, head.hf_class)
     prefix = f"{head.hf_model_type}."
     rows = vocab_size or cfg.vocab_size
     if rows > cfg.vocab_size:
