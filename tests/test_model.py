@@ -1,5 +1,7 @@
 """The encoder and its heads: padding invariance, sparse MLM head, save → load, variants."""
 
+from pathlib import Path
+
 import pytest
 import tokenizers
 import torch
@@ -137,6 +139,29 @@ def test_save_load_identical_outputs(tmp_path, variant):
     assert info.architecture == "MaskedLM"
     assert torch.equal(m(ids), m2.eval()(ids))
     assert tok2.to_str() == tok.to_str()
+
+
+def test_the_same_model_saves_to_the_same_bytes(tmp_path):
+    """safetensors writes metadata keys in an order that varies between processes, so two keys gave two byte
+    sequences for one model (a resumed run's file differed from an uninterrupted one's): one key is written."""
+    import subprocess
+    import sys
+
+    from safetensors import safe_open
+
+    save = (
+        "import sys, torch; sys.path.insert(0, 'tests'); from helpers import tiny_model_config; "
+        "from test_model import tiny_tokenizer; from masklm.model.heads import MaskedLM; "
+        "from masklm.model.io import save_model; torch.manual_seed(0); "
+        "save_model(MaskedLM(tiny_model_config(100)), sys.argv[1], tiny_tokenizer())"
+    )
+    root = Path(__file__).resolve().parent.parent
+    for name in ("a", "b"):
+        subprocess.run([sys.executable, "-c", save, str(tmp_path / name)], check=True, cwd=root)
+    a, b = ((tmp_path / n / "model.safetensors").read_bytes() for n in ("a", "b"))
+    assert a == b
+    with safe_open(str(tmp_path / "a" / "model.safetensors"), "pt") as f:
+        assert f.metadata() == {"format": "pt"}
 
 
 def test_load_with_new_head_keeps_encoder(tmp_path):

@@ -57,7 +57,9 @@ def save_model(
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tmp = folder / ".model.safetensors.tmp"
     try:
-        save_safetensors(state, tmp, metadata={"format": "pt", "masklm": "1"})
+        # one metadata key: safetensors writes a map's keys in no fixed order, and the same model must give the
+        # same bytes (a resumed run's model.safetensors equals an uninterrupted one's)
+        save_safetensors(state, tmp, metadata={"format": "pt"})
         fsync_file(tmp)
         tmp.replace(folder / "model.safetensors")
     finally:
