@@ -173,7 +173,7 @@ def mc_run(tmp_path_factory, base) -> tuple[Path, Path]:
     out = folder / "run"
     rc = cli(
         "finetune", "--task", "multiple-choice", "--model", base, "--train", train, "--validation", train,
-        "--output", out, "--train.epochs", 30, *FAST,
+        "--output", out, "--train.epochs", 40, *FAST,
     )  # fmt: skip
     assert rc == 0
     return out, train
