@@ -307,3 +307,14 @@ def test_no_padding_mask_when_nothing_is_padded():
     m = MaskedLM(tiny_cfg()).eval()
     ids = torch.randint(5, 100, (2, 6))
     torch.testing.assert_close(m(ids, torch.ones_like(ids)), m(ids))
+
+
+def test_one_segment_row_reads_every_segment_as_the_first():
+    """type_vocab_size 1 (a RoBERTa-like BERT, or --model.type_vocab_size 1): the second text of a pair (segment
+    id 1) reads the one row, as the first does, instead of indexing past it."""
+    torch.manual_seed(6)
+    m = MaskedLM(tiny_cfg(type_vocab_size=1)).eval()
+    ids = torch.randint(5, 100, (2, 9))
+    types = torch.zeros_like(ids)
+    types[:, 5:] = 1
+    assert torch.equal(m(ids, token_type_ids=types), m(ids, token_type_ids=torch.zeros_like(ids)))

@@ -50,7 +50,8 @@ class Embeddings(nn.Module):
         if self.position is not None:
             x = x + self.position.weight[:T]  # (T, H) broadcast over B
         if self.token_type is not None:
-            if token_type_ids is None:
+            # one segment row (type_vocab_size 1): every segment reads it, and a pair is told apart by [SEP] alone
+            if token_type_ids is None or self.token_type.num_embeddings == 1:
                 x = x + self.token_type.weight[0]
             else:
                 x = x + self.token_type(token_type_ids)
