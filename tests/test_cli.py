@@ -205,3 +205,11 @@ def test_configuration_doc_is_up_to_date():
     )
     for s in [*settings(Config), *settings(FinetuneConfig)]:
         assert f"| `{s.key}` | `{s.default_text}` | {s.help.replace('|', chr(92) + '|')} |" in current, s.key
+
+
+def test_under_torchrun_one_process_per_machine_says_a_user_error(monkeypatch, capsys):
+    """Every process meets the same bad setting: LOCAL_RANK 0 prints it, the others only exit 2."""
+    for local_rank, printed in (("1", False), ("0", True)):
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+        assert cli.main(["finetune", "--task", "classification", "--train.batch_size", "0"]) == 2
+        assert ("error: " in capsys.readouterr().err) == printed

@@ -17,6 +17,7 @@ import argparse
 import difflib
 import errno
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -838,12 +839,19 @@ def run(argv: list[str]) -> int:
     return command.handler(args, overrides)
 
 
+def _says_errors() -> bool:
+    """Whether this process prints a user error: under torchrun every process meets the same bad setting or
+    file, so one per machine says it (LOCAL_RANK 0; a node's own problem is still said on that node)."""
+    return os.environ.get("LOCAL_RANK", "0") == "0"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return run(argv)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if _says_errors():
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
