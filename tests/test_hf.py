@@ -19,6 +19,7 @@ from safetensors.torch import save_file  # noqa: E402
 from masklm.config import ModelConfig  # noqa: E402
 from masklm.data.tokenizer import train_tokenizer  # noqa: E402
 from masklm.errors import UserError  # noqa: E402
+from masklm.export import export_model  # noqa: E402
 from masklm.model.heads import MaskedLM, SequenceClassification  # noqa: E402
 from masklm.model.hf import config_from_hf, config_to_hf, hf_keys, to_hf_state_dict  # noqa: E402
 from masklm.model.io import load_model  # noqa: E402
@@ -171,6 +172,10 @@ def test_bare_encoder_gets_fresh_heads_and_notes(tmp_path: Path, vocab: dict[str
     with torch.no_grad():  # the checkpoint's pooler is kept, only the classifier is new
         pooled = torch.tanh(cls.eval().pooler(cls.encoder(*b.values())[:, 0]))
     assert_close(pooled, want.pooler_output)
+    # exporting it would write the random MLM head as if it were trained: refused, nothing written
+    with pytest.raises(UserError, match="no trained head to export"):
+        export_model(folder, tmp_path / "exported")
+    assert not (tmp_path / "exported").exists()
 
 
 def test_pytorch_bin_vocab_txt_and_old_layernorm_names(tmp_path: Path, vocab: dict[str, int]) -> None:
