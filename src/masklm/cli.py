@@ -18,6 +18,7 @@ import difflib
 import errno
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -310,6 +311,12 @@ def cmd_pretrain(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         data_over.setdefault("data.where", "source=imdb")
     cfg = _config(args, {**data_over, **budget, **overrides}, "small")
     check_log_kind(cfg.train.log)  # before any data is prepared
+    shaped = sorted(k for k in overrides if k.startswith("model."))
+    if args.init_from and shaped and not args.resume:
+        raise UserError(
+            f"--init-from {args.init_from} brings its own model settings, so --{shaped[0]} would be ignored; drop "
+            "the --model.* options, or pretrain from scratch without --init-from"
+        )
     if args.resume:
         check_resume_settings(run_dir, {**data_over, **budget, **overrides})
     if args.input is None and args.data is None:
@@ -344,6 +351,7 @@ def _prepare_into_run(args: argparse.Namespace, cfg: Config, run_dir: Path, data
     dist.init(cfg.dist.backend, cfg.train.device)  # under torchrun: rank 0 prepares, the others wait
     inputs = [("--input", path) for path in args.input]
     inputs += [("--init-from", args.init_from)] if args.init_from else []
+    made = not run_dir.exists()
     prepare_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite, inputs=inputs)
 
     def prepare_data() -> None:
@@ -354,7 +362,12 @@ def _prepare_into_run(args: argparse.Namespace, cfg: Config, run_dir: Path, data
             _, tokenizer, _ = load_model(args.init_from)
         prepare(args.input, data_dir, cfg.data, overwrite=True, tokenizer=tokenizer, seed=cfg.train.seed)
 
-    dist.on_rank0(prepare_data, "preparing the data")
+    try:
+        dist.on_rank0(prepare_data, "preparing the data")
+    except (UserError, OSError):
+        if made and dist.rank() == 0:  # the run folder this command made is left as it was: not there
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def _report_pretrain(summary: dict[str, Any], run_dir: Path, demo: bool) -> None:
