@@ -265,6 +265,13 @@ def test_broken_folders_are_user_errors(tmp_path: Path, vocab: dict[str, int]) -
     with pytest.raises(UserError, match="BERT checkpoints only"):
         load_model(roberta_cfg)
 
+    escaping = variant("escaping")  # a sharded index whose shard lies outside the folder
+    (escaping / "model.safetensors").rename(tmp_path / "elsewhere.safetensors")
+    weight_map = {k: "../elsewhere.safetensors" for k in hf.state_dict()}
+    (escaping / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(UserError, match="is not a file name"):
+        load_model(escaping)
+
 
 def _minilm_dir() -> Path:
     folder = minilm_dir()

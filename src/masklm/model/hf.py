@@ -450,6 +450,11 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
             shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
             raise UserError(f"{index} is not a valid safetensors index") from None
+        outside = [s for s in shards if not isinstance(s, str) or Path(s).name != s]
+        if outside:  # a shard is a file of this folder, named without a path
+            raise UserError(
+                f"{index} is not a valid safetensors index: shard {outside[0]!r} is not a file name"
+            )
         state: dict[str, torch.Tensor] = {}
         for shard in shards:
             state.update(read_safetensors(folder / shard))
