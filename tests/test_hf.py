@@ -265,6 +265,11 @@ def test_broken_folders_are_user_errors(tmp_path: Path, vocab: dict[str, int]) -
     with pytest.raises(UserError, match="BERT checkpoints only"):
         load_model(roberta_cfg)
 
+    no_type = variant("no_type")  # an older config.json: architectures name the BERT class, no model_type
+    data = json.loads((no_type / "config.json").read_text())
+    (no_type / "config.json").write_text(json.dumps({k: v for k, v in data.items() if k != "model_type"}))
+    assert load_model(no_type)[2].architecture == "MaskedLM"
+
     escaping = variant("escaping")  # a sharded index whose shard lies outside the folder
     (escaping / "model.safetensors").rename(tmp_path / "elsewhere.safetensors")
     weight_map = {k: "../elsewhere.safetensors" for k in hf.state_dict()}

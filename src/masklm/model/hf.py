@@ -126,10 +126,21 @@ def hf_keys(key: str, head: type[Head] | None = None, prefix: str | None = None)
 def config_from_hf(data: dict[str, Any], source: str = "config.json") -> ModelConfig:
     """A Hugging Face BERT config.json (as a dict) → ModelConfig; what BERT-in-masklm cannot express is refused."""
     model_type = data.get("model_type")
+    claimed = data.get("architectures")
+    if (
+        model_type is None
+        and isinstance(claimed, list)
+        and claimed
+        and all(str(c).startswith("Bert") for c in claimed)
+    ):
+        model_type = (
+            "bert"  # an older config.json that names only its BERT class, which transformers loads too
+        )
     if model_type != "bert":
+        why = {"roberta": "RoBERTa uses other position ids and weight names", None: "it names no model_type"}
         raise UserError(
-            f"{source} describes a {model_type!r} model; masklm loads BERT checkpoints only (model_type 'bert'); "
-            "RoBERTa-style models use other position ids and weight names"
+            f"{source} describes a {model_type!r} model; masklm loads BERT checkpoints only (model_type 'bert')"
+            + (f": {why[model_type]}" if model_type in why else "")
         )
     position = data.get("position_embedding_type", "absolute") or "absolute"
     if position != "absolute":
