@@ -343,6 +343,15 @@ def test_qa_version_2_detected(base, tmp_path):
     assert {"exact_match", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1"} <= set(summary)
 
 
+def test_qa_version_2_false_with_unanswerable_training_questions_is_refused(base, tmp_path, capsys):
+    train = write_jsonl(tmp_path / "train.jsonl", qa_examples(8, 1, impossible_every=4))
+    argv = ["finetune", "--task", "qa", "--model", base, "--train", train, "--validation", train]
+    assert cli(*argv, "--output", tmp_path / "run", "--data.version_2", "false", *FAST) == 2
+    err = capsys.readouterr().err
+    assert "2 unanswerable question(s), but --data.version_2 is false" in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
 def test_hugging_face_folder_as_model(base, data, tmp_path):
     hf = pytest.importorskip("masklm.model.hf")
     from masklm.model.io import load_model

@@ -151,6 +151,7 @@ def _read_training_files(
     """(training examples, validation examples, labels); settings the training data decides are filled in."""
     train_examples = task.read(Path(train_path), settings, labelled=True)
     val_examples = task.read(Path(validation_path), settings, labelled=True)
+    task.check_training_data(settings, train_examples, Path(train_path))
     task.resolve_settings(settings, train_examples)
     return train_examples, val_examples, task.label_set(train_examples, settings, Path(train_path))
 

@@ -102,6 +102,13 @@ class Task(abc.ABC):
         """Fill in settings the data decides when they are unset (e.g. QA's version_2), in place."""
         return None  # nothing by default
 
+    def check_training_data(
+        self, settings: FinetuneDataConfig, examples: Sequence[Example], path: Path
+    ) -> None:
+        """A UserError when the training examples contradict a setting given explicitly (QA: unanswerable
+        questions with data.version_2 false). Evaluation may still score other data."""
+        return None  # nothing by default
+
     def label_set(
         self, examples: Sequence[Example], settings: FinetuneDataConfig, path: Path
     ) -> list[str] | None:

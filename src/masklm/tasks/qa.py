@@ -391,6 +391,16 @@ class QuestionAnsweringTask(Task):
         if settings.version_2 is None:
             settings.version_2 = any(ex["is_impossible"] for ex in examples)
 
+    def check_training_data(
+        self, settings: FinetuneDataConfig, examples: Sequence[Example], path: Path
+    ) -> None:
+        impossible = sum(1 for ex in examples if ex["is_impossible"])
+        if settings.version_2 is False and impossible:
+            raise UserError(
+                f"{path} has {impossible} unanswerable question(s), but --data.version_2 is false (SQuAD 1.1: every "
+                "question has an answer); set it true, or leave it unset to follow the data"
+            )
+
     def encode(
         self,
         tok: Any,
