@@ -169,9 +169,17 @@ def test_train_log_defaults_to_jsonl_and_takes_tensorboard():
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a machine without a CUDA GPU")
-@pytest.mark.parametrize(
-    "overrides", [{"train.device": "cuda"}, {"train.device": "cpu", "train.precision": "fp16"}]
-)
-def test_a_device_this_machine_lacks_is_refused_before_the_run(overrides):
+@pytest.mark.parametrize("device, precision", [("cuda", "auto"), ("cuda:1", "fp32"), ("cpu", "fp16")])
+def test_a_device_this_machine_lacks_is_refused_when_a_run_starts(device, precision, tmp_path):
+    """A config naming a GPU still loads here (a GPU run's config.yaml: evaluate it, resume it with
+    --train.device cpu); starting a run on it is refused before anything is written."""
+    from helpers import cli
+
+    from masklm.config import check_device
+
+    cfg = load_config("tiny", None, {"train.device": device, "train.precision": precision})
     with pytest.raises(UserError, match="GPU"):
-        load_config("tiny", None, overrides)
+        check_device(cfg.train.device, cfg.train.precision)
+    argv = ["--train.device", device, "--train.precision", precision, "--output", tmp_path / "run"]
+    assert cli("pretrain", "--preset", "tiny", "--data", tmp_path / "nope", *argv) == 2
+    assert not (tmp_path / "run").exists()

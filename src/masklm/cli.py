@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from masklm.config import Config, FinetuneConfig, Setting, section_settings, sections
+from masklm.config import Config, FinetuneConfig, Setting, check_device, section_settings, sections
 from masklm.demo import DEMO_RUN, DEMO_SENTENCES, demo_corpus
 from masklm.errors import UserError
 from masklm.tasks import TASK_NAMES
@@ -311,6 +311,8 @@ def cmd_pretrain(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         data_over.setdefault("data.where", "source=imdb")
     cfg = _config(args, {**data_over, **budget, **overrides}, "small")
     check_log_kind(cfg.train.log)  # before any data is prepared
+    if not args.resume:  # (a resumed run's device is its saved one, checked when it starts)
+        check_device(cfg.train.device, cfg.train.precision)
     shaped = sorted(k for k in overrides if k.startswith("model."))
     if args.init_from and shaped and not args.resume:
         raise UserError(

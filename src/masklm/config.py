@@ -356,14 +356,21 @@ def _check_optimizer_numbers(t: TrainConfig) -> None:
 
 
 def _check_device(device: str, precision: str) -> None:
-    """train.device names a device this machine has; fp16 needs a GPU."""
-    import torch
-
+    """train.device is a device name masklm knows. Whether this machine has it is `check_device`'s question, asked
+    when a run starts: a saved config of a GPU run must still load on a CPU machine (evaluate, --resume there)."""
     kind, _, index = device.partition(":")
     _require(
         kind in ("auto", "cpu", "cuda", "mps") and (not index or (kind == "cuda" and index.isdigit())),
         f'train.device must be "auto", "cpu", "cuda", "cuda:N" or "mps", not {device!r}',
     )
+
+
+def check_device(device: str, precision: str) -> None:
+    """A UserError when this machine lacks train.device (cuda without a GPU, ...) or train.precision fp16 would
+    run on its CPU; called before a run writes anything."""
+    import torch
+
+    kind, _, index = device.partition(":")
     if kind == "cuda":
         _require(
             torch.cuda.is_available(), f"train.device {device}: this machine has no CUDA GPU; use auto or cpu"

@@ -42,7 +42,7 @@ import yaml
 from torch import nn
 
 from masklm import dist
-from masklm.config import apply_dict, config_from_dict
+from masklm.config import apply_dict, check_device, config_from_dict
 from masklm.errors import UserError
 from masklm.train import checkpoint as ckpt
 from masklm.train.logger import check_log_kind, write_run_results
@@ -242,6 +242,7 @@ class Run:
         train.log=tensorboard without the package. Returns the device."""
         t = cfg.train
         check_log_kind(getattr(t, "log", "jsonl"))
+        check_device(t.device, t.precision)
         backend = getattr(getattr(cfg, "dist", None), "backend", "auto")
         info = dist.init(backend, t.device)
         self.device = info.device or pick_device(t.device)
