@@ -36,6 +36,7 @@ from torch import nn
 
 from masklm.data.tokenizer import special_ids
 from masklm.errors import UserError
+from masklm.tasks.files import read_text, split_lines
 
 # (input_ids (B, T), attention_mask (B, T) or None without padding, positions (B,)) → logits (B, V) at one
 # position per row
@@ -241,18 +242,25 @@ class Scorer:
 PAIR_KEYS = ("sentence_good", "sentence_bad")
 
 
-def _lines(text: str) -> list[tuple[int, str]]:
-    """(line number, line) of the non-blank lines. Lines end at "\n" (and "\r\n") only: str.splitlines would
-    also cut at characters a sentence may hold (U+2028, form feed, U+0085)."""
-    lines = ((n, line.rstrip("\r")) for n, line in enumerate(text.split("\n"), 1))
-    return [(n, line) for n, line in lines if line.strip()]
+def _lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, line) of the file's non-blank lines (`read_text`: UTF-8, a byte-order mark dropped; lines
+    end at line feeds only, as `split_lines` cuts them); a binary file is refused."""
+    text = read_text(path)
+    if "\x00" in text:
+        raise UserError(f"{path} is not text (it holds NUL bytes: a binary file?); give a UTF-8 text file")
+    return [(n, line) for n, line in enumerate(split_lines(text), 1) if line.strip()]
 
 
 def read_pairs(path: str | Path) -> list[dict[str, Any]]:
     """A JSONL file of minimal pairs: one {"sentence_good", "sentence_bad"[, "group"]} object a line."""
     path = Path(path)
+    return _pairs(path, _lines(path))
+
+
+def _pairs(path: Path, lines: list[tuple[int, str]]) -> list[dict[str, Any]]:
+    """The minimal pairs of a file's numbered lines (`read_pairs`)."""
     rows = []
-    for n, line in _lines(_read_text(path)):
+    for n, line in lines:
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
@@ -273,36 +281,18 @@ def read_pairs(path: str | Path) -> list[dict[str, Any]]:
         if row.get("group") is not None:
             row["group"] = str(row["group"])
         rows.append(row)
-    if not rows:
-        raise UserError(f"{path} holds no pairs")
-    return rows
+    return rows  # not empty: read_text refused a file without a non-blank line
 
 
 def read_score_input(path: str | Path) -> tuple[str, list[Any], list[str]]:
     """("pairs", rows, []) for JSONL minimal pairs (a .jsonl file, or one whose first line is a JSON object),
     else ("sentences", the non-blank lines, how messages name them: "line N")."""
     path = Path(path)
-    lines = _lines(_read_text(path))
-    if not lines:
-        raise UserError(f"{path} is empty; write one sentence a line, or JSONL minimal pairs")
+    lines = _lines(path)  # read_text refuses a file with nothing in it
     try:
         head = json.loads(lines[0][1])
     except json.JSONDecodeError:
         head = None
     if path.suffix.lower() == ".jsonl" or isinstance(head, dict):
-        return "pairs", read_pairs(path), []
+        return "pairs", _pairs(path, lines), []
     return "sentences", [line.strip() for _, line in lines], [f"line {n}" for n, _ in lines]
-
-
-def _read_text(path: Path) -> str:
-    if path.is_dir():
-        raise UserError(f"{path} is a folder; --data takes one file (sentences, or JSONL minimal pairs)")
-    if not path.is_file():
-        raise UserError(f"{path} does not exist")
-    data = path.read_bytes()
-    if b"\x00" in data:
-        raise UserError(f"{path} is not text (it holds NUL bytes: a binary file?); give a UTF-8 text file")
-    try:
-        return data.decode("utf-8-sig")  # a byte-order mark is not part of the first line
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 text (byte {e.start}); re-save it as UTF-8") from None
