@@ -21,7 +21,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from masklm import dist
-from masklm.config import Config
+from masklm.config import Config, ModelConfig
 from masklm.data.masking import mask_seed, mask_tokens
 from masklm.data.mixture import Mixture, Source, parse_source, source_weights
 from masklm.data.shards import PackedDataset, find_parts
@@ -287,6 +287,21 @@ def start_model(
     return model, notes
 
 
+def check_same_model(
+    saved: ModelConfig, given: ModelConfig, run_dir: str | Path, init_from: str | Path
+) -> None:
+    """--resume with --init-from: the model the run was saved with must be the one --init-from brings (its
+    checkpoints fit no other); a UserError naming the first setting that differs."""
+    changed = [f.name for f in dataclasses.fields(saved) if getattr(given, f.name) != getattr(saved, f.name)]
+    if changed:
+        name = changed[0]
+        raise UserError(
+            f"--resume continues {run_dir} with the model it started with, but --init-from {init_from} is another "
+            f"one (model.{name}: {getattr(given, name)}, not {getattr(saved, name)}); pass the --init-from the run "
+            "started from, or leave it out"
+        )
+
+
 def _is_electra(path: str | Path) -> bool:
     """Whether `path` is a masklm ELECTRA model (or run) folder."""
     data = read_config_json(resolve_model_dir(path))
@@ -376,17 +391,8 @@ def pretrain(
     objective = objective_for(cfg)
     saved_model = dataclasses.replace(cfg.model)
     model, notes = start_model(cfg, objective, tokenizer, init_from, data_name)
-    if resume and init_from and cfg.model != saved_model:
-        changed = [
-            f.name
-            for f in dataclasses.fields(saved_model)
-            if getattr(cfg.model, f.name) != getattr(saved_model, f.name)
-        ]
-        raise UserError(
-            f"--resume continues {run_dir} with the model it started with, but --init-from {init_from} is "
-            f"another one (model.{changed[0]}: {getattr(cfg.model, changed[0])}, not {getattr(saved_model, changed[0])}); "
-            "pass the --init-from the run started from, or leave it out"
-        )
+    if resume and init_from:
+        check_same_model(saved_model, cfg.model, run_dir, init_from)
     objective = objective_for(cfg)  # --init-from may have set the ELECTRA generator's width
     resume_from = run.open()
     keep_global_batch(cfg, resume_from)
