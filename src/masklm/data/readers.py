@@ -73,20 +73,15 @@ def file_kind(path: Path) -> tuple[str | None, str | None]:
 
 def masklm_output(folder: Path) -> bool:
     """Whether `folder` is one masklm wrote: a run (config.yaml beside metrics.jsonl or command.txt), prepared
-    data (meta.json of masklm's packed format) or a suite's output. Its files are logs and token ids, not text."""
+    data (`shards.is_prepared`) or a suite's output (its MARKER). Its files are logs and token ids, not text."""
+    from masklm.data.shards import is_prepared  # (torch: imported only when a folder is walked)
+    from masklm.suite import MARKER
+
     if (folder / "config.yaml").is_file() and any(
         (folder / n).is_file() for n in ("metrics.jsonl", "command.txt")
     ):
         return True
-    if (folder / "suite-run.json").is_file():
-        return True
-    meta = folder / "meta.json"
-    try:
-        return (
-            meta.is_file() and '"masklm-packed"' in meta.read_text(encoding="utf-8", errors="replace")[:4096]
-        )
-    except OSError:
-        return False
+    return (folder / MARKER).is_file() or ((folder / "meta.json").is_file() and is_prepared(folder))
 
 
 def _walk(folder: Path) -> Iterator[Path]:

@@ -130,6 +130,15 @@ def _read_meta(data_dir: Path) -> dict[str, Any]:
     return meta
 
 
+def is_prepared(data_dir: Path) -> bool:
+    """Whether `data_dir` holds masklm's prepared data (a meta.json `_read_meta` accepts)."""
+    try:
+        _read_meta(data_dir)
+    except UserError:
+        return False
+    return True
+
+
 def find_parts(data_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
     """[(folder, meta)]: the prepared folder itself, or the parts in it (part-IIIII-of-NNNNN), all present."""
     if (data_dir / "meta.json").is_file() or not data_dir.is_dir():
