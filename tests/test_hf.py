@@ -20,6 +20,7 @@ from masklm.config import ModelConfig  # noqa: E402
 from masklm.data.tokenizer import train_tokenizer  # noqa: E402
 from masklm.errors import UserError  # noqa: E402
 from masklm.export import export_model  # noqa: E402
+from masklm.infer.fill_mask import FillMask  # noqa: E402
 from masklm.model.heads import MaskedLM, SequenceClassification  # noqa: E402
 from masklm.model.hf import config_from_hf, config_to_hf, hf_keys, to_hf_state_dict  # noqa: E402
 from masklm.model.io import load_model  # noqa: E402
@@ -437,3 +438,6 @@ def test_embedding_rows_beyond_the_tokenizer_are_trimmed(tmp_path: Path, vocab: 
     ]
     b = batch(len(vocab), seed=6)
     assert_close(run_masklm(model.eval(), b)[0], run_hf(hf, b)[0][..., : len(vocab)])
+    # the note is about the vocabulary, not the head: the trained MLM head fills masks
+    assert info.fresh_head is None
+    assert FillMask.load(folder).model is not None

@@ -70,12 +70,11 @@ def export_model(
                 f"--generator exports an ELECTRA model's generator, but {model_dir} is a {info.architecture}"
             )
         model, tokenizer, info = load_model(folder, architecture=ElectraGenerator.architecture)
-    fresh = [n for n in info.notes if "initialised from scratch" in n]
     if (
-        fresh
-    ):  # a bare encoder (a Hugging Face BertModel such as all-MiniLM-L6-v2) gets a random MLM head on load
+        info.fresh_head
+    ):  # a bare encoder (a Hugging Face BertModel, such as all-MiniLM-L6-v2's) gets a random one
         raise UserError(
-            f"{model_dir} has no trained head to export ({fresh[0]}); an export would carry random weights: "
+            f"{model_dir} has no trained head to export ({info.fresh_head}); an export would carry random weights: "
             "export a model with its head (a pretrained or fine-tuned masklm run), or fine-tune this one first"
         )
     model = model.float().eval()  # exports are float32

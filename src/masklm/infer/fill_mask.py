@@ -53,9 +53,9 @@ class FillMask:
     def load(cls, path: str | Path, dtype: str = "auto") -> FillMask:
         resolve_dtype(dtype, torch.device("cpu"))  # a bad dtype is refused before the model is read
         model, tokenizer, info = load_model(path, architecture="MaskedLM")
-        if info.notes:
+        if info.fresh_head:
             raise UserError(
-                f"{path} has no trained masked-LM head ({info.notes[0]}); fill-mask and score need one"
+                f"{path} has no trained masked-LM head ({info.fresh_head}); fill-mask and score need one"
             )
         return cls(model, tokenizer, dtype)
 

@@ -234,6 +234,7 @@ class ModelInfo:
     head: dict[str, Any] = field(default_factory=dict)  # the head's options (Head.options), as loaded
     source: str = "masklm"  # "masklm" or "huggingface"
     notes: list[str] = field(default_factory=list)  # things the user should know (e.g. a fresh head)
+    fresh_head: str | None = None  # the note, when the head was initialised from scratch on loading
 
 
 @dataclass

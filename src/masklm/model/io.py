@@ -217,6 +217,7 @@ def _model_from_checkpoint(
     model = build_model(want, ckpt.cfg, want_labels, want_options, saved_task)
     fresh = _take_weights(model, ckpt, same_head)
     notes = list(ckpt.notes)
+    fresh_head = None
     if fresh:
         if want == ckpt.architecture and not same_labels:
             reason = f"labels {want_labels} requested, the checkpoint was trained for {ckpt.labels}"
@@ -229,7 +230,8 @@ def _model_from_checkpoint(
         else:
             reason = "the checkpoint's head weights are missing or do not fit (different shapes)"
         modules = sorted({k.rsplit(".", 1)[0] for k in fresh})
-        notes.append(f"{head.title()} initialised from scratch: {reason} (new: {', '.join(modules)})")
+        fresh_head = f"{head.title()} initialised from scratch: {reason} (new: {', '.join(modules)})"
+        notes.append(fresh_head)
     info = ModelInfo(
         architecture=want,
         labels=want_labels,  # a head not sized by labels may still carry its task's (prompt-classification)
@@ -237,6 +239,7 @@ def _model_from_checkpoint(
         head=model.head_options(),
         source=ckpt.source,
         notes=notes,
+        fresh_head=fresh_head,
     )
     return model, ckpt.tokenizer, info
 

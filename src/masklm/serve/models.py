@@ -258,5 +258,5 @@ def load_served(spec: str, dtype: str = "auto") -> ServedModel:
     if info.architecture != "MaskedLM":
         model, tok, info = load_model(path, architecture="MaskedLM")
     model.eval()
-    fill = None if info.notes else FillMask(model, tok, dtype)  # notes: the MLM head was not in the folder
+    fill = None if info.fresh_head else FillMask(model, tok, dtype)  # no MLM head in the folder: no fill-mask
     return EncoderModel(name, path, fill, fill.model if fill else model, tok)

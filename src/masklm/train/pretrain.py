@@ -274,7 +274,7 @@ def start_model(
         cfg.model = model.cfg
         notes += minfo.notes
         if isinstance(model, ElectraPreTraining):
-            model, note = _electra_generator(model, cfg, fresh=bool(minfo.notes))
+            model, note = _electra_generator(model, cfg, fresh=minfo.fresh_head is not None)
             notes += [note] if note else []
         for n in notes:
             log(f"note: {n}")
