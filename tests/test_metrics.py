@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from masklm.tasks import token_classification as TC
 from masklm.train import metrics as M
 
 # labels / predictions of a 3-class problem, worked by hand below
@@ -83,6 +84,37 @@ def test_entity_metrics_bioes_and_plain_tags():
     assert M.entity_metrics([["NN", "VB", "DT"]], [["NN", "NN", "DT"]]) == {"accuracy": pytest.approx(2 / 3)}
     with pytest.raises(ValueError):
         M.entity_metrics([["O", "O"]], [["O"]])
+
+
+def test_entity_metrics_bilou_is_scored_as_bilou():
+    # gold: U-PER and B-LOC L-LOC; prediction: U-PER, B-LOC I-LOC (unfinished, no entity in strict BILOU).
+    # Scored as BIO, L- and U- would be no entity at all (0 of 0) or split the LOC: strict BILOU gives P 1, R 1/2.
+    out = M.entity_metrics([["U-PER", "O", "B-LOC", "L-LOC"]], [["U-PER", "O", "B-LOC", "I-LOC"]])
+    assert out["precision"] == 1.0 and out["recall"] == 0.5 and out["f1"] == pytest.approx(2 / 3)
+    assert M.entity_metrics([["U-PER", "O"]], [["U-PER", "O"]])["f1"] == 1.0
+    assert M.has_entity_tags(["U-PER", "O"]) and M.entity_scheme(["U-PER", "L-LOC", "B-LOC"]) == "BILOU"
+
+
+@pytest.mark.parametrize(
+    "true, pred",
+    [
+        ([["S-PER", "X", "B-LOC", "E-LOC"]], [["S-PER", "O", "B-LOC", "E-LOC"]]),
+        ([["U-PER", "MISC", "B-LOC", "L-LOC"]], [["U-PER", "MISC", "B-LOC", "L-LOC"]]),
+    ],
+)
+def test_entity_metrics_strict_schemes_take_tags_without_a_prefix(true, pred):
+    # a tag outside the scheme ("X", "MISC") belongs to no entity, as in seqeval's default mode (no KeyError)
+    out = M.entity_metrics(true, pred)
+    assert out["f1"] == 1.0
+
+
+def test_group_entities_bilou():
+    text = "Ann met Bob Lee"
+    spans = [(0, 3), (4, 7), (8, 11), (12, 15)]
+    entities = TC.group_entities(["U-PER", "O", "B-PER", "L-PER"], [1.0] * 4, spans, text, prefixed=True)
+    assert [(e["text"], e["label"]) for e in entities] == [("Ann", "PER"), ("Bob Lee", "PER")]
+    entities = TC.group_entities(["U-PER", "U-PER"], [1.0] * 2, spans[:2], text, prefixed=True)
+    assert [e["text"] for e in entities] == ["Ann", "met"]
 
 
 def test_squad_normalisation_and_scores():

@@ -4,7 +4,7 @@
     example {"tokens", "tags"} -> feature {"input_ids", "token_type_ids", "word_ids", "num_words", "labels"}
 
 A word's first sub-word carries its tag (the others -100, or the tag again with data.label_all_subwords); a
-prediction per word is read back at its first sub-word. Tag sets with B-/I-/E-/S- prefixes are scored as
+prediction per word is read back at its first sub-word. Tag sets with B-/I-/E-/S-/L-/U- prefixes are scored as
 entities (seqeval), others by token accuracy.
 """
 
@@ -331,9 +331,9 @@ def word_scores(feature: Feature, output: torch.Tensor) -> tuple[list[int], list
 def group_entities(
     tags: Sequence[str], scores: Sequence[float], spans: Sequence[tuple[int, int]], text: str, prefixed: bool
 ) -> list[dict[str, Any]]:
-    """Entities {"text", "label", "start", "end", "score"} from per-word tags: with `prefixed` tags, a B-/S- tag
-    (or an I- tag of another type) starts an entity and I-/E- tags of its type extend it; otherwise every word
-    not tagged "O" is one. The score is the mean of its words' probabilities."""
+    """Entities {"text", "label", "start", "end", "score"} from per-word tags: with `prefixed` tags, a B-/S-/U-
+    tag (or an I- tag of another type) starts an entity and I-/E-/L- tags of its type extend it (E-, S-, L- and
+    U- end it); otherwise every word not tagged "O" is one. The score is the mean of its words' probabilities."""
     entities: list[dict[str, Any]] = []
     open_entity: dict[str, Any] | None = None
     for tag, score, (start, end) in zip(tags, scores, spans):
@@ -341,13 +341,13 @@ def group_entities(
         if tag == "O":
             open_entity = None
             continue
-        if open_entity is not None and prefix in ("I", "E") and kind == open_entity["label"]:
+        if open_entity is not None and prefix in ("I", "E", "L") and kind == open_entity["label"]:
             open_entity["end"] = end
             open_entity["scores"].append(score)
         else:
             open_entity = {"label": kind, "start": start, "end": end, "scores": [score]}
             entities.append(open_entity)
-        if not prefixed or prefix in ("E", "S"):
+        if not prefixed or prefix in ("E", "S", "L", "U"):
             open_entity = None
     for e in entities:
         word_probs = e.pop("scores")

@@ -158,12 +158,32 @@ def regression_metrics(preds: Sequence[float], labels: Sequence[float]) -> dict[
 # Token classification
 # ----------------------------------------------------------------------------------------------------
 
-_PREFIXED = re.compile(r"[BIES]-.")
+_PREFIXED = re.compile(r"[BIESLU]-.")
+_SCHEME_PREFIXES = {"IOBES": "BIES", "BILOU": "BILU"}
 
 
 def has_entity_tags(tags: Iterable[str]) -> bool:
-    """Whether a tag set marks entities: any tag with a B-, I-, E- or S- prefix (else POS-like tags)."""
+    """Whether a tag set marks entities: any tag with a B-, I-, E-, S-, L- or U- prefix (else POS-like tags)."""
     return any(_PREFIXED.match(tag) for tag in tags)
+
+
+def entity_scheme(tags: Iterable[str]) -> str:
+    """The tagging scheme of an entity tag set: "BILOU" when any L- or U- tag appears, else "IOBES" when any E-
+    or S- tag does, else "BIO" (IOB1 and IOB2 alike)."""
+    prefixes = {tag[0] for tag in tags if _PREFIXED.match(tag)}
+    if prefixes & {"L", "U"}:
+        return "BILOU"
+    if prefixes & {"E", "S"}:
+        return "IOBES"
+    return "BIO"
+
+
+def _outside_unless(prefixes: str, sentences: Sequence[Sequence[str]]) -> list[list[str]]:
+    """The sentences with every tag that is not "X-TYPE" for a prefix X of `prefixes` written "O": seqeval's
+    strict mode refuses such tags, and like its default mode they belong to no entity."""
+    return [
+        [t if t == "O" or (_PREFIXED.match(t) and t[0] in prefixes) else "O" for t in s] for s in sentences
+    ]
 
 
 def entity_metrics(
@@ -171,9 +191,11 @@ def entity_metrics(
 ) -> dict[str, float]:
     """Entity-level precision / recall / F1 (seqeval, micro-averaged) and token accuracy.
 
-    The scheme is read from the tags: BIO / IOB2 by default (seqeval's conlleval-compatible mode); BIOES when
-    any E- or S- tag appears (seqeval strict mode, IOBES). Tag sets without B-/I-/E-/S- prefixes (POS tags,
-    chunk labels) have no entities: only {"accuracy"} is returned.
+    The scheme is read from the tags (`entity_scheme`): BIO / IOB2 by default (seqeval's conlleval-compatible
+    mode); BIOES when any E- or S- tag appears (seqeval strict mode, IOBES); BILOU when any L- or U- tag does
+    (strict mode, BILOU). In the strict modes a tag without one of the scheme's prefixes ("X", "MISC") is
+    outside every entity. Tag sets without B-/I-/E-/S-/L-/U- prefixes (POS tags, chunk labels) have no entities:
+    only {"accuracy"} is returned.
     """
     if len(true_tags) != len(pred_tags):
         raise ValueError(f"{len(pred_tags)} predicted sentences for {len(true_tags)} gold sentences")
@@ -190,13 +212,15 @@ def entity_metrics(
         return {"accuracy": acc}
     try:
         from seqeval.metrics import f1_score, precision_score, recall_score
-        from seqeval.scheme import IOBES
+        from seqeval.scheme import BILOU, IOBES
     except ImportError:
         raise UserError("entity F1 needs seqeval; install it with: pip install 'masklm[finetune]'") from None
     kwargs: dict[str, Any] = {"zero_division": 0}
-    if any(tag.startswith(("E-", "S-")) for tag in tagset):
-        kwargs.update(mode="strict", scheme=IOBES)
     y_true, y_pred = [list(s) for s in true_tags], [list(s) for s in pred_tags]
+    scheme = entity_scheme(tagset)
+    if scheme != "BIO":
+        kwargs.update(mode="strict", scheme=BILOU if scheme == "BILOU" else IOBES)
+        y_true, y_pred = (_outside_unless(_SCHEME_PREFIXES[scheme], s) for s in (y_true, y_pred))
     return {
         "precision": float(precision_score(y_true, y_pred, **kwargs)),
         "recall": float(recall_score(y_true, y_pred, **kwargs)),
