@@ -165,6 +165,19 @@ def test_labels_of_other_files_match_by_number():
             [{"text": "a", "label": "2"}], ["0.0", "1.0"], "dev.csv")  # fmt: skip
 
 
+def test_predicted_labels_keep_their_spelling(tmp_path):
+    """A predictions file writes a label as the training file spells it: "01" is not the label "1" (both may be
+    labels), only a plainly written integer becomes a JSON number."""
+    task = ClassificationTask()
+    settings = FinetuneDataConfig()
+    labels = ["-1", "01", "1", "+2", "1.0"]
+    examples = [{"text": t, "text_pair": None, "label": None} for t in "abcde"]
+    data = TaskData(tmp_path / "x.csv", examples, [], labelled=False)
+    rows = task.prediction_rows(data, [(k, 0.5) for k in range(5)], labels, settings)
+    assert [r["label"] for r in rows] == [-1, "01", 1, "+2", "1.0"]
+    assert task.render(rows, ".csv").split("\n")[1:3] == ["a,-1,0.5", "b,01,0.5"]
+
+
 def test_prediction_ignores_labels(tmp_path):
     """`predict` reads no labels: on some lines, or malformed, they do not matter; evaluate / finetune refuse."""
     task = ClassificationTask()

@@ -168,8 +168,11 @@ def class_labels(examples: Sequence[Example], path: str | Path, hint: str = "") 
 
 
 def label_value(label: str) -> int | str:
-    """A label name as a predictions file writes it: integer-looking labels as numbers."""
-    return int(label) if INTEGER_LABEL.fullmatch(label) else label
+    """A label name as a predictions file writes it: an integer spelled as Python writes it ("1", "-2") as that
+    number, any other label as its text ("01", "+1" and "1.0" keep their spelling: 1 would be another label)."""
+    if INTEGER_LABEL.fullmatch(label) and str(int(label)) == label:
+        return int(label)
+    return label
 
 
 class ClassificationTask(Task):
