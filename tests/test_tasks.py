@@ -291,6 +291,20 @@ def test_read_conll_jsonl(tmp_path):
     assert read_conll(path) == [{"tokens": ["a", "b"], "tags": None}]
 
 
+def test_token_jsonl_without_tags_names_its_fields(tmp_path):
+    """A .jsonl file whose tags are under another name (Hugging Face's ner_tags) is told so, not "one column"."""
+    path = tmp_path / "ner.jsonl"
+    path.write_text('{"tokens": ["a", "b"], "ner_tags": [1, 0]}\n', encoding="utf-8")
+    message = _raises("has no 'tags' field (fields: tokens, ner_tags)", TokenClassificationTask().read,
+                      path, FinetuneDataConfig(), True)  # fmt: skip
+    assert "one column" not in message
+    columns = tmp_path / "ner.conll"
+    columns.write_text("a\nb\n", encoding="utf-8")
+    _raises(
+        "has no tags (one column only)", TokenClassificationTask().read, columns, FinetuneDataConfig(), True
+    )
+
+
 def test_read_conll_for_prediction_ignores_tags(tmp_path):
     """Tags on some lines only (or malformed) are refused for training and evaluation, ignored for predict."""
     path = tmp_path / "ner.jsonl"

@@ -369,6 +369,12 @@ class TokenClassificationTask(Task):
     def read(self, path: Path, settings: FinetuneDataConfig, labelled: bool) -> list[Example]:
         sentences = read_conll(path, with_tags=labelled)  # predict ignores tags: any, on some lines or none
         if labelled and sentences[0]["tags"] is None:
+            if path.suffix.lower() == ".jsonl":
+                fields = ", ".join(read_records(path)[0])
+                raise UserError(
+                    f"{path}: has no 'tags' field (fields: {fields}); give each line \"tags\": a list of tag "
+                    'strings such as "B-PER", or use masklm predict for unlabelled text'
+                )
             raise UserError(
                 f"{path}: has no tags (one column only); give 'token<TAB>tag' lines, or use masklm predict "
                 "for unlabelled text"
