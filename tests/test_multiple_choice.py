@@ -116,9 +116,12 @@ def test_reads_jsonl_and_swag_layouts_alike(tmp_path):
         ("csv", [{"sent2": "", "ending0": "x", "ending1": "y", "label": 0}], r"bad\.csv: has no column 'sent1'"),
         ("csv", [{"sent1": "a", "ending0": "x", "ending1": "y", "label": "-1"}], r"bad\.csv:2: label -1 is out of range"),
         ("csv", [{"text": "a", "label": 0}], r"bad\.csv: has neither an 'endings' nor an 'ending0' column"),
+        ("csv", [{"sent1": "a", "sent2": "b", "ending0": "x", "ending1": "y", "ending2": "z", "label": 0},
+                 {"sent1": "a", "sent2": "b", "ending0": "x", "ending1": "y", "ending2": " ", "label": 1}],
+         r"bad\.csv:3: ending2 is blank; give every example of a file the same number of endings"),
     ],
     ids=["ending-count", "label-range", "label-float", "label-null", "endings-str", "one-ending",
-         "no-sent1", "negative-label", "no-layout"],
+         "no-sent1", "negative-label", "no-layout", "swag-blank-ending"],
 )  # fmt: skip
 def test_bad_inputs_are_one_line_errors(tmp_path, name, rows, message):
     path = tmp_path / f"bad.{name}"

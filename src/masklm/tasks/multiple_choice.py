@@ -175,12 +175,21 @@ def _context_endings(rec: Record, path: Path, line: int) -> tuple[str, list[str]
 
 
 def _swag(rec: Record, path: Path, line: int) -> tuple[str, list[str]]:
-    """(context, endings) of a SWAG record: sent1, and sent2 + " " + ending_i for ending0, ending1, ..."""
+    """(context, endings) of a SWAG record: sent1, and sent2 + " " + ending_i for ending0, ending1, ...
+
+    A blank ending is refused: in a CSV it is how a row with fewer endings than the header reads, and it would
+    be scored as one more choice (sent2 alone)."""
     start = text_field(rec, "sent2", path, line) if "sent2" in rec else ""
     count = 0
     while f"ending{count}" in rec:
         count += 1
     endings = [text_field(rec, f"ending{i}", path, line) for i in range(count)]
+    blank = next((i for i, e in enumerate(endings) if not e.strip()), None)
+    if blank is not None:
+        raise UserError(
+            f"{path}:{line}: ending{blank} is blank; give every example of a file the same number of endings, "
+            "each with text (drop the column if no example has that ending)"
+        )
     return text_field(rec, "sent1", path, line), [f"{start} {e}" if start else e for e in endings]
 
 
