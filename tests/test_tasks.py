@@ -761,6 +761,18 @@ def test_postprocess_qa_hand_logits():
     assert postprocess_qa(examples, features, *high_null) == {"x": "delta"}  # v1 always answers
 
 
+def test_qa_answer_keeps_its_combining_accents(bert_tok):
+    """In decomposed (NFD) text, an accent-stripping tokenizer ends "Zoe\u0308"'s token before the accent: the
+    answer still ends after it, as the gold answer does."""
+    context = "yesterday Zoe\u0308 and Rene\u0301 went home ."
+    for answer in ("Zoe\u0308", "Zoe\u0308 and Rene\u0301"):
+        example = _qa_example(context, answer, context.index(answer), qid="x")
+        (feature,) = encode_qa(bert_tok, [example], 64, 16)
+        start, end = [0.0] * len(feature["offsets"]), [0.0] * len(feature["offsets"])
+        start[feature["start_positions"]] = end[feature["end_positions"]] = 10.0
+        assert postprocess_qa([example], [feature], [start], [end]) == {"x": answer}
+
+
 def test_qa_round_trip_with_oracle_logits(tok, tmp_path):
     from masklm.train.metrics import squad_metrics
 

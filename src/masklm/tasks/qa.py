@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import json
 import math
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -320,12 +321,22 @@ def best_answers(
             score, span = _best_span(s, e, offsets, n_best, max_answer_length)
             if score > best_score:
                 best_score = score
-                text = ex["context"][span[0] : span[1]]
-                best = {"text": text, "start": span[0], "end": span[1], "score": math.exp(score - log_norm)}
+                end = _past_combining_marks(ex["context"], span[1])
+                text = ex["context"][span[0] : end]
+                best = {"text": text, "start": span[0], "end": end, "score": math.exp(score - log_norm)}
         if version_2 and (best_score == -math.inf or null_score - best_score > null_threshold):
             best = {"text": "", "start": None, "end": None, "score": null_prob}
         answers.append(best)
     return answers
+
+
+def _past_combining_marks(context: str, end: int) -> int:
+    """`end` moved past the combining marks right after it (accents written as characters of their own, as in
+    NFD text: "e\u0301"): a tokenizer that strips accents ends a word's last token before them, which would cut
+    "Zoë" to "Zoe"."""
+    while end < len(context) and unicodedata.combining(context[end]):
+        end += 1
+    return end
 
 
 def _logsumexp(x: np.ndarray) -> float:
