@@ -458,6 +458,13 @@ def test_read_squad_errors(tmp_path):
     _raises(f"{flat}:1: question id a has no 'question'", read_squad, flat)
     _raises("must be .json or .jsonl", read_squad, tmp_path / "x.csv")
 
+    # a quoted flag: the string "False" would be true in Python, and the question silently unanswerable
+    flat.write_text(
+        '{"id": "a", "question": "q", "context": "ctx", "answers": [], "is_impossible": "False"}\n',
+        encoding="utf-8",
+    )
+    _raises(f"{flat}:1: question id a has is_impossible 'False'; write it as a JSON boolean", read_squad, flat)
+
 
 # ----------------------------------------------------------------------------------------------------
 # Classification encoding

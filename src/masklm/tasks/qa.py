@@ -91,6 +91,11 @@ def _squad_example(qa: dict[str, Any], where: str, seen: set[str]) -> Example:
     impossible = qa.get("is_impossible")
     if impossible is None:
         impossible = "answers" in qa and not texts
+    elif not isinstance(impossible, bool):  # the string "False" would read as true
+        raise UserError(
+            f"{where}: question id {qid} has is_impossible {impossible!r}; write it as a JSON boolean, "
+            "true or false (no quotes)"
+        )
     if impossible and texts:
         raise UserError(
             f"{where}: question id {qid} is marked is_impossible but has answers; "
