@@ -113,6 +113,9 @@ def _check_request(model_dir: Path, out: Path, fmt: str, overwrite: bool) -> Pat
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; choose hf or onnx")
     folder = resolve_model_dir(model_dir)
+    above = next((p for p in out.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise UserError(f"{above} is a file, so the folder {out} cannot be made; choose another place for it")
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; choose another folder or pass --overwrite to replace it")
     if out.exists() and not out.is_dir():
