@@ -226,6 +226,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("export-corrupt-safetensors", ["export", "{ws}/models/bad_st", "{ws}/hf"], "safetensors"),
     ("export-garbled-config", ["export", "{ws}/models/bad_config", "{ws}/hf"], "not valid JSON"),
     ("export-overwrite-foreign-folder", ["export", "{ws}/run", "{ws}/precious", "--overwrite"], "not look like an export"),
+    ("export-overwrite-model-folder", ["export", "{ws}/run", "{ws}/ft/model", "--overwrite"], "masklm model folder"),
     ("export-output-under-a-file", ["export", "{ws}/run", f"{F}/empty.txt/hf"], "is a file"),
     # finetune
     ("finetune-missing-column", [*CLS, "--validation", f"{F}/body_only.csv", *FT_NEW], "no column 'text'"),

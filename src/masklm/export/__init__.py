@@ -25,6 +25,7 @@ from masklm.export.card import RunRecord, model_card
 from masklm.export.common import TOLERANCE, write_text
 from masklm.export.hf import bert_tokenizer_settings, check_hf_export, tokenizer_files, write_hf_folder
 from masklm.export.onnx import check_onnx_export, export_onnx, require_onnx, write_onnx_folder
+from masklm.model.base import read_config_json
 from masklm.model.electra import ElectraGenerator, ElectraPreTraining
 from masklm.model.hf import refuse_modern
 from masklm.model.io import load_model, resolve_model_dir
@@ -125,6 +126,11 @@ def _check_request(model_dir: Path, out: Path, fmt: str, overwrite: bool) -> Pat
     if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
         raise UserError(
             f"--overwrite refuses to replace {out}: it does not look like an export (no config.json); "
+            "choose another folder"
+        )
+    if out.is_dir() and (out / "config.json").is_file() and read_config_json(out).get("format") == "masklm":
+        raise UserError(
+            f"--overwrite refuses to replace {out}: it is a masklm model folder (a trained model), not an export; "
             "choose another folder"
         )
     if fmt == "onnx":
