@@ -244,6 +244,15 @@ def test_refusals(tmp_path: Path, tok, hf_export: tuple[Path, Path]) -> None:
     assert not (again / "stale.txt").exists() and (again / "model.safetensors").is_file()
 
 
+def test_broken_link_as_output_is_refused(tmp_path: Path, tok) -> None:
+    model_dir = make_folder(tmp_path / "model", tok)
+    out = tmp_path / "out"
+    out.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(UserError, match="broken link"):
+        export_model(model_dir, out, "hf", overwrite=True, check=False)
+    assert out.is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == ["model", "out"]
+
+
 def test_model_card_from_run_folder(tmp_path: Path, tok) -> None:
     run = tmp_path / "run"
     make_folder(run / "model", tok)

@@ -114,6 +114,8 @@ def _check_request(model_dir: Path, out: Path, fmt: str, overwrite: bool) -> Pat
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; choose hf or onnx")
     folder = resolve_model_dir(model_dir)
+    if out.is_symlink() and not out.exists():
+        raise UserError(f"{out} is a broken link (to {os.readlink(out)}); remove it or choose another folder")
     above = next((p for p in out.parents if p.exists()), None)
     if above is not None and not above.is_dir():
         raise UserError(f"{above} is a file, so the folder {out} cannot be made; choose another place for it")
