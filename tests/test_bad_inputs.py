@@ -204,6 +204,8 @@ CASES: list[tuple[str, list[str], str]] = [
      ["pretrain", *TINY, "--data", "{ws}/other_data", "--output", "{ws}/run", "--resume"], "tokenizer"),
     ("pretrain-init-from-other-tokenizer",
      [*PT_NEW, "--data", "{ws}/other_data", "--init-from", "{ws}/run"], "different tokenizer"),
+    ("pretrain-input-and-data", [*PT_NEW, "--data", "{ws}/data", "--input", "{ws}/corpus"], "--input and --data"),
+    ("pretrain-prepare-flag-with-data", [*PT_NEW, "--data", "{ws}/data", "--seq-len", "16"], "--seq-len"),
     ("pretrain-init-from-corrupt-safetensors",
      [*PT_NEW, "--data", "{ws}/data", "--init-from", "{ws}/models/bad_st"], "safetensors"),
     # fill-mask

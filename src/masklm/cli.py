@@ -304,6 +304,8 @@ def cmd_pretrain(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         )
     budget = _budget(args)
     data_over = _data_overrides(args)
+    if args.data is not None:
+        _refuse_prepare_flags(args, data_over)
     if demo:
         if not args.resume and args.output is None and not args.overwrite and Path(DEMO_RUN).exists():
             raise UserError(f"{DEMO_RUN} already exists; pass --overwrite to run the demo again or --resume")
@@ -342,6 +344,21 @@ def cmd_pretrain(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         return 0
     _report_pretrain(summary, run_dir, demo)
     return 0
+
+
+def _refuse_prepare_flags(args: argparse.Namespace, data_over: dict[str, Any]) -> None:
+    """pretrain --data: --input, and the flags that say how --input is prepared, would be ignored; refuse them."""
+    if args.input is not None:
+        raise UserError(
+            "--input and --data both give the text to pretrain on (--input is prepared into RUN/data, --data is "
+            "read as prepared); pass one of them, or mix prepared folders with --data DIR:WEIGHT ..."
+        )
+    if data_over:
+        flag = "--" + next(iter(data_over)).removeprefix("data.").replace("_", "-")
+        raise UserError(
+            f"{flag} says how --input text is prepared, and --data is prepared already (its tokenizer and "
+            f"seq_len are its own); drop {flag}, or prepare the data again with it (masklm prepare)"
+        )
 
 
 def _prepare_into_run(args: argparse.Namespace, cfg: Config, run_dir: Path, data_dir: Path) -> None:
