@@ -206,6 +206,9 @@ CASES: list[tuple[str, list[str], str]] = [
      [*PT_NEW, "--data", "{ws}/other_data", "--init-from", "{ws}/run"], "different tokenizer"),
     ("pretrain-input-and-data", [*PT_NEW, "--data", "{ws}/data", "--input", "{ws}/corpus"], "--input and --data"),
     ("pretrain-prepare-flag-with-data", [*PT_NEW, "--data", "{ws}/data", "--seq-len", "16"], "--seq-len"),
+    ("pretrain-input-init-from-other-tokenizer",
+     ["pretrain", *TINY, "--input", "{ws}/corpus", "--init-from", "{ws}/run", "--tokenizer",
+      "{ws}/other_data/tokenizer.json", "--output", "{ws}/ft", "--overwrite"], "different tokenizer"),
     ("pretrain-init-from-corrupt-safetensors",
      [*PT_NEW, "--data", "{ws}/data", "--init-from", "{ws}/models/bad_st"], "safetensors"),
     # fill-mask

@@ -23,12 +23,15 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from masklm.config import Config, FinetuneConfig, Setting, check_device, section_settings, sections
 from masklm.demo import DEMO_RUN, DEMO_SENTENCES, demo_corpus
 from masklm.errors import UserError
 from masklm.tasks import TASK_NAMES
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 OVERRIDES = "overrides"  # the Namespace attribute the setting options collect into
 
@@ -370,15 +373,12 @@ def _prepare_into_run(args: argparse.Namespace, cfg: Config, run_dir: Path, data
     dist.init(cfg.dist.backend, cfg.train.device)  # under torchrun: rank 0 prepares, the others wait
     inputs = [("--input", path) for path in args.input]
     inputs += [("--init-from", args.init_from)] if args.init_from else []
+    # before the run folder is touched (--overwrite deletes it): the text must be prepared to fit --init-from
+    tokenizer = _init_from_tokenizer(args.init_from, cfg, data_dir) if args.init_from else None
     made = not run_dir.exists()
     prepare_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite, inputs=inputs)
 
     def prepare_data() -> None:
-        tokenizer = None
-        if args.init_from and not cfg.data.tokenizer:
-            from masklm.model.io import load_model
-
-            _, tokenizer, _ = load_model(args.init_from)
         prepare(args.input, data_dir, cfg.data, overwrite=True, tokenizer=tokenizer, seed=cfg.train.seed)
 
     try:
@@ -387,6 +387,19 @@ def _prepare_into_run(args: argparse.Namespace, cfg: Config, run_dir: Path, data
         if made and dist.rank() == 0:  # the run folder this command made is left as it was: not there
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+
+
+def _init_from_tokenizer(init_from: str, cfg: Config, data_dir: Path) -> Tokenizer:
+    """pretrain --input --init-from: the model's tokenizer, which prepares the text, once a --tokenizer given too
+    and --seq-len are known to fit the model (`check_init_from_fits`)."""
+    from masklm.data.tokenizer import load_tokenizer
+    from masklm.model.io import load_model
+    from masklm.train.pretrain import check_init_from_fits
+
+    model, tokenizer, _ = load_model(init_from)
+    given = load_tokenizer(cfg.data.tokenizer) if cfg.data.tokenizer else tokenizer
+    check_init_from_fits(init_from, model.cfg, tokenizer, given, cfg.data.seq_len, data_dir)
+    return tokenizer
 
 
 def _report_pretrain(summary: dict[str, Any], run_dir: Path, demo: bool) -> None:

@@ -266,11 +266,7 @@ def start_model(
                 f"MLM head initialised from scratch: {init_from} is an ELECTRA model, whose discriminator is the "
                 "encoder pretraining continues (its generator is what masklm fill-mask answers from)"
             )
-        if tokenizer_hash(init_tok) != tokenizer_hash(tokenizer):
-            raise UserError(
-                f"--init-from {init_from} uses a different tokenizer than {data_dir}; prepare the data with "
-                f"--tokenizer {init_from} so token ids match"
-            )
+        check_init_from_fits(init_from, model.cfg, init_tok, tokenizer, cfg.data.seq_len, data_dir)
         cfg.model = model.cfg
         notes += minfo.notes
         if isinstance(model, ElectraPreTraining):
@@ -285,6 +281,28 @@ def start_model(
             f"({m.max_position_embeddings}); prepare with a smaller --seq-len"
         )
     return model, notes
+
+
+def check_init_from_fits(
+    init_from: str | Path,
+    model_cfg: ModelConfig,
+    model_tokenizer: Tokenizer,
+    data_tokenizer: Tokenizer,
+    seq_len: int,
+    data_dir: str | Path,
+) -> None:
+    """--init-from: the data must be tokenized with the model's own tokenizer and its sequences must fit the
+    model's positions; a UserError otherwise. `pretrain --input` asks before it prepares anything."""
+    if tokenizer_hash(model_tokenizer) != tokenizer_hash(data_tokenizer):
+        raise UserError(
+            f"--init-from {init_from} uses a different tokenizer than {data_dir}; prepare the data with "
+            f"--tokenizer {init_from} so token ids match"
+        )
+    if seq_len > model_cfg.max_position_embeddings and model_cfg.position == "absolute":
+        raise UserError(
+            f"the data's seq_len ({seq_len}) is above the model's max_position_embeddings "
+            f"({model_cfg.max_position_embeddings}); prepare with a smaller --seq-len"
+        )
 
 
 def check_same_model(
