@@ -300,6 +300,21 @@ def test_layer_decay_gives_each_depth_its_learning_rate():
     )
 
 
+def test_layer_decay_puts_the_embedding_projection_with_the_embeddings():
+    """With model.embedding_size the projection to the hidden size lies between the embeddings and block 0: it
+    trains at the embeddings' rate (ELECTRA's embeddings_project at depth 0), not at the head's."""
+    cfg = tiny_model_config(120, num_hidden_layers=2, embedding_size=8)
+    lr, d = 1e-3, 0.5
+    for model in (SequenceClassification(cfg, 2), MaskedLM(cfg)):
+        groups = _group_of(
+            make_optimizer(model, FinetuneTrainConfig(lr=lr, layer_decay=d), torch.device("cpu"))
+        )
+        embeddings = groups[id(model.encoder.embeddings.word.weight)]["lr"]
+        assert embeddings == pytest.approx(lr * d**3)
+        for p in model.encoder.embed_proj.parameters():
+            assert groups[id(p)]["lr"] == embeddings
+
+
 def test_layer_decay_one_keeps_todays_two_groups():
     torch.manual_seed(0)
     model = SequenceClassification(tiny_model_config(120), 2)

@@ -37,11 +37,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 _BLOCK = re.compile(r"(?:^|\.)encoder\.layers\.(\d+)\.")
-_EMBEDDINGS = re.compile(r"(?:^|\.)encoder\.embeddings\.")
+# the embeddings and, with model.embedding_size, their projection to the hidden size (ELECTRA's embeddings_project,
+# which ELECTRA's layer decay puts at depth 0 too): both lie below block 0
+_EMBEDDINGS = re.compile(r"(?:^|\.)encoder\.(?:embeddings|embed_proj)\.")
 
 
 def layer_depth(name: str, num_layers: int) -> int:
-    """A parameter's depth for layer decay: 0 the embeddings, i + 1 block i, num_layers + 1 the rest."""
+    """A parameter's depth for layer decay: 0 the embeddings (and their projection), i + 1 block i,
+    num_layers + 1 the rest."""
     if _EMBEDDINGS.search(name):
         return 0
     block = _BLOCK.search(name)
