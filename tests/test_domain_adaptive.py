@@ -224,3 +224,20 @@ def test_layer_decay_is_refused_for_electra(domain, tmp_path, capsys):
     assert code == 2
     assert "train.layer_decay in pretraining is for the mlm objective" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_seq_len_may_reach_the_models_positions_above_the_presets(hf_encoder, domain, tmp_path, one_thread):
+    """--init-from brings its own max_position_embeddings: a --seq-len above the preset's (tiny: 128) but within
+    the model's is fine (it was refused by the preset's limit, whose fix, --model.max_position_embeddings, is
+    refused with --init-from), and one above the model's is refused before anything is written."""
+    folder = tmp_path / "long"
+    vocab = load_tokenizer(hf_encoder).get_vocab_size()
+    config = transformers.BertConfig(**{**TINY_ENCODER, "vocab_size": vocab, "max_position_embeddings": 256})
+    transformers.BertModel(config).save_pretrained(str(folder))
+    for name in ("tokenizer.json", "vocab.txt"):
+        (folder / name).write_bytes((hf_encoder / name).read_bytes())
+    common = ["--init-from", folder, "--input", domain, "--max-steps", 1, *PRETRAIN]
+    assert cli("pretrain", *common, "--seq-len", 160, "--output", tmp_path / "run") == 0
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["seq_len"] == 160
+    assert cli("pretrain", *common, "--seq-len", 300, "--output", tmp_path / "too_long") == 2
+    assert not (tmp_path / "too_long").exists()

@@ -314,16 +314,20 @@ def cmd_pretrain(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
             raise UserError(f"{DEMO_RUN} already exists; pass --overwrite to run the demo again or --resume")
         args.input = [demo_corpus()]
         data_over.setdefault("data.where", "source=imdb")
-    cfg = _config(args, {**data_over, **budget, **overrides}, "small")
-    check_log_kind(cfg.train.log)  # before any data is prepared
-    if not args.resume:  # (a resumed run's device is its saved one, checked when it starts)
-        check_device(cfg.train.device, cfg.train.precision)
-    shaped = sorted(k for k in overrides if k.startswith("model."))
+    shaped = shaped_overrides(overrides)
     if args.init_from and shaped and not args.resume:
         raise UserError(
             f"--init-from {args.init_from} brings its own model settings, so --{shaped[0]} would be ignored; drop "
             "the --model.* options, or pretrain from scratch without --init-from"
         )
+    values = {**data_over, **budget, **overrides}
+    if args.init_from and not shaped:
+        # the model and its positions come from --init-from (checked against them there), not from the preset
+        values["model.max_position_embeddings"] = 1 << 30
+    cfg = _config(args, values, "small")
+    check_log_kind(cfg.train.log)  # before any data is prepared
+    if not args.resume:  # (a resumed run's device is its saved one, checked when it starts)
+        check_device(cfg.train.device, cfg.train.precision)
     if args.resume:
         check_resume_settings(run_dir, {**data_over, **budget, **overrides})
     if args.input is None and args.data is None:
@@ -347,6 +351,11 @@ def cmd_pretrain(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         return 0
     _report_pretrain(summary, run_dir, demo)
     return 0
+
+
+def shaped_overrides(overrides: dict[str, Any]) -> list[str]:
+    """The --model.* settings given on the command line, sorted."""
+    return sorted(k for k in overrides if k.startswith("model."))
 
 
 def _refuse_prepare_flags(args: argparse.Namespace, data_over: dict[str, Any]) -> None:
