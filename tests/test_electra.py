@@ -12,7 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import cli, final_weights, prepare_tiny, read_metrics, tiny_model_config, write_walk_corpus
+from helpers import (
+    WALK_WORDS,
+    cli,
+    final_weights,
+    prepare_tiny,
+    read_metrics,
+    tiny_model_config,
+    write_csv,
+    write_walk_corpus,
+)
 
 from masklm.config import Config, config_from_dict
 from masklm.data.tokenizer import train_tokenizer
@@ -235,6 +244,20 @@ def test_finetuning_loads_the_discriminator(electra_run, one_thread):
     assert enc and all(torch.equal(own[k], saved[k]) for k in enc)
     assert model.cfg.hidden_size == 32  # the discriminator's width, not the generator's
     assert any("initialised from scratch" in n for n in info.notes)
+
+
+def test_prompt_classification_says_it_fine_tunes_the_generator(electra_run, tmp_path, one_thread):
+    """The masked LM of an ELECTRA run is its generator (a quarter of the width): prompt-classification, which
+    needs a masked LM, fine-tunes that, and says so instead of silently leaving the discriminator aside."""
+    rows = [{"text": f"{w} delta echo", "label": str(i % 2)} for i, w in enumerate(WALK_WORDS)]
+    train = write_csv(tmp_path / "train.csv", rows)
+    out = tmp_path / "ft"
+    assert cli("finetune", "--task", "prompt-classification", "--model", electra_run, "--train", train,
+               "--validation", train, "--output", out, "--train.max_steps", 1, "--data.prompt", "{text} [MASK] .",
+               "--data.label_words", "0=alpha,1=bravo") == 0  # fmt: skip
+    assert json.loads((out / "model" / "config.json").read_text())["model"]["hidden_size"] == 16
+    notes = json.loads((out / "summary.json").read_text())["notes"]
+    assert any("masked LM is its generator" in n for n in notes), notes
 
 
 def test_init_from_between_objectives(electra_run, prepared, tmp_path, one_thread):

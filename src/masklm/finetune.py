@@ -46,7 +46,9 @@ from masklm.config import (
 )
 from masklm.errors import UserError
 from masklm.model.base import build_model, head_class
+from masklm.model.electra import is_electra_model
 from masklm.model.encoder import set_attention_dropout
+from masklm.model.heads import MaskedLM
 from masklm.model.io import ModelInfo, load_model, save_model
 from masklm.tasks import all_tasks, get_task, output_formats, task_of_architecture
 from masklm.tasks.base import Example, Task, TaskData, check_requirements
@@ -221,6 +223,12 @@ def _load_start_model(
     options = head_options(task, cfg.head)
     model, tok, info = load_model(model_path, architecture=task.architecture, labels=labels, head=options)
     notes = info.notes
+    if isinstance(model, MaskedLM) and is_electra_model(model_path):
+        notes = [
+            *notes,
+            f"{model_path} is an ELECTRA model, whose masked LM is its generator: that (hidden size "
+            f"{model.cfg.hidden_size}) is the model fine-tuned here, not the discriminator, which has no masked-LM head",
+        ]
     if init == "random":
         torch.manual_seed(cfg.train.seed)
         model = build_model(task.architecture, model.cfg, labels, options)

@@ -18,6 +18,7 @@ is `masklm.objectives.electra`'s business.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from masklm.config import ModelConfig
-from masklm.model.base import Checkpoint, Head, register_head
+from masklm.model.base import Checkpoint, Head, read_config_json, register_head
 from masklm.model.encoder import Encoder, activation, init_weights
 from masklm.model.heads import MaskedLM
 
@@ -166,6 +167,15 @@ class ElectraPreTraining(Head):
             described=f"the generator of {checkpoint.described}",
             task={},
         )
+
+
+def is_electra_model(path: str | Path) -> bool:
+    """Whether `path` is a masklm ELECTRA model (or run) folder."""
+    # imported here: model.io needs masklm.utils, which needs masklm.dist, which needs this module
+    from masklm.model.io import resolve_model_dir
+
+    data = read_config_json(resolve_model_dir(path))
+    return data.get("format") == "masklm" and data.get("architecture") == ElectraPreTraining.architecture
 
 
 def _generator_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

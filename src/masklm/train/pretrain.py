@@ -28,9 +28,8 @@ from masklm.data.shards import PackedDataset, find_parts
 from masklm.data.tokenizer import load_tokenizer, special_ids, tokenizer_hash
 from masklm.errors import UserError
 from masklm.infer.score import Scorer, read_pairs
-from masklm.model.base import read_config_json
-from masklm.model.electra import ElectraPreTraining
-from masklm.model.io import ModelInfo, load_model, resolve_model_dir, save_model
+from masklm.model.electra import ElectraPreTraining, is_electra_model
+from masklm.model.io import ModelInfo, load_model, save_model
 from masklm.objectives import Objective, evaluate, objective_for
 from masklm.train import checkpoint as ckpt
 from masklm.train.loop import Budget, FitResult
@@ -255,7 +254,7 @@ def start_model(
     if init_from is None:
         model = objective.build(cfg.model)
     else:
-        electra_to_mlm = objective.architecture == "MaskedLM" and _is_electra(init_from)
+        electra_to_mlm = objective.architecture == "MaskedLM" and is_electra_model(init_from)
         want = ElectraPreTraining.architecture if electra_to_mlm else objective.architecture
         model, init_tok, minfo = load_model(init_from, architecture=want)
         if electra_to_mlm:
@@ -318,12 +317,6 @@ def check_same_model(
             f"one (model.{name}: {getattr(given, name)}, not {getattr(saved, name)}); pass the --init-from the run "
             "started from, or leave it out"
         )
-
-
-def _is_electra(path: str | Path) -> bool:
-    """Whether `path` is a masklm ELECTRA model (or run) folder."""
-    data = read_config_json(resolve_model_dir(path))
-    return data.get("format") == "masklm" and data.get("architecture") == ElectraPreTraining.architecture
 
 
 def _electra_generator(
