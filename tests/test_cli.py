@@ -6,8 +6,10 @@ Everything runs `masklm.cli.main` in-process; handlers are replaced by a recorde
 from __future__ import annotations
 
 import dataclasses
+import errno
 import importlib.util
 import inspect
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -213,3 +215,17 @@ def test_under_torchrun_one_process_per_machine_says_a_user_error(monkeypatch, c
         monkeypatch.setenv("LOCAL_RANK", local_rank)
         assert cli.main(["finetune", "--task", "classification", "--train.batch_size", "0"]) == 2
         assert ("error: " in capsys.readouterr().err) == printed
+
+
+def test_a_path_through_a_file_met_late_is_one_line(monkeypatch, capsys):
+    # the commands refuse such outputs up front; a path the checks did not see still ends in one line, exit 2
+    def run(argv):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), "notes.txt/out/model.safetensors")
+
+    monkeypatch.setattr(cli, "run", run)
+    assert cli.main(["prepare"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "error: Not a directory: notes.txt/out/model.safetensors; a file stands where the path needs a folder: "
+        "choose another output path"
+    ]

@@ -911,6 +911,13 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except OSError as e:  # the machine's problem, not masklm's: a full disk, a read-only or forbidden folder
+        if e.errno in PATH_ERRORS:  # an output path through a file: corpus.txt/out
+            print(
+                f"error: {e.strerror}: {e.filename or '(unknown file)'}; a file stands where the path needs a "
+                "folder: choose another output path",
+                file=sys.stderr,
+            )
+            return 2
         if e.errno not in ENVIRONMENT_ERRORS:
             raise
         print(
@@ -921,4 +928,5 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+PATH_ERRORS = (errno.ENOTDIR, errno.EEXIST)
 ENVIRONMENT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)

@@ -57,7 +57,7 @@ from masklm.tasks.encoding import match_label
 from masklm.train.logger import check_log_kind
 from masklm.train.loop import Budget, FitResult, autocast_context, resolve_precision
 from masklm.train.run import Run, command_line, read_saved_config
-from masklm.utils import atomic_write_text, log, pick_device
+from masklm.utils import atomic_write_text, log, pick_device, refuse_path_through_file
 from masklm.utils import rank as env_rank
 
 # ----------------------------------------------------------------------------------------------------
@@ -784,6 +784,7 @@ def predict(
             f"--output {output} is the --data file {data_path}; predictions would replace it (even with "
             "--overwrite): choose another --output"
         )
+    refuse_path_through_file(output)
     if output.exists() and not overwrite:
         raise UserError(f"{output} already exists; pass --overwrite to replace it or choose another --output")
     if output.is_dir():

@@ -55,7 +55,7 @@ import yaml
 
 from masklm.errors import UserError
 from masklm.tasks.files import read_records, read_text
-from masklm.utils import atomic_write_text, log
+from masklm.utils import atomic_write_text, log, refuse_path_through_file
 
 BUILT_IN = {"glue": Path(__file__).parent / "suites" / "glue.yaml"}
 
@@ -623,6 +623,7 @@ def run_suite(
 def check_output(out: Path, overwrite: bool) -> None:
     """--output: new, an empty folder, or one a suite wrote (it holds MARKER); anything else is refused, so a
     suite never writes into (or deletes) a folder of the user's."""
+    refuse_path_through_file(out)
     if not out.exists():
         return
     if not out.is_dir():

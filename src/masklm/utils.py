@@ -9,6 +9,15 @@ from pathlib import Path
 import torch
 
 from masklm.dist import rank
+from masklm.errors import UserError
+
+
+def refuse_path_through_file(path: str | Path) -> None:
+    """A UserError when a part of `path` above it is a file (corpus.txt/out): no folder can be made there.
+    Outputs ask this before any work, so the refusal does not come as a traceback when the first file is written."""
+    above = next((p for p in Path(path).parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise UserError(f"{above} is a file, so {path} cannot be made under it; choose another place for it")
 
 
 def fsync_file(path: str | Path) -> None:

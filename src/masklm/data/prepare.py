@@ -44,6 +44,7 @@ from masklm.data.tokenizer import (
     vocab_size,
 )
 from masklm.errors import UserError
+from masklm.utils import refuse_path_through_file
 
 FORMAT = "masklm-packed"
 FORMAT_VERSION = 1
@@ -334,6 +335,7 @@ def _check_config(cfg: DataConfig) -> None:
 
 def _check_output(output: Path, inputs: Sequence[str | Path], overwrite: bool) -> None:
     """Refuse outputs that are, or hold, an input; and existing outputs unless `overwrite`."""
+    refuse_path_through_file(output)
     out = output.resolve()
     for item in inputs:
         path = Path(item).resolve()

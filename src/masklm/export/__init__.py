@@ -30,7 +30,7 @@ from masklm.model.electra import ElectraGenerator, ElectraPreTraining
 from masklm.model.hf import refuse_modern
 from masklm.model.io import load_model, resolve_model_dir
 from masklm.tasks import all_tasks
-from masklm.utils import fsync_dir
+from masklm.utils import fsync_dir, refuse_path_through_file
 
 FORMATS = ("hf", "onnx")
 
@@ -116,9 +116,7 @@ def _check_request(model_dir: Path, out: Path, fmt: str, overwrite: bool) -> Pat
     folder = resolve_model_dir(model_dir)
     if out.is_symlink() and not out.exists():
         raise UserError(f"{out} is a broken link (to {os.readlink(out)}); remove it or choose another folder")
-    above = next((p for p in out.parents if p.exists()), None)
-    if above is not None and not above.is_dir():
-        raise UserError(f"{above} is a file, so the folder {out} cannot be made; choose another place for it")
+    refuse_path_through_file(out)
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; choose another folder or pass --overwrite to replace it")
     if out.exists() and not out.is_dir():

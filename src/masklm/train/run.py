@@ -48,7 +48,7 @@ from masklm.train import checkpoint as ckpt
 from masklm.train.logger import check_log_kind, write_run_results
 from masklm.train.loop import FitResult, fit, resolve_precision
 from masklm.train.optim import make_optimizer
-from masklm.utils import atomic_write_text, log, pick_device
+from masklm.utils import atomic_write_text, log, pick_device, refuse_path_through_file
 
 C = TypeVar("C")
 
@@ -82,6 +82,7 @@ def check_run_dir(
     --overwrite that would delete one of them (it lies inside the run folder) is refused.
     """
     run_dir = Path(run_dir)
+    refuse_path_through_file(run_dir)
     if run_dir.exists() and (run_dir.is_file() or any(p.name != "data" for p in run_dir.iterdir())):
         if not (resume or overwrite):
             raise UserError(
