@@ -10,6 +10,7 @@ the other faults are injected in-process by monkeypatching one function.
 from __future__ import annotations
 
 import errno
+import io
 import json
 import math
 import os
@@ -30,7 +31,9 @@ from safetensors.torch import load_file
 
 import masklm.objectives.mlm as mlm_module
 import masklm.train.checkpoint as ckpt
+import masklm.train.logger as logger_module
 from masklm.cli import main
+from masklm.compare import load_run
 from masklm.train.loop import _StopFlag
 
 ARGS = [
@@ -394,6 +397,37 @@ def test_full_disk_is_one_line_and_the_run_resumes(data, reference, tmp_path, mo
     assert latest.name == ("step_00000012" if where == "final model" else "step_00000008")
     monkeypatch.undo()  # space freed
     assert train(data, out, "--resume") == 0
+    assert_identical(out, reference)
+
+
+def test_full_disk_in_the_middle_of_a_metrics_line_then_resume(
+    data, reference, tmp_path, monkeypatch, capsys
+):
+    """The disk fills up while a metrics.jsonl line is written: the error names the file, and the resumed run
+    cuts the partial line off instead of fusing its first record with it (which compare and curves.png refuse)."""
+    out = tmp_path / "run"
+
+    class FillsUp(io.TextIOWrapper):  # the line of step 10 gets half-way to the disk
+        def write(self, text):
+            if text.startswith('{"step": 10,'):
+                super().write(text[:40])
+                self.flush()
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return super().write(text)
+
+    def open_filling_up(path, mode="r", encoding=None):
+        return FillsUp(open(path, "ab"), encoding=encoding) if mode == "a" else open(path, mode)
+
+    monkeypatch.setattr(logger_module, "open", open_filling_up, raising=False)
+    assert train(data, out) == 2
+    error = last_error(capsys)
+    assert "No space left on device" in error and str(out / "metrics.jsonl") in error
+    monkeypatch.undo()  # space freed
+    assert train(data, out, "--resume") == 0
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert all(isinstance(json.loads(line), dict) for line in lines)
+    assert load_run(out).rows[-1]["step"] == STEPS
+    assert (out / "curves.png").is_file()
     assert_identical(out, reference)
 
 

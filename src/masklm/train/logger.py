@@ -39,19 +39,39 @@ class Sink(Protocol):
 
 
 class JsonlSink:
-    """metrics.jsonl: one JSON object per line, appended (each line is complete once written)."""
+    """metrics.jsonl: one JSON object per line, appended (each line is complete once written).
+
+    A line cut short (a kill or a full disk in the middle of a write) is cut off when a resumed run opens the
+    file, so that the next record starts on a line of its own rather than fusing with it.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        drop_cut_short_line(path)
 
     def write(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:  # a full disk: say which file (a failed write's error names none)
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
 
     def flush(self) -> None:
         pass  # every write closes the file
 
     def close(self) -> None:
+        pass
+
+
+def drop_cut_short_line(path: Path) -> None:
+    """Cut off the end of `path` after its last newline: a record a kill or a full disk cut short (JsonlSink
+    writes every record whole, newline last). Nothing when the file is missing or ends with a newline."""
+    try:
+        with open(path, "rb+") as f:
+            data = f.read()
+            if data and not data.endswith(b"\n"):
+                f.truncate(data.rfind(b"\n") + 1)
+    except FileNotFoundError:
         pass
 
 
