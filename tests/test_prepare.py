@@ -7,6 +7,9 @@ import gzip
 import hashlib
 import json
 import random
+import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -395,6 +398,26 @@ def test_bad_file_met_by_worker_run_is_one_clean_error(tmp_path, monkeypatch, to
     assert not (tmp_path / "out").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["in"]
     time.sleep(0.5)  # the killed workers' last words, if any, would arrive now
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_full_disk_while_writing_a_shard_is_one_line(tmp_path, tok):
+    """A shard that does not fit (here: a file-size limit of 2 kB, which fails a write as a full disk does) is
+    one error line naming the file, exit 2, and no folder left behind; numpy writing into the file itself gave a
+    traceback ("N requested and M written", no error code)."""
+    write_lines(tmp_path / "c.txt", make_docs(60, seed=2))
+    tok.save(str(tmp_path / "tok.json"))
+    argv = [sys.executable, "-m", "masklm", "prepare", "--input", str(tmp_path / "c.txt"), "--output",
+            str(tmp_path / "out"), "--tokenizer", str(tmp_path / "tok.json"), "--seq-len", "32",
+            "--data.workers", "1"]  # fmt: skip
+    limit = (2000, resource.RLIM_INFINITY)
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=120,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, limit),
+    )  # fmt: skip
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert lines[-1].startswith("error: File too large: ") and "ids_00000.npy" in lines[-1], lines[-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt", "tok.json"]
 
 
 def test_negative_workers_is_refused(tmp_path, tok):

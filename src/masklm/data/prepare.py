@@ -168,12 +168,22 @@ def goes_to_val(text: str, seed: int, fraction: float) -> bool:
 # Packing and writing shards
 
 
-def _save(path: Path, write: Callable[[io.BufferedWriter], Any]) -> None:
-    """Write a file and fsync it."""
-    with open(path, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
+def _save(path: Path, write: Callable[[io.BytesIO], Any]) -> None:
+    """Write a file and fsync it.
+
+    The content is built in memory and written in one call, so a full disk raises the system's error, naming
+    `path`: numpy writing into a file itself reports it as "N requested and M written", with no error code, which
+    came out as a traceback.
+    """
+    buffer = io.BytesIO()
+    write(buffer)
+    try:
+        with open(path, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 class _ShardWriter:
