@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import resource
 import shutil
 import signal
 import subprocess
@@ -35,6 +36,7 @@ import masklm.train.logger as logger_module
 from masklm.cli import main
 from masklm.compare import load_run
 from masklm.train.loop import _StopFlag
+from masklm.utils import atomic_write_text
 
 ARGS = [
     "--preset", "tiny", "--train.threads", "1", "--train.eval_every", "0", "--train.log_every", "5",
@@ -429,6 +431,20 @@ def test_full_disk_in_the_middle_of_a_metrics_line_then_resume(
     assert load_run(out).rows[-1]["step"] == STEPS
     assert (out / "curves.png").is_file()
     assert_identical(out, reference)
+
+
+def test_a_file_too_large_for_the_disk_is_named(tmp_path, capsys):
+    """A write that fails for lack of space names no file; atomic writes (config.yaml, summary.json, a model's
+    config.json) say which, rather than '(unknown file)'."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, hard))  # fails a write as a full disk does
+    try:
+        with pytest.raises(OSError) as failed:
+            atomic_write_text(tmp_path / "summary.json", "x" * 5000)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert failed.value.errno == errno.EFBIG and failed.value.filename == str(tmp_path / "summary.json")
+    assert list(tmp_path.iterdir()) == []  # no temporary file left behind
 
 
 # ----------------------------------------------------------------------------------------------------------------
