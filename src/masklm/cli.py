@@ -294,11 +294,13 @@ def _budget(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_pretrain(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     from masklm.train.logger import check_log_kind
     from masklm.train.pretrain import pretrain
-    from masklm.train.run import check_resume_settings, command_line
+    from masklm.train.run import check_resume_settings, check_saved_command, command_line
     from masklm.utils import rank
 
     demo = args.data is None and args.input is None and args.init_from is None
     run_dir = Path(args.output or DEMO_RUN)
+    if args.resume:
+        check_saved_command(run_dir, "pretrain")  # a fine-tuning run folder
     own_data = (run_dir / "data" / "meta.json").is_file()  # a demo or --input run keeps its data inside
     if demo and args.resume and (run_dir / "config.yaml").is_file() and not own_data:
         # a run trained on a --data folder: going on as the demo would prepare the demo's data into it

@@ -56,7 +56,7 @@ from masklm.tasks.batching import Batch, EpochBatches, length_bucketed_batches
 from masklm.tasks.encoding import match_label
 from masklm.train.logger import check_log_kind
 from masklm.train.loop import Budget, FitResult, autocast_context, resolve_precision
-from masklm.train.run import Run, command_line, read_saved_config
+from masklm.train.run import Run, check_saved_command, command_line, read_saved_config
 from masklm.utils import atomic_write_text, log, pick_device, refuse_path_through_file
 from masklm.utils import rank as env_rank
 
@@ -590,7 +590,9 @@ def finetune(
         raise UserError(f"--init must be pretrained or random, not {init!r}")
     t = get_task(task)
     inputs = [("--model", model_path), ("--train", train_path), ("--validation", validation_path)]
-    run = Run(output, resume=resume, overwrite=overwrite, what="output folder", inputs=inputs)
+    run = Run(
+        output, resume=resume, overwrite=overwrite, what="output folder", inputs=inputs, command="finetune"
+    )
     saved_init = resume_settings(output).get("init", "pretrained") if resume else init
     if saved_init != init:
         raise UserError(f"--resume continues {output} with --init {saved_init}, not {init}; leave --init out")
@@ -809,6 +811,7 @@ def predict(
 
 def _fill_from_saved_run(args: argparse.Namespace) -> None:
     """--resume: the saved run fills in the task, model and files the command leaves out (and refuses others)."""
+    check_saved_command(Path(args.output), "finetune")
     for key, value in resume_settings(args.output).items():
         if key not in RUN_ARGUMENTS:
             continue

@@ -146,6 +146,37 @@ def read_saved_config(run_dir: Path) -> dict[str, Any] | None:
     return values if isinstance(values, dict) else {}
 
 
+COMMANDS = {"pretrain": "pretraining", "finetune": "fine-tuning"}  # the training commands, by what they do
+
+
+def saved_command(values: dict[str, Any]) -> str | None:
+    """Which training command wrote a saved config.yaml (as a dict): "finetune" (its `run` and `head`
+    sections), "pretrain" (`model` and `mask`), or None when it shows neither."""
+    if "run" in values or "head" in values:
+        return "finetune"
+    if "mask" in values or "model" in values:
+        return "pretrain"
+    return None
+
+
+def check_saved_command(run_dir: Path, command: str) -> None:
+    """--resume: refuse the run folder of the other training command (a fine-tuning run given to pretrain,
+    or a pretraining run to finetune), whose config.yaml would be read as settings of unknown names."""
+    values = read_saved_config(run_dir)
+    saved = saved_command(values) if values else None
+    if saved is None or saved == command:
+        return
+    hint = (
+        f"; to fine-tune its model, pass --model {run_dir} and another --output"
+        if saved == "pretrain"
+        else ""
+    )
+    raise UserError(
+        f"--resume: {run_dir} is a {COMMANDS[saved]} run, not a {COMMANDS[command]} one; continue it with "
+        f"masklm {saved} --output {run_dir} --resume{hint}"
+    )
+
+
 def check_resume_settings(
     run_dir: Path, settings: dict[str, Any], load: Callable[[dict[str, Any]], Any] = config_from_dict
 ) -> None:
@@ -220,9 +251,12 @@ class Run:
         overwrite: bool,
         what: str = "run folder",
         inputs: Inputs = (),
+        command: str = "pretrain",
     ) -> None:
-        """`inputs`: what the run reads (`check_run_dir`), so --overwrite never deletes it."""
+        """`inputs`: what the run reads (`check_run_dir`), so --overwrite never deletes it. `command`: the
+        command that trains it ("pretrain" or "finetune"), whose run folders alone --resume continues."""
         self.run_dir, self.resume, self.overwrite = Path(run_dir), resume, overwrite
+        self.command = command
         self.inputs = list(inputs)
         self.resume_from: Path | None = None
         self.device = torch.device("cpu")
@@ -236,7 +270,10 @@ class Run:
         load: Callable[[dict[str, Any]], C] = config_from_dict,  # type: ignore[assignment]
     ) -> C:
         """With --resume, the saved config plus the allowed changes (`resume_config`); otherwise `cfg`."""
-        return resume_config(self.run_dir, cfg, settings or {}, load) if self.resume else cfg
+        if not self.resume:
+            return cfg
+        check_saved_command(self.run_dir, self.command)
+        return resume_config(self.run_dir, cfg, settings or {}, load)
 
     def setup(self, cfg: Any) -> torch.device:
         """Join torchrun's process group, pick the device, set CPU threads and seed torch; refuse
