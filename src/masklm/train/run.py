@@ -91,6 +91,15 @@ def check_run_dir(
             )
         if run_dir.is_file():
             raise UserError(f"{what} {run_dir} is a file, not a folder; choose another --output")
+        looks_like_run = any(
+            (run_dir / name).exists() for name in ("config.yaml", "metrics.jsonl", "checkpoints")
+        )
+        if resume and not looks_like_run:  # a run killed before it wrote anything is empty (or holds data/)
+            raise UserError(
+                f"--resume: {run_dir} is not a masklm run folder (no config.yaml, metrics.jsonl or checkpoints), "
+                "so there is no run to continue in it; pass the run's own --output, or start a new run with "
+                "another --output"
+            )
         if resume:
             return
         if not (run_dir / "config.yaml").is_file() and not (run_dir / "metrics.jsonl").is_file():
