@@ -191,3 +191,17 @@ def test_a_run_without_its_model_yet_is_named_as_such(tmp_path, capsys):
     assert cli("fill-mask", run, "a [MASK] b") == 2
     err = capsys.readouterr().err
     assert "stopped before its end" in err and "--resume" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("text", ["", "- a list\n"])
+def test_a_config_yaml_without_settings_is_damaged_not_the_defaults(prepared, tmp_path, capsys, text):
+    """An emptied config.yaml was read as no settings, so --resume went on with the defaults, rewrote config.yaml
+    with them and stopped at the checkpoint: 'written by a model of another architecture'."""
+    out = tmp_path / "run"
+    assert pretrain(prepared, out, "--train.checkpoint_every", "4") == 0
+    (out / "config.yaml").write_text(text)
+    capsys.readouterr()
+    assert cli("pretrain", "--data", prepared, "--output", out, "--max-steps", 10, "--resume") == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'config.yaml'} holds no settings" in err and "damaged" in err and err.count("\n") == 1
+    assert (out / "config.yaml").read_text() == text

@@ -149,10 +149,17 @@ def read_saved_config(run_dir: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError):
         raise UserError(f"{path} is not valid YAML; the run folder is damaged") from None
-    return values if isinstance(values, dict) else {}
+    if (
+        not isinstance(values, dict) or not values
+    ):  # read as defaults, it gave "a model of another architecture"
+        raise UserError(
+            f"{path} holds no settings (masklm writes a mapping of sections); the run folder is damaged: put its "
+            "config.yaml back, or start a new run with another --output"
+        )
+    return values
 
 
 COMMANDS = {"pretrain": "pretraining", "finetune": "fine-tuning"}  # the training commands, by what they do
