@@ -363,3 +363,20 @@ def test_resume_with_an_init_from_of_another_shape_is_one_line(prepared, tmp_pat
     assert run([*argv, "--max-steps", "4"]) == 2
     err = capsys.readouterr().err
     assert "--init-from" in err and "model.num_hidden_layers" in err and err.count("\n") == 1, err
+
+
+def test_resume_on_other_data_of_the_same_tokenizer_is_refused(prepared, tmp_path, capsys):
+    """Data prepared with the run's tokenizer from other texts passed the tokenizer check, and the run went on
+    with another data stream (exit 0, not the run it was)."""
+    other = tmp_path / "other_data"
+    corpus = write_walk_corpus(tmp_path / "corpus", n_docs=20)
+    argv = ["--tokenizer", str(prepared / "tokenizer.json"), "--seq-len", "32"]
+    assert main(["prepare", "--input", str(corpus), "--output", str(other), *argv]) == 0
+    out = tmp_path / "run"
+    assert run(["--data", str(prepared), "--output", str(out), "--max-steps", "4"]) == 0
+    before = file_snapshot(out)
+    capsys.readouterr()
+    assert run(["--data", str(other), "--output", str(out), "--max-steps", "6", "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: --resume: the run was trained on") and "pass the --data" in err[-1], err
+    assert file_snapshot(out) == before

@@ -219,6 +219,19 @@ def mixture_state(data: PackedDataset | Mixture, resume_from: Path | None) -> di
     return state
 
 
+def data_state(data: PackedDataset | Mixture, resume_from: Path | None) -> dict[str, Any]:
+    """What a checkpoint records of the training data (its number of sequences), checked on resume: other data
+    prepared with the run's tokenizer passes the tokenizer check, and would silently change the stream the run
+    continues with. A checkpoint that did not record it is not checked."""
+    saved = ckpt.read_trainer_state(resume_from).get("train_sequences") if resume_from else None
+    if saved is not None and int(saved) != len(data):
+        raise UserError(
+            f"--resume: the run was trained on {int(saved):,} sequences, but the --data given holds {len(data):,}; "
+            "pass the --data it was started with"
+        )
+    return {"train_sequences": len(data)}
+
+
 def load_data_tokenizer(tokenizer_path: Path, run: Run) -> Tokenizer:
     """The data's tokenizer; a resumed run refuses data prepared with another one than it was trained with."""
     tokenizer = load_tokenizer(tokenizer_path)
@@ -407,6 +420,7 @@ def pretrain(
     objective = objective_for(cfg)  # --init-from may have set the ELECTRA generator's width
     resume_from = run.open()
     keep_global_batch(cfg, resume_from)
+    data_record = {**mixture_state(train_ds, resume_from), **data_state(train_ds, resume_from)}
     trainable = run.build(model, cfg, device)
     run.write_files(cfg.to_dict(), command, {"tokenizer.json": tokenizer.to_str()})
 
@@ -447,7 +461,7 @@ def pretrain(
         extra_state={
             "global_batch": global_batch,
             "world_size": world,
-            **mixture_state(train_ds, resume_from),
+            **data_record,
         },
         log_extra=source_tokens(train_ds, t.seed, global_batch, cfg.data.seq_len),
     )
