@@ -644,6 +644,27 @@ def test_resume_refuses_a_changed_label_set(base, data, tmp_path, capsys):
     assert "added mixed" in capsys.readouterr().err
 
 
+def test_resume_refuses_a_training_file_with_other_examples(base, data, tmp_path, capsys):
+    """Rows added to the training file (same labels) changed every batch and the steps of an epoch of the
+    resumed run, which went on with exit 0."""
+    train = tmp_path / "train.csv"
+    train.write_bytes((data / "cls_train.csv").read_bytes())
+    out = tmp_path / "run"
+    args = ["finetune", "--task", "classification", "--model", base, "--train", train,
+            "--validation", data / "cls_val.csv", "--output", out, "--train.max_steps", 2, *FAST]  # fmt: skip
+    assert cli(*args) == 0
+    lines = train.read_text(encoding="utf-8").splitlines(keepends=True)
+    with open(train, "a", encoding="utf-8") as f:
+        f.writelines(lines[1:4])
+    before = file_snapshot(out)
+    capsys.readouterr()
+    assert cli("finetune", "--output", out, "--resume", "--train.max_steps", 4) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {train} holds {len(lines) + 2} examples"), err
+    assert f"started with {len(lines) - 1}" in err[0] and "restore the training file" in err[0]
+    assert file_snapshot(out) == before
+
+
 def test_resume_keeps_the_notes_of_the_start(base, data, tmp_path, capsys):
     """train.lr left to its default is noted at the start and saved as set: the resumed run's summary keeps the
     note (and the same labels spelled otherwise, "1" for "1.0", are the same label set)."""

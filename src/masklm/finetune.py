@@ -287,7 +287,7 @@ def saved_config(values: dict[str, Any]) -> FinetuneConfig:
 
 RUN_ARGUMENTS = ("task", "model", "train", "validation", "init")
 """The command-line arguments config.yaml's `run` section records (--resume fills them in); it also records the
-run's labels and notes."""
+run's labels, notes and number of training examples."""
 
 
 def resume_settings(run_dir: str | Path) -> dict[str, Any]:
@@ -331,6 +331,19 @@ def resumed_labels(run_dir: Path, labels: list[str] | None, train_path: str | Pa
         "continues with the labels it started with: restore the training file, or start a new run with another "
         "--output"
     )
+
+
+def check_resumed_examples(run_dir: Path, examples: int, train_path: str | Path) -> None:
+    """--resume: refuse a training file that holds another number of examples than when the run started (its
+    `run` section records them): the batches of every step, and the steps of an epoch, follow from them, so the
+    run would go on with other data than the one it stopped in. A run that did not record them is not checked."""
+    started = resume_settings(run_dir).get("train_examples")
+    if started is not None and int(started) != examples:
+        raise UserError(
+            f"{train_path} holds {examples:,} examples, but {run_dir} started with {int(started):,}; a run continues "
+            "with the training data it started with: restore the training file, or start a new run with another "
+            "--output"
+        )
 
 
 def resumed_notes(run_dir: Path, notes: list[str]) -> list[str]:
@@ -603,6 +616,7 @@ def finetune(
     train_examples, val_examples, labels = _read_training_files(t, train_path, validation_path, cfg.data)
     if resume:
         labels = resumed_labels(Path(output), labels, train_path)
+        check_resumed_examples(Path(output), len(train_examples), train_path)
     check_requirements(t.requirements(cfg.data, labels))
     metric = select_metric(t, cfg.train.metric_for_best, cfg.data, labels)
     head_options(t, cfg.head)  # a head setting that does not apply is refused before the model is read
@@ -629,6 +643,7 @@ def finetune(
         "init": init,
         "labels": labels,
         "notes": notes,
+        "train_examples": len(train_examples),
     }
     run.write_files({"run": run_info, **cfg.to_dict()}, command)
     for note in notes:
