@@ -243,6 +243,9 @@ DAMAGE = {
     "truncated weights": lambda c: truncate(c / "model.safetensors"),
     "no manifest": lambda c: (c / "manifest.json").unlink(),
     "garbled trainer state": lambda c: (c / "trainer.pt").write_bytes(b"not a checkpoint"),
+    "manifest of a list": lambda c: (c / "manifest.json").write_text(
+        json.dumps({"files": ckpt.CHECKPOINT_FILES})
+    ),
 }
 
 

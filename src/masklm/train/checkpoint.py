@@ -188,6 +188,8 @@ def is_valid(ckpt: Path, verify: bool = True) -> bool:
         files = manifest["files"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
+    if not isinstance(files, dict):  # not a manifest masklm wrote (name → SHA-256)
+        return False
     required = SHARDED_FILES if manifest.get("format") == "dcp" else CHECKPOINT_FILES
     for name in sorted(set(required) | set(files)):
         p = ckpt / name
