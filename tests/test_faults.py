@@ -450,6 +450,25 @@ def test_a_file_too_large_for_the_disk_is_named(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []  # no temporary file left behind
 
 
+WRONG_KIND = {  # a run folder where a file stands in place of a folder masklm writes, or the reverse
+    "checkpoints is a file": lambda run: (run / "checkpoints").write_text("x"),
+    "metrics.jsonl is a folder": lambda run: (run / "metrics.jsonl").mkdir(),
+}
+
+
+@pytest.mark.parametrize("kind", list(WRONG_KIND))
+def test_a_file_or_folder_of_the_wrong_kind_in_a_run_is_one_line(data, tmp_path, capsys, kind):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text(yaml.safe_dump({"model": {}}))  # a run killed before anything else
+    WRONG_KIND[kind](out)
+    capsys.readouterr()
+    assert train(data, out, "--resume") == 2
+    error = last_error(capsys)
+    name = kind.split()[0]
+    assert str(out / name) in error and "move it away" in error
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Loading files of the wrong kind
 

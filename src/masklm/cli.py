@@ -913,10 +913,11 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except OSError as e:  # the machine's problem, not masklm's: a full disk, a read-only or forbidden folder
-        if e.errno in PATH_ERRORS:  # an output path through a file: corpus.txt/out
+        if e.errno in WRONG_KIND_ERRORS:  # e.g. a file named like a run's checkpoints/ folder
             print(
-                f"error: {e.strerror}: {e.filename or '(unknown file)'}; a file stands where the path needs a "
-                "folder: choose another output path",
+                f"error: {e.strerror}: {e.filename or '(unknown file)'}; a file stands where masklm writes a folder, "
+                "or a folder where it writes a file: move it away and run the command again (a training run "
+                "continues from its last checkpoint with --resume)",
                 file=sys.stderr,
             )
             return 2
@@ -930,5 +931,5 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-PATH_ERRORS = (errno.ENOTDIR, errno.EEXIST)
 ENVIRONMENT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
+WRONG_KIND_ERRORS = (errno.EEXIST, errno.EISDIR, errno.ENOTDIR)  # a file where a folder goes, or the reverse
