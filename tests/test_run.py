@@ -154,6 +154,12 @@ def test_one_run_folder_check(tmp_path):
         check_run_dir(tmp_path / "nope", resume=True, overwrite=False)
     (tmp_path / "new" / "data").mkdir(parents=True)  # pretrain --input prepared its data here: still new
     check_run_dir(tmp_path / "new", resume=False, overwrite=False)
+    (tmp_path / "new" / ".data.tmp-12-ab34cd56").mkdir()  # a kill while it prepared: still new, or resumable
+    check_run_dir(tmp_path / "new", resume=False, overwrite=False)
+    check_run_dir(tmp_path / "new", resume=True, overwrite=False)
+    (tmp_path / "new" / "notes.txt").write_text("not a run's")
+    with pytest.raises(UserError, match="--resume: .* is not a masklm run folder"):
+        check_run_dir(tmp_path / "new", resume=True, overwrite=False)
 
 
 def test_one_rank(monkeypatch, capsys):

@@ -83,7 +83,7 @@ def check_run_dir(
     """
     run_dir = Path(run_dir)
     refuse_path_through_file(run_dir)
-    if run_dir.exists() and (run_dir.is_file() or any(p.name != "data" for p in run_dir.iterdir())):
+    if run_dir.exists() and (run_dir.is_file() or holds_more_than_its_data(run_dir)):
         if not (resume or overwrite):
             raise UserError(
                 f"{what} {run_dir} already exists; pass --resume to continue it, --overwrite to replace it, "
@@ -121,12 +121,19 @@ def check_run_dir(
         raise UserError(f"--resume: {what} {run_dir} does not exist; start the run without --resume")
 
 
+def holds_more_than_its_data(run_dir: Path) -> bool:
+    """Whether a run folder holds anything but the data `pretrain --input` prepares into it: `data/`, and the
+    hidden `.data.tmp-*` folder a kill during that preparation leaves behind (a folder that holds only them
+    counts as new)."""
+    return any(p.name != "data" and not p.name.startswith(".data.tmp-") for p in run_dir.iterdir())
+
+
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, inputs: Inputs = ()) -> None:
     """Refuse an existing run folder unless resuming or overwriting (`check_run_dir`), delete it when
     overwriting (rank 0, once every process has looked), then make it."""
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume, overwrite, inputs=inputs)
-    if overwrite and not resume and run_dir.exists() and any(p.name != "data" for p in run_dir.iterdir()):
+    if overwrite and not resume and run_dir.exists() and holds_more_than_its_data(run_dir):
         dist.barrier()  # every process has looked before rank 0 deletes
         if dist.rank() == 0:
             shutil.rmtree(run_dir)
