@@ -226,6 +226,7 @@ def test_a_path_through_a_file_met_late_is_one_line(monkeypatch, capsys):
     assert cli.main(["prepare"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        "error: Not a directory: notes.txt/out/model.safetensors; a file stands where the path needs a folder: "
-        "choose another output path"
+        "error: Not a directory: notes.txt/out/model.safetensors; a file stands where masklm writes a folder, or a "
+        "folder where it writes a file: move it away and run the command again (a training run continues from its "
+        "last checkpoint with --resume)"
     ]

@@ -283,9 +283,11 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 def save_safetensors(
     state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
 ) -> None:
-    """safetensors' save_file, whose I/O failures (disk full, permissions) are raised as OSError like any write's.
+    """safetensors' save_file, whose I/O failures (disk full, permissions) are raised as OSError like any write's,
+    and whose file gets the permissions any other file gets (the process's umask applied to 0o666).
 
-    safetensors reports them as SafetensorError("... (os error 28)"), which no `except OSError` would catch.
+    safetensors reports failures as SafetensorError("... (os error 28)"), which no `except OSError` would catch,
+    and creates its file readable by its owner alone (0o600): a shared model or export others could not read.
     """
     try:
         save_file(state, str(path), metadata=metadata)
@@ -293,3 +295,6 @@ def save_safetensors(
         found = re.search(r"os error (\d+)", str(e))
         code = int(found.group(1)) if found else errno.EIO
         raise OSError(code, os.strerror(code), str(path)) from None
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
