@@ -215,6 +215,12 @@ class TrainConfig:
         "lr * d^(L - i), the embeddings at lr * d^(L + 1); e.g. 0.8 in fine-tuning; in pretraining (MLM only) it "
         "lets --init-from train a fresh head fast while the pretrained encoder moves slowly",
     )
+    embedding_init: Literal["normal", "ppmi"] = setting(
+        "normal",
+        "how pretraining from scratch starts the word embeddings: normal (0, model.initializer_range), or ppmi: "
+        "word vectors of the training text's co-occurrences (positive PMI within 5 tokens, truncated SVD; seconds "
+        "to a minute before the first step, outside the budget); not with --init-from, which brings its own",
+    )
     compile: bool = setting(False, "torch.compile the model")
     device: str = setting("auto", 'where to train: "auto", "cpu", "cuda", "cuda:1", ...')
     threads: int | None = setting(None, "torch intra-op threads on CPU (None = torch's default)")
@@ -432,6 +438,9 @@ class FinetuneTrainConfig(TrainConfig):
     )
     eval_sequences: int = setting(512, "not used in fine-tuning: the whole validation file is evaluated")
     eval_pairs: str | None = setting(None, "pretraining only (minimal pairs); refused in fine-tuning")
+    embedding_init: Literal["normal", "ppmi"] = setting(
+        "normal", "pretraining only (a fresh model's word embeddings); refused in fine-tuning"
+    )
     eval_batch_size: int | None = setting(
         None, "batch size for evaluation and prediction (None: train.batch_size); saved with the model"
     )
@@ -540,6 +549,11 @@ class FinetuneConfig:
         )
         _require(
             t.eval_pairs is None, "train.eval_pairs scores a masked LM during pretraining; not in fine-tuning"
+        )
+        _require(
+            t.embedding_init == "normal",
+            "train.embedding_init starts a model pretrained from scratch; fine-tuning starts from --model "
+            "(--init random: normal initialisation)",
         )
         _require(t.eval_batch_size is None or t.eval_batch_size > 0, "train.eval_batch_size must be positive")
         _require(

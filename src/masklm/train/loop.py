@@ -457,6 +457,7 @@ def fit(
     loss_items: Callable[[Batch], int | tuple[int, ...]] | None = None,
     extra_state: dict[str, Any] | None = None,
     log_extra: Callable[[int], dict[str, Any]] | None = None,
+    spent_s: float = 0.0,
 ) -> FitResult:
     """Train `model` until the budget is spent (or a stop signal); returns where it ended.
 
@@ -475,6 +476,8 @@ def fit(
     step's loss is their sum.
     extra_state is saved with every checkpoint's trainer state (e.g. the global batch). log_extra(step), when
     given, adds its fields to every "train" record (e.g. the tokens each data source supplied so far).
+    spent_s: seconds a new run spent before its first step that count as training time, in a minutes budget and
+    in tokens/s (pretraining's word-embedding init); a resumed run has them in its checkpoint's elapsed time.
     """
     trainer = Trainer(
         model, optimizer, cfg, device, run_dir=run_dir, tokens_per_step=tokens_per_step, loss_fn=loss_fn,
@@ -483,6 +486,8 @@ def fit(
     )  # fmt: skip
     trainer.start(resume_from)
     res = trainer.result
+    if resume_from is None:
+        res.elapsed_s = spent_s
     model.train()
     prefetch = _Prefetcher(make_batch, start=res.step * cfg.grad_accum)
     bar = _progress_bar(budget, res.step)

@@ -10,6 +10,7 @@ The run folder:
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -34,6 +35,7 @@ from masklm.objectives import Objective, evaluate, objective_for
 from masklm.train import checkpoint as ckpt
 from masklm.train.loop import Budget, FitResult
 from masklm.train.run import Run, full_model
+from masklm.train.word_vectors import init_word_embeddings, stream_blocks
 from masklm.utils import keep_large_blocks, log
 
 
@@ -295,6 +297,24 @@ def start_model(
     return model, notes
 
 
+def start_word_embeddings(
+    model: nn.Module, train_ds: PackedDataset | Mixture, tokenizer: Tokenizer, cfg: Config
+) -> str:
+    """train.embedding_init ppmi: the fresh model's word embeddings from the training stream's co-occurrences
+    (masklm.train.word_vectors); the note says how many tokens and how long. Every process computes the same."""
+    sp = special_ids(tokenizer)
+    note = init_word_embeddings(
+        model.encoder.input_embeddings.word,
+        stream_blocks(train_ds, cfg.train.seed),
+        skip=[sp.pad, sp.unk, sp.cls, sp.sep, sp.mask],
+        vocab_size=tokenizer.get_vocab_size(),
+        std=cfg.model.initializer_range,
+        seed=cfg.train.seed,
+    )
+    log(f"note: {note}")
+    return note
+
+
 def check_init_from_fits(
     init_from: str | Path,
     model_cfg: ModelConfig,
@@ -419,6 +439,11 @@ def pretrain(
         check_same_model(saved_model, cfg.model, run_dir, init_from)
     objective = objective_for(cfg)  # --init-from may have set the ELECTRA generator's width
     resume_from = run.open()
+    spent_s = 0.0  # before the first step, counted as training time
+    if resume_from is None and init_from is None and cfg.train.embedding_init == "ppmi":
+        started = time.perf_counter()
+        notes.append(start_word_embeddings(model, train_ds, tokenizer, cfg))
+        spent_s = time.perf_counter() - started
     keep_global_batch(cfg, resume_from)
     data_record = {**mixture_state(train_ds, resume_from), **data_state(train_ds, resume_from)}
     trainable = run.build(model, cfg, device)
@@ -464,6 +489,7 @@ def pretrain(
             **data_record,
         },
         log_extra=source_tokens(train_ds, t.seed, global_batch, cfg.data.seq_len),
+        spent_s=spent_s,
     )
     if result.stopped_by_signal:
         return run.stopped(result)
