@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 WINDOW = 5  # tokens on each side
-MAX_TOKENS = 10_000_000  # the first rows of the training stream up to this many tokens are counted (about 2.5 GB)
+MAX_TOKENS = 10_000_000  # counted: the first rows of the training stream up to this many tokens (2.5 GB)
 CONTEXT_POWER = 0.75
 DENSE_MAX_VOCAB = 16_384  # up to this vocabulary the PPMI matrix is held dense (1 GiB of float32 at most)
 _ROWS_PER_CHUNK = 8192
@@ -90,8 +90,10 @@ def ppmi_vectors(
     rank = min(dim, vocab_size)
     with torch.random.fork_rng(devices=[]):  # svd_lowrank draws its projection from the global generator
         torch.manual_seed(seed)
-        u, s, _ = torch.svd_lowrank(matrix, q=rank, niter=4)
-    out[:, :rank] = u * s.sqrt()
+        # a few directions more than kept, and 6 power iterations: the trailing kept singular values within 1-3%
+        # of what 8 iterations and 64 more directions give (4.5 s for the demo's 8,192 tokens)
+        u, s, _ = torch.svd_lowrank(matrix, q=min(rank + 16, vocab_size), niter=6)
+    out[:, :rank] = u[:, :rank] * s[:rank].sqrt()
     out[torch.from_numpy(word == 0)] = 0  # the projection leaves such rows at rounding noise, not zero
     return out
 
