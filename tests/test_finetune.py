@@ -618,13 +618,19 @@ def test_predict_ignores_tags_on_some_lines(ner_model, tmp_path, capsys):
 # Resuming after the training file changed; notes on resume
 
 
-def test_resume_refuses_a_changed_label_set(base, data, tmp_path, capsys):
+def _two_step_run(base: str | Path, data: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A 2-step classification run on a copy of the training file: (the copy, the run folder)."""
     train = tmp_path / "train.csv"
     train.write_bytes((data / "cls_train.csv").read_bytes())
     out = tmp_path / "run"
     args = ["finetune", "--task", "classification", "--model", base, "--train", train,
             "--validation", data / "cls_val.csv", "--output", out, "--train.max_steps", 2, *FAST]  # fmt: skip
     assert cli(*args) == 0
+    return train, out
+
+
+def test_resume_refuses_a_changed_label_set(base, data, tmp_path, capsys):
+    train, out = _two_step_run(base, data, tmp_path)
     assert yaml.safe_load((out / "config.yaml").read_text())["run"]["labels"] == ["neg", "pos"]
     with open(train, "a", encoding="utf-8") as f:
         f.write("great awful film,mixed\n")
@@ -647,12 +653,7 @@ def test_resume_refuses_a_changed_label_set(base, data, tmp_path, capsys):
 def test_resume_refuses_a_training_file_with_other_examples(base, data, tmp_path, capsys):
     """Rows added to the training file (same labels) changed every batch and the steps of an epoch of the
     resumed run, which went on with exit 0."""
-    train = tmp_path / "train.csv"
-    train.write_bytes((data / "cls_train.csv").read_bytes())
-    out = tmp_path / "run"
-    args = ["finetune", "--task", "classification", "--model", base, "--train", train,
-            "--validation", data / "cls_val.csv", "--output", out, "--train.max_steps", 2, *FAST]  # fmt: skip
-    assert cli(*args) == 0
+    train, out = _two_step_run(base, data, tmp_path)
     lines = train.read_text(encoding="utf-8").splitlines(keepends=True)
     with open(train, "a", encoding="utf-8") as f:
         f.writelines(lines[1:4])

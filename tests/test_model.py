@@ -164,7 +164,6 @@ def test_the_same_model_saves_to_the_same_bytes(tmp_path):
         assert f.metadata() == {"format": "pt"}
 
 
-
 def test_saved_weights_get_the_permissions_of_any_file(tmp_path):
     """safetensors creates its file 0o600: a model saved for others (a shared run, an export) was theirs to see but
     not to read. It gets the umask applied to 0o666, as config.json beside it does."""
@@ -178,6 +177,7 @@ def test_saved_weights_get_the_permissions_of_any_file(tmp_path):
         os.umask(old)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "m").iterdir()}
     assert modes["model.safetensors"] == 0o644 and modes["config.json"] == 0o644
+
 
 def test_load_with_new_head_keeps_encoder(tmp_path):
     torch.manual_seed(4)

@@ -463,7 +463,9 @@ def test_read_squad_errors(tmp_path):
         '{"id": "a", "question": "q", "context": "ctx", "answers": [], "is_impossible": "False"}\n',
         encoding="utf-8",
     )
-    _raises(f"{flat}:1: question id a has is_impossible 'False'; write it as a JSON boolean", read_squad, flat)
+    _raises(
+        f"{flat}:1: question id a has is_impossible 'False'; write it as a JSON boolean", read_squad, flat
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
