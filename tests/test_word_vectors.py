@@ -77,6 +77,17 @@ def test_init_word_embeddings_keeps_specials_and_unseen_tokens_and_scales_the_re
     assert "5 tokens" in note
 
 
+def test_text_without_positive_pmi_keeps_the_normal_init():
+    """One token repeated: its only pair has PMI 0, so no vector; the embedding stays as it was (a zero vector
+    scaled to the normal std would have been NaN)."""
+    torch.manual_seed(0)
+    embedding = torch.nn.Embedding(8, 4)
+    before = embedding.weight.detach().clone()
+    note = init_word_embeddings(embedding, [np.full((2, 6), 5)], skip=[0, 1], vocab_size=8, std=0.02, seed=0)
+    assert torch.equal(embedding.weight.detach(), before)
+    assert "of 0 tokens" in note
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     root = tmp_path_factory.mktemp("wv")

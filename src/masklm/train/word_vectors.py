@@ -23,10 +23,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from masklm.data.mixture import Mixture
+    from masklm.data.shards import PackedDataset
 
 WINDOW = 5  # tokens on each side
 MAX_TOKENS = 10_000_000  # counted: the first rows of the training stream up to this many tokens (2.5 GB)
@@ -68,7 +73,7 @@ def ppmi_vectors(
     first: np.ndarray, second: np.ndarray, weights: np.ndarray, vocab_size: int, dim: int, seed: int
 ) -> torch.Tensor:
     """(vocab_size, dim) float32 word vectors U √S of the truncated SVD of the PPMI matrix of the co-occurrence
-    weights; rows of tokens without co-occurrences are zero, and so are the columns past the matrix's rank."""
+    weights; rows of tokens without a positive PMI entry are zero, and so are the columns past the matrix's rank."""
     out = torch.zeros(vocab_size, dim)
     if weights.size == 0:
         return out
@@ -94,7 +99,9 @@ def ppmi_vectors(
         # of what 8 iterations and 64 more directions give (4.5 s for the demo's 8,192 tokens)
         u, s, _ = torch.svd_lowrank(matrix, q=min(rank + 16, vocab_size), niter=6)
     out[:, :rank] = u[:, :rank] * s[:rank].sqrt()
-    out[torch.from_numpy(word == 0)] = 0  # the projection leaves such rows at rounding noise, not zero
+    has_row = np.zeros(vocab_size, dtype=bool)
+    has_row[first[positive]] = True
+    out[torch.from_numpy(~has_row)] = 0  # the projection leaves such rows at rounding noise, not zero
     return out
 
 
@@ -111,20 +118,23 @@ def init_word_embeddings(
     start = time.perf_counter()
     first, second, weights = cooccurrence(rows, vocab_size, skip)
     vectors = ppmi_vectors(first, second, weights, vocab_size, embedding.embedding_dim, seed)
-    seen = torch.zeros(vocab_size, dtype=torch.bool)
-    seen[torch.from_numpy(np.unique(first))] = True
+    seen = vectors.abs().sum(1) > 0  # tokens with a positive PMI entry (no vector: normal init kept)
     seen[list(skip)] = False
-    if seen.any():
+    trained = vectors[seen]
+    if trained.numel() and trained.std() > 0:
         with torch.no_grad():
-            trained = vectors[seen]
             embedding.weight[:vocab_size][seen] = (trained * (std / trained.std())).to(embedding.weight.dtype)
+    else:
+        seen[:] = False
     return (
         f"word embeddings of {int(seen.sum()):,} tokens from the training text's co-occurrences (PPMI + SVD over "
         f"{int(weights.sum()) // 2:,} weighted pairs) in {time.perf_counter() - start:.0f} s"
     )
 
 
-def stream_blocks(dataset, seed: int, max_tokens: int = MAX_TOKENS) -> Iterable[np.ndarray]:
+def stream_blocks(
+    dataset: PackedDataset | Mixture, seed: int, max_tokens: int = MAX_TOKENS
+) -> Iterable[np.ndarray]:
     """The first rows of the training stream (`dataset.draw`: shuffled, or a mixture's by weight), up to
     `max_tokens` tokens, in (n, T) blocks."""
     seq_len = int(dataset.seq_len)
