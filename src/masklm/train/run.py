@@ -159,9 +159,8 @@ def read_saved_config(run_dir: Path) -> dict[str, Any] | None:
         values = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError):
         raise UserError(f"{path} is not valid YAML; the run folder is damaged") from None
-    if (
-        not isinstance(values, dict) or not values
-    ):  # read as defaults, it gave "a model of another architecture"
+    # an empty or non-mapping file read as the defaults gave "a model of another architecture" at the checkpoint
+    if not isinstance(values, dict) or not values:
         raise UserError(
             f"{path} holds no settings (masklm writes a mapping of sections); the run folder is damaged: put its "
             "config.yaml back, or start a new run with another --output"
