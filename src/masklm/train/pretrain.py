@@ -288,13 +288,17 @@ def start_model(
             notes += [note] if note else []
         for n in notes:
             log(f"note: {n}")
-    seq_len, m = cfg.data.seq_len, cfg.model
-    if seq_len > m.max_position_embeddings and m.position == "absolute":
+    check_seq_len_fits(cfg.data.seq_len, cfg.model)
+    return model, notes
+
+
+def check_seq_len_fits(seq_len: int, model_cfg: ModelConfig) -> None:
+    """A UserError when the data's rows are longer than a model with learned positions has positions for."""
+    if seq_len > model_cfg.max_position_embeddings and model_cfg.position == "absolute":
         raise UserError(
             f"the data's seq_len ({seq_len}) is above the model's max_position_embeddings "
-            f"({m.max_position_embeddings}); prepare with a smaller --seq-len"
+            f"({model_cfg.max_position_embeddings}); prepare with a smaller --seq-len"
         )
-    return model, notes
 
 
 def start_word_embeddings(
@@ -330,11 +334,7 @@ def check_init_from_fits(
             f"--init-from {init_from} uses a different tokenizer than {data_dir}; prepare the data with "
             f"--tokenizer {init_from} so token ids match"
         )
-    if seq_len > model_cfg.max_position_embeddings and model_cfg.position == "absolute":
-        raise UserError(
-            f"the data's seq_len ({seq_len}) is above the model's max_position_embeddings "
-            f"({model_cfg.max_position_embeddings}); prepare with a smaller --seq-len"
-        )
+    check_seq_len_fits(seq_len, model_cfg)
 
 
 def check_same_model(
