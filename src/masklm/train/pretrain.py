@@ -302,10 +302,12 @@ def check_seq_len_fits(seq_len: int, model_cfg: ModelConfig) -> None:
 
 
 def start_word_embeddings(
-    model: nn.Module, train_ds: PackedDataset | Mixture, tokenizer: Tokenizer, cfg: Config
-) -> str:
+    model: nn.Module, train_ds: PackedDataset | Mixture, tokenizer: Tokenizer, cfg: Config, notes: list[str]
+) -> float:
     """train.embedding_init ppmi: the fresh model's word embeddings from the training stream's co-occurrences
-    (masklm.train.word_vectors); the note says how many tokens and how long. Every process computes the same."""
+    (masklm.train.word_vectors), with a note of how many tokens and how long added to `notes`; returns the
+    seconds it took. Every process computes the same."""
+    started = time.perf_counter()
     sp = special_ids(tokenizer)
     note = init_word_embeddings(
         model.encoder.input_embeddings.word,
@@ -316,7 +318,8 @@ def start_word_embeddings(
         seed=cfg.train.seed,
     )
     log(f"note: {note}")
-    return note
+    notes.append(note)
+    return time.perf_counter() - started
 
 
 def check_init_from_fits(
@@ -441,9 +444,7 @@ def pretrain(
     resume_from = run.open()
     spent_s = 0.0  # before the first step, counted as training time
     if resume_from is None and init_from is None and cfg.train.embedding_init == "ppmi":
-        started = time.perf_counter()
-        notes.append(start_word_embeddings(model, train_ds, tokenizer, cfg))
-        spent_s = time.perf_counter() - started
+        spent_s = start_word_embeddings(model, train_ds, tokenizer, cfg, notes)
     keep_global_batch(cfg, resume_from)
     data_record = {**mixture_state(train_ds, resume_from), **data_state(train_ds, resume_from)}
     trainable = run.build(model, cfg, device)
