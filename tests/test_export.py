@@ -220,6 +220,12 @@ def test_regression_export_runs_in_transformers(tmp_path: Path, tok) -> None:
         assert (want - hf(**b).logits).abs().max().item() < 1e-5
         assert (want - again.model(**b)).abs().max().item() < 1e-5
 
+    # a one-output classifier with a label name (how a Hugging Face regressor is read: id2label {0: LABEL_0})
+    named = ModelInfo("SequenceClassification", labels=["LABEL_0"], task={"name": "classification"})
+    named_dir = save_model(SequenceClassification(cfg, 1), tmp_path / "named", tok, named)
+    config = json.loads((export_model(named_dir, tmp_path / "out2", "hf") / "config.json").read_text())
+    assert config["problem_type"] == "regression" and config["id2label"] == {"0": "LABEL_0"}
+
 
 def test_refusals(tmp_path: Path, tok, hf_export: tuple[Path, Path]) -> None:
     modern = make_folder(tmp_path / "modern", tok, norm="pre", ffn="geglu")

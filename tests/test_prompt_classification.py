@@ -161,8 +161,18 @@ def test_a_pretraining_run_is_not_taken_for_a_prompt_classifier():
         (["--data.prompt", PROMPT, "--data.label_words", "neg=awful,pos=splendiferous"], "one token"),
         (["--data.prompt", PROMPT, "--data.label_words", "neg=awful,pos=zzz"], "one token"),
         (["--data.prompt", PROMPT, "--data.label_words", "neg=awful,pos=[MASK]"], "[MASK], a special token"),
+        (["--data.prompt", PROMPT, "--data.label_words", '{"neg": "awful", "pos": 3}'], "to one word"),
+        (
+            ["--data.prompt", PROMPT, "--data.label_words", '{"neg": "awful", "pos": "great"'],
+            "not a valid JSON",
+        ),
+        (
+            ["--data.prompt", PROMPT, "--data.label_words", '{"neg": "awful", "neg": "great"}'],
+            "label 'neg' twice",
+        ),
         (["--data.prompt", PROMPT, "--data.label_words", WORDS, "--data.regression", "true"], "not scores"),
         (["--data.prompt", PROMPT, "--data.label_words", WORDS, "--head.pooling", "mean"], "head.pooling"),
+        (["--data.prompt", PROMPT, "--data.label_words", WORDS, "--head.pooling", "cls"], "head.pooling"),
     ],
 )
 def test_bad_settings_one_line_exit_2_nothing_written(base, data, tmp_path, capsys, flags, message):
@@ -175,3 +185,32 @@ def test_bad_settings_one_line_exit_2_nothing_written(base, data, tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert rc == 2 and message in err and len(err.splitlines()) == 1, err
     assert not out.exists() and file_snapshot(base) == before
+
+
+def test_label_words_as_json_name_labels_with_commas_and_equals():
+    from masklm.tasks.prompt_classification import parse_label_words
+
+    spec = '{"bad, really": "awful", "a=b": "great"}'
+    assert parse_label_words(spec) == {"bad, really": "awful", "a=b": "great"}
+    assert parse_label_words("neg=awful, pos = great") == {"neg": "awful", "pos": "great"}
+
+
+def test_onnx_export_of_a_prompt_classifier_says_how_to_read_its_labels(base, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from masklm.export import export_model
+
+    model, tok, _ = load_model(base)
+    task = {"name": "prompt-classification", "data": {"prompt": PROMPT, "label_words": "pos=great,neg=awful"}}
+    folder = tmp_path / "prompt_model"
+    save_model(model, folder, tok, ModelInfo("MaskedLM", labels=["neg", "pos"], task=task))
+    out = export_model(folder, tmp_path / "onnx", "onnx")
+    config = json.loads((out / "config.json").read_text())
+    assert config["labels"] == ["neg", "pos"]
+    assert config["prompt"] == {
+        "template": PROMPT,
+        "label_words": ["awful", "great"],
+        "label_token_ids": [tok.token_to_id("awful"), tok.token_to_id("great")],
+    }
+    plain = export_model(base, tmp_path / "onnx_plain", "onnx")  # a pretraining run: no read-out
+    assert "prompt" not in json.loads((plain / "config.json").read_text())

@@ -179,6 +179,25 @@ def _data_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _refuse_twice_given(flags: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """A short flag (--seq-len, --max-minutes, ...) and its dotted setting (--data.seq_len, ...) given with
+    different values: which one wins is not for the user to guess."""
+    for key, value in flags.items():
+        if key in overrides and overrides[key] != value:
+            flag = "--" + key.split(".", 1)[1].replace("_", "-")
+            raise UserError(
+                f"{flag} {value} and --{key} {overrides[key]} set the same thing to different values; pass one"
+            )
+
+
+def _refuse_unused_vocab_size(given: dict[str, Any], tokenizer_from: str | None) -> None:
+    """--vocab-size sizes a newly trained vocabulary: with a given tokenizer it would be ignored."""
+    if "data.vocab_size" in given and tokenizer_from:
+        raise UserError(
+            f"--vocab-size sizes a newly trained vocabulary, and {tokenizer_from} brings its own; drop --vocab-size"
+        )
+
+
 def _config(args: argparse.Namespace, overrides: dict[str, Any], default_preset: str | None) -> Config:
     from masklm.config import load_config
 
@@ -213,7 +232,10 @@ def build_prepare(p: argparse.ArgumentParser) -> None:
 def cmd_prepare(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     from masklm.data.prepare import Part, prepare
 
-    values = {**_data_overrides(args), **overrides}
+    data_over = _data_overrides(args)
+    _refuse_twice_given(data_over, overrides)
+    values = {**data_over, **overrides}
+    _refuse_unused_vocab_size(values, "--tokenizer" if values.get("data.tokenizer") else None)
     # prepare makes data, not a model: whether the model's positions reach data.seq_len is pretrain's check
     values.setdefault("model.max_position_embeddings", 1 << 30)
     cfg = _config(args, values, None)
@@ -309,8 +331,14 @@ def cmd_pretrain(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         )
     budget = _budget(args)
     data_over = _data_overrides(args)
+    _refuse_twice_given({**data_over, **budget}, overrides)
     if args.data is not None:
-        _refuse_prepare_flags(args, data_over)
+        _refuse_prepare_flags(args, data_over, overrides)
+    given = {**data_over, **overrides}
+    if given.get("data.tokenizer"):
+        _refuse_unused_vocab_size(given, "--tokenizer")
+    elif args.init_from:
+        _refuse_unused_vocab_size(given, f"--init-from {args.init_from}")
     if demo:
         if not args.resume and args.output is None and not args.overwrite and Path(DEMO_RUN).exists():
             raise UserError(f"{DEMO_RUN} already exists; pass --overwrite to run the demo again or --resume")
@@ -360,8 +388,11 @@ def shaped_overrides(overrides: dict[str, Any]) -> list[str]:
     return sorted(k for k in overrides if k.startswith("model."))
 
 
-def _refuse_prepare_flags(args: argparse.Namespace, data_over: dict[str, Any]) -> None:
-    """pretrain --data: --input, and the flags that say how --input is prepared, would be ignored; refuse them."""
+def _refuse_prepare_flags(
+    args: argparse.Namespace, data_over: dict[str, Any], overrides: dict[str, Any]
+) -> None:
+    """pretrain --data: --input, and the flags and --data.* settings that say how --input is prepared, would be
+    ignored; refuse them."""
     if args.input is not None:
         raise UserError(
             "--input and --data both give the text to pretrain on (--input is prepared into RUN/data, --data is "
@@ -372,6 +403,12 @@ def _refuse_prepare_flags(args: argparse.Namespace, data_over: dict[str, Any]) -
         raise UserError(
             f"{flag} says how --input text is prepared, and --data is prepared already (its tokenizer and "
             f"seq_len are its own); drop {flag}, or prepare the data again with it (masklm prepare)"
+        )
+    dotted = sorted(k for k in overrides if k.startswith("data."))
+    if dotted:
+        raise UserError(
+            f"--{dotted[0]} says how text is prepared, and --data is prepared already (its settings are fixed in its "
+            f"meta.json); drop --{dotted[0]}, or prepare the data again with it (masklm prepare --{dotted[0]} ...)"
         )
 
 

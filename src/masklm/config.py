@@ -279,7 +279,9 @@ class Config:
         _require(o.discriminator_weight >= 0, "objective.discriminator_weight must be >= 0")
         if m.position == "rotary":
             _require(
-                (m.hidden_size // m.num_attention_heads) % 2 == 0, "rotary positions need an even head size"
+                (m.hidden_size // m.num_attention_heads) % 2 == 0,
+                f"rotary positions need an even head size, and model.hidden_size / model.num_attention_heads is "
+                f"{m.hidden_size // m.num_attention_heads}: change one of the two, or pass --model.position absolute",
             )
         _require(d.seq_len >= 8, f"data.seq_len must be at least 8, not {d.seq_len}")
         _require(

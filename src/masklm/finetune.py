@@ -27,7 +27,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,13 +195,13 @@ def _resolve_length(cfg: FinetuneConfig, task: Task, model: nn.Module) -> None:
 INITS = ("pretrained", "random")
 
 
-def head_options(task: Task, head: HeadConfig) -> dict[str, Any]:
-    """The task head's options from the `head` section; a setting the head does not take is refused unless it
-    keeps its default."""
+def head_options(task: Task, head: HeadConfig, given: Iterable[str] = ()) -> dict[str, Any]:
+    """The task head's options from the `head` section; a setting the head does not take is refused when it
+    is `given` (a dotted key of the command line, even at its default) or differs from its default."""
     cls = head_class(task.architecture)
     values, defaults = dataclasses.asdict(head), dataclasses.asdict(HeadConfig())
     for name, value in values.items():
-        if name not in cls.options and value != defaults[name]:
+        if name not in cls.options and (value != defaults[name] or f"head.{name}" in given):
             takes = ", ".join(f"head.{k}" for k in cls.options) or "no head settings"
             raise UserError(
                 f"head.{name} does not apply to {task.name} (its head takes {takes}); leave --head.{name} out"
@@ -846,10 +846,12 @@ def cmd_finetune(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     missing = [f"--{k}" for k in ("task", "model", "train", "validation") if getattr(args, k) is None]
     if missing:
         raise UserError(f"masklm finetune needs {', '.join(missing)} (see `masklm finetune --help`)")
-    get_task(args.task)  # an unknown task is refused before any file is read
+    task = get_task(args.task)  # an unknown task is refused before any file is read
     output = args.output or f"runs/finetune-{Path(args.train).stem}"
+    cfg = build_config(overrides, args.config)
+    head_options(task, cfg.head, given=overrides)  # --head.pooling cls on a task without pooling, too
     summary = finetune(
-        build_config(overrides, args.config),
+        cfg,
         args.task,
         args.model,
         args.train,

@@ -131,10 +131,10 @@ def label_entries(model: Head, labels: list[str] | None) -> dict[str, Any]:
 
     Without them transformers builds its default two outputs and refuses the one-row classifier."""
     count = getattr(model, "num_labels", None)
-    if type(model).label_layer is None or not isinstance(count, int) or labels:
+    if type(model).label_layer is None or not isinstance(count, int):
         return {}
-    entries: dict[str, Any] = {"num_labels": count}
-    if isinstance(model, SequenceClassification) and count == 1:
+    entries: dict[str, Any] = {} if labels else {"num_labels": count}
+    if isinstance(model, SequenceClassification) and count == 1:  # also when named (an imported regressor)
         entries["problem_type"] = "regression"
     return entries
 

@@ -26,6 +26,7 @@ from masklm.errors import UserError
 from masklm.export.common import TOLERANCE, compare, model_logits, write_json, write_text
 from masklm.export.hf import clean_tokenizer_json, tokenizer_files
 from masklm.model.base import Head, ModelInfo
+from masklm.tasks.prompt_classification import prompt_readout
 
 ONNX_INSTALL = "pip install 'masklm[onnx]'"
 
@@ -138,18 +139,19 @@ def write_onnx_folder(model: Head, tok: tokenizers.Tokenizer, info: ModelInfo, f
     cfg: ModelConfig = model.cfg
     export_onnx(model, folder / "model.onnx")
     inputs, outputs = onnx_io_names(model)
-    write_json(
-        folder / "config.json",
-        {
-            "format": "masklm-onnx",
-            "architecture": info.architecture,
-            "model": dataclasses.asdict(cfg),
-            "labels": info.labels,
-            "inputs": inputs,
-            "outputs": outputs,
-            "dynamic_axes": {str(i): name for i, name in enumerate(type(model).input_axes)},
-        },
-    )
+    config = {
+        "format": "masklm-onnx",
+        "architecture": info.architecture,
+        "model": dataclasses.asdict(cfg),
+        "labels": info.labels,
+        "inputs": inputs,
+        "outputs": outputs,
+        "dynamic_axes": {str(i): name for i, name in enumerate(type(model).input_axes)},
+    }
+    prompt = prompt_readout(info, tok)
+    if prompt is not None:  # a prompt classifier outputs vocabulary logits: label i is label_token_ids[i]
+        config["prompt"] = prompt  # at the template's [MASK]
+    write_json(folder / "config.json", config)
     try:
         files = tokenizer_files(tok, cfg.max_position_embeddings)
     except UserError:  # ONNX users run the tokenizer through `tokenizers`; tokenizer.json is enough

@@ -16,6 +16,7 @@ read as for `classification` (its columns and its label order); regression is no
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,17 +53,50 @@ def template_parts(prompt: str | None, pairs: bool) -> list[str]:
 
 
 def parse_label_words(spec: str | None) -> dict[str, str]:
-    """'0=bad,1=good' → {"0": "bad", "1": "good"}; a UserError for a malformed list or a word used twice."""
+    """'0=bad,1=good' → {"0": "bad", "1": "good"}; a UserError for a malformed list or a word used twice. A JSON
+    object ('{"a, b": "good"}') names labels that contain a comma."""
     if not spec:
         raise UserError(f"prompt-classification needs a word for each label: {EXAMPLE}")
+    if spec.lstrip().startswith("{"):
+        return _check_words_apart(_json_label_words(spec))
     words: dict[str, str] = {}
     for item in spec.split(","):
         label, eq, word = (s.strip() for s in item.rpartition("="))
         if not eq or not label or not word:
-            raise UserError(f"--data.label_words: {item.strip()!r} is not LABEL=WORD (e.g. '0=bad,1=good')")
+            raise UserError(
+                f"--data.label_words: {item.strip()!r} is not LABEL=WORD (e.g. '0=bad,1=good'; labels with a "
+                """comma: a JSON object, '{"a, b": "good"}')"""
+            )
         if label in words:
             raise UserError(f"--data.label_words gives label {label!r} twice")
         words[label] = word
+    return _check_words_apart(words)
+
+
+def _json_label_words(spec: str) -> dict[str, str]:
+    """The JSON-object form of --data.label_words: {"LABEL": "WORD", ...}."""
+    try:
+        pairs = json.loads(spec, object_pairs_hook=list)
+    except json.JSONDecodeError as e:
+        raise UserError(
+            f"--data.label_words is not a valid JSON object ({e.msg}, character {e.pos})"
+        ) from None
+    if not isinstance(pairs, list) or not all(
+        isinstance(pair, tuple) and isinstance(pair[1], str) and pair[1].strip() for pair in pairs
+    ):
+        raise UserError(
+            """--data.label_words as JSON maps each label to one word: '{"neg": "bad", "pos": "good"}'"""
+        )
+    words: dict[str, str] = {}
+    for label, word in pairs:
+        if label in words:
+            raise UserError(f"--data.label_words gives label {label!r} twice")
+        words[label] = word.strip()
+    return words
+
+
+def _check_words_apart(words: dict[str, str]) -> dict[str, str]:
+    """Each label its own word."""
     repeated = sorted({w for w in words.values() if list(words.values()).count(w) > 1})
     if repeated:
         raise UserError(
@@ -103,6 +137,22 @@ def label_word_ids(tok: Any, words: dict[str, str], labels: Sequence[str]) -> li
             )
         ids.append(encoding.ids[0])
     return ids
+
+
+def prompt_readout(info: Any, tok: Any) -> dict[str, Any] | None:
+    """For a model fine-tuned by this task (its saved ModelInfo): how its vocabulary logits become label scores
+    ({"template", "label_words", "label_token_ids"}, in label order), for exports whose outputs are those
+    logits; None for any other model."""
+    task = info.task or {}
+    if task.get("name") != PromptClassificationTask.name or not info.labels:
+        return None
+    data = task.get("data") or {}
+    words = parse_label_words(data.get("label_words"))
+    return {
+        "template": data.get("prompt"),
+        "label_words": [words[label] for label in info.labels],
+        "label_token_ids": label_word_ids(tok, words, info.labels),
+    }
 
 
 def encode_prompts(
