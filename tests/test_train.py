@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import file_snapshot, final_weights, prepare_tiny, read_metrics, write_walk_corpus
@@ -381,3 +383,22 @@ def test_resume_on_other_data_of_the_same_tokenizer_is_refused(prepared, tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: --resume: the run was trained on") and "pass the --data" in err[-1], err
     assert file_snapshot(out) == before
+
+
+def test_resume_on_other_data_of_the_same_size_is_refused(prepared, tmp_path, capsys):
+    """The same number of sequences in another order (rows of a shard rolled by one): the count check passes,
+    the stream's fingerprint does not."""
+    other = tmp_path / "other_data"
+    shutil.copytree(prepared, other)
+    for name in ("ids_00000.npy", "word_starts_00000.npy"):
+        path = other / "train" / name
+        np.save(path, np.roll(np.load(path), 1, axis=0))
+    out = tmp_path / "run"
+    assert run(["--data", str(prepared), "--output", str(out), "--max-steps", "4"]) == 0
+    before = file_snapshot(out)
+    capsys.readouterr()
+    assert run(["--data", str(other), "--output", str(out), "--max-steps", "6", "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "other ones (or in another order)" in err[-1] and len(err) == 1, err
+    assert file_snapshot(out) == before
+    assert run(["--data", str(prepared), "--output", str(out), "--max-steps", "6", "--resume"]) == 0

@@ -10,6 +10,7 @@ The run folder:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from collections.abc import Callable
 from functools import partial
@@ -221,17 +222,35 @@ def mixture_state(data: PackedDataset | Mixture, resume_from: Path | None) -> di
     return state
 
 
-def data_state(data: PackedDataset | Mixture, resume_from: Path | None) -> dict[str, Any]:
-    """What a checkpoint records of the training data (its number of sequences), checked on resume: other data
-    prepared with the run's tokenizer passes the tokenizer check, and would silently change the stream the run
-    continues with. A checkpoint that did not record it is not checked."""
-    saved = ckpt.read_trainer_state(resume_from).get("train_sequences") if resume_from else None
-    if saved is not None and int(saved) != len(data):
+FINGERPRINT_ROWS = 64
+
+
+def data_fingerprint(data: PackedDataset | Mixture, seed: int) -> str:
+    """A short hash of the token ids at `FINGERPRINT_ROWS` evenly spaced positions of the training stream (as
+    the run draws it with `seed`): other rows, or the same rows in another order, give another hash."""
+    positions = np.unique(np.linspace(0, len(data) - 1, min(FINGERPRINT_ROWS, len(data))).astype(np.int64))
+    ids, _ = data.draw(positions, seed)
+    return hashlib.sha256(ids.numpy().astype(np.int64).tobytes()).hexdigest()[:16]
+
+
+def data_state(data: PackedDataset | Mixture, resume_from: Path | None, seed: int) -> dict[str, Any]:
+    """What a checkpoint records of the training data (its number of sequences and a fingerprint of its
+    stream), checked on resume: other data prepared with the run's tokenizer passes the tokenizer check, and
+    would silently change the stream the run continues with. What a checkpoint did not record is not checked."""
+    saved = ckpt.read_trainer_state(resume_from) if resume_from else {}
+    count, fingerprint = saved.get("train_sequences"), saved.get("train_fingerprint")
+    if count is not None and int(count) != len(data):
         raise UserError(
-            f"--resume: the run was trained on {int(saved):,} sequences, but the --data given holds {len(data):,}; "
+            f"--resume: the run was trained on {int(count):,} sequences, but the --data given holds {len(data):,}; "
             "pass the --data it was started with"
         )
-    return {"train_sequences": len(data)}
+    state = {"train_sequences": len(data), "train_fingerprint": data_fingerprint(data, seed)}
+    if fingerprint is not None and fingerprint != state["train_fingerprint"]:
+        raise UserError(
+            f"--resume: the --data given holds {len(data):,} sequences, as the run's did, but other ones (or in "
+            "another order) than the run was trained on; pass the --data it was started with"
+        )
+    return state
 
 
 def load_data_tokenizer(tokenizer_path: Path, run: Run) -> Tokenizer:
@@ -446,7 +465,10 @@ def pretrain(
     if resume_from is None and init_from is None and cfg.train.embedding_init == "ppmi":
         spent_s = start_word_embeddings(model, train_ds, tokenizer, cfg, notes)
     keep_global_batch(cfg, resume_from)
-    data_record = {**mixture_state(train_ds, resume_from), **data_state(train_ds, resume_from)}
+    data_record = {
+        **mixture_state(train_ds, resume_from),
+        **data_state(train_ds, resume_from, cfg.train.seed),
+    }
     trainable = run.build(model, cfg, device)
     run.write_files(cfg.to_dict(), command, {"tokenizer.json": tokenizer.to_str()})
 
