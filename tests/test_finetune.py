@@ -687,3 +687,28 @@ def test_resume_keeps_the_notes_of_the_start(base, data, tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["notes"] == first
     assert summary["labels"] == ["0.0", "1.0"]  # the run goes on with the labels it started with
+
+
+@pytest.mark.parametrize("tmp_left", [True, False], ids=["new-best-in-tmp", "tmp-gone"])
+def test_a_kill_between_the_best_models_renames_is_completed_on_resume(tmp_path, tmp_left):
+    """_save_best renames RUN/model to .model.old, then .model.tmp (complete) to RUN/model: a kill between the two
+    left no RUN/model, and a resumed run compared its evaluations against nothing. BestModel completes the swap."""
+    run_dir = tmp_path / "run"
+    for name, value in ((".model.old", 0.5), (".model.tmp", 0.75)):
+        (run_dir / name).mkdir(parents=True)
+        best = {"metric": "accuracy", "value": value, "step": 4}
+        (run_dir / name / "config.json").write_text(json.dumps({"best": best}))
+    if not tmp_left:
+        (run_dir / ".model.tmp" / "config.json").unlink()
+        (run_dir / ".model.tmp").rmdir()
+    best = ft.BestModel(run_dir, None, None, None, "accuracy", False, 10, resume=True).best
+    assert best is not None and best["value"] == (0.75 if tmp_left else 0.5)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["model"]
+
+
+def test_a_first_best_model_cut_while_written_is_not_taken(tmp_path):
+    """No RUN/model and no .model.old: the first save was cut while .model.tmp was written; it is not used."""
+    run_dir = tmp_path / "run"
+    (run_dir / ".model.tmp").mkdir(parents=True)
+    assert ft.BestModel(run_dir, None, None, None, "accuracy", False, 10, resume=True).best is None
+    assert not (run_dir / "model").exists()

@@ -363,6 +363,16 @@ def _best_so_far(run_dir: Path) -> dict[str, Any] | None:
     return best if isinstance(best, dict) and "value" in best else None
 
 
+def finish_best_swap(run_dir: Path) -> None:
+    """Complete a `_save_best` that a kill cut between its two renames: RUN/model missing, the previous best in
+    .model.old and the new one, complete (written before the first rename), in .model.tmp."""
+    final, tmp, old = run_dir / "model", run_dir / ".model.tmp", run_dir / ".model.old"
+    if final.exists() or not old.is_dir():
+        return  # nothing cut, or the first save of the run cut while writing (.model.tmp incomplete)
+    (tmp if tmp.is_dir() else old).rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def _save_best(model: nn.Module, run_dir: Path, tok: Any, info: ModelInfo, best: dict[str, Any]) -> None:
     """Replace RUN/model with the current weights: built under a temporary name, then renamed into place."""
     final, tmp, old = run_dir / "model", run_dir / ".model.tmp", run_dir / ".model.old"
@@ -409,6 +419,8 @@ class BestModel:
             -1.0 if lower_is_better else 1.0,
             steps_per_epoch,
         )
+        if resume and dist.rank() == 0:
+            finish_best_swap(run_dir)
         best = _best_so_far(run_dir) if resume else None
         self.best: dict[str, Any] | None = best if best is not None and best.get("metric") == metric else None
 
