@@ -404,7 +404,8 @@ def _refuse_prepare_flags(
             f"{flag} says how --input text is prepared, and --data is prepared already (its tokenizer and "
             f"seq_len are its own); drop {flag}, or prepare the data again with it (masklm prepare)"
         )
-    dotted = sorted(k for k in overrides if k.startswith("data."))
+    # data.workers says how fast text is prepared, not what it becomes: harmless, and shared flag lists carry it
+    dotted = sorted(k for k in overrides if k.startswith("data.") and k != "data.workers")
     if dotted:
         raise UserError(
             f"--{dotted[0]} says how text is prepared, and --data is prepared already (its settings are fixed in its "
