@@ -368,37 +368,40 @@ def test_resume_with_an_init_from_of_another_shape_is_one_line(prepared, tmp_pat
     assert "--init-from" in err and "model.num_hidden_layers" in err and err.count("\n") == 1, err
 
 
-def test_resume_on_other_data_of_the_same_tokenizer_is_refused(prepared, tmp_path, capsys):
-    """Data prepared with the run's tokenizer from other texts passed the tokenizer check, and the run went on
-    with another data stream (exit 0, not the run it was)."""
-    other = tmp_path / "other_data"
-    corpus = write_walk_corpus(tmp_path / "corpus", n_docs=20)
+def _other_text(prepared: Path, other: Path) -> None:
+    """Other texts prepared with the run's tokenizer: another number of sequences."""
+    corpus = write_walk_corpus(other.parent / "corpus", n_docs=20)
     argv = ["--tokenizer", str(prepared / "tokenizer.json"), "--seq-len", "32"]
     assert main(["prepare", "--input", str(corpus), "--output", str(other), *argv]) == 0
-    out = tmp_path / "run"
-    assert run(["--data", str(prepared), "--output", str(out), "--max-steps", "4"]) == 0
-    before = file_snapshot(out)
-    capsys.readouterr()
-    assert run(["--data", str(other), "--output", str(out), "--max-steps", "6", "--resume"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: --resume: the run was trained on") and "pass the --data" in err[-1], err
-    assert file_snapshot(out) == before
 
 
-def test_resume_on_other_data_of_the_same_size_is_refused(prepared, tmp_path, capsys):
-    """The same number of sequences in another order (rows of a shard rolled by one): the count check passes,
-    the stream's fingerprint does not."""
-    other = tmp_path / "other_data"
+def _rows_rolled(prepared: Path, other: Path) -> None:
+    """The same number of sequences in another order (a shard's rows rolled by one): only the fingerprint of the
+    stream tells."""
     shutil.copytree(prepared, other)
     for name in ("ids_00000.npy", "word_starts_00000.npy"):
         path = other / "train" / name
         np.save(path, np.roll(np.load(path), 1, axis=0))
+
+
+@pytest.mark.parametrize(
+    ("make_other", "message"),
+    [(_other_text, "the run was trained on"), (_rows_rolled, "other ones (or in another order)")],
+    ids=["other-text", "same-size-other-order"],
+)
+def test_resume_on_other_data_of_the_same_tokenizer_is_refused(
+    prepared, tmp_path, capsys, make_other, message
+):
+    """Data prepared with the run's tokenizer passed the tokenizer check, and the run went on with another data
+    stream (exit 0, not the run it was). The data it started with still resumes."""
+    other = tmp_path / "other_data"
+    make_other(prepared, other)
     out = tmp_path / "run"
     assert run(["--data", str(prepared), "--output", str(out), "--max-steps", "4"]) == 0
     before = file_snapshot(out)
     capsys.readouterr()
     assert run(["--data", str(other), "--output", str(out), "--max-steps", "6", "--resume"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert "other ones (or in another order)" in err[-1] and len(err) == 1, err
+    assert message in err[-1] and "pass the --data" in err[-1] and len(err) == 1, err
     assert file_snapshot(out) == before
     assert run(["--data", str(prepared), "--output", str(out), "--max-steps", "6", "--resume"]) == 0
