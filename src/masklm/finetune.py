@@ -363,10 +363,15 @@ def _best_so_far(run_dir: Path) -> dict[str, Any] | None:
     return best if isinstance(best, dict) and "value" in best else None
 
 
+def _best_paths(run_dir: Path) -> tuple[Path, Path, Path]:
+    """RUN/model, and the names `_save_best` writes the next best model to and moves the previous one to."""
+    return run_dir / "model", run_dir / ".model.tmp", run_dir / ".model.old"
+
+
 def finish_best_swap(run_dir: Path) -> None:
     """Complete a `_save_best` that a kill cut between its two renames: RUN/model missing, the previous best in
     .model.old and the new one, complete (written before the first rename), in .model.tmp."""
-    final, tmp, old = run_dir / "model", run_dir / ".model.tmp", run_dir / ".model.old"
+    final, tmp, old = _best_paths(run_dir)
     if final.exists() or not old.is_dir():
         return  # nothing cut, or the first save of the run cut while writing (.model.tmp incomplete)
     (tmp if tmp.is_dir() else old).rename(final)
@@ -375,7 +380,7 @@ def finish_best_swap(run_dir: Path) -> None:
 
 def _save_best(model: nn.Module, run_dir: Path, tok: Any, info: ModelInfo, best: dict[str, Any]) -> None:
     """Replace RUN/model with the current weights: built under a temporary name, then renamed into place."""
-    final, tmp, old = run_dir / "model", run_dir / ".model.tmp", run_dir / ".model.old"
+    final, tmp, old = _best_paths(run_dir)
     for p in (tmp, old):
         if p.exists():
             shutil.rmtree(p)
@@ -631,7 +636,7 @@ def finetune(
         check_resumed_examples(Path(output), len(train_examples), train_path)
     check_requirements(t.requirements(cfg.data, labels))
     metric = select_metric(t, cfg.train.metric_for_best, cfg.data, labels)
-    head_options(t, cfg.head)  # a head setting that does not apply is refused before the model is read
+    head_options(t, cfg.head, given=resume_changes or {})  # refused before the model is read
     device = run.setup(cfg)
     model, tok, notes = _load_start_model(t, model_path, labels, cfg, init)
     files = (train_path, train_examples), (validation_path, val_examples)
@@ -858,12 +863,10 @@ def cmd_finetune(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     missing = [f"--{k}" for k in ("task", "model", "train", "validation") if getattr(args, k) is None]
     if missing:
         raise UserError(f"masklm finetune needs {', '.join(missing)} (see `masklm finetune --help`)")
-    task = get_task(args.task)  # an unknown task is refused before any file is read
+    get_task(args.task)  # an unknown task is refused before any file is read
     output = args.output or f"runs/finetune-{Path(args.train).stem}"
-    cfg = build_config(overrides, args.config)
-    head_options(task, cfg.head, given=overrides)  # --head.pooling cls on a task without pooling, too
     summary = finetune(
-        cfg,
+        build_config(overrides, args.config),
         args.task,
         args.model,
         args.train,
