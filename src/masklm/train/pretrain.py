@@ -205,23 +205,6 @@ def source_tokens(
     return tokens
 
 
-def mixture_state(data: PackedDataset | Mixture, resume_from: Path | None) -> dict[str, Any]:
-    """What a checkpoint records of a mixture (each source's name and positions per block), checked on resume:
-    the same stream needs the same sources and weights. {} for a single source."""
-    state = (
-        {"mixture": [[n, int(c)] for n, c in zip(data.names, data.counts)]}
-        if isinstance(data, Mixture)
-        else {}
-    )
-    saved = ckpt.read_trainer_state(resume_from).get("mixture") if resume_from else None
-    if resume_from is not None and saved != state.get("mixture"):
-        raise UserError(
-            f"--resume: the run was trained on other --data sources or weights ({saved or 'one source'}); "
-            "pass the --data it was started with"
-        )
-    return state
-
-
 FINGERPRINT_ROWS = 64
 
 
@@ -234,17 +217,31 @@ def data_fingerprint(data: PackedDataset | Mixture, seed: int) -> str:
 
 
 def data_state(data: PackedDataset | Mixture, resume_from: Path | None, seed: int) -> dict[str, Any]:
-    """What a checkpoint records of the training data (its number of sequences and a fingerprint of its
-    stream), checked on resume: other data prepared with the run's tokenizer passes the tokenizer check, and
-    would silently change the stream the run continues with. What a checkpoint did not record is not checked."""
-    saved = ckpt.read_trainer_state(resume_from) if resume_from else {}
+    """What a checkpoint records of the training data, checked on resume: a mixture's sources and positions per
+    block (the same stream needs the same sources and weights), the number of sequences and a fingerprint of the
+    stream (other data prepared with the run's tokenizer passes the tokenizer check, and would silently change
+    the stream the run continues with). What a checkpoint did not record is not checked."""
+    state: dict[str, Any] = (
+        {"mixture": [[n, int(c)] for n, c in zip(data.names, data.counts)]}
+        if isinstance(data, Mixture)
+        else {}
+    )
+    state |= {"train_sequences": len(data), "train_fingerprint": data_fingerprint(data, seed)}
+    if resume_from is None:
+        return state
+    saved = ckpt.read_trainer_state(resume_from)
+    if saved.get("mixture") != state.get("mixture"):
+        was = saved.get("mixture") or "one source"
+        raise UserError(
+            f"--resume: the run was trained on other --data sources or weights ({was}); pass the --data it was "
+            "started with"
+        )
     count, fingerprint = saved.get("train_sequences"), saved.get("train_fingerprint")
     if count is not None and int(count) != len(data):
         raise UserError(
             f"--resume: the run was trained on {int(count):,} sequences, but the --data given holds {len(data):,}; "
             "pass the --data it was started with"
         )
-    state = {"train_sequences": len(data), "train_fingerprint": data_fingerprint(data, seed)}
     if fingerprint is not None and fingerprint != state["train_fingerprint"]:
         raise UserError(
             f"--resume: the --data given holds {len(data):,} sequences, as the run's did, but other ones (or in "
@@ -465,10 +462,7 @@ def pretrain(
     if resume_from is None and init_from is None and cfg.train.embedding_init == "ppmi":
         spent_s = start_word_embeddings(model, train_ds, tokenizer, cfg, notes)
     keep_global_batch(cfg, resume_from)
-    data_record = {
-        **mixture_state(train_ds, resume_from),
-        **data_state(train_ds, resume_from, cfg.train.seed),
-    }
+    data_record = data_state(train_ds, resume_from, cfg.train.seed)
     trainable = run.build(model, cfg, device)
     run.write_files(cfg.to_dict(), command, {"tokenizer.json": tokenizer.to_str()})
 
