@@ -495,7 +495,8 @@ class FinetuneDataConfig:
     label_words: str | None = setting(
         None,
         "prompt-classification: each label's word at the [MASK], LABEL=WORD pairs separated by commas, e.g. "
-        "'0=bad,1=good'; each word must be one token of the model's vocabulary",
+        "'0=bad,1=good' (labels with a comma: a JSON object, '{\"a, b\": \"good\"}'); each word must be one token "
+        "of the model's vocabulary",
     )
     label_all_subwords: bool = setting(
         False, "token classification: label every sub-word, not only a word's first"
