@@ -86,6 +86,8 @@ def test_a_folder_that_is_not_a_run_is_refused(runs, tmp_path, capsys):
 DAMAGE = [  # (file, bytes appended, or written in place of the file when replace)
     ("config.yaml", b"[1, 2]\n", True),
     ("config.yaml", b"\xff\xfe: 1\n", True),
+    ("config.yaml", b"", True),  # empty: no settings to compare
+    ("config.yaml", b"# settings\n{}\n", True),
     ("metrics.jsonl", b"{not json\n", False),
     ("metrics.jsonl", bytes(range(128, 256)) * 2, False),  # random bytes, not UTF-8
     ("metrics.jsonl", b'{"step": "x", "split": "val", "loss": "abc"}\n', False),

@@ -259,6 +259,22 @@ def test_broken_link_as_output_is_refused(tmp_path: Path, tok) -> None:
     assert out.is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == ["model", "out"]
 
 
+def test_overwriting_a_link_replaces_the_folder_it_links_to(tmp_path: Path, tok) -> None:
+    """--overwrite through a link to an export replaces that export and keeps the link: no hidden folder or link
+    is left beside either."""
+    model_dir = make_folder(tmp_path / "model", tok)
+    target = export_model(model_dir, tmp_path / "hf", "hf", check=False)
+    (target / "stale.txt").write_text("old")
+    ex = tmp_path / "ex"
+    ex.mkdir()
+    (ex / "linkhf").symlink_to(Path("..") / "hf")
+    assert export_model(model_dir, ex / "linkhf", "hf", overwrite=True, check=False) == ex / "linkhf"
+    assert (ex / "linkhf").is_symlink() and (ex / "linkhf").resolve() == target.resolve()
+    assert not (target / "stale.txt").exists() and (target / "model.safetensors").is_file()
+    assert [p.name for p in ex.iterdir()] == ["linkhf"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ex", "hf", "model"]
+
+
 def test_model_card_from_run_folder(tmp_path: Path, tok) -> None:
     run = tmp_path / "run"
     make_folder(run / "model", tok)

@@ -165,6 +165,66 @@ def test_minimal_pair_accuracy_per_group(loaded, model_dir, tmp_path, capsys):
         assert out["groups"][group] == {"accuracy": pytest.approx(sum(w) / len(w)), "pairs": len(w)}
 
 
+def test_groups_never_meet_the_overall_line(loaded, model_dir, tmp_path, capsys):
+    """Pairs without a group count in the overall accuracy only (no "all" row to collide with a group called
+    "all"); group names print quoted, so a group called "overall" is not the overall line; numbers name groups as
+    JSON writes them."""
+    scorer, _ = loaded
+    sentences = [
+        "the cat sleeps",
+        "the cat sleep",
+        "dogs run",
+        "dogs runs",
+        "the cats sleep",
+        "the cats sleeps",
+    ]
+    pairs = [
+        {"sentence_good": sentences[0], "sentence_bad": sentences[1], "group": "all"},
+        {"sentence_good": sentences[2], "sentence_bad": sentences[3], "group": "overall"},
+        {"sentence_good": sentences[4], "sentence_bad": sentences[5], "group": 7},
+        {"sentence_good": sentences[0], "sentence_bad": sentences[3]},
+        {"sentence_good": sentences[2], "sentence_bad": sentences[1], "group": None},
+    ]
+    scores = [sc.pll for sc in scorer.score(sentences)]
+    win = [scores[0] > scores[1], scores[2] > scores[3], scores[4] > scores[5], scores[0] > scores[3]]
+    win.append(scores[2] > scores[1])
+    data = write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    assert cli("score", model_dir, "--data", data, "--json") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["groups"] == {
+        "7": {"accuracy": float(win[2]), "pairs": 1},
+        "all": {"accuracy": float(win[0]), "pairs": 1},
+        "overall": {"accuracy": float(win[1]), "pairs": 1},
+    }
+    assert (
+        out["pairs"] == 5 and out["ungrouped_pairs"] == 2 and out["accuracy"] == pytest.approx(sum(win) / 5)
+    )
+    assert cli("score", model_dir, "--data", data) == 0
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert [line[0] for line in lines] == ['"7"', '"all"', '"overall"', "overall"]
+    assert lines[-1][1:] == [f"{sum(win) / 5:.4f}", "(5", "pairs,", "2", "in", "no", "group)"]
+
+
+@pytest.mark.parametrize("group", ["[1]", '{"a": 1}', "true", '"  "'])
+def test_a_group_that_is_no_name_is_refused(model_dir, tmp_path, capsys, group):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"sentence_good": "a cat", "sentence_bad": "cat a"}\n')
+    with open(data, "a") as f:
+        f.write(f'{{"sentence_good": "a dog", "sentence_bad": "dog a", "group": {group}}}\n')
+    assert cli("score", model_dir, "--data", data) == 2
+    err = capsys.readouterr().err
+    assert f'{data}:2: "group" is' in err and err.count("\n") == 1, err
+
+
+def test_fill_mask_names_the_text_that_has_no_mask(model_dir, capsys):
+    """With several texts, the one without [MASK] is named (as the server names inputs[1]); nothing is printed."""
+    assert cli("fill-mask", model_dir, "the [MASK] sleeps", "no mask here", "a [mask] runs") == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: text 2: the text has no [MASK] token") and not captured.out
+    assert cli("fill-mask", model_dir, "the [MASK] sleeps", "the cat [mask]") == 2
+    assert "text 2: the text has no [MASK] token ('[mask]' is not it" in capsys.readouterr().err
+
+
 def test_sentence_file_json_and_text(loaded, model_dir, tmp_path, capsys):
     scorer, _ = loaded
     data = tmp_path / "sentences.txt"

@@ -236,6 +236,27 @@ def test_bad_requests_get_one_line_errors(server, path, body, status, word):
     assert "Traceback" not in server.log.read_text()  # a refused request is no failure of the server
 
 
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/x-www-form-urlencoded", "text/plain; charset=utf-8", "multipart/form-data", None],
+)
+def test_a_json_body_is_read_whatever_its_content_type(server, content_type):
+    """`curl -d` labels the body a form (application/x-www-form-urlencoded): the JSON endpoints read it as JSON
+    all the same, and a body that is not JSON gets the same 400 as one labelled JSON."""
+    headers = {"content-type": content_type} if content_type else {}
+    bodies = {
+        "/v1/fill-mask": {"model": "tiny", "inputs": TEXTS[0], "top_k": 3},
+        "/v1/predict": {"model": "cls", "inputs": ["a fine film", "dull"]},
+        "/v1/embed": {"model": "tiny", "inputs": "alpha bravo"},
+    }
+    for path, body in bodies.items():
+        r = httpx.post(server.url + path, content=json.dumps(body), headers=headers, timeout=30)
+        assert r.status_code == 200, (path, r.text)
+        assert r.json() == post(server, path, body).json()
+    bad = httpx.post(server.url + "/v1/fill-mask", content="inputs=a+[MASK]", headers=headers, timeout=30)
+    assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]
+
+
 def test_oversized_body_is_refused_before_it_is_read(server):
     r = httpx.post(
         server.url + "/v1/embed", content=b"x" * (2 << 20), headers={"content-type": "application/json"}

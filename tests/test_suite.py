@@ -314,6 +314,19 @@ def test_qa_metrics_count_as_points_not_fractions(model, tmp_path):
             "grid: {lrs: [.inf]}\ntasks: [{name: a, type: qa, train: x, validation: y, metrics: [f1]}]",
             "grid.lrs",
         ),
+        (  # not truncated to seed 0 (two points named seed0, one of them "reused")
+            "grid: {lrs: [1.0e-3], epochs: [1], seeds: [0.2, 0.7]}\n"
+            "tasks: [{name: a, type: qa, train: x, validation: y, metrics: [f1]}]",
+            "grid.seeds must hold whole numbers from 0, not 0.2",
+        ),
+        (
+            "tasks: [{name: a, type: qa, train: x, validation: y, metrics: [f1], grid: {seeds: [.inf]}}]",
+            "grid.seeds must hold whole numbers from 0, not inf",
+        ),
+        (
+            "tasks: [{name: a, type: qa, train: x, validation: y, metrics: [f1], grid: {epochs: [.nan]}}]",
+            "grid.epochs must hold positive, finite numbers",
+        ),
     ],
 )
 def test_bad_suite_files_are_one_line(model, tmp_path, capsys, text, message):
@@ -362,6 +375,43 @@ def test_every_task_is_checked_before_any_fine_tunes(model, tmp_path, capsys, se
     assert cli("suite", "--model", model, "--suite", suite, "--data-dir", data, "--output", out) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_a_model_that_cannot_load_is_refused_before_anything_is_written(model, tmp_path, capsys):
+    """--model is loaded (config, tokenizer, weights) before the suite writes suite-run.json or its data."""
+    import shutil
+
+    suite, data = two_task_suite(tmp_path, "metrics: [accuracy]")
+    notmodel = tmp_path / "notmodel"
+    notmodel.mkdir()
+    (notmodel / "notes.txt").write_text("x")
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(model, corrupt)
+    (corrupt / "model.safetensors").write_bytes(b"\x00" * 64)
+    for bad, message in (
+        (notmodel, "holds no config.json"),
+        (tmp_path / "nope", "does not exist"),
+        (corrupt, ""),
+    ):
+        out = tmp_path / f"o_{bad.name}"
+        argv = ["suite", "--model", bad, "--suite", suite, "--data-dir", data, "--output", out, *FAST]
+        assert cli(*argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+        assert "fine-tuning" not in err and not out.exists()
+
+
+def test_a_header_row_in_a_headerless_layout_is_refused(model, tmp_path, capsys):
+    """CoLA ships without a header row (the suite names its columns): a file that has one is refused, not read as
+    one more example whose label is "label"."""
+    data = write_glue(tmp_path / "glue", n=16, seed=4)
+    cola = data / "CoLA" / "train.tsv"
+    cola.write_text("source\tlabel\toriginal_label\tsentence\n" + cola.read_text())
+    out = tmp_path / "out"
+    assert cli("suite", "--model", model, "--suite", "glue", "--data-dir", data, "--output", out, *FAST) == 2
+    err = capsys.readouterr().err
+    assert f"{cola}:1: a header row" in err and "remove that line" in err and err.count("\n") == 1, err
     assert not out.exists()
 
 

@@ -529,6 +529,11 @@ def cmd_fill_mask(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     from masklm.infer.fill_mask import FillMask
 
     fm = FillMask.load(args.model, dtype=args.dtype)
+    for i, text in enumerate(args.text, 1):  # every text is checked before any is answered
+        try:
+            fm.encode(text)
+        except UserError as e:
+            raise (UserError(f"text {i}: {e}") if len(args.text) > 1 else e) from None
     results = [fm(text, top_k=args.top_k) for text in args.text]
     if args.json:
         print(json.dumps(results if len(results) > 1 else results[0], ensure_ascii=False))
@@ -577,9 +582,12 @@ def cmd_score(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         if args.json:
             print(json.dumps(result))
             return 0
-        for group, g in result["groups"].items():
-            print(f"{group:>30}  {g['accuracy']:.4f}  ({g['pairs']} pairs)")
-        print(f"{'overall':>30}  {result['accuracy']:.4f}  ({result['pairs']} pairs)")
+        for group, g in result["groups"].items():  # quoted: no group name reads as the overall line (or two)
+            name = json.dumps(group, ensure_ascii=False)
+            print(f"{name:>30}  {g['accuracy']:.4f}  ({g['pairs']} pairs)")
+        ungrouped = result["ungrouped_pairs"]
+        note = f", {ungrouped} in no group" if ungrouped and result["groups"] else ""
+        print(f"{'overall':>30}  {result['accuracy']:.4f}  ({result['pairs']} pairs{note})")
         return 0
     scores = scorer.score(rows, args.word_level, where=args.data, names=names)
     if args.json:

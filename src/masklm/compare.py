@@ -67,13 +67,14 @@ def _check_numbers(record: dict[str, Any], keys: Iterable[str], what: str) -> No
 
 
 def read_config(path: Path) -> dict[str, Any]:
-    """config.yaml flattened to dotted keys; DamagedRun when it is not a YAML mapping."""
+    """config.yaml flattened to dotted keys; DamagedRun when it is not a YAML mapping of settings (an empty file
+    or an empty mapping included: masklm writes every setting of a run there)."""
     try:
         tree = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, yaml.YAMLError) as e:
         raise DamagedRun(f"{path.name} is not valid YAML ({e.__class__.__name__})") from None
-    if tree is None:
-        return {}
+    if tree is None or tree == {}:
+        raise DamagedRun(f"{path.name} is empty, it holds none of the run's settings")
     if not isinstance(tree, dict):
         raise DamagedRun(f"{path.name} holds a {type(tree).__name__}, not a mapping of settings")
     return flatten(tree)

@@ -120,9 +120,9 @@ def _grid(values: Any, base: dict[str, list[Any]], where: str) -> dict[str, list
         items = items if isinstance(items, list) else [items]
         if not items or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in items):
             raise UserError(f"{where}: grid.{key} must be a non-empty list of numbers, not {values[key]!r}")
-        out[key] = [int(v) for v in items] if key == "seeds" else [float(v) for v in items]
-    check_grid(out, where)
-    return out
+        out[key] = list(items) if key == "seeds" else [float(v) for v in items]
+    check_grid(out, where)  # before a seed is made an int: 0.2 is refused, not truncated to 0
+    return {**out, "seeds": [int(v) for v in out["seeds"]]}
 
 
 def check_grid(grid: dict[str, list[Any]], where: str) -> None:
@@ -131,7 +131,7 @@ def check_grid(grid: dict[str, list[Any]], where: str) -> None:
         bad = [v for v in grid[key] if not (math.isfinite(v) and v > 0)]
         if bad:
             raise UserError(f"{where}: grid.{key} must hold positive, finite numbers, not {bad[0]:g}")
-    bad_seeds = [v for v in grid["seeds"] if v != int(v) or v < 0]
+    bad_seeds = [v for v in grid["seeds"] if not (math.isfinite(v) and v == int(v) and v >= 0)]
     if bad_seeds:
         raise UserError(f"{where}: grid.seeds must hold whole numbers from 0, not {bad_seeds[0]}")
 
@@ -213,7 +213,8 @@ def load_suite(suite: str) -> tuple[str, list[TaskSpec], dict[str, str]]:
 
 
 def _read_rows(path: Path, header: list[str] | None) -> tuple[list[str], list[dict[str, Any]]]:
-    """The records of a CSV / TSV / JSONL file; with `header`, a TSV / CSV that has no header row."""
+    """The records of a CSV / TSV / JSONL file; with `header`, a TSV / CSV that has no header row (a first row
+    that is the header's names is refused: read as data, it would be one more example, labelled "label")."""
     if header is None:
         columns, records = read_records(path)
         return columns, [rec for _, rec in records]
@@ -226,6 +227,11 @@ def _read_rows(path: Path, header: list[str] | None) -> tuple[list[str], list[di
     for row in reader:
         if not any(cell.strip() for cell in row):
             continue
+        if not rows and [cell.strip() for cell in row] == header:
+            raise UserError(
+                f"{path}:{reader.line_num}: a header row ({', '.join(header)}), but this task's files have none "
+                "(the suite's `header` names their columns); remove that line"
+            )
         if len(row) != len(header):
             raise UserError(
                 f"{path}:{reader.line_num}: has {len(row)} fields, the suite's header has {len(header)}"
@@ -370,6 +376,16 @@ def check_task(spec: TaskSpec, run: SuiteRun, base_settings: dict[str, str]) -> 
                 f"task {spec.name}: {what} names {name!r}, not a metric of a {spec.type} task "
                 f"({', '.join(sorted(known))}; an `also` file's as NAME_metric)"
             )
+
+
+def check_model(model: str) -> None:
+    """--model loaded once (its config, tokenizer and weights, as every grid run loads them), so that a folder
+    that is no model (or a damaged one) is refused before anything is written; the model is then let go."""
+    from masklm.model.io import load_model
+    from masklm.tasks import all_tasks
+
+    all_tasks()  # task modules may define heads of their own: importing them registers those heads
+    load_model(model)
 
 
 def _read_json_object(path: Path) -> dict[str, Any] | None:
@@ -569,8 +585,8 @@ def run_suite(
 
     `grid` ({"lrs": [...], ...}) replaces the keys it has in every task's grid (the command line's --lrs etc.).
     OUTPUT may be new, empty, or a suite's earlier output (which it continues; `overwrite` starts it over).
-    Everything that can be checked (the suite, every task's files, settings and metrics) is checked before
-    anything is written. A stop signal raises SuiteStopped once the grid run it stopped is checkpointed."""
+    Everything that can be checked (the suite, every task's files, settings and metrics, the model) is checked
+    before anything is written. A stop signal raises SuiteStopped once the grid run it stopped is checkpointed."""
     name, specs, base_settings = load_suite(suite)
     if grid:
         check_grid({**DEFAULT_GRID, "lrs": [1.0], **grid}, "the command line")
@@ -598,6 +614,8 @@ def run_suite(
     for s in specs:  # every task's mistakes are found before any fine-tuning starts (or anything is written)
         if s.name not in done:
             check_task(s, run, base_settings)
+    if any(s.name not in done for s in specs):
+        check_model(model)
     if overwrite and out.exists():  # only once everything is known to be right
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -5,9 +5,11 @@
     export_model("runs/electra", "exports/gen", generator=True)  # an ELECTRA run's generator (ElectraForMaskedLM)
 
 Both write into a temporary sibling folder and rename it to OUT only once everything is written and checked, so a
-failed export leaves no OUT behind. Each format is one module: `hf` (the Hugging Face folder and its check against
-masklm and transformers), `onnx` (model.onnx and its check in ONNX Runtime), `card` (README.md). Every head-specific
-detail (HF class, outputs, inputs) comes from the model's head class (`masklm.model.base.Head`).
+failed export leaves no OUT behind. An OUT that is a link to an export folder stays a link: the folder it links to
+is the one replaced (the temporary folder is made beside it). Each format is one module: `hf` (the Hugging Face
+folder and its check against masklm and transformers), `onnx` (model.onnx and its check in ONNX Runtime), `card`
+(README.md). Every head-specific detail (HF class, outputs, inputs) comes from the model's head class
+(`masklm.model.base.Head`).
 
 With `check=True` an export is compared with the PyTorch model before it is declared done: the HF folder is
 reloaded (by masklm, and by transformers when it is installed: no missing or unexpected weights, same logits,
@@ -86,7 +88,9 @@ def export_model(
             raise UserError(obstacle)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    # a link to an export stays a link: the folder it links to is the one replaced, with nothing left beside it
+    target = out.resolve() if out.is_symlink() else out
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -102,7 +106,7 @@ def export_model(
         record = RunRecord.read(Path(model_dir), folder)
         write_text(tmp / "README.md", model_card(model, tokenizer, info, fmt, out.name, record))
         fsync_dir(tmp)
-        _replace_folder(tmp, out)
+        _replace_folder(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -19,7 +19,7 @@ word split into many pieces is not scored as nearly certain from its own other p
 tokenizer's pre-tokenized words (`Encoding.word_ids`).
 
 Minimal pairs (BLiMP's format): the share of pairs whose good sentence has the higher PLL (a tie counts as wrong),
-per `group` and overall.
+per `group` and overall; a pair without a group counts in the overall accuracy only.
 """
 
 from __future__ import annotations
@@ -166,15 +166,19 @@ def encode_sentences(
 def pair_accuracy(
     good: Sequence[SentenceScore], bad: Sequence[SentenceScore], groups: Sequence[str | None]
 ) -> dict[str, Any]:
-    """{"accuracy", "pairs", "groups": {group: {"accuracy", "pairs"}}}: good scored strictly above bad."""
+    """{"accuracy", "pairs", "groups": {group: {"accuracy", "pairs"}}, "ungrouped_pairs"}: good scored strictly
+    above bad. A pair without a group (None) counts in the overall accuracy only: "groups" holds the named
+    groups alone, so no name (not "all", not "overall") can meet a row that is not a group."""
     per_group: dict[str, list[int]] = {}
     wins = [int(g.pll > b.pll) for g, b in zip(good, bad)]
     for win, group in zip(wins, groups):
-        per_group.setdefault(group or "all", []).append(win)
+        if group is not None:
+            per_group.setdefault(group, []).append(win)
     return {
         "accuracy": sum(wins) / max(len(wins), 1),
         "pairs": len(wins),
         "groups": {g: {"accuracy": sum(w) / len(w), "pairs": len(w)} for g, w in sorted(per_group.items())},
+        "ungrouped_pairs": sum(group is None for group in groups),
     }
 
 
@@ -278,10 +282,28 @@ def _pairs(path: Path, lines: list[tuple[int, str]]) -> list[dict[str, Any]]:
                 f'{path}:{n}: "{wrong[0]}" is {what}; a pairs line needs non-empty "sentence_good" and '
                 f'"sentence_bad" strings (keys here: {", ".join(row) or "none"})'
             )
-        if row.get("group") is not None:
-            row["group"] = str(row["group"])
+        row["group"] = _group(row.get("group"), f"{path}:{n}")
         rows.append(row)
     return rows  # not empty: read_text refused a file without a non-blank line
+
+
+def _group(value: Any, where: str) -> str | None:
+    """A pairs line's "group" as a name: a non-blank string, or a number written as JSON writes it (3, 1.5); None
+    (the pair is in no group) when it is missing or null. Anything else is refused."""
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return json.dumps(value)
+    if not isinstance(value, str):
+        raise UserError(
+            f'{where}: "group" is {json.dumps(value)}, not a name; give a string (or leave it out, or null, for a '
+            "pair in no group)"
+        )
+    if not value.strip():
+        raise UserError(
+            f'{where}: "group" is blank; name the group, or leave it out (or null) for a pair in no group'
+        )
+    return value
 
 
 def read_score_input(path: str | Path) -> tuple[str, list[Any], list[str]]:

@@ -10,6 +10,7 @@
 
 Every refused request gets a 4xx status and {"error": "one line"}: schema errors (FastAPI's 422) are answered
 400 in that shape, an unknown model 404, too many or too long inputs 413, a full queue 503 with Retry-After.
+A POST body is read as JSON whatever its Content-Type (`curl -d` labels it a form; JsonBody).
 A handler validates and encodes the request on the event loop, then awaits its model's batcher
 (masklm.serve.batcher), which runs the forward passes on one worker thread.
 """
@@ -273,9 +274,25 @@ def create_app(models: list[ServedModel], options: ServeOptions | None = None) -
 
     app = FastAPI(title="masklm", summary="masked language models over HTTP", lifespan=lifespan)
     _install_error_handlers(app)
+    app.add_middleware(JsonBody)
     app.add_middleware(BodyLimit, limit=served.options.max_body_bytes)
     _add_routes(app, served)
     return app
+
+
+class JsonBody:
+    """ASGI middleware: every POST body is read as JSON, whatever its Content-Type. `curl -d` sends
+    application/x-www-form-urlencoded, other clients text/plain or none, and FastAPI reads only a body labelled
+    JSON as JSON; a body that is not JSON still gets the 400 saying so."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-type"]
+            scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
 
 
 class BodyLimit:
