@@ -117,6 +117,14 @@ def ws(tmp_path_factory) -> Path:
        "--validation", f / "cls_val.csv", "--output", ws / "ft", "--train.epochs", "1", "--train.batch_size", "16",
        *ONE_THREAD)  # fmt: skip
 
+    # Damaged copies of the prepared data: a shard cut short, the tokenizer of other data, the val split gone.
+    for name in ("data_cut", "data_other_tok", "data_no_val"):
+        shutil.copytree(ws / "data", ws / name)
+    shard = ws / "data_cut" / "train" / "ids_00000.npy"
+    shard.write_bytes(shard.read_bytes()[:-64])
+    shutil.copy(ws / "other_data" / "tokenizer.json", ws / "data_other_tok" / "tokenizer.json")
+    shutil.rmtree(ws / "data_no_val" / "val")
+
     precious = ws / "precious"
     precious.mkdir()
     (precious / "notes.txt").write_text("not a masklm folder: keep me\n")
@@ -135,6 +143,9 @@ def ws(tmp_path_factory) -> Path:
     config["model"]["hidden_size"] = 64
     config["model"]["num_attention_heads"] = 4
     (m / "wrong_shape" / "config.json").write_text(json.dumps(config))
+    shutil.copytree(good, m / "bad_heads")  # a config.json edited to a shape the model cannot have
+    config["model"]["hidden_size"], config["model"]["num_attention_heads"] = 32, 3
+    (m / "bad_heads" / "config.json").write_text(json.dumps(config))
     return ws
 
 
@@ -163,6 +174,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("prepare-binary-file", ["prepare", "--input", f"{F}/binary.txt", "--output", "{ws}/p"], "not UTF-8"),
     ("prepare-not-utf8", ["prepare", "--input", f"{F}/latin1.txt", "--output", "{ws}/p"], "not UTF-8"),
     ("prepare-missing-input", ["prepare", "--input", f"{F}/nope.txt", "--output", "{ws}/p"], "does not exist"),
+    ("prepare-empty-input-path", ["prepare", "--input", "", "--output", "{ws}/p"], "input path is empty"),
     ("prepare-invalid-jsonl", ["prepare", "--input", f"{F}/corpus_bad.jsonl", "--output", "{ws}/p"], "invalid JSON"),
     ("prepare-missing-column", ["prepare", "--input", f"{F}/corpus_body.csv", "--output", "{ws}/p"], "no column 'text'"),
     ("prepare-where-matches-nothing",
@@ -198,6 +210,14 @@ CASES: list[tuple[str, list[str], str]] = [
     ("pretrain-resume-without-run", [*PT_NEW, "--data", "{ws}/data", "--resume"], "does not exist"),
     ("pretrain-resume-without-data", ["pretrain", "--output", "{ws}/run", "--resume"], "--data"),
     ("pretrain-missing-data", [*PT_NEW, "--data", "{ws}/nope"], "nope"),
+    ("pretrain-overwrite-with-bad-input",
+     ["pretrain", *TINY, "--input", f"{F}/latin1.txt", "--output", "{ws}/run", "--overwrite"], "not UTF-8"),
+    ("pretrain-overwrite-with-cut-shard",
+     ["pretrain", *TINY, "--data", "{ws}/data_cut", "--output", "{ws}/run", "--overwrite"], "is cut short"),
+    ("pretrain-data-with-other-tokenizer", [*PT_NEW, "--data", "{ws}/data_other_tok"], "is not the tokenizer"),
+    ("pretrain-data-without-val-shards", [*PT_NEW, "--data", "{ws}/data_no_val"], "missing"),
+    ("pretrain-resume-and-overwrite",
+     ["pretrain", *TINY, "--data", "{ws}/data", "--output", "{ws}/run", "--resume", "--overwrite"], "pass one of them"),
     ("pretrain-data-not-prepared", [*PT_NEW, "--data", "{ws}/corpus"], "meta.json"),
     ("pretrain-unknown-config-key", [*PT_NEW, "--data", "{ws}/data", "--train.speed", "9"], "unknown config key"),
     ("pretrain-zero-batch-size", [*PT_NEW, "--data", "{ws}/data", "--train.batch_size", "0"], "batch_size"),
@@ -240,6 +260,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("fill-mask-corrupt-safetensors", ["fill-mask", "{ws}/models/bad_st", "alpha [MASK]"], "safetensors"),
     ("fill-mask-pickle-as-safetensors", ["fill-mask", "{ws}/models/pickle_st", "alpha [MASK]"], "safetensors"),
     ("fill-mask-garbled-config", ["fill-mask", "{ws}/models/bad_config", "alpha [MASK]"], "not valid JSON"),
+    ("fill-mask-second-text-no-mask", ["fill-mask", "{ws}/run", "alpha [MASK]", "alpha bravo"], "text 2"),
+    ("fill-mask-impossible-config", ["fill-mask", "{ws}/models/bad_heads", "alpha [MASK]"], "invalid model section"),
     ("fill-mask-tokenizer-mismatch", ["fill-mask", "{ws}/models/wrong_tok", "alpha [MASK]"], "tokenizer"),
     ("fill-mask-weights-of-other-shape", ["fill-mask", "{ws}/models/wrong_shape", "alpha [MASK]"], "do not fit"),
     ("fill-mask-text-above-model-max", ["fill-mask", "{ws}/run", " ".join(["alpha"] * 300) + " [MASK]"], "limit"),

@@ -91,6 +91,10 @@ def write_format(folder: Path, kind: str, docs: list[str]) -> Path:
     if kind == "parquet":
         pq.write_table(table, folder / "c.parquet", row_group_size=17)  # several row groups
         return folder / "c.parquet"
+    if kind == "parquet.categorical":  # the text column dictionary-encoded (a pandas categorical, say)
+        coded = pa.table({"text": pa.array(docs).dictionary_encode()})
+        pq.write_table(coded, folder / "c.parquet", row_group_size=17)
+        return folder / "c.parquet"
     datasets = pytest.importorskip("datasets")
     datasets.disable_progress_bars()
     ds = datasets.Dataset(table)
@@ -104,7 +108,10 @@ def _write(path: Path, data: bytes) -> Path:
     return path
 
 
-FORMATS = ["jsonl.gz", "jsonl.zst", "jsonl.bz2", "jsonl.xz", "txt.zst", "csv.bz2", "parquet", "datasets"]
+FORMATS = [
+    *("jsonl.gz", "jsonl.zst", "jsonl.bz2", "jsonl.xz", "txt.zst", "csv.bz2"),
+    *("parquet", "parquet.categorical", "datasets"),
+]
 
 
 @pytest.mark.parametrize("kind", FORMATS)

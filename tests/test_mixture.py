@@ -184,7 +184,7 @@ def test_opening_a_thousand_shards_is_lazy_and_fast(corpora, tmp_path):
         work()
         return time.perf_counter() - start
 
-    # opening (a stat per file) costs less than mapping them all; the best of 3 of each, so that a moment of
+    # opening (a header read per file) costs less than mapping them all; the best of 3 of each, so that a moment of
     # other load on the machine does not decide it
     opened = min(seconds(lambda: PackedDataset(folder)) for _ in range(3))
     mapped = [seconds(functools.partial(PackedDataset(folder).get, np.arange(1000))) for _ in range(3)]

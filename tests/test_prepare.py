@@ -683,6 +683,21 @@ def test_a_folder_input_skips_the_folders_masklm_wrote(tmp_path, tok, capsys):
     assert f"{corpus / 'data'} is a folder masklm wrote" in err and f"{corpus / 'run'} is a folder" in err
 
 
+def test_a_folder_input_follows_links_to_folders_and_reads_each_folder_once(tmp_path, tok):
+    """A link to a folder inside an --input folder is read as the folder would be (links to files already were);
+    a link back up the tree is not followed round in circles."""
+    corpus, elsewhere = tmp_path / "corpus", tmp_path / "elsewhere"
+    (corpus / "real").mkdir(parents=True)
+    elsewhere.mkdir()
+    write_lines(corpus / "real" / "a.txt", make_docs(4, seed=1))
+    write_lines(elsewhere / "b.txt", make_docs(5, seed=2))
+    (corpus / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (corpus / "real" / "up").symlink_to(corpus, target_is_directory=True)  # a loop
+    meta = prepare([corpus], tmp_path / "out", cfg(), tokenizer=tok, progress=False)
+    assert sorted(Path(s["path"]).name for s in meta["sources"]) == ["a.txt", "b.txt"]
+    assert meta["documents"] == 9
+
+
 def test_prepare_takes_a_seq_len_above_the_default_models_positions(tmp_path):
     """prepare makes data: a 1024-token row is fine there (a rotary model reads it); pretrain checks positions."""
     from helpers import cli

@@ -197,6 +197,29 @@ def test_input_prepares_into_run_folder_and_fill_mask(tmp_path, capsys):
     assert json.loads((out2 / "summary.json").read_text())["steps"] == 4  # ceil(1000 / (8 * 32))
 
 
+def test_an_input_run_resumes_on_its_own_data_and_refuses_other_text(tmp_path, capsys):
+    """pretrain --input ... --resume: other text than the run was prepared from is refused (it would have been
+    ignored), no --input at all resumes on RUN/data (it read as the demo before), and a --preset that disagrees
+    with the run's settings is refused like the same setting given as a flag."""
+    corpus = write_walk_corpus(tmp_path / "corpus", n_docs=20)
+    other = write_walk_corpus(tmp_path / "other", n_docs=12, seed=5)
+    out = tmp_path / "run"
+    argv = ["--input", str(corpus), "--output", str(out), "--vocab-size", "120", "--seq-len", "32"]
+    argv += ["--max-steps", "4", "--train.checkpoint_every", "2"]
+    assert run(argv) == 0
+    uninterrupted = final_weights(out)
+    for cut in ("checkpoints/step_00000004", "model", "summary.json"):
+        shutil.rmtree(out / cut) if (out / cut).is_dir() else (out / cut).unlink()
+    capsys.readouterr()
+    assert run([*argv[:1], str(other), *argv[2:], "--resume"]) == 2
+    assert "prepared from other text than --input gives now" in capsys.readouterr().err
+    assert main(["pretrain", *argv, "--resume", "--preset", "small"]) == 2
+    assert "model.hidden_size=256 differs" in capsys.readouterr().err
+    assert main(["pretrain", "--output", str(out), "--resume"]) == 0  # no --input: RUN/data
+    resumed = final_weights(out)
+    assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
+
+
 def test_bad_inputs_one_line_exit_2_nothing_changed(prepared, tmp_path, capsys):
     out = tmp_path / "run"
     assert run(["--data", str(prepared), "--output", str(out), "--max-steps", "2"]) == 0

@@ -324,6 +324,8 @@ def cmd_pretrain(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     if args.resume:
         check_saved_command(run_dir, "pretrain")  # a fine-tuning run folder
     own_data = (run_dir / "data" / "meta.json").is_file()  # a demo or --input run keeps its data inside
+    if demo and args.resume and own_data and not started_as_demo(run_dir):
+        demo = False  # an --input run resumed without --input: it goes on with the text it prepared into RUN/data
     if demo and args.resume and (run_dir / "config.yaml").is_file() and not own_data:
         # a run trained on a --data folder: going on as the demo would prepare the demo's data into it
         raise UserError(
@@ -359,14 +361,17 @@ def cmd_pretrain(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     if not args.resume:  # (a resumed run's device is its saved one, checked when it starts)
         check_device(cfg.train.device, cfg.train.precision)
     if args.resume:
-        check_resume_settings(run_dir, {**data_over, **budget, **overrides})
-    if args.input is None and args.data is None:
+        layered = _layered_settings(args, skip=("data.", "model.") if args.init_from else ("data.",))
+        check_resume_settings(run_dir, {**layered, **data_over, **budget, **overrides})
+    if args.input is None and args.data is None and not (args.resume and own_data):
         raise UserError("--init-from needs data: pass --input PATHS or --data PREPARED_DIR")
     data_dir = run_dir / "data"
     overwrite = args.overwrite
-    if args.input is not None and not (args.resume and (data_dir / "meta.json").is_file()):
+    if args.input is not None and not (args.resume and own_data):
         _prepare_into_run(args, cfg, run_dir, data_dir)
         overwrite = False  # done by _prepare_into_run, before the new data was prepared into the run folder
+    elif args.input is not None and not demo:
+        check_same_input(args.input, data_dir)
     summary = pretrain(
         cfg,
         args.data or data_dir,
@@ -381,6 +386,57 @@ def cmd_pretrain(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         return 0
     _report_pretrain(summary, run_dir, demo)
     return 0
+
+
+def _layered_settings(args: argparse.Namespace, skip: tuple[str, ...]) -> dict[str, Any]:
+    """The dotted settings --preset and --config give (a resumed run checks them against its saved ones, as it
+    does the command line's), without those under the `skip` prefixes: a prepared folder sets data.* and
+    --init-from the model.*, whatever a preset says."""
+    from masklm.config import preset_values, read_yaml
+
+    layers = [
+        preset_values(args.preset) if args.preset else {},
+        read_yaml(args.config) if args.config else {},
+    ]
+    flat = {
+        f"{section}.{name}": value
+        for layer in layers
+        for section, values in layer.items()
+        if isinstance(values, dict)
+        for name, value in values.items()
+    }
+    return {k: v for k, v in flat.items() if not k.startswith(skip)}
+
+
+def started_as_demo(run_dir: Path) -> bool:
+    """Whether the run in `run_dir` was started as the demo (its command.txt names no --input, --data or
+    --init-from); a run without command.txt counts as one."""
+    import shlex
+
+    try:
+        argv = shlex.split((run_dir / "command.txt").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return True
+    return not any(a.split("=")[0] in ("--input", "--data", "--init-from") for a in argv)
+
+
+def check_same_input(inputs: list[str], data_dir: Path) -> None:
+    """pretrain --input --resume: the files --input gives now are those RUN/data was prepared from (the same names
+    and sizes, in the same order); other text would be ignored, so it is refused."""
+    from masklm.data.readers import find_input_files
+
+    try:
+        recorded = json.loads((data_dir / "meta.json").read_text(encoding="utf-8")).get("sources") or []
+        was = [(Path(s["path"]).name, int(s["bytes"])) for s in recorded]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return  # a meta.json without the list of its sources: nothing to compare with (the data is checked later)
+    now = [(f.path.name, f.path.stat().st_size) for f in find_input_files(inputs)]
+    if now != was:
+        raise UserError(
+            f"--resume: {data_dir} was prepared from other text than --input gives now ({len(was)} file(s), "
+            f"{sum(b for _, b in was):,} bytes; now {len(now)} file(s), {sum(b for _, b in now):,} bytes); pass "
+            "the --input the run was started with (or none), or start a new run for the new text"
+        )
 
 
 def shaped_overrides(overrides: dict[str, Any]) -> list[str]:
@@ -417,7 +473,7 @@ def _prepare_into_run(args: argparse.Namespace, cfg: Config, run_dir: Path, data
     """pretrain --input: check (or clear) the run folder, then prepare the text into RUN/data on rank 0."""
     from masklm import dist
     from masklm.data.prepare import prepare
-    from masklm.train.run import prepare_run_dir
+    from masklm.train.run import check_run_dir, holds_more_than_its_data, prepare_run_dir
 
     dist.init(cfg.dist.backend, cfg.train.device)  # under torchrun: rank 0 prepares, the others wait
     inputs = [("--input", path) for path in args.input]
@@ -425,10 +481,16 @@ def _prepare_into_run(args: argparse.Namespace, cfg: Config, run_dir: Path, data
     # before the run folder is touched (--overwrite deletes it): the text must be prepared to fit --init-from
     tokenizer = _init_from_tokenizer(args.init_from, cfg, data_dir) if args.init_from else None
     made = not run_dir.exists()
-    prepare_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite, inputs=inputs)
+    check_run_dir(run_dir, args.resume, args.overwrite, inputs=inputs)
+    # --overwrite of a run: the new text is prepared beside it, and the old run deleted only once that worked (a
+    # text that cannot be prepared leaves the old run as it was)
+    replacing = args.overwrite and not args.resume and not made and holds_more_than_its_data(run_dir)
+    target = run_dir.parent / f".{run_dir.name}.new-data" if replacing else data_dir
+    if not replacing:
+        prepare_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite, inputs=inputs)
 
     def prepare_data() -> None:
-        prepare(args.input, data_dir, cfg.data, overwrite=True, tokenizer=tokenizer, seed=cfg.train.seed)
+        prepare(args.input, target, cfg.data, overwrite=True, tokenizer=tokenizer, seed=cfg.train.seed)
 
     try:
         dist.on_rank0(prepare_data, "preparing the data")
@@ -436,6 +498,11 @@ def _prepare_into_run(args: argparse.Namespace, cfg: Config, run_dir: Path, data
         if made and dist.rank() == 0:  # the run folder this command made is left as it was: not there
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    if replacing:
+        prepare_run_dir(run_dir, resume=False, overwrite=True, inputs=inputs)
+        if dist.rank() == 0:
+            os.replace(target, data_dir)
+        dist.barrier()
 
 
 def _init_from_tokenizer(init_from: str, cfg: Config, data_dir: Path) -> Tokenizer:

@@ -256,33 +256,13 @@ class Config:
     def validate(self) -> Config:
         check_choices(self)
         m, d, k, t = self.model, self.data, self.mask, self.train
-        _require(
-            m.hidden_size > 0 and m.num_hidden_layers > 0,
-            f"model.hidden_size and model.num_hidden_layers must be positive, not {m.hidden_size} and "
-            f"{m.num_hidden_layers}",
-        )
-        _require(
-            m.num_attention_heads > 0 and m.hidden_size % m.num_attention_heads == 0,
-            f"model.hidden_size ({m.hidden_size}) must be divisible by model.num_attention_heads "
-            f"({m.num_attention_heads})",
-        )
-        _require(m.intermediate_size > 0, "model.intermediate_size must be positive")
-        _require(
-            m.embedding_size is None or m.embedding_size > 0,
-            f"model.embedding_size must be positive (or None), not {m.embedding_size}",
-        )
+        check_model(m)
         o = self.objective
         _require(
             0 < o.generator_fraction <= 1,
             f"objective.generator_fraction must be in (0, 1], not {o.generator_fraction}",
         )
         _require(o.discriminator_weight >= 0, "objective.discriminator_weight must be >= 0")
-        if m.position == "rotary":
-            _require(
-                (m.hidden_size // m.num_attention_heads) % 2 == 0,
-                f"rotary positions need an even head size, and model.hidden_size / model.num_attention_heads is "
-                f"{m.hidden_size // m.num_attention_heads}: change one of the two, or pass --model.position absolute",
-            )
         _require(d.seq_len >= 8, f"data.seq_len must be at least 8, not {d.seq_len}")
         _require(
             d.seq_len <= m.max_position_embeddings or m.position == "rotary",
@@ -317,12 +297,54 @@ class Config:
             t.layer_decay == 1 or o.name == "mlm",
             "train.layer_decay in pretraining is for the mlm objective (ELECTRA has two encoders); set it to 1",
         )
-        _check_model_numbers(m)
         _check_optimizer_numbers(t)
         _require(
             d.max_documents is None or d.max_documents > 0, "data.max_documents must be positive (or None)"
         )
         return self
+
+
+def check_model(m: ModelConfig) -> None:
+    """The model's sizes and numbers: what a build would refuse with a traceback, or take and then train badly.
+    Run for every config (`Config.validate`) and for every model folder read from disk (`model_from_dict`)."""
+    _require(m.vocab_size > 0, f"model.vocab_size must be positive, not {m.vocab_size}")
+    _require(
+        m.hidden_size > 0 and m.num_hidden_layers > 0,
+        f"model.hidden_size and model.num_hidden_layers must be positive, not {m.hidden_size} and "
+        f"{m.num_hidden_layers}",
+    )
+    _require(
+        m.num_attention_heads > 0 and m.hidden_size % m.num_attention_heads == 0,
+        f"model.hidden_size ({m.hidden_size}) must be divisible by model.num_attention_heads "
+        f"({m.num_attention_heads})",
+    )
+    _require(m.intermediate_size > 0, "model.intermediate_size must be positive")
+    _require(
+        m.embedding_size is None or m.embedding_size > 0,
+        f"model.embedding_size must be positive (or None), not {m.embedding_size}",
+    )
+    if m.position == "rotary":
+        _require(
+            (m.hidden_size // m.num_attention_heads) % 2 == 0,
+            f"rotary positions need an even head size, and model.hidden_size / model.num_attention_heads is "
+            f"{m.hidden_size // m.num_attention_heads}: change one of the two, or pass --model.position absolute",
+        )
+    _require(
+        0 <= m.pad_token_id < m.vocab_size,
+        f"model.pad_token_id ({m.pad_token_id}) must be an id of the vocabulary (0 to {m.vocab_size - 1})",
+    )
+    _check_model_numbers(m)
+
+
+def model_from_dict(values: Any, source: str) -> ModelConfig:
+    """A ModelConfig from the "model" section of a saved config.json: each value coerced and checked as a
+    setting, unknown keys refused, then `check_model` (a hand-edited or foreign file gets one line, not a crash
+    deep inside the model's construction)."""
+    if not isinstance(values, dict):
+        raise UserError(f"{source} has no model section (a mapping of the model's settings)")
+    cfg = apply_dict(Config(), {"model": values}, source).model
+    check_model(cfg)
+    return cfg
 
 
 def _check_model_numbers(m: ModelConfig) -> None:

@@ -86,9 +86,17 @@ def masklm_output(folder: Path) -> bool:
 
 def _walk(folder: Path) -> Iterator[Path]:
     """Files under `folder`, recursively, in sorted order, skipping hidden files and folders and the folders
-    masklm wrote (`masklm_output`: `--input .` beside an earlier run reads the text, not the run's logs)."""
-    for root, dirs, names in os.walk(folder):
-        kept = sorted(d for d in dirs if not d.startswith("."))
+    masklm wrote (`masklm_output`: `--input .` beside an earlier run reads the text, not the run's logs).
+    Links to folders are followed, as links to files are; a folder reached twice (a link back up the tree, two
+    links to one folder) is read once."""
+    seen = {os.path.realpath(folder)}
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        kept = []
+        for d in sorted(dirs):
+            real = os.path.realpath(os.path.join(root, d))
+            if not d.startswith(".") and real not in seen:
+                seen.add(real)
+                kept.append(d)
         skipped = [d for d in kept if masklm_output(Path(root) / d)]
         for d in skipped:
             log(f"note: {Path(root) / d} is a folder masklm wrote (a run or prepared data): not read as text")
@@ -101,6 +109,8 @@ def _walk(folder: Path) -> Iterator[Path]:
 
 def _expand(item: str | Path) -> list[Path]:
     """A path as given, or the sorted matches of a glob pattern (`**` recurses)."""
+    if not str(item).strip():  # Path("") is the current folder: an empty argument would read all of it
+        raise UserError("an input path is empty; pass files, folders or glob patterns")
     path = Path(item)
     if path.exists() or not _GLOB.search(str(item)):
         return [path]
@@ -422,6 +432,8 @@ def _table_documents(f: InputFile, cfg: DataConfig) -> Iterator[str]:
         _check_columns(f, names, cfg.text_field, where)
         for batch in batches:
             column = batch.column(cfg.text_field)
+            if pa.types.is_dictionary(column.type):  # a categorical column of text: its values, decoded
+                column = column.dictionary_decode()
             if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
                 raise UserError(
                     f"{f.path}: column {cfg.text_field!r} holds {column.type}, not text; "

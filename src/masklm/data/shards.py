@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -36,6 +37,9 @@ class PackedDataset:
         self.split = split
         self.meta: dict[str, Any] = merged_meta([find_parts(d) for d in dirs], split)
         self.tokenizer_path: Path = self.meta["tokenizer_path"]
+        self.tokenizer_hash: str | None = self.meta.get(
+            "tokenizer_hash"
+        )  # of the tokenizer that wrote the ids
         self.seq_len: int = int(self.meta["seq_len"])
         self._index_shards()
 
@@ -45,10 +49,14 @@ class PackedDataset:
             (Path(s["ids"]), Path(s["word_starts"]), int(s["sequences"]))
             for s in self.meta["splits"][self.split]["shards"]
         ]
-        for paths in self._shards:  # a stat per file: a missing shard is an error now, not mid-training
-            for path in paths[:2]:
-                if not path.is_file():
-                    raise UserError(f"cannot read {path} (missing); run masklm prepare again")
+        width = {0: self.seq_len, 1: (self.seq_len + 7) // 8}  # ids, packed word starts
+        for (
+            ids_path,
+            starts_path,
+            rows,
+        ) in self._shards:  # a missing or cut shard: an error now, not mid-training
+            for k, path in enumerate((ids_path, starts_path)):
+                _check_header(path, (rows, width[k]))
         self._ids: list[np.ndarray | None] = [None] * len(self._shards)
         self._starts: list[np.ndarray | None] = [None] * len(self._shards)
         sizes = [rows for _, _, rows in self._shards]
@@ -65,8 +73,12 @@ class PackedDataset:
         if ids is None or starts is None:
             ids_path, starts_path, rows = self._shards[s]
             ids, starts = _open(ids_path), _open(starts_path)
-            if ids.shape != (rows, self.seq_len) or starts.shape != (rows, (self.seq_len + 7) // 8):
-                raise UserError(f"{ids_path} does not match meta.json; run masklm prepare again")
+            for path, array, width in (
+                (ids_path, ids, self.seq_len),
+                (starts_path, starts, (self.seq_len + 7) // 8),
+            ):
+                if array.shape != (rows, width):
+                    raise UserError(f"{path} does not match meta.json; run masklm prepare again")
             self._ids[s], self._starts[s] = ids, starts
         return ids, starts
 
@@ -108,6 +120,25 @@ class PackedDataset:
     def draw(self, positions: np.ndarray, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The rows at global stream `positions` (see `batch_indices`): epoch after epoch of shuffled rows."""
         return self.get(stream_rows(positions, len(self), seed))
+
+
+def _check_header(path: Path, shape: tuple[int, int]) -> None:
+    """A shard file is there, its .npy header says `shape` and the file is long enough to hold it: a missing,
+    cut short or foreign shard is refused when the data is opened (before a run folder is touched), not when
+    training reaches it. Reads the header only."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        with open(path, "rb") as f:
+            got, _, dtype = readers[np.lib.format.read_magic(f)](f)
+            need, size = f.tell() + int(np.prod(got)) * dtype.itemsize, os.fstat(f.fileno()).st_size
+    except FileNotFoundError:
+        raise UserError(f"cannot read {path} (missing); run masklm prepare again") from None
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"cannot read {path} ({type(e).__name__}); run masklm prepare again") from None
+    if tuple(got) != shape or dtype.kind not in "ui":  # token ids and packed flags are unsigned integers
+        raise UserError(f"{path} does not match meta.json; run masklm prepare again")
+    if size < need:
+        raise UserError(f"{path} is cut short ({size} of {need} bytes); run masklm prepare again")
 
 
 def _open(path: Path) -> np.ndarray:

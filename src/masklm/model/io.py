@@ -22,7 +22,7 @@ from typing import Any
 import tokenizers
 from torch import nn
 
-from masklm.config import ModelConfig
+from masklm.config import ModelConfig, model_from_dict
 from masklm.data.tokenizer import tokenizer_hash
 from masklm.errors import UserError
 from masklm.model.base import (
@@ -146,10 +146,14 @@ def load_model(
 
 
 def _read_masklm_checkpoint(folder: Path, data: dict[str, Any]) -> Checkpoint:
+    where = folder / "config.json"
     try:
-        cfg = ModelConfig(**data["model"])
-    except (KeyError, TypeError) as e:
-        raise UserError(f"{folder / 'config.json'} has an invalid model section ({e})") from None
+        cfg = model_from_dict(data.get("model"), str(where))
+    except UserError as e:
+        raise UserError(
+            f"{where} has an invalid model section ({e}); the file was edited or comes from other code: put back "
+            "the model's own config.json"
+        ) from None
     tokenizer = _load_tokenizer_file(folder / "tokenizer.json")
     saved_hash = data.get("tokenizer_hash")
     if tokenizer.get_vocab_size() != cfg.vocab_size or (

@@ -185,7 +185,9 @@ def load_splits(data: DataArg) -> tuple[PackedDataset | Mixture, PackedDataset |
         raise UserError(
             f"{' '.join(map(str, paths))} holds no training sequences; add more text and run masklm prepare again"
         )
-    has_val = all((folder / "val").exists() for p in paths for folder, _ in find_parts(p))
+    # meta.json says whether there is a validation split: a listed shard that is missing is an error, not a run
+    # without evaluation
+    has_val = all("val" in meta["splits"] for p in paths for _, meta in find_parts(p))
     val_ds = PackedDataset(paths, "val") if has_val else None
     return train_ds, (val_ds if val_ds is not None and len(val_ds) > 0 else None)
 
@@ -250,9 +252,17 @@ def data_state(data: PackedDataset | Mixture, resume_from: Path | None, seed: in
     return state
 
 
-def load_data_tokenizer(tokenizer_path: Path, run: Run) -> Tokenizer:
-    """The data's tokenizer; a resumed run refuses data prepared with another one than it was trained with."""
+def load_data_tokenizer(data: PackedDataset | Mixture, run: Run) -> Tokenizer:
+    """The data's tokenizer, which must be the one that wrote its ids (meta.json's hash: a tokenizer.json copied
+    in from elsewhere would index past the vocabulary); a resumed run refuses data prepared with another one than
+    it was trained with."""
+    tokenizer_path = data.tokenizer_path
     tokenizer = load_tokenizer(tokenizer_path)
+    if data.tokenizer_hash and data.tokenizer_hash != tokenizer_hash(tokenizer):
+        raise UserError(
+            f"{tokenizer_path} is not the tokenizer {tokenizer_path.parent} was prepared with (meta.json records "
+            "another); put back the folder's own tokenizer.json, or run masklm prepare again"
+        )
     saved = run.run_dir / "tokenizer.json"
     if run.resume and saved.is_file() and tokenizer_hash(load_tokenizer(saved)) != tokenizer_hash(tokenizer):
         raise UserError(
@@ -449,7 +459,7 @@ def pretrain(
     cfg = run.resume_config(cfg, resume_changes)
     pairs = read_pairs(cfg.train.eval_pairs) if cfg.train.eval_pairs else []
     device = run.setup(cfg)
-    tokenizer = load_data_tokenizer(train_ds.tokenizer_path, run)
+    tokenizer = load_data_tokenizer(train_ds, run)
     fit_config_to_data(cfg, tokenizer, int(train_ds.seq_len))
     objective = objective_for(cfg)
     saved_model = dataclasses.replace(cfg.model)

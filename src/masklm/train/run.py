@@ -82,6 +82,11 @@ def check_run_dir(
     --overwrite that would delete one of them (it lies inside the run folder) is refused.
     """
     run_dir = Path(run_dir)
+    if resume and overwrite:
+        raise UserError(
+            "--resume continues the run and --overwrite replaces it; pass one of them (the same command plus --resume "
+            "to continue)"
+        )
     refuse_path_through_file(run_dir)
     if run_dir.exists() and (run_dir.is_file() or holds_more_than_its_data(run_dir)):
         if not (resume or overwrite):
