@@ -82,7 +82,8 @@ class Mixture:
         self.datasets, self.names = datasets, names
         self.seq_len = datasets[0].seq_len
         self.tokenizer_path = datasets[0].tokenizer_path
-        self.tokenizer_hash = datasets[0].tokenizer_hash  # the same for every source (`merged_meta` checks it)
+        # the same for every source (`merged_meta` checks it)
+        self.tokenizer_hash = datasets[0].tokenizer_hash
         self.counts = apportion(weights, BLOCK)  # positions per block, by source
         if (self.counts == 0).any():
             small = names[int(np.argmin(self.counts))]
