@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from masklm import finetune as ft
 from masklm.data.tokenizer import train_tokenizer
 from masklm.model.heads import MaskedLM
-from masklm.model.io import ModelInfo, save_model
+from masklm.model.io import ModelInfo, load_model, save_model
 
 # fmt: off
 FILLER = [
@@ -430,6 +430,7 @@ def _bad_inputs(d: Path) -> dict[str, tuple[list[object], str]]:
     write_jsonl(d / "qa_bad.jsonl", squad)
     (d / "empty.csv").write_text("")
     write_csv(d / "one_label.csv", [{"text": "a b", "label": "x"}] * 3)
+    write_conll(d / "ner_one_tag.txt", [(["a", "b"], ["O", "O"]), (["c"], ["O"])])
 
     def cls(train: str = "cls_train.csv", val: str = "cls_val.csv", *extra: object) -> list[object]:
         return ["--task", "classification", "--train", d / train, "--validation", d / val, *extra]
@@ -447,6 +448,10 @@ def _bad_inputs(d: Path) -> dict[str, tuple[list[object], str]]:
         ),
         "empty file": (cls("empty.csv"), "empty"),
         "one label": (cls("one_label.csv"), "at least two labels"),
+        "one tag": (
+            ["--task", "token-classification", "--train", d / "ner_one_tag.txt", "--validation", d / "ner_val.txt"],
+            "every token has the tag 'O'; token classification needs at least two tags",
+        ),
         "unknown key": (cls("cls_train.csv", "cls_val.csv", "--train.bogus", "1"), "unknown config key"),
         "bad metric": (cls("cls_train.csv", "cls_val.csv", "--train.metric_for_best", "bleu"), "metric_for_best"),
         "bad value": (cls("cls_train.csv", "cls_val.csv", "--train.epochs", "many"), "expects a finite number"),
@@ -565,6 +570,86 @@ def test_predict_refuses_to_write_over_its_data(cls_run, data, tmp_path, capsys,
         assert rc == 2 and len(err) == 1 and "is the --data file" in err[0], (output, err)
         assert mine.read_bytes() == before
     assert (tmp_path / "link.csv").is_symlink()
+
+
+def test_predict_refuses_an_output_inside_the_model_folder(cls_run, base, data, tmp_path, capsys):
+    """predict --output MODEL/config.json --overwrite (QA writes .json) replaced the model's config.json and so
+    destroyed the model: an --output in the folder the model is read from is refused, through links too."""
+    model, _, _ = load_model(base, architecture="QuestionAnswering")
+    qa = save_model(
+        model, tmp_path / "qa", load_model(base)[1], ModelInfo("QuestionAnswering", task={"name": "qa"})
+    )
+    (tmp_path / "link").symlink_to(qa)
+    before = file_snapshot(qa), file_snapshot(cls_run / "model")
+    cases = [
+        (qa, qa / "config.json"),
+        (qa, tmp_path / "link" / "config.json"),
+        (tmp_path / "link", qa / "predictions.jsonl"),
+        (cls_run, cls_run / "model" / "predictions.jsonl"),
+        (cls_run / "model", cls_run / "model" / "sub" / ".." / "predictions.csv"),
+    ]
+    for model_path, output in cases:
+        rc = cli(
+            "predict",
+            "--model",
+            model_path,
+            "--data",
+            data / "qa_val.jsonl",
+            "--output",
+            output,
+            "--overwrite",
+        )
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and "lies inside the model folder" in err[0], (output, err)
+    assert (file_snapshot(qa), file_snapshot(cls_run / "model")) == before
+    # next to the model, in the run folder, is fine
+    output = cls_run / "predictions.jsonl"
+    assert cli("predict", "--model", cls_run, "--data", data / "cls_val.csv", "--output", output) == 0
+    output.unlink()
+
+
+def test_evaluate_and_predict_keep_the_models_regression(cls_run, base, data, tmp_path, capsys):
+    """data.regression follows the model's head and cannot change: a classifier evaluated as a regressor crashed
+    in the loss (predict wrote scores from its two logits), a regressor read as a classifier crashed in predict or
+    said the file's labels were 'not in the training labels []'."""
+    rows = [{"text": r["text"], "label": 1.0 if r["label"] == "pos" else -1.0} for r in cls_rows(16, 7)]
+    scores = write_csv(tmp_path / "scores.csv", rows)
+    reg = tmp_path / "reg"
+    rc = cli(
+        "finetune", "--task", "classification", "--model", base, "--train", scores, "--validation", scores,
+        "--output", reg, "--data.regression", "true", "--train.max_steps", 1, *FAST,
+    )  # fmt: skip
+    assert rc == 0
+    out = tmp_path / "p.jsonl"
+    cases = [
+        (cls_run, "true", "is a classifier for 2 labels, so data.regression is false and cannot change"),
+        (reg, "false", "is a regressor (one output), so data.regression is true and cannot change"),
+    ]
+    capsys.readouterr()
+    for model, value, message in cases:
+        for command in (["evaluate"], ["predict", "--output", out]):
+            rc = cli(*command, "--model", model, "--data", data / "cls_val.csv", "--data.regression", value)
+            err = capsys.readouterr().err.strip().splitlines()
+            assert rc == 2 and len(err) == 1 and message in err[0], (command, model, err)
+    assert not out.exists()
+    # the model's own setting, given again, is fine
+    assert cli("evaluate", "--model", reg, "--data", scores, "--data.regression", "true", "--json") == 0
+    assert set(last_json(capsys)) == {"pearson", "spearman", "mse", "loss"}
+
+
+def test_evaluate_and_predict_refuse_a_device_this_machine_lacks(
+    cls_run, data, tmp_path, capsys, monkeypatch
+):
+    """--train.device cuda without a GPU: the one line finetune gives, not an AssertionError from torch."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "p.jsonl"
+    for command in (["evaluate"], ["predict", "--output", out]):
+        rc = cli(*command, "--model", cls_run, "--data", data / "cls_val.csv", "--train.device", "cuda")
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and err == [
+            "error: train.device cuda: this machine has no CUDA GPU; use auto or cpu"
+        ], err
+    assert not out.exists()
 
 
 @pytest.fixture(scope="module")

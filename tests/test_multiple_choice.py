@@ -119,9 +119,12 @@ def test_reads_jsonl_and_swag_layouts_alike(tmp_path):
         ("csv", [{"sent1": "a", "sent2": "b", "ending0": "x", "ending1": "y", "ending2": "z", "label": 0},
                  {"sent1": "a", "sent2": "b", "ending0": "x", "ending1": "y", "ending2": " ", "label": 1}],
          r"bad\.csv:3: ending2 is blank; give every example of a file the same number of endings"),
+        # the endings were read up to the gap: ending3 was left out and the set trained as 2 choices
+        ("csv", [{"sent1": "a", "sent2": "b", "ending0": "x", "ending1": "y", "ending3": "z", "label": 0}],
+         r"bad\.csv: has column ending3 but no ending2; number the ending columns ending0, ending1, \.\.\. without a gap"),
     ],
     ids=["ending-count", "label-range", "label-float", "label-null", "endings-str", "one-ending",
-         "no-sent1", "negative-label", "no-layout", "swag-blank-ending"],
+         "no-sent1", "negative-label", "no-layout", "swag-blank-ending", "swag-ending-gap"],
 )  # fmt: skip
 def test_bad_inputs_are_one_line_errors(tmp_path, name, rows, message):
     path = tmp_path / f"bad.{name}"

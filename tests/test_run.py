@@ -5,6 +5,7 @@ work, one resume rule for pretraining and fine-tuning, one run-folder check, one
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -160,6 +161,33 @@ def test_one_run_folder_check(tmp_path):
     (tmp_path / "new" / "notes.txt").write_text("not a run's")
     with pytest.raises(UserError, match="--resume: .* is not a masklm run folder"):
         check_run_dir(tmp_path / "new", resume=True, overwrite=False)
+
+
+def test_an_output_folder_given_as_a_symbolic_link(tmp_path, capsys):
+    """A link to a run folder is that folder (resume, "already exists"); --overwrite through it is refused with
+    the folder it would delete named (rmtree refused the link: a traceback), and a dangling link is named as such
+    (finetune --resume said it 'needs --task, --model, ...', a new run 'File exists')."""
+    run = saved_run(tmp_path / "run", FinetuneConfig(), run={"task": "classification"})
+    (tmp_path / "link").symlink_to("run")
+    check_run_dir(tmp_path / "link", resume=True, overwrite=False)
+    with pytest.raises(UserError, match="already exists; pass --resume"):
+        check_run_dir(tmp_path / "link", resume=False, overwrite=False, what="output folder")
+    message = (
+        f"--overwrite: {tmp_path / 'link'} is a symbolic link to {run.resolve()}, and --overwrite replaces"
+    )
+    with pytest.raises(UserError, match=re.escape(message)):
+        check_run_dir(tmp_path / "link", resume=False, overwrite=True, what="output folder")
+    (tmp_path / "dangling").symlink_to("gone")
+    for resume in (True, False):
+        with pytest.raises(
+            UserError, match="dangling is a symbolic link to .*gone, which does not exist; fix"
+        ):
+            check_run_dir(tmp_path / "dangling", resume=resume, overwrite=False)
+    for output in (tmp_path / "dangling", tmp_path / "missing"):
+        assert cli("finetune", "--output", output, "--resume") == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "does not exist" in err[0] and "needs --task" not in err[0], err
+    assert (run / "config.yaml").is_file() and (tmp_path / "link").is_symlink()
 
 
 def test_one_rank(monkeypatch, capsys):

@@ -26,7 +26,7 @@ from masklm.tasks.classification import (
     read_classification,
 )
 from masklm.tasks.encoding import build_label_map, match_label
-from masklm.tasks.qa import _answer_token_span, encode_qa, postprocess_qa, read_squad
+from masklm.tasks.qa import QuestionAnsweringTask, _answer_token_span, encode_qa, postprocess_qa, read_squad
 from masklm.tasks.token_classification import (
     TokenClassificationTask,
     align_predictions,
@@ -726,6 +726,52 @@ def test_qa_offsets_recover_answer(tok, words, seps, data, max_length):
     span = _answer_token_span(example, tok.encode(context, add_special_tokens=False).offsets)
     if span[1] - span[0] + 1 <= doc_stride + 1:
         assert holding >= 1  # guaranteed by the overlap
+
+
+def test_qa_loss_ignores_the_padding_of_its_batch():
+    """The start and end softmax run over a window's own tokens: a window's loss is the same alone as in a batch
+    padded to a longer window, whatever the logits at the padding (the validation loss changed with
+    train.eval_batch_size), no gradient reaches the padding, and decoding never sees it."""
+    task, settings = QuestionAnsweringTask(), FinetuneDataConfig()
+    lengths, positions = (5, 9, 3), ((1, 3), (4, 7), (0, 0))
+    features = [
+        {
+            "input_ids": list(range(1, n + 1)),
+            "token_type_ids": [0] * n,
+            "start_positions": s,
+            "end_positions": e,
+        }
+        for n, (s, e) in zip(lengths, positions)
+    ]
+    batch = pad_batch(features, 0)
+    padding = (batch["attention_mask"] == 0).unsqueeze(-1)
+    logits = torch.randn((3, 9, 2), generator=torch.Generator().manual_seed(0)).masked_fill(padding, 30.0)
+    logits.requires_grad_()
+    alone = [
+        float(task.loss(logits.detach()[i : i + 1, :n], pad_batch([f], 0), settings, reduction="sum"))
+        for i, (n, f) in enumerate(zip(lengths, features))
+    ]
+    together = task.loss(logits, batch, settings, reduction="sum")
+    assert together.item() == pytest.approx(sum(alone), rel=1e-6)
+    assert task.loss(logits, batch, settings).item() == pytest.approx(sum(alone) / 3, rel=1e-6)
+    together.backward()
+    assert torch.isfinite(logits.grad).all() and not logits.grad.masked_select(padding).any()
+    assert [len(o) for o in task.split_outputs(logits.detach(), features)] == list(lengths)
+
+
+def test_token_classification_needs_two_tags(tmp_path):
+    """A training file whose every tag is O trained a one-tag model that scored accuracy 1.0."""
+    examples = [{"tokens": ["a", "b"], "tags": ["O", "O"]}, {"tokens": ["c"], "tags": ["O"]}]
+    _raises(
+        "train.txt: every token has the tag 'O'; token classification needs at least two tags",
+        TokenClassificationTask().label_set,
+        examples,
+        FinetuneDataConfig(),
+        tmp_path / "train.txt",
+    )
+    assert TokenClassificationTask().label_set(
+        [*examples, {"tokens": ["d"], "tags": ["B-PER"]}], FinetuneDataConfig(), tmp_path / "train.txt"
+    ) == ["B-PER", "O"]
 
 
 def _feature(offsets: list, index: int = 0) -> dict:

@@ -43,20 +43,21 @@ from masklm.config import (
     HeadConfig,
     apply_dict,
     build_config,
+    check_device,
 )
 from masklm.errors import UserError
 from masklm.model.base import build_model, head_class
 from masklm.model.electra import is_electra_model
 from masklm.model.encoder import set_attention_dropout
 from masklm.model.heads import MaskedLM
-from masklm.model.io import ModelInfo, load_model, save_model
+from masklm.model.io import ModelInfo, load_model, resolve_model_dir, save_model
 from masklm.tasks import all_tasks, get_task, output_formats, task_of_architecture
 from masklm.tasks.base import Example, Task, TaskData, check_requirements
 from masklm.tasks.batching import Batch, EpochBatches, length_bucketed_batches
 from masklm.tasks.encoding import match_label
 from masklm.train.logger import check_log_kind
 from masklm.train.loop import Budget, FitResult, autocast_context, resolve_precision
-from masklm.train.run import Run, check_saved_command, command_line, read_saved_config
+from masklm.train.run import Run, check_run_dir, check_saved_command, command_line, read_saved_config
 from masklm.utils import atomic_write_text, log, pick_device, refuse_path_through_file
 from masklm.utils import rank as env_rank
 
@@ -754,8 +755,12 @@ def load_finetuned(path: str | Path, overrides: dict[str, Any] | None = None) ->
     task.settings_from_model(model, info.labels, cfg.data)
     if overrides:
         apply_dict(cfg, overrides, "the command line")
+    task.check_fixed_settings(model, cfg.data, path)
     cfg.validate()
     _resolve_length(cfg, task, model)
+    # the device only: the saved precision is resolved where it is used (evaluate / predict refuse fp16 on a
+    # CPU then; masklm serve may hold the weights in a dtype of its own)
+    check_device(cfg.train.device, "auto")
     device = pick_device(cfg.train.device)
     if cfg.train.threads and device.type == "cpu":
         torch.set_num_threads(cfg.train.threads)
@@ -818,6 +823,12 @@ def predict(
             f"--output {output} is the --data file {data_path}; predictions would replace it (even with "
             "--overwrite): choose another --output"
         )
+    model_dir = resolve_model_dir(model_path)
+    if output.resolve().is_relative_to(model_dir.resolve()):
+        raise UserError(
+            f"--output {output} lies inside the model folder {model_dir}; predictions there could replace the "
+            "model's own files (even with --overwrite): choose another --output"
+        )
     refuse_path_through_file(output)
     if output.exists() and not overwrite:
         raise UserError(f"{output} already exists; pass --overwrite to replace it or choose another --output")
@@ -842,7 +853,9 @@ def predict(
 
 
 def _fill_from_saved_run(args: argparse.Namespace) -> None:
-    """--resume: the saved run fills in the task, model and files the command leaves out (and refuses others)."""
+    """--resume: the saved run fills in the task, model and files the command leaves out (and refuses others).
+    A missing folder (or a link to one) or one that holds no run is refused first, as such."""
+    check_run_dir(Path(args.output), resume=True, overwrite=args.overwrite, what="output folder")
     check_saved_command(Path(args.output), "finetune")
     for key, value in resume_settings(args.output).items():
         if key not in RUN_ARGUMENTS:

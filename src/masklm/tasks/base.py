@@ -162,6 +162,13 @@ class Task(abc.ABC):
         """Settings a loaded fine-tuned model implies, in place (before the command line's overrides)."""
         return None  # nothing by default
 
+    def check_fixed_settings(
+        self, model: nn.Module, settings: FinetuneDataConfig, model_path: str | Path
+    ) -> None:
+        """After the command line's overrides (evaluate, predict): a UserError for a setting that the fine-tuned
+        model fixes and the command line changed (a regressor's data.regression)."""
+        return None  # nothing by default
+
     def describe(self, data: TaskData) -> str:
         """Extra text for the line that starts a run, after the example counts (e.g. QA's window count)."""
         return ""

@@ -231,8 +231,19 @@ class ClassificationTask(Task):
     ) -> None:
         # A one-output classifier scores (classification needs two labels or more), with or without a label
         # name: a Hugging Face regression folder (problem_type "regression") names its output "LABEL_0".
-        if model.num_labels == 1:
-            settings.regression = True
+        settings.regression = model.num_labels == 1
+
+    def check_fixed_settings(
+        self, model: nn.Module, settings: FinetuneDataConfig, model_path: str | Path
+    ) -> None:
+        regressor = model.num_labels == 1
+        if settings.regression != regressor:
+            kind = "a regressor (one output)" if regressor else f"a classifier for {model.num_labels} labels"
+            again = "without it for labels" if regressor else "with --data.regression true for scores"
+            raise UserError(
+                f"{model_path} is {kind}, so data.regression is {str(regressor).lower()} and cannot change after "
+                f"fine-tuning; leave --data.regression out (fine-tune again {again})"
+            )
 
     def loss(
         self, logits: torch.Tensor, batch: Batch, settings: FinetuneDataConfig, reduction: str = "mean"

@@ -12,6 +12,7 @@ as in transformers' run_swag example. A label is the index of the right ending.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -137,6 +138,7 @@ def read_multiple_choice(path: str | Path, labelled: bool = False) -> list[Examp
                 f"{path}: has no column 'sent1' (columns: {', '.join(columns)}); the SWAG layout is "
                 "sent1, sent2, ending0, ending1, ..., label"
             )
+        _check_ending_columns(columns, path)
         parse = _swag
     else:
         raise UserError(
@@ -172,6 +174,21 @@ def _context_endings(rec: Record, path: Path, line: int) -> tuple[str, list[str]
             'write "endings": ["...", "..."]'
         )
     return text_field(rec, "context", path, line), endings
+
+
+def _check_ending_columns(columns: Sequence[str], path: Path) -> None:
+    """Refuse SWAG ending columns with a gap (ending0, ending1, ending3): the endings are read from ending0 up to
+    the first missing number, so the columns after the gap would be left out without a word."""
+    count = 0
+    while f"ending{count}" in columns:
+        count += 1
+    read = {f"ending{i}" for i in range(count)}
+    beyond = [c for c in columns if re.fullmatch(r"ending[0-9]+", c) and c not in read]
+    if beyond:
+        raise UserError(
+            f"{path}: has column {beyond[0]} but no ending{count}; number the ending columns ending0, ending1, ... "
+            f"without a gap (rename {beyond[0]} to ending{count}, or drop it)"
+        )
 
 
 def _swag(rec: Record, path: Path, line: int) -> tuple[str, list[str]]:

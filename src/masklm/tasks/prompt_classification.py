@@ -252,6 +252,15 @@ class PromptClassificationTask(ClassificationTask):
     ) -> None:
         return None  # the template and label words come back with the saved data settings
 
+    def check_fixed_settings(
+        self, model: nn.Module, settings: FinetuneDataConfig, model_path: str | Path
+    ) -> None:
+        if settings.regression:
+            raise UserError(
+                f"{model_path} is a prompt-classification model, which predicts labels, not scores; leave "
+                "--data.regression out"
+            )
+
     def collate(self, features: Sequence[Feature], pad_id: int) -> Batch:
         """The padded batch, "prompt_targets" (B, T): -100 everywhere but each row's [MASK] (which the MLM head
         reads), and "label_word_ids" (L,)."""

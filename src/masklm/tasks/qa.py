@@ -443,8 +443,10 @@ class QuestionAnsweringTask(Task):
     def loss(
         self, logits: torch.Tensor, batch: Batch, settings: FinetuneDataConfig, reduction: str = "mean"
     ) -> torch.Tensor:
-        """The mean of the start and the end positions' cross-entropy."""
-        logits = logits.float()
+        """The mean of the start and the end positions' cross-entropy, each a softmax over the window's own tokens:
+        the padding of a batch is masked out, so a window's loss does not depend on the batch it is in."""
+        padding = (batch["attention_mask"] == 0).unsqueeze(-1)
+        logits = logits.float().masked_fill(padding, torch.finfo(torch.float32).min)
         start = F.cross_entropy(logits[..., 0], batch["start_positions"], reduction=reduction)
         end = F.cross_entropy(logits[..., 1], batch["end_positions"], reduction=reduction)
         return (start + end) / 2

@@ -384,7 +384,13 @@ class TokenClassificationTask(Task):
     def label_set(
         self, examples: Sequence[Example], settings: FinetuneDataConfig, path: Path
     ) -> list[str] | None:
-        return build_label_map(tag for ex in examples for tag in ex["tags"])
+        labels = build_label_map(tag for ex in examples for tag in ex["tags"])
+        if len(labels) < 2:
+            raise UserError(
+                f"{path}: every token has the tag '{labels[0]}'; token classification needs at least two tags "
+                "(for NER: the entities' B-/I- tags besides O)"
+            )
+        return labels
 
     def encode(
         self,

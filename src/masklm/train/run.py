@@ -29,6 +29,7 @@ refuses any other difference and `resume_config` applies the allowed ones (docs/
 from __future__ import annotations
 
 import copy
+import os
 import shlex
 import shutil
 import time
@@ -88,6 +89,11 @@ def check_run_dir(
             "to continue)"
         )
     refuse_path_through_file(run_dir)
+    if run_dir.is_symlink() and not run_dir.exists():
+        raise UserError(
+            f"{what} {run_dir} is a symbolic link to {os.path.realpath(run_dir)}, which does not exist; fix the link "
+            "or choose another --output"
+        )
     if run_dir.exists() and (run_dir.is_file() or holds_more_than_its_data(run_dir)):
         if not (resume or overwrite):
             raise UserError(
@@ -110,6 +116,12 @@ def check_run_dir(
         if not (run_dir / "config.yaml").is_file() and not (run_dir / "metrics.jsonl").is_file():
             raise UserError(
                 f"--overwrite refuses to delete {run_dir}: it does not look like a masklm run folder; "
+                "choose another --output"
+            )
+        if run_dir.is_symlink():  # rmtree deletes no folder through a link: name the one it would replace
+            raise UserError(
+                f"--overwrite: {run_dir} is a symbolic link to {run_dir.resolve()}, and --overwrite replaces a run "
+                f"folder by deleting it; pass --output {run_dir.resolve()} --overwrite to replace that folder, or "
                 "choose another --output"
             )
         for option, path in inputs:
