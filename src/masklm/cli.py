@@ -320,6 +320,8 @@ def cmd_pretrain(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     from masklm.utils import rank
 
     demo = args.data is None and args.input is None and args.init_from is None
+    if args.output is not None and not args.output.strip():  # not the demo's folder, which no --output means
+        raise UserError("--output is empty; name the run folder to write")
     run_dir = Path(args.output or DEMO_RUN)
     if args.resume:
         check_saved_command(run_dir, "pretrain")  # a fine-tuning run folder
