@@ -363,8 +363,8 @@ def cmd_pretrain(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     if not args.resume:  # (a resumed run's device is its saved one, checked when it starts)
         check_device(cfg.train.device, cfg.train.precision)
     if args.resume:
-        layered = _layered_settings(args, skip=("data.", "model.") if args.init_from else ("data.",))
-        check_resume_settings(run_dir, {**layered, **data_over, **budget, **overrides})
+        check_same_preset(run_dir, args.preset)
+        check_resume_settings(run_dir, {**data_over, **budget, **overrides})
     if args.input is None and args.data is None and not (args.resume and own_data):
         raise UserError("--init-from needs data: pass --input PATHS or --data PREPARED_DIR")
     data_dir = run_dir / "data"
@@ -390,36 +390,36 @@ def cmd_pretrain(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     return 0
 
 
-def _layered_settings(args: argparse.Namespace, skip: tuple[str, ...]) -> dict[str, Any]:
-    """The dotted settings --preset and --config give (a resumed run checks them against its saved ones, as it
-    does the command line's), without those under the `skip` prefixes: a prepared folder sets data.* and
-    --init-from the model.*, whatever a preset says."""
-    from masklm.config import preset_values, read_yaml
+def _saved_argv(run_dir: Path) -> list[str] | None:
+    """The arguments of the command that started the run (RUN/command.txt), or None without a readable one."""
+    import shlex
 
-    layers = [
-        preset_values(args.preset) if args.preset else {},
-        read_yaml(args.config) if args.config else {},
-    ]
-    flat = {
-        f"{section}.{name}": value
-        for layer in layers
-        for section, values in layer.items()
-        if isinstance(values, dict)
-        for name, value in values.items()
-    }
-    return {k: v for k, v in flat.items() if not k.startswith(skip)}
+    try:
+        return shlex.split((run_dir / "command.txt").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+
+
+def check_same_preset(run_dir: Path, preset: str | None) -> None:
+    """pretrain --resume --preset P: P must be the preset the run was started with (its command.txt; no --preset
+    there is the default, small). A resumed run keeps its saved settings, so another preset would be ignored."""
+    argv = _saved_argv(run_dir)
+    if preset is None or argv is None:
+        return
+    started = next((a.split("=", 1)[1] for a in argv if a.startswith("--preset=")), None)
+    started = started or next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--preset"), "small")
+    if preset != started:
+        raise UserError(
+            f"--resume continues {run_dir} with its saved settings, and it was started with --preset {started}, "
+            f"not {preset}; drop --preset (or give --preset {started}), or start a new run with another --output"
+        )
 
 
 def started_as_demo(run_dir: Path) -> bool:
     """Whether the run in `run_dir` was started as the demo (its command.txt names no --input, --data or
     --init-from); a run without command.txt counts as one."""
-    import shlex
-
-    try:
-        argv = shlex.split((run_dir / "command.txt").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return True
-    return not any(a.split("=")[0] in ("--input", "--data", "--init-from") for a in argv)
+    argv = _saved_argv(run_dir)
+    return argv is None or not any(a.split("=")[0] in ("--input", "--data", "--init-from") for a in argv)
 
 
 def check_same_input(inputs: list[str], data_dir: Path) -> None:
