@@ -32,6 +32,7 @@ import torch
 
 from benchmarks import common
 from benchmarks.fill_mask_latency import build_models
+from masklm.infer.score import DEFAULT_TOKEN_BUDGET
 from masklm.utils import native_bf16
 
 
@@ -60,7 +61,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sentences", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=2, help="alternating timed runs per side; the best counts")
-    ap.add_argument("--token-budget", type=int, default=8192)
+    ap.add_argument("--token-budget", type=int, default=DEFAULT_TOKEN_BUDGET)
     ap.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's)")
     common.add_common_args(ap)
     args = ap.parse_args()

@@ -41,7 +41,10 @@ from masklm.tasks.files import read_text, split_lines
 # (input_ids (B, T), attention_mask (B, T) or None without padding, positions (B,)) → logits (B, V) at one
 # position per row
 LogitsFn = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
-DEFAULT_TOKEN_BUDGET = 8192  # rows × padded length per forward pass
+# rows × padded length per forward pass. Measured on a 2-core CPU in float32 (docs/benchmarks.md, "masklm score:
+# the token budget"): 2,048 was the fastest of 512 to 8,192 for MiniLM-L6-H384, the demo's small model and a
+# BERT-base shape alike, 18-32% faster than 8,192, whose activations outgrow the caches.
+DEFAULT_TOKEN_BUDGET = 2048
 
 
 @dataclass(frozen=True)
