@@ -386,9 +386,10 @@ class TokenClassificationTask(Task):
     ) -> list[str] | None:
         labels = build_label_map(tag for ex in examples for tag in ex["tags"])
         if len(labels) < 2:
+            found = f"every token has the tag '{labels[0]}'" if labels else "no token has a tag"
             raise UserError(
-                f"{path}: every token has the tag '{labels[0]}'; token classification needs at least two tags "
-                "(for NER: the entities' B-/I- tags besides O)"
+                f"{path}: {found}; token classification needs at least two tags (for NER: the entities' B-/I- "
+                "tags besides O)"
             )
         return labels
 
