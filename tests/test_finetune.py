@@ -572,6 +572,32 @@ def test_predict_refuses_to_write_over_its_data(cls_run, data, tmp_path, capsys,
     assert (tmp_path / "link.csv").is_symlink()
 
 
+def test_predict_keeps_every_input_row_and_column(cls_run, data, tmp_path, capsys):
+    """One output row per input row, in order (a row whose text is empty too), with the input's other columns
+    (an id) carried through; an input column named "score" is not overwritten by the probability."""
+    rows = list(csv.DictReader((data / "cls_val.csv").read_text(encoding="utf-8").splitlines()))[:4]
+    mine = tmp_path / "mine.csv"
+    with open(mine, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "text", "score"])
+        writer.writerow(["a1", rows[0]["text"], "5"])
+        writer.writerow(["a2", "", "4"])  # an empty text: still an input row
+        writer.writerow(["a3", rows[1]["text"], "3"])
+        writer.writerow(["", "   ", ""])  # every cell blank: still a row
+    for suffix in (".csv", ".jsonl"):
+        out = tmp_path / f"p{suffix}"
+        assert cli("predict", "--model", cls_run, "--data", mine, "--output", out) == 0
+        got = (
+            list(csv.DictReader(out.read_text(encoding="utf-8").splitlines()))
+            if suffix == ".csv"
+            else [json.loads(line) for line in out.read_text().splitlines()]
+        )
+        assert [r["id"] for r in got] == ["a1", "a2", "a3", ""]
+        assert [r["score"] for r in got] == ["5", "4", "3", ""]  # the input's own score column, as it was
+        assert all(0 < float(r["score_1"]) <= 1 for r in got) and all(r["label"] != "" for r in got)
+    capsys.readouterr()
+
+
 def test_predict_refuses_an_output_inside_the_model_folder(cls_run, base, data, tmp_path, capsys):
     """predict --output MODEL/config.json --overwrite (QA writes .json) replaced the model's config.json and so
     destroyed the model: an --output in the folder the model is read from is refused, through links too."""

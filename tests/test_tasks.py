@@ -178,6 +178,16 @@ def test_predicted_labels_keep_their_spelling(tmp_path):
     assert task.render(rows, ".csv").split("\n")[1:3] == ["a,-1,0.5", "b,01,0.5"]
 
 
+def test_json_boolean_labels_are_spelled_as_json_spells_them(tmp_path):
+    """A JSON true / false label is "true" / "false" (not Python's "True"), so a CSV that writes true is the same
+    label."""
+    task, settings = ClassificationTask(), FinetuneDataConfig()
+    (tmp_path / "t.jsonl").write_text('{"text": "a", "label": true}\n{"text": "b", "label": false}\n')
+    (tmp_path / "d.csv").write_text("text,label\nc,true\n")
+    assert [e["label"] for e in task.read(tmp_path / "t.jsonl", settings, labelled=True)] == ["true", "false"]
+    assert [e["label"] for e in task.read(tmp_path / "d.csv", settings, labelled=True)] == ["true"]
+
+
 def test_prediction_ignores_labels(tmp_path):
     """`predict` reads no labels: on some lines, or malformed, they do not matter; evaluate / finetune refuse."""
     task = ClassificationTask()

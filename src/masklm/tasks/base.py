@@ -72,6 +72,16 @@ class TaskData:
     labelled: bool
 
 
+def _csv_cell(value: Any) -> Any:
+    """A predictions value as a CSV cell: a list of tokens joined by spaces, another list or an object (a JSON
+    line's field carried through) as JSON, anything else as it is."""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return " ".join(value)
+    if isinstance(value, list | dict):
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
 class Task(abc.ABC):
     """One fine-tuning task. Instances hold no run state: every method gets what it needs as arguments."""
 
@@ -289,9 +299,10 @@ class Task(abc.ABC):
             return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         if suffix == ".csv":
             buf = io.StringIO(newline="")
-            writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+            columns = list(dict.fromkeys(k for r in rows for k in r))  # JSON lines may differ in their keys
+            writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", restval="")
             writer.writeheader()
             for r in rows:
-                writer.writerow({k: " ".join(v) if isinstance(v, list) else v for k, v in r.items()})
+                writer.writerow({k: _csv_cell(v) for k, v in r.items()})
             return buf.getvalue()
         raise ValueError(f"{type(self).__name__} cannot write {suffix} files")

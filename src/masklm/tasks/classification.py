@@ -51,7 +51,7 @@ def read_classification(
     the keys of the first JSONL object. TSV is read without quote handling, like the GLUE files.
     """
     path = Path(path)
-    columns, records = read_records(path)
+    columns, records = read_records(path, keep_blank_rows=label_column is None)
     for column, setting in ((text_column, "text_column"), (text_pair_column, "text_pair_column")):
         if column is not None and column not in columns:
             raise UserError(
@@ -69,6 +69,9 @@ def read_classification(
             "text": text_field(rec, text_column, path, line),
             "text_pair": text_field(rec, text_pair_column, path, line) if text_pair_column else None,
             "label": label_field(rec, label_column, path, line) if label_column and has_label else None,
+            **(
+                {"record": rec} if label_column is None else {}
+            ),  # prediction: every column goes to the output
         }
         for line, rec in records
     ]
@@ -173,6 +176,15 @@ def label_value(label: str) -> int | str:
     if INTEGER_LABEL.fullmatch(label) and str(int(label)) == label:
         return int(label)
     return label
+
+
+def free_column(name: str, taken: set[str | None]) -> str:
+    """`name`, or "name_1", "name_2", ...: the first that is not among the `taken` column names."""
+    candidate, n = name, 0
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}_{n}"
+    return candidate
 
 
 class ClassificationTask(Task):
@@ -295,18 +307,22 @@ class ClassificationTask(Task):
         labels: Sequence[str] | None,
         settings: FinetuneDataConfig,
     ) -> list[Row]:
-        """The input columns, the predicted label (or score) in the label column, and its probability."""
+        """Every input column, the predicted label (or score) in the label column, and the label's probability in
+        "score" (or, when the input has a column of that name, "score_1", "score_2", ...: none is overwritten)."""
         s = settings
+        taken = {s.text_column, s.text_pair_column, s.label_column}
+        taken |= {key for ex in data.examples for key in ex.get("record", ())}
+        score = free_column("score", taken)
         rows = []
         for ex, p in zip(data.examples, predictions):
-            row: Row = {s.text_column: ex["text"]}
+            row: Row = {**ex.get("record", {}), s.text_column: ex["text"]}
             if s.text_pair_column:
                 row[s.text_pair_column] = ex["text_pair"]
             if s.regression:
                 row[s.label_column] = p
             else:
                 row[s.label_column] = label_value((labels or [])[p[0]])
-                row["score"] = round(p[1], 6)
+                row[score] = round(p[1], 6)
             rows.append(row)
         return rows
 

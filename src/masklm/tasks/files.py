@@ -48,11 +48,13 @@ def split_lines(text: str) -> list[str]:
     return [line.rstrip("\r") for line in text.split("\n")]
 
 
-def read_records(path: Path) -> tuple[list[str], list[tuple[int, Record]]]:
+def read_records(path: Path, keep_blank_rows: bool = False) -> tuple[list[str], list[tuple[int, Record]]]:
     """(column names, [(line number, record)]) for a .csv, .tsv or .jsonl file.
 
     The columns are the CSV/TSV header or the keys of the first JSONL object. TSV is read without quote
-    handling, like the GLUE files (quotes are ordinary characters); CSV with RFC 4180 quoting.
+    handling, like the GLUE files (quotes are ordinary characters); CSV with RFC 4180 quoting. Empty lines are
+    skipped, and so are CSV/TSV rows whose every cell is blank (a spreadsheet's trailing ",,") unless
+    `keep_blank_rows` (prediction: an empty text is an input too, and the output keeps one row per input row).
     """
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".tsv", ".jsonl"):
@@ -61,7 +63,7 @@ def read_records(path: Path) -> tuple[list[str], list[tuple[int, Record]]]:
     if suffix == ".jsonl":
         records = _jsonl_records(path, text)
         return list(records[0][1]), records
-    return _table_records(path, text, suffix)
+    return _table_records(path, text, suffix, keep_blank_rows)
 
 
 def _jsonl_records(path: Path, text: str) -> list[tuple[int, Record]]:
@@ -83,7 +85,9 @@ def _jsonl_records(path: Path, text: str) -> list[tuple[int, Record]]:
     return records
 
 
-def _table_records(path: Path, text: str, suffix: str) -> tuple[list[str], list[tuple[int, Record]]]:
+def _table_records(
+    path: Path, text: str, suffix: str, keep_blank_rows: bool = False
+) -> tuple[list[str], list[tuple[int, Record]]]:
     if suffix == ".tsv":
         reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
     else:
@@ -93,7 +97,8 @@ def _table_records(path: Path, text: str, suffix: str) -> tuple[list[str], list[
     header_line = 0
     try:
         for row in reader:
-            if not row or all(not cell.strip() for cell in row):
+            blank = all(not cell.strip() for cell in row)
+            if not row or (blank and (header is None or not keep_blank_rows)):
                 continue
             if header is None:
                 header = [cell.strip() for cell in row]
@@ -151,7 +156,8 @@ def label_field(rec: Record, column: str, path: Path, line: int) -> str | None:
     """The label in `column` as a stripped string (numbers too); None for an empty cell or JSON null.
 
     A JSON number that is a whole number is written as an integer: 1.0 is the label "1", as 1 is (pandas
-    writes an integer column with missing values as floats). A CSV cell, or a JSON string, is kept as written."""
+    writes an integer column with missing values as floats); a JSON boolean is "true" / "false". A CSV cell, or
+    a JSON string, is kept as written."""
     if column not in rec:
         raise UserError(
             f"{path}:{line}: has no '{column}' field (fields: {', '.join(rec)}); add it to that line"
@@ -159,6 +165,10 @@ def label_field(rec: Record, column: str, path: Path, line: int) -> str | None:
     value = rec[column]
     if value is None:
         return None
+    if isinstance(
+        value, bool
+    ):  # as JSON spells it (str() would give "True"), so a CSV's "true" is the same label
+        return "true" if value else "false"
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool | int | float | str):
