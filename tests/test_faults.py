@@ -35,6 +35,7 @@ import masklm.train.checkpoint as ckpt
 import masklm.train.logger as logger_module
 from masklm.cli import main
 from masklm.compare import load_run
+from masklm.errors import UserError
 from masklm.train.loop import _StopFlag
 from masklm.utils import atomic_write_text
 
@@ -514,6 +515,26 @@ def test_checkpoint_with_code_in_it_is_refused_not_run(data, reference, tmp_path
     assert not (tmp_path / "pwned").exists()
 
 
+def test_a_trainer_state_missing_what_this_version_writes_is_refused(data, reference, tmp_path, capsys):
+    """A trainer.pt that unpickles but lacks a key (or holds a value of another type), its manifest matching it:
+    the documented one-line refusal, not a KeyError traceback."""
+    for name, damage in (("missing", lambda s: s.pop("rng")), ("wrong type", lambda s: s.update(step="x"))):
+        out = tmp_path / name
+        shutil.copytree(reference, out)
+        shutil.rmtree(out / "model")
+        (out / "summary.json").unlink()
+        newest = out / "checkpoints" / f"step_{STEPS:08d}"
+        state = torch.load(newest / "trainer.pt", weights_only=True)
+        damage(state)
+        torch.save(state, newest / "trainer.pt")
+        manifest = json.loads((newest / "manifest.json").read_text())
+        manifest["files"]["trainer.pt"] = ckpt._sha256(newest / "trainer.pt")
+        (newest / "manifest.json").write_text(json.dumps(manifest))
+        assert train(data, out, "--resume") == 2
+        error = last_error(capsys)
+        assert "cannot be read (trainer.pt:" in error and "delete it to use an older one" in error, error
+
+
 def test_checkpoint_of_another_architecture_is_refused(data, reference, tmp_path, capsys):
     """A run folder whose checkpoints come from a wider model: the message names the tensor and both shapes."""
     wide = tmp_path / "wide"
@@ -541,3 +562,22 @@ def test_tokenizer_that_does_not_match_the_model_is_refused(reference, tmp_path,
     (model / "tokenizer.json").write_text(json.dumps(spec))
     assert main(["fill-mask", str(model), "alpha [MASK]"]) == 2
     assert "is not the tokenizer the model was saved with" in last_error(capsys)
+
+
+def test_a_checkpoint_folder_that_cannot_be_made_gets_the_checkpoint_line(tmp_path, monkeypatch):
+    """RUN/checkpoints read-only (its temporary folder cannot be made): the documented "could not write
+    checkpoint ..., the previous checkpoint is intact", as for a write that fails inside it."""
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    make = Path.mkdir
+
+    def read_only(self: Path, *args, **kwargs) -> None:
+        if self.name.startswith(".tmp_step_"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        make(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(
+        UserError, match="could not write checkpoint .*step_00000003 .*previous checkpoint is intact"
+    ):
+        ckpt.save_checkpoint(tmp_path / "checkpoints", 3, model, optimizer, {"step": 3}, keep_last=2)

@@ -67,13 +67,13 @@ def save_checkpoint(
     keep_last: int,
 ) -> Path:
     """Write checkpoint `step` under `root` atomically; prune to the newest `keep_last` valid ones."""
-    root.mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)  # (a file in its place: the generic "move it away" line)
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp_step_{step:08d}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    try:  # from the temporary folder on, any failure is this checkpoint's (read-only folder, full disk)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_safetensors(state, tmp / "model.safetensors")
         fsync_file(tmp / "model.safetensors")

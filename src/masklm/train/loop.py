@@ -257,6 +257,18 @@ class Trainer:
 
     def _restore(self, path: Path) -> None:
         state = ckpt.load_checkpoint(path, unwrap(self.model), self.optimizer)  # every process
+        try:
+            self._restore_state(state)
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+            # trainer.pt matches its manifest but lacks what this version writes (other code wrote it)
+            raise UserError(
+                f"checkpoint {path} cannot be read (trainer.pt: {type(e).__name__} {' '.join(str(e).split())[:80]}); "
+                "delete it to use an older one"
+            ) from None
+        log(f"resumed from {path} at step {self.result.step} ({self.result.tokens:,} tokens)")
+
+    def _restore_state(self, state: dict[str, Any]) -> None:
+        """The step, tokens, time, logging window and random states a checkpoint's trainer.pt holds."""
         res = self.result
         res.step, res.tokens = int(state["step"]), int(state["tokens"])
         res.elapsed_s, res.skipped_steps = float(state["elapsed_s"]), int(state.get("skipped_steps", 0))
@@ -270,7 +282,6 @@ class Trainer:
             set_rng_state(state["rng"])
             if dist.world_size() > 1:  # another number of processes: fresh per-process streams
                 torch.manual_seed(_process_seed(self.cfg.seed, dist.rank(), res.step))
-        log(f"resumed from {path} at step {res.step} ({res.tokens:,} tokens)")
 
     def state(self) -> dict[str, Any]:
         """The trainer state a checkpoint saves (every process calls it: the RNG states are gathered)."""
