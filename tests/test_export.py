@@ -275,6 +275,20 @@ def test_overwriting_a_link_replaces_the_folder_it_links_to(tmp_path: Path, tok)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ex", "hf", "model"]
 
 
+def test_an_export_a_kill_left_half_replaced_is_put_back(tmp_path: Path, tok) -> None:
+    """A kill between --overwrite's two renames leaves no OUT, only `.OUT.old-PID`: the next export puts the old
+    folder back first, so without --overwrite it is refused as an existing folder, and with it replaced cleanly."""
+    model_dir = make_folder(tmp_path / "model", tok)
+    out = export_model(model_dir, tmp_path / "hf", "hf", check=False)
+    (out / "mine.txt").write_text("the previous export")
+    out.rename(tmp_path / ".hf.old-4242")  # where the kill left it
+    with pytest.raises(UserError, match="exists"):
+        export_model(model_dir, out, "hf", check=False)
+    assert (out / "mine.txt").read_text() == "the previous export"
+    export_model(model_dir, out, "hf", overwrite=True, check=False)
+    assert not (out / "mine.txt").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["hf", "model"]
+
+
 def test_model_card_from_run_folder(tmp_path: Path, tok) -> None:
     run = tmp_path / "run"
     make_folder(run / "model", tok)

@@ -698,6 +698,22 @@ def test_a_folder_input_follows_links_to_folders_and_reads_each_folder_once(tmp_
     assert meta["documents"] == 9
 
 
+def test_an_output_a_kill_left_half_replaced_is_put_back(tmp_path, tok, capsys):
+    """A kill between the two renames of --overwrite (the old folder moved aside, the new one not yet in place)
+    leaves no output, only `.OUT.old-PID`: the next prepare puts the old folder back first (and then refuses to
+    replace it without --overwrite, as for any existing output)."""
+    write_lines(tmp_path / "c.txt", make_docs(10))
+    out = tmp_path / "out"
+    meta = prepare([tmp_path / "c.txt"], out, cfg(), tokenizer=tok, progress=False)
+    out.rename(tmp_path / ".out.old-4242")  # where the kill left it
+    with pytest.raises(UserError, match="already exists"):
+        prepare([tmp_path / "c.txt"], out, cfg(), tokenizer=tok, progress=False)
+    assert json.loads((out / "meta.json").read_text())["created"] == meta["created"]
+    assert not list(tmp_path.glob(".out.old-*")) and "is back in place" in capsys.readouterr().err
+    prepare([tmp_path / "c.txt"], out, cfg(), tokenizer=tok, progress=False, overwrite=True)
+    assert not list(tmp_path.glob(".out.*"))  # nothing left beside it
+
+
 def test_prepare_takes_a_seq_len_above_the_default_models_positions(tmp_path):
     """prepare makes data: a 1024-token row is fine there (a rotary model reads it); pretrain checks positions."""
     from helpers import cli

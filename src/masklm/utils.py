@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -64,6 +66,36 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def replace_folder(new: Path, out: Path) -> None:
+    """Rename the complete folder `new` to `out`. An existing `out` is first moved aside to a hidden sibling
+    (`.OUT.old-PID`) and deleted only once `new` is in place; a kill between the two renames leaves no `out` but
+    that sibling, which `restore_replaced` puts back the next time."""
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        os.replace(out, old)
+    try:
+        os.replace(new, out)
+    except OSError:
+        if old.exists():
+            os.replace(old, out)
+        raise
+    fsync_dir(out.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def restore_replaced(out: Path) -> None:
+    """After a kill between the two renames of `replace_folder` (or a power loss there): `out` is missing and
+    its previous version waits in a hidden sibling; put the newest such sibling back, saying so."""
+    if out.exists() or out.is_symlink():
+        return
+    olds = sorted(Path(p) for p in glob.glob(str(out.parent / f".{glob.escape(out.name)}.old-*")))
+    olds = [p for p in olds if p.is_dir()]
+    if olds:
+        newest = max(olds, key=lambda p: p.stat().st_mtime)
+        os.replace(newest, out)
+        log(f"note: {out} was being replaced when a command stopped; its previous version is back in place")
 
 
 def log(*parts: object) -> None:

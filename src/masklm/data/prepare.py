@@ -44,7 +44,7 @@ from masklm.data.tokenizer import (
     vocab_size,
 )
 from masklm.errors import UserError
-from masklm.utils import refuse_path_through_file
+from masklm.utils import refuse_path_through_file, replace_folder, restore_replaced
 
 FORMAT = "masklm-packed"
 FORMAT_VERSION = 1
@@ -344,8 +344,10 @@ def _check_config(cfg: DataConfig) -> None:
 
 
 def _check_output(output: Path, inputs: Sequence[str | Path], overwrite: bool) -> None:
-    """Refuse outputs that are, or hold, an input; and existing outputs unless `overwrite`."""
+    """Refuse outputs that are, or hold, an input; and existing outputs unless `overwrite`. An output that a kill
+    left half-replaced (`restore_replaced`) is first put back as it was."""
     refuse_path_through_file(output)
+    restore_replaced(output)
     out = output.resolve()
     for item in inputs:
         path = Path(item).resolve()
@@ -374,13 +376,7 @@ def _sibling(output: Path, tag: str) -> Path:
 
 def _publish(staging: Path, output: Path) -> None:
     """Move the finished staging folder to `output`, replacing an old one only now that the new one is whole."""
-    if output.exists():
-        old = _sibling(output, "old")
-        os.replace(output, old)
-        os.replace(staging, output)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, output)
+    replace_folder(staging, output)
 
 
 # ----------------------------------------------------------------------------------------------------------------

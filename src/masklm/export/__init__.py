@@ -32,7 +32,7 @@ from masklm.model.electra import ElectraGenerator, ElectraPreTraining
 from masklm.model.hf import refuse_modern
 from masklm.model.io import load_model, resolve_model_dir
 from masklm.tasks import all_tasks
-from masklm.utils import fsync_dir, refuse_path_through_file
+from masklm.utils import fsync_dir, refuse_path_through_file, replace_folder, restore_replaced
 
 FORMATS = ("hf", "onnx")
 
@@ -64,6 +64,7 @@ def export_model(
     An ELECTRA model exports its discriminator (ElectraForPreTraining); with `generator`, its generator
     (ElectraForMaskedLM) instead."""
     out = Path(out)
+    restore_replaced(out.resolve() if out.is_symlink() else out)  # an export a kill left half-replaced
     folder = _check_request(Path(model_dir), out, fmt, overwrite)
     all_tasks()  # task modules may define heads of their own: importing them registers those heads
     model, tokenizer, info = load_model(folder)
@@ -106,7 +107,7 @@ def export_model(
         record = RunRecord.read(Path(model_dir), folder)
         write_text(tmp / "README.md", model_card(model, tokenizer, info, fmt, out.name, record))
         fsync_dir(tmp)
-        _replace_folder(tmp, target)
+        replace_folder(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -140,19 +141,3 @@ def _check_request(model_dir: Path, out: Path, fmt: str, overwrite: bool) -> Pat
     if fmt == "onnx":
         require_onnx()
     return folder
-
-
-def _replace_folder(tmp: Path, out: Path) -> None:
-    """Rename `tmp` to `out`; an existing `out` is moved aside first and removed only after the rename."""
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        out.rename(old)
-    try:
-        tmp.rename(out)
-    except OSError:
-        if old.exists():
-            old.rename(out)
-        raise
-    fsync_dir(out.parent)
-    if old.exists():
-        shutil.rmtree(old, ignore_errors=True)
