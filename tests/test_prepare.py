@@ -714,6 +714,27 @@ def test_an_output_a_kill_left_half_replaced_is_put_back(tmp_path, tok, capsys):
     assert not list(tmp_path.glob(".out.*"))  # nothing left beside it
 
 
+def test_an_output_that_appears_while_preparing_is_not_replaced(tmp_path, tok, monkeypatch):
+    """Two prepares to one new folder at once: the one that finishes second finds the folder there and refuses
+    (without --overwrite), leaving the first one's data as it was."""
+    from masklm.data import prepare as prepare_module
+
+    write_lines(tmp_path / "c.txt", make_docs(10))
+    out, other = tmp_path / "out", tmp_path / "other"
+    first = prepare([tmp_path / "c.txt"], other, cfg(), tokenizer=tok, progress=False)
+    pack = prepare_module._pack
+
+    def meanwhile(*args, **kwargs):  # the other command finishes while this one packs
+        other.rename(out)
+        return pack(*args, **kwargs)
+
+    monkeypatch.setattr(prepare_module, "_pack", meanwhile)
+    with pytest.raises(UserError, match="appeared while the data was prepared"):
+        prepare([tmp_path / "c.txt"], out, cfg(), tokenizer=tok, progress=False)
+    assert json.loads((out / "meta.json").read_text())["created"] == first["created"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt", "out"]
+
+
 def test_prepare_takes_a_seq_len_above_the_default_models_positions(tmp_path):
     """prepare makes data: a 1024-token row is fine there (a rotary model reads it); pretrain checks positions."""
     from helpers import cli

@@ -374,8 +374,15 @@ def _sibling(output: Path, tag: str) -> Path:
     return output.parent / f".{output.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
-def _publish(staging: Path, output: Path) -> None:
-    """Move the finished staging folder to `output`, replacing an old one only now that the new one is whole."""
+def _publish(staging: Path, output: Path, overwrite: bool) -> None:
+    """Move the finished staging folder to `output`, replacing an old one only now that the new one is whole; an
+    output that appeared while this one was prepared (another command writing the same folder) is refused
+    unless `overwrite`, as it would have been at the start."""
+    if not overwrite and (output.exists() or output.is_symlink()):
+        raise UserError(
+            f"the output folder {output} appeared while the data was prepared (another command writing to it?); "
+            "nothing was replaced: pass --overwrite to replace it or choose another folder"
+        )
     replace_folder(staging, output)
 
 
@@ -514,7 +521,7 @@ def prepare(
                 "by": "segments" if by_segments else "files",
             }
         _save_meta(staging, meta)
-        _publish(staging, output)
+        _publish(staging, output, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
