@@ -37,10 +37,10 @@ class PackedDataset:
         self.split = split
         self.meta: dict[str, Any] = merged_meta([find_parts(d) for d in dirs], split)
         self.tokenizer_path: Path = self.meta["tokenizer_path"]
-        self.tokenizer_hash: str | None = self.meta.get(
-            "tokenizer_hash"
-        )  # of the tokenizer that wrote the ids
+        # the hash of the tokenizer that wrote the ids
+        self.tokenizer_hash: str | None = self.meta.get("tokenizer_hash")
         self.seq_len: int = int(self.meta["seq_len"])
+        self.starts_width = (self.seq_len + 7) // 8  # bytes of a row's packed word-start flags
         self._index_shards()
 
     def _index_shards(self) -> None:
@@ -49,14 +49,10 @@ class PackedDataset:
             (Path(s["ids"]), Path(s["word_starts"]), int(s["sequences"]))
             for s in self.meta["splits"][self.split]["shards"]
         ]
-        width = {0: self.seq_len, 1: (self.seq_len + 7) // 8}  # ids, packed word starts
-        for (
-            ids_path,
-            starts_path,
-            rows,
-        ) in self._shards:  # a missing or cut shard: an error now, not mid-training
-            for k, path in enumerate((ids_path, starts_path)):
-                _check_header(path, (rows, width[k]))
+        # a missing or cut shard: an error now, not mid-training
+        for ids_path, starts_path, rows in self._shards:
+            _check_header(ids_path, (rows, self.seq_len))
+            _check_header(starts_path, (rows, self.starts_width))
         self._ids: list[np.ndarray | None] = [None] * len(self._shards)
         self._starts: list[np.ndarray | None] = [None] * len(self._shards)
         sizes = [rows for _, _, rows in self._shards]
@@ -75,7 +71,7 @@ class PackedDataset:
             ids, starts = _open(ids_path), _open(starts_path)
             for path, array, width in (
                 (ids_path, ids, self.seq_len),
-                (starts_path, starts, (self.seq_len + 7) // 8),
+                (starts_path, starts, self.starts_width),
             ):
                 if array.shape != (rows, width):
                     raise UserError(f"{path} does not match meta.json; run masklm prepare again")
@@ -106,7 +102,7 @@ class PackedDataset:
         if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
             raise IndexError(f"indices must be in [0, {len(self)}), got {indices.min()}..{indices.max()}")
         ids = np.empty((len(indices), self.seq_len), dtype=np.int64)
-        packed = np.empty((len(indices), (self.seq_len + 7) // 8), dtype=np.uint8)
+        packed = np.empty((len(indices), self.starts_width), dtype=np.uint8)
         shard_of = np.searchsorted(self._offsets, indices, side="right") - 1
         for shard in np.unique(shard_of):
             here = shard_of == shard

@@ -64,7 +64,9 @@ def export_model(
     An ELECTRA model exports its discriminator (ElectraForPreTraining); with `generator`, its generator
     (ElectraForMaskedLM) instead."""
     out = Path(out)
-    restore_replaced(out.resolve() if out.is_symlink() else out)  # an export a kill left half-replaced
+    # a link to an export stays a link: the folder it links to is the one replaced, with nothing left beside it
+    target = out.resolve() if out.is_symlink() else out
+    restore_replaced(target)  # an export a kill left half-replaced
     folder = _check_request(Path(model_dir), out, fmt, overwrite)
     all_tasks()  # task modules may define heads of their own: importing them registers those heads
     model, tokenizer, info = load_model(folder)
@@ -89,8 +91,6 @@ def export_model(
             raise UserError(obstacle)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    # a link to an export stays a link: the folder it links to is the one replaced, with nothing left beside it
-    target = out.resolve() if out.is_symlink() else out
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
