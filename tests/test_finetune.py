@@ -823,3 +823,16 @@ def test_a_first_best_model_cut_while_written_is_not_taken(tmp_path):
     (run_dir / ".model.tmp").mkdir(parents=True)
     assert ft.BestModel(run_dir, None, None, None, "accuracy", False, 10, resume=True).best is None
     assert not (run_dir / "model").exists()
+
+
+def test_what_a_kill_left_beside_the_best_model_is_deleted_on_resume(tmp_path):
+    """RUN/model in place and a .model.old / .model.tmp beside it (a kill after the swap, before its last
+    deletion, or while the next best was written): a resumed run keeps RUN/model and deletes the leftovers."""
+    run_dir = tmp_path / "run"
+    for name, value in (("model", 0.75), (".model.old", 0.5), (".model.tmp", 0.9)):
+        (run_dir / name).mkdir(parents=True)
+        best = {"metric": "accuracy", "value": value, "step": 4}
+        (run_dir / name / "config.json").write_text(json.dumps({"best": best}))
+    best = ft.BestModel(run_dir, None, None, None, "accuracy", False, 10, resume=True).best
+    assert best is not None and best["value"] == 0.75
+    assert sorted(p.name for p in run_dir.iterdir()) == ["model"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import cli, prepare_tiny, read_metrics, write_walk_corpus
+from helpers import cli, file_snapshot, prepare_tiny, read_metrics, write_walk_corpus
 
 from masklm.config import Config, FinetuneConfig, apply_dict
 from masklm.errors import UserError
@@ -239,3 +239,77 @@ def test_a_config_yaml_without_settings_is_damaged_not_the_defaults(prepared, tm
     err = capsys.readouterr().err
     assert f"{out / 'config.yaml'} holds no settings" in err and "damaged" in err and err.count("\n") == 1
     assert (out / "config.yaml").read_text() == text
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One process per run folder
+
+
+class OtherProcess:
+    """A second process holding `folder` as a training masklm process does (an exclusive flock on the folder)
+    until stopped; `held` says whether it got the hold."""
+
+    def __init__(self, folder: Path) -> None:
+        import subprocess
+
+        code = (
+            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+            "try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+            "except BlockingIOError: print('busy', flush=True)\n"
+            "else: print('held', flush=True)\n"
+            "sys.stdin.read()"
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code, str(folder)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.held = self.proc.stdout.readline().strip() == "held"
+
+    def stop(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock is POSIX")
+@pytest.mark.parametrize("how", ["resume", "overwrite", "new"])
+def test_a_run_folder_in_use_by_another_process_is_refused(prepared, tmp_path, capsys, how):
+    """A second --resume of a run still training, an --overwrite of it, or two new runs started on one --output
+    at once (the other made the folder first): one line, exit 2, and the other run's files untouched."""
+    run = tmp_path / "run"
+    if how == "new":
+        run.mkdir()  # made by the other process, which has written nothing yet
+    else:
+        assert pretrain(prepared, run) == 0
+    before = file_snapshot(run)
+    other = OtherProcess(run)
+    flag = {"resume": ["--resume", "--max-steps", 12], "overwrite": ["--overwrite"], "new": []}[how]
+    try:
+        assert other.held
+        assert pretrain(prepared, run, *flag) == 2
+    finally:
+        other.stop()
+    err = capsys.readouterr().err
+    assert f"{run} is in use: another masklm process is training in it" in err
+    assert "Traceback" not in err
+    assert file_snapshot(run) == before
+    # once the other process has ended, the same command runs
+    assert pretrain(prepared, run, *flag) == 0
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock is POSIX")
+def test_a_run_holds_its_folder_only_while_it_runs(prepared, tmp_path):
+    """The hold ends with the run (a later --resume from another process is not refused), and a run that
+    starts deletes what a killed `pretrain --input --overwrite` had staged beside it."""
+    from masklm.train import run as run_module
+
+    run = tmp_path / "run"
+    staged = run_module.new_data_dir(run)
+    (staged / "train").mkdir(parents=True)
+    assert pretrain(prepared, run) == 0
+    assert not staged.exists()
+    assert str(run.resolve()) not in run_module._HELD
+    other = OtherProcess(run)
+    other.stop()
+    assert other.held

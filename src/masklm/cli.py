@@ -475,7 +475,13 @@ def _prepare_into_run(args: argparse.Namespace, cfg: Config, run_dir: Path, data
     """pretrain --input: check (or clear) the run folder, then prepare the text into RUN/data on rank 0."""
     from masklm import dist
     from masklm.data.prepare import prepare
-    from masklm.train.run import check_run_dir, holds_more_than_its_data, prepare_run_dir
+    from masklm.train.run import (
+        check_run_dir,
+        hold_run_dir,
+        holds_more_than_its_data,
+        new_data_dir,
+        prepare_run_dir,
+    )
 
     dist.init(cfg.dist.backend, cfg.train.device)  # under torchrun: rank 0 prepares, the others wait
     inputs = [("--input", path) for path in args.input]
@@ -487,8 +493,10 @@ def _prepare_into_run(args: argparse.Namespace, cfg: Config, run_dir: Path, data
     # --overwrite of a run: the new text is prepared beside it, and the old run deleted only once that worked (a
     # text that cannot be prepared leaves the old run as it was)
     replacing = args.overwrite and not args.resume and not made and holds_more_than_its_data(run_dir)
-    target = run_dir.parent / f".{run_dir.name}.new-data" if replacing else data_dir
-    if not replacing:
+    target = new_data_dir(run_dir) if replacing else data_dir
+    if replacing:  # held while the new text is prepared: a run still training in it is refused first
+        dist.on_rank0(lambda: hold_run_dir(run_dir), "holding the run folder")
+    else:
         prepare_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite, inputs=inputs)
 
     def prepare_data() -> None:

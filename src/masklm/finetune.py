@@ -371,12 +371,14 @@ def _best_paths(run_dir: Path) -> tuple[Path, Path, Path]:
 
 def finish_best_swap(run_dir: Path) -> None:
     """Complete a `_save_best` that a kill cut between its two renames: RUN/model missing, the previous best in
-    .model.old and the new one, complete (written before the first rename), in .model.tmp."""
+    .model.old and the new one, complete (written before the first rename), in .model.tmp. With RUN/model in
+    place, what a kill left of the other two (a save cut while writing, or before its last deletion) goes."""
     final, tmp, old = _best_paths(run_dir)
-    if final.exists() or not old.is_dir():
-        return  # nothing cut, or the first save of the run cut while writing (.model.tmp incomplete)
-    (tmp if tmp.is_dir() else old).rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    if not final.exists() and old.is_dir():
+        (tmp if tmp.is_dir() else old).rename(final)
+    if final.exists():
+        for leftover in (tmp, old):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _save_best(model: nn.Module, run_dir: Path, tok: Any, info: ModelInfo, best: dict[str, Any]) -> None:

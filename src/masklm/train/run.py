@@ -146,16 +146,76 @@ def holds_more_than_its_data(run_dir: Path) -> bool:
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, inputs: Inputs = ()) -> None:
-    """Refuse an existing run folder unless resuming or overwriting (`check_run_dir`), delete it when
-    overwriting (rank 0, once every process has looked), then make it."""
+    """Refuse an existing run folder unless resuming or overwriting (`check_run_dir`), then, on rank 0 once every
+    process has looked: make it and hold it (`hold_run_dir`), look again under the hold, and replace it when
+    overwriting."""
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume, overwrite, inputs=inputs)
-    if overwrite and not resume and run_dir.exists() and holds_more_than_its_data(run_dir):
-        dist.barrier()  # every process has looked before rank 0 deletes
-        if dist.rank() == 0:
+    dist.barrier()  # every process has looked before rank 0 deletes
+
+    def claim() -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        hold_run_dir(run_dir)
+        # what another process did between the first look and the hold (made the folder and trained in it)
+        check_run_dir(run_dir, resume, overwrite, inputs=inputs)
+        if overwrite and not resume and holds_more_than_its_data(run_dir):
             shutil.rmtree(run_dir)
-    dist.barrier()
+            run_dir.mkdir()
+            hold_run_dir(run_dir)
+
+    dist.on_rank0(claim, "making the run folder")
     run_dir.mkdir(parents=True, exist_ok=True)
+
+
+# The run folders this process holds: resolved path -> (open descriptor of the folder, its inode). The kernel
+# drops a hold when the descriptor closes, which it does when the process ends, however it ends (kill -9 too).
+_HELD: dict[str, tuple[int, int]] = {}
+
+
+def hold_run_dir(run_dir: Path) -> None:
+    """Hold `run_dir` (an exclusive flock on the folder itself) for the rest of this process, so that a second
+    masklm process training into it (a second --resume, two new runs started at once, an --overwrite of a run
+    still training) is refused instead of writing over it. Idempotent; where the file system has no flock (some
+    network mounts), runs go on unheld. Also deletes the data a killed `pretrain --input --overwrite` left staged
+    beside the folder (`new_data_dir`), which no process holding the folder can still be writing."""
+    try:
+        import fcntl
+    except ImportError:  # not on POSIX: no holds
+        return
+    key = str(run_dir.resolve())
+    inode = run_dir.stat().st_ino
+    if key in _HELD:
+        fd, held_inode = _HELD[key]
+        if held_inode == inode:
+            return
+        os.close(fd)  # the folder was replaced (--overwrite): the hold moves to the new one
+        del _HELD[key]
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UserError(
+            f"{run_dir} is in use: another masklm process is training in it; wait for that run to end (or stop "
+            "it; --resume continues it later), or choose another --output"
+        ) from None
+    except OSError:  # no flock on this file system
+        os.close(fd)
+        return
+    _HELD[key] = (fd, inode)
+    shutil.rmtree(new_data_dir(run_dir), ignore_errors=True)
+
+
+def release_run_dir(run_dir: Path) -> None:
+    """Drop this process's hold on `run_dir` (a run that ended; others may resume it now)."""
+    held = _HELD.pop(str(Path(run_dir).resolve()), None)
+    if held is not None:
+        os.close(held[0])
+
+
+def new_data_dir(run_dir: Path) -> Path:
+    """Where `pretrain --input --overwrite` prepares the new text, beside the run it replaces."""
+    return run_dir.parent / f".{run_dir.name}.new-data"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -390,6 +450,7 @@ class Run:
 
     def stopped(self, result: FitResult) -> dict[str, Any]:
         """A run stopped by a signal (its checkpoint written): shut down; what the command returns."""
+        release_run_dir(self.run_dir)
         dist.shutdown()
         return {"stopped": True, "step": result.step}
 
@@ -397,6 +458,7 @@ class Run:
         """Rank 0: summary.json and curves.png; then leave the process group. Returns `summary`."""
         if dist.rank() == 0:
             write_run_results(self.run_dir, summary)
+        release_run_dir(self.run_dir)
         dist.shutdown()
         return summary
 
