@@ -230,3 +230,20 @@ def test_a_path_through_a_file_met_late_is_one_line(monkeypatch, capsys):
         "folder where it writes a file: move it away and run the command again (a training run continues from its "
         "last checkpoint with --resume)"
     ]
+
+
+def test_version_and_an_option_without_a_command(capsys):
+    """`masklm --version` names the installed version; an option with no command is one line and exit 2 (it
+    printed the help and exited 0, so a script's typo passed)."""
+    import masklm
+
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"masklm {masklm.__version__}"
+    assert cli.main(["--verbose"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("error: unrecognized arguments: --verbose; name a command first")
+        and err.count("\n") == 1
+    )

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import masklm
 from masklm.config import Config, FinetuneConfig, Setting, check_device, section_settings, sections
 from masklm.demo import DEMO_RUN, DEMO_SENTENCES, demo_corpus
 from masklm.errors import UserError
@@ -993,6 +994,7 @@ COMMANDS: dict[str, Command] = {
 def build_parser() -> argparse.ArgumentParser:
     """`masklm` and one subparser per entry of COMMANDS, with its flags and its settings."""
     parser = _Parser(prog="masklm", description="Masked-language-model pretraining and fine-tuning.")
+    parser.add_argument("--version", action="version", version=f"masklm {masklm.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, command in COMMANDS.items():
         p = sub.add_parser(
@@ -1013,6 +1015,10 @@ def run(argv: list[str]) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command is None:
+        if rest:  # `masklm --verbose`: no command to hand it to
+            raise UserError(
+                f"unrecognized arguments: {' '.join(rest)}; name a command first (see `masklm --help`)"
+            )
         parser.print_help()
         return 0
     command = COMMANDS[args.command]
