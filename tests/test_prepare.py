@@ -569,7 +569,7 @@ def _bad_inputs(tmp_path: Path, case: str) -> list[Path]:
 
 BAD_INPUTS = {
     "missing": r"nope\.txt does not exist",
-    "no-files": r"no readable input files .*\.txt, \.jsonl, \.csv .*\.parquet or \.arrow",
+    "no-files": r"no readable input files .*\.txt, \.jsonl, \.csv, \.tsv .*\.parquet or \.arrow",
     "empty": r"no text",
     "empty-given-tokenizer": r"no text",
     "binary": r"data\.bin is not UTF-8 text",
@@ -742,3 +742,48 @@ def test_prepare_takes_a_seq_len_above_the_default_models_positions(tmp_path):
     write_lines(tmp_path / "c.txt", make_docs(20))
     assert cli("prepare", "--input", tmp_path / "c.txt", "--output", tmp_path / "out", "--seq-len", 1024) == 0
     assert json.loads((tmp_path / "out" / "meta.json").read_text())["seq_len"] == 1024
+
+
+def test_tsv_ndjson_and_json_arrays(tmp_path, tok, capsys):
+    """.tsv (tab-separated, quotes ordinary characters), .ndjson (as .jsonl) and a named .json array (of
+    objects or of strings) are read as records: before, each was one plain-text document of its raw bytes,
+    --text-field ignored. In a folder a .json file is skipped (metadata, such as a datasets folder's
+    state.json); a named file of an unknown kind is read as text with a note saying so."""
+    docs = ['first "quoted" words', "second row", "third one", "fourth", "fifth, with a comma"]
+    (tmp_path / "a.tsv").write_text("id\tbody\n" + "".join(f"{i}\t{d}\n" for i, d in enumerate(docs[:2])))
+    (tmp_path / "b.ndjson").write_text(json.dumps({"body": docs[2]}) + "\n")
+    (tmp_path / "c.json").write_text(json.dumps([{"body": docs[3]}, {"body": None}]))
+    (tmp_path / "d.json").write_text(json.dumps([docs[4]]))
+    names = ["a.tsv", "b.ndjson", "c.json", "d.json"]
+    meta = prepare(
+        [tmp_path / n for n in names], tmp_path / "out", cfg(text_field="body"), tokenizer=tok, progress=False
+    )
+    assert stored(tmp_path / "out") == truth(tok, docs)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "state.json").write_text(json.dumps({"_fingerprint": "x"}))
+    (folder / "a.txt").write_text("kept")
+    (tmp_path / "notes.md").write_text("named, read as text")
+    meta = prepare([folder, tmp_path / "notes.md"], tmp_path / "out2", cfg(), tokenizer=tok, progress=False)
+    assert [Path(s["path"]).name for s in meta["sources"]] == ["a.txt", "notes.md"]
+    assert "notes.md: not a known extension" in capsys.readouterr().err
+
+
+def test_a_csv_row_with_more_fields_than_the_header_is_refused(tmp_path, tok):
+    """An unquoted comma in the text made a row one field longer, and the text was cut at the comma without a
+    word; a row with fewer fields (missing cells) is still an empty document."""
+    (tmp_path / "a.csv").write_text("id,text\n1,first words\n2,cut here, and the rest\n")
+    with pytest.raises(UserError, match=r"a.csv:3: has 3 fields, the header has 2; quote fields"):
+        prepare([tmp_path / "a.csv"], tmp_path / "out", cfg(), tokenizer=tok, progress=False)
+    (tmp_path / "b.tsv").write_text("id\ttext\n1\tfirst\twords\n")
+    with pytest.raises(UserError, match=r"b.tsv:2: has 3 fields, the header has 2; remove tabs"):
+        prepare([tmp_path / "b.tsv"], tmp_path / "out", cfg(), tokenizer=tok, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_vocabulary_smaller_than_asked_is_noted(tmp_path, capsys):
+    (tmp_path / "a.txt").write_text("alpha bravo charlie " * 50)
+    prepare([tmp_path / "a.txt"], tmp_path / "out", cfg(vocab_size=500), progress=False)
+    size = Tokenizer.from_file(str(tmp_path / "out" / "tokenizer.json")).get_vocab_size()
+    assert size < 500
+    assert f"only {size} distinct tokens for --vocab-size 500" in capsys.readouterr().err

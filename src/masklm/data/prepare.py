@@ -44,7 +44,7 @@ from masklm.data.tokenizer import (
     vocab_size,
 )
 from masklm.errors import UserError
-from masklm.utils import refuse_path_through_file, replace_folder, restore_replaced
+from masklm.utils import log, refuse_path_through_file, replace_folder, restore_replaced
 
 FORMAT = "masklm-packed"
 FORMAT_VERSION = 1
@@ -108,6 +108,11 @@ def _get_tokenizer(
     tok = train_tokenizer(documents, vocab_size=cfg.vocab_size, lowercase=cfg.lowercase)
     if not documents.has_text:
         raise UserError(_empty_corpus_message(files, cfg))
+    if tok.get_vocab_size() < cfg.vocab_size:
+        log(
+            f"note: the text holds only {tok.get_vocab_size()} distinct tokens for --vocab-size {cfg.vocab_size}: the "
+            "tokenizer has that many (more text, or a smaller --vocab-size, makes the two agree)"
+        )
     return tok
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bz2
 import csv
+import functools
 import glob
 import gzip
 import hashlib
@@ -35,7 +36,14 @@ from masklm.config import DataConfig
 from masklm.errors import UserError
 from masklm.utils import log
 
-TEXT_KINDS = {".txt": "txt", ".jsonl": "jsonl", ".csv": "csv"}
+TEXT_KINDS = {
+    ".txt": "txt",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".tsv": "tsv",
+}
 TABLE_KINDS = {".parquet": "parquet", ".arrow": "arrow"}
 COMPRESSIONS = {".gz": "gz", ".zst": "zst", ".zstd": "zst", ".bz2": "bz2", ".xz": "xz"}
 NEEDS = {"parquet": "pyarrow", "arrow": "pyarrow", "zst": "zstandard"}  # kind or compression → module
@@ -53,7 +61,7 @@ csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # one CSV cell may hold a who
 @dataclass(frozen=True)
 class InputFile:
     path: Path
-    kind: str  # "txt", "jsonl", "csv", "parquet" or "arrow"
+    kind: str  # "txt", "jsonl", "json", "csv", "tsv", "parquet" or "arrow"
     compression: str | None = None  # "gz", "zst", "bz2", "xz" or None (text kinds only)
 
     @property
@@ -124,11 +132,14 @@ def _found(path: Path, named: bool) -> list[InputFile]:
     """The input files at `path`: a folder's known files, or the file itself (read as text if its kind is unknown)."""
     if path.is_dir():
         kinds = [(p, *file_kind(p)) for p in _walk(path)]
-        return [InputFile(p, kind, comp) for p, kind, comp in kinds if kind is not None]
+        # .json only when named: in a folder it is more often metadata (a datasets folder's state.json)
+        return [InputFile(p, kind, comp) for p, kind, comp in kinds if kind not in (None, "json")]
     if path.is_file():
         kind, comp = file_kind(path)
         if kind is None and not named:
             return []
+        if kind is None:
+            log(f"note: {path}: not a known extension ({', '.join(TEXT_KINDS)}); read as plain text")
         return [
             InputFile(path, kind or "txt", comp)
         ]  # a file named explicitly is read as text whatever its name
@@ -151,7 +162,7 @@ def find_input_files(inputs: Sequence[str | Path]) -> list[InputFile]:
     if not files:
         names = ", ".join(str(i) for i in inputs)
         raise UserError(
-            f"no readable input files in {names}; expected .txt, .jsonl, .csv (optionally .gz, .zst, .bz2, .xz), "
+            f"no readable input files in {names}; expected .txt, .jsonl, .csv, .tsv (optionally .gz, .zst, .bz2, .xz), "
             ".parquet or .arrow files"
         )
     check_modules(files)
@@ -308,7 +319,6 @@ def _clean(value: str) -> str:
 
 
 def _jsonl_documents(text: io.TextIOBase, path: Path, cfg: DataConfig) -> Iterator[str]:
-    field = cfg.text_field
     where = parse_where(cfg.where)
     for lineno, line in enumerate(_lines(text, path), start=1):
         if not line.strip():
@@ -320,30 +330,74 @@ def _jsonl_documents(text: io.TextIOBase, path: Path, cfg: DataConfig) -> Iterat
                 f"{path}:{lineno}: invalid JSON ({e.msg}); each line of a .jsonl file must be one JSON object"
             ) from None
         if not isinstance(record, dict):
-            raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-        if where is not None:
-            if where[0] not in record:
-                raise UserError(f"{path}:{lineno}: no field {where[0]!r} for --data.where; fix the filter")
-            if str(record[where[0]]) != where[1]:
-                continue
-        if field not in record:
-            fields = ", ".join(list(record)[:20]) or "none"
             raise UserError(
-                f"{path}:{lineno}: no field {field!r} (fields: {fields}); set --data.text_field (--text-field) to the text field"
+                f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}; write one object per line"
             )
-        value = record[field]
-        if value is None:
-            value = ""
-        if not isinstance(value, str):
-            raise UserError(
-                f"{path}:{lineno}: field {field!r} holds {type(value).__name__}, not text; "
-                "set --data.text_field (--text-field) to a text field"
-            )
-        yield _clean(value)
+        value = _record_text(record, f"{path}:{lineno}", cfg.text_field, where)
+        if value is not None:
+            yield value
 
 
-def _csv_documents(text: io.TextIOBase, path: Path, cfg: DataConfig) -> Iterator[str]:
-    reader = csv.reader(_lines(text, path))
+def _json_documents(text: io.TextIOBase, path: Path, cfg: DataConfig) -> Iterator[str]:
+    """A .json file: one array of objects (the text in data.text_field) or of strings."""
+    body = text.read()
+    if "\x00" in body:
+        raise binary_error(path)
+    try:
+        records = json.loads(body) if body.strip() else []
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}: invalid JSON ({e.msg}); fix the file") from None
+    if not isinstance(records, list):
+        raise UserError(
+            f"{path}: holds a JSON {type(records).__name__}, and a .json input must be an array of objects (or of "
+            "strings); write one object per line as .jsonl for anything else"
+        )
+    where = parse_where(cfg.where)
+    for n, record in enumerate(records):
+        if isinstance(record, str) and where is None:
+            yield _clean(record)
+            continue
+        if not isinstance(record, dict):
+            raise UserError(
+                f"{path}: item {n} of the array is {type(record).__name__}; write an array of objects (or of "
+                "strings, without --data.where)"
+            )
+        value = _record_text(record, f"{path} (item {n})", cfg.text_field, where)
+        if value is not None:
+            yield value
+
+
+def _record_text(record: dict[str, Any], at: str, field: str, where: tuple[str, str] | None) -> str | None:
+    """The text of one JSON record (null: empty); None when --data.where leaves the record out."""
+    if where is not None:
+        if where[0] not in record:
+            raise UserError(f"{at}: no field {where[0]!r} for --data.where; fix the filter")
+        if str(record[where[0]]) != where[1]:
+            return None
+    if field not in record:
+        fields = ", ".join(list(record)[:20]) or "none"
+        raise UserError(
+            f"{at}: no field {field!r} (fields: {fields}); set --data.text_field (--text-field) to the text field"
+        )
+    value = record[field]
+    if value is None:
+        value = ""
+    if not isinstance(value, str):
+        raise UserError(
+            f"{at}: field {field!r} holds {type(value).__name__}, not text; "
+            "set --data.text_field (--text-field) to a text field"
+        )
+    return _clean(value)
+
+
+def _csv_documents(text: io.TextIOBase, path: Path, cfg: DataConfig, tsv: bool = False) -> Iterator[str]:
+    """A .csv file (RFC 4180 quoting), or with `tsv` a .tsv file, read as fine-tuning reads one: tab-separated,
+    quotes ordinary characters (GLUE's layout). The first row is the header; a row with more fields is refused."""
+    reader = (
+        csv.reader(_lines(text, path), delimiter="\t", quoting=csv.QUOTE_NONE)
+        if tsv
+        else csv.reader(_lines(text, path))
+    )
     try:
         header = next(reader, None)
         if header is None:
@@ -361,9 +415,16 @@ def _csv_documents(text: io.TextIOBase, path: Path, cfg: DataConfig) -> Iterator
             )
         keep_col = header.index(where[0]) if where is not None else -1
         for row in reader:
-            if not row or (where is not None and (row[keep_col] if keep_col < len(row) else "") != where[1]):
+            if not row:
                 continue
-            yield row[column] if column < len(row) else ""
+            if len(row) > len(header):  # a comma inside an unquoted field would cut the text short, silently
+                fix = "remove tabs inside fields" if tsv else "quote fields that contain commas"
+                raise UserError(
+                    f"{path}:{reader.line_num}: has {len(row)} fields, the header has {len(header)}; {fix}"
+                )
+            # a short row's missing cells are empty (an empty text is a skipped document)
+            if where is None or (row[keep_col] if keep_col < len(row) else "") == where[1]:
+                yield row[column] if column < len(row) else ""
     except csv.Error as e:
         raise UserError(f"{path}:{reader.line_num}: malformed CSV ({e}); fix the file") from None
 
@@ -381,7 +442,9 @@ def parse_where(where: str | None) -> tuple[str, str] | None:
 TEXT_READERS: dict[str, Callable[[io.TextIOBase, Path, DataConfig], Iterator[str]]] = {
     "txt": _txt_documents,
     "jsonl": _jsonl_documents,
+    "json": _json_documents,
     "csv": _csv_documents,
+    "tsv": functools.partial(_csv_documents, tsv=True),
 }
 
 
