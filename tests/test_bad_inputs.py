@@ -9,6 +9,7 @@ ones either). docs/failures.md lists every case of CASES (tests/test_bad_inputs.
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
 import shutil
@@ -112,6 +113,13 @@ def ws(tmp_path_factory) -> Path:
     write_csv(f / "corpus_body.csv", [{"body": s} for s in sentences(WALK_WORDS, 4, 12)])
     (f / "predictions.jsonl").write_text('{"label": "a"}\n')
     (f / "long.txt").write_text(" ".join(["alpha"] * 300) + " [MASK]")
+    (f / "corpus_ragged.csv").write_text("id,text\n1,alpha bravo, charlie delta\n2,echo\n")
+    (f / "corpus_object.json").write_text('{"text": "alpha bravo"}\n')
+    (f / "ner_train.txt.gz").write_bytes(gzip.compress(conll(24, 6).encode()))
+    write_csv(
+        f / "cls_headerless.csv",
+        [{"alpha bravo charlie delta": r["text"], "0": r["label"]} for r in cls_rows(6, 13)],
+    )
 
     ok("finetune", "--task", "classification", "--model", ws / "run", "--train", f / "cls_train.csv",
        "--validation", f / "cls_val.csv", "--output", ws / "ft", "--train.epochs", "1", "--train.batch_size", "16",
@@ -179,6 +187,10 @@ CASES: list[tuple[str, list[str], str]] = [
     ("prepare-missing-column", ["prepare", "--input", f"{F}/corpus_body.csv", "--output", "{ws}/p"], "no column 'text'"),
     ("prepare-where-matches-nothing",
      ["prepare", "--input", f"{F}/cls_train.csv", "--output", "{ws}/p", "--data.where", "label=zulu"], "has --data.where"),
+    ("prepare-csv-row-with-an-unquoted-comma",
+     ["prepare", "--input", f"{F}/corpus_ragged.csv", "--output", "{ws}/p"], "has 3 fields, the header has 2"),
+    ("prepare-json-not-an-array",
+     ["prepare", "--input", f"{F}/corpus_object.json", "--output", "{ws}/p"], "must be an array"),
     ("prepare-where-on-plain-text",
      ["prepare", "--input", "{ws}/corpus", "--output", "{ws}/p", "--data.where", "source=x"], "plain text has no fields"),
     ("prepare-existing-output", ["prepare", "--input", "{ws}/corpus", "--output", "{ws}/data"], "already exists"),
@@ -338,6 +350,11 @@ CASES: list[tuple[str, list[str], str]] = [
     ("predict-existing-output",
      ["predict", "--model", "{ws}/ft", "--data", f"{F}/no_label.csv", "--output", f"{F}/predictions.jsonl"],
      "already exists"),
+    ("finetune-compressed-file",
+     ["finetune", "--task", "token-classification", "--model", "{ws}/run", "--train", f"{F}/ner_train.txt.gz",
+      "--validation", f"{F}/ner_val.txt", *FT_NEW], "decompress it first"),
+    ("finetune-file-without-a-header-row",
+     [*CLS[:-1], f"{F}/cls_headerless.csv", "--validation", f"{F}/cls_val.csv", *FT_NEW], "no header row"),
     ("predict-output-under-a-file",
      ["predict", "--model", "{ws}/ft", "--data", f"{F}/no_label.csv", "--output", f"{F}/empty.txt/p.jsonl"],
      "is a file"),

@@ -927,3 +927,62 @@ def test_length_bucketed_batches():
     flat = [lengths[i] for b in ordered for i in b]
     assert flat == sorted(lengths, reverse=True) and len(ordered) == 126
     _raises("batch_size must be at least 1", length_bucketed_batches, lengths, 0, 0)
+
+
+def test_one_number_spelled_two_ways_in_one_file_is_one_label(tmp_path):
+    """Two exports concatenated ("1" in some rows, "1.0" in others) trained four classes, half the positives
+    apart; one label per number now, in its shortest spelling. A JSON NaN (pandas' missing value) is no label."""
+    assert build_label_map(["0", "1", "0.0", "1.0", "1"]) == ["0", "1"]
+    assert build_label_map(["1.0", "1.00", "2.5"]) == ["1.0", "2.5"]
+    rows = [{"text": "a", "label": "1.0"}, {"text": "b", "label": "0"}, {"text": "c", "label": "1"}]
+    assert [e["label"] for e in encode_labels(rows, build_label_map(r["label"] for r in rows), "t.csv")] == [
+        1,
+        0,
+        1,
+    ]
+    path = tmp_path / "nan.jsonl"
+    path.write_text('{"text": "a", "label": NaN}\n{"text": null, "label": 1}\n', encoding="utf-8")
+    a, b = read_classification(path)
+    assert a["label"] is None and b["text"] == ""  # a null text is an empty one, as an empty CSV cell is
+
+
+def test_scores_read_as_classes_are_pointed_to_regression(tmp_path, capsys):
+    """Labels that are all numbers, some with fractions, look like a regression target: a note at the start,
+    and the hint in the unknown-label refusal."""
+    from masklm.tasks.classification import class_labels
+
+    train = [{"text": "a", "label": v} for v in ("0.5", "1.25", "3.0", "4.75")]
+    assert class_labels(train, "train.csv") == ["0.5", "1.25", "3.0", "4.75"]
+    assert "if they are scores, pass --data.regression true" in capsys.readouterr().err
+    _raises("if the labels are scores, pass --data.regression true", encode_labels,
+            [{"text": "a", "label": "2.2"}], ["0.5", "1.25", "3.0", "4.75"], "dev.csv")  # fmt: skip
+    class_labels([{"text": "a", "label": v} for v in ("1", "2", "3")], "stars.csv")
+    assert "scores" not in capsys.readouterr().err
+
+
+def test_conll_with_old_mac_line_ends_reads_as_with_line_feeds(tmp_path):
+    """A file with lone CR line ends was one line: one sentence of one token, and predict wrote 1 prediction."""
+    text = "-DOCSTART- O\n\nEU B-ORG\nrejects O\n\nPeter B-PER\nsaid O\n"
+    lf, cr = tmp_path / "lf.txt", tmp_path / "cr.txt"
+    lf.write_text(text, encoding="utf-8")
+    cr.write_bytes(text.replace("\n", "\r").encode())
+    assert read_conll(cr) == read_conll(lf) and len(read_conll(lf)) == 2
+
+
+def test_squad_for_prediction_ignores_its_answers(tmp_path):
+    """predict reads questions and contexts only: an answer_start that does not point at its answer (or a
+    malformed answers field) was refused, though predictions never read them; training still refuses it.
+    An answer_start written as 23.0 (pandas) is the offset 23."""
+    rows = [
+        {"id": "a", "question": "Who won?", "context": CONTEXT, "answers": {"text": ["Denver Broncos"], "answer_start": [48]}},
+        {"id": "b", "question": "Who?", "context": CONTEXT, "answers": "none"},
+    ]  # fmt: skip
+    path = tmp_path / "dev.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    task, settings = QuestionAnsweringTask(), FinetuneDataConfig()
+    assert [ex["id"] for ex in task.read(path, settings, labelled=False)] == ["a", "b"]
+    with pytest.raises(UserError, match="is not at answer_start 48"):
+        task.read(path, settings, labelled=True)
+    rows = [{**rows[0], "answers": {"text": ["Denver Broncos"], "answer_start": [49.0]}}]
+    path.write_text(json.dumps(rows[0]), encoding="utf-8")
+    assert read_squad(path)[0]["answers"]["answer_start"] == [49]

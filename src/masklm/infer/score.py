@@ -251,7 +251,7 @@ PAIR_KEYS = ("sentence_good", "sentence_bad")
 
 def _lines(path: Path) -> list[tuple[int, str]]:
     """(line number, line) of the file's non-blank lines (`read_text`: UTF-8, a byte-order mark dropped; lines
-    end at line feeds only, as `split_lines` cuts them); a binary file is refused."""
+    end at a line feed, CR LF or a lone CR, as `split_lines` cuts them); a binary file is refused."""
     text = read_text(path)
     if "\x00" in text:
         raise UserError(f"{path} is not text (it holds NUL bytes: a binary file?); give a UTF-8 text file")

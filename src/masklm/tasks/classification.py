@@ -24,12 +24,21 @@ from masklm.tasks.batching import Batch, Feature
 from masklm.tasks.encoding import (
     INTEGER_LABEL,
     build_label_map,
+    label_number,
     match_label,
     special_token_ids,
     truncate_longest_first,
 )
-from masklm.tasks.files import label_field, read_records, request_object, request_text, text_field
+from masklm.tasks.files import (
+    header_hint,
+    label_field,
+    read_records,
+    request_object,
+    request_text,
+    text_field,
+)
 from masklm.train import metrics as M
+from masklm.utils import log
 
 if TYPE_CHECKING:
     from masklm.config import FinetuneDataConfig
@@ -56,13 +65,13 @@ def read_classification(
         if column is not None and column not in columns:
             raise UserError(
                 f"{path}: has no column '{column}' (columns: {', '.join(columns)}); "
-                f"pass --data.{setting} with one of them"
+                f"pass --data.{setting} with one of them{header_hint(columns)}"
             )
     has_label = label_column is not None and label_column in columns
     if require_label and not has_label:
         raise UserError(
             f"{path}: has no label column '{label_column}' (columns: {', '.join(columns)}); "
-            "pass --data.label_column with one of them"
+            f"pass --data.label_column with one of them{header_hint(columns)}"
         )
     return [
         {
@@ -93,9 +102,12 @@ def encode_labels(examples: Sequence[Example], label_list: Sequence[str], path: 
         if k is None:
             k = match_label(label, label_list)  # the same number spelled otherwise: "1" for "1.0"
         if k is None:
+            scores = looks_like_scores([*label_list, label])
+            shown = list(label_list) if len(label_list) <= 12 else [*label_list[:12], "..."]
             raise UserError(
-                f"label '{label}' in {path} (example {n}) was not in the training labels {list(label_list)}; "
+                f"label '{label}' in {path} (example {n}) was not in the training labels {shown}; "
                 "fix the label or add examples of it to the training data"
+                + ("; if the labels are scores, pass --data.regression true" if scores else "")
             )
         out.append({**ex, "label": k})
     return out
@@ -167,7 +179,21 @@ def class_labels(examples: Sequence[Example], path: str | Path, hint: str = "") 
         raise UserError(
             f"{path}: every example has the label '{labels[0]}'; classification needs at least two labels{hint}"
         )
+    if looks_like_scores(labels):
+        shown = ", ".join(labels[:4]) + (", ..." if len(labels) > 4 else "")
+        log(
+            f"note: the {len(labels)} labels of {path} are numbers with fractions ({shown}), each trained as a "
+            f"class; if they are scores, pass --data.regression true"
+        )
     return labels
+
+
+def looks_like_scores(labels: Sequence[str]) -> bool:
+    """Whether classification labels look like a regression target: every one a number, one with a fraction."""
+    numbers = [label_number(label) for label in labels]
+    return all(n is not None for n in numbers) and any(
+        not float(n).is_integer() for n in numbers if n is not None
+    )
 
 
 def label_value(label: str) -> int | str:

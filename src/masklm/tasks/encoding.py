@@ -52,13 +52,23 @@ def build_label_map(labels: Iterable[str | None]) -> list[str]:
     """The sorted list of distinct labels; a label's id is its index.
 
     Integer-looking labels ("0", "1", "-1") sort numerically, anything else sorts as strings, so the ids are
-    the same whichever order the training file lists its rows in. None (no label) is skipped.
+    the same whichever order the training file lists its rows in. None (no label) is skipped. Spellings of one
+    number ("1", "1.0") are one label.
     """
     distinct = {label for label in labels if label is not None}
     if not distinct:
         raise UserError(
             "the training data has no labels; check its label column (--data.label_column) and the values in it"
         )
+    # one number spelled two ways in one file ("1" and "1.0": two exports concatenated) is one label, kept in its
+    # shortest spelling; `match_label` gives the other spellings its id
+    spellings: dict[float, set[str]] = {}
+    for label in distinct:
+        number = label_number(label)
+        if number is not None:
+            spellings.setdefault(number, set()).add(label)
+    for same in spellings.values():
+        distinct -= same - {min(same, key=lambda label: (len(label), label))}
     if all(INTEGER_LABEL.fullmatch(label) for label in distinct):
         return sorted(distinct, key=lambda label: (int(label), label))
     return sorted(distinct)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,15 @@ from masklm.errors import UserError
 csv.field_size_limit(2**31 - 1)  # long documents in one cell are fine; the default limit is 128 KiB
 
 Record = dict[str, Any]
+
+
+COMPRESSED_MAGIC = (
+    (b"\x1f\x8b", "gzip"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+    (b"BZh", "bzip2"),
+    (b"\xfd7zXZ\x00", "xz"),
+)
+"""The first bytes of a compressed file, and its format."""
 
 
 def read_text(path: Path) -> str:
@@ -31,6 +42,9 @@ def read_text(path: Path) -> str:
         raise UserError(
             f"{path}: cannot be read ({e.strerror}); check the path and its permissions"
         ) from None
+    packed = next((name for magic, name in COMPRESSED_MAGIC if data.startswith(magic)), None)
+    if packed is not None:
+        raise UserError(f"{path}: is {packed}-compressed; decompress it first (it is read as plain text)")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -44,8 +58,12 @@ def read_text(path: Path) -> str:
 
 
 def split_lines(text: str) -> list[str]:
-    """Lines split on "\\n" only: str.splitlines() would also split on characters such as U+2028 in a token."""
-    return [line.rstrip("\r") for line in text.split("\n")]
+    """Lines ended by a line feed, CR LF or a lone CR (old Mac files): not str.splitlines(), which also splits
+    on characters such as U+2028 inside a token."""
+    return _LINE_END.split(text)
+
+
+_LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 def read_records(path: Path, keep_blank_rows: bool = False) -> tuple[list[str], list[tuple[int, Record]]]:
@@ -109,7 +127,8 @@ def _table_records(
                 fix = (
                     "quote fields that contain commas"
                     if suffix == ".csv"
-                    else "remove stray tabs inside fields"
+                    else "remove tabs and line breaks inside fields (a .tsv file is read without quoting, as "
+                    "GLUE's are: quotes are ordinary characters), or write the file as .csv"
                 )
                 raise UserError(
                     f"{path}:{reader.line_num}: has {len(row)} fields, the header (line {header_line}) has "
@@ -138,6 +157,17 @@ def _refuse_repeated_columns(path: Path, header: list[str], line: int) -> None:
         seen.add(name)
 
 
+def header_hint(columns: list[str]) -> str:
+    """For a "has no column" message: a hint when the "column names" read like a row of data (a number, or a
+    sentence): the file has no header row, as GLUE's CoLA files have none."""
+    data_like = any(re.fullmatch(r"[+-]?\d+(\.\d*)?", c.strip()) or len(c.split()) >= 4 for c in columns)
+    return (
+        "; if the file has no header row, add one that names its columns (e.g. text,label)"
+        if data_like
+        else ""
+    )
+
+
 def text_field(rec: Record, column: str, path: Path, line: int) -> str:
     """The text in `column` of one record; a UserError when it is missing or not a string."""
     if column not in rec:
@@ -145,6 +175,8 @@ def text_field(rec: Record, column: str, path: Path, line: int) -> str:
             f"{path}:{line}: has no '{column}' field (fields: {', '.join(rec)}); add it to that line"
         )
     value = rec[column]
+    if value is None:  # JSON null: no text, as an empty CSV cell
+        return ""
     if not isinstance(value, str):
         raise UserError(
             f"{path}:{line}: '{column}' is {type(value).__name__}, expected text; quote it as a string"
@@ -155,7 +187,7 @@ def text_field(rec: Record, column: str, path: Path, line: int) -> str:
 def label_field(rec: Record, column: str, path: Path, line: int) -> str | None:
     """The label in `column` as a stripped string (numbers too); None for an empty cell or JSON null.
 
-    A JSON number that is a whole number is written as an integer: 1.0 is the label "1", as 1 is (pandas
+    A JSON NaN is no label either. A JSON number that is a whole number is written as an integer: 1.0 is the label "1", as 1 is (pandas
     writes an integer column with missing values as floats); a JSON boolean is "true" / "false". A CSV cell, or
     a JSON string, is kept as written."""
     if column not in rec:
@@ -163,7 +195,7 @@ def label_field(rec: Record, column: str, path: Path, line: int) -> str | None:
             f"{path}:{line}: has no '{column}' field (fields: {', '.join(rec)}); add it to that line"
         )
     value = rec[column]
-    if value is None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):  # NaN: how pandas writes "no label"
         return None
     if isinstance(
         value, bool

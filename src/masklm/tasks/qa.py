@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 # Reading
 
 
-def read_squad(path: str | Path) -> list[Example]:
+def read_squad(path: str | Path, answers: bool = True) -> list[Example]:
     """Read SQuAD v1.1 / v2.0 question answering data.
 
     .json: the official nested layout {"data": [{"paragraphs": [{"context", "qas": [...]}]}]}.
@@ -47,6 +47,7 @@ def read_squad(path: str | Path) -> list[Example]:
     Returns {"id", "question", "context", "answers": {"text": [...], "answer_start": [...]}, "is_impossible"}.
     "is_impossible" is the file's flag where given, else true when an "answers" list is present and empty.
     Question ids must be unique, and every answer must be found in the context at its answer_start.
+    `answers` False (prediction): the file's answers and is_impossible flags are not read, so not checked either.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -60,15 +61,15 @@ def read_squad(path: str | Path) -> list[Example]:
     examples = []
     seen: set[str] = set()
     for qa, where in raw:
-        examples.append(_squad_example(qa, where, seen))
+        examples.append(_squad_example(qa, where, seen, answers))
     if not examples:
         raise UserError(f"{path}: has no questions; check that it is SQuAD data")
     return examples
 
 
-def _squad_example(qa: dict[str, Any], where: str, seen: set[str]) -> Example:
+def _squad_example(qa: dict[str, Any], where: str, seen: set[str], answers: bool = True) -> Example:
     """One question of a SQuAD file, checked: a new id (added to `seen`), question and context text, answers
-    found in the context."""
+    found in the context (without `answers`: none read)."""
     qid = qa.get("id")
     if not isinstance(qid, str | int) or isinstance(qid, bool) or str(qid) == "":
         raise UserError(f"{where}: a question has no 'id'; give every question a unique id")
@@ -81,6 +82,9 @@ def _squad_example(qa: dict[str, Any], where: str, seen: set[str]) -> Example:
     if qid in seen:
         raise UserError(f"{where}: question id {qid} appears twice; question ids must be unique")
     seen.add(qid)
+    if not answers:
+        none: dict[str, list] = {"text": [], "answer_start": []}
+        return {"id": qid, "question": question, "context": context, "answers": none, "is_impossible": False}
     texts, starts = _squad_answers(qa.get("answers"), qid, where)
     for text, start in zip(texts, starts):
         if context[start : start + len(text)] != text:
@@ -143,6 +147,8 @@ def _squad_answers(answers: Any, qid: str, where: str) -> tuple[list[str], list[
         starts = [a.get("answer_start") for a in answers]
     else:
         texts = starts = None
+    if isinstance(starts, list):  # 23.0, as pandas writes an integer column: the offset 23
+        starts = [int(s) if isinstance(s, float) and s.is_integer() else s for s in starts]
     ok = (
         isinstance(texts, list)
         and isinstance(starts, list)
@@ -392,7 +398,7 @@ class QuestionAnsweringTask(Task):
     points_metrics = frozenset({"f1", "exact_match", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1"})
 
     def read(self, path: Path, settings: FinetuneDataConfig, labelled: bool) -> list[Example]:
-        examples = read_squad(path)
+        examples = read_squad(path, answers=labelled)
         if labelled:
             for ex in examples:
                 if not ex["answers"]["text"] and not ex["is_impossible"]:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from masklm.errors import UserError
 from masklm.tasks.base import Example, Requirement, Row, Task, TaskData
 from masklm.tasks.batching import IGNORE_INDEX, Batch, Feature
-from masklm.tasks.encoding import build_label_map, special_token_ids
+from masklm.tasks.encoding import build_label_map, match_label, special_token_ids
 from masklm.tasks.files import read_records, read_text, request_object, request_text, split_lines
 from masklm.train import metrics as M
 
@@ -269,13 +269,18 @@ def _tag_ids(ex: Example, label_ids: dict[str, int], n: int, where: str) -> list
         raise UserError(
             f"{where}sentence {n + 1} has {len(ex['tokens'])} tokens but {len(tags)} tags; give one tag per token"
         )
-    try:
-        return [label_ids[t] for t in tags]
-    except KeyError as e:
-        raise UserError(
-            f"{where}tag '{e.args[0]}' in sentence {n + 1} is not in the training labels {list(label_ids)}; "
-            "fix the tag or add examples of it to the training data"
-        ) from None
+    ids = []
+    for tag in tags:
+        # a number spelled otherwise ("1.0" for "1") is that tag, as in classification
+        k = label_ids.get(tag)
+        k = match_label(tag, list(label_ids)) if k is None else k
+        if k is None:
+            raise UserError(
+                f"{where}tag '{tag}' in sentence {n + 1} is not in the training labels {list(label_ids)}; "
+                "fix the tag or add examples of it to the training data"
+            )
+        ids.append(k)
+    return ids
 
 
 def align_predictions(
