@@ -441,3 +441,43 @@ def test_embedding_rows_beyond_the_tokenizer_are_trimmed(tmp_path: Path, vocab: 
     # the note is about the vocabulary, not the head: the trained MLM head fills masks
     assert info.fresh_head is None
     assert FillMask.load(folder).model is not None
+
+
+def test_heads_a_checkpoint_names_but_cannot_be_used_are_refused(
+    tmp_path: Path, vocab: dict[str, int]
+) -> None:
+    """predict on a folder whose config.json names a classifier its weights lack answered from a fresh random
+    head; a multi-label classifier (sigmoid per label) was read as single-label. Both are refused in one line."""
+    from masklm.finetune import load_finetuned
+
+    hf = transformers.BertModel(tiny_hf_config(len(vocab))).eval()
+    folder = save_hf(hf, vocab, tmp_path / "claims")
+    config = json.loads((folder / "config.json").read_text())
+    config.update(architectures=["BertForSequenceClassification"], id2label={"0": "a", "1": "b"})
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="has no trained head .* random weights: fine-tune it first"):
+        load_finetuned(folder)
+    multi = transformers.BertForSequenceClassification(
+        tiny_hf_config(len(vocab), num_labels=3, problem_type="multi_label_classification")
+    )
+    folder = save_hf(multi, vocab, tmp_path / "multi")
+    with pytest.raises(UserError, match="is a multi-label classifier"):
+        load_model(folder)
+
+
+def test_a_multiple_choice_checkpoint_is_known_in_a_fresh_process(
+    tmp_path: Path, vocab: dict[str, int]
+) -> None:
+    """The multiple-choice head registers when its task module is imported: a process that had not imported it
+    (fill-mask, pretrain --init-from) took a BertForMultipleChoice for a one-label sequence classifier."""
+    import subprocess
+    import sys
+
+    folder = save_hf(transformers.BertForMultipleChoice(tiny_hf_config(len(vocab))), vocab, tmp_path / "mc")
+    code = (
+        "import sys; from masklm.model.io import load_model; print(load_model(sys.argv[1])[2].architecture)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(folder)], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "MultipleChoice"

@@ -746,6 +746,11 @@ def load_finetuned(path: str | Path, overrides: dict[str, Any] | None = None) ->
         raise UserError(
             f"{path} is a {info.architecture} model, not a fine-tuned one; fine-tune it first with masklm finetune"
         )
+    if info.fresh_head:  # config.json names a head its weights do not hold: it would answer at random
+        raise UserError(
+            f"{path} has no trained head ({info.fresh_head}); its answers would come from random weights: "
+            "fine-tune it first with masklm finetune"
+        )
     cfg = FinetuneConfig()
     if isinstance(saved.get("data"), dict):
         apply_dict(cfg, {"data": saved["data"]}, f"{path} (saved task settings)")

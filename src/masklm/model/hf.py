@@ -411,6 +411,9 @@ def _checkpoint_head(data: dict[str, Any], state: dict[str, torch.Tensor]) -> tu
     config.json's "architectures" decides; without it, the head with the most HF modules (the first registered
     among equals) whose modules all have weights in the checkpoint.
     """
+    from masklm.tasks import all_tasks
+
+    all_tasks()  # a task module may define a head (multiple choice's): register them all before matching
     bare = None, f"a bare encoder ({_BARE_ENCODER}) without head weights"
     bert_heads = [h for h in registered_heads() if h.hf_model_type == "bert"]
     for name in data.get("architectures") or []:
@@ -506,6 +509,12 @@ def read_hf_checkpoint(folder: Path) -> Checkpoint:
     source = str(folder)
     data = read_config_json(folder)
     cfg = config_from_hf(data, str(folder / "config.json"))
+    if data.get("problem_type") == "multi_label_classification":  # a sigmoid per label, read as a softmax
+        raise UserError(
+            f"{folder} is a multi-label classifier (problem_type multi_label_classification), and masklm's "
+            "classification is single-label: its scores would be read wrongly; use it with transformers (to fine-tune "
+            "its encoder with masklm, delete problem_type from a copy of its config.json)"
+        )
     raw = _normalise_hf_keys(read_hf_weights(folder), source)
     tokenizer = load_hf_tokenizer(folder)
     notes: list[str] = []
