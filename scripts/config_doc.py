@@ -27,7 +27,7 @@ one line. The resolved config of every run is saved as `RUN/config.yaml`. `maskl
 `masklm finetune --help` list the same settings.
 
 Fine-tuning (`masklm finetune`, and `evaluate` / `predict` as overrides of the settings saved with the model) has
-its own sections, `train` and `data`, listed [below](#fine-tuning) and explained in [finetuning.md](finetuning.md).
+its own sections, `train`, `data` and `head`, listed [below](#fine-tuning) and explained in [finetuning.md](finetuning.md).
 
 Model field names follow Hugging Face's `BertConfig` where the concept is the same.
 """

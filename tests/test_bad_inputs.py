@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -370,8 +371,14 @@ CASES: list[tuple[str, list[str], str]] = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("argv, keyword", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input(ws, argv, keyword, capsys, monkeypatch):
+def documented_messages() -> dict[str, str]:
+    """docs/failures.md's message column by case id, its Markdown code quotes dropped."""
+    rows = re.findall(r"^\| `([a-z0-9-]+)` \| .*? \| (.*?) \| .*\|$", DOCS.read_text(encoding="utf-8"), re.M)
+    return {case_id: message.replace("`", "") for case_id, message in rows}
+
+
+@pytest.mark.parametrize("case_id, argv, keyword", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(ws, case_id, argv, keyword, capsys, monkeypatch):
     before = snapshot(ws)
     monkeypatch.chdir(ws)  # anything written to the current folder would show up in the snapshot too
     capsys.readouterr()
@@ -383,6 +390,10 @@ def test_bad_input(ws, argv, keyword, capsys, monkeypatch):
     assert err.count("error:") == 1 and "Traceback" not in err, err
     assert keyword.lower() in lines[-1].lower(), (keyword, lines[-1])
     assert not changes(before, snapshot(ws))
+    # the docs show the message as it is (paths relative to the workspace; "…" or "..." stands for what varies)
+    shown = lines[-1].removeprefix("error: ").replace(f"{ws}/", "")
+    documented = documented_messages().get(case_id, "")
+    assert all(part.strip() in shown for part in re.split(r"…|\.\.\.", documented)), (documented, shown)
 
 
 def test_docs_list_every_case():

@@ -219,7 +219,7 @@ class TrainConfig:
         "normal",
         "how pretraining from scratch starts the word embeddings: normal (0, model.initializer_range), or ppmi: "
         "word vectors of the training text's co-occurrences (positive PMI within 5 tokens, truncated SVD; seconds "
-        "to a minute before the first step, outside the budget); not with --init-from, which brings its own",
+        "to a minute before the first step, counted in the budget); not with --init-from, which brings its own",
     )
     compile: bool = setting(False, "torch.compile the model")
     device: str = setting("auto", 'where to train: "auto", "cpu", "cuda", "cuda:1", ...')
