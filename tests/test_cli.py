@@ -247,3 +247,16 @@ def test_version_and_an_option_without_a_command(capsys):
         err.startswith("error: unrecognized arguments: --verbose; name a command first")
         and err.count("\n") == 1
     )
+
+
+def test_output_cut_off_by_its_pipe_is_no_traceback():
+    """`masklm compare ... --json | head`: the reader closing the pipe early printed a BrokenPipeError traceback;
+    masklm stops quietly with the shell's status for it (141). A command that prints a long answer stands in."""
+    code = (
+        "import sys, time; import masklm.cli as c; time.sleep(1); "
+        "c.run = lambda argv: print('x' * 1_000_000) or 0; sys.exit(c.main([]))"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before masklm writes
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141 and err.decode() == "", err.decode()

@@ -1046,6 +1046,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `masklm compare ... --json | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141  # 128 + SIGPIPE, what a shell reports for a command cut off by its pipe
     except OSError as e:  # the machine's problem, not masklm's: a full disk, a read-only or forbidden folder
         if e.errno in WRONG_KIND_ERRORS:  # e.g. a file named like a run's checkpoints/ folder
             print(

@@ -143,6 +143,8 @@ def _found(path: Path, named: bool) -> list[InputFile]:
         return [
             InputFile(path, kind or "txt", comp)
         ]  # a file named explicitly is read as text whatever its name
+    if path.exists():  # a device, a pipe or a socket (/dev/null, <(...))
+        raise UserError(f"input {path} is not a file or a folder; write the text to a file and pass that")
     raise UserError(f"input {path} does not exist; check the path")
 
 

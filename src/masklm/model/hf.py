@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -475,7 +476,11 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
         return state
     if legacy.is_file():
         try:
-            state = torch.load(legacy, map_location="cpu", weights_only=True)
+            with (
+                warnings.catch_warnings()
+            ):  # torch's notes on a pickle it then refuses: the line below says it
+                warnings.simplefilter("ignore", UserWarning)
+                state = torch.load(legacy, map_location="cpu", weights_only=True)
         except Exception as e:  # unpickling errors come in many types
             raise UserError(
                 f"{legacy} could not be read safely ({type(e).__name__}); convert it to model.safetensors"
