@@ -225,6 +225,30 @@ def test_fill_mask_names_the_text_that_has_no_mask(model_dir, capsys):
     assert "text 2: the text has no [MASK] token ('[mask]' is not it" in capsys.readouterr().err
 
 
+def test_fill_mask_reads_its_texts_from_a_file(model_dir, tmp_path, capsys):
+    """--data FILE: one text a line, blank lines skipped, the answers those of the same texts on the command line;
+    a line without [MASK] is named by its line number; texts and --data together (or neither) are refused."""
+    texts = ["alpha [MASK] charlie", "[MASK] bravo"]
+    path = tmp_path / "texts.txt"
+    path.write_text(f"{texts[0]}\n\n{texts[1]}\n", encoding="utf-8")
+    capsys.readouterr()
+    assert cli("fill-mask", model_dir, *texts, "--json") == 0
+    direct = json.loads(capsys.readouterr().out)
+    assert cli("fill-mask", model_dir, "--data", path, "--json") == 0
+    assert json.loads(capsys.readouterr().out) == direct
+    # texts on both sides of an option (argparse leaves those after it over)
+    assert cli("fill-mask", model_dir, texts[0], "--json", texts[1]) == 0
+    assert json.loads(capsys.readouterr().out) == direct
+    assert cli("fill-mask", model_dir, "--top-k", 5, *texts, "--json") == 0
+    assert json.loads(capsys.readouterr().out) == direct
+    path.write_text(f"{texts[0]}\nno mask here\n", encoding="utf-8")
+    assert cli("fill-mask", model_dir, "--data", path) == 2
+    assert f"{path}:2: the text has no [MASK]" in capsys.readouterr().err
+    for argv in (["--data", path, texts[0]], []):
+        assert cli("fill-mask", model_dir, *argv) == 2
+        assert "not both or neither" in capsys.readouterr().err
+
+
 def test_sentence_file_json_and_text(loaded, model_dir, tmp_path, capsys):
     scorer, _ = loaded
     data = tmp_path / "sentences.txt"

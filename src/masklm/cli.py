@@ -584,7 +584,12 @@ def build_fill_mask(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "model", metavar="MODEL", help="a run folder, a model folder or a Hugging Face BERT folder"
     )
-    p.add_argument("text", nargs="+", metavar="TEXT", help='text with one or more "[MASK]"')
+    p.add_argument("text", nargs="*", metavar="TEXT", help='text with one or more "[MASK]"')
+    p.add_argument(
+        "--data",
+        metavar="FILE",
+        help='texts from a file instead, one a line (blank lines skipped), each with "[MASK]"',
+    )
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--json", action="store_true", help="print JSON (one list per text)")
     p.add_argument(
@@ -606,19 +611,36 @@ def cmd_fill_mask(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     """fill-mask takes no settings (the parser refuses them), so `overrides` is always empty."""
     from masklm.infer.fill_mask import FillMask
 
+    texts = _fill_mask_texts(args)
     fm = FillMask.load(args.model, dtype=args.dtype)
-    for i, text in enumerate(args.text, 1):  # every text is checked before any is answered
+    for where, text in texts:  # every text is checked before any is answered
         try:
             fm.encode(text)
         except UserError as e:
-            raise (UserError(f"text {i}: {e}") if len(args.text) > 1 else e) from None
-    results = [fm(text, top_k=args.top_k) for text in args.text]
+            raise (UserError(f"{where}: {e}") if where else e) from None
+    results = [fm(text, top_k=args.top_k) for _, text in texts]
     if args.json:
-        print(json.dumps(results if len(results) > 1 else results[0], ensure_ascii=False))
+        several = len(results) > 1 or args.data is not None
+        print(json.dumps(results if several else results[0], ensure_ascii=False))
     else:
-        for text, ranked in zip(args.text, results):
+        for (_, text), ranked in zip(texts, results):
             print(_format_fill(text, ranked))
     return 0
+
+
+def _fill_mask_texts(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(where, text) for each text of the command line (where: "text 2", or "" for a single one) or of --data
+    ("FILE:LINE")."""
+    from masklm.infer.score import text_lines
+
+    if bool(args.text) == (args.data is not None):
+        raise UserError(
+            "give the texts on the command line or as --data FILE (one a line), not both or neither; e.g. "
+            'masklm fill-mask MODEL "the movie was [MASK] ."'
+        )
+    if args.data is None:
+        return [(f"text {i}" if len(args.text) > 1 else "", t) for i, t in enumerate(args.text, 1)]
+    return [(f"{args.data}:{n}", line) for n, line in text_lines(Path(args.data))]
 
 
 def build_score(p: argparse.ArgumentParser) -> None:
@@ -887,6 +909,9 @@ class Command:
     handler: Handler
     settings: type | None = None
     epilog: str | None = None
+    # the optional positional list (nargs="*") that takes what argparse leaves over after options: with nargs="*"
+    # it matches nothing before them, so `fill-mask MODEL --top-k 3 "a [MASK]"` would leave the text unrecognised
+    trailing: str | None = None
 
 
 PRESET_EPILOG = (
@@ -920,9 +945,10 @@ COMMANDS: dict[str, Command] = {
     ),
     "fill-mask": Command(
         "ranked predictions for each [MASK] in a text",
-        "Predict the tokens hidden behind [MASK] in TEXT.",
+        "Predict the tokens hidden behind [MASK] in TEXT (or in each line of --data FILE).",
         build_fill_mask,
         cmd_fill_mask,
+        trailing="text",
     ),
     "score": Command(
         "pseudo-log-likelihood of sentences; minimal-pair accuracy",
@@ -1022,7 +1048,9 @@ def run(argv: list[str]) -> int:
         parser.print_help()
         return 0
     command = COMMANDS[args.command]
-    if rest:
+    if rest and command.trailing and not any(r.startswith("-") for r in rest):
+        setattr(args, command.trailing, getattr(args, command.trailing) + rest)
+    elif rest:
         raise _unrecognised(args.command, command.settings, rest)
     overrides = vars(args).pop(OVERRIDES, {})
     args.argv = argv  # the command line as given, for RUN/command.txt

@@ -249,7 +249,7 @@ class Scorer:
 PAIR_KEYS = ("sentence_good", "sentence_bad")
 
 
-def _lines(path: Path) -> list[tuple[int, str]]:
+def text_lines(path: Path) -> list[tuple[int, str]]:
     """(line number, line) of the file's non-blank lines (`read_text`: UTF-8, a byte-order mark dropped; lines
     end at a line feed, CR LF or a lone CR, as `split_lines` cuts them); a binary file is refused."""
     text = read_text(path)
@@ -261,7 +261,7 @@ def _lines(path: Path) -> list[tuple[int, str]]:
 def read_pairs(path: str | Path) -> list[dict[str, Any]]:
     """A JSONL file of minimal pairs: one {"sentence_good", "sentence_bad"[, "group"]} object a line."""
     path = Path(path)
-    return _pairs(path, _lines(path))
+    return _pairs(path, text_lines(path))
 
 
 def _pairs(path: Path, lines: list[tuple[int, str]]) -> list[dict[str, Any]]:
@@ -313,7 +313,7 @@ def read_score_input(path: str | Path) -> tuple[str, list[Any], list[str]]:
     """("pairs", rows, []) for JSONL minimal pairs (a .jsonl file, or one whose first line is a JSON object),
     else ("sentences", the non-blank lines, how messages name them: "line N")."""
     path = Path(path)
-    lines = _lines(path)  # read_text refuses a file with nothing in it
+    lines = text_lines(path)  # read_text refuses a file with nothing in it
     try:
         head = json.loads(lines[0][1])
     except json.JSONDecodeError:
