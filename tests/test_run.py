@@ -76,14 +76,14 @@ def test_jsonl_records_are_unchanged(prepared, tmp_path):
 
 
 def test_resumed_run_shows_each_step_once_in_tensorboard(prepared, tmp_path):
-    """A run resumed from an older checkpoint redoes the steps after it: metrics.jsonl gets their lines again,
-    TensorBoard hides the first session's events from that step on."""
+    """A run resumed from an older checkpoint redoes the steps after it: metrics.jsonl keeps the first session's
+    records up to that checkpoint only, and TensorBoard hides the first session's events from that step on."""
     out = tmp_path / "run"
     args = ["--train.log", "tensorboard", "--train.checkpoint_every", "4"]
     assert pretrain(prepared, out, *args) == 0
     shutil.rmtree(out / "checkpoints" / "step_00000008")  # as if killed before the final checkpoint
     assert pretrain(prepared, out, *args, "--resume") == 0
-    assert [r["step"] for r in read_metrics(out) if r["split"] == "train"] == [2, 4, 6, 8, 6, 8]
+    assert [r["step"] for r in read_metrics(out) if r["split"] == "train"] == [2, 4, 6, 8]
     got = scalars(out)
     assert [step for step, _ in got["train/loss"]] == [2, 4, 6, 8]
     assert [step for step, _ in got["val/loss"]] == [4, 8]
@@ -313,3 +313,32 @@ def test_a_run_holds_its_folder_only_while_it_runs(prepared, tmp_path):
     other = OtherProcess(run)
     other.stop()
     assert other.held
+
+
+def test_a_resumed_run_rewrites_metrics_as_an_uninterrupted_run_has_them(prepared, tmp_path, capsys):
+    """The records after the checkpoint a run resumes from are trained and logged again, so they go (curves ran
+    back, and compare plotted the steps twice); a damaged line goes too, with a note (it stayed, and compare refused
+    the run for good); a run with no checkpoint starts over with an empty file. The result equals the records of
+    the run that was never interrupted, wall-clock fields aside."""
+    from masklm.plots import without_replayed
+
+    def steady(rows: list[dict]) -> list[dict]:
+        return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "elapsed_s")} for r in rows]
+
+    whole = tmp_path / "whole"
+    assert pretrain(prepared, whole, "--train.checkpoint_every", 4) == 0
+    out = tmp_path / "run"
+    assert pretrain(prepared, out, "--train.checkpoint_every", 4) == 0
+    shutil.rmtree(out / "checkpoints" / "step_00000008")  # as if killed before the final checkpoint
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write("not a record\n")
+    capsys.readouterr()
+    assert pretrain(prepared, out, "--train.checkpoint_every", 4, "--resume") == 0
+    assert "1 line(s) that were no JSON record dropped" in capsys.readouterr().err
+    assert steady(read_metrics(out)) == steady(read_metrics(whole))
+    shutil.rmtree(out / "checkpoints")  # no checkpoint left: the resumed run starts from the beginning
+    assert pretrain(prepared, out, "--train.checkpoint_every", 4, "--resume") == 0
+    assert steady(read_metrics(out)) == steady(read_metrics(whole))
+    # a metrics.jsonl written before this rule: the later records of a step win in curves and compare
+    rows = [{"step": s, "split": "train", "n": i} for i, s in enumerate([2, 4, 6, 8, 6, 8])]
+    assert [r.get("n") for r in without_replayed([*rows, {"step": 8, "split": "val"}])] == [0, 1, 4, 5, None]

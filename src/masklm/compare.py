@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from masklm.errors import UserError
+from masklm.plots import without_replayed
 
 SUMMARY_KEYS = ("tokens", "steps", "train_time_s")  # the budget each run used, beside its metrics
 SKIPPED_METRICS = {"perplexity"}  # follows from the loss
@@ -151,10 +152,13 @@ def load_run(folder: str | Path) -> RunRecord:
         raise UserError(f"{folder} is not a masklm run folder (it needs config.yaml and metrics.jsonl)")
     try:
         settings = read_config(config)
-        rows = read_records(metrics)
+        rows = without_replayed(read_records(metrics))
         summary = read_summary(folder / "summary.json")
     except DamagedRun as e:
-        raise UserError(f"{folder}: a damaged run file: {e}; compare only whole runs") from None
+        raise UserError(
+            f"{folder}: a damaged run file: {e}; compare only whole runs (a damaged metrics.jsonl line can be "
+            "deleted by hand: `--resume` drops such lines too)"
+        ) from None
     except OSError as e:
         raise UserError(f"{folder}: cannot read {e.filename} ({e.strerror}); check its permissions") from None
     evals = [r for r in rows if r.get("split") == "val"]

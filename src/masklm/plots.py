@@ -16,13 +16,29 @@ def read_metrics(path: str | Path) -> list[dict]:
     return rows
 
 
+def without_replayed(rows: list[dict]) -> list[dict]:
+    """The records of a run as an uninterrupted run writes them: where a resumed run trained steps again (a
+    metrics.jsonl of an earlier masklm, which kept the first session's records of them), the later records of
+    each split win, so curves do not run back."""
+    kept: list[dict] = []
+    first_later: dict[str | None, float] = {}  # the first step of each split among the later records
+    for row in reversed(rows):
+        split, step = row.get("split"), row.get("step")
+        if not isinstance(step, int | float):
+            kept.append(row)
+        elif step < first_later.get(split, float("inf")):
+            kept.append(row)
+            first_later[split] = step
+    return kept[::-1]
+
+
 def plot_curves(metrics_path: str | Path, out_path: str | Path, x: str = "tokens") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(metrics_path)
+    rows = without_replayed(read_metrics(metrics_path))
     train = [r for r in rows if r.get("split") == "train" and "loss" in r]
     val = [r for r in rows if r.get("split") == "val"]
     acc_key = next((k for k in ("accuracy", "f1", "exact_match") if val and k in val[-1]), None)

@@ -7,8 +7,9 @@ A record is one flat dict: {"step", "tokens", "split": "train" | "val", name: va
 - `TensorBoardSink`: RUN/tensorboard/, event files with one scalar `split/name` per value against `step`, when
   `train.log` is "tensorboard" (the optional extra: pip install 'masklm[tensorboard]').
 
-Only rank 0 writes: `open_metrics` gives the other processes a logger without sinks. A resumed run appends to
-metrics.jsonl and adds an event file that hides the previous session's events past the checkpoint it resumed from.
+Only rank 0 writes: `open_metrics` gives the other processes a logger without sinks. A resumed run keeps the
+records of metrics.jsonl up to the checkpoint it resumed from (the steps after it are trained, and logged, again)
+and adds an event file that hides the previous session's events past that checkpoint: both show each step once.
 """
 
 from __future__ import annotations
@@ -41,13 +42,13 @@ class Sink(Protocol):
 class JsonlSink:
     """metrics.jsonl: one JSON object per line, appended (each line is complete once written).
 
-    A line cut short (a kill or a full disk in the middle of a write) is cut off when a resumed run opens the
-    file, so that the next record starts on a line of its own rather than fusing with it.
+    A run that starts in a folder whose metrics.jsonl exists (--resume) first keeps only the records of the
+    steps it will not train again (`keep_records_up_to`).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, resumed_at: int | None = None) -> None:
         self.path = path
-        drop_cut_short_line(path)
+        keep_records_up_to(path, resumed_at)
 
     def write(self, record: dict[str, Any]) -> None:
         try:
@@ -63,23 +64,40 @@ class JsonlSink:
         pass
 
 
-def drop_cut_short_line(path: Path) -> None:
-    """Cut off the end of `path` after its last newline: a record a kill or a full disk cut short (JsonlSink
-    writes every record whole, newline last). Nothing when the file is missing or ends with a newline."""
+def keep_records_up_to(path: Path, step: int | None) -> None:
+    """Rewrite metrics.jsonl (when there is one) with the records of steps up to `step`, the checkpoint a resumed
+    run continues from (None: it starts from the beginning, so none): the records of later steps, which the run
+    writes again, go, and so do a last line a kill or a full disk cut short and any line that is no record (a
+    damaged file), said in a note. Nothing is rewritten when every line stays."""
     try:
-        with open(path, "rb+") as f:
-            data = f.read()
-            if data and not data.endswith(b"\n"):
-                f.truncate(data.rfind(b"\n") + 1)
+        data = path.read_bytes()
     except FileNotFoundError:
-        pass
+        return
+    lines = data.split(b"\n")
+    cut_short = lines.pop()  # b"" when the file ends with a newline, as JsonlSink leaves it
+    kept, damaged = [], 0
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:  # (UnicodeDecodeError too)
+            damaged += bool(line.strip())
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            damaged += 1
+        elif step is not None and record["step"] <= step:
+            kept.append(line)
+    if len(kept) == len(lines) and not cut_short:
+        return
+    atomic_write_text(path, "".join(line.decode("utf-8") + "\n" for line in kept))
+    if damaged:
+        log(f"note: {path}: {damaged} line(s) that were no JSON record dropped (the file was damaged)")
 
 
 class TensorBoardSink:
     """TensorBoard event files: `split/name` scalars against the step (the tokens seen are one of them).
 
     `purge_step` (a resumed run: the first step it trains) hides the events an earlier session wrote from that
-    step on, so TensorBoard shows each step once, as metrics.jsonl's last lines per step do.
+    step on, so TensorBoard shows each step once, as metrics.jsonl does.
     """
 
     def __init__(self, log_dir: Path, purge_step: int | None = None) -> None:
@@ -145,7 +163,7 @@ def open_metrics(run_dir: Path, kind: str = "jsonl", resumed_at: int | None = No
     run_dir = Path(run_dir)
     sinks: list[Sink] = []
     if rank() == 0:
-        sinks.append(JsonlSink(run_dir / "metrics.jsonl"))
+        sinks.append(JsonlSink(run_dir / "metrics.jsonl", resumed_at))
         if kind == "tensorboard":
             purge = None if resumed_at is None else resumed_at + 1
             sinks.append(TensorBoardSink(run_dir / "tensorboard", purge_step=purge))
