@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -218,6 +221,29 @@ def test_an_input_run_resumes_on_its_own_data_and_refuses_other_text(tmp_path, c
     assert main(["pretrain", "--output", str(out), "--resume"]) == 0  # no --input: RUN/data
     resumed = final_weights(out)
     assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
+
+
+def test_an_input_run_killed_before_its_command_was_saved_resumes_as_itself(tmp_path, capsys):
+    """A kill before the first session wrote command.txt (while it prepared the text): the run read as the demo
+    on a later `--output RUN --resume`, and the demo's data.where was refused as a changed setting. RUN/data's
+    sources tell it apart."""
+    from masklm.utils import remove_dead_staging
+
+    corpus = write_walk_corpus(tmp_path / "corpus", n_docs=20)
+    out = tmp_path / "run"
+    argv = ["--input", str(corpus), "--output", str(out), "--vocab-size", "120", "--seq-len", "32"]
+    assert run([*argv, "--max-steps", "4", "--train.checkpoint_every", "2"]) == 0
+    (out / "command.txt").unlink()
+    assert run(["--output", str(out), "--resume", "--max-steps", "6"]) == 0
+    assert json.loads((out / "summary.json").read_text())["steps"] == 6
+    # what a prepare killed in the middle left beside its output goes once its process is gone
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    stale, live = out / f".data.tmp-{dead.stdout.strip()}-00ff", out / f".data.tmp-{os.getpid()}-00ff"
+    stale.mkdir(), live.mkdir()
+    remove_dead_staging(out / "data", "tmp")
+    assert not stale.exists() and live.exists()
 
 
 def test_bad_inputs_one_line_exit_2_nothing_changed(prepared, tmp_path, capsys):

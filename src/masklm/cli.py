@@ -417,10 +417,18 @@ def check_same_preset(run_dir: Path, preset: str | None) -> None:
 
 
 def started_as_demo(run_dir: Path) -> bool:
-    """Whether the run in `run_dir` was started as the demo (its command.txt names no --input, --data or
-    --init-from); a run without command.txt counts as one."""
-    argv = _saved_argv(run_dir)
-    return argv is None or not any(a.split("=")[0] in ("--input", "--data", "--init-from") for a in argv)
+    """Whether the run in `run_dir` was started as the demo: its RUN/data was prepared from the demo's text alone
+    (meta.json's sources); without a readable meta.json, its command.txt names no --input, --data or --init-from
+    (a run with neither counts as the demo). The data decides first: a run killed before it wrote command.txt
+    has none."""
+    try:
+        sources = json.loads((run_dir / "data" / "meta.json").read_text(encoding="utf-8"))["sources"]
+        return bool(sources) and all(
+            Path(s["path"]).resolve() == Path(demo_corpus()).resolve() for s in sources
+        )
+    except (OSError, ValueError, TypeError, KeyError, UserError):
+        argv = _saved_argv(run_dir)
+        return argv is None or not any(a.split("=")[0] in ("--input", "--data", "--init-from") for a in argv)
 
 
 def check_same_input(inputs: list[str], data_dir: Path) -> None:

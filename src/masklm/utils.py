@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -96,6 +97,29 @@ def restore_replaced(out: Path) -> None:
         newest = max(olds, key=lambda p: p.stat().st_mtime)
         os.replace(newest, out)
         log(f"note: {out} was being replaced when a command stopped; its previous version is back in place")
+
+
+def remove_dead_staging(out: Path, tag: str) -> None:
+    """Delete the hidden `.OUT.TAG-PID...` folders beside `out` whose process is gone: what a command killed while
+    it assembled `out` (prepare's `.data.tmp-PID-xxxx`, export's `.OUT.tmp-PID`) left behind. A folder of a process
+    still running (another command writing the same output) is left alone."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.{re.escape(tag)}-(\d+)(-[0-9a-f]+)?")
+    for path in out.parent.glob(f".{glob.escape(out.name)}.{tag}-*"):
+        match = pattern.fullmatch(path.name)
+        if match and path.is_dir() and not path.is_symlink() and not _alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def log(*parts: object) -> None:

@@ -44,7 +44,7 @@ from masklm.data.tokenizer import (
     vocab_size,
 )
 from masklm.errors import UserError
-from masklm.utils import log, refuse_path_through_file, replace_folder, restore_replaced
+from masklm.utils import log, refuse_path_through_file, remove_dead_staging, replace_folder, restore_replaced
 
 FORMAT = "masklm-packed"
 FORMAT_VERSION = 1
@@ -514,6 +514,7 @@ def prepare(
     special = special_ids(tok)
 
     output.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_staging(output, "tmp")  # the staging folder of a prepare that was killed
     staging = _sibling(output, "tmp")
     staging.mkdir()
     try:

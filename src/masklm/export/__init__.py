@@ -32,7 +32,13 @@ from masklm.model.electra import ElectraGenerator, ElectraPreTraining
 from masklm.model.hf import refuse_modern
 from masklm.model.io import load_model, resolve_model_dir
 from masklm.tasks import all_tasks
-from masklm.utils import fsync_dir, refuse_path_through_file, replace_folder, restore_replaced
+from masklm.utils import (
+    fsync_dir,
+    refuse_path_through_file,
+    remove_dead_staging,
+    replace_folder,
+    restore_replaced,
+)
 
 FORMATS = ("hf", "onnx")
 
@@ -91,6 +97,7 @@ def export_model(
             raise UserError(obstacle)
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_staging(target, "tmp")  # the folder of an export that was killed
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
