@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
 from pathlib import Path
 
@@ -479,3 +481,73 @@ def test_a_stopped_suite_resumes_its_stopped_run(model, tmp_path, capsys, monkey
     err = capsys.readouterr().err
     assert "[sst] finished before" in err and "[sst2] resuming" in err and "resumed from" in err
     assert suite_json(out)["tasks"].keys() == {"sst", "sst2"}
+
+
+def children_of(pid: int) -> set[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def gone(pids: set[int], seconds: float) -> bool:
+    """Whether every process in `pids` has ended within `seconds`."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not any(Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text().split()[2:3]
+                   for p in pids):  # fmt: skip
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL", "worker killed"])
+def test_a_stopped_parallel_suite_leaves_no_worker_behind(model, tmp_path, how):
+    """--jobs 2: SIGTERM to the suite stopped it without a word and left its workers training as orphans (a
+    rerun was refused: "in use"); a kill -9 left them too. Now the suite passes the stop on (each worker
+    checkpoints, the suite says how to continue, exit 0), and a worker whose suite is gone stops and exits. A
+    worker killed (say by the out-of-memory killer) gave a BrokenProcessPool traceback: one line now, exit 2."""
+    import signal
+    import subprocess
+    import sys
+
+    data = write_glue(tmp_path / "glue", n=24, seed=1)
+    suite = tmp_path / "small.yaml"
+    suite.write_text(SMALL_SUITE.replace("epochs: [2]", "epochs: [400]"))
+    argv = [sys.executable, "-m", "masklm", "suite", "--model", str(model), "--suite", str(suite), "--data-dir",
+            str(data), "--output", str(tmp_path / "out"), "--jobs", "2", "--train.batch_size", "8"]  # fmt: skip
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    lines = []
+    while sum("fine-tuning" in line and "] " in line for line in lines) < 2:  # both workers training
+        line = proc.stderr.readline()
+        assert line, "".join(lines)
+        lines.append(line)
+    workers = children_of(proc.pid)
+    if how == "worker killed":
+        spawned = [w for w in workers if b"spawn_main" in Path(f"/proc/{w}/cmdline").read_bytes()]
+        os.kill(spawned[0], signal.SIGKILL)  # a worker, not multiprocessing's resource tracker
+    else:
+        proc.send_signal(getattr(signal, how))
+    try:  # (workers left running would hold stderr open: a bounded wait, not a read to the end)
+        err = proc.communicate(timeout=120)[1]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        pytest.fail(f"the suite or its workers {workers} were still running 120 s after {how}")
+    assert proc.returncode == {"SIGTERM": 0, "SIGKILL": -signal.SIGKILL, "worker killed": 2}[how], err
+    if how == "SIGTERM":
+        assert "the suite stopped in" in err and "run the same masklm suite command again" in err, err
+    if how == "worker killed":
+        assert "error: a suite worker process died" in err and "Traceback" not in err, err
+    assert gone(workers, 60), f"workers {workers} still running"

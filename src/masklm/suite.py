@@ -43,11 +43,14 @@ import math
 import os
 import re
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
-from multiprocessing import get_context
+from multiprocessing import active_children, get_context
 from pathlib import Path
 from typing import Any
 
@@ -459,6 +462,8 @@ def run_task(
     fit_settings = {"train.threads": str(threads), **settings} if threads else settings
     points = []
     for point in grid_points(spec.grid):
+        if _STOP.is_set():  # a worker of a stopping suite, between grid runs
+            raise SuiteStopped(f"{spec.name}, before {_point_name(point)}")
         summary = _fit_point(spec, run, files, fit_settings, point)
         points.append(
             {**point, "value": summary["best"]["value"], "run": _point_name(point), "summary": summary}
@@ -527,12 +532,45 @@ def finished_result(spec: TaskSpec, run: SuiteRun, base_settings: dict[str, str]
 # The suite: tasks in order or in parallel, resume, the report
 
 
+# With --jobs, the suite's process is the one a stop reaches: the workers run in their own process group (a
+# Ctrl-C at the terminal reaches the suite alone), and the suite passes one SIGTERM to each, which stops its grid
+# run at a checkpoint (`fit`) or, between grid runs, before the next (`_STOP`). A worker whose suite is gone (killed
+# with -9) stops the same way and exits, rather than training on as an orphan.
+_STOP = threading.Event()  # in a worker: a stop arrived outside a fine-tuning run
+_BUSY = threading.Event()  # in a worker: a task is running
+
+
+def _worker_start() -> None:
+    """ProcessPoolExecutor's initializer: the worker's own process group, its stop handler, the parent watch."""
+    os.setpgrp()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: _STOP.set())
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    """In a worker: once the suite's process is gone, stop the task at a checkpoint, then exit."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    if _BUSY.is_set():
+        os.kill(os.getpid(), signal.SIGTERM)
+        while _BUSY.is_set():
+            time.sleep(0.2)
+    os._exit(0)
+
+
 def _run_task_in_process(spec: TaskSpec, run: SuiteRun, base_settings: dict[str, str], threads: int) -> dict:
     """run_task in a worker process (spawned: a fresh interpreter, torch initialised there)."""
     import torch
 
-    torch.set_num_threads(threads)
-    return run_task(spec, run, base_settings, threads)
+    _BUSY.set()
+    try:
+        if _STOP.is_set():  # the suite is stopping: start nothing new
+            raise SuiteStopped(f"{spec.name}, before it started")
+        torch.set_num_threads(threads)
+        return run_task(spec, run, base_settings, threads)
+    finally:
+        _BUSY.clear()
 
 
 def run_tasks(
@@ -542,11 +580,60 @@ def run_tasks(
     if jobs <= 1 or len(todo) <= 1:
         return {spec.name: run_task(spec, run, base_settings, None) for spec in todo}
     threads = max(1, (os.cpu_count() or 1) // min(jobs, len(todo)))
-    with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=get_context("spawn")) as pool:
-        futures = {
-            spec.name: pool.submit(_run_task_in_process, spec, run, base_settings, threads) for spec in todo
-        }
-        return {name: future.result() for name, future in futures.items()}
+    pool = ProcessPoolExecutor(
+        min(jobs, len(todo)), mp_context=get_context("spawn"), initializer=_worker_start
+    )
+    futures = {
+        spec.name: pool.submit(_run_task_in_process, spec, run, base_settings, threads) for spec in todo
+    }
+    stopping: list[int] = []
+
+    def stop_workers() -> None:
+        stopping.append(1)
+        for child in active_children():  # a second stop: the workers exit at once
+            os.kill(child.pid, signal.SIGTERM)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if not stopping:
+            log(
+                f"\nreceived {signal.Signals(signum).name}: the suite's workers stop at their next checkpoint"
+            )
+        stop_workers()
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    signals = (signal.SIGTERM, signal.SIGINT) if main_thread else ()
+    handlers = {sig: signal.signal(sig, on_signal) for sig in signals}
+    try:
+        pending = set(futures.values())
+        while pending:
+            done, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
+            if any(not f.cancelled() and f.exception() is not None for f in done) and not stopping:
+                stop_workers()  # a task failed: the others stop at a checkpoint, and the failure is reported
+            if stopping:  # the tasks not started yet never start
+                pending = {f for f in pending if not f.cancel()}
+        return _task_results(futures)
+    except BrokenProcessPool:
+        raise UserError(
+            "a suite worker process died (killed, or out of memory?); run the same masklm suite command again to "
+            "continue: finished tasks and grid runs are kept"
+        ) from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def _task_results(futures: dict[str, Future]) -> dict[str, dict[str, Any]]:
+    """Each task's result; else the first failure that is not a stop, else the first stop (a task cancelled
+    before it started is one)."""
+    errors = [f.exception() for f in futures.values() if not f.cancelled() and f.exception() is not None]
+    failure = next((e for e in errors if not isinstance(e, SuiteStopped)), None) or next(iter(errors), None)
+    if failure is not None:
+        raise failure
+    cancelled = [name for name, f in futures.items() if f.cancelled()]
+    if cancelled:
+        raise SuiteStopped(f"{cancelled[0]}, before it started")
+    return {name: future.result() for name, future in futures.items()}
 
 
 def report_markdown(report: dict[str, Any]) -> str:
