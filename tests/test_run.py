@@ -300,19 +300,38 @@ def test_a_run_folder_in_use_by_another_process_is_refused(prepared, tmp_path, c
 
 @pytest.mark.skipif(sys.platform == "win32", reason="flock is POSIX")
 def test_a_run_holds_its_folder_only_while_it_runs(prepared, tmp_path):
-    """The hold ends with the run (a later --resume from another process is not refused), and a run that
-    starts deletes what a killed `pretrain --input --overwrite` had staged beside it."""
+    """The hold ends with the run: a later command from another process is not refused."""
     from masklm.train import run as run_module
 
     run = tmp_path / "run"
-    staged = run_module.new_data_dir(run)
-    (staged / "train").mkdir(parents=True)
     assert pretrain(prepared, run) == 0
-    assert not staged.exists()
     assert str(run.resolve()) not in run_module._HELD
     other = OtherProcess(run)
     other.stop()
     assert other.held
+
+
+def test_input_overwrite_replaces_the_data_and_clears_what_a_kill_staged(tmp_path):
+    """`pretrain --input NEW --overwrite` of a run prepares NEW beside it and moves it in once the old run is
+    gone (the first version of the hold deleted the staged text before the move: FileNotFoundError); a later
+    --input run deletes what a killed --overwrite left staged beside its folder."""
+    from masklm.train import run as run_module
+
+    first, second = (
+        write_walk_corpus(tmp_path / "a", n_docs=20),
+        write_walk_corpus(tmp_path / "b", n_docs=12, seed=3),
+    )
+    run = tmp_path / "run"
+    argv = ["--vocab-size", 120, "--seq-len", 32, "--output", run]
+    assert cli("pretrain", *TINY, "--input", first, *argv, "--max-steps", 2) == 0
+    assert cli("pretrain", *TINY, "--input", second, *argv, "--max-steps", 2, "--overwrite") == 0
+    sources = json.loads((run / "data" / "meta.json").read_text())["sources"]
+    assert {Path(s["path"]).parent for s in sources} == {second}
+    assert (run / "model").is_dir() and not run_module.new_data_dir(run).exists()
+    staged = run_module.new_data_dir(run)
+    (staged / "train").mkdir(parents=True)  # as a kill during a third --overwrite would leave it
+    assert cli("pretrain", *TINY, "--input", second, *argv, "--max-steps", 4, "--resume") == 0
+    assert not staged.exists()
 
 
 def test_a_resumed_run_rewrites_metrics_as_an_uninterrupted_run_has_them(prepared, tmp_path, capsys):

@@ -176,8 +176,7 @@ def hold_run_dir(run_dir: Path) -> None:
     """Hold `run_dir` (an exclusive flock on the folder itself) for the rest of this process, so that a second
     masklm process training into it (a second --resume, two new runs started at once, an --overwrite of a run
     still training) is refused instead of writing over it. Idempotent; where the file system has no flock (some
-    network mounts), runs go on unheld. Also deletes the data a killed `pretrain --input --overwrite` left staged
-    beside the folder (`new_data_dir`), which no process holding the folder can still be writing."""
+    network mounts), runs go on unheld."""
     try:
         import fcntl
     except ImportError:  # not on POSIX: no holds
@@ -203,7 +202,6 @@ def hold_run_dir(run_dir: Path) -> None:
         os.close(fd)
         return
     _HELD[key] = (fd, inode)
-    shutil.rmtree(new_data_dir(run_dir), ignore_errors=True)
 
 
 def release_run_dir(run_dir: Path) -> None:
@@ -389,8 +387,12 @@ class Run:
         return self.device
 
     def open(self) -> Path | None:
-        """Make the run folder (replacing it with --overwrite); with --resume, the newest complete checkpoint."""
+        """Make the run folder (replacing it with --overwrite); with --resume, the newest complete checkpoint.
+        What a killed `pretrain --input --overwrite` staged beside the folder goes: no process holding the run
+        still writes it (a live --overwrite moved its staged text in before this call)."""
         prepare_run_dir(self.run_dir, self.resume, self.overwrite, self.inputs)
+        if dist.rank() == 0:
+            shutil.rmtree(new_data_dir(self.run_dir), ignore_errors=True)
         if self.resume:
             self.resume_from = ckpt.latest_checkpoint(self.run_dir / "checkpoints")
             if self.resume_from is None:
