@@ -586,15 +586,15 @@ def run_tasks(
     futures = {
         spec.name: pool.submit(_run_task_in_process, spec, run, base_settings, threads) for spec in todo
     }
-    stopping: list[int] = []
+    stopping = threading.Event()
 
     def stop_workers() -> None:
-        stopping.append(1)
+        stopping.set()
         for child in active_children():  # a second stop: the workers exit at once
             os.kill(child.pid, signal.SIGTERM)
 
     def on_signal(signum: int, frame: Any) -> None:
-        if not stopping:
+        if not stopping.is_set():
             log(
                 f"\nreceived {signal.Signals(signum).name}: the suite's workers stop at their next checkpoint"
             )
@@ -607,9 +607,9 @@ def run_tasks(
         pending = set(futures.values())
         while pending:
             done, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
-            if any(not f.cancelled() and f.exception() is not None for f in done) and not stopping:
+            if any(not f.cancelled() and f.exception() is not None for f in done) and not stopping.is_set():
                 stop_workers()  # a task failed: the others stop at a checkpoint, and the failure is reported
-            if stopping:  # the tasks not started yet never start
+            if stopping.is_set():  # the tasks not started yet never start
                 pending = {f for f in pending if not f.cancel()}
         return _task_results(futures)
     except BrokenProcessPool:

@@ -82,9 +82,8 @@ def export_model(
                 f"--generator exports an ELECTRA model's generator, but {model_dir} is a {info.architecture}"
             )
         model, tokenizer, info = load_model(folder, architecture=ElectraGenerator.architecture)
-    if (
-        info.fresh_head
-    ):  # a bare encoder (a Hugging Face BertModel, such as all-MiniLM-L6-v2's) gets a random one
+    # a bare encoder (a Hugging Face BertModel, such as all-MiniLM-L6-v2's) gets a random head
+    if info.fresh_head:
         raise UserError(
             f"{model_dir} has no trained head to export ({info.fresh_head}); an export would carry random weights: "
             "export a model with its head (a pretrained or fine-tuned masklm run), or fine-tune this one first"

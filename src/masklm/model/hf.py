@@ -476,9 +476,8 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
         return state
     if legacy.is_file():
         try:
-            with (
-                warnings.catch_warnings()
-            ):  # torch's notes on a pickle it then refuses: the line below says it
+            # torch's notes on a pickle it then refuses: the line below says it
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 state = torch.load(legacy, map_location="cpu", weights_only=True)
         except Exception as e:  # unpickling errors come in many types

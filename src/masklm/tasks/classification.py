@@ -78,9 +78,8 @@ def read_classification(
             "text": text_field(rec, text_column, path, line),
             "text_pair": text_field(rec, text_pair_column, path, line) if text_pair_column else None,
             "label": label_field(rec, label_column, path, line) if label_column and has_label else None,
-            **(
-                {"record": rec} if label_column is None else {}
-            ),  # prediction: every column goes to the output
+            # prediction: every column goes to the output
+            **({"record": rec} if label_column is None else {}),
         }
         for line, rec in records
     ]

@@ -187,9 +187,9 @@ def text_field(rec: Record, column: str, path: Path, line: int) -> str:
 def label_field(rec: Record, column: str, path: Path, line: int) -> str | None:
     """The label in `column` as a stripped string (numbers too); None for an empty cell or JSON null.
 
-    A JSON NaN is no label either. A JSON number that is a whole number is written as an integer: 1.0 is the label "1", as 1 is (pandas
-    writes an integer column with missing values as floats); a JSON boolean is "true" / "false". A CSV cell, or
-    a JSON string, is kept as written."""
+    A JSON NaN is no label either. A JSON number that is a whole number is written as an integer: 1.0 is the
+    label "1", as 1 is (pandas writes an integer column with missing values as floats); a JSON boolean is "true" /
+    "false". A CSV cell, or a JSON string, is kept as written."""
     if column not in rec:
         raise UserError(
             f"{path}:{line}: has no '{column}' field (fields: {', '.join(rec)}); add it to that line"
@@ -197,9 +197,8 @@ def label_field(rec: Record, column: str, path: Path, line: int) -> str | None:
     value = rec[column]
     if value is None or (isinstance(value, float) and math.isnan(value)):  # NaN: how pandas writes "no label"
         return None
-    if isinstance(
-        value, bool
-    ):  # as JSON spells it (str() would give "True"), so a CSV's "true" is the same label
+    # a boolean as JSON spells it (str() would give "True"), so a CSV's "true" is the same label
+    if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float) and value.is_integer():
         value = int(value)
