@@ -32,6 +32,7 @@ from masklm.tasks.token_classification import (
     align_predictions,
     encode_token_classification,
     read_conll,
+    split_words,
 )
 
 # fmt: off
@@ -827,10 +828,16 @@ def test_postprocess_qa_hand_logits():
 
 
 def test_qa_answer_keeps_its_combining_accents(bert_tok):
-    """In decomposed (NFD) text, an accent-stripping tokenizer ends "Zoe\u0308"'s token before the accent: the
-    answer still ends after it, as the gold answer does."""
-    context = "yesterday Zoe\u0308 and Rene\u0301 went home ."
-    for answer in ("Zoe\u0308", "Zoe\u0308 and Rene\u0301"):
+    """In decomposed (NFD) text, an accent-stripping tokenizer ends "Zoe\u0308"'s token before the accent, and
+    Thai and Devanagari words before their final vowel sign (marks of combining class 0): the answer still ends
+    after them, as the gold answer does."""
+    context = "yesterday Zoe\u0308 and Rene\u0301 went home , said \u0e14\u0e35 to \u0928\u092e\u0938\u094d\u0924\u0947 ."
+    for answer in (
+        "Zoe\u0308",
+        "Zoe\u0308 and Rene\u0301",
+        "\u0e14\u0e35",
+        "\u0928\u092e\u0938\u094d\u0924\u0947",
+    ):
         example = _qa_example(context, answer, context.index(answer), qid="x")
         (feature,) = encode_qa(bert_tok, [example], 64, 16)
         start, end = [0.0] * len(feature["offsets"]), [0.0] * len(feature["offsets"])
@@ -986,3 +993,29 @@ def test_squad_for_prediction_ignores_its_answers(tmp_path):
     rows = [{**rows[0], "answers": {"text": ["Denver Broncos"], "answer_start": [49.0]}}]
     path.write_text(json.dumps(rows[0]), encoding="utf-8")
     assert read_squad(path)[0]["answers"]["answer_start"] == [49]
+
+
+def test_serving_splits_words_of_every_script():
+    """The words `masklm serve` tags in raw text: marks stay in their word (NFD accents, Devanagari and Thai vowel
+    signs, which `\\w` does not match), CJK ideographs are one word each (as BERT's pre-tokenizer splits them),
+    an emoji sequence is one word, punctuation is split off; the offsets are the words' own."""
+    cases = {
+        "\u0930\u093e\u0939\u0941\u0932 \u0917\u092f\u093e .": [
+            "\u0930\u093e\u0939\u0941\u0932",
+            "\u0917\u092f\u093e",
+            ".",
+        ],
+        "Jose\u0301 lives in Paris.": ["Jose\u0301", "lives", "in", "Paris", "."],
+        "\u674e\u660e\u4f4f\u5728\u5317\u4eac\u3002": list("\u674e\u660e\u4f4f\u5728\u5317\u4eac\u3002"),
+        "\U0001f469\u200d\U0001f4bb codes \U0001f44d\U0001f3fd": [
+            "\U0001f469\u200d\U0001f4bb",
+            "codes",
+            "\U0001f44d\U0001f3fd",
+        ],
+        "\u0928\u092e\u0938\u094d\u0924\u0947, ok": ["\u0928\u092e\u0938\u094d\u0924\u0947", ",", "ok"],
+        "hello, world! it's": ["hello", ",", "world", "!", "it", "'", "s"],
+    }
+    for text, expected in cases.items():
+        words, spans = split_words(text)
+        assert words == expected, (text, words)
+        assert [text[a:b] for a, b in spans] == words

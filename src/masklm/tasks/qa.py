@@ -342,10 +342,11 @@ def best_answers(
 
 
 def _past_combining_marks(context: str, end: int) -> int:
-    """`end` moved past the combining marks right after it (accents written as characters of their own, as in
-    NFD text: "e\u0301"): a tokenizer that strips accents ends a word's last token before them, which would cut
-    "Zoë" to "Zoe"."""
-    while end < len(context) and unicodedata.combining(context[end]):
+    """`end` moved past the marks right after it (Unicode category M: accents written as characters of their own,
+    as in NFD text "e\u0301", and the vowel signs of Thai and Indic scripts): a tokenizer that strips accents ends
+    a word's last token before them, which would cut "Zoë" to "Zoe" and "नमस्ते" to "नमस्त". (Not
+    `unicodedata.combining`: most vowel signs have combining class 0.)"""
+    while end < len(context) and unicodedata.category(context[end]).startswith("M"):
         end += 1
     return end
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -310,14 +311,41 @@ def align_predictions(
 # ----------------------------------------------------------------------------------------------------
 # Serving: raw text in, entities with character offsets out
 
-WORD = re.compile(r"\w+|[^\w\s]")
-"""A word of a request's text: a run of letters and digits, or one punctuation mark (as CoNLL files split)."""
+# The CJK ideograph blocks BERT's pre-tokenizer splits into one word a character (its _is_chinese_char ranges)
+_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ceaf\U0002f800-\U0002fa1f"
+WORD = re.compile(rf"[{_CJK}]|(?:(?![{_CJK}])\w)+|[^\w\s]")
+"""A piece of a request's text: one CJK ideograph, a run of letters and digits, or one other visible character;
+`split_words` joins the pieces that belong to one word."""
+_ZWJ = "\u200d"
+
+
+def _continues(previous: str, piece: str) -> bool:
+    """Whether `piece`, written right after `previous`, belongs to the same word: a mark (category M: accents in
+    NFD text, the vowel signs of Indic and Thai scripts, which `\\w` does not match) and the letters after one,
+    and the parts of an emoji sequence (zero-width joiners, skin tones)."""
+    first, last = piece[0], previous[-1]
+    if unicodedata.category(first).startswith("M") or first == _ZWJ or last == _ZWJ:
+        return True
+    if "\U0001f3fb" <= first <= "\U0001f3ff":
+        return True  # a skin-tone modifier
+    return unicodedata.category(last).startswith("M") and (first.isalnum() and previous[0].isalnum())
 
 
 def split_words(text: str) -> tuple[list[str], list[tuple[int, int]]]:
-    """The words of `text` and their (start, end) character offsets."""
-    matches = list(WORD.finditer(text))
-    return [m.group() for m in matches], [m.span() for m in matches]
+    """The words of `text` and their (start, end) character offsets: runs of letters and digits with their marks,
+    one CJK ideograph each (as BERT's pre-tokenizer splits them), and punctuation marks, one each (as CoNLL files
+    split)."""
+    words: list[str] = []
+    spans: list[tuple[int, int]] = []
+    for m in WORD.finditer(text):
+        start, end = m.span()
+        if spans and spans[-1][1] == start and _continues(words[-1], m.group()):
+            words[-1] += m.group()
+            spans[-1] = (spans[-1][0], end)
+        else:
+            words.append(m.group())
+            spans.append((start, end))
+    return words, spans
 
 
 def word_scores(feature: Feature, output: torch.Tensor) -> tuple[list[int], list[float]]:

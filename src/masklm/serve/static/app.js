@@ -62,17 +62,20 @@ function bars(rows, bestIndex) {
 }
 
 function highlighted(text, spans) {
-  // spans: [{start, end, label}] sorted, not overlapping
+  // spans: [{start, end, label}] sorted, not overlapping. The server's offsets count code points (Python's
+  // str), JavaScript's strings count UTF-16 units: an emoji before a span would shift it, so cut code points.
+  const chars = Array.from(text);
+  const part = (a, b) => chars.slice(a, b).join("");
   const box = el("div", "marked");
   let at = 0;
   for (const s of spans) {
-    box.append(document.createTextNode(text.slice(at, s.start)));
-    const mark = el("mark", "", text.slice(s.start, s.end));
+    box.append(document.createTextNode(part(at, s.start)));
+    const mark = el("mark", "", part(s.start, s.end));
     if (s.label) mark.append(el("span", "tag", s.label));
     box.append(mark);
     at = s.end;
   }
-  box.append(document.createTextNode(text.slice(at)));
+  box.append(document.createTextNode(part(at)));
   return box;
 }
 
