@@ -157,6 +157,10 @@ def test_a_pretraining_run_is_not_taken_for_a_prompt_classifier():
         (["--data.prompt", PROMPT, "--data.label_words", "neg=awful"], "label 'pos'"),
         (["--data.prompt", PROMPT, "--data.label_words", "neg=awful,pos=great,meh=was"], "names label 'meh'"),
         (["--data.prompt", PROMPT, "--data.label_words", "neg=awful,pos=awful"], "several labels"),
+        (
+            ["--data.prompt", PROMPT, "--data.label_words", "neg=awful,pos=AWFUL"],
+            "are the same token (awful)",
+        ),
         (["--data.prompt", PROMPT, "--data.label_words", "neg awful,pos=great"], "is not LABEL=WORD"),
         (["--data.prompt", PROMPT, "--data.label_words", "neg=awful,pos=splendiferous"], "one token"),
         (["--data.prompt", PROMPT, "--data.label_words", "neg=awful,pos=zzz"], "one token"),

@@ -135,6 +135,13 @@ def label_word_ids(tok: Any, words: dict[str, str], labels: Sequence[str]) -> li
                 f"label word {words[label]!r} is {what} in this model's vocabulary; choose a word that is one "
                 "token (masklm fill-mask on the template shows candidates)"
             )
+        if encoding.ids[0] in ids:
+            other = labels[ids.index(encoding.ids[0])]
+            raise UserError(
+                f"label words {words[other]!r} and {words[label]!r} are the same token ({pieces[0]}) in this "
+                "model's vocabulary (its tokenizer normalises case, accents or Unicode form), so the labels could not be "
+                "told apart; choose words that differ as tokens"
+            )
         ids.append(encoding.ids[0])
     return ids
 
