@@ -450,6 +450,12 @@ def test_read_squad_errors(tmp_path):
     message = _raises("'Denver Broncos' of question id q1 is not at answer_start 48", read_squad, path)
     assert str(path) in message
 
+    # an NFC answer in an NFD context: not an offset to fix
+    nfd = {"id": "u", "question": "who ?", "context": "then Jose\u0301 left", "answers": []}
+    nfd["answers"] = [{"text": "Jos\u00e9", "answer_start": 5}]
+    path.write_text(json.dumps({"data": [{"paragraphs": [{"context": nfd["context"], "qas": [nfd]}]}]}))
+    _raises("are in different Unicode forms", read_squad, path)
+
     doc = _squad_v2()
     doc["data"][0]["paragraphs"][0]["qas"][1]["id"] = "q1"
     path.write_text(json.dumps(doc), encoding="utf-8")
@@ -951,6 +957,18 @@ def test_one_number_spelled_two_ways_in_one_file_is_one_label(tmp_path):
     path.write_text('{"text": "a", "label": NaN}\n{"text": null, "label": 1}\n', encoding="utf-8")
     a, b = read_classification(path)
     assert a["label"] is None and b["text"] == ""  # a null text is an empty one, as an empty CSV cell is
+
+
+def test_one_label_in_two_unicode_forms_is_one_label():
+    """NFC "n\u00e9gatif" and NFD "ne\u0301gatif" look the same: one label (kept in NFC), and a validation file
+    in the other form finds it; digits of other scripts are labels of their own, not numbers."""
+    nfc, nfd = "n\u00e9gatif", "ne\u0301gatif"
+    assert build_label_map([nfc, nfd, "positif"]) == [nfc, "positif"]
+    assert match_label(nfd, [nfc, "positif"]) == 0 and match_label(nfc, [nfd, "positif"]) == 0
+    rows = [{"text": "a", "label": nfd}, {"text": "b", "label": "positif"}]
+    assert [e["label"] for e in encode_labels(rows, [nfc, "positif"], "val.csv")] == [0, 1]
+    assert build_label_map(["\u0661", "1", "\uff11"]) == ["1", "\u0661", "\uff11"]
+    assert match_label("\u0661", ["0", "1"]) is None
 
 
 def test_scores_read_as_classes_are_pointed_to_regression(tmp_path, capsys):

@@ -8,16 +8,17 @@ is in our hands.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from masklm.errors import UserError
 
-INTEGER_LABEL = re.compile(r"[+-]?\d+")
+INTEGER_LABEL = re.compile(r"[+-]?[0-9]+")
 """Labels that look like integers ("0", "-1") sort numerically and are written back as numbers."""
-NUMBER_LABEL = re.compile(r"[+-]?\d+(\.\d*)?")
+NUMBER_LABEL = re.compile(r"[+-]?[0-9]+(\.[0-9]*)?")
 """Labels that spell a decimal number ("1", "1.0", "-2.50"): one matches a label of another file that spells the
-same number (`match_label`)."""
+same number (`match_label`). ASCII digits only: "١" (Arabic-Indic one) is a label of its own, not 1."""
 
 
 def special_token_ids(tok: Any) -> tuple[int, int, int]:
@@ -53,9 +54,10 @@ def build_label_map(labels: Iterable[str | None]) -> list[str]:
 
     Integer-looking labels ("0", "1", "-1") sort numerically, anything else sorts as strings, so the ids are
     the same whichever order the training file lists its rows in. None (no label) is skipped. Spellings of one
-    number ("1", "1.0") are one label.
+    number ("1", "1.0") are one label, and so are the Unicode forms of one word (NFC "é", NFD "e\u0301"), kept
+    in NFC.
     """
-    distinct = {label for label in labels if label is not None}
+    distinct = {unicodedata.normalize("NFC", label) for label in labels if label is not None}
     if not distinct:
         raise UserError(
             "the training data has no labels; check its label column (--data.label_column) and the values in it"
@@ -80,10 +82,12 @@ def label_number(label: str) -> float | None:
 
 
 def match_label(label: str, label_list: Sequence[str]) -> int | None:
-    """The id of `label` in `label_list`: the label itself, else the one label there that spells the same number
-    (a model trained on "1.0" reads a file that writes 1, and the other way round); None when there is none."""
+    """The id of `label` in `label_list`: the label itself (in any Unicode normalisation form), else the one
+    label there that spells the same number (a model trained on "1.0" reads a file that writes 1, and the other
+    way round); None when there is none."""
+    nfc = unicodedata.normalize("NFC", label)
     for i, known in enumerate(label_list):
-        if known == label:
+        if known == label or unicodedata.normalize("NFC", known) == nfc:
             return i
     number = label_number(label)
     if number is None:

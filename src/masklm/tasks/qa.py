@@ -67,6 +67,10 @@ def read_squad(path: str | Path, answers: bool = True) -> list[Example]:
     return examples
 
 
+def _nfc(text: str) -> str:
+    return unicodedata.normalize("NFC", text)
+
+
 def _squad_example(qa: dict[str, Any], where: str, seen: set[str], answers: bool = True) -> Example:
     """One question of a SQuAD file, checked: a new id (added to `seen`), question and context text, answers
     found in the context (without `answers`: none read)."""
@@ -88,6 +92,12 @@ def _squad_example(qa: dict[str, Any], where: str, seen: set[str], answers: bool
     texts, starts = _squad_answers(qa.get("answers"), qid, where)
     for text, start in zip(texts, starts):
         if context[start : start + len(text)] != text:
+            if _nfc(text) in _nfc(context) and text not in context:
+                raise UserError(
+                    f"{where}: answer {text!r} of question id {qid} and its context are in different Unicode "
+                    "forms (one writes an accent as part of its letter, NFC, the other as a character of its own, "
+                    "NFD); write both in one form, e.g. unicodedata.normalize('NFC', ...), and answer_start with it"
+                )
             raise UserError(
                 f"{where}: answer {text!r} of question id {qid} is not at answer_start {start} in its context "
                 f"(found {context[start : start + len(text)]!r}); fix answer_start"
