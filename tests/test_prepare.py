@@ -787,3 +787,20 @@ def test_a_vocabulary_smaller_than_asked_is_noted(tmp_path, capsys):
     size = Tokenizer.from_file(str(tmp_path / "out" / "tokenizer.json")).get_vocab_size()
     assert size < 500
     assert f"only {size} distinct tokens for --vocab-size 500" in capsys.readouterr().err
+
+
+def test_a_vocabulary_larger_than_asked_and_stripped_marks_are_noted(tmp_path, capsys):
+    """Every distinct character is a token, so 600 CJK ideographs give more than --vocab-size 300; lowercasing
+    strips the vowel signs of Devanagari and Thai (nonspacing marks), which a note points to --data.lowercase
+    false for, while Latin accents (part of their letter in NFC) are no cause for it."""
+    (tmp_path / "zh.txt").write_text("".join(chr(0x4E00 + i) for i in range(600)) + "\n")
+    prepare([tmp_path / "zh.txt"], tmp_path / "zh", cfg(vocab_size=300), progress=False)
+    size = Tokenizer.from_file(str(tmp_path / "zh" / "tokenizer.json")).get_vocab_size()
+    assert size > 300 and f"has {size} tokens, more than --vocab-size 300" in capsys.readouterr().err
+    (tmp_path / "hi.txt").write_text("राहुल गया दिल्ली नमस्ते ดีมาก ครับ ดู\n" * 50)
+    prepare([tmp_path / "hi.txt"], tmp_path / "hi", cfg(vocab_size=100), progress=False)
+    assert "pass --data.lowercase false to keep them" in capsys.readouterr().err
+    prepare([tmp_path / "hi.txt"], tmp_path / "hi2", cfg(vocab_size=100, lowercase=False), progress=False)
+    (tmp_path / "fr.txt").write_text("le café est très élégant à Paris, où je suis allé.\n" * 50)
+    prepare([tmp_path / "fr.txt"], tmp_path / "fr", cfg(vocab_size=100), progress=False)
+    assert "lowercasing strips" not in capsys.readouterr().err

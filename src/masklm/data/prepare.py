@@ -19,6 +19,7 @@ import os
 import secrets
 import shutil
 import sys
+import unicodedata
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -113,7 +114,33 @@ def _get_tokenizer(
             f"note: the text holds only {tok.get_vocab_size()} distinct tokens for --vocab-size {cfg.vocab_size}: the "
             "tokenizer has that many (more text, or a smaller --vocab-size, makes the two agree)"
         )
+    elif tok.get_vocab_size() > cfg.vocab_size:
+        log(
+            f"note: the tokenizer has {tok.get_vocab_size()} tokens, more than --vocab-size {cfg.vocab_size}: "
+            "WordPiece keeps every character the text uses (each CJK ideograph, say) as a token of its own"
+        )
+    if cfg.lowercase:
+        _note_stripped_marks(documents.head)
     return tok
+
+
+def _note_stripped_marks(texts: list[str]) -> None:
+    """A note when lowercasing (which, as in uncased BERT, also strips accents: every nonspacing mark) would take
+    a large share of the text's characters away: the vowel signs of Devanagari, Thai, Arabic or Hebrew are such
+    marks, so "ดี" (good) and "ดู" (look) would be one token. Counted in NFC, where Latin accents are part of their
+    letter and are not counted (for Latin text, stripping them is what an uncased vocabulary means)."""
+    marks = letters = 0
+    for text in texts:
+        for c in unicodedata.normalize("NFC", text):
+            category = unicodedata.category(c)
+            marks += category == "Mn"
+            letters += category[0] in "LM"
+    if letters and marks / letters > 0.02:
+        log(
+            f"note: {marks / letters:.0%} of the text's letters are marks (vowel signs of scripts such as "
+            "Devanagari, Thai or Arabic, or accents written apart) that lowercasing strips, as uncased BERT does: "
+            "words that differ only in them become one token; pass --data.lowercase false to keep them"
+        )
 
 
 class _Passes:
@@ -125,13 +152,22 @@ class _Passes:
         self.files, self.cfg, self.progress, self.limits = files, cfg, progress, limits
         self.has_text = False
         self.passes = 0
+        self.head: list[str] = []  # the first documents, up to HEAD_CHARS characters: a sample to look at
+
+    HEAD_CHARS = 1_000_000
 
     def __iter__(self) -> Iterator[str]:
         self.passes += 1
         corpus = Corpus(self.files, self.cfg, self.limits, hash_files=self.limits is None)
+        held = 0
         with _progress_bar(corpus, f"tokenizer pass {self.passes}", self.progress) as bar:
             for batch in _batches(corpus):
                 self.has_text = self.has_text or any(d and not d.isspace() for d in batch)
+                for d in batch if self.passes == 1 else ():
+                    if held >= self.HEAD_CHARS:
+                        break
+                    self.head.append(d[: self.HEAD_CHARS - held])
+                    held += len(self.head[-1])
                 yield from batch
                 _update(bar, corpus)
 
