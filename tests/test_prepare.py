@@ -549,6 +549,9 @@ def _bad_inputs(tmp_path: Path, case: str) -> list[Path]:
     if case == "latin1":
         (d / "latin.txt").write_bytes("café au lait".encode("latin-1"))
         return [d]
+    if case == "utf16":
+        (d / "win.txt").write_bytes("a Windows 'Unicode' text\n".encode("utf-16"))
+        return [d]
     if case == "bad-gzip":
         (d / "x.txt.gz").write_text("not gzip at all")
         return [d]
@@ -575,6 +578,7 @@ BAD_INPUTS = {
     "binary": r"data\.bin is not UTF-8 text",
     "nul": r"nul\.txt is not UTF-8 text \(binary file\?\)",
     "latin1": r"latin\.txt is not UTF-8 text",
+    "utf16": r"win\.txt is UTF-16 text; convert it to UTF-8 \(iconv -f UTF-16 -t UTF-8\)",
     "bad-gzip": r"cannot read .*x\.txt\.gz",
     "bad-json": r"bad\.jsonl:3: invalid JSON",
     "json-field": r"f\.jsonl:1: no field 'text' \(fields: title, body\); set --data\.text_field",

@@ -223,6 +223,8 @@ def test_fill_mask_names_the_text_that_has_no_mask(model_dir, capsys):
     assert captured.err.startswith("error: text 2: the text has no [MASK] token") and not captured.out
     assert cli("fill-mask", model_dir, "the [MASK] sleeps", "the cat [mask]") == 2
     assert "text 2: the text has no [MASK] token ('[mask]' is not it" in capsys.readouterr().err
+    assert cli("fill-mask", model_dir, "the cat \uff3bMASK\uff3d") == 2  # full-width brackets
+    assert "('\uff3bMASK\uff3d' is not it: the mask token is [MASK]" in capsys.readouterr().err
 
 
 def test_fill_mask_reads_its_texts_from_a_file(model_dir, tmp_path, capsys):

@@ -206,6 +206,9 @@ def test_reader_file_errors(tmp_path):
     bad = tmp_path / "latin1.csv"
     bad.write_bytes("text\nok\ncaf\xe9\n".encode("latin-1"))
     _raises(f"{bad}:3: is not UTF-8", read_classification, bad)
+    wide = tmp_path / "win.csv"
+    wide.write_bytes("text,label\nok,1\n".encode("utf-16"))
+    _raises(f"{wide}: is UTF-16 text; re-save it as UTF-8", read_classification, wide)
 
 
 def test_label_maps_and_encoding(tmp_path):

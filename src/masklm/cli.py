@@ -693,7 +693,7 @@ def cmd_score(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     if kind == "pairs":
         result = {"word_level": args.word_level, **scorer.pairs(rows, args.word_level)}
         if args.json:
-            print(json.dumps(result))
+            print(json.dumps(result, ensure_ascii=False))
             return 0
         for group, g in result["groups"].items():  # quoted: no group name reads as the overall line (or two)
             name = json.dumps(group, ensure_ascii=False)

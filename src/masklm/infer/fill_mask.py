@@ -64,9 +64,12 @@ class FillMask:
         longer than the model reads."""
         enc = self.tokenizer.encode(text)
         if self.mask_id not in enc.ids:
-            spelled = re.search(r"\[mask\]|<mask>", text, re.IGNORECASE)
+            # lower case, RoBERTa's <mask>, or full-width brackets (an East Asian keyboard's ［MASK］)
+            spelled = re.search(r"[\[［]\s*mask\s*[\]］]|<mask>", text, re.IGNORECASE)
             hint = (
-                f" ({spelled.group(0)!r} is not it: the mask token is [MASK], in capitals)" if spelled else ""
+                f" ({spelled.group(0)!r} is not it: the mask token is [MASK], in capitals between ASCII brackets)"
+                if spelled
+                else ""
             )
             raise UserError(
                 f'the text has no [MASK] token{hint}; write "[MASK]" where a word should be predicted'

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from masklm.data.readers import utf16_or_32
 from masklm.errors import UserError
 
 csv.field_size_limit(2**31 - 1)  # long documents in one cell are fine; the default limit is 128 KiB
@@ -48,6 +49,11 @@ def read_text(path: Path) -> str:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
+        wide = utf16_or_32(path, data[:4])
+        if wide:
+            raise UserError(
+                f"{path}: is {wide} text; re-save it as UTF-8 (iconv -f {wide} -t UTF-8)"
+            ) from None
         line = data[: e.start].count(b"\n") + 1
         raise UserError(
             f"{path}:{line}: is not UTF-8 text (byte {e.start}); re-save the file as UTF-8"
