@@ -808,3 +808,17 @@ def test_a_vocabulary_larger_than_asked_and_stripped_marks_are_noted(tmp_path, c
     (tmp_path / "fr.txt").write_text("le café est très élégant à Paris, où je suis allé.\n" * 50)
     prepare([tmp_path / "fr.txt"], tmp_path / "fr", cfg(vocab_size=100), progress=False)
     assert "lowercasing strips" not in capsys.readouterr().err
+
+
+def test_documents_of_only_dropped_characters_are_noted(tmp_path, capsys):
+    """A document of zero-width spaces or a lone combining mark tokenizes to nothing: left out, counted in
+    meta.json and noted; blank lines are no cause for the note."""
+    write_lines(
+        tmp_path / "a.txt", ["alpha bravo charlie", "\u200b\u200b", "", "\u0301", "delta echo foxtrot"]
+    )
+    out = tmp_path / "out"
+    prepare([tmp_path / "a.txt"], out, cfg(one_doc_per_line=True), progress=False)
+    assert json.loads((out / "meta.json").read_text())["skipped_documents"] >= 2
+    err = capsys.readouterr().err
+    assert "note: 2 document(s) held only characters the tokenizer drops" in err
+    assert "lowercasing strips" not in err  # one stray mark

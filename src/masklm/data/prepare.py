@@ -135,7 +135,8 @@ def _note_stripped_marks(texts: list[str]) -> None:
             category = unicodedata.category(c)
             marks += category == "Mn"
             letters += category[0] in "LM"
-    if letters and marks / letters > 0.02:
+    # (at least 50: not for a stray accent in a few lines)
+    if marks >= 50 and marks / letters > 0.02:
         log(
             f"note: {marks / letters:.0%} of the text's letters are marks (vowel signs of scripts such as "
             "Devanagari, Thai or Arabic, or accents written apart) that lowercasing strips, as uncased BERT does: "
@@ -608,7 +609,7 @@ def _pack(
     }
     train, val = packers["train"], packers["val"]
     val_capacity = cfg.max_val_sequences * (cfg.seq_len - 2)  # stream tokens per segment that fit in the cap
-    skipped = n = 0
+    skipped = unreadable = n = 0
 
     corpus = selection.corpus
     workers = cfg.workers or default_workers()
@@ -622,6 +623,7 @@ def _pack(
                 n += 1
                 if not len(ids):
                     skipped += 1
+                    unreadable += not text.isspace() and bool(text)
                     continue
                 fits_val = val.stream_tokens + len(ids) + 1 <= val_capacity
                 packer = val if fits_val and goes_to_val(text, seed, cfg.val_fraction) else train
@@ -636,6 +638,11 @@ def _pack(
     for packer in packers.values():
         packer.writer.close()
 
+    if unreadable:
+        log(
+            f"note: {unreadable} document(s) held only characters the tokenizer drops (zero-width or control "
+            "characters, marks on their own) and were left out"
+        )
     _save(root / "tokenizer.json", lambda f: f.write(tok.to_str(pretty=True).encode("utf-8")))
     counts = {
         "documents": selection.taken,
