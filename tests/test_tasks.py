@@ -262,6 +262,12 @@ def test_read_conll_columns(tmp_path):
         {"tokens": ["@user", "New York"], "tags": ["O", "B-loc"]},
         {"tokens": ["hi"], "tags": ["O"]},
     ]
+    spaces = tmp_path / "nbsp.conll"  # a no-break or ideographic space is part of its token, not a column break
+    spaces.write_text("10\u00a0000 B-NUM\nyen O\n\n\u3000 O\n", encoding="utf-8")
+    assert read_conll(spaces) == [
+        {"tokens": ["10\u00a0000", "yen"], "tags": ["B-NUM", "O"]},
+        {"tokens": ["\u3000"], "tags": ["O"]},
+    ]
     words_only = tmp_path / "predict.txt"
     words_only.write_text("Hello\nthere\n\nagain\n", encoding="utf-8")
     assert read_conll(words_only) == [

@@ -36,6 +36,10 @@ if TYPE_CHECKING:
 # Reading
 
 
+ASCII_SPACE = " \t\r\n\f\v"
+COLUMNS = re.compile(r"[ \t\r\n\f\v]+")
+
+
 def read_conll(path: str | Path, with_tags: bool = True) -> list[Example]:
     """Read a token-classification file: one {"tokens": [...], "tags": [...] | None} per sentence.
 
@@ -67,13 +71,15 @@ def read_conll(path: str | Path, with_tags: bool = True) -> list[Example]:
     lines = split_lines(read_text(path))
     _refuse_json_lines(path, lines)
     for lineno, line in enumerate(lines, 1):
-        stripped = line.strip()
-        if not stripped:
+        if not line.strip():
             flush()
             continue
+        # columns are split at ASCII white space only: a no-break space (10\u00a0000) or an ideographic space is
+        # part of its token
+        stripped = line.strip(ASCII_SPACE)
         if not expected:
             use_tabs = "\t" in stripped
-        fields = [f.strip() for f in stripped.split("\t")] if use_tabs else stripped.split()
+        fields = [f.strip(ASCII_SPACE) for f in stripped.split("\t")] if use_tabs else COLUMNS.split(stripped)
         if fields[0] == "-DOCSTART-":
             flush()
             continue
