@@ -361,3 +361,48 @@ def test_a_resumed_run_rewrites_metrics_as_an_uninterrupted_run_has_them(prepare
     # a metrics.jsonl written before this rule: the later records of a step win in curves and compare
     rows = [{"step": s, "split": "train", "n": i} for i, s in enumerate([2, 4, 6, 8, 6, 8])]
     assert [r.get("n") for r in without_replayed([*rows, {"step": 8, "split": "val"}])] == [0, 1, 4, 5, None]
+
+
+def test_a_budget_in_any_form_replaces_the_one_before_it(prepared, tmp_path, capsys):
+    """--max-minutes with the tiny preset (40 steps) runs by time; --train.max_steps, on the command line or in a
+    config file, clears a time budget as --max-steps does; a flag and its dotted form with one value are fine."""
+    out = tmp_path / "minutes"
+    assert (
+        cli("pretrain", "--preset", "tiny", "--data", prepared, "--output", out, "--max-minutes", 0.01) == 0
+    )
+    train = yaml.safe_load((out / "config.yaml").read_text())["train"]
+    assert (train["max_steps"], train["max_minutes"]) == (None, 0.01)
+    assert "budget 0.01 minutes" in capsys.readouterr().err
+    (tmp_path / "steps.yaml").write_text("train:\n  max_steps: 3\n")
+    for name, extra in [
+        ("flag", ["--max-minutes", 5, "--train.max_steps", 3]),
+        ("file", ["--max-minutes", 5]),
+    ]:
+        out = tmp_path / name
+        config = ["--config", tmp_path / "steps.yaml"] if name == "file" else []
+        # both budgets given: both hold, and the start line says so
+        assert cli("pretrain", *TINY, "--data", prepared, "--output", out, *config, *extra) == 0
+        train = yaml.safe_load((out / "config.yaml").read_text())["train"]
+        assert (train["max_steps"], train["max_minutes"]) == (3, 5)
+        assert "budget 3 steps or 5 minutes, whichever comes first" in capsys.readouterr().err
+    assert cli("pretrain", *TINY, "--data", prepared, "--output", tmp_path / "same", "--max-steps", 2,
+               "--train.max_steps", "2", "--seed", 1, "--train.seed", "1") == 0  # fmt: skip
+
+
+def test_a_config_file_on_resume_follows_the_resume_rule(prepared, tmp_path, capsys):
+    """A --config file given with --resume was ignored: a changed setting it held ran unchanged without a word,
+    and a budget it raised was not applied. Its settings are checked and applied as the command line's."""
+    out = tmp_path / "run"
+    assert pretrain(prepared, out) == 0
+    (tmp_path / "mask.yaml").write_text("mask:\n  rate: 0.5\n")
+    before = file_snapshot(out)
+    assert pretrain(prepared, out, "--resume", "--config", tmp_path / "mask.yaml") == 2
+    assert "mask.rate=0.5 differs from the run's" in capsys.readouterr().err
+    assert file_snapshot(out) == before
+    (tmp_path / "more.yaml").write_text("train:\n  max_steps: 12\n")
+    assert (
+        cli("pretrain", "--data", prepared, "--output", out, "--resume", "--config", tmp_path / "more.yaml")
+        == 0
+    )
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["max_steps"] == 12
+    assert json.loads((out / "summary.json").read_text())["steps"] == 12

@@ -26,7 +26,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import masklm
-from masklm.config import Config, FinetuneConfig, Setting, check_device, section_settings, sections
+from masklm.config import (
+    Config,
+    FinetuneConfig,
+    Setting,
+    check_device,
+    file_settings,
+    replaced_budget,
+    section_settings,
+    sections,
+)
 from masklm.demo import DEMO_RUN, DEMO_SENTENCES, demo_corpus
 from masklm.errors import UserError
 from masklm.tasks import TASK_NAMES
@@ -184,11 +193,19 @@ def _refuse_twice_given(flags: dict[str, Any], overrides: dict[str, Any]) -> Non
     """A short flag (--seq-len, --max-minutes, ...) and its dotted setting (--data.seq_len, ...) given with
     different values: which one wins is not for the user to guess."""
     for key, value in flags.items():
-        if key in overrides and overrides[key] != value:
+        if key in overrides and str(overrides[key]) != str(value) and not _same_number(overrides[key], value):
             flag = "--" + key.split(".", 1)[1].replace("_", "-")
             raise UserError(
                 f"{flag} {value} and --{key} {overrides[key]} set the same thing to different values; pass one"
             )
+
+
+def _same_number(a: Any, b: Any) -> bool:
+    """Whether `a` and `b` (a typed value and the text of a dotted override, "1e3" and 1000) are one number."""
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return False
 
 
 def _refuse_unused_vocab_size(given: dict[str, Any], tokenizer_from: str | None) -> None:
@@ -297,16 +314,13 @@ def _add_log_flag(p: argparse.ArgumentParser) -> None:
 
 
 def _budget(args: argparse.Namespace) -> dict[str, Any]:
-    """The settings that --max-steps, --max-tokens, --max-minutes and --seed stand for.
-
-    A step or token budget replaces a preset's time budget (the small preset's 9 minutes)."""
+    """The settings that --max-steps, --max-tokens, --max-minutes and --seed stand for (a budget given replaces
+    the preset's or the resumed run's: `replaced_budget`)."""
     budget: dict[str, Any] = {}
     if args.max_steps is not None:
         budget["train.max_steps"] = args.max_steps
-        budget["train.max_minutes"] = None
     if args.max_tokens is not None:
         budget["train.max_tokens"] = args.max_tokens
-        budget["train.max_minutes"] = None
     if args.max_minutes is not None:
         budget["train.max_minutes"] = args.max_minutes
     if args.seed is not None:
@@ -337,6 +351,9 @@ def cmd_pretrain(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     budget = _budget(args)
     data_over = _data_overrides(args)
     _refuse_twice_given({**data_over, **budget}, overrides)
+    # what the config file sets is checked and applied on --resume as the command line's settings are
+    from_file = file_settings(args.config) if args.config else {}
+    budget.update(replaced_budget({**from_file, **budget, **overrides}))
     if args.data is not None:
         _refuse_prepare_flags(args, data_over, overrides)
     given = {**data_over, **overrides}
@@ -365,7 +382,7 @@ def cmd_pretrain(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         check_device(cfg.train.device, cfg.train.precision)
     if args.resume:
         check_same_preset(run_dir, args.preset)
-        check_resume_settings(run_dir, {**data_over, **budget, **overrides})
+        check_resume_settings(run_dir, {**from_file, **data_over, **budget, **overrides})
     if args.input is None and args.data is None and not (args.resume and own_data):
         raise UserError("--init-from needs data: pass --input PATHS or --data PREPARED_DIR")
     data_dir = run_dir / "data"
@@ -383,7 +400,7 @@ def cmd_pretrain(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         overwrite=overwrite,
         init_from=args.init_from,
         command=command_line(args.argv),
-        resume_changes={**budget, **overrides},
+        resume_changes={**from_file, **budget, **overrides},
     )
     if summary.get("stopped") or rank() != 0:  # under torchrun only rank 0 reports
         return 0

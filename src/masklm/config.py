@@ -805,6 +805,31 @@ def apply_dict(cfg: Any, values: dict[str, Any], source: str) -> Any:
     return cfg
 
 
+def file_settings(path: str | Path) -> dict[str, Any]:
+    """The settings a YAML config file gives, as dotted keys ({"train.lr": 1e-3}): a resumed run checks and applies
+    them by the resume rule, as it does the command line's."""
+    flat: dict[str, Any] = {}
+    for key, value in read_yaml(path).items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{name}": v for name, v in value.items()})
+        elif value is not None or "." in key:  # (an empty section gives nothing)
+            flat[key] = value
+    return flat
+
+
+BUDGET_KEYS = ("train.max_steps", "train.max_tokens", "train.max_minutes")
+
+
+def replaced_budget(given: dict[str, Any]) -> dict[str, Any]:
+    """The budget settings that `given` (a command's dotted settings, from its flags and config file) clears: a
+    budget named there in any form replaces the one before it, a preset's or a resumed run's, instead of adding
+    to it (`--max-minutes 2` with the tiny preset's 40 steps runs 2 minutes; `--train.max_steps N` with the small
+    preset's 9 minutes runs N steps). Empty when `given` names no budget."""
+    if not any(key in given for key in BUDGET_KEYS):
+        return {}
+    return {key: None for key in BUDGET_KEYS if key not in given}
+
+
 def preset_values(name: str) -> dict[str, Any]:
     if name not in PRESETS:
         raise UserError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")

@@ -44,6 +44,7 @@ from masklm.config import (
     apply_dict,
     build_config,
     check_device,
+    file_settings,
 )
 from masklm.errors import UserError
 from masklm.model.base import build_model, head_class
@@ -895,7 +896,8 @@ def cmd_finetune(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         resume=args.resume,
         overwrite=args.overwrite,
         command=command_line(args.argv),
-        resume_changes=overrides,
+        # a config file's settings are checked and applied on --resume as the command line's are
+        resume_changes={**(file_settings(args.config) if args.config else {}), **overrides},
         init=args.init or "pretrained",
     )
     if summary.get("stopped") or env_rank() != 0:  # one line per run, not per process

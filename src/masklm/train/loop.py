@@ -66,6 +66,15 @@ class Budget:
             return True
         return self.minutes is not None and elapsed_s >= 60.0 * self.minutes
 
+    def describe(self) -> str:
+        """ "1000 steps", "9 minutes", or "1000 steps or 9 minutes, whichever comes first"."""
+        parts = []
+        if self.steps is not None:
+            parts.append(f"{self.steps} steps")
+        if self.minutes is not None:
+            parts.append(f"{self.minutes:g} minutes")
+        return " or ".join(parts) + (", whichever comes first" if len(parts) == 2 else "")
+
 
 @dataclass
 class FitResult:

@@ -484,7 +484,7 @@ def pretrain(
     run.announce(f"pretraining ({objective.name})", model, t, [
         f"{len(train_ds):,} train sequences of {cfg.data.seq_len} tokens",
         f"global batch {global_batch} ({t.batch_size} x {t.grad_accum} accumulation x {world} processes)",
-        "budget " + (f"{budget.steps} steps" if budget.steps else f"{budget.minutes} minutes"),
+        f"budget {budget.describe()}",
     ])  # fmt: skip
     evaluate_fn = None
     if val_ds is not None:
