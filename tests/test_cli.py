@@ -260,3 +260,14 @@ def test_output_cut_off_by_its_pipe_is_no_traceback():
     proc.stdout.close()  # the reader is gone before masklm writes
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 141 and err.decode() == "", err.decode()
+
+
+def test_repeated_sources_add_up_and_negative_exponents_are_values(calls, capsys):
+    """`--input a --input b` read only b, and `--data a:0.5 --data b:0.5` trained on b alone: both are kept.
+    `--train.lr -1e-3` was "expected one argument" (argparse takes -1e-3 for an option); it is a value."""
+    assert cli.main(["prepare", "--input", "a", "--input", "b", "c", "--output", "o"]) == 0
+    assert calls[-1][1].input == ["a", "b", "c"]
+    assert cli.main(["pretrain", "--data", "x:0.5", "--data", "y:0.5", "--mask.rate", "-1e-3"]) == 0
+    assert calls[-1][1].data == ["x:0.5", "y:0.5"] and calls[-1][2] == {"mask.rate": "-1e-3"}
+    assert cli.main(["finetune", "--train.lr", "-2.5E+4", "--data.null_threshold", "-1e-3"]) == 0
+    assert calls[-1][2] == {"train.lr": "-2.5E+4", "data.null_threshold": "-1e-3"}

@@ -18,6 +18,7 @@ import difflib
 import errno
 import json
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable
@@ -146,6 +147,7 @@ def _add_prepare_args(p: argparse.ArgumentParser, required_input: bool) -> None:
     p.add_argument(
         "--input",
         nargs="+",
+        action="extend",  # --input a --input b reads both
         required=required_input,
         metavar="PATH",
         help="files, folders or glob patterns: .txt, .jsonl, .csv (optionally .gz, .zst, .bz2, .xz), .parquet, "
@@ -283,6 +285,7 @@ def build_pretrain(p: argparse.ArgumentParser) -> None:
     src.add_argument(
         "--data",
         nargs="+",
+        action="extend",  # --data a:0.5 --data b:0.5 is the mixture of both
         metavar="DIR[:WEIGHT]",
         help="a folder made by masklm prepare (or a folder of its --num-shards parts); several: a mixture "
         "sampled by WEIGHT (default: by size)",
@@ -1064,7 +1067,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: list[str]) -> int:
     """Parse `argv` and call the command's handler with the settings given (exceptions propagate)."""
     parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
+    args, rest = parser.parse_known_args(_attach_negative_exponents(argv))
     if args.command is None:
         if rest:  # `masklm --verbose`: no command to hand it to
             raise UserError(
@@ -1080,6 +1083,21 @@ def run(argv: list[str]) -> int:
     overrides = vars(args).pop(OVERRIDES, {})
     args.argv = argv  # the command line as given, for RUN/command.txt
     return command.handler(args, overrides)
+
+
+NEGATIVE_EXPONENT = re.compile(r"-(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _attach_negative_exponents(argv: list[str]) -> list[str]:
+    """`--train.lr -1e-3` as `--train.lr=-1e-3`: argparse reads "-1" and "-0.5" as values but takes "-1e-3" for
+    an option and says "expected one argument"."""
+    out: list[str] = []
+    for a in argv:
+        if out and NEGATIVE_EXPONENT.fullmatch(a) and out[-1].startswith("--") and "=" not in out[-1]:
+            out[-1] = f"{out[-1]}={a}"
+        else:
+            out.append(a)
+    return out
 
 
 def _says_errors() -> bool:
