@@ -181,3 +181,24 @@ def native_bf16(device: torch.device) -> bool:
     cpu = getattr(torch, "cpu", None)
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private helpers: guarded
     return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
+# Byte-order marks of the wider Unicode encodings, longest first (UTF-32-LE's begins with UTF-16-LE's)
+_WIDE_BOMS = [
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+]
+
+
+def utf16_or_32(path: Path, head: bytes | None = None) -> str | None:
+    """ "UTF-16" or "UTF-32" when the file (or its first bytes, `head`) starts with that encoding's byte-order
+    mark, as Windows tools write "Unicode" text; else None."""
+    if head is None:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(4)
+        except OSError:
+            return None
+    return next((name for bom, name in _WIDE_BOMS if head.startswith(bom)), None)

@@ -34,7 +34,7 @@ from typing import Any
 
 from masklm.config import DataConfig
 from masklm.errors import UserError
-from masklm.utils import log
+from masklm.utils import log, utf16_or_32
 
 TEXT_KINDS = {
     ".txt": "txt",
@@ -301,27 +301,6 @@ def binary_error(path: Path) -> UserError:
     return UserError(
         f"{path} is not UTF-8 text (binary file?); convert it to UTF-8 or leave it out of the inputs"
     )
-
-
-# Byte-order marks of the wider Unicode encodings, longest first (UTF-32-LE's begins with UTF-16-LE's)
-_WIDE_BOMS = [
-    (b"\xff\xfe\x00\x00", "UTF-32"),
-    (b"\x00\x00\xfe\xff", "UTF-32"),
-    (b"\xff\xfe", "UTF-16"),
-    (b"\xfe\xff", "UTF-16"),
-]
-
-
-def utf16_or_32(path: Path, head: bytes | None = None) -> str | None:
-    """ "UTF-16" or "UTF-32" when the file (or its first bytes, `head`) starts with that encoding's byte-order
-    mark, as Windows tools write "Unicode" text; else None."""
-    if head is None:
-        try:
-            with open(path, "rb") as f:
-                head = f.read(4)
-        except OSError:
-            return None
-    return next((name for bom, name in _WIDE_BOMS if head.startswith(bom)), None)
 
 
 def _txt_documents(text: io.TextIOBase, path: Path, cfg: DataConfig) -> Iterator[str]:

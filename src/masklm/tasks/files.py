@@ -14,8 +14,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from masklm.data.readers import utf16_or_32
 from masklm.errors import UserError
+from masklm.utils import utf16_or_32
 
 csv.field_size_limit(2**31 - 1)  # long documents in one cell are fine; the default limit is 128 KiB
 
