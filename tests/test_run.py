@@ -406,3 +406,44 @@ def test_a_config_file_on_resume_follows_the_resume_rule(prepared, tmp_path, cap
     )
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["max_steps"] == 12
     assert json.loads((out / "summary.json").read_text())["steps"] == 12
+
+
+def test_a_finished_run_resumed_as_it_was_trains_and_records_nothing(prepared, tmp_path, capsys):
+    """Each --resume of a finished run added its final evaluation to metrics.jsonl again; and a budget below the
+    step the run reached was taken (nothing ran, and config.yaml recorded the lower budget)."""
+    out = tmp_path / "run"
+    assert pretrain(prepared, out) == 0
+    metrics = (out / "metrics.jsonl").read_text()
+    for _ in range(2):
+        assert cli("pretrain", "--data", prepared, "--output", out, "--resume") == 0
+        assert "has reached its budget (8 steps)" in capsys.readouterr().err
+    assert (out / "metrics.jsonl").read_text() == metrics
+    before = file_snapshot(out)
+    assert cli("pretrain", "--data", prepared, "--output", out, "--resume", "--max-steps", 4) == 2
+    assert "the run is at step 8 already, past a budget of 4 steps" in capsys.readouterr().err
+    assert file_snapshot(out) == before
+
+
+def test_fine_tuning_resumed_on_another_number_of_processes_keeps_its_global_batch(tmp_path, monkeypatch):
+    """A fine-tuning started on 1 process and resumed on 2 read 64 examples a step instead of 32 (and counted
+    its epochs wrongly), with no word; it keeps its global batch now, as pretraining does: the accumulation is
+    split again where it divides, else the micro-batch."""
+    from masklm import dist
+    from masklm.config import FinetuneTrainConfig
+    from masklm.finetune import keep_global_batch
+
+    def resumed(saved: int, now: int, batch: int, accum: int) -> tuple[int, int]:
+        run_dir = saved_run(
+            tmp_path / f"ft{saved}{now}{batch}{accum}", FinetuneConfig(), run={"processes": saved}
+        )
+        monkeypatch.setattr(dist, "world_size", lambda: now)
+        train = FinetuneTrainConfig(batch_size=batch, grad_accum=accum)
+        keep_global_batch(train, run_dir, resume=True)
+        return train.batch_size, train.grad_accum
+
+    assert resumed(1, 2, 32, 1) == (16, 1)  # 32 a step either way
+    assert resumed(2, 1, 16, 1) == (16, 2)  # the same batches as before, read one after the other
+    assert resumed(1, 2, 16, 4) == (16, 2)
+    assert resumed(2, 2, 16, 1) == (16, 1)
+    with pytest.raises(UserError, match="does not divide among 2 processes"):
+        resumed(1, 2, 3, 1)

@@ -58,7 +58,15 @@ from masklm.tasks.batching import Batch, EpochBatches, length_bucketed_batches
 from masklm.tasks.encoding import match_label
 from masklm.train.logger import check_log_kind
 from masklm.train.loop import Budget, FitResult, autocast_context, resolve_precision
-from masklm.train.run import Run, check_run_dir, check_saved_command, command_line, read_saved_config
+from masklm.train.pretrain import split_global_batch
+from masklm.train.run import (
+    Run,
+    check_budget_ahead,
+    check_run_dir,
+    check_saved_command,
+    command_line,
+    read_saved_config,
+)
 from masklm.utils import atomic_write_text, log, pick_device, refuse_path_through_file
 from masklm.utils import rank as env_rank
 
@@ -646,33 +654,30 @@ def finetune(
     files = (train_path, train_examples), (validation_path, val_examples)
     inputs = _Inputs.encode(t, tok, cfg.data, labels, *files)
     pad_id = _pad_id(tok, model)
+    keep_global_batch(cfg.train, Path(output), resume)
     batches = _epoch_batches(t, inputs.train, cfg.train, pad_id)
-    if cfg.train.epochs is None:
-        cfg.train.epochs = default_epochs(batches.steps_per_epoch)
-        if cfg.train.epochs > DEFAULT_EPOCHS and not cfg.train.max_steps:
-            steps = batches.steps_per_epoch
-            more = f"train.epochs {cfg.train.epochs:g}, the default for {steps} steps an epoch"
-            notes = [*notes, f"{more}: at least {MIN_STEPS} steps in all (--train.epochs to change)"]
+    notes = _set_default_epochs(cfg.train, batches.steps_per_epoch, notes)
     if resume:
         notes = resumed_notes(Path(output), notes)
+    plan = _Plan.of(
+        batches, cfg.train, [t.feature_tokens(f) for f in inputs.train.features], len(inputs.val.features)
+    )
 
-    run.open()
+    check_budget_ahead(run.open(), plan.total_steps)
     paths = {"model": model_path, "train": train_path, "validation": validation_path}
-    run_info = {  # --resume reads these: the RUN_ARGUMENTS, the labels and the notes
+    run_info = {  # --resume reads these: the RUN_ARGUMENTS, the labels, the notes, the number of processes
         "task": t.name,
         **{k: str(v) for k, v in paths.items()},
         "init": init,
         "labels": labels,
         "notes": notes,
         "train_examples": len(train_examples),
+        "processes": dist.world_size(),
     }
     run.write_files({"run": run_info, **cfg.to_dict()}, command)
     for note in notes:
         log(f"note: {note}")
     trainable = run.build(model, cfg, device)
-    plan = _Plan.of(
-        batches, cfg.train, [t.feature_tokens(f) for f in inputs.train.features], len(inputs.val.features)
-    )
     details = _start_details(t, inputs, plan, metric, init, cfg.train.seed)
     run.announce("fine-tuning", model, cfg.train, details, purpose=t.name)
     info = _model_info(t, labels, cfg)
@@ -697,6 +702,34 @@ def finetune(
     return run.finish(
         _summary(t, inputs, best_eval, result, plan, model, model_path, notes, run.wall_s, init)
     )
+
+
+def _set_default_epochs(train: FinetuneTrainConfig, steps_per_epoch: int, notes: list[str]) -> list[str]:
+    """Unset train.epochs: the default for `steps_per_epoch` (`default_epochs`), with a note when that is more
+    than DEFAULT_EPOCHS; returns the notes."""
+    if train.epochs is not None:
+        return notes
+    train.epochs = default_epochs(steps_per_epoch)
+    if train.epochs > DEFAULT_EPOCHS and not train.max_steps:
+        more = f"train.epochs {train.epochs:g}, the default for {steps_per_epoch} steps an epoch"
+        notes = [*notes, f"{more}: at least {MIN_STEPS} steps in all (--train.epochs to change)"]
+    return notes
+
+
+def keep_global_batch(train: FinetuneTrainConfig, run_dir: Path, resume: bool) -> None:
+    """A fine-tuning resumed with another number of processes keeps its global batch (as pretraining does), so
+    its steps, epochs and schedule continue unchanged: the same micro-batch with the accumulation split again
+    where it divides (then each step reads the same batches as before), else a smaller micro-batch."""
+    saved = resume_settings(run_dir).get("processes") if resume else None
+    if not saved or saved == dist.world_size():
+        return
+    global_batch = train.batch_size * train.grad_accum * int(saved)
+    split = split_global_batch(global_batch, dist.world_size(), train.batch_size)
+    log(
+        f"resuming with {dist.world_size()} process(es), not {saved}: micro-batch {split[0]} x accumulation "
+        f"{split[1]} keeps the global batch of {global_batch}"
+    )
+    train.batch_size, train.grad_accum = split
 
 
 def eval_epochs(train: FinetuneTrainConfig, train_features: int, val_features: int) -> int:

@@ -104,8 +104,8 @@ def prune(root: Path, newest: Path, keep_last: int) -> None:
     Folders of later steps are left alone: they were skipped on resume as damaged, and counting them would delete
     the checkpoint just written.
     """
-    step = _step(newest)
-    earlier = sorted((p for p in root.iterdir() if p.is_dir() and -1 < _step(p) < step), key=_step)
+    step = step_of(newest)
+    earlier = sorted((p for p in root.iterdir() if p.is_dir() and -1 < step_of(p) < step), key=step_of)
     complete = [p for p in earlier if p.name.startswith("step_") and is_valid(p, verify=False)]
     keep = set(complete[max(0, len(complete) - (keep_last - 1)) :])
     for p in earlier:
@@ -113,7 +113,7 @@ def prune(root: Path, newest: Path, keep_last: int) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def _step(folder: Path) -> int:
+def step_of(folder: Path) -> int:
     """The step of a checkpoint folder `step_N` or `.tmp_step_N`; -1 for any other name."""
     found = re.fullmatch(r"(?:\.tmp_)?step_(\d+)", folder.name)
     return int(found.group(1)) if found else -1

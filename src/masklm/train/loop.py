@@ -508,6 +508,12 @@ def fit(
     res = trainer.result
     if resume_from is None:
         res.elapsed_s = spent_s
+    elif budget.done(res.step, res.elapsed_s):
+        # a finished run resumed with its own budget: nothing to train, and its last evaluation (in the
+        # checkpoint and in metrics.jsonl) stands rather than being recorded again
+        log(f"--resume: the run has reached its budget ({budget.describe()}); give a larger one to train on")
+        trainer.close()
+        return res
     model.train()
     prefetch = _Prefetcher(make_batch, start=res.step * cfg.grad_accum)
     bar = _progress_bar(budget, res.step)

@@ -35,7 +35,7 @@ from masklm.model.io import ModelInfo, load_model, save_model
 from masklm.objectives import Objective, evaluate, objective_for
 from masklm.train import checkpoint as ckpt
 from masklm.train.loop import Budget, FitResult
-from masklm.train.run import Run, full_model
+from masklm.train.run import Run, check_budget_ahead, full_model
 from masklm.train.word_vectors import init_word_embeddings, stream_blocks
 from masklm.utils import keep_large_blocks, log
 
@@ -474,13 +474,14 @@ def pretrain(
     keep_global_batch(cfg, resume_from)
     data_record = data_state(train_ds, resume_from, cfg.train.seed)
     trainable = run.build(model, cfg, device)
-    run.write_files(cfg.to_dict(), command, {"tokenizer.json": tokenizer.to_str()})
 
     t, world, sp = cfg.train, dist.world_size(), special_ids(tokenizer)
     specials, vocab = [sp.pad, sp.cls, sp.sep, sp.mask, sp.unk], tokenizer.get_vocab_size()
     global_batch = t.batch_size * t.grad_accum * world
     tokens_per_step = global_batch * cfg.data.seq_len
     budget = compute_budget(cfg, len(train_ds), tokens_per_step, max(1, -(-len(train_ds) // global_batch)))
+    check_budget_ahead(resume_from, budget.steps)
+    run.write_files(cfg.to_dict(), command, {"tokenizer.json": tokenizer.to_str()})
     run.announce(f"pretraining ({objective.name})", model, t, [
         f"{len(train_ds):,} train sequences of {cfg.data.seq_len} tokens",
         f"global batch {global_batch} ({t.batch_size} x {t.grad_accum} accumulation x {world} processes)",

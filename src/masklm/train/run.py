@@ -211,6 +211,18 @@ def release_run_dir(run_dir: Path) -> None:
         os.close(held[0])
 
 
+def check_budget_ahead(resume_from: Path | None, steps: int | None) -> None:
+    """A resumed run's budget in steps may not be below the step its checkpoint reached: such a run would train
+    nothing and record a budget it had passed (refused before config.yaml is rewritten). Equal is a finished run
+    resumed as it was: nothing to train, its last evaluation stands (`fit`)."""
+    reached = ckpt.step_of(resume_from) if resume_from is not None else -1
+    if steps is not None and steps < reached:
+        raise UserError(
+            f"--resume: the run is at step {reached} already, past a budget of {steps} steps; give a larger "
+            "budget to train on (or none, to keep the run's own)"
+        )
+
+
 def new_data_dir(run_dir: Path) -> Path:
     """Where `pretrain --input --overwrite` prepares the new text, beside the run it replaces."""
     return run_dir.parent / f".{run_dir.name}.new-data"
