@@ -113,15 +113,22 @@ def add_setting(container: Any, setting: Setting, *flags: str, help: str | None 
     )
 
 
-def add_settings(parser: argparse.ArgumentParser, root: type) -> None:
-    """Every setting of `root` (Config or FinetuneConfig) as `--SECTION.FIELD VALUE`, one help group per section."""
-    for name, cls in sections(root).items():
+def add_settings(parser: argparse.ArgumentParser, root: type, only: tuple[str, ...] | None = None) -> None:
+    """Every setting of `root` (Config or FinetuneConfig) as `--SECTION.FIELD VALUE`, one help group per section
+    (the sections named in `only`, when given)."""
+    for name, cls in _sections(root, only).items():
         group = parser.add_argument_group(f"{name} settings", (cls.__doc__ or "").strip().splitlines()[0])
         for setting in section_settings(cls, name).values():
             add_setting(group, setting)
 
 
-def _unrecognised(name: str, root: type | None, rest: list[str]) -> UserError:
+def _sections(root: type, only: tuple[str, ...] | None) -> dict[str, type]:
+    return {name: cls for name, cls in sections(root).items() if only is None or name in only}
+
+
+def _unrecognised(
+    name: str, root: type | None, rest: list[str], only: tuple[str, ...] | None = None
+) -> UserError:
     """The error for what argparse left over: a mistyped setting gets the nearest real one as a suggestion."""
     flag = rest[0].split("=", 1)[0]
     if not (flag.startswith("--") and "." in flag):
@@ -129,7 +136,7 @@ def _unrecognised(name: str, root: type | None, rest: list[str]) -> UserError:
     if root is None:
         return UserError(f"{name} takes no --SECTION.FIELD settings ({flag})")
     section, _, field = flag[2:].partition(".")
-    known = sections(root)
+    known = _sections(root, only)
     if section in known:
         fields = list(section_settings(known[section], section))
         close = difflib.get_close_matches(field, fields, n=1, cutoff=0.5)
@@ -940,6 +947,8 @@ class Command:
     # the optional positional list (nargs="*") that takes what argparse leaves over after options: with nargs="*"
     # it matches nothing before them, so `fill-mask MODEL --top-k 3 "a [MASK]"` would leave the text unrecognised
     trailing: str | None = None
+    # the sections of `settings` it takes (None: all): prepare makes data, so --train.* would do nothing there
+    only: tuple[str, ...] | None = None
 
 
 PRESET_EPILOG = (
@@ -960,6 +969,7 @@ COMMANDS: dict[str, Command] = {
         cmd_prepare,
         Config,
         PRESET_EPILOG,
+        only=("data",),
     ),
     "pretrain": Command(
         "pretrain an encoder (no arguments: the built-in IMDB demo)",
@@ -1060,7 +1070,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         command.build(p)
         if command.settings is not None:
-            add_settings(p, command.settings)
+            add_settings(p, command.settings, command.only)
     return parser
 
 
@@ -1079,7 +1089,7 @@ def run(argv: list[str]) -> int:
     if rest and command.trailing and not any(r.startswith("-") for r in rest):
         setattr(args, command.trailing, getattr(args, command.trailing) + rest)
     elif rest:
-        raise _unrecognised(args.command, command.settings, rest)
+        raise _unrecognised(args.command, command.settings, rest, command.only)
     overrides = vars(args).pop(OVERRIDES, {})
     args.argv = argv  # the command line as given, for RUN/command.txt
     return command.handler(args, overrides)
