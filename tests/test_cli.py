@@ -271,3 +271,13 @@ def test_repeated_sources_add_up_and_negative_exponents_are_values(calls, capsys
     assert calls[-1][1].data == ["x:0.5", "y:0.5"] and calls[-1][2] == {"mask.rate": "-1e-3"}
     assert cli.main(["finetune", "--train.lr", "-2.5E+4", "--data.null_threshold", "-1e-3"]) == 0
     assert calls[-1][2] == {"train.lr": "-2.5E+4", "data.null_threshold": "-1e-3"}
+
+
+def test_prepare_takes_the_data_settings_alone(capsys, calls):
+    """prepare accepted --train.seed (and every other section) and did nothing with it."""
+    err = error_line(capsys, "prepare", "--input", "a", "--output", "o", "--train.seed", "5")
+    assert "prepare's settings are --data.FIELD" in err
+    assert "--model.hidden_size" not in help_text(capsys, "prepare") and "--data.seq_len" in help_text(
+        capsys, "prepare"
+    )
+    assert cli.main(["prepare", "--input", "a", "--output", "o", "--data.lowercase", "false"]) == 0
