@@ -14,6 +14,7 @@ Nothing here imports torch at module level: `masklm --help` and `masklm pretrain
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import errno
 import json
@@ -21,6 +22,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -1110,6 +1112,19 @@ def _attach_negative_exponents(argv: list[str]) -> list[str]:
     return out
 
 
+QUIET_RANK_EXIT_DELAY_S = 3.0
+
+
+def _leave_process_group() -> None:
+    """Close the process group of a run that failed with a user error: a gloo group left open aborts the process
+    at exit ("terminate called without an active exception", SIGABRT) instead of letting it exit 2."""
+    tdist = sys.modules.get("torch.distributed")
+    if tdist is not None and tdist.is_available() and tdist.is_initialized():
+        # (the group is being left: an error closing it changes nothing)
+        with contextlib.suppress(Exception):
+            tdist.destroy_process_group()
+
+
 def _says_errors() -> bool:
     """Whether this process prints a user error: under torchrun every process meets the same bad setting or
     file, so one per machine says it (LOCAL_RANK 0; a node's own problem is still said on that node)."""
@@ -1123,6 +1138,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         if _says_errors():
             print(f"error: {e}", file=sys.stderr)
+        elif os.environ.get("WORLD_SIZE", "1") != "1":
+            # under torchrun the first process to exit makes the launcher stop the others: the one that says the
+            # error (local rank 0) gets the time to say it
+            time.sleep(QUIET_RANK_EXIT_DELAY_S)
+        _leave_process_group()
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
