@@ -520,3 +520,20 @@ def test_default_epochs_give_few_examples_enough_steps(base, data, tmp_path, cap
             "train.epochs 50, the default for 3 steps an epoch: at least 150 steps" in capsys.readouterr().err
         )
         assert noted == (name == "auto")
+
+
+def test_a_data_setting_of_another_task_is_refused(base, data, tmp_path, capsys):
+    """--data.doc_stride with classification, --data.regression with token classification (on the command line or
+    in a config file) were taken, saved with the model and did nothing; refused, naming the task that reads it."""
+    out = tmp_path / "run"
+    assert cli(*finetune_args(base, data, out, "--data.doc_stride", 8)) == 2
+    assert "data.doc_stride is a setting of qa, not of classification" in one_line_error(capsys)
+    (tmp_path / "c.yaml").write_text("data:\n  regression: true\n")
+    args = finetune_args(base, data, out, "--config", tmp_path / "c.yaml", task="token-classification")
+    assert cli(*args) == 2
+    assert (
+        "data.regression is a setting of classification and prompt-classification, not of"
+        in one_line_error(capsys)
+    )
+    assert not out.exists()
+    assert cli(*finetune_args(base, data, out, "--data.text_column", "text")) == 0  # one of its own

@@ -205,6 +205,19 @@ def _resolve_length(cfg: FinetuneConfig, task: Task, model: nn.Module) -> None:
 INITS = ("pretrained", "random")
 
 
+def check_data_settings(task: Task, given: Iterable[str]) -> None:
+    """A `data` setting `given` to `masklm finetune` (command line or config file) that the task does not read is
+    refused: it would be saved with the model and do nothing (data.doc_stride for classification)."""
+    for key in given:
+        section, _, name = key.partition(".")
+        if section == "data" and name != "max_length" and name not in task.data_settings:
+            users = [t.name for t in all_tasks() if name in t.data_settings]
+            raise UserError(
+                f"data.{name} is a setting of {' and '.join(users)}, not of {task.name}; leave --data.{name} out"
+                + (f" (or use --task {users[0]})" if len(users) == 1 else "")
+            )
+
+
 def head_options(task: Task, head: HeadConfig, given: Iterable[str] = ()) -> dict[str, Any]:
     """The task head's options from the `head` section; a setting the head does not take is refused when it
     is `given` (a dotted key of the command line, even at its default) or differs from its default."""
@@ -917,7 +930,10 @@ def cmd_finetune(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     missing = [f"--{k}" for k in ("task", "model", "train", "validation") if getattr(args, k) is None]
     if missing:
         raise UserError(f"masklm finetune needs {', '.join(missing)} (see `masklm finetune --help`)")
-    get_task(args.task)  # an unknown task is refused before any file is read
+    # an unknown task, or a setting of another task's, is refused before any file is read
+    check_data_settings(
+        get_task(args.task), {**file_settings(args.config), **overrides} if args.config else overrides
+    )
     output = args.output or f"runs/finetune-{Path(args.train).stem}"
     summary = finetune(
         build_config(overrides, args.config),

@@ -94,6 +94,8 @@ class Task(abc.ABC):
     as prompt-classification's MaskedLM is with pretraining)."""
     default_max_length: ClassVar[int] = 128
     """data.max_length when it is not set (tokens per feature, special tokens included)."""
+    data_settings: ClassVar[tuple[str, ...]] = ()
+    """The `data` settings the task reads besides max_length (`masklm finetune` refuses the others)."""
     output_formats: ClassVar[tuple[str, ...]] = (".jsonl", ".csv")
     """The file types `masklm predict --output` can write for this task."""
     lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss"})

@@ -217,6 +217,7 @@ class ClassificationTask(Task):
 
     name = "classification"
     architecture = "SequenceClassification"
+    data_settings = ("text_column", "text_pair_column", "label_column", "regression")
     lower_is_better = frozenset({"loss", "mse"})
 
     def read(self, path: Path, settings: FinetuneDataConfig, labelled: bool) -> list[Example]:

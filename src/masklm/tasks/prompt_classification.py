@@ -220,6 +220,7 @@ class PromptClassificationTask(ClassificationTask):
 
     name = "prompt-classification"
     architecture = "MaskedLM"
+    data_settings = (*ClassificationTask.data_settings, "prompt", "label_words")
     claims_architecture = False  # a MaskedLM saved without a task name is a pretraining run, not this task's
 
     def label_set(

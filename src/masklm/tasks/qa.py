@@ -404,6 +404,14 @@ class QuestionAnsweringTask(Task):
 
     name = "qa"
     architecture = "QuestionAnswering"
+    data_settings = (
+        "doc_stride",
+        "max_question_length",
+        "n_best",
+        "max_answer_length",
+        "null_threshold",
+        "version_2",
+    )
     default_max_length = 384
     output_formats = (".jsonl", ".csv", ".json")
     points_metrics = frozenset({"f1", "exact_match", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1"})

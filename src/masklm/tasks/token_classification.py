@@ -403,6 +403,7 @@ class TokenClassificationTask(Task):
 
     name = "token-classification"
     architecture = "TokenClassification"
+    data_settings = ("label_all_subwords",)
     output_formats = (".jsonl", ".csv", ".conll", ".txt")
 
     def read(self, path: Path, settings: FinetuneDataConfig, labelled: bool) -> list[Example]:
