@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import final_weights, prepare_tiny, read_metrics, write_walk_corpus
+from helpers import file_snapshot, final_weights, prepare_tiny, read_metrics, write_walk_corpus
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
@@ -581,3 +581,34 @@ def test_a_checkpoint_folder_that_cannot_be_made_gets_the_checkpoint_line(tmp_pa
         UserError, match="could not write checkpoint .*step_00000003 .*previous checkpoint is intact"
     ):
         ckpt.save_checkpoint(tmp_path / "checkpoints", 3, model, optimizer, {"step": 3}, keep_last=2)
+
+
+@pytest.mark.parametrize("unreadable", ["checkpoints", "manifest.json"])
+def test_a_checkpoint_this_user_cannot_read_is_not_taken_for_damage(
+    data, reference, tmp_path, monkeypatch, capsys, unreadable
+):
+    """A checkpoints folder (or a checkpoint's file) this user may not read was taken for "no complete
+    checkpoint": the resume started over and cut metrics.jsonl back to its first steps for good. It is one line
+    now, and nothing changes. (Injected: root, which runs the tests, reads any file.)"""
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    before = file_snapshot(out)
+    real_iterdir, real_read_text = Path.iterdir, Path.read_text
+
+    def iterdir(self):
+        if unreadable == "checkpoints" and self.name == "checkpoints":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    def read_text(self, *args, **kwargs):
+        if self.name == unreadable:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    monkeypatch.setattr(Path, "read_text", read_text)
+    capsys.readouterr()
+    assert train(data, out, "--resume", steps=STEPS + 4) == 2
+    assert "permission denied): give this user read access" in last_error(capsys)
+    monkeypatch.undo()
+    assert file_snapshot(out) == before

@@ -182,10 +182,22 @@ def save_sharded_checkpoint(
 
 
 def is_valid(ckpt: Path, verify: bool = True) -> bool:
+    """Whether `ckpt` holds every file its manifest names, with the hashes it records. A file this user may not
+    read is no damage: a UserError says so (taking it for damage would skip the checkpoint, and a resume would
+    start over and drop the run's history)."""
+    try:
+        return _matches_manifest(ckpt, verify)
+    except PermissionError as e:
+        raise _no_access(Path(e.filename or ckpt)) from None
+
+
+def _matches_manifest(ckpt: Path, verify: bool) -> bool:
     manifest_path = ckpt / "manifest.json"
     try:
         manifest = json.loads(manifest_path.read_text())
         files = manifest["files"]
+    except PermissionError:
+        raise
     except (OSError, ValueError, KeyError, TypeError):
         return False
     if not isinstance(files, dict):  # not a manifest masklm wrote (name → SHA-256)
@@ -200,19 +212,37 @@ def is_valid(ckpt: Path, verify: bool = True) -> bool:
     return True
 
 
+def _no_access(path: Path) -> UserError:
+    return UserError(
+        f"cannot read {path} (permission denied): give this user read access to the run folder (chmod / chown) "
+        "and run the command again; nothing was changed"
+    )
+
+
+def _step_folders(root: Path) -> list[Path]:
+    """The step_* folders of a checkpoints folder, in step order; none when there is no such folder. A file in
+    its place, or a folder this user may not read, is a UserError: a resume must not start over past them."""
+    if not root.exists():
+        return []
+    if not root.is_dir():
+        raise UserError(
+            f"{root} is a file, not a folder: move it away and run the command again (a run's checkpoints "
+            "go in that folder)"
+        )
+    try:
+        return sorted((p for p in root.iterdir() if p.name.startswith("step_") and p.is_dir()), key=step_of)
+    except PermissionError:
+        raise _no_access(root) from None
+
+
 def valid_checkpoints(root: Path, verify: bool = True) -> list[Path]:
     """Complete checkpoints under `root`, oldest first."""
-    if not root.is_dir():
-        return []
-    found = sorted(p for p in root.glob("step_*") if p.is_dir())
-    return [p for p in found if is_valid(p, verify=verify)]
+    return [p for p in _step_folders(root) if is_valid(p, verify=verify)]
 
 
 def latest_checkpoint(root: Path) -> Path | None:
     """The newest checkpoint whose manifest matches its files; says so when newer ones were skipped."""
-    if not root.is_dir():
-        return None
-    candidates = sorted((p for p in root.glob("step_*") if p.is_dir()), reverse=True)
+    candidates = _step_folders(root)[::-1]
     for i, p in enumerate(candidates):
         if is_valid(p):
             if i:
