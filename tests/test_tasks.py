@@ -209,6 +209,9 @@ def test_reader_file_errors(tmp_path):
     wide = tmp_path / "win.csv"
     wide.write_bytes("text,label\nok,1\n".encode("utf-16"))
     _raises(f"{wide}: is UTF-16 text; re-save it as UTF-8", read_classification, wide)
+    fifo = tmp_path / "pipe.csv"  # a pipe would wait for ever, a device (/dev/zero) fill the memory
+    os.mkfifo(fifo)
+    _raises(f"{fifo}: is not a regular file (a device or a pipe)", read_classification, fifo)
 
 
 def test_label_maps_and_encoding(tmp_path):

@@ -33,6 +33,9 @@ COMPRESSED_MAGIC = (
 
 def read_text(path: Path) -> str:
     """The whole file as text (UTF-8, optional BOM), or a UserError that says why not."""
+    if path.exists() and not path.is_dir() and not path.is_file():
+        # a device or a pipe: /dev/zero would be read until memory runs out, a FIFO would wait for ever
+        raise UserError(f"{path}: is not a regular file (a device or a pipe); give the path of a data file")
     try:
         data = path.read_bytes()
     except FileNotFoundError:
