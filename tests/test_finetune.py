@@ -836,3 +836,31 @@ def test_what_a_kill_left_beside_the_best_model_is_deleted_on_resume(tmp_path):
     best = ft.BestModel(run_dir, None, None, None, "accuracy", False, 10, resume=True).best
     assert best is not None and best["value"] == 0.75
     assert sorted(p.name for p in run_dir.iterdir()) == ["model"]
+
+
+def test_resume_from_another_working_folder(base, data, tmp_path, monkeypatch, capsys):
+    """A run started with relative paths could not be resumed from another folder: the recorded paths led
+    nowhere, and the same files given from there were refused as others. The run records absolute paths, and a
+    path given to --resume may stand for a recorded one that leads nowhere from here (an older run's)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "train.csv").write_bytes((data / "cls_train.csv").read_bytes())
+    (tmp_path / "a" / "val.csv").write_bytes((data / "cls_val.csv").read_bytes())
+    monkeypatch.chdir(tmp_path / "a")
+    args = ["finetune", "--task", "classification", "--model", base, "--train", "train.csv",
+            "--validation", "val.csv", "--output", "run", "--train.max_steps", 2, *FAST]  # fmt: skip
+    assert cli(*args) == 0
+    monkeypatch.chdir(tmp_path)
+    assert cli("finetune", "--output", "a/run", "--resume", "--train.max_steps", 3) == 0
+    # an older run's relative paths: the files given from here are taken
+    config = yaml.safe_load((tmp_path / "a/run/config.yaml").read_text())
+    config["run"].update(train="train.csv", validation="val.csv")
+    (tmp_path / "a/run/config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    given = ["--train", "a/train.csv", "--validation", "a/val.csv"]
+    assert cli("finetune", "--output", "a/run", "--resume", *given, "--train.max_steps", 4) == 0
+    # a recorded file that is there and is not the one given is still refused
+    (tmp_path / "other.csv").write_bytes((data / "cls_train.csv").read_bytes())
+    capsys.readouterr()
+    assert (
+        cli("finetune", "--output", "a/run", "--resume", "--train", "other.csv", "--train.max_steps", 5) == 2
+    )
+    assert "with --train" in capsys.readouterr().err

@@ -680,7 +680,7 @@ def finetune(
     paths = {"model": model_path, "train": train_path, "validation": validation_path}
     run_info = {  # --resume reads these: the RUN_ARGUMENTS, the labels, the notes, the number of processes
         "task": t.name,
-        **{k: str(v) for k, v in paths.items()},
+        **{k: str(Path(v).absolute()) for k, v in paths.items()},  # (a resume may run in another folder)
         "init": init,
         "labels": labels,
         "notes": notes,
@@ -917,11 +917,18 @@ def _fill_from_saved_run(args: argparse.Namespace) -> None:
         given = getattr(args, key, None)
         if given is None:
             setattr(args, key, value)
-        elif given != value and (key in ("task", "init") or Path(given).resolve() != Path(value).resolve()):
+        elif given != value and (key in ("task", "init") or not _same_input(given, value)):
             raise UserError(
                 f"--resume continues {args.output} with --{key} {value}, not {given}; leave --{key} out, "
                 "or start a new run with another --output"
             )
+
+
+def _same_input(given: str, saved: str) -> bool:
+    """Whether a --model / --train / --validation path given to --resume is the one the run recorded: the same
+    file or folder, or the recorded path leads nowhere from here (the data moved, or an older run recorded it
+    relative to another working folder; the training file is then checked by its examples)."""
+    return not Path(saved).exists() or Path(given).resolve() == Path(saved).resolve()
 
 
 def cmd_finetune(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
