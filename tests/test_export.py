@@ -374,6 +374,30 @@ def test_onnx_failed_check_leaves_nothing(tmp_path: Path, tok, monkeypatch: pyte
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
 
+def test_onnx_export_on_a_full_disk_is_the_full_disk_line(tmp_path: Path, tok, monkeypatch, capsys) -> None:
+    """The exporter's OSError (disk full while writing the .onnx file) was "ONNX export failed (OSError: ...)";
+    it is the line every command gives for a full disk (exit 2, nothing left behind)."""
+    import errno
+
+    from masklm.cli import main
+
+    pytest.importorskip("onnxscript")
+    model_dir = make_folder(tmp_path / "m", tok)
+
+    def full(*args, **kwargs):
+        raise RuntimeError("export failed") from OSError(
+            errno.ENOSPC, "No space left on device", "model.onnx"
+        )
+
+    monkeypatch.setattr(torch.onnx, "export", full)
+    assert main(["export", str(model_dir), str(tmp_path / "onnx"), "--format", "onnx"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("error: No space left on device: model.onnx; free disk space") and err.count("\n") == 1
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
 def test_onnx_without_packages_is_a_user_error(tmp_path: Path, tok, monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 

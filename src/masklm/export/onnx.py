@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import errno
 import importlib.util
 import io
 import logging
@@ -100,6 +101,9 @@ def export_onnx(model: Head, path: Path) -> None:
                 external_data=big,
             )
     except Exception as e:
+        disk = _disk_error(e)
+        if disk is not None:
+            raise disk from None  # the machine's problem (full disk, no permission): the command line's one line
         lines = [line for line in str(e).splitlines() if line.strip()]
         raise UserError(f"ONNX export failed ({type(e).__name__}: {(lines or [''])[0][:160]})") from None
     finally:
@@ -158,3 +162,18 @@ def write_onnx_folder(model: Head, tok: tokenizers.Tokenizer, info: ModelInfo, f
         files = {"tokenizer.json": clean_tokenizer_json(tok)}
     for name, text in files.items():
         write_text(folder / name, text)
+
+
+def _disk_error(e: BaseException | None) -> OSError | None:
+    """The full-disk or permission OSError behind an exporter error (itself, or what it wraps), if any."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (
+            errno.ENOSPC,
+            errno.EDQUOT,
+            errno.EFBIG,
+            errno.EROFS,
+            errno.EACCES,
+        ):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
