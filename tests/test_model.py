@@ -333,3 +333,21 @@ def test_one_segment_row_reads_every_segment_as_the_first():
     types = torch.zeros_like(ids)
     types[:, 5:] = 1
     assert torch.equal(m(ids, token_type_ids=types), m(ids, token_type_ids=torch.zeros_like(ids)))
+
+
+def test_weights_this_user_cannot_read_are_not_called_damaged(tmp_path, monkeypatch):
+    """safetensors says "No such file or directory" for a file it may not read, which read as a damaged model
+    folder; the line says permission denied. (Injected: root, which runs the tests, reads any file.)"""
+    import os
+
+    from safetensors.torch import save_file
+
+    from masklm.errors import UserError
+    from masklm.model import base
+
+    path = tmp_path / "model.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path))
+    assert list(base.read_safetensors(path)) == ["w"]
+    monkeypatch.setattr(os, "access", lambda p, mode: str(p) != str(path))
+    with pytest.raises(UserError, match=r"cannot read .*model.safetensors \(permission denied\)"):
+        base.read_safetensors(path)

@@ -85,11 +85,27 @@ def masklm_output(folder: Path) -> bool:
     from masklm.data.shards import is_prepared  # (torch: imported only when a folder is walked)
     from masklm.suite import MARKER
 
-    if (folder / "config.yaml").is_file() and any(
-        (folder / n).is_file() for n in ("metrics.jsonl", "command.txt")
-    ):
-        return True
-    return (folder / MARKER).is_file() or ((folder / "meta.json").is_file() and is_prepared(folder))
+    try:
+        if (folder / "config.yaml").is_file() and any(
+            (folder / n).is_file() for n in ("metrics.jsonl", "command.txt")
+        ):
+            return True
+        return (folder / MARKER).is_file() or ((folder / "meta.json").is_file() and is_prepared(folder))
+    except PermissionError:
+        raise _unreadable(folder) from None
+
+
+def _unreadable(path: str | Path) -> UserError:
+    """A folder of the inputs this user may not read: said, not skipped (its text would be missing unseen)."""
+    return UserError(
+        f"cannot read {path} (permission denied): give this user read access, or leave it out of --input"
+    )
+
+
+def _refuse_unreadable(e: OSError) -> None:
+    """os.walk's onerror: a folder it may not list is refused; one that vanished meanwhile is passed over."""
+    if isinstance(e, PermissionError):
+        raise _unreadable(e.filename)
 
 
 def _walk(folder: Path) -> Iterator[Path]:
@@ -98,7 +114,7 @@ def _walk(folder: Path) -> Iterator[Path]:
     Links to folders are followed, as links to files are; a folder reached twice (a link back up the tree, two
     links to one folder) is read once."""
     seen = {os.path.realpath(folder)}
-    for root, dirs, names in os.walk(folder, followlinks=True):
+    for root, dirs, names in os.walk(folder, followlinks=True, onerror=_refuse_unreadable):
         kept = []
         for d in sorted(dirs):
             real = os.path.realpath(os.path.join(root, d))

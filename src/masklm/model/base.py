@@ -271,6 +271,8 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file; a missing or damaged file is a UserError."""
     if not path.is_file():
         raise UserError(f"{path} is missing; the model folder is incomplete")
+    if not os.access(path, os.R_OK):  # (safetensors would say "No such file or directory": a damaged folder)
+        raise UserError(f"cannot read {path} (permission denied): give this user read access (chmod / chown)")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
