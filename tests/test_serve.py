@@ -436,3 +436,12 @@ def test_a_pair_model_refuses_a_single_text(served_models, tmp_path):
         alone = client.post("/v1/predict", json={"inputs": ["alpha", "great bravo"]})
         assert alone.status_code == 400 and "inputs[0]" in alone.json()["error"]
         assert "text pairs" in alone.json()["error"]
+
+
+def test_the_address_shown_is_one_a_browser_opens():
+    """--port 0 listens on a port the system picks, which the start line showed as :0; an IPv6 host was shown
+    without the brackets a URL needs."""
+    from masklm.serve import check_port, url
+
+    assert 0 < check_port("127.0.0.1", 0) <= 65535
+    assert url("::1", 8000) == "http://[::1]:8000/" and url("127.0.0.1", 8000) == "http://127.0.0.1:8000/"

@@ -36,16 +36,23 @@ def check_options(port: int, threads: int | None) -> None:
         raise UserError(f"--threads must be at least 1, not {threads}; leave it out for torch's default")
 
 
-def check_port(host: str, port: int) -> None:
-    """A one-line UserError when host:port cannot be listened on (in use, or not this machine's address)."""
+def check_port(host: str, port: int) -> int:
+    """The port to listen on: `port`, or for 0 a free one the system picks; a one-line UserError when host:port
+    cannot be listened on (in use, or not this machine's address)."""
     try:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((host, port))
+            return s.getsockname()[1]
     except OSError as e:
         raise UserError(
             f"cannot listen on {host}:{port} ({e.strerror}); pass another --port or --host"
         ) from None
+
+
+def url(host: str, port: int) -> str:
+    """The page's address (an IPv6 address is bracketed in a URL: http://[::1]:8000/)."""
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
 def serve(
@@ -63,7 +70,7 @@ def serve(
     from masklm.serve.models import load_served
     from masklm.utils import log
 
-    check_port(host, port)
+    port = check_port(host, port)  # (--port 0: the free port picked, which the line below shows)
     resolve_dtype(dtype, torch.device("cpu"))  # a bad --dtype is refused before any model is read
     if threads:
         torch.set_num_threads(threads)
@@ -75,7 +82,7 @@ def serve(
         )
     app = create_app(models, options)
     shown = ", ".join(f"{m.name} ({m.kind})" for m in models)
-    log(f"serving {shown} at http://{host}:{port}/ (API docs at /docs); stop with Ctrl-C")
+    log(f"serving {shown} at {url(host, port)} (API docs at /docs); stop with Ctrl-C")
     # uvicorn re-raises the SIGTERM it handled once it has shut down; a handler of our own makes that a no-op
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
