@@ -445,3 +445,22 @@ def test_the_address_shown_is_one_a_browser_opens():
 
     assert 0 < check_port("127.0.0.1", 0) <= 65535
     assert url("::1", 8000) == "http://[::1]:8000/" and url("127.0.0.1", 8000) == "http://127.0.0.1:8000/"
+
+
+def test_a_second_signal_stops_the_server_at_once(monkeypatch, capsys):
+    """uvicorn's own force exit on a second Ctrl-C cancelled every request in flight, each with a traceback and a
+    plain-text 500, and exited 0; the server exits at once with 128 + the signal's number, as other commands do."""
+    import os
+    import signal
+
+    import uvicorn
+
+    from masklm.serve import _server_class
+
+    server = _server_class()(uvicorn.Config(app=None))
+    exits = []
+    monkeypatch.setattr(os, "_exit", lambda code: exits.append(code))
+    server.handle_exit(signal.SIGINT, None)  # the first: a graceful stop
+    assert server.should_exit and exits == []
+    server.handle_exit(signal.SIGINT, None)
+    assert exits == [130] and "second signal (SIGINT): stopping at once" in capsys.readouterr().err

@@ -10,8 +10,10 @@ missing, before any model is read.
 from __future__ import annotations
 
 import importlib.util
+import os
 import signal
 import socket
+import sys
 from typing import Any
 
 from masklm.errors import UserError
@@ -50,6 +52,24 @@ def check_port(host: str, port: int) -> int:
         ) from None
 
 
+def _server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, with masklm's rule for a second signal: exit at once, with 128 + its number. (Its
+        own force exit cancels every request in flight, each with a traceback and a plain-text 500, then exits
+        0.)"""
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if self.should_exit:
+                sys.stderr.write(f"second signal ({signal.Signals(sig).name}): stopping at once\n")
+                sys.stderr.flush()
+                os._exit(128 + sig)
+            super().handle_exit(sig, frame)
+
+    return Server
+
+
 def url(host: str, port: int) -> str:
     """The page's address (an IPv6 address is bracketed in a URL: http://[::1]:8000/)."""
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
@@ -86,7 +106,7 @@ def serve(
     # uvicorn re-raises the SIGTERM it handled once it has shut down; a handler of our own makes that a no-op
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
-        uvicorn.run(
+        config = uvicorn.Config(
             app,
             host=host,
             port=port,
@@ -94,5 +114,6 @@ def serve(
             timeout_graceful_shutdown=30,
             timeout_keep_alive=30,
         )
+        _server_class()(config).run()
     finally:
         signal.signal(signal.SIGTERM, previous)
