@@ -147,7 +147,8 @@ def test_fine_tuning_resumes_by_the_same_rule(tmp_path):
 def test_one_run_folder_check(tmp_path):
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    with pytest.raises(UserError, match="output folder .* already exists; pass --resume"):
+    # a file is said to be one at once (its "already exists; pass --resume" led nowhere)
+    with pytest.raises(UserError, match="output folder .* is a file, not a folder; choose another --output"):
         check_run_dir(a_file, resume=False, overwrite=False, what="output folder")
     with pytest.raises(UserError, match="is a file, not a folder"):
         check_run_dir(a_file, resume=True, overwrite=False)

@@ -94,14 +94,15 @@ def check_run_dir(
             f"{what} {run_dir} is a symbolic link to {os.path.realpath(run_dir)}, which does not exist; fix the link "
             "or choose another --output"
         )
-    if run_dir.exists() and (run_dir.is_file() or holds_more_than_its_data(run_dir)):
+    if run_dir.exists() and not run_dir.is_dir():
+        # (said first: --resume or --overwrite, which "already exists" would suggest, cannot help a file)
+        raise UserError(f"{what} {run_dir} is a file, not a folder; choose another --output")
+    if run_dir.exists() and holds_more_than_its_data(run_dir):
         if not (resume or overwrite):
             raise UserError(
                 f"{what} {run_dir} already exists; pass --resume to continue it, --overwrite to replace it, "
                 "or choose another --output"
             )
-        if run_dir.is_file():
-            raise UserError(f"{what} {run_dir} is a file, not a folder; choose another --output")
         looks_like_run = any(
             (run_dir / name).exists() for name in ("config.yaml", "metrics.jsonl", "checkpoints")
         )
