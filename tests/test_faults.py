@@ -577,10 +577,18 @@ def test_a_checkpoint_folder_that_cannot_be_made_gets_the_checkpoint_line(tmp_pa
         make(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "mkdir", read_only)
+    # the first checkpoint: there is no previous one to speak of
     with pytest.raises(
-        UserError, match="could not write checkpoint .*step_00000003 .*previous checkpoint is intact"
+        UserError, match="could not write checkpoint .*step_00000003 .*no checkpoint was written before"
     ):
         ckpt.save_checkpoint(tmp_path / "checkpoints", 3, model, optimizer, {"step": 3}, keep_last=2)
+    monkeypatch.undo()
+    ckpt.save_checkpoint(tmp_path / "checkpoints", 3, model, optimizer, {"step": 3}, keep_last=2)
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(
+        UserError, match="could not write checkpoint .*step_00000006 .*previous checkpoint is intact"
+    ):
+        ckpt.save_checkpoint(tmp_path / "checkpoints", 6, model, optimizer, {"step": 6}, keep_last=2)
 
 
 @pytest.mark.parametrize("unreadable", ["checkpoints", "manifest.json"])

@@ -90,10 +90,18 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(
             f"could not write checkpoint {final} ({e.strerror or e}); free disk space or fix permissions, "
-            "the previous checkpoint is intact"
+            f"{_what_is_left(root, step)}"
         ) from None
     prune(root, final, keep_last)
     return final
+
+
+def _what_is_left(root: Path, step: int) -> str:
+    """What a failed checkpoint write leaves to resume from: the previous checkpoint, or (the first) nothing."""
+    earlier = root.is_dir() and any(-1 < step_of(p) < step for p in root.iterdir() if p.is_dir())
+    if earlier:
+        return "the previous checkpoint is intact (--resume continues from it)"
+    return "no checkpoint was written before this one (a rerun starts from the beginning)"
 
 
 def prune(root: Path, newest: Path, keep_last: int) -> None:
@@ -157,7 +165,7 @@ def save_sharded_checkpoint(
     except Exception as e:  # DCP raises the same error on every process
         raise UserError(
             f"could not write checkpoint {final} ({type(e).__name__}: {str(e).splitlines()[0][:120]}); free disk "
-            "space or fix permissions, the previous checkpoint is intact"
+            f"space or fix permissions, {_what_is_left(root, step)}"
         ) from None
 
     def finish() -> None:
