@@ -101,6 +101,8 @@ def test_parse_source():
     assert parse_source("data/web").weight is None
     with pytest.raises(UserError, match="must be a positive number"):
         parse_source("data/web:0")
+    with pytest.raises(UserError, match="--data is empty"):  # not "." (the current folder)
+        parse_source(" ")
 
 
 @pytest.mark.parametrize("weight", ["-1", "abc", "inf", "nan"])

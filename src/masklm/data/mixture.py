@@ -44,6 +44,8 @@ class Source:
 
 def parse_source(text: str) -> Source:
     """ "DIR" or "DIR:WEIGHT" → Source. A DIR that exists as written wins over reading ":..." as a weight."""
+    if not text.strip():  # Path("") is the current folder
+        raise UserError("--data is empty; name a folder made by masklm prepare")
     match = _WEIGHT.match(text)
     if match is None or Path(text).exists():
         folder, sep, weight_text = text.rpartition(":")
