@@ -265,7 +265,8 @@ def test_read_conll_columns(tmp_path):
         {"tokens": ["@user", "New York"], "tags": ["O", "B-loc"]},
         {"tokens": ["hi"], "tags": ["O"]},
     ]
-    spaces = tmp_path / "nbsp.conll"  # a no-break or ideographic space is part of its token, not a column break
+    # a no-break or ideographic space is part of its token, not a column break
+    spaces = tmp_path / "nbsp.conll"
     spaces.write_text("10\u00a0000 B-NUM\nyen O\n\n\u3000 O\n", encoding="utf-8")
     assert read_conll(spaces) == [
         {"tokens": ["10\u00a0000", "yen"], "tags": ["B-NUM", "O"]},
