@@ -537,3 +537,5 @@ def test_a_data_setting_of_another_task_is_refused(base, data, tmp_path, capsys)
     )
     assert not out.exists()
     assert cli(*finetune_args(base, data, out, "--data.text_column", "text")) == 0  # one of its own
+    # a step budget: config.yaml records no epoch count that never ran (it said 19.0, the automatic value)
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["epochs"] is None

@@ -719,11 +719,12 @@ def finetune(
 
 def _set_default_epochs(train: FinetuneTrainConfig, steps_per_epoch: int, notes: list[str]) -> list[str]:
     """Unset train.epochs: the default for `steps_per_epoch` (`default_epochs`), with a note when that is more
-    than DEFAULT_EPOCHS; returns the notes."""
-    if train.epochs is not None:
+    than DEFAULT_EPOCHS; returns the notes. With train.max_steps it stays unset: the steps are the budget, and
+    config.yaml should not record epochs that never ran."""
+    if train.epochs is not None or train.max_steps:
         return notes
     train.epochs = default_epochs(steps_per_epoch)
-    if train.epochs > DEFAULT_EPOCHS and not train.max_steps:
+    if train.epochs > DEFAULT_EPOCHS:
         more = f"train.epochs {train.epochs:g}, the default for {steps_per_epoch} steps an epoch"
         notes = [*notes, f"{more}: at least {MIN_STEPS} steps in all (--train.epochs to change)"]
     return notes
