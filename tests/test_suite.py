@@ -7,12 +7,14 @@ import json
 import os
 import random
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from helpers import cli, tiny_model_config
 
 from masklm.data.tokenizer import train_tokenizer
+from masklm.errors import UserError
 from masklm.model.heads import MaskedLM
 from masklm.model.io import ModelInfo, save_model
 
@@ -456,7 +458,9 @@ def test_a_stopped_suite_resumes_its_stopped_run(model, tmp_path, capsys, monkey
 
     suite, data = two_task_suite(tmp_path, "metrics: [accuracy]")
     out = tmp_path / "out"
-    argv = ["suite", "--model", model, "--suite", suite, "--data-dir", data, "--output", out]
+    # --model as a relative path: the grid run records it absolute, and must still be found the same model
+    monkeypatch.chdir(Path(model).parent)
+    argv = ["suite", "--model", Path(model).name, "--suite", suite, "--data-dir", data, "--output", out]
     argv += ["--train.batch_size", 4, "--train.threads", 1, "--train.checkpoint_every", 2, "--epochs", 2]
     real, calls = ft.training_loss, []
 
@@ -476,7 +480,7 @@ def test_a_stopped_suite_resumes_its_stopped_run(model, tmp_path, capsys, monkey
     err = capsys.readouterr().err
     assert "the suite stopped in sst2" in err and "run the same masklm suite command again" in err
     assert (out / "tasks" / "sst.json").is_file() and not (out / "tasks" / "sst2.json").exists()
-    monkeypatch.undo()
+    monkeypatch.setattr(ft, "training_loss", real)
     assert cli(*argv) == 0
     err = capsys.readouterr().err
     assert "[sst] finished before" in err and "[sst2] resuming" in err and "resumed from" in err
@@ -551,3 +555,47 @@ def test_a_stopped_parallel_suite_leaves_no_worker_behind(model, tmp_path, how):
     if how == "worker killed":
         assert "error: a suite worker process died" in err and "Traceback" not in err, err
     assert gone(workers, 60), f"workers {workers} still running"
+
+
+def test_a_worker_stopped_inside_a_run_starts_no_queued_task(monkeypatch):
+    """--jobs: the stop reached a worker's fine-tuning run (its own signal handler), not the worker's, so the
+    tasks the pool had already handed to that worker (past cancelling) started and ran all their grid points
+    after the stop. A stopped task now marks the worker as stopping."""
+    from masklm import suite as suite_mod
+
+    def stopped(*args):
+        raise suite_mod.SuiteStopped("a, lr1e-3")
+
+    monkeypatch.setattr(suite_mod, "run_task", stopped)
+    monkeypatch.setattr(suite_mod, "_STOP", suite_mod.threading.Event())
+    with pytest.raises(suite_mod.SuiteStopped, match="a, lr1e-3"):
+        suite_mod._run_task_in_process(SimpleNamespace(name="a"), None, {}, 1)
+    monkeypatch.setattr(suite_mod, "run_task", lambda *a: pytest.fail("a queued task started after the stop"))
+    with pytest.raises(suite_mod.SuiteStopped, match="b, before it started"):
+        suite_mod._run_task_in_process(SimpleNamespace(name="b"), None, {}, 1)
+
+
+def test_a_second_text_named_in_columns_is_read_whatever_the_type(tmp_path):
+    """GLUE's STS-B (type regression) was fine-tuned on sentence1 alone: only pair-classification read the
+    second text. A `columns: {text_pair: ...}` is read by any type; an unknown key in `columns` (a typo such as
+    txt_pair, which trained on one text) is refused with the suite's checks."""
+    from masklm.suite import load_suite, task_settings
+
+    _, tasks, base = load_suite("glue")
+    settings = {t.name: task_settings(t, SimpleNamespace(overrides={}), base) for t in tasks}
+    assert (
+        settings["STS-B"]["data.text_pair_column"] == "text_pair"
+        and settings["STS-B"]["data.regression"] == "true"
+    )
+    assert all(
+        settings[n].get("data.text_pair_column") == "text_pair" for n in ("MRPC", "QQP", "MNLI", "RTE")
+    )
+    assert "data.text_pair_column" not in settings["SST-2"]
+    bad = tmp_path / "s.yaml"
+    task = "{name: t, type: pair-classification, train: a.tsv, validation: b.tsv, metrics: [accuracy], "
+    bad.write_text("tasks:\n  - " + task + "columns: {text: s1, txt_pair: s2, label: y}}\n")
+    with pytest.raises(UserError, match="columns has unknown key 'txt_pair'"):
+        load_suite(str(bad))
+    bad.write_text("tasks:\n  - " + task + "columns: {text: s1, label: y}}\n")
+    with pytest.raises(UserError, match="a pair-classification task names its second text"):
+        load_suite(str(bad))

@@ -86,6 +86,7 @@ TASK_KEYS = {
 }
 SUITE_KEYS = ("name", "grid", "settings", "tasks")
 GRID_KEYS = ("lrs", "epochs", "seeds")
+COLUMN_KEYS = {"text", "text_pair", "label"}
 # a task's name names its folders (OUTPUT/runs/NAME, OUTPUT/data/NAME, OUTPUT/tasks/NAME.json): one plain component
 TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # written into OUTPUT when a suite starts there: what --output may resume and --overwrite may delete
@@ -174,6 +175,16 @@ def _task_spec(raw: Any, n: int, grid: dict[str, list[Any]], where: str) -> Task
         raise UserError(f"{where}: unknown type {kind!r}; choose one of {', '.join(TYPES)}")
     if raw.get("columns") and not TYPES[kind][2]:
         raise UserError(f"{where}: a {kind} task reads its own format; set its columns under settings")
+    columns = _mapping(raw, "columns", "{text: sentence, label: label}", where)
+    if set(columns) - COLUMN_KEYS:
+        raise UserError(
+            f"{where}: columns has unknown key {sorted(set(columns) - COLUMN_KEYS)[0]!r}; its keys are "
+            f"{', '.join(sorted(COLUMN_KEYS))} (each names a column of the task's files)"
+        )
+    if kind == "pair-classification" and "text_pair" not in columns:
+        raise UserError(
+            f"{where}: a pair-classification task names its second text: columns: {{text_pair: ...}}"
+        )
     metrics = [str(m) for m in (raw["metrics"] if isinstance(raw["metrics"], list) else [raw["metrics"]])]
     also = _mapping(raw, "also", "{mismatched: MNLI/dev_mismatched.tsv}", where)
     header = raw.get("header")
@@ -185,7 +196,7 @@ def _task_spec(raw: Any, n: int, grid: dict[str, list[Any]], where: str) -> Task
         name=name, type=kind, train=str(raw["train"]), validation=str(raw["validation"]), metrics=metrics,
         select=select, grid=_grid(raw.get("grid"), grid, where), settings=_settings(raw.get("settings"), where),
         also=also, header=[str(h) for h in header] if header else None,
-        columns=_mapping(raw, "columns", "{text: sentence, label: label}", where),
+        columns=columns,
     )  # fmt: skip
 
 
@@ -324,7 +335,9 @@ def task_settings(spec: TaskSpec, run: SuiteRun, base_settings: dict[str, str]) 
     """The fine-tuning settings of a task's runs: the suite's, its type's, the task's, the command line's (and,
     per point, the grid's). The CPU threads a process gets (from --jobs) are not among them: they change the
     speed, not the result."""
-    return {**base_settings, **TYPES[spec.type][1], **spec.settings, **run.overrides}
+    # a second text named in `columns` is read, whatever the type: STS-B is a regression on sentence pairs
+    pair = {"data.text_pair_column": "text_pair"} if "text_pair" in spec.columns else {}
+    return {**base_settings, **TYPES[spec.type][1], **pair, **spec.settings, **run.overrides}
 
 
 def _identity(spec: TaskSpec, run: SuiteRun, settings: dict[str, str]) -> dict[str, Any]:
@@ -411,7 +424,8 @@ def _resumable(out: Path, values: dict[str, str], run: SuiteRun) -> bool:
 
     try:
         started = (read_saved_config(out) or {}).get("run") or {}
-        if started.get("model") != str(run.model) or started.get("init", "pretrained") != run.init:
+        same_model = Path(str(started.get("model"))).resolve() == Path(run.model).resolve()
+        if not same_model or started.get("init", "pretrained") != run.init:
             return False
         check_resume_settings(out, values, saved_config)
     except UserError:  # other settings, or a damaged config.yaml
@@ -569,6 +583,11 @@ def _run_task_in_process(spec: TaskSpec, run: SuiteRun, base_settings: dict[str,
             raise SuiteStopped(f"{spec.name}, before it started")
         torch.set_num_threads(threads)
         return run_task(spec, run, base_settings, threads)
+    except SuiteStopped:
+        # the stop may have reached the fine-tuning run's own handler, not _worker_start's: the tasks this worker
+        # has queued (the pool hands them over before they start, past cancelling) must not start either
+        _STOP.set()
+        raise
     finally:
         _BUSY.clear()
 
