@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -1050,3 +1051,25 @@ def test_serving_splits_words_of_every_script():
         words, spans = split_words(text)
         assert words == expected, (text, words)
         assert [text[a:b] for a, b in spans] == words
+
+
+def test_words_cut_off_get_a_tag_of_the_model(bert_tok, capsys):
+    """Words beyond max_length were written "O" whatever the tags: a part-of-speech model (no O) wrote a tag it
+    does not have, and `evaluate` refused its own predictions. They get the outside tag where there is one (in
+    the tag set's spelling), else the sentence's most predicted tag; a note counts them, once."""
+    from masklm.tasks.token_classification import fill_tag
+
+    assert fill_tag(["B-PER", "I-PER", "O"], [0]) == "O" and fill_tag(["b-x", "o"], []) == "o"
+    assert fill_tag(["DET", "NOUN", "VERB"], [1, 2, 1]) == "NOUN" and fill_tag(["DET", "NOUN"], []) == "DET"
+    task, settings = TokenClassificationTask(), FinetuneDataConfig(max_length=6)
+    words = "the cat saw the dog near the house".split()
+    examples = [{"tokens": words, "tags": ["DET", "NOUN", "VERB", "DET", "NOUN", "ADP", "DET", "NOUN"]}]
+    labels = ["ADP", "DET", "NOUN", "VERB"]
+    features = encode_token_classification(bert_tok, examples, labels, max_length=6)
+    data = TaskData(Path("dev.conll"), examples, features, True)
+    outputs = [torch.nn.functional.one_hot(torch.full((6,), 2), 4).float()]  # every token NOUN
+    for _ in range(2):
+        (tags,) = task.decode(data, outputs, labels, settings)
+        assert tags == ["NOUN"] * len(words)
+    err = capsys.readouterr().err
+    assert err.count("note: 4 word(s) of 1 sentence(s) lay beyond --data.max_length 6") == 1, err

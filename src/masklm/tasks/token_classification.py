@@ -27,6 +27,7 @@ from masklm.tasks.batching import IGNORE_INDEX, Batch, Feature
 from masklm.tasks.encoding import build_label_map, match_label, special_token_ids
 from masklm.tasks.files import read_records, read_text, request_object, request_text, split_lines
 from masklm.train import metrics as M
+from masklm.utils import log
 
 if TYPE_CHECKING:
     from masklm.config import FinetuneDataConfig
@@ -188,7 +189,7 @@ def encode_token_classification(
     - A word the tokenizer drops entirely (e.g. a zero-width space) becomes one [UNK] token, so every word
       that fits keeps exactly one prediction slot.
     - Sentences longer than `max_length` keep whole words from the start; the words after the cut are not
-      encoded (`num_words` still counts them) and `align_predictions` fills them in (use "O"). Only when even
+      encoded (`num_words` still counts them) and `align_predictions` fills them in (`fill_tag`). Only when even
       the first word does not fit is that word cut inside, keeping its first sub-words.
 
     `path` (the file the examples came from) only improves error messages.
@@ -290,6 +291,23 @@ def _tag_ids(ex: Example, label_ids: dict[str, int], n: int, where: str) -> list
     return ids
 
 
+_NOTED: set[str] = set()
+
+
+def fill_tag(labels: Sequence[str], predicted: Sequence[int]) -> str:
+    """The tag of a word cut off by max_length (never read): the tag set's outside tag, "O" (or "o"); a tag set
+    without one (parts of speech) gets the sentence's most often predicted tag, so that the file still holds
+    only the model's tags (and `evaluate` reads it back)."""
+    outside = next((t for t in labels if t == "O"), None) or next(
+        (t for t in labels if t.upper() == "O"), None
+    )
+    if outside is not None or not labels:
+        return outside or "O"
+    if not predicted:
+        return labels[0]
+    return labels[max(set(predicted), key=lambda i: (list(predicted).count(i), -i))]
+
+
 def align_predictions(
     word_ids: Sequence[int | None],
     token_predictions: Sequence[int] | np.ndarray | torch.Tensor,
@@ -299,7 +317,7 @@ def align_predictions(
     """One prediction per word: the prediction at the word's first sub-word.
 
     `token_predictions` lines up with the feature's input_ids (padding after them is ignored). Words that were
-    truncated away (index >= the last encoded word, up to `num_words`) get `fill`; write them as "O".
+    truncated away (index >= the last encoded word, up to `num_words`) get `fill`; write them as `fill_tag` says.
     """
     preds = token_predictions.tolist() if hasattr(token_predictions, "tolist") else list(token_predictions)
     if len(preds) < len(word_ids):
@@ -471,12 +489,24 @@ class TokenClassificationTask(Task):
         labels: Sequence[str] | None,
         settings: FinetuneDataConfig,
     ) -> list[Any]:
-        """One tag per word; words cut off by max_length get "O"."""
+        """One tag per word; words cut off by max_length get the outside tag (`fill_tag`), and a note says how
+        many there were."""
         tags = list(labels or [])
-        out = []
+        out, cut, sentences = [], 0, 0
         for f, o in zip(data.features, outputs):
             ids = align_predictions(f["word_ids"], o.argmax(-1), f["num_words"])
-            out.append([tags[i] if i >= 0 else "O" for i in ids])
+            fill = fill_tag(tags, [i for i in ids if i >= 0])
+            out.append([tags[i] if i >= 0 else fill for i in ids])
+            missing = sum(i < 0 for i in ids)
+            cut, sentences = cut + missing, sentences + bool(missing)
+        note = (
+            f"note: {cut} word(s) of {sentences} sentence(s) lay beyond --data.max_length {settings.max_length} "
+            "tokens and were tagged without being read (as outside an entity where the tags have an O); raise "
+            "--data.max_length (up to the model's positions) or split long sentences"
+        )
+        if cut and note not in _NOTED:  # (once: a fine-tuning run evaluates the same sentences every epoch)
+            _NOTED.add(note)
+            log(note)
         return out
 
     def requirements(self, settings: FinetuneDataConfig, labels: Sequence[str] | None) -> list[Requirement]:
@@ -563,7 +593,7 @@ class TokenClassificationTask(Task):
         for ex, f, o in zip(data.examples, data.features, outputs):
             ids, scores = word_scores(f, o)
             missing = len(ex["tokens"]) - len(ids)
-            tags = [names[i] for i in ids] + ["O"] * missing
+            tags = [names[i] for i in ids] + [fill_tag(names, ids)] * missing
             entities = group_entities(tags, scores + [1.0] * missing, ex["spans"], ex["text"], prefixed)
             out.append({"entities": entities, "tokens": ex["tokens"], "tags": tags})
         return out
