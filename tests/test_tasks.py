@@ -1073,3 +1073,42 @@ def test_words_cut_off_get_a_tag_of_the_model(bert_tok, capsys):
         assert tags == ["NOUN"] * len(words)
     err = capsys.readouterr().err
     assert err.count("note: 4 word(s) of 1 sentence(s) lay beyond --data.max_length 6") == 1, err
+
+
+def test_a_metric_the_validation_file_does_not_report_is_refused():
+    """QA with unanswerable training questions but none in validation: --train.metric_for_best NoAns_f1 was
+    taken, never reported, and the best model was chosen by NaN (written into summary.json as NaN)."""
+    from masklm.finetune import select_metric
+
+    qa, v2 = QuestionAnsweringTask(), FinetuneDataConfig(version_2=True)
+    answered = {"id": "a", "answers": {"text": ["x"], "answer_start": [0]}}
+    unanswerable = {"id": "b", "answers": {"text": [], "answer_start": []}}
+    _raises(
+        "'NoAns_f1' is not reported by this validation file",
+        select_metric,
+        qa,
+        "NoAns_f1",
+        v2,
+        None,
+        [answered],
+    )
+    _raises(
+        "'HasAns_f1' is not reported by this validation file",
+        select_metric,
+        qa,
+        "HasAns_f1",
+        v2,
+        None,
+        [unanswerable],
+    )
+    assert select_metric(qa, "HasAns_f1", v2, None, [answered, unanswerable]) == "HasAns_f1"
+    assert select_metric(qa, "NoAns_f1", v2, None, [unanswerable]) == "NoAns_f1"
+    _raises(
+        "'NoAns_f1' is not reported for this task",
+        select_metric,
+        qa,
+        "NoAns_f1",
+        FinetuneDataConfig(),
+        None,
+        [],
+    )

@@ -169,15 +169,22 @@ def _read_training_files(
 
 
 def select_metric(
-    task: Task, requested: str, settings: FinetuneDataConfig, labels: Sequence[str] | None
+    task: Task,
+    requested: str,
+    settings: FinetuneDataConfig,
+    labels: Sequence[str] | None,
+    validation: Sequence[Example] | None = None,
 ) -> str:
-    """The validation metric the best model is chosen by: train.metric_for_best, "auto" being the task's main one."""
+    """The validation metric the best model is chosen by: train.metric_for_best, "auto" being the task's main one;
+    one the `validation` examples would not report (QA's NoAns_f1 without unanswerable questions) is refused."""
     names = task.metric_names(settings, labels)
     if requested == "auto":
         return names[0]
-    if requested not in names:
+    reported = names if validation is None else task.reported_metrics(settings, labels, validation)
+    if requested not in reported:
+        why = "for this task" if requested not in names else "by this validation file"
         raise UserError(
-            f"train.metric_for_best {requested!r} is not reported for this task; choose one of {', '.join(names)}"
+            f"train.metric_for_best {requested!r} is not reported {why}; choose one of {', '.join(reported)}"
         )
     return requested
 
@@ -660,7 +667,7 @@ def finetune(
         labels = resumed_labels(Path(output), labels, train_path)
         check_resumed_examples(Path(output), len(train_examples), train_path)
     check_requirements(t.requirements(cfg.data, labels))
-    metric = select_metric(t, cfg.train.metric_for_best, cfg.data, labels)
+    metric = select_metric(t, cfg.train.metric_for_best, cfg.data, labels, val_examples)
     head_options(t, cfg.head, given=resume_changes or {})  # refused before the model is read
     device = run.setup(cfg)
     model, tok, notes = _load_start_model(t, model_path, labels, cfg, init)

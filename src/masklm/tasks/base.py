@@ -237,6 +237,13 @@ class Task(abc.ABC):
     def metric_names(self, settings: FinetuneDataConfig, labels: Sequence[str] | None) -> list[str]:
         """The validation metrics a run reports (what train.metric_for_best may name); the main one first."""
 
+    def reported_metrics(
+        self, settings: FinetuneDataConfig, labels: Sequence[str] | None, examples: Sequence[Example]
+    ) -> list[str]:
+        """`metric_names` as far as the validation `examples` report them (a metric of a kind of example the file
+        does not hold is not computed); all of them by default."""
+        return self.metric_names(settings, labels)
+
     @abc.abstractmethod
     def metrics(
         self,

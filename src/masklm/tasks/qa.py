@@ -492,6 +492,16 @@ class QuestionAnsweringTask(Task):
             names += ["HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1"]
         return names
 
+    def reported_metrics(
+        self, settings: FinetuneDataConfig, labels: Sequence[str] | None, examples: Sequence[Example]
+    ) -> list[str]:
+        """HasAns_* and NoAns_* only where the validation file has unanswerable questions (and, for HasAns_*,
+        answerable ones too), as the official v2.0 script reports them (`squad_metrics`)."""
+        no_answer = any(not ex["answers"]["text"] for ex in examples)
+        answered = any(ex["answers"]["text"] for ex in examples)
+        kinds = {"NoAns": no_answer, "HasAns": no_answer and answered}
+        return [n for n in self.metric_names(settings, labels) if kinds.get(n.split("_")[0], True)]
+
     def metrics(
         self,
         data: TaskData,
