@@ -1112,3 +1112,21 @@ def test_a_metric_the_validation_file_does_not_report_is_refused():
         None,
         [],
     )
+
+
+def test_token_predictions_in_csv_read_back(tmp_path):
+    """predict writes token classification as CSV (tokens and tags joined by spaces), but a .csv was read as
+    CoNLL columns: evaluate on it failed ("has 43 fields"), and a one-column CSV became one sentence with its
+    header as a token. CSV is read as predict writes it."""
+    task = TokenClassificationTask()
+    rows = [{"tokens": ["John", "lives", "in", "New-York"], "tags": ["B-PER", "O", "O", "B-LOC"]},
+            {"tokens": ["hi"], "tags": ["O"]}]  # fmt: skip
+    path = tmp_path / "p.csv"
+    path.write_text(task.render(rows, ".csv"), encoding="utf-8")
+    assert read_conll(path) == rows
+    assert read_conll(path, with_tags=False) == [{**r, "tags": None} for r in rows]
+    one = tmp_path / "one.csv"
+    one.write_text("tokens\nLondon\nParis is big\n", encoding="utf-8")
+    assert [s["tokens"] for s in read_conll(one, with_tags=False)] == [["London"], ["Paris", "is", "big"]]
+    (tmp_path / "bad.csv").write_text("text\nLondon\n", encoding="utf-8")
+    _raises("'tokens' must be its tokens joined by single spaces", read_conll, tmp_path / "bad.csv")

@@ -55,8 +55,8 @@ def read_conll(path: str | Path, with_tags: bool = True) -> list[Example]:
     With `with_tags=False` (prediction) any tags are ignored, unchecked, and every sentence has "tags" None.
     """
     path = Path(path)
-    if path.suffix.lower() == ".jsonl":
-        return _read_token_jsonl(path, with_tags)
+    if path.suffix.lower() in (".jsonl", ".csv"):
+        return _read_token_records(path, with_tags)
     sentences: list[Example] = []
     tokens: list[str] = []
     tags: list[str] = []
@@ -120,18 +120,21 @@ def _refuse_json_lines(path: Path, lines: list[str]) -> None:
         )
 
 
-def _read_token_jsonl(path: Path, with_tags: bool = True) -> list[Example]:
-    """The sentences of a .jsonl file; `with_tags=False` ignores the "tags" fields (prediction)."""
+def _read_token_records(path: Path, with_tags: bool = True) -> list[Example]:
+    """The sentences of a .jsonl file, or of a .csv file as `predict` writes it (columns "tokens" and "tags",
+    each the sentence's tokens or tags joined by single spaces); `with_tags=False` ignores the tags (prediction)."""
     _, records = read_records(path)
+    spaced = path.suffix.lower() == ".csv"
     has_tags = with_tags and "tags" in records[0][1]
     sentences = []
     for line, rec in records:
-        tokens = rec.get("tokens")
+        tokens, tags = rec.get("tokens"), rec.get("tags")
+        if spaced:
+            tokens = tokens.split(" ") if isinstance(tokens, str) else tokens
+            tags = tags.split(" ") if isinstance(tags, str) else tags
         if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) and t for t in tokens):
-            raise UserError(
-                f"{path}:{line}: 'tokens' must be a non-empty list of non-empty strings; fix that line"
-            )
-        tags = rec.get("tags")
+            what = "its tokens joined by single spaces" if spaced else "a non-empty list of non-empty strings"
+            raise UserError(f"{path}:{line}: 'tokens' must be {what}; fix that line")
         if with_tags and has_tags != ("tags" in rec):
             raise UserError(
                 f"{path}:{line}: {'has no' if has_tags else 'has a'} 'tags' field unlike line {records[0][0]}; "
