@@ -347,6 +347,13 @@ def test_read_conll_for_prediction_ignores_tags(tmp_path):
     columns.write_text("{\tO\nx\tO\n", encoding="utf-8")  # a "{" token is not JSON
     assert read_conll(columns) == [{"tokens": ["{", "x"], "tags": ["O", "O"]}]
     assert read_conll(columns, with_tags=False) == [{"tokens": ["{", "x"], "tags": None}]
+    some = tmp_path / "some.conll"  # CoNLL with tags on some lines: refused for training, read for predict
+    some.write_text("John\tB-PER\nwalked\nto\tO\n\nthe\ncat\n", encoding="utf-8")
+    _raises(":2 has 1 fields, expected 2", read_conll, some)
+    assert read_conll(some, with_tags=False) == [
+        {"tokens": ["John", "walked", "to"], "tags": None},
+        {"tokens": ["the", "cat"], "tags": None},
+    ]
 
 
 @pytest.mark.parametrize(

@@ -86,7 +86,7 @@ def read_conll(path: str | Path, with_tags: bool = True) -> list[Example]:
             continue
         if not expected:
             expected, first_line = len(fields), lineno
-        if len(fields) != expected:
+        if len(fields) != expected and with_tags:  # (prediction reads the tokens: tags may be on some lines)
             raise UserError(
                 f"{path}:{lineno} has {len(fields)} fields, expected {expected} (like line {first_line}); "
                 "write one token per line with the same columns, token first and tag last"
