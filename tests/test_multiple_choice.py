@@ -113,6 +113,8 @@ def test_reads_jsonl_and_swag_layouts_alike(tmp_path):
         ("jsonl", [{"context": "a", "endings": "x y", "label": 0}],
          r"bad\.jsonl:1: 'endings' is str, expected a list of strings"),
         ("jsonl", [{"context": "a", "endings": ["x"], "label": 0}], r"bad\.jsonl:1: has 1 ending\(s\)"),
+        # taken, and then the CSV of its predictions could not be read back by evaluate
+        ("jsonl", [{"context": "a", "endings": ["x", " "], "label": 0}], r"bad\.jsonl:1: ending 1 is blank"),
         ("csv", [{"sent2": "", "ending0": "x", "ending1": "y", "label": 0}], r"bad\.csv: has no column 'sent1'"),
         ("csv", [{"sent1": "a", "ending0": "x", "ending1": "y", "label": "-1"}], r"bad\.csv:2: label -1 is out of range"),
         ("csv", [{"text": "a", "label": 0}], r"bad\.csv: has neither an 'endings' nor an 'ending0' column"),
@@ -123,7 +125,7 @@ def test_reads_jsonl_and_swag_layouts_alike(tmp_path):
         ("csv", [{"sent1": "a", "sent2": "b", "ending0": "x", "ending1": "y", "ending3": "z", "label": 0}],
          r"bad\.csv: has column ending3 but no ending2; number the ending columns ending0, ending1, \.\.\. without a gap"),
     ],
-    ids=["ending-count", "label-range", "label-float", "label-null", "endings-str", "one-ending",
+    ids=["ending-count", "label-range", "label-float", "label-null", "endings-str", "one-ending", "blank-ending",
          "no-sent1", "negative-label", "no-layout", "swag-blank-ending", "swag-ending-gap"],
 )  # fmt: skip
 def test_bad_inputs_are_one_line_errors(tmp_path, name, rows, message):

@@ -173,6 +173,9 @@ def _context_endings(rec: Record, path: Path, line: int) -> tuple[str, list[str]
             f"{path}:{line}: 'endings' is {type(endings).__name__}, expected a list of strings; "
             'write "endings": ["...", "..."]'
         )
+    blank = next((i for i, e in enumerate(endings) if not e.strip()), None)
+    if blank is not None:  # (as in the SWAG layout: a CSV of the predictions could not hold it)
+        raise UserError(f"{path}:{line}: ending {blank} is blank; give every ending some text")
     return text_field(rec, "context", path, line), endings
 
 
