@@ -599,3 +599,34 @@ def test_a_second_text_named_in_columns_is_read_whatever_the_type(tmp_path):
     bad.write_text("tasks:\n  - " + task + "columns: {text: s1, label: y}}\n")
     with pytest.raises(UserError, match="a pair-classification task names its second text"):
         load_suite(str(bad))
+
+
+def test_a_folder_of_another_suite_is_not_written_into(tmp_path):
+    """A second suite run into another suite's folder was taken: its report replaced the first suite's while
+    the marker still named the first. Refused, unless --overwrite (which replaces the folder)."""
+    from masklm.suite import MARKER, check_output
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / MARKER).write_text(json.dumps({"format": "masklm-suite", "suite": "res"}) + "\n")
+    check_output(out, overwrite=False, name="res")  # the same suite: its finished tasks are kept
+    with pytest.raises(UserError, match="holds the runs of suite 'res', not 'glue'; choose another --output"):
+        check_output(out, overwrite=False, name="glue")
+    check_output(out, overwrite=True, name="glue")
+
+
+def test_suite_file_slips_are_named(tmp_path):
+    """YAML reads `lrs: [1e-3]` (no dot) as a string, which was refused as "not a list of numbers"; a task key
+    misspelt (`metric:`) was reported only as the missing `metrics`."""
+    from masklm.suite import load_suite
+
+    path = tmp_path / "s.yaml"
+    task = "{name: t, type: classification, train: a.csv, validation: b.csv"
+    path.write_text(
+        f"grid: {{lrs: [1e-3], epochs: [2], seeds: [0]}}\ntasks:\n  - {task}, metrics: [accuracy]}}\n"
+    )
+    _, (spec,), _ = load_suite(str(path))
+    assert spec.grid["lrs"] == [0.001]
+    path.write_text(f"tasks:\n  - {task}, metric: [accuracy]}}\n")
+    with pytest.raises(UserError, match="needs metrics and has unknown keys metric"):
+        load_suite(str(path))

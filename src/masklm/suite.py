@@ -121,12 +121,23 @@ def _grid(values: Any, base: dict[str, list[Any]], where: str) -> dict[str, list
         raise UserError(f"{where}: grid takes the keys {', '.join(GRID_KEYS)}, not {values!r}")
     out = dict(base)
     for key, items in values.items():
-        items = items if isinstance(items, list) else [items]
+        # YAML reads 1e-3 (no dot) as a string: a string that is a number is that number
+        items = [_number(v) for v in (items if isinstance(items, list) else [items])]
         if not items or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in items):
             raise UserError(f"{where}: grid.{key} must be a non-empty list of numbers, not {values[key]!r}")
         out[key] = list(items) if key == "seeds" else [float(v) for v in items]
     check_grid(out, where)  # before a seed is made an int: 0.2 is refused, not truncated to 0
     return {**out, "seeds": [int(v) for v in out["seeds"]]}
+
+
+def _number(value: Any) -> Any:
+    """A string that spells a number as that number (YAML's "1e-3"); anything else as it is."""
+    if isinstance(value, str):
+        try:
+            return float(value) if any(c in value.lower() for c in ".en") else int(value)
+        except ValueError:
+            return value
+    return value
 
 
 def check_grid(grid: dict[str, list[Any]], where: str) -> None:
@@ -160,7 +171,10 @@ def _task_spec(raw: Any, n: int, grid: dict[str, list[Any]], where: str) -> Task
     missing = [k for k in ("name", "type", "train", "validation", "metrics") if not raw.get(k)]
     unknown = sorted(set(raw) - TASK_KEYS)
     if missing or unknown:
-        what = f"needs {', '.join(missing)}" if missing else f"has unknown keys {', '.join(unknown)}"
+        parts = [f"needs {', '.join(missing)}"] * bool(missing) + [
+            f"has unknown keys {', '.join(unknown)}"
+        ] * bool(unknown)
+        what = " and ".join(parts)
         raise UserError(
             f"{where}: task {n} ({raw.get('name', '?')}) {what} (keys: {', '.join(sorted(TASK_KEYS))})"
         )
@@ -711,7 +725,7 @@ def run_suite(
         raise UserError(f"--jobs must be at least 1, not {jobs}")
     run = SuiteRun(model, str(data_dir), str(output), {k: str(v) for k, v in (overrides or {}).items()}, init)
     out = Path(output)
-    check_output(out, overwrite)
+    check_output(out, overwrite, name)
     done = {}
     if not overwrite:
         done = {s.name: r for s in specs if (r := finished_result(s, run, base_settings)) is not None}
@@ -744,15 +758,24 @@ def run_suite(
     return report
 
 
-def check_output(out: Path, overwrite: bool) -> None:
+def check_output(out: Path, overwrite: bool, name: str | None = None) -> None:
     """--output: new, an empty folder, or one a suite wrote (it holds MARKER); anything else is refused, so a
-    suite never writes into (or deletes) a folder of the user's."""
+    suite never writes into (or deletes) a folder of the user's. A folder of another suite (`name`: this one's)
+    is refused without --overwrite: its report would be replaced by this suite's."""
     refuse_path_through_file(out)
     if not out.exists():
         return
     if not out.is_dir():
         raise UserError(f"--output {out} is a file; give a folder for the suite's runs and results")
-    if (out / MARKER).is_file() or not any(out.iterdir()):
+    if (out / MARKER).is_file():
+        other = (_read_json_object(out / MARKER) or {}).get("suite")
+        if name is not None and other is not None and other != name and not overwrite:
+            raise UserError(
+                f"--output {out} holds the runs of suite {other!r}, not {name!r}; choose another --output (or "
+                "--overwrite to replace them)"
+            )
+        return
+    if not any(out.iterdir()):
         return
     legacy = (out / "tasks").is_dir() and any(
         "identity" in (_read_json_object(p) or {}) for p in (out / "tasks").glob("*.json")
@@ -782,8 +805,9 @@ def cmd_suite(args: Any, overrides: dict[str, Any]) -> int:
         )
     except SuiteStopped as stopped:
         log(
-            f"the suite stopped in {stopped}; run the same masklm suite command again (no --resume) to continue: "
-            "finished tasks and grid runs are kept, the stopped run resumes from its checkpoint"
+            f"the suite stopped in {stopped}; run the same masklm suite command again to continue (the suite "
+            "takes no --resume: it resumes the stopped run from its checkpoint itself, and keeps finished tasks and "
+            "grid runs)"
         )
         return 0
     print(report_markdown(report), end="")
