@@ -630,3 +630,43 @@ def test_suite_file_slips_are_named(tmp_path):
     path.write_text(f"tasks:\n  - {task}, metric: [accuracy]}}\n")
     with pytest.raises(UserError, match="needs metrics and has unknown keys metric"):
         load_suite(str(path))
+
+
+@pytest.mark.parametrize(
+    "kind, train_labels, dev_labels, metrics, message",
+    [
+        (
+            "classification",
+            "01",
+            "02",
+            "accuracy",
+            "dev.tsv: label '2' is not among the training labels (0, 1)",
+        ),
+        ("regression", "01", "0x", "pearson", "dev.tsv: score 'x' is not a number"),
+        (
+            "classification",
+            "012",
+            "012",
+            "f1",
+            "metric f1 is class 1's F1 of two classes, and the training file has 3",
+        ),
+    ],
+)
+def test_a_later_tasks_labels_are_checked_before_any_fine_tunes(
+    model, tmp_path, capsys, kind, train_labels, dev_labels, metrics, message
+):
+    """A validation label the training file lacks, a score that is no number, f1 asked of three classes: each
+    surfaced only once the tasks before it had trained (and named the converted file, not the user's)."""
+    suite, data = two_task_suite(tmp_path, "metrics: [accuracy]")
+    for name, labels in (("train", train_labels), ("dev", dev_labels)):
+        rows = [f"a sentence number {i}\t{label}" for i, label in enumerate(labels * 4)]
+        (data / "X").mkdir(exist_ok=True)
+        (data / "X" / f"{name}.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    with open(suite, "a") as f:
+        f.write(f"  - {{name: x, type: {kind}, train: X/train.tsv, validation: X/dev.tsv,\n"
+                f"     columns: {{text: sentence, label: label}}, metrics: [{metrics}]}}\n")  # fmt: skip
+    out = tmp_path / "out"
+    assert cli("suite", "--model", model, "--suite", suite, "--data-dir", data, "--output", out) == 2
+    err = capsys.readouterr().err
+    assert message in err and "task x: " in err and err.count("\n") == 1, err
+    assert not out.exists()

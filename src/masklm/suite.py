@@ -388,10 +388,13 @@ def check_task(spec: TaskSpec, run: SuiteRun, base_settings: dict[str, str]) -> 
     from masklm.tasks import get_task
 
     paths = given_files(spec, Path(run.data_dir))
-    if TYPES[spec.type][2]:
-        for path in paths.values():
-            converted_lines(spec, path)
     settings = task_settings(spec, run, base_settings)
+    if TYPES[spec.type][2]:
+        labels = {
+            split: [json.loads(line)["label"] for line in converted_lines(spec, path)]
+            for split, path in paths.items()
+        }
+        _check_labels(spec, paths, labels, settings.get("data.regression", "false").lower() == "true")
     cfg = None
     for point in grid_points(spec.grid):
         cfg = point_config(spec, settings, point)
@@ -406,6 +409,46 @@ def check_task(spec: TaskSpec, run: SuiteRun, base_settings: dict[str, str]) -> 
                 f"task {spec.name}: {what} names {name!r}, not a metric of a {spec.type} task "
                 f"({', '.join(sorted(known))}; an `also` file's as NAME_metric)"
             )
+
+
+def _check_labels(
+    spec: TaskSpec, paths: dict[str, Path], labels: dict[str, list[str]], regression: bool
+) -> None:
+    """The labels of a text task's files, before anything trains (these mistakes would otherwise surface only
+    once the tasks before it had trained): scores that are numbers for a regression, validation labels among the
+    training labels, and `f1` (class 1's) asked of two classes only."""
+    from masklm.tasks.encoding import build_label_map, match_label
+
+    if regression:
+        for split, values in labels.items():
+            bad = next((v for v in values if not _finite(v)), None)
+            if bad is not None:
+                raise UserError(
+                    f"task {spec.name}: {paths[split]}: score {bad!r} is not a number; a regression needs one"
+                )
+        return
+    known = build_label_map(v for v in labels["train"] if v not in (None, ""))
+    for split, values in labels.items():
+        unknown = next(
+            (v for v in values if v not in (None, "") and match_label(str(v), known) is None), None
+        )
+        if unknown is not None:
+            raise UserError(
+                f"task {spec.name}: {paths[split]}: label {unknown!r} is not among the training labels "
+                f"({', '.join(known[:12])}); fix the label or add examples of it to the training file"
+            )
+    if "f1" in (*spec.metrics, spec.select) and len(known) != 2:
+        raise UserError(
+            f"task {spec.name}: metric f1 is class 1's F1 of two classes, and the training file has {len(known)}; "
+            "use macro_f1 (or accuracy, mcc)"
+        )
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def check_model(model: str) -> None:
