@@ -620,3 +620,23 @@ def test_a_checkpoint_this_user_cannot_read_is_not_taken_for_damage(
     assert "permission denied): give this user read access" in last_error(capsys)
     monkeypatch.undo()
     assert file_snapshot(out) == before
+
+
+def test_skipping_cannot_undo_weights_blown_up_by_a_finite_step(data, tmp_path, monkeypatch, capsys):
+    """lr 1e38 without warmup: step 1's gradients are finite and its update makes the weights infinite; every
+    later step was skipped and the run saved a model of NaN with exit 0. It stops now, and says where it can go
+    on from (here: no checkpoint yet). A window of skipped steps logged loss 0.0 and grad_norm NaN (not JSON):
+    it logs neither."""
+    out = tmp_path / "run"
+    assert train(data, out, "--train.lr", "1e38", "--train.warmup", "0", steps=6) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "the weights are non-finite at step 2" in err and "no checkpoint was written yet" in err, err
+    assert not (out / "model").exists()
+    nan_at(monkeypatch, {1, 2, 3, 4, 5})
+    assert train(data, tmp_path / "skipped", steps=10) == 0
+    records = [
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in metrics.jsonl"))
+        for line in (tmp_path / "skipped" / "metrics.jsonl").read_text().splitlines()
+    ]
+    first, second = [r for r in records if r["split"] == "train"]
+    assert "loss" not in first and "grad_norm" not in first and second["loss"] > 0

@@ -386,10 +386,33 @@ class Trainer:
         if self.cfg.nonfinite == "stop":
             self.optimizer.zero_grad(set_to_none=True)
             raise UserError(
-                f"loss or gradients became non-finite at step {res.step + 1}; the last good "
-                f"checkpoint is in {self.ckpt_dir}. Lower train.lr or use train.precision=fp32"
+                f"loss or gradients became non-finite at step {res.step + 1}; {self._last_good()}. Lower "
+                "train.lr or use train.precision=fp32"
+            )
+        if not self._weights_finite():
+            # an earlier step's finite but huge update: skipping later steps cannot undo it, and the run would
+            # save a model of NaN and exit 0
+            self.optimizer.zero_grad(set_to_none=True)
+            raise UserError(
+                f"the weights are non-finite at step {res.step + 1} (an earlier update was too large); "
+                f"{self._last_good()}. Lower train.lr"
             )
         log(f"step {res.step + 1}: non-finite loss or gradients, step skipped ({res.skipped_steps} so far)")
+
+    def _weights_finite(self) -> bool:
+        """Whether every parameter is finite, on every process (a sharded parameter: its local shard)."""
+        local = all(
+            bool(torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all())
+            for p in self.model.parameters()
+        )
+        flag = torch.tensor([float(not local)], dtype=torch.float64, device=self.device)
+        return float(dist.all_reduce_max(flag).item()) == 0.0
+
+    def _last_good(self) -> str:
+        """Where a stopped run can go on from: its newest checkpoint, or (none yet) the beginning."""
+        if ckpt.valid_checkpoints(self.ckpt_dir, verify=False):
+            return f"the last good checkpoint is in {self.ckpt_dir} (--resume continues from it)"
+        return "no checkpoint was written yet (a rerun starts from the beginning)"
 
     # -- log, evaluate, checkpoint, stop ----------------------------------------------------------------------
 
@@ -416,6 +439,12 @@ class Trainer:
             "elapsed_s": res.elapsed_s,
             **(self.log_extra(res.step) if self.log_extra is not None else {}),
         }
+        # no loss where every step of the window was skipped (not 0.0), and no NaN (not JSON) for a skipped
+        # step's gradient norm
+        if w.n_loss == 0:
+            del record["loss"]
+        if not math.isfinite(record["grad_norm"]):
+            del record["grad_norm"]
         self._record(record)
         w.loss_sum.zero_()
         w.n_loss, w.tokens, w.start = 0, 0, now
@@ -526,7 +555,9 @@ def fit(
                 if res.step % cfg.log_every == 0 or at_end:
                     record = trainer.log_train(outcome)
                     bar.set_postfix(
-                        loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}", refresh=False
+                        loss=f"{record['loss']:.3f}" if "loss" in record else "-",
+                        tok_s=f"{record['tokens_per_s']:,.0f}",
+                        refresh=False,
                     )
                 bar.update(1)
                 if not at_end and _due(res.step, cfg.eval_every, eval_epoch_steps):
