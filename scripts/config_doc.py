@@ -25,7 +25,8 @@ Settings come from, in order: the defaults below, a preset (`--preset tiny|small
 overrides (`--train.lr 3e-4`, `--model.hidden_size=128`). Unknown keys and impossible values are refused with
 one line. The resolved config of every run is saved as `RUN/config.yaml`. `masklm pretrain --help` and
 `masklm finetune --help` list the same settings; `masklm prepare` takes the `data` section's alone (the seed of
-its train / validation split is `--seed`).
+its train / validation split is `--seed`). `masklm pretrain` starts from the `small` preset unless `--preset`
+names another: the defaults below are what the presets change (BERT-base's shape, for one).
 
 Fine-tuning (`masklm finetune`, and `evaluate` / `predict` as overrides of the settings saved with the model) has
 its own sections, `train`, `data` and `head`, listed [below](#fine-tuning) and explained in [finetuning.md](finetuning.md).

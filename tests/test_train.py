@@ -454,3 +454,29 @@ def test_resume_on_other_data_of_the_same_tokenizer_is_refused(
     assert message in err[-1] and "pass the --data" in err[-1] and len(err) == 1, err
     assert file_snapshot(out) == before
     assert run(["--data", str(prepared), "--output", str(out), "--max-steps", "6", "--resume"]) == 0
+
+
+def test_forgetting_the_data_is_said(tmp_path, monkeypatch, capsys):
+    """`pretrain --output runs/x` without --data or --input trains on the demo's text: a note says so (the user
+    may have forgotten --data). The training itself is stubbed out: what is checked is the note and the input
+    the run was given."""
+    from masklm import cli
+    from masklm.train import pretrain as pretrain_module
+
+    monkeypatch.setattr(cli, "_prepare_into_run", lambda *args: None)
+    seen = []
+
+    def stub(cfg, data, run_dir, **kwargs):
+        seen.append(cfg.data.where)
+        raise UserError("stub")
+
+    monkeypatch.setattr(pretrain_module, "pretrain", stub)
+    assert main(["pretrain", "--output", str(tmp_path / "x"), "--preset", "tiny", "--max-steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "note: no --data or --input: pretraining on the demo's text" in err and seen == ["source=imdb"], (
+        err
+    )
+    assert (
+        main(["pretrain", "--output", str(tmp_path / "y"), "--preset", "tiny", "--data", str(tmp_path)]) == 2
+    )
+    assert "note: no --data" not in capsys.readouterr().err

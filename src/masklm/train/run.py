@@ -306,8 +306,8 @@ def check_resume_settings(
         if old != new:
             raise UserError(
                 f"--resume continues {run_dir} with its saved settings, but {key}={new} differs from the run's "
-                f"{old}; drop it (only the budget, train.lr, how often to log / evaluate / checkpoint, threads, "
-                "device and dist.* can change) or start a new run with another --output"
+                f"{old}; drop it (a resumed run may change only {', '.join(RESUME_FREE)} and dist.*) or start a "
+                "new run with another --output"
             )
 
 
