@@ -171,9 +171,11 @@ def _task_spec(raw: Any, n: int, grid: dict[str, list[Any]], where: str) -> Task
     missing = [k for k in ("name", "type", "train", "validation", "metrics") if not raw.get(k)]
     unknown = sorted(set(raw) - TASK_KEYS)
     if missing or unknown:
-        parts = [f"needs {', '.join(missing)}"] * bool(missing) + [
-            f"has unknown keys {', '.join(unknown)}"
-        ] * bool(unknown)
+        parts = []
+        if missing:
+            parts.append(f"needs {', '.join(missing)}")
+        if unknown:
+            parts.append(f"has unknown keys {', '.join(unknown)}")
         what = " and ".join(parts)
         raise UserError(
             f"{where}: task {n} ({raw.get('name', '?')}) {what} (keys: {', '.join(sorted(TASK_KEYS))})"
