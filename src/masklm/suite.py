@@ -36,6 +36,7 @@ in their task's format (`masklm finetune --help`), with column settings under `s
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -669,7 +670,9 @@ def run_tasks(
     def stop_workers() -> None:
         stopping.set()
         for child in active_children():  # a second stop: the workers exit at once
-            os.kill(child.pid, signal.SIGTERM)
+            # (a worker that has just died, killed say, is no longer there to be told)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGTERM)
 
     def on_signal(signum: int, frame: Any) -> None:
         if not stopping.is_set():
