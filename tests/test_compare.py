@@ -81,6 +81,9 @@ def test_an_unfinished_run_shows_its_last_evaluation(runs, capsys, tmp_path):
 def test_a_folder_that_is_not_a_run_is_refused(runs, tmp_path, capsys):
     assert cli("compare", runs["fast"], tmp_path) == 2
     assert "not a masklm run folder" in capsys.readouterr().err
+    # the same run twice (under two spellings) was two identical rows
+    assert cli("compare", runs["fast"], Path(runs["fast"]) / ".") == 2
+    assert "is given twice; give each run once" in capsys.readouterr().err
 
 
 DAMAGE = [  # (file, bytes appended, or written in place of the file when replace)

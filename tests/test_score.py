@@ -280,6 +280,11 @@ def test_sentence_file_json_and_text(loaded, model_dir, tmp_path, capsys):
         ("the cat\n\u200b\n", "line 2 has no token to score"),
         ('{"sentence_good": "\u200b", "sentence_bad": "the cat"}\n', "pair 1 (sentence_good) has no token"),
         ("the cat\n\x00\x01\n", "NUL bytes"),
+        # a plain first line: the pairs after it were scored as sentences of JSON
+        (
+            'the cat\n{"sentence_good": "a", "sentence_bad": "b"}\n',
+            "bad.txt:2 is a JSON minimal pair, but line 1",
+        ),
     ],
 )
 def test_bad_input_is_one_line(model_dir, tmp_path, capsys, content, message):

@@ -197,6 +197,13 @@ BAD_REQUESTS = [  # (path, raw body, status, a word the error must hold)
     ("/v1/fill-mask", "", 400, "body"),
     ("/v1/predict", '{"model": "cls", "inputs": ' + "[" * 100_000 + "]" * 100_000 + "}", 400, "body"),
     ("/v1/embed", json.dumps({"model": "tiny", "inputs": "a b " * 40}), 400, "limit of 64"),  # 82 tokens
+    # a zero-width space: no token, so the vector was [CLS] and [SEP]'s alone
+    (
+        "/v1/embed",
+        json.dumps({"model": "tiny", "inputs": ["a", "\u200b"]}),
+        400,
+        "inputs[1]: the text has no token",
+    ),
     # a lone surrogate ("\ud800" in the JSON) is no text: 400 naming where it is, not a tokenizer error
     ("/v1/predict", json.dumps({"model": "cls", "inputs": "\ud800"}), 400, "inputs: not valid Unicode"),
     ("/v1/fill-mask", json.dumps({"model": "tiny", "inputs": "\ud800 [MASK]"}), 400, "lone surrogate"),

@@ -300,6 +300,10 @@ def compare(
             )
         if not out.parent.is_dir():
             raise UserError(f"the folder of --output {out} does not exist; create it first")
+    resolved = [Path(f).resolve() for f in folders]
+    twice = next((f for i, f in enumerate(folders) if resolved[i] in resolved[:i]), None)
+    if twice is not None:
+        raise UserError(f"{twice} is given twice; give each run once")
     runs = [load_run(f) for f in folders]
     names = [r.name for r in runs]
     for r in runs:

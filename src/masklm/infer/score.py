@@ -320,4 +320,21 @@ def read_score_input(path: str | Path) -> tuple[str, list[Any], list[str]]:
         head = None
     if path.suffix.lower() == ".jsonl" or isinstance(head, dict):
         return "pairs", _pairs(path, lines), []
+    pair = next((n for n, line in lines if _is_pair(line)), None)
+    if pair is not None:  # (it would be scored as a sentence of JSON)
+        raise UserError(
+            f"{path}:{pair} is a JSON minimal pair, but line {lines[0][0]} is a plain sentence; a file holds one "
+            "kind: sentences one a line, or JSONL pairs (every line a JSON object)"
+        )
     return "sentences", [line.strip() for _, line in lines], [f"line {n}" for n, _ in lines]
+
+
+def _is_pair(line: str) -> bool:
+    """Whether a line is a JSON object with sentence_good (a minimal pair)."""
+    if not line.lstrip().startswith("{"):
+        return False
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(value, dict) and "sentence_good" in value

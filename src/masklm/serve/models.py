@@ -121,6 +121,12 @@ class ServedModel:
             if not text.strip():
                 raise UserError(f"inputs[{i}]: the text is empty; give some text")
             enc = self.tokenizer.encode(text)
+            if all(
+                enc.special_tokens_mask
+            ):  # (a zero-width space: the vector would be [CLS] and [SEP]'s alone)
+                raise UserError(
+                    f"inputs[{i}]: the text has no token once tokenized ({text!r}); give some text"
+                )
             if len(enc.ids) > self.max_len:
                 raise UserError(
                     f"inputs[{i}]: the text is {len(enc.ids)} tokens long, above the model's limit of "
