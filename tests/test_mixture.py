@@ -134,7 +134,7 @@ def test_mixture_run_resumes_bit_identically_and_logs_tokens_by_source(corpora, 
     assert sum(last["tokens_by_source"].values()) == last["tokens"] == 6 * 8 * 32
     assert last["tokens_by_source"]["a"] > last["tokens_by_source"]["b"] > 0
     other = ["--data", f"{corpora['a']}:1", f"{corpora['b']}:1", *common[3:]]
-    with pytest.raises(UserError, match="other --data sources or weights"):
+    with pytest.raises(UserError, match=r"other --data sources or weights \(a 75%, b 25%\)"):
         from masklm.cli import run as cli_run
 
         cli_run(

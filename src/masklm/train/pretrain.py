@@ -218,6 +218,14 @@ def data_fingerprint(data: PackedDataset | Mixture, seed: int) -> str:
     return hashlib.sha256(ids.numpy().astype(np.int64).tobytes()).hexdigest()[:16]
 
 
+def _mixture_shares(mixture: list[list[Any]] | None) -> str:
+    """A recorded mixture ([[source, rows per block], ...]) as the user writes it: "web 70%, books 30%"."""
+    if not mixture:
+        return ""
+    total = sum(int(count) for _, count in mixture) or 1
+    return ", ".join(f"{name} {int(count) / total:.0%}" for name, count in mixture)
+
+
 def data_state(data: PackedDataset | Mixture, resume_from: Path | None, seed: int) -> dict[str, Any]:
     """What a checkpoint records of the training data, checked on resume: a mixture's sources and positions per
     block (the same stream needs the same sources and weights), the number of sequences and a fingerprint of the
@@ -233,7 +241,7 @@ def data_state(data: PackedDataset | Mixture, resume_from: Path | None, seed: in
         return state
     saved = ckpt.read_trainer_state(resume_from)
     if saved.get("mixture") != state.get("mixture"):
-        was = saved.get("mixture") or "one source"
+        was = _mixture_shares(saved.get("mixture")) or "one source"
         raise UserError(
             f"--resume: the run was trained on other --data sources or weights ({was}); pass the --data it was "
             "started with"
