@@ -290,22 +290,27 @@ def test_an_export_a_kill_left_half_replaced_is_put_back(tmp_path: Path, tok) ->
 
 
 def test_model_card_from_run_folder(tmp_path: Path, tok) -> None:
-    run = tmp_path / "run"
+    """The card of a run given --data shows how its data folder was prepared (meta.json), not the run's unused
+    `data:` settings (it showed vocab_size 8192 for a vocabulary of 120)."""
+    run, data = tmp_path / "run", tmp_path / "data" / "tiny"
     make_folder(run / "model", tok)
+    data.mkdir(parents=True)
+    (data / "meta.json").write_text(json.dumps({"data_config": {"seq_len": 32, "vocab_size": 120}}))
     summary = {
         "steps": 40, "tokens": 40960, "train_time_s": 12.5, "tokens_per_s": 3276.8,
-        "eval": {"mlm_accuracy": 0.4321, "perplexity": 17.5}, "data": "data/tiny", "notes": [],
+        "eval": {"mlm_accuracy": 0.4321, "perplexity": 17.5}, "data": str(data), "notes": [],
     }  # fmt: skip
     (run / "summary.json").write_text(json.dumps(summary))
     (run / "config.yaml").write_text(
-        yaml.safe_dump({"data": {"seq_len": 32, "vocab_size": 120}, "train": {"lr": 1e-3}})
+        yaml.safe_dump({"data": {"seq_len": 32, "vocab_size": 8192}, "train": {"lr": 1e-3}})
     )
     (run / "command.txt").write_text("masklm pretrain data/tiny --preset tiny --out runs/tiny\n")
     out = export_model(run, tmp_path / "card", "hf", check=False)
     card = (out / "README.md").read_text()
     for expected in ("40,960", "0.4321", "17.5", "masklm pretrain data/tiny --preset tiny", "seq_len: 32",
-                     "| layers | 2 |", "| hidden size | 32 |", "pipeline_tag: fill-mask"):  # fmt: skip
+                     "| layers | 2 |", "| hidden size | 32 |", "pipeline_tag: fill-mask", "vocab_size: 120"):  # fmt: skip
         assert expected in card, expected
+    assert "8192" not in card
 
 
 def test_model_card_from_model_folder_extras(tmp_path: Path, tok) -> None:

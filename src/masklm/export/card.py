@@ -64,9 +64,15 @@ class RunRecord:
         settings = _read_yaml_quiet(run / "config.yaml") if run else {}
         train = settings.get("train")
         eval_ = _first(summary, "eval") or saved.get("eval")
+        data_path = _text(_first(summary, "data") or saved.get("data"))
+        data_config = _mapping(settings.get("data"))
+        if run and data_path and not (run / "data" / "meta.json").is_file():
+            # a --data run: its config's data settings were not used (the text was prepared before); how it was
+            # prepared is in the data folder's meta.json, when that folder is at hand
+            data_config = _mapping(_read_json_quiet(Path(data_path) / "meta.json").get("data_config"))
         return cls(
-            data_path=_text(_first(summary, "data") or saved.get("data")),
-            data_config=_mapping(settings.get("data")),
+            data_path=data_path,
+            data_config=data_config,
             mask_config=_mapping(settings.get("mask")),
             train_config={k: train[k] for k in CARD_TRAIN_KEYS if k in train}
             if isinstance(train, dict)
