@@ -539,3 +539,14 @@ def test_a_data_setting_of_another_task_is_refused(base, data, tmp_path, capsys)
     assert cli(*finetune_args(base, data, out, "--data.text_column", "text")) == 0  # one of its own
     # a step budget: config.yaml records no epoch count that never ran (it said 19.0, the automatic value)
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["epochs"] is None
+
+
+def test_a_hugging_face_export_keeps_the_task_settings(base, data, tmp_path):
+    """A fine-tuned model exported with --format hf lost its task settings (a QA model's max_length and
+    doc_stride): evaluate and predict on the export used the defaults. They travel in config.json now."""
+    run = tmp_path / "run"
+    assert cli(*finetune_args(base, data, run, "--data.max_length", 40, task="token-classification")) == 0
+    assert ft.load_finetuned(run).cfg.data.max_length == 40
+    assert cli("export", run, tmp_path / "hf", "--format", "hf", "--no-check") == 0
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["masklm_task"]["data"]["max_length"] == 40
+    assert ft.load_finetuned(tmp_path / "hf").cfg.data.max_length == 40

@@ -24,7 +24,7 @@ from masklm.errors import UserError
 from masklm.export.common import TOLERANCE, compare, model_logits, write_json, write_text
 from masklm.model.base import Head, ModelInfo, save_safetensors
 from masklm.model.heads import SequenceClassification
-from masklm.model.hf import config_to_hf, to_hf_state_dict
+from masklm.model.hf import HF_TASK_KEY, config_to_hf, to_hf_state_dict
 from masklm.model.io import load_model
 from masklm.utils import fsync_file
 
@@ -117,6 +117,10 @@ def write_hf_folder(model: Head, tok: tokenizers.Tokenizer, info: ModelInfo, fol
     hf_config = config_to_hf(cfg, info.architecture, info.labels, vocab_size=rows, dtype=dtype)
     hf_config.update(model.hf_config())
     hf_config.update(label_entries(model, info.labels))
+    if info.task:
+        # a fine-tuned model's task settings (QA's max_length, doc_stride, ...), which `evaluate` and `predict` use
+        # on the exported folder as on the model; transformers keeps an unknown key and ignores it
+        hf_config[HF_TASK_KEY] = info.task
     save_safetensors(state, folder / "model.safetensors", metadata={"format": "pt"})
     fsync_file(folder / "model.safetensors")
     write_json(folder / "config.json", hf_config)

@@ -203,6 +203,10 @@ def _field(data: dict[str, Any], name: str, kind: type, default: Any, source: st
     return kind(value)
 
 
+HF_TASK_KEY = "masklm_task"
+"""The config.json key under which `masklm export --format hf` keeps a fine-tuned model's task settings."""
+
+
 def config_to_hf(
     cfg: ModelConfig,
     architecture: str = "MaskedLM",
@@ -548,5 +552,6 @@ def read_hf_checkpoint(folder: Path) -> Checkpoint:
         complete=False,
         source="huggingface",
         head={"classifier_dropout": float(dropout)} if valid_dropout else {},
+        task=data[HF_TASK_KEY] if isinstance(data.get(HF_TASK_KEY), dict) else {},
         notes=notes,
     )
