@@ -548,5 +548,7 @@ def test_a_hugging_face_export_keeps_the_task_settings(base, data, tmp_path):
     assert cli(*finetune_args(base, data, run, "--data.max_length", 40, task="token-classification")) == 0
     assert ft.load_finetuned(run).cfg.data.max_length == 40
     assert cli("export", run, tmp_path / "hf", "--format", "hf", "--no-check") == 0
-    assert json.loads((tmp_path / "hf" / "config.json").read_text())["masklm_task"]["data"]["max_length"] == 40
+    assert (
+        json.loads((tmp_path / "hf" / "config.json").read_text())["masklm_task"]["data"]["max_length"] == 40
+    )
     assert ft.load_finetuned(tmp_path / "hf").cfg.data.max_length == 40
