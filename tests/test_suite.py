@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import random
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -670,3 +671,27 @@ def test_a_later_tasks_labels_are_checked_before_any_fine_tunes(
     err = capsys.readouterr().err
     assert message in err and "task x: " in err and err.count("\n") == 1, err
     assert not out.exists()
+
+
+def _sleep_through_sigterm() -> None:
+    import signal
+    import time
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as a worker does, stopping its run at a checkpoint
+    time.sleep(60)
+
+
+def test_workers_left_by_a_broken_pool_are_ended():
+    """A dead worker breaks the pool, whose other workers stop their runs on SIGTERM and then wait for work the
+    pool never sends, while the pool waits for them: the suite hung (seen in CI). They get a grace period, then
+    SIGKILL."""
+    from multiprocessing import get_context
+
+    from masklm.suite import _end_survivors
+
+    child = get_context("spawn").Process(target=_sleep_through_sigterm)
+    child.start()
+    started = time.monotonic()
+    _end_survivors(1.0)
+    child.join(10)
+    assert not child.is_alive() and time.monotonic() - started < 10

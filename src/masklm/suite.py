@@ -694,6 +694,7 @@ def run_tasks(
                 pending = {f for f in pending if not f.cancel()}
         return _task_results(futures)
     except BrokenProcessPool:
+        _end_survivors(SURVIVOR_GRACE_S)
         raise UserError(
             "a suite worker process died (killed, or out of memory?); run the same masklm suite command again to "
             "continue: finished tasks and grid runs are kept"
@@ -702,6 +703,21 @@ def run_tasks(
         pool.shutdown(wait=True, cancel_futures=True)
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
+
+
+# A broken pool (a worker died) stops its other workers with SIGTERM, which stops their runs at a checkpoint; they
+# then wait for work that never comes while the pool waits for them to exit. After this long they are ended.
+SURVIVOR_GRACE_S = 20.0
+
+
+def _end_survivors(grace_s: float) -> None:
+    """The workers left by a broken pool: time to checkpoint, then SIGKILL (else the suite would hang)."""
+    deadline = time.monotonic() + grace_s
+    while active_children() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for child in active_children():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signal.SIGKILL)
 
 
 def _task_results(futures: dict[str, Future]) -> dict[str, dict[str, Any]]:
