@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
 
 ASCII_SPACE = " \t\r\n\f\v"
-COLUMNS = re.compile(r"[ \t\r\n\f\v]+")
+COLUMNS = re.compile(f"[{re.escape(ASCII_SPACE)}]+")
 
 
 def read_conll(path: str | Path, with_tags: bool = True) -> list[Example]:
@@ -308,7 +309,8 @@ def fill_tag(labels: Sequence[str], predicted: Sequence[int]) -> str:
         return outside or "O"
     if not predicted:
         return labels[0]
-    return labels[max(set(predicted), key=lambda i: (list(predicted).count(i), -i))]
+    counts = Counter(predicted)
+    return labels[max(counts, key=lambda i: (counts[i], -i))]
 
 
 def align_predictions(
@@ -498,9 +500,9 @@ class TokenClassificationTask(Task):
         out, cut, sentences = [], 0, 0
         for f, o in zip(data.features, outputs):
             ids = align_predictions(f["word_ids"], o.argmax(-1), f["num_words"])
-            fill = fill_tag(tags, [i for i in ids if i >= 0])
-            out.append([tags[i] if i >= 0 else fill for i in ids])
             missing = sum(i < 0 for i in ids)
+            fill = fill_tag(tags, [i for i in ids if i >= 0]) if missing else ""
+            out.append([tags[i] if i >= 0 else fill for i in ids])
             cut, sentences = cut + missing, sentences + bool(missing)
         note = (
             f"note: {cut} word(s) of {sentences} sentence(s) lay beyond --data.max_length {settings.max_length} "
@@ -596,7 +598,7 @@ class TokenClassificationTask(Task):
         for ex, f, o in zip(data.examples, data.features, outputs):
             ids, scores = word_scores(f, o)
             missing = len(ex["tokens"]) - len(ids)
-            tags = [names[i] for i in ids] + [fill_tag(names, ids)] * missing
+            tags = [names[i] for i in ids] + ([fill_tag(names, ids)] * missing if missing else [])
             entities = group_entities(tags, scores + [1.0] * missing, ex["spans"], ex["text"], prefixed)
             out.append({"entities": entities, "tokens": ex["tokens"], "tags": tags})
         return out
