@@ -40,7 +40,7 @@ from masklm.config import (
     sections,
 )
 from masklm.demo import DEMO_RUN, DEMO_SENTENCES, demo_corpus
-from masklm.errors import UserError
+from masklm.errors import ENVIRONMENT_ERRORS, UserError
 from masklm.tasks import TASK_NAMES
 
 if TYPE_CHECKING:
@@ -1175,5 +1175,4 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-ENVIRONMENT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
 WRONG_KIND_ERRORS = (errno.EEXIST, errno.EISDIR, errno.ENOTDIR)  # a file where a folder goes, or the reverse

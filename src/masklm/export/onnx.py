@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import errno
 import importlib.util
 import io
 import logging
@@ -23,7 +22,7 @@ import torch
 from torch import nn
 
 from masklm.config import ModelConfig
-from masklm.errors import UserError
+from masklm.errors import ENVIRONMENT_ERRORS, UserError
 from masklm.export.common import TOLERANCE, compare, model_logits, write_json, write_text
 from masklm.export.hf import clean_tokenizer_json, tokenizer_files
 from masklm.model.base import Head, ModelInfo
@@ -167,13 +166,7 @@ def write_onnx_folder(model: Head, tok: tokenizers.Tokenizer, info: ModelInfo, f
 def _disk_error(e: BaseException | None) -> OSError | None:
     """The full-disk or permission OSError behind an exporter error (itself, or what it wraps), if any."""
     while e is not None:
-        if isinstance(e, OSError) and e.errno in (
-            errno.ENOSPC,
-            errno.EDQUOT,
-            errno.EFBIG,
-            errno.EROFS,
-            errno.EACCES,
-        ):
+        if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRORS:
             return e
         e = e.__cause__ or e.__context__
     return None
