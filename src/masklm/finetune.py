@@ -945,10 +945,10 @@ def cmd_finetune(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     missing = [f"--{k}" for k in ("task", "model", "train", "validation") if getattr(args, k) is None]
     if missing:
         raise UserError(f"masklm finetune needs {', '.join(missing)} (see `masklm finetune --help`)")
-    # an unknown task, or a setting of another task's, is refused before any file is read
-    check_data_settings(
-        get_task(args.task), {**file_settings(args.config), **overrides} if args.config else overrides
-    )
+    # what the config file sets is checked (another task's data setting) and, on --resume, applied by the resume
+    # rule, as the command line's settings are
+    given = {**(file_settings(args.config) if args.config else {}), **overrides}
+    check_data_settings(get_task(args.task), given)  # (an unknown task first): before any file is read
     output = args.output or f"runs/finetune-{Path(args.train).stem}"
     summary = finetune(
         build_config(overrides, args.config),
@@ -960,8 +960,7 @@ def cmd_finetune(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         resume=args.resume,
         overwrite=args.overwrite,
         command=command_line(args.argv),
-        # a config file's settings are checked and applied on --resume as the command line's are
-        resume_changes={**(file_settings(args.config) if args.config else {}), **overrides},
+        resume_changes=given,
         init=args.init or "pretrained",
     )
     if summary.get("stopped") or env_rank() != 0:  # one line per run, not per process

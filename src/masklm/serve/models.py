@@ -121,9 +121,8 @@ class ServedModel:
             if not text.strip():
                 raise UserError(f"inputs[{i}]: the text is empty; give some text")
             enc = self.tokenizer.encode(text)
-            if all(
-                enc.special_tokens_mask
-            ):  # (a zero-width space: the vector would be [CLS] and [SEP]'s alone)
+            # a text of no token (a zero-width space): the vector would be [CLS] and [SEP]'s alone
+            if all(enc.special_tokens_mask):
                 raise UserError(
                     f"inputs[{i}]: the text has no token once tokenized ({text!r}); give some text"
                 )
