@@ -18,6 +18,7 @@ import functools
 import math
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -779,20 +780,12 @@ def apply_dict(cfg: Any, values: dict[str, Any], source: str) -> Any:
     `cfg` is any dataclass whose fields are section dataclasses (Config, FinetuneConfig).
     """
     names = [f.name for f in fields(cfg)]
-    flat: dict[str, Any] = {}
-    for k, v in values.items():
-        if isinstance(v, dict):
-            for kk, vv in v.items():
-                flat[f"{k}.{kk}"] = vv
-        elif k in names and v is None:  # an empty section ("model:" with nothing under it)
-            continue
-        elif k in names:
-            raise UserError(
-                f"section {k!r} in {source} must map settings to values ({k}: {{name: value}}), not {v!r}"
-            )
-        else:
-            flat[k] = v
+    flat = _dotted(values, names)
     for key, value in flat.items():
+        if key in names:
+            raise UserError(
+                f"section {key!r} in {source} must map settings to values ({key}: {{name: value}}), not {value!r}"
+            )
         section_name, _, name = key.partition(".")
         section = getattr(cfg, section_name) if section_name in names else None
         known = section_settings(type(section), section_name) if section is not None else {}
@@ -805,16 +798,24 @@ def apply_dict(cfg: Any, values: dict[str, Any], source: str) -> Any:
     return cfg
 
 
+def _dotted(values: dict[str, Any], sections: Iterable[str]) -> dict[str, Any]:
+    """{"train": {"lr": 1e-3}} and {"train.lr": 1e-3} alike as {"train.lr": 1e-3}; an empty section ("model:" with
+    nothing under it) gives nothing, and a section given a value that is no mapping stays as it is (refused by
+    `apply_dict`)."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{name}": v for name, v in value.items()})
+        elif not (key in sections and value is None):
+            flat[key] = value
+    return flat
+
+
 def file_settings(path: str | Path) -> dict[str, Any]:
     """The settings a YAML config file gives, as dotted keys ({"train.lr": 1e-3}): a resumed run checks and applies
     them by the resume rule, as it does the command line's."""
-    flat: dict[str, Any] = {}
-    for key, value in read_yaml(path).items():
-        if isinstance(value, dict):
-            flat.update({f"{key}.{name}": v for name, v in value.items()})
-        elif value is not None or "." in key:  # (an empty section gives nothing)
-            flat[key] = value
-    return flat
+    sections = {f.name for root in (Config, FinetuneConfig) for f in fields(root)}
+    return _dotted(read_yaml(path), sections)
 
 
 BUDGET_KEYS = ("train.max_steps", "train.max_tokens", "train.max_minutes")
