@@ -93,6 +93,30 @@ def test_logits_at_one_position_per_row_equal_the_full_forward(overrides):
     assert not torch.allclose(got, model.logits_at(ids, mask, torch.tensor([1, 5, 8, 2])), atol=1e-3)
 
 
+@pytest.mark.parametrize(
+    "overrides", [{}, {"norm": "pre", "position": "rotary"}], ids=["bert", "pre-LN rotary"]
+)
+def test_masked_copies_share_the_first_layers_projections(overrides, monkeypatch):
+    """A batch of a sentence's masked copies projects each distinct (token, position) once in the first layer
+    (the original's n tokens and [MASK] at each scored position), with the same logits as projecting every row."""
+    from masklm.model.encoder import Block
+
+    torch.manual_seed(0)
+    model = MaskedLM(tiny_model_config(50, **overrides)).eval()
+    sentence = [2, 11, 12, 13, 14, 15, 3]  # [CLS] five tokens [SEP]
+    ids = torch.tensor([sentence] * 5)
+    positions = torch.arange(1, 6)
+    ids[torch.arange(5), positions] = 4  # [MASK]
+    rows = []
+    projections = Block.projections
+    monkeypatch.setattr(Block, "projections", lambda self, x: rows.append(x.shape[0]) or projections(self, x))
+    with torch.no_grad():
+        got = model.logits_at(ids, None, positions)
+        full = model(ids)[torch.arange(5), positions]
+    assert rows == [len(sentence) + 5]
+    assert torch.allclose(got, full, atol=1e-5)
+
+
 def test_a_hugging_face_folder_scores_as_transformers_does(model_dir, tmp_path):
     """The model exported as BertForMaskedLM: masklm's PLL of the HF folder equals a per-token loop in transformers."""
     transformers = pytest.importorskip("transformers")
