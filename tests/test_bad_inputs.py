@@ -117,6 +117,15 @@ def ws(tmp_path_factory) -> Path:
     (f / "corpus_ragged.csv").write_text("id,text\n1,alpha bravo, charlie delta\n2,echo\n")
     (f / "corpus_object.json").write_text('{"text": "alpha bravo"}\n')
     (f / "ner_train.txt.gz").write_bytes(gzip.compress(conll(24, 6).encode()))
+    val = cls_rows(6, 14)
+    write_csv(f / "cls_nan.csv", [*val[:3], {"text": "alpha bravo", "label": "NaN"}])
+    (f / "cls_joined.csv").write_text((f / "cls_val.csv").read_text() * 2)
+    (f / "cls_semicolon.csv").write_text("text;label\n" + "".join(f"{r['text']};{r['label']}\n" for r in val))
+    (f / "cls_open_quote.csv").write_text('text,label\nalpha bravo,a\n"bravo charlie,other\necho,a\n')
+    (f / "cls_twice.jsonl").write_text('{"text": "alpha bravo", "label": "a", "text": ""}\n')
+    scores = [{"text": r["text"], "label": 1.5 if r["label"] == "a" else -0.5} for r in val]
+    write_csv(f / "scores.csv", scores)
+    write_csv(f / "scores_huge.csv", [*scores, {"text": "alpha", "label": "3e300"}])
     write_csv(
         f / "cls_headerless.csv",
         [{"alpha bravo charlie delta": r["text"], "0": r["label"]} for r in cls_rows(6, 13)],
@@ -354,6 +363,18 @@ CASES: list[tuple[str, list[str], str]] = [
     ("finetune-compressed-file",
      ["finetune", "--task", "token-classification", "--model", "{ws}/run", "--train", f"{F}/ner_train.txt.gz",
       "--validation", f"{F}/ner_val.txt", *FT_NEW], "decompress it first"),
+    ("finetune-label-written-nan", [*CLS, "--validation", f"{F}/cls_nan.csv", *FT_NEW], "has no label"),
+    ("finetune-files-joined-with-their-headers",
+     [*CLS, "--validation", f"{F}/cls_joined.csv", *FT_NEW], "repeats the header"),
+    ("finetune-semicolon-separated-csv",
+     [*CLS, "--validation", f"{F}/cls_semicolon.csv", *FT_NEW], "semicolon-separated"),
+    ("finetune-csv-quote-left-open",
+     [*CLS, "--validation", f"{F}/cls_open_quote.csv", *FT_NEW], "quoted field opened on this line"),
+    ("finetune-jsonl-field-given-twice", [*CLS, "--validation", f"{F}/cls_twice.jsonl", *FT_NEW], "twice"),
+    ("finetune-overwrite-with-score-too-large",
+     ["finetune", "--task", "classification", "--model", "{ws}/run", "--train", f"{F}/scores.csv",
+      "--validation", f"{F}/scores_huge.csv", "--data.regression", "true", "--output", "{ws}/ft", "--overwrite",
+      *ONE_THREAD], "too large to train on"),
     ("finetune-file-without-a-header-row",
      [*CLS[:-1], f"{F}/cls_headerless.csv", "--validation", f"{F}/cls_val.csv", *FT_NEW], "no header row"),
     ("predict-output-under-a-file",

@@ -241,6 +241,7 @@ def test_regression(base, tmp_path, capsys):
         "--data.label_column", "score", "--train.epochs", 20, *FAST,
     )  # fmt: skip
     assert rc == 0
+    assert "parameters for regression on" in capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best"]["metric"] == "pearson" and summary["pearson"] > 0.9
     assert {"spearman", "mse", "loss"} <= set(summary)
@@ -864,3 +865,35 @@ def test_resume_from_another_working_folder(base, data, tmp_path, monkeypatch, c
         cli("finetune", "--output", "a/run", "--resume", "--train", "other.csv", "--train.max_steps", 5) == 2
     )
     assert "with --train" in capsys.readouterr().err
+
+
+def test_evaluate_json_is_strict_json(monkeypatch, capsys):
+    """A metric that is not finite (the correlation of constant predictions) is null in `evaluate --json`: NaN and
+    Infinity are not JSON, and strict parsers refuse them."""
+    monkeypatch.setattr(
+        ft, "evaluate_model", lambda *a: {"pearson": float("nan"), "mse": float("inf"), "x": 0.5}
+    )
+    assert cli("evaluate", "--model", "m", "--data", "d.csv", "--json") == 0
+    out = capsys.readouterr().out.strip()
+    assert json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} in {out}")) == {
+        "pearson": None,
+        "mse": None,
+        "x": 0.5,
+    }
+
+
+def test_the_last_line_counts_skipped_steps(monkeypatch, capsys, tmp_path):
+    """Steps skipped for a non-finite loss show in finetune's last line, not only in summary.json."""
+    summary = {
+        "best": {"metric": "pearson", "value": 0.5, "epoch": 1, "step": 4},
+        "last_eval": {"pearson": 0.5},
+    }
+    summary["pearson"] = 0.5
+    for skipped, shown in ((0, None), (1, "(1 step skipped: non-finite"), (3, "(3 steps skipped")):
+        monkeypatch.setattr(ft, "finetune", lambda *a, n=skipped, **k: {**summary, "skipped_steps": n})
+        args = ["--task", "classification", "--model", "m", "--train", "t.csv", "--validation", "v.csv"]
+        assert cli("finetune", *args, "--output", tmp_path / "r") == 0
+        line = capsys.readouterr().out.strip()
+        assert line.startswith("best validation pearson 0.5000") and (
+            shown in line if shown else "skipped" not in line
+        )

@@ -351,3 +351,21 @@ def test_weights_this_user_cannot_read_are_not_called_damaged(tmp_path, monkeypa
     monkeypatch.setattr(os, "access", lambda p, mode: str(p) != str(path))
     with pytest.raises(UserError, match=r"cannot read .*model.safetensors \(permission denied\)"):
         base.read_safetensors(path)
+
+
+def test_a_regression_head_keeps_float32_under_bf16_autocast():
+    """A one-output head (a regression score) runs its last layer in float32 under autocast: a bf16 output
+    keeps three significant digits (3.0536 came out 3.046875). A classifier's logits stay as autocast makes them."""
+    torch.manual_seed(0)
+    ids = torch.randint(5, 50, (3, 7))
+    for num_labels, dtype in ((1, torch.float32), (3, torch.bfloat16)):
+        model = SequenceClassification(tiny_model_config(50), num_labels).eval()
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+            h = model.encoder(ids)
+            out = model(ids)
+            pooled = torch.tanh(model.pooler(h[:, 0])).float()
+        assert out.dtype == dtype
+        if num_labels == 1:
+            assert torch.equal(
+                out, torch.nn.functional.linear(pooled, model.classifier.weight, model.classifier.bias)
+            )

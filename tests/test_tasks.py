@@ -21,10 +21,12 @@ from masklm.tasks.base import TaskData
 from masklm.tasks.batching import length_bucketed_batches, pad_batch
 from masklm.tasks.classification import (
     ClassificationTask,
+    class_labels,
     encode_classification,
     encode_float_labels,
     encode_labels,
     read_classification,
+    scale_note,
 )
 from masklm.tasks.encoding import build_label_map, match_label
 from masklm.tasks.qa import QuestionAnsweringTask, _answer_token_span, encode_qa, postprocess_qa, read_squad
@@ -94,14 +96,14 @@ def test_read_classification_formats(tmp_path):
     csv_file = tmp_path / "train.csv"
     csv_file.write_text('text,other,label\n"Hello, world",x,pos\nbye,y, neg \n\nlast,z,\n', encoding="utf-8")
     assert read_classification(csv_file) == [
-        {"text": "Hello, world", "text_pair": None, "label": "pos"},
-        {"text": "bye", "text_pair": None, "label": "neg"},
-        {"text": "last", "text_pair": None, "label": None},
+        {"text": "Hello, world", "text_pair": None, "label": "pos", "line": 2},
+        {"text": "bye", "text_pair": None, "label": "neg", "line": 3},
+        {"text": "last", "text_pair": None, "label": None, "line": 5},
     ]
     tsv_file = tmp_path / "dev.tsv"  # GLUE style: quotes are plain characters
     tsv_file.write_text('sentence1\tsentence2\tlabel\nsays "hi\tok\t1\n', encoding="utf-8")
     rows = read_classification(tsv_file, text_column="sentence1", text_pair_column="sentence2")
-    assert rows == [{"text": 'says "hi', "text_pair": "ok", "label": "1"}]
+    assert rows == [{"text": 'says "hi', "text_pair": "ok", "label": "1", "line": 2}]
     jsonl_file = tmp_path / "test.jsonl"
     jsonl_file.write_text('{"text": "a"}\n\n{"text": "b", "extra": 1}\n', encoding="utf-8")
     assert [r["label"] for r in read_classification(jsonl_file)] == [None, None]
@@ -132,12 +134,71 @@ def test_read_classification_formats(tmp_path):
             {},
             ":2: the header names the column 'label' twice",
         ),
+        ("a.csv", "text;label\nhi;1\n", {}, ":1: the header 'text;label' reads as semicolon-separated"),
+        (
+            "a.csv",
+            "text\tlabel\nhi\t1\n",
+            {},
+            "reads as tab-separated, but a .csv file is comma-separated; name",
+        ),
+        ("a.tsv", "text,label\nhi,1\n", {}, "reads as comma-separated, but a .tsv file is tab-separated"),
+        ("a.csv", "text,label\nhi,1\ntext,label\nho,0\n", {}, ":3: repeats the header (line 1)"),
+        (
+            "a.csv",
+            'text,label\nok,1\n"bad,0\nfine,1\nawful,0\n',
+            {},
+            ":3: a quoted field opened on this line runs to line 5",
+        ),
+        (
+            "a.jsonl",
+            '{"text": "a", "label": 1}\n{"text": "b", "text": ""}\n',
+            {},
+            ":2: names the field 'text' twice",
+        ),
     ],
 )
 def test_read_classification_errors(tmp_path, name, content, kwargs, match):
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")
     assert str(path) in _raises(match, read_classification, path, **kwargs)
+
+
+def test_table_files_read_as_written(tmp_path):
+    """A one-column file's empty line between rows is an empty text when predicting (not after the last row);
+    JSONL columns are every object's keys."""
+    one = tmp_path / "texts.csv"
+    one.write_text("text\nhello\n\n\nworld\n\n", encoding="utf-8")
+    assert [r["text"] for r in read_classification(one, label_column=None)] == ["hello", "", "", "world"]
+    assert [r["text"] for r in read_classification(one)] == ["hello", "world"]  # training: no empty examples
+    jsonl = tmp_path / "late.jsonl"
+    jsonl.write_text('{"text": "a"}\n{"text": "b", "label": "x"}\n', encoding="utf-8")
+    _raises(":1: has no 'label' field", read_classification, jsonl, require_label=True)
+
+
+def test_nan_written_in_a_cell_is_no_label(tmp_path, capsys):
+    """ "NaN" in a CSV cell (pandas / numpy) is no label, as a JSON NaN is; "NA" (R, spreadsheets) stays a class,
+    with a note."""
+    path = tmp_path / "t.csv"
+    path.write_text("text,label\na,pos\nb,NaN\nc,-nan\nd,NA\ne,neg\n", encoding="utf-8")
+    examples = read_classification(path)
+    assert [e["label"] for e in examples] == ["pos", None, None, "NA", "neg"]
+    assert class_labels([e for e in examples if e["label"]], path) == ["NA", "neg", "pos"]
+    assert "1 label(s) of" in capsys.readouterr().err
+    _raises(f"{path}:3 has no label", encode_labels, examples, ["NA", "neg", "pos"], path)
+
+
+def test_regression_scores_a_float32_head_can_train(tmp_path, capsys):
+    """Scores whose squared error overflows float32 are refused; "1_000" is not a number; large ones get a note."""
+    ok = [{"label": "2.5", "line": 2}, {"label": "-1e18", "line": 3}]
+    assert [e["label"] for e in encode_float_labels(ok, "s.csv")] == [2.5, -1e18]
+    _raises(
+        "s.csv:4: the score 1e19 is too large", encode_float_labels, [{"label": "1e19", "line": 4}], "s.csv"
+    )
+    _raises("label '1_000' is not a finite number", encode_float_labels, [{"label": "1_000"}], "s.csv")
+    scale_note([{"label": "3"}, {"label": "-25000"}, {"label": None}], "s.csv")
+    assert "scores of s.csv reach -25000" in capsys.readouterr().err
+    scale_note([{"label": "3"}, {"label": "999"}], "s.csv")
+    assert not capsys.readouterr().err
 
 
 def test_json_whole_numbers_are_integer_labels(tmp_path):
@@ -163,7 +224,7 @@ def test_labels_of_other_files_match_by_number():
     assert match_label("2", ["0.0", "1.0"]) is None
     assert match_label("1", ["1.0", "1.00"]) is None  # two training labels of that number: no guess
     assert match_label("pos", ["neg", "pos"]) == 1
-    _raises("label '2' in dev.csv (example 1) was not in the training labels", encode_labels,
+    _raises("dev.csv: example 1: label '2' is not one of the model's labels", encode_labels,
             [{"text": "a", "label": "2"}], ["0.0", "1.0"], "dev.csv")  # fmt: skip
 
 
@@ -227,7 +288,7 @@ def test_label_maps_and_encoding(tmp_path):
     assert [e["label"] for e in encode_labels(examples, labels, "train.csv")] == [1, 0]
     dev = [{"text": "c", "text_pair": None, "label": "meh"}]
     _raises(
-        "label 'meh' in dev.csv (example 1) was not in the training labels ['neg', 'pos']",
+        "dev.csv: example 1: label 'meh' is not one of the model's labels ['neg', 'pos']",
         encode_labels,
         dev,
         labels,
@@ -237,7 +298,7 @@ def test_label_maps_and_encoding(tmp_path):
     scores = [{"text": "a", "label": "3.5"}, {"text": "b", "label": "-1"}]
     assert [e["label"] for e in encode_float_labels(scores, "sts.tsv")] == [3.5, -1.0]
     _raises(
-        "label 'high' in sts.tsv (example 1) is not a finite number",
+        "sts.tsv: example 1: label 'high' is not a finite number",
         encode_float_labels,
         [{"label": "high"}],
         "sts.tsv",

@@ -67,7 +67,7 @@ from masklm.train.run import (
     command_line,
     read_saved_config,
 )
-from masklm.utils import atomic_write_text, log, pick_device, refuse_path_through_file
+from masklm.utils import atomic_write_text, log, pick_device, plural, refuse_path_through_file
 from masklm.utils import rank as env_rank
 
 # ----------------------------------------------------------------------------------------------------
@@ -577,7 +577,7 @@ def _start_details(task: Task, inputs: _Inputs, plan: _Plan, metric: str, init: 
         examples + task.describe(train),
         *([f"{len(labels)} labels"] if labels else []),
         f"batch {plan.global_batch}",
-        f"{plan.steps_per_epoch} steps per epoch, {plan.total_steps} steps",
+        f"{plural(plan.steps_per_epoch, 'step')} per epoch, {plural(plan.total_steps, 'step')}",
         *(
             [f"validation every {plan.eval_steps // plan.steps_per_epoch} epochs"]
             if plan.eval_steps > plan.steps_per_epoch
@@ -699,7 +699,8 @@ def finetune(
         log(f"note: {note}")
     trainable = run.build(model, cfg, device)
     details = _start_details(t, inputs, plan, metric, init, cfg.train.seed)
-    run.announce("fine-tuning", model, cfg.train, details, purpose=t.name)
+    purpose = "regression" if getattr(cfg.data, "regression", False) else t.name
+    run.announce("fine-tuning", model, cfg.train, details, purpose=purpose)
     info = _model_info(t, labels, cfg)
     lower_is_better = metric in t.lower_is_better
     best = BestModel(run.run_dir, model, tok, info, metric, lower_is_better, plan.steps_per_epoch, resume)
@@ -967,9 +968,11 @@ def cmd_finetune(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         return 0
     best = summary["best"]
     shown = ", ".join(f"{k} {summary[k]:.4f}" for k in summary["last_eval"] if k in summary)
+    skipped = summary.get("skipped_steps") or 0
     print(
         f"best validation {best['metric']} {best['value']:.4f} (epoch {best['epoch']:g}, step {best['step']}): "
         f"{shown}; model in {Path(output) / 'model'}"
+        + (f" ({plural(skipped, 'step')} skipped: non-finite loss or gradients)" if skipped else "")
     )
     return 0
 
@@ -977,7 +980,9 @@ def cmd_finetune(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
 def cmd_evaluate(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     metrics = evaluate_model(args.model, args.data, overrides)
     if args.json:
-        print(json.dumps(metrics))
+        # strict JSON: a value that is not finite (an MSE that overflows, a correlation of constant predictions)
+        # is null, not the NaN / Infinity that JSON parsers refuse
+        print(json.dumps({k: v if math.isfinite(v) else None for k, v in metrics.items()}))
     else:
         for k, v in metrics.items():
             print(f"{k:>14} {v:.4f}")
@@ -986,5 +991,5 @@ def cmd_evaluate(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
 
 def cmd_predict(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     n = predict(args.model, args.data, args.output, overrides, overwrite=args.overwrite)
-    print(f"wrote {n} predictions to {args.output}")
+    print(f"wrote {plural(n, 'prediction')} to {args.output}")
     return 0

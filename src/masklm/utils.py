@@ -122,6 +122,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def plural(n: int, word: str) -> str:
+    """ "1 step", "2 steps", "1,000 steps": a count with its noun (English's regular plural)."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
 def log(*parts: object) -> None:
     """Print on rank 0 only (to stderr, so stdout stays for results)."""
     if rank() == 0:

@@ -166,7 +166,12 @@ class SequenceClassification(Head):
         h = self.encoder(input_ids, attention_mask, token_type_ids)  # (B, T, H)
         # (B, H): the pooler on [CLS], or the mean over the real tokens
         pooled = torch.tanh(self.pooler(h[:, 0])) if self.pooler is not None else mean_pool(h, attention_mask)
-        return self.classifier(self.dropout(pooled))  # (B, num_labels)
+        pooled = self.dropout(pooled)
+        if self.num_labels == 1 and torch.is_autocast_enabled(pooled.device.type):
+            # a regression score keeps float32's digits: under bf16 autocast it would keep three (3.0536 → 3.047)
+            with torch.autocast(pooled.device.type, enabled=False):
+                return self.classifier(pooled.float())
+        return self.classifier(pooled)  # (B, num_labels)
 
     def hf_obstacle(self) -> str | None:
         if self.pooling == "mean":

@@ -78,6 +78,7 @@ def read_classification(
             "text": text_field(rec, text_column, path, line),
             "text_pair": text_field(rec, text_pair_column, path, line) if text_pair_column else None,
             "label": label_field(rec, label_column, path, line) if label_column and has_label else None,
+            "line": line,
             # prediction: every column goes to the output
             **({"record": rec} if label_column is None else {}),
         }
@@ -96,7 +97,7 @@ def encode_labels(examples: Sequence[Example], label_list: Sequence[str], path: 
     for n, ex in enumerate(examples, 1):
         label = ex["label"]
         if label is None:
-            raise UserError(f"{path}: example {n} has no label; fill in its label or drop the row")
+            raise UserError(f"{_where(path, ex, n)} has no label; fill in its label or drop the row")
         k = ids.get(label)
         if k is None:
             k = match_label(label, label_list)  # the same number spelled otherwise: "1" for "1.0"
@@ -104,12 +105,22 @@ def encode_labels(examples: Sequence[Example], label_list: Sequence[str], path: 
             scores = looks_like_scores([*label_list, label])
             shown = list(label_list) if len(label_list) <= 12 else [*label_list[:12], "..."]
             raise UserError(
-                f"label '{label}' in {path} (example {n}) was not in the training labels {shown}; "
-                "fix the label or add examples of it to the training data"
+                f"{_where(path, ex, n)}: label '{label}' is not one of the model's labels {shown} (those of its "
+                "training data); fix the label or drop the row, or fine-tune with examples of it"
                 + ("; if the labels are scores, pass --data.regression true" if scores else "")
             )
         out.append({**ex, "label": k})
     return out
+
+
+def _where(path: str | Path, example: Example, n: int) -> str:
+    """How a message names an example: FILE:LINE where its line is known, else "FILE: example N"."""
+    return f"{path}:{example['line']}" if example.get("line") else f"{path}: example {n}"
+
+
+# Scores whose squared error overflows float32 (above 1.8e19) cannot train; far smaller ones already train badly
+# from a head that starts near 0 (`scale_note`).
+_LARGEST_SCORE = 1e19
 
 
 def encode_float_labels(examples: Sequence[Example], path: str | Path) -> list[Example]:
@@ -118,17 +129,42 @@ def encode_float_labels(examples: Sequence[Example], path: str | Path) -> list[E
     for n, ex in enumerate(examples, 1):
         label = ex["label"]
         if label is None:
-            raise UserError(f"{path}: example {n} has no label; fill in its score or drop the row")
-        try:
-            value = float(label)
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value):
+            raise UserError(f"{_where(path, ex, n)} has no label; fill in its score or drop the row")
+        value = score_value(label)
+        if value is None:
             raise UserError(
-                f"label '{label}' in {path} (example {n}) is not a finite number; regression needs numeric labels"
+                f"{_where(path, ex, n)}: label '{label}' is not a finite number; regression needs numeric labels"
+            )
+        if abs(value) >= _LARGEST_SCORE:
+            raise UserError(
+                f"{_where(path, ex, n)}: the score {label} is too large to train on (its squared error overflows "
+                "float32); scale the scores (divide them by a power of ten)"
             )
         out.append({**ex, "label": value})
     return out
+
+
+def score_value(label: str) -> float | None:
+    """A regression label as a float; None unless it is a finite number written as one (not "1_000", which
+    Python's float() reads as 1000)."""
+    try:
+        value = float(label) if "_" not in label else math.nan
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def scale_note(examples: Sequence[Example], path: str | Path) -> None:
+    """A note when regression scores are far from the scale a head starting near 0 learns well (largest
+    magnitude above 1,000): targets around 1e6 trained to a correlation of 0.13, every prediction near 0."""
+    values = [
+        v for v in (score_value(ex["label"]) for ex in examples if ex["label"] is not None) if v is not None
+    ]
+    if values and max(map(abs, values)) > 1000:
+        log(
+            f"note: the scores of {path} reach {max(values, key=abs):g}; a regression head starts near 0 and "
+            "learns scores of order 1 best: scaling them (e.g. standardising) before fine-tuning trains better"
+        )
 
 
 def encode_classification(tok: Any, examples: Sequence[Example], max_length: int) -> list[Feature]:
@@ -184,7 +220,18 @@ def class_labels(examples: Sequence[Example], path: str | Path, hint: str = "") 
             f"note: the {len(labels)} labels of {path} are numbers with fractions ({shown}), each trained as a "
             f"class; if they are scores, pass --data.regression true"
         )
+    for label in labels:
+        if label.lower() in MISSING_MARKS:
+            count = sum(ex["label"] == label for ex in examples)
+            log(
+                f"note: {count} label(s) of {path} are '{label}', which spreadsheets and R write for a missing "
+                "value; it is trained as a class of its own (leave the cell empty where there is no label)"
+            )
     return labels
+
+
+# How tools write a missing value in a text cell (NaN itself is no label: `label_field`).
+MISSING_MARKS = ("na", "n/a", "#n/a", "null", "none", "nil", "<na>")
 
 
 def looks_like_scores(labels: Sequence[str]) -> bool:
@@ -236,6 +283,7 @@ class ClassificationTask(Task):
                 "or leave them out"
             )
         if settings.regression:
+            scale_note(examples, path)
             return None
         return class_labels(examples, path, " (or --data.regression true for numeric scores)")
 

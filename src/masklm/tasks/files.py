@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from masklm.errors import UserError
-from masklm.utils import utf16_or_32
+from masklm.utils import plural, utf16_or_32
 
 csv.field_size_limit(2**31 - 1)  # long documents in one cell are fine; the default limit is 128 KiB
 
@@ -78,10 +78,11 @@ _LINE_END = re.compile(r"\r\n|\r|\n")
 def read_records(path: Path, keep_blank_rows: bool = False) -> tuple[list[str], list[tuple[int, Record]]]:
     """(column names, [(line number, record)]) for a .csv, .tsv or .jsonl file.
 
-    The columns are the CSV/TSV header or the keys of the first JSONL object. TSV is read without quote
-    handling, like the GLUE files (quotes are ordinary characters); CSV with RFC 4180 quoting. Empty lines are
-    skipped, and so are CSV/TSV rows whose every cell is blank (a spreadsheet's trailing ",,") unless
-    `keep_blank_rows` (prediction: an empty text is an input too, and the output keeps one row per input row).
+    The columns are the CSV/TSV header or the keys of the JSONL objects (in the order they first appear). TSV is
+    read without quote handling, like the GLUE files (quotes are ordinary characters); CSV with RFC 4180
+    quoting. Empty lines are skipped, and so are CSV/TSV rows whose every cell is blank (a spreadsheet's trailing
+    ",,") unless `keep_blank_rows` (prediction: an empty text is an input too, and the output keeps one row per
+    input row; in a one-column file an empty line between rows is such a text).
     """
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".tsv", ".jsonl"):
@@ -89,7 +90,7 @@ def read_records(path: Path, keep_blank_rows: bool = False) -> tuple[list[str], 
     text = read_text(path)
     if suffix == ".jsonl":
         records = _jsonl_records(path, text)
-        return list(records[0][1]), records
+        return list(dict.fromkeys(key for _, rec in records for key in rec)), records
     return _table_records(path, text, suffix, keep_blank_rows)
 
 
@@ -99,10 +100,14 @@ def _jsonl_records(path: Path, text: str) -> list[tuple[int, Record]]:
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            rec = json.loads(line, object_pairs_hook=_refuse_repeated_keys)
         except json.JSONDecodeError as e:
             raise UserError(
                 f"{path}:{lineno}: not valid JSON ({e.msg}); write one JSON object per line"
+            ) from None
+        except _RepeatedKey as e:
+            raise UserError(
+                f"{path}:{lineno}: names the field '{e.args[0]}' twice (only the last would count); remove one"
             ) from None
         if not isinstance(rec, dict):
             raise UserError(
@@ -110,6 +115,20 @@ def _jsonl_records(path: Path, text: str) -> list[tuple[int, Record]]:
             )
         records.append((lineno, rec))
     return records
+
+
+class _RepeatedKey(Exception):
+    pass
+
+
+def _refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads' object_pairs_hook: the object, or _RepeatedKey when it names a key twice."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _RepeatedKey(key)
+        out[key] = value
+    return out
 
 
 def _table_records(
@@ -120,38 +139,89 @@ def _table_records(
     else:
         reader = csv.reader(io.StringIO(text, newline=""))
     records: list[tuple[int, Record]] = []
+    empty_lines: list[int] = []  # of a one-column file, after its last row so far
     header: list[str] | None = None
-    header_line = 0
+    header_line = start = 0
     try:
         for row in reader:
+            start, line = (
+                start + 1,
+                reader.line_num,
+            )  # the lines the row spans (more than one: a quoted newline)
             blank = all(not cell.strip() for cell in row)
+            if not row and header is not None and len(header) == 1 and keep_blank_rows:
+                empty_lines.append(line)
             if not row or (blank and (header is None or not keep_blank_rows)):
+                start = line
                 continue
             if header is None:
                 header = [cell.strip() for cell in row]
-                header_line = reader.line_num
+                header_line = line
+                _refuse_separator(path, header, suffix, line)
                 _refuse_repeated_columns(path, header, header_line)
+                start = line
                 continue
             if len(row) != len(header):
-                fix = (
-                    "quote fields that contain commas"
-                    if suffix == ".csv"
-                    else "remove tabs and line breaks inside fields (a .tsv file is read without quoting, as "
-                    "GLUE's are: quotes are ordinary characters), or write the file as .csv"
-                )
                 raise UserError(
-                    f"{path}:{reader.line_num}: has {len(row)} fields, the header (line {header_line}) has "
-                    f"{len(header)}; {fix}"
+                    _field_count(path, suffix, (start, line), len(row), (header_line, len(header)))
                 )
-            records.append((reader.line_num, dict(zip(header, row))))
+            if len(header) > 1 and [cell.strip() for cell in row] == header:
+                raise UserError(
+                    f"{path}:{line}: repeats the header (line {header_line}), as files joined end to end do; "
+                    "remove that line"
+                )
+            records += [(n, dict.fromkeys(header, "")) for n in empty_lines]
+            empty_lines = []
+            records.append((line, dict(zip(header, row))))
+            start = line
     except csv.Error as e:
         raise UserError(
-            f"{path}:{reader.line_num}: malformed {suffix[1:].upper()} ({e}); fix the quoting on that line"
+            f"{path}:{start + 1}: malformed {suffix[1:].upper()} ({e}); fix the quoting on that line"
         ) from None
     assert header is not None  # read_text rejected a blank file
     if not records:
         raise UserError(f"{path}: has a header but no rows; add examples below the header line")
     return header, records
+
+
+def _field_count(
+    path: Path, suffix: str, lines: tuple[int, int], fields: int, header: tuple[int, int]
+) -> str:
+    """The message for a row of `fields` fields spanning `lines` (first, last) against the header's (line,
+    fields): a row that spans lines in a .csv is a quote left open where it starts."""
+    first, last = lines
+    if suffix == ".csv" and last > first:
+        return (
+            f"{path}:{first}: a quoted field opened on this line runs to line {last} ({plural(fields, 'field')}, the "
+            f'header has {header[1]}); close the quote, or double a quote that is part of the text ("")'
+        )
+    fix = (
+        "quote fields that contain commas"
+        if suffix == ".csv"
+        else "remove tabs and line breaks inside fields (a .tsv file is read without quoting, as "
+        "GLUE's are: quotes are ordinary characters), or write the file as .csv"
+    )
+    return f"{path}:{last}: has {fields} fields, the header (line {header[0]}) has {header[1]}; {fix}"
+
+
+def _refuse_separator(path: Path, header: list[str], suffix: str, line: int) -> None:
+    """A UserError when a one-column header reads as another separator's header: "text;label" in a .csv (a
+    European spreadsheet's export), "text\tlabel" in a .csv, "text,label" in a .tsv."""
+    if len(header) != 1:
+        return
+    others = {";": "semicolon", "\t": "tab", ",": "comma"}
+    expected = "comma" if suffix == ".csv" else "tab"
+    for sep, name in others.items():
+        if name != expected and len(header[0].split(sep)) > 1 and all(header[0].split(sep)):
+            fix = {
+                "tab": "name the file .tsv",
+                "comma": "name the file .csv",
+                "semicolon": "save it comma-separated (.csv) or tab-separated (.tsv)",
+            }[name]
+            raise UserError(
+                f"{path}:{line}: the header {header[0]!r} reads as {name}-separated, but a {suffix} file is "
+                f"{expected}-separated; {fix}"
+            )
 
 
 def _refuse_repeated_columns(path: Path, header: list[str], line: int) -> None:
@@ -196,9 +266,10 @@ def text_field(rec: Record, column: str, path: Path, line: int) -> str:
 def label_field(rec: Record, column: str, path: Path, line: int) -> str | None:
     """The label in `column` as a stripped string (numbers too); None for an empty cell or JSON null.
 
-    A JSON NaN is no label either. A JSON number that is a whole number is written as an integer: 1.0 is the
-    label "1", as 1 is (pandas writes an integer column with missing values as floats); a JSON boolean is "true" /
-    "false". A CSV cell, or a JSON string, is kept as written."""
+    A NaN is no label either: a JSON NaN, or "NaN" / "nan" written in a cell (pandas' and numpy's spelling of a
+    missing number). A JSON number that is a whole number is written as an integer: 1.0 is the label "1", as 1 is
+    (pandas writes an integer column with missing values as floats); a JSON boolean is "true" / "false". Any
+    other CSV cell, or JSON string, is kept as written."""
     if column not in rec:
         raise UserError(
             f"{path}:{line}: has no '{column}' field (fields: {', '.join(rec)}); add it to that line"
@@ -213,7 +284,7 @@ def label_field(rec: Record, column: str, path: Path, line: int) -> str | None:
         value = int(value)
     if isinstance(value, bool | int | float | str):
         value = str(value).strip()
-        return value or None
+        return value if value and value.lower().lstrip("+-") != "nan" else None
     raise UserError(
         f"{path}:{line}: '{column}' is a {type(value).__name__}; a label must be one string or number"
     )
