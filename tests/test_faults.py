@@ -223,6 +223,53 @@ def test_sigint_in_process_then_resume_is_exact(data, reference, tmp_path, monke
     assert_identical(out, reference)
 
 
+def test_a_signal_in_the_last_step_finishes_the_run(data, reference, tmp_path, monkeypatch, capsys):
+    """A stop in the last step ends the run as its budget does, closing evaluation included: stopped there, the
+    run was done without it, and resuming it found nothing left to do (metrics.jsonl and summary.json kept an
+    older evaluation for good)."""
+    out = tmp_path / "run"
+    interrupt_at(monkeypatch, STEPS)
+    assert train(data, out) == 0
+    err = capsys.readouterr().err
+    assert "received SIGINT" in err and "stopped at step" not in err
+    assert (out / "summary.json").exists() and (out / "model" / "model.safetensors").exists()
+    assert_identical(out, reference)
+
+    def records(run: Path) -> list[tuple]:
+        return [(r["step"], r["split"], r.get("loss")) for r in read_metrics(run)]
+
+    assert records(out) == records(reference) and records(out)[-1][:2] == (STEPS, "val")
+
+
+def test_a_run_folder_that_lost_its_settings_or_records(data, tmp_path, monkeypatch, capsys):
+    """Resuming: checkpoints without config.yaml are refused (the command's settings would continue another run);
+    a missing metrics.jsonl gets a note; a truncated config.yaml says how to fix it."""
+    out = tmp_path / "run"
+    interrupt_at(monkeypatch, 5)
+    assert train(data, out) == 0
+    monkeypatch.undo()
+    config = (out / "config.yaml").read_text()
+    (out / "config.yaml").unlink()
+    before = file_snapshot(out)
+    capsys.readouterr()
+    assert train(data, out, "--resume") == 2
+    assert "has checkpoints but no config.yaml (its settings)" in capsys.readouterr().err
+    assert file_snapshot(out) == before
+    (out / "config.yaml").write_text(config[: len(config) // 2] + "\n  - [")
+    assert train(data, out, "--resume") == 2
+    assert "put its config.yaml back" in capsys.readouterr().err
+    (out / "config.yaml").write_text(config)
+    (out / "metrics.jsonl").unlink()
+    assert train(data, out, "--resume") == 0
+    assert "metrics.jsonl is missing; the records of this run start at step 6" in capsys.readouterr().err
+    # a run killed before its first checkpoint, resumed: it starts over, and records the command it started with
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "config.yaml").write_text(config)
+    assert train(data, fresh, "--resume") == 0
+    assert "--resume" in (fresh / "command.txt").read_text()
+
+
 def test_second_signal_exits_at_once():
     with _StopFlag() as stop:
         os.kill(os.getpid(), signal.SIGTERM)

@@ -897,3 +897,63 @@ def test_the_last_line_counts_skipped_steps(monkeypatch, capsys, tmp_path):
         assert line.startswith("best validation pearson 0.5000") and (
             shown in line if shown else "skipped" not in line
         )
+
+
+def test_a_finished_run_without_its_best_model_is_not_resumed(cls_run, tmp_path, capsys):
+    """RUN/model deleted: resumed, the run took its final weights for the best and wrote "value": NaN."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(cls_run, run)
+    shutil.rmtree(run / "model")
+    before = file_snapshot(run)
+    capsys.readouterr()
+    assert cli("finetune", "--output", run, "--resume") == 2
+    err = capsys.readouterr().err
+    assert (
+        err.count("error:") == 1 and "model (the best model of its evaluations by accuracy) is missing" in err
+    )
+    assert file_snapshot(run) == before
+
+
+def test_run_files_hold_strict_json(tmp_path):
+    """No evaluation with a finite value: the best "value" is null in config.json and summary.json, not NaN."""
+    from masklm.utils import finite_json
+
+    summary = {"best": {"value": float("nan"), "step": 3}, "loss": float("inf"), "x": [1.0, float("-inf")]}
+    assert finite_json(summary) == {"best": {"value": None, "step": 3}, "loss": None, "x": [1.0, None]}
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps({"best": {"metric": "f1", "value": None}}))
+    assert ft._best_so_far(tmp_path) is None
+
+
+def test_resume_refuses_a_training_file_edited_since(base, data, tmp_path, monkeypatch, capsys):
+    """Same number of examples and labels, other contents (labels swapped): resumed, the run went on training on
+    other data than it started with, silently."""
+    train = tmp_path / "train.csv"
+    train.write_text((data / "cls_train.csv").read_text())
+    args = [
+        "finetune", "--task", "classification", "--model", base, "--train", train, "--validation",
+        data / "cls_val.csv", "--train.epochs", 2, "--output", tmp_path / "run", *FAST,
+    ]  # fmt: skip
+    real, calls = ft.task_loss, []
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **k)
+
+    monkeypatch.setattr(ft, "task_loss", interrupted)
+    assert cli(*args) == 0
+    monkeypatch.setattr(ft, "task_loss", real)
+    rows = list(csv.DictReader(train.open()))
+    labels = sorted({r["label"] for r in rows})
+    write_csv(train, [{**r, "label": labels[1 - labels.index(r["label"])]} for r in rows])
+    before = file_snapshot(tmp_path / "run")
+    capsys.readouterr()
+    assert cli(*args, "--resume") == 2
+    assert "the examples of" in capsys.readouterr().err
+    assert file_snapshot(tmp_path / "run") == before
+    train.write_text((data / "cls_train.csv").read_text().replace("\n", "\r\n"))  # the same rows, saved again
+    assert cli(*args, "--resume") == 0

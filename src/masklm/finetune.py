@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -56,6 +57,7 @@ from masklm.tasks import all_tasks, get_task, output_formats, task_of_architectu
 from masklm.tasks.base import Example, Task, TaskData, check_requirements
 from masklm.tasks.batching import Batch, EpochBatches, length_bucketed_batches
 from masklm.tasks.encoding import match_label
+from masklm.train.checkpoint import step_of
 from masklm.train.logger import check_log_kind
 from masklm.train.loop import Budget, FitResult, autocast_context, resolve_precision
 from masklm.train.pretrain import split_global_batch
@@ -363,17 +365,35 @@ def resumed_labels(run_dir: Path, labels: list[str] | None, train_path: str | Pa
     )
 
 
-def check_resumed_examples(run_dir: Path, examples: int, train_path: str | Path) -> None:
-    """--resume: refuse a training file that holds another number of examples than when the run started (its
-    `run` section records them): the batches of every step, and the steps of an epoch, follow from them, so the
-    run would go on with other data than the one it stopped in. A run that did not record them is not checked."""
-    started = resume_settings(run_dir).get("train_examples")
-    if started is not None and int(started) != examples:
+def check_resumed_examples(run_dir: Path, examples: Sequence[Example], train_path: str | Path) -> None:
+    """--resume: refuse a training file that holds other examples than when the run started (its `run` section
+    records their number and `examples_fingerprint`): the batches of every step, and the steps of an epoch,
+    follow from them, so the run would go on with other data than the one it stopped in. What a run did not
+    record is not checked."""
+    saved = resume_settings(run_dir)
+    started, fingerprint = saved.get("train_examples"), saved.get("train_fingerprint")
+    if started is not None and int(started) != len(examples):
         raise UserError(
-            f"{train_path} holds {examples:,} examples, but {run_dir} started with {int(started):,}; a run continues "
-            "with the training data it started with: restore the training file, or start a new run with another "
-            "--output"
+            f"{train_path} holds {len(examples):,} examples, but {run_dir} started with {int(started):,}; a run "
+            "continues with the training data it started with: restore the training file, or start a new run with "
+            "another --output"
         )
+    if fingerprint is not None and fingerprint != examples_fingerprint(examples):
+        raise UserError(
+            f"the examples of {train_path} changed since {run_dir} started (same number, other texts or labels); a "
+            "run continues with the training data it started with: restore the training file, or start a new run "
+            "with another --output"
+        )
+
+
+def examples_fingerprint(examples: Sequence[Example]) -> str:
+    """A SHA-256 of what the examples hold (texts, labels, answers ...; not the line they were read from), so that a
+    file saved again in another layout keeps its fingerprint and an edited one does not."""
+    digest = hashlib.sha256()
+    for ex in examples:
+        content = {k: v for k, v in ex.items() if k not in ("line", "record")}
+        digest.update(json.dumps(content, sort_keys=True, default=str, ensure_ascii=False).encode() + b"\n")
+    return digest.hexdigest()
 
 
 def resumed_notes(run_dir: Path, notes: list[str]) -> list[str]:
@@ -390,7 +410,31 @@ def _best_so_far(run_dir: Path) -> dict[str, Any] | None:
         best = json.loads(path.read_text(encoding="utf-8")).get("best")
     except (OSError, ValueError):
         return None
-    return best if isinstance(best, dict) and "value" in best else None
+    if not isinstance(best, dict) or "value" not in best:
+        return None
+    # no evaluation gave a finite value (the final weights were kept): written as null, compared as NaN
+    return best if isinstance(best["value"], int | float) else None
+
+
+def _refuse_lost_best(run_dir: Path, metric: str, step: int) -> None:
+    """A UserError when metrics.jsonl shows an evaluation up to checkpoint `step` with a finite `metric` but RUN/model
+    (the best model it saved) is gone: resumed, the run would take a later evaluation, or its final weights, for
+    the best."""
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        value = record.get(metric) if isinstance(record, dict) and record.get("split") == "val" else None
+        if isinstance(value, int | float) and math.isfinite(value) and record.get("step", step + 1) <= step:
+            raise UserError(
+                f"--resume: {run_dir / 'model'} (the best model of its evaluations by {metric}) is missing; put it "
+                "back, or fine-tune again with --overwrite"
+            )
 
 
 def _best_paths(run_dir: Path) -> tuple[Path, Path, Path]:
@@ -665,7 +709,7 @@ def finetune(
     train_examples, val_examples, labels = _read_training_files(t, train_path, validation_path, cfg.data)
     if resume:
         labels = resumed_labels(Path(output), labels, train_path)
-        check_resumed_examples(Path(output), len(train_examples), train_path)
+        check_resumed_examples(Path(output), train_examples, train_path)
     check_requirements(t.requirements(cfg.data, labels))
     metric = select_metric(t, cfg.train.metric_for_best, cfg.data, labels, val_examples)
     head_options(t, cfg.head, given=resume_changes or {})  # refused before the model is read
@@ -683,7 +727,8 @@ def finetune(
         batches, cfg.train, [t.feature_tokens(f) for f in inputs.train.features], len(inputs.val.features)
     )
 
-    check_budget_ahead(run.open(), plan.total_steps)
+    resume_from = run.open()
+    check_budget_ahead(resume_from, plan.total_steps)
     paths = {"model": model_path, "train": train_path, "validation": validation_path}
     run_info = {  # --resume reads these: the RUN_ARGUMENTS, the labels, the notes, the number of processes
         "task": t.name,
@@ -692,6 +737,7 @@ def finetune(
         "labels": labels,
         "notes": notes,
         "train_examples": len(train_examples),
+        "train_fingerprint": examples_fingerprint(train_examples),
         "processes": dist.world_size(),
     }
     run.write_files({"run": run_info, **cfg.to_dict()}, command)
@@ -704,6 +750,8 @@ def finetune(
     info = _model_info(t, labels, cfg)
     lower_is_better = metric in t.lower_is_better
     best = BestModel(run.run_dir, model, tok, info, metric, lower_is_better, plan.steps_per_epoch, resume)
+    if resume_from is not None and best.best is None:
+        _refuse_lost_best(run.run_dir, metric, step_of(resume_from))
 
     result = run.fit(
         trainable,

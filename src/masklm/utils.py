@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import glob
+import math
 import os
 import re
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -120,6 +122,18 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's process
         return True
     return True
+
+
+def finite_json(value: Any) -> Any:
+    """`value` with every float that is not finite (NaN, ±inf) replaced by None, through dicts and lists: json.dumps
+    would write NaN / Infinity, which are not JSON (strict parsers, jq and browsers refuse them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(v) for v in value]
+    return value
 
 
 def plural(n: int, word: str) -> str:

@@ -37,7 +37,7 @@ from masklm.model.base import (
     save_safetensors,
 )
 from masklm.model.hf import is_hf_config, read_hf_checkpoint
-from masklm.utils import atomic_write_text, fsync_dir, fsync_file
+from masklm.utils import atomic_write_text, finite_json, fsync_dir, fsync_file
 
 __all__ = ["ModelInfo", "load_model", "resolve_model_dir", "save_model", "save_safetensors"]
 
@@ -75,7 +75,7 @@ def save_model(
         **({"head": model.head_options()} if getattr(model, "options", None) else {}),
         **(extra or {}),
     }
-    atomic_write_text(folder / "config.json", json.dumps(config, indent=2) + "\n")
+    atomic_write_text(folder / "config.json", json.dumps(finite_json(config), indent=2) + "\n")
     fsync_dir(folder)
     return folder
 

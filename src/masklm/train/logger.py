@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from masklm.dist import rank
 from masklm.errors import UserError
-from masklm.utils import atomic_write_text, log
+from masklm.utils import atomic_write_text, finite_json, log
 
 TENSORBOARD_MISSING = (
     "train.log=tensorboard needs the tensorboard package: pip install 'masklm[tensorboard]' "
@@ -72,6 +72,8 @@ def keep_records_up_to(path: Path, step: int | None) -> None:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
+        if step is not None:
+            log(f"note: {path} is missing; the records of this run start at step {step + 1}")
         return
     lines = data.split(b"\n")
     cut_short = lines.pop()  # b"" when the file ends with a newline, as JsonlSink leaves it
@@ -173,7 +175,7 @@ def open_metrics(run_dir: Path, kind: str = "jsonl", resumed_at: int | None = No
 def write_run_results(run_dir: Path, summary: dict[str, Any]) -> None:
     """The end of a run (rank 0): summary.json, then curves.png from metrics.jsonl. A failed plot never loses
     the finished run."""
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(run_dir / "summary.json", json.dumps(finite_json(summary), indent=2) + "\n")
     try:
         from masklm.plots import plot_curves
 

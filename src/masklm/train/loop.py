@@ -564,7 +564,9 @@ def fit(
                     trainer.evaluate()
                 if not at_end and _due(res.step, cfg.checkpoint_every):
                     trainer.save()
-                if outcome.stop:
+                # a stop at the last step finishes the run instead: stopped there, the run would be done without
+                # its closing evaluation (and fine-tuning without choosing among its last evaluations), for good
+                if outcome.stop and not at_end:
                     trainer.stop()
                     return res
             trainer.evaluate()

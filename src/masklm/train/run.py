@@ -246,7 +246,10 @@ def read_saved_config(run_dir: Path) -> dict[str, Any] | None:
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError):
-        raise UserError(f"{path} is not valid YAML; the run folder is damaged") from None
+        raise UserError(
+            f"{path} is not valid YAML; the run folder is damaged: put its config.yaml back, or start a new run "
+            "with another --output"
+        ) from None
     # an empty or non-mapping file read as the defaults gave "a model of another architecture" at the checkpoint
     if not isinstance(values, dict) or not values:
         raise UserError(
@@ -322,6 +325,14 @@ def resume_config(
     Refuses a setting that may not change. A folder without config.yaml keeps `cfg`."""
     values = read_saved_config(run_dir)
     if values is None:
+        checkpoints = Path(run_dir) / "checkpoints"
+        if checkpoints.is_dir() and any(checkpoints.iterdir()):
+            # config.yaml is written before the first step: a run with checkpoints lost it afterwards, and the
+            # command's settings (the defaults where it gives none) would continue it as another run
+            raise UserError(
+                f"--resume: {run_dir} has checkpoints but no config.yaml (its settings); the run folder is damaged: "
+                "put its config.yaml back, or start a new run with another --output"
+            )
         return cfg
     check_resume_settings(run_dir, settings, load)
     saved = load(values)
@@ -423,7 +434,8 @@ class Run:
         atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
         for name, text in (files or {}).items():
             atomic_write_text(self.run_dir / name, text)
-        if command and not self.resume:
+        # (a resume that starts over, no checkpoint having been written, keeps the first session's command)
+        if command and (not self.resume or not (self.run_dir / "command.txt").is_file()):
             atomic_write_text(self.run_dir / "command.txt", command + "\n")
 
     def build(self, model: nn.Module, cfg: Any, device: torch.device) -> Trainable:
