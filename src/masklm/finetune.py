@@ -721,6 +721,12 @@ def finetune(
     keep_global_batch(cfg.train, Path(output), resume)
     batches = _epoch_batches(t, inputs.train, cfg.train, pad_id)
     notes = _set_default_epochs(cfg.train, batches.steps_per_epoch, notes)
+    if _same_file(Path(train_path), Path(validation_path)):
+        notes = [
+            *notes,
+            f"the validation file is the training file ({validation_path}): its scores measure how well the model "
+            "fits the examples it trains on, not how it does on new ones, and choose the best model by that",
+        ]
     if resume:
         notes = resumed_notes(Path(output), notes)
     plan = _Plan.of(
