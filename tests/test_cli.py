@@ -281,3 +281,22 @@ def test_prepare_takes_the_data_settings_alone(capsys, calls):
         capsys, "prepare"
     )
     assert cli.main(["prepare", "--input", "a", "--output", "o", "--data.lowercase", "false"]) == 0
+
+
+def test_an_interrupt_before_training_says_how_to_continue(monkeypatch, capsys):
+    """Ctrl-C before a training loop (which handles its own signals) exits 130; for pretrain / finetune the line
+    says that --resume continues the folder (the same command alone would find it exists)."""
+    import masklm.cli as cli_module
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_module, "run", interrupted)
+    for argv, hint in (
+        (["pretrain"], True),
+        (["finetune", "--resume"], True),
+        (["fill-mask", "m", "x"], False),
+    ):
+        assert cli_module.main(argv) == 130
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("interrupted") and ("plus --resume continues it" in err) == hint, err

@@ -1151,7 +1151,13 @@ def main(argv: list[str] | None = None) -> int:
         _leave_process_group()
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        # (a signal in training's loop ends the run with a checkpoint and its own line; this is one before it)
+        again = argv and argv[0] in ("pretrain", "finetune")
+        print(
+            "interrupted"
+            + ("; if it made its run folder, the same command plus --resume continues it" if again else ""),
+            file=sys.stderr,
+        )
         return 130
     except BrokenPipeError:  # `masklm compare ... --json | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
