@@ -201,6 +201,39 @@ def test_where_filters_parquet_rows(tmp_path, tokenizer):
     assert meta["documents"] == len(DOCS[::3])
 
 
+@pytest.mark.parametrize("where", ["flag=true", "flag=True", "score=1", "score=1.0", "note=", "kind=b"])
+def test_where_means_the_same_in_every_format(tmp_path, tokenizer, where):
+    """The same rows as JSONL, CSV and Parquet keep the same documents for one --data.where: a Parquet file's
+    booleans and numbers were compared as Arrow writes them (true, 1), JSON's as Python does (True, 1.0), a CSV's as
+    written, so an input of mixed formats lost a whole file silently."""
+    n = len(DOCS)
+    rows = {
+        "text": DOCS,
+        "flag": [i % 2 == 0 for i in range(n)],
+        "score": [1.0 if i % 3 == 0 else 2.5 for i in range(n)],
+        "note": [None if i % 4 == 0 else "x" for i in range(n)],
+        "kind": ["b" if i % 5 == 0 else "a" for i in range(n)],
+    }
+    records = [dict(zip(rows, values)) for values in zip(*rows.values())]
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    pq.write_table(pa.table(rows), tmp_path / "r.parquet")
+    import csv
+
+    with open(tmp_path / "r.csv", "w", newline="") as f:  # as pandas writes it: True, 1.0, an empty cell
+        writer = csv.DictWriter(f, fieldnames=list(rows))
+        writer.writeheader()
+        writer.writerows({k: "" if v is None else v for k, v in r.items()} for r in records)
+    every = {"flag": 2, "score": 3, "note": 4, "kind": 5}[
+        where.split("=")[0]
+    ]  # the rows that match: i % every == 0
+    expected = len(range(0, n, every))
+    assert 0 < expected < n
+    for name in ("r.jsonl", "r.parquet", "r.csv"):
+        out = tmp_path / f"out-{name}"
+        meta = prepare([tmp_path / name], out, cfg(where=where), tokenizer=tokenizer, progress=False)
+        assert meta["documents"] == expected, name
+
+
 def test_glob_patterns_and_folders(tmp_path):
     for name in ["a/x.jsonl.zst", "a/b/y.jsonl.zst", "a/z.jsonl", "a/notes.md", "c/w.jsonl.zst"]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

@@ -190,7 +190,7 @@ def _empty_corpus_message(files: list[InputFile], cfg: DataConfig) -> str:
     if cfg.where is not None:
         return (
             f"no document of the inputs ({len(files)} file(s)) has --data.where {cfg.where}; check the value "
-            "(it is compared as text: a JSON true is 'True') or leave the filter out"
+            "(numbers compare as numbers, true / false in any case, text exactly) or leave the filter out"
         )
     return (
         f"the inputs hold no text ({len(files)} file(s), no non-empty document); check the files "

@@ -23,6 +23,7 @@ import importlib.util
 import io
 import json
 import lzma
+import math
 import os
 import re
 import sys
@@ -395,7 +396,7 @@ def _record_text(record: dict[str, Any], at: str, field: str, where: tuple[str, 
     if where is not None:
         if where[0] not in record:
             raise UserError(f"{at}: no field {where[0]!r} for --data.where; fix the filter")
-        if str(record[where[0]]) != where[1]:
+        if not where_matches(record[where[0]], where[1]):
             return None
     if field not in record:
         fields = ", ".join(list(record)[:20]) or "none"
@@ -446,10 +447,43 @@ def _csv_documents(text: io.TextIOBase, path: Path, cfg: DataConfig, tsv: bool =
                     f"{path}:{reader.line_num}: has {len(row)} fields, the header has {len(header)}; {fix}"
                 )
             # a short row's missing cells are empty (an empty text is a skipped document)
-            if where is None or (row[keep_col] if keep_col < len(row) else "") == where[1]:
+            if where is None or where_matches(row[keep_col] if keep_col < len(row) else "", where[1]):
                 yield row[column] if column < len(row) else ""
     except csv.Error as e:
         raise UserError(f"{path}:{reader.line_num}: malformed CSV ({e}); fix the file") from None
+
+
+_BOOLEAN_WORDS = ("true", "false")
+
+
+def where_matches(value: Any, wanted: str) -> bool:
+    """Whether a record's field `value` is the VALUE of --data.where COLUMN=VALUE, alike in every format: a
+    number equals VALUE when VALUE is the same number (a JSON or Parquet 1.0, a CSV "1.0" and "1" are 1); a
+    boolean when VALUE is its word in any case (True, true); a null or a missing cell when VALUE is empty; any other
+    text when it is VALUE exactly."""
+    if value is None:
+        return wanted == ""
+    if isinstance(value, bool):
+        return wanted.strip().lower() == ("true" if value else "false")
+    if isinstance(value, int | float):
+        return _number(wanted) == value
+    if isinstance(value, str):
+        if value == wanted:
+            return True
+        if value.lower() in _BOOLEAN_WORDS:  # a CSV's True (pandas) or true
+            return value.lower() == wanted.strip().lower()
+        number = _number(value)
+        return number is not None and number == _number(wanted)
+    return str(value) == wanted
+
+
+def _number(text: str) -> float | None:
+    """`text` as a finite number (surrounding spaces allowed), else None."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and "_" not in text else None
 
 
 def parse_where(where: str | None) -> tuple[str, str] | None:
@@ -547,12 +581,12 @@ def _check_columns(f: InputFile, names: list[str], field: str, where: tuple[str,
 
 
 def _matches(column: Any, value: str) -> Any:
-    """A boolean mask: the rows whose `column`, written as text, equals `value` (null never does)."""
+    """A boolean mask: the rows of an Arrow `column` that `where_matches` keeps."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
-    text = column if pa.types.is_string(column.type) else pc.cast(column, pa.string())
-    return pc.fill_null(pc.equal(text, value), False)
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    return pa.array([where_matches(v, value) for v in column.to_pylist()], pa.bool_())
 
 
 # ----------------------------------------------------------------------------------------------------------------
