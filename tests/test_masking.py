@@ -132,6 +132,21 @@ def test_span_lengths_and_rate():
     assert max(lengths) > 3, "spans must be longer than single tokens"
 
 
+def test_a_span_stays_in_its_document():
+    """A span is cut where its document ends: with one long span per row (a budget of one token, spans of about
+    20 words), the masked tokens of a row all lie on one side of the [SEP] between its two documents (about 1% of
+    spans covered words of both before)."""
+    ids, special, _ = make_batch(B=64, T=42, pad_tail=0)  # [CLS] 20 tokens [SEP] 19 tokens [SEP]
+    starts = torch.ones_like(ids, dtype=torch.bool)
+    cfg = MaskConfig(rate=0.025, strategy="span", span_mean=20.0, span_max=20)
+    both = 0
+    for seed in range(10):
+        _, labels = draw(cfg, ids, special, starts, seed)
+        sel = labels != -100
+        both += int((sel[:, :21].any(dim=1) & sel[:, 22:].any(dim=1)).sum())
+    assert both == 0
+
+
 def test_same_generator_same_mask_and_different_seed_differs():
     ids, special, starts = make_batch()
     cfg = MaskConfig(strategy="whole_word")

@@ -476,6 +476,34 @@ def test_max_val_sequences_caps_validation(tmp_path, tok):
     )
 
 
+def test_a_text_in_the_capped_validation_split_stays_out_of_training(tmp_path, tok, capsys):
+    """Identical texts land in one split even after max_val_sequences fills validation: the second copy of a
+    validation document went to training (all 16 validation documents of a corpus given twice). White space does
+    not move a document either (a final newline, a line wrapped otherwise)."""
+    docs = make_docs(60, seed=13)
+    write_lines(tmp_path / "c.txt", docs + docs)
+    meta = prepare(
+        [tmp_path / "c.txt"],
+        tmp_path / "out",
+        cfg(val_fraction=0.5, max_val_sequences=2),
+        tokenizer=tok,
+        progress=False,
+    )
+    parts = _split_docs(tmp_path / "out", tok)
+    assert parts["val"] and not set(parts["train"]) & set(parts["val"])
+    assert meta["splits"]["val"]["documents"] == len(parts["val"])
+    assert (
+        f"note: {len(parts['val'])} document(s) came again after the validation split was full"
+        in capsys.readouterr().err
+    )
+    assert (
+        goes_to_val(docs[0], 0, 0.5)
+        == goes_to_val(docs[0] + "\n", 0, 0.5)
+        == goes_to_val(docs[0].replace(" ", "\n  "), 0, 0.5)
+    )
+    assert [goes_to_val(d, 0, 0.5) for d in docs] != [goes_to_val(d, 1, 0.5) for d in docs]
+
+
 def test_tiny_corpus_still_gets_one_validation_sequence(tmp_path, tok):
     docs = ["one small document", "and another one", "a third document here to fill rows"]
     assert not any(goes_to_val(d, 0, 1e-9) for d in docs)

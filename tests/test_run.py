@@ -75,6 +75,30 @@ def test_jsonl_records_are_unchanged(prepared, tmp_path):
     assert path.read_text() == "".join(json.dumps(r) + "\n" for r in train[:2])
 
 
+def test_tokens_per_s_counts_training_time_only(prepared, tmp_path, monkeypatch):
+    """The log line after an evaluation or a checkpoint counted their seconds as training time (a quarter of the
+    throughput of the lines around it); summary.json and elapsed_s never did."""
+    import time
+
+    import masklm.train.checkpoint as ckpt
+    import masklm.train.pretrain as pretrain_module
+
+    def slow(real):
+        def wrapper(*a, **k):
+            time.sleep(0.5)
+            return real(*a, **k)
+
+        return wrapper
+
+    monkeypatch.setattr(pretrain_module, "evaluate", slow(pretrain_module.evaluate))
+    monkeypatch.setattr(ckpt, "save", slow(ckpt.save))
+    out = tmp_path / "run"
+    assert pretrain(prepared, out, "--train.checkpoint_every", 4) == 0
+    train = [r for r in read_metrics(out) if r["split"] == "train"]
+    # 2 steps of 256 tokens each between lines: half a second more would cap a line at 1,024 tokens/s
+    assert [r["step"] for r in train] == [2, 4, 6, 8] and min(r["tokens_per_s"] for r in train) > 2000, train
+
+
 def test_resumed_run_shows_each_step_once_in_tensorboard(prepared, tmp_path):
     """A run resumed from an older checkpoint redoes the steps after it: metrics.jsonl keeps the first session's
     records up to that checkpoint only, and TensorBoard hides the first session's events from that step on."""

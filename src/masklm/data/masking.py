@@ -101,7 +101,9 @@ def _choose_words(
 def _choose_spans(
     word_ids: torch.Tensor, special_mask: torch.Tensor, cfg: MaskConfig, generator: torch.Generator
 ) -> torch.Tensor:
-    """SpanBERT-style: spans of whole words, lengths ~ Geometric(1 / span_mean) capped at span_max."""
+    """SpanBERT-style: spans of whole words, lengths ~ Geometric(1 / span_mean) capped at span_max, each cut
+    where its document (or the row) ends. A span that would overshoot the rate's budget is drawn again and spans
+    may overlap, so the spans masked are shorter on average than the lengths drawn."""
     B, T = word_ids.shape
     chosen = torch.zeros((B, T), dtype=torch.bool)
     p = min(1.0, 1.0 / cfg.span_mean)
@@ -111,6 +113,10 @@ def _choose_spans(
         if n_tokens == 0:
             continue
         words = torch.unique(word_ids[b][eligible])  # sorted word indices holding real tokens
+        # each word's document in the row, counted by the specials ([CLS], [SEP]) up to its first token (word ids
+        # never decrease along a row): a span stays in one document
+        first_token = torch.searchsorted(word_ids[b].contiguous(), words)
+        documents = torch.cumsum(special_mask[b].long(), 0)[first_token]
         budget = max(1, round(cfg.rate * n_tokens))
         row_words = word_ids[b]
         picked_words = torch.zeros(int(row_words.max()) + 1, dtype=torch.bool)
@@ -123,6 +129,9 @@ def _choose_spans(
             length = max(1, min(length, cfg.span_max))
             start = int(torch.randint(len(words), (), generator=generator))
             span = words[start : start + length]
+            span = span[
+                documents[start : start + length] == documents[start]
+            ]  # cut where the next one begins
             new = picked_words.clone()
             new[span] = True
             tokens = int((new[row_words] & eligible).sum())

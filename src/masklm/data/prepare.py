@@ -198,12 +198,18 @@ def _empty_corpus_message(files: list[InputFile], cfg: DataConfig) -> str:
     )
 
 
+def split_key(text: str, seed: int) -> int:
+    """A document's place in [0, 2^64) for the split: blake2b of its text with white space normalised (as --dedup
+    compares documents: a file's final newline, or a line wrapped otherwise, moves no document), keyed by `seed`."""
+    normal = " ".join(text.split())
+    return int.from_bytes(
+        hashlib.blake2b(normal.encode("utf-8"), digest_size=8, key=str(seed).encode()).digest(), "big"
+    )
+
+
 def goes_to_val(text: str, seed: int, fraction: float) -> bool:
-    """Stable split: True when blake2b(text, key=seed), read as a number in [0, 1), is below `fraction`."""
-    if fraction <= 0:
-        return False
-    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8, key=str(seed).encode()).digest()
-    return int.from_bytes(digest, "big") < fraction * 2**64
+    """Stable split: True when `split_key(text, seed)`, read as a number in [0, 1), is below `fraction`."""
+    return fraction > 0 and split_key(text, seed) < fraction * 2**64
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -609,7 +615,8 @@ def _pack(
     }
     train, val = packers["train"], packers["val"]
     val_capacity = cfg.max_val_sequences * (cfg.seq_len - 2)  # stream tokens per segment that fit in the cap
-    skipped = unreadable = n = 0
+    skipped = unreadable = n = val_copies = 0
+    in_val: set[int] = set()  # split keys of the validation documents (at most max_val_sequences' worth)
 
     corpus = selection.corpus
     workers = cfg.workers or default_workers()
@@ -625,9 +632,17 @@ def _pack(
                     skipped += 1
                     unreadable += not text.isspace() and bool(text)
                     continue
-                fits_val = val.stream_tokens + len(ids) + 1 <= val_capacity
-                packer = val if fits_val and goes_to_val(text, seed, cfg.val_fraction) else train
-                packer.add(ids, starts)
+                key = split_key(text, seed) if cfg.val_fraction > 0 else None
+                if key is not None and key < cfg.val_fraction * 2**64:
+                    if val.stream_tokens + len(ids) + 1 <= val_capacity:
+                        val.add(ids, starts)
+                        in_val.add(key)
+                    elif key in in_val:  # (the validation split is full) the text is in it: not in train too
+                        val_copies += 1
+                    else:
+                        train.add(ids, starts)
+                else:
+                    train.add(ids, starts)
             _update(bar, corpus)
     for packer in packers.values():
         packer.finish()
@@ -638,6 +653,11 @@ def _pack(
     for packer in packers.values():
         packer.writer.close()
 
+    if val_copies:
+        log(
+            f"note: {val_copies} document(s) came again after the validation split was full (max_val_sequences) "
+            "and were left out of training: validation holds them"
+        )
     if unreadable:
         log(
             f"note: {unreadable} document(s) held only characters the tokenizer drops (zero-width or control "

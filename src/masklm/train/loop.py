@@ -454,10 +454,12 @@ class Trainer:
         """The evaluation hook: evaluate (eval mode, no gradients, the training precision), record, tell on_eval."""
         if self._evaluate is None:
             return
+        began = time.perf_counter()
         self.model.eval()
         with torch.no_grad(), autocast_context(self.device, self.precision):
             metrics = self._evaluate(self.model)
         self.model.train()
+        self.window.start += time.perf_counter() - began  # the next log line's tokens/s counts training time only
         res = self.result
         res.last_eval = metrics
         self._record({"step": res.step, "tokens": res.tokens, "split": "val", **metrics})
@@ -467,6 +469,7 @@ class Trainer:
 
     def save(self) -> None:
         """The checkpoint hook (every process: rank 0 alone writes, or all write their shards under FSDP)."""
+        began = time.perf_counter()
         ckpt.save(
             self.ckpt_dir,
             self.result.step,
@@ -476,6 +479,7 @@ class Trainer:
             self.cfg.keep_last,
         )
         self.metrics.flush()  # what a checkpoint holds is in the event files too
+        self.window.start += time.perf_counter() - began  # (as after an evaluation)
 
     def stop(self) -> None:
         """A stop signal: checkpoint this step and say how to continue."""
