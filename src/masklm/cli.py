@@ -220,10 +220,16 @@ def _same_number(a: Any, b: Any) -> bool:
 
 
 def _refuse_unused_vocab_size(given: dict[str, Any], tokenizer_from: str | None) -> None:
-    """--vocab-size sizes a newly trained vocabulary: with a given tokenizer it would be ignored."""
+    """--vocab-size and --data.lowercase shape a newly trained vocabulary: with a given tokenizer they would be
+    ignored (the tokenizer's own normalizer decides the casing)."""
     if "data.vocab_size" in given and tokenizer_from:
         raise UserError(
             f"--vocab-size sizes a newly trained vocabulary, and {tokenizer_from} brings its own; drop --vocab-size"
+        )
+    if "data.lowercase" in given and tokenizer_from:
+        raise UserError(
+            f"--data.lowercase says whether a newly trained vocabulary lowercases, and {tokenizer_from} brings its "
+            "own (its normalizer decides); drop --data.lowercase"
         )
 
 
