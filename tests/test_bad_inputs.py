@@ -131,6 +131,7 @@ def ws(tmp_path_factory) -> Path:
         [{"alpha bravo charlie delta": r["text"], "0": r["label"]} for r in cls_rows(6, 13)],
     )
 
+    ok("export", ws / "run", ws / "onnx", "--format", "onnx")
     ok("finetune", "--task", "classification", "--model", ws / "run", "--train", f / "cls_train.csv",
        "--validation", f / "cls_val.csv", "--output", ws / "ft", "--train.epochs", "1", "--train.batch_size", "16",
        *ONE_THREAD)  # fmt: skip
@@ -150,8 +151,14 @@ def ws(tmp_path_factory) -> Path:
     # Broken copies of the pretrained model folder.
     m = ws / "models"
     good = ws / "run" / "model"
-    for name in ("bad_st", "pickle_st", "bad_config", "wrong_tok", "wrong_shape"):
+    for name in ("bad_st", "pickle_st", "bad_config", "wrong_tok", "wrong_shape", "nan_weights"):
         shutil.copytree(good, m / name)
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(good / "model.safetensors"))
+    first = next(k for k in weights if weights[k].is_floating_point())
+    weights[first][0] = float("nan")
+    save_file(weights, str(m / "nan_weights" / "model.safetensors"), metadata={"format": "pt"})
     (m / "bad_st" / "model.safetensors").write_bytes(b"\x00garbage, not safetensors" * 10)
     torch.save({"w": torch.zeros(3)}, m / "pickle_st" / "model.safetensors")
     text = (good / "config.json").read_text()
@@ -293,6 +300,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("fill-mask-text-above-model-max", ["fill-mask", "{ws}/run", " ".join(["alpha"] * 300) + " [MASK]"], "limit"),
     ("fill-mask-top-k-zero", ["fill-mask", "{ws}/run", "alpha [MASK]", "--top-k", "0"], "--top-k"),
     ("fill-mask-unknown-dtype", ["fill-mask", "{ws}/run", "alpha [MASK]", "--dtype", "half"], "--dtype"),
+    ("fill-mask-nan-weights", ["fill-mask", "{ws}/models/nan_weights", "alpha [MASK]"], "NaN or infinite"),
+    ("fill-mask-onnx-export-folder", ["fill-mask", "{ws}/onnx", "alpha [MASK]"], "is an ONNX export"),
     ("fill-mask-classifier", ["fill-mask", "{ws}/ft", "alpha [MASK]"], "masked-LM head"),
     # export
     ("export-existing-output", ["export", "{ws}/run", "{ws}/data"], "already exists"),
@@ -301,6 +310,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("export-garbled-config", ["export", "{ws}/models/bad_config", "{ws}/hf"], "not valid JSON"),
     ("export-overwrite-foreign-folder", ["export", "{ws}/run", "{ws}/precious", "--overwrite"], "not look like an export"),
     ("export-overwrite-model-folder", ["export", "{ws}/run", "{ws}/ft/model", "--overwrite"], "masklm model folder"),
+    ("export-output-where-no-folder-can-be-made", ["export", "{ws}/run", "/proc/masklm-export"], "cannot make a folder"),
     ("export-output-under-a-file", ["export", "{ws}/run", f"{F}/empty.txt/hf"], "is a file"),
     # finetune
     ("finetune-output-under-a-file",

@@ -227,9 +227,15 @@ def test_a_path_through_a_file_met_late_is_one_line(monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
         "error: Not a directory: notes.txt/out/model.safetensors; a file stands where masklm writes a folder, or a "
-        "folder where it writes a file: move it away and run the command again (a training run continues from its "
-        "last checkpoint with --resume)"
+        "folder where it writes a file: move it away and run the command again"
     ]
+    # a training command's line says how its run continues (other commands' lines said so too)
+    assert cli.main(["finetune"]) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("run the command again (the run continues from its last checkpoint with --resume)")
+    )
 
 
 def test_version_and_an_option_without_a_command(capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -248,6 +249,15 @@ def test_refusals(tmp_path: Path, tok, hf_export: tuple[Path, Path]) -> None:
     (again / "stale.txt").write_text("old")
     export_model(model_dir, again, "hf", overwrite=True, check=False)
     assert not (again / "stale.txt").exists() and (again / "model.safetensors").is_file()
+
+    # a Hugging Face folder of the user's (a config.json, no masklm model card) is not an export to replace
+    theirs = tmp_path / "theirs"
+    shutil.copytree(again, theirs)
+    (theirs / "README.md").write_text("# my sentence-transformers model\n")
+    (theirs / "modules.json").write_text("[]")
+    with pytest.raises(UserError, match="does not look like an export of masklm"):
+        export_model(model_dir, theirs, "hf", overwrite=True, check=False)
+    assert (theirs / "modules.json").read_text() == "[]"
 
 
 def test_broken_link_as_output_is_refused(tmp_path: Path, tok) -> None:

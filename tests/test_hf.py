@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 
 from helpers import TINY_ENCODER, minilm_dir, random_inputs  # noqa: E402
 from safetensors import safe_open  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
 
 from masklm.config import ModelConfig  # noqa: E402
 from masklm.data.tokenizer import train_tokenizer  # noqa: E402
@@ -324,24 +324,42 @@ def test_real_minilm_matches_transformers_and_embeds_sensibly() -> None:
     assert food_food > food_other + 0.1
 
 
-def test_model_without_token_types_exports_a_zero_row(vocab: dict[str, int]) -> None:
+@pytest.mark.parametrize("types", [0, 1])
+def test_model_with_fewer_than_two_token_types_exports_two_rows(vocab: dict[str, int], types: int) -> None:
+    """Without token types (or with one row, which every segment reads), the export holds two rows, all zero (or
+    both that row): transformers' tokenizer gives a pair's second text type 1, and one row crashed its embedding
+    lookup (IndexError) on every sentence pair."""
     cfg = ModelConfig(
         vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=64, type_vocab_size=0,
+        max_position_embeddings=64, type_vocab_size=types,
     )  # fmt: skip
     torch.manual_seed(5)
     model = MaskedLM(cfg).eval()
     state = to_hf_state_dict(model)
-    assert state["bert.embeddings.token_type_embeddings.weight"].abs().sum() == 0
+    rows = state["bert.embeddings.token_type_embeddings.weight"]
+    assert rows.shape == (2, 32) and torch.equal(rows[0], rows[1]) and (rows.abs().sum() == 0) == (types == 0)
     hf_cfg = config_to_hf(cfg)
-    assert hf_cfg["type_vocab_size"] == 1
+    assert hf_cfg["type_vocab_size"] == 2
     hf = transformers.BertForMaskedLM(transformers.BertConfig(**hf_cfg)).eval()
     hf.load_state_dict(state, strict=False)
     b = batch(len(vocab), seed=5)
+    assert b["token_type_ids"].max() == 1  # a sentence pair
     with torch.no_grad():
-        assert_close(
-            model(b["input_ids"], b["attention_mask"]), hf(b["input_ids"], b["attention_mask"]).logits
-        )
+        ours = model(b["input_ids"], b["attention_mask"], b["token_type_ids"] if types else None)
+        theirs = hf(b["input_ids"], b["attention_mask"], token_type_ids=b["token_type_ids"]).logits
+    assert_close(ours, theirs)
+
+
+def test_an_untied_decoder_is_refused(tmp_path: Path, vocab: dict[str, int]) -> None:
+    """A checkpoint whose stored MLM decoder differs from its word embeddings (transformers keeps the two apart) was
+    read as tied: fill-mask answered from the embeddings, up to 28 logits away from transformers."""
+    folder = save_hf(transformers.BertForMaskedLM(tiny_hf_config(len(vocab))).eval(), vocab, tmp_path / "hf")
+    assert load_model(folder, "MaskedLM")[0] is not None  # tied, as saved: fine
+    state = load_file(str(folder / "model.safetensors"))
+    state["cls.predictions.decoder.weight"] = state["bert.embeddings.word_embeddings.weight"] + 0.5
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(UserError, match="cls.predictions.decoder.weight differs from the word embeddings"):
+        load_model(folder, "MaskedLM")
 
 
 def test_token_classification_training_matches_transformers_step_for_step(
@@ -481,3 +499,15 @@ def test_a_multiple_choice_checkpoint_is_known_in_a_fresh_process(
         [sys.executable, "-c", code, str(folder)], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "MultipleChoice"
+
+
+def test_sharded_bin_weights_are_named_for_what_they_are(tmp_path: Path, vocab: dict[str, int]) -> None:
+    """A checkpoint of sharded pytorch_model-*.bin files was told it had no weights ("copy the checkpoint's weights
+    there"); it says which layout masklm does not read and how to convert it."""
+    folder = save_hf(transformers.BertForMaskedLM(tiny_hf_config(len(vocab))), vocab, tmp_path / "hf")
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin.index.json").write_text(
+        '{"weight_map": {"a": "pytorch_model-00001-of-00002.bin"}}'
+    )
+    with pytest.raises(UserError, match="sharded pytorch_model-\\*.bin files, which masklm does not read"):
+        load_model(folder, "MaskedLM")

@@ -271,3 +271,14 @@ def test_head_keeps_the_pooler_of_a_classifier_not_of_a_masked_lm(tmp_path, tok,
 
     _, _, from_mlm = load_model(base, architecture="MultipleChoice")
     assert "new: classifier, pooler)" in from_mlm.notes[-1]
+
+
+def test_the_head_is_found_without_importing_the_task_first():
+    """`load_model(folder)` of a multiple-choice model in a fresh interpreter said "unknown architecture" unless
+    masklm.tasks had been imported (the task module defines the head)."""
+    import subprocess
+    import sys
+
+    code = "from masklm.model.base import head_class; print(head_class('MultipleChoice').__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "MultipleChoice"

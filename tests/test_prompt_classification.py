@@ -101,6 +101,13 @@ def test_round_trip_keeps_a_masked_lm_with_its_template(base, data, tmp_path, ca
     assert cli("fill-mask", out / "model", "a river film great it was [MASK] .", "--top-k", "1") == 0
     assert "great" in capsys.readouterr().out
 
+    # its Hugging Face export (a BertForMaskedLM) evaluates as the model does: the labels come back from id2label
+    # (an AssertionError traceback before)
+    assert cli("export", out, tmp_path / "hf", "--format", "hf") == 0
+    capsys.readouterr()
+    assert cli("evaluate", "--model", tmp_path / "hf", "--data", data / "val.csv", "--json") == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == pytest.approx(metrics)
+
 
 def test_scores_are_the_mlm_logits_of_the_label_words_at_the_mask(base):
     task = get_task("prompt-classification")

@@ -1169,11 +1169,12 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
         return 141  # 128 + SIGPIPE, what a shell reports for a command cut off by its pipe
     except OSError as e:  # the machine's problem, not masklm's: a full disk, a read-only or forbidden folder
+        training = argv and argv[0] in ("pretrain", "finetune")
+        resume = " (the run continues from its last checkpoint with --resume)" if training else ""
         if e.errno in WRONG_KIND_ERRORS:  # e.g. a file named like a run's checkpoints/ folder
             print(
                 f"error: {e.strerror}: {e.filename or '(unknown file)'}; a file stands where masklm writes a folder, "
-                "or a folder where it writes a file: move it away and run the command again (a training run "
-                "continues from its last checkpoint with --resume)",
+                f"or a folder where it writes a file: move it away and run the command again{resume}",
                 file=sys.stderr,
             )
             return 2
@@ -1181,7 +1182,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(
             f"error: {e.strerror}: {e.filename or '(unknown file)'}; free disk space or fix permissions and run the "
-            "command again (a training run continues from its last checkpoint with --resume)",
+            f"command again{resume}",
             file=sys.stderr,
         )
         return 2

@@ -100,7 +100,14 @@ def export_model(
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir()
+    try:
+        tmp.mkdir()
+    except (
+        FileNotFoundError
+    ):  # (a folder such as /proc, where nothing can be made; a full or read-only disk says so)
+        raise UserError(
+            f"cannot make a folder in {target.parent}; choose an --output on a writable disk"
+        ) from None
     try:
         if fmt == "hf":
             write_hf_folder(model, tokenizer, info, tmp)
@@ -120,6 +127,19 @@ def export_model(
     return out
 
 
+EXPORT_MARK = "exported by masklm"  # in every export's README.md (export/card.py)
+
+
+def _is_export(folder: Path) -> bool:
+    """Whether `folder` is an export masklm wrote (its model card says so): --overwrite replaces nothing else, not a
+    Hugging Face or sentence-transformers folder of the user's that happens to hold a config.json."""
+    try:
+        with open(folder / "README.md", encoding="utf-8", errors="replace") as f:
+            return EXPORT_MARK in f.read(1 << 16)
+    except OSError:
+        return False
+
+
 def _check_request(model_dir: Path, out: Path, fmt: str, overwrite: bool) -> Path:
     """Everything that can be refused before anything is written; returns the model folder."""
     if fmt not in FORMATS:
@@ -134,15 +154,15 @@ def _check_request(model_dir: Path, out: Path, fmt: str, overwrite: bool) -> Pat
         raise UserError(f"{out} is a file; the export is a folder, choose another name")
     if folder.resolve().is_relative_to(out.resolve()) or model_dir.resolve().is_relative_to(out.resolve()):
         raise UserError(f"{out} holds the model being exported; choose a folder outside it")
-    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
-        raise UserError(
-            f"--overwrite refuses to replace {out}: it does not look like an export (no config.json); "
-            "choose another folder"
-        )
     if out.is_dir() and (out / "config.json").is_file() and read_config_json(out).get("format") == "masklm":
         raise UserError(
             f"--overwrite refuses to replace {out}: it is a masklm model folder (a trained model), not an export; "
             "choose another folder"
+        )
+    if out.is_dir() and any(out.iterdir()) and not _is_export(out):
+        raise UserError(
+            f"--overwrite refuses to replace {out}: it does not look like an export of masklm (no README.md that "
+            f"says '{EXPORT_MARK}'); choose another folder"
         )
     if fmt == "onnx":
         require_onnx()

@@ -208,6 +208,10 @@ def registered_heads() -> tuple[type[Head], ...]:
 
 def head_class(architecture: str) -> type[Head]:
     if architecture not in _HEADS:
+        from masklm.tasks import all_tasks
+
+        all_tasks()  # a task module may define a head (multiple choice's): imported, it is registered
+    if architecture not in _HEADS:
         raise UserError(f"unknown architecture {architecture!r}; expected one of {', '.join(_HEADS)}")
     return _HEADS[architecture]
 

@@ -230,8 +230,9 @@ def config_to_hf(
         "hidden_dropout_prob": cfg.hidden_dropout_prob,
         "attention_probs_dropout_prob": cfg.attention_probs_dropout_prob,
         "max_position_embeddings": cfg.max_position_embeddings,
-        # HF always has token-type embeddings; a masklm model without them exports one all-zero row.
-        "type_vocab_size": max(1, cfg.type_vocab_size),
+        # HF always has token-type embeddings, and its tokenizer gives a pair's second text type 1: a masklm model
+        # without them (or with one row, which every segment reads) exports two rows, all-zero (or both that row)
+        "type_vocab_size": max(2, cfg.type_vocab_size),
         "initializer_range": cfg.initializer_range,
         "layer_norm_eps": cfg.layer_norm_eps,
         "pad_token_id": cfg.pad_token_id,
@@ -258,7 +259,7 @@ def refuse_modern(cfg: ModelConfig, model_type: str = "bert", hf_class: str | No
     if hf_class == "ElectraForMaskedLM" and cfg.hidden_act != "gelu":  # ElectraGeneratorPredictions: gelu
         options.append(f"model.hidden_act={cfg.hidden_act}")
     if options:
-        name = "ElectraModel" if model_type == "electra" else "BertForMaskedLM"
+        name = hf_class or ("ElectraModel" if model_type == "electra" else "BertModel")
         gelu = " --model.hidden_act gelu" if any(o.startswith("model.hidden_act") for o in options) else ""
         raise UserError(
             f"this model uses {', '.join(options)}, which Hugging Face's {name} cannot express; "
@@ -306,11 +307,15 @@ def to_hf_state_dict(model: nn.Module, vocab_size: int | None = None) -> dict[st
         parts = value.chunk(len(names), dim=0) if len(names) > 1 else (value,)
         for name, part in zip(names, parts, strict=True):
             out[name] = part.clone().contiguous()
-    if cfg.type_vocab_size == 0:
-        word = out[f"{prefix}embeddings.word_embeddings.weight"]
-        out[f"{prefix}embeddings.token_type_embeddings.weight"] = torch.zeros(
-            1, cfg.embedding_width, dtype=word.dtype
+    if cfg.type_vocab_size < 2:  # (see hf_config's type_vocab_size)
+        word, types = (
+            out[f"{prefix}embeddings.word_embeddings.weight"],
+            f"{prefix}embeddings.token_type_embeddings.weight",
         )
+        row = (
+            out[types] if cfg.type_vocab_size == 1 else torch.zeros(1, cfg.embedding_width, dtype=word.dtype)
+        )
+        out[types] = row.expand(2, -1).clone()
     return out
 
 
@@ -385,6 +390,7 @@ def from_hf_state_dict(
             f"{source} holds weights that are not BERT's ({len(unknown)} unknown, e.g. {', '.join(unknown[:3])}); "
             "it is a checkpoint of another model type or a different layer count"
         )
+    _refuse_untied_decoder(state, source)
     if cfg.type_vocab_size == 0:
         state.pop("bert.embeddings.token_type_embeddings.weight", None)
     out: dict[str, torch.Tensor] = {}
@@ -408,6 +414,23 @@ def from_hf_state_dict(
             )
         out[key] = value
     return out
+
+
+def _refuse_untied_decoder(state: dict[str, torch.Tensor], source: str) -> None:
+    """A UserError when the checkpoint stores an MLM decoder weight other than its word embeddings: transformers
+    then keeps the two apart (it does not tie them), and masklm's tied head would answer otherwise."""
+    decoder, word = (
+        state.get("cls.predictions.decoder.weight"),
+        state.get("bert.embeddings.word_embeddings.weight"),
+    )
+    if decoder is None or word is None:
+        return
+    rows = min(len(decoder), len(word))
+    if decoder.shape[1:] != word.shape[1:] or not torch.equal(decoder[:rows].float(), word[:rows].float()):
+        raise UserError(
+            f"{source}: cls.predictions.decoder.weight differs from the word embeddings (an untied MLM decoder, "
+            "which transformers keeps apart); masklm's masked-LM head is tied to the embeddings and cannot hold it"
+        )
 
 
 def _checkpoint_head(data: dict[str, Any], state: dict[str, torch.Tensor]) -> tuple[type[Head] | None, str]:
@@ -453,6 +476,18 @@ def _checkpoint_labels(
         return [f"LABEL_{i}" for i in range(n)]
 
 
+def _named_labels(data: dict[str, Any]) -> list[str] | None:
+    """config.json's id2label as a list in id order; None unless it names ids 0 to n - 1."""
+    id2label = data.get("id2label")
+    if not isinstance(id2label, dict) or not id2label:
+        return None
+    try:
+        named = {int(k): str(v) for k, v in id2label.items()}
+    except (TypeError, ValueError):
+        return None
+    return [named[i] for i in range(len(named))] if set(named) == set(range(len(named))) else None
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Files
 
@@ -491,6 +526,11 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
         if not isinstance(state, dict):
             raise UserError(f"{legacy} does not hold a state dict")
         return state
+    if (folder / "pytorch_model.bin.index.json").is_file():
+        raise UserError(
+            f"{folder} holds its weights as sharded pytorch_model-*.bin files, which masklm does not read; save the "
+            "model with safetensors (transformers: model.save_pretrained(folder, safe_serialization=True))"
+        )
     raise UserError(
         f"{folder} has no model.safetensors (nor pytorch_model.bin); copy the checkpoint's weights there"
     )
@@ -539,6 +579,10 @@ def read_hf_checkpoint(folder: Path) -> Checkpoint:
         )
         cfg.vocab_size = n_tok
     head, described = _checkpoint_head(data, raw)
+    task = data[HF_TASK_KEY] if isinstance(data.get(HF_TASK_KEY), dict) else {}
+    labels = _checkpoint_labels(head, data, raw)
+    if labels is None and task and head is not None and head.label_layer is None:
+        labels = _named_labels(data)  # a prompt classifier, exported as a masked LM, names its labels there
     dropout = data.get("classifier_dropout")
     valid_dropout = isinstance(dropout, int | float) and not isinstance(dropout, bool) and 0 <= dropout < 1
     return Checkpoint(
@@ -547,11 +591,11 @@ def read_hf_checkpoint(folder: Path) -> Checkpoint:
         tokenizer=tokenizer,
         folder=folder,
         architecture=head.architecture if head else None,
-        labels=_checkpoint_labels(head, data, raw),
+        labels=labels,
         described=described,
         complete=False,
         source="huggingface",
         head={"classifier_dropout": float(dropout)} if valid_dropout else {},
-        task=data[HF_TASK_KEY] if isinstance(data.get(HF_TASK_KEY), dict) else {},
+        task=task,
         notes=notes,
     )

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import tokenizers
+import torch
 from torch import nn
 
 from masklm.config import ModelConfig, model_from_dict
@@ -137,12 +138,30 @@ def load_model(
         checkpoint = _read_masklm_checkpoint(folder, data)
     elif is_hf_config(data):
         checkpoint = read_hf_checkpoint(folder)
+    elif (folder / "model.onnx").is_file():
+        raise UserError(
+            f"{folder} is an ONNX export (model.onnx), which ONNX Runtime runs; give masklm the model it was "
+            "exported from, or its --format hf export"
+        )
     else:
         raise UserError(
             f"{folder / 'config.json'} is neither a masklm model nor a Hugging Face BERT config "
-            f"(model_type={data.get('model_type')!r})"
+            f"(model_type={data.get('model_type')!r}); masklm reads its own models and BERT checkpoints "
+            "(model_type 'bert')"
         )
+    _refuse_nonfinite(checkpoint.state, folder)
     return _model_from_checkpoint(checkpoint, architecture, labels, head)
+
+
+def _refuse_nonfinite(state: dict[str, torch.Tensor], folder: Path) -> None:
+    """A UserError when a weight holds NaN or an infinity: every answer of the model would be NaN (fill-mask
+    printed "(nan)" scores, an export failed its check as if the exporter were at fault)."""
+    for name, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise UserError(
+                f"{folder}: the weights hold NaN or infinite values ({name}); the model is damaged (a run that "
+                "diverged?): use an earlier checkpoint, or train it again"
+            )
 
 
 def _read_masklm_checkpoint(folder: Path, data: dict[str, Any]) -> Checkpoint:
