@@ -721,12 +721,7 @@ def finetune(
     keep_global_batch(cfg.train, Path(output), resume)
     batches = _epoch_batches(t, inputs.train, cfg.train, pad_id)
     notes = _set_default_epochs(cfg.train, batches.steps_per_epoch, notes)
-    if _same_file(Path(train_path), Path(validation_path)):
-        notes = [
-            *notes,
-            f"the validation file is the training file ({validation_path}): its scores measure how well the model "
-            "fits the examples it trains on, not how it does on new ones, and choose the best model by that",
-        ]
+    notes = _file_notes(train_path, validation_path, notes)
     if resume:
         notes = resumed_notes(Path(output), notes)
     plan = _Plan.of(
@@ -736,16 +731,7 @@ def finetune(
     resume_from = run.open()
     check_budget_ahead(resume_from, plan.total_steps)
     paths = {"model": model_path, "train": train_path, "validation": validation_path}
-    run_info = {  # --resume reads these: the RUN_ARGUMENTS, the labels, the notes, the number of processes
-        "task": t.name,
-        **{k: str(Path(v).absolute()) for k, v in paths.items()},  # (a resume may run in another folder)
-        "init": init,
-        "labels": labels,
-        "notes": notes,
-        "train_examples": len(train_examples),
-        "train_fingerprint": examples_fingerprint(train_examples),
-        "processes": dist.world_size(),
-    }
+    run_info = _run_info(t, paths, init, labels, notes, train_examples)
     run.write_files({"run": run_info, **cfg.to_dict()}, command)
     for note in notes:
         log(f"note: {note}")
@@ -777,6 +763,39 @@ def finetune(
     return run.finish(
         _summary(t, inputs, best_eval, result, plan, model, model_path, notes, run.wall_s, init)
     )
+
+
+def _run_info(
+    task: Task,
+    paths: dict[str, str | Path],
+    init: str,
+    labels: list[str] | None,
+    notes: list[str],
+    train_examples: Sequence[Example],
+) -> dict[str, Any]:
+    """config.yaml's `run` section, which --resume reads: the RUN_ARGUMENTS (absolute: a resume may run in another
+    folder), the labels, the notes, what the training file held and the number of processes."""
+    return {
+        "task": task.name,
+        **{k: str(Path(v).absolute()) for k, v in paths.items()},
+        "init": init,
+        "labels": labels,
+        "notes": notes,
+        "train_examples": len(train_examples),
+        "train_fingerprint": examples_fingerprint(train_examples),
+        "processes": dist.world_size(),
+    }
+
+
+def _file_notes(train_path: str | Path, validation_path: str | Path, notes: list[str]) -> list[str]:
+    """`notes`, and one when the validation file is the training file."""
+    if not _same_file(Path(train_path), Path(validation_path)):
+        return notes
+    return [
+        *notes,
+        f"the validation file is the training file ({validation_path}): its scores measure how well the model fits "
+        "the examples it trains on, not how it does on new ones, and choose the best model by that",
+    ]
 
 
 def _set_default_epochs(train: FinetuneTrainConfig, steps_per_epoch: int, notes: list[str]) -> list[str]:
