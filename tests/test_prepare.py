@@ -459,18 +459,24 @@ def test_validation_split_is_disjoint_complete_and_seeded(tmp_path, tok):
     assert chosen[0] != chosen[1]
 
 
-def test_max_val_sequences_caps_validation(tmp_path, tok):
-    docs = make_docs(80, seed=12)
-    write_lines(tmp_path / "c.txt", docs)
+def prepare_capped(folder: Path, tok, docs: list[str]) -> tuple[dict, dict]:
+    """`docs` prepared with half of them bound for validation and validation capped at 2 sequences: (meta, the
+    documents of each split)."""
+    write_lines(folder / "c.txt", docs)
     meta = prepare(
-        [tmp_path / "c.txt"],
-        tmp_path / "out",
+        [folder / "c.txt"],
+        folder / "out",
         cfg(val_fraction=0.5, max_val_sequences=2),
         tokenizer=tok,
         progress=False,
     )
+    return meta, _split_docs(folder / "out", tok)
+
+
+def test_max_val_sequences_caps_validation(tmp_path, tok):
+    docs = make_docs(80, seed=12)
+    meta, parts = prepare_capped(tmp_path, tok, docs)
     assert 1 <= meta["splits"]["val"]["sequences"] <= 2
-    parts = _split_docs(tmp_path / "out", tok)
     assert sorted(parts["train"] + parts["val"]) == sorted(
         tuple(tok.encode(d, add_special_tokens=False).ids) for d in docs
     )
@@ -481,15 +487,7 @@ def test_a_text_in_the_capped_validation_split_stays_out_of_training(tmp_path, t
     validation document went to training (all 16 validation documents of a corpus given twice). White space does
     not move a document either (a final newline, a line wrapped otherwise)."""
     docs = make_docs(60, seed=13)
-    write_lines(tmp_path / "c.txt", docs + docs)
-    meta = prepare(
-        [tmp_path / "c.txt"],
-        tmp_path / "out",
-        cfg(val_fraction=0.5, max_val_sequences=2),
-        tokenizer=tok,
-        progress=False,
-    )
-    parts = _split_docs(tmp_path / "out", tok)
+    meta, parts = prepare_capped(tmp_path, tok, docs + docs)
     assert parts["val"] and not set(parts["train"]) & set(parts["val"])
     assert meta["splits"]["val"]["documents"] == len(parts["val"])
     assert (
