@@ -137,3 +137,26 @@ def test_an_output_that_is_a_folder_is_refused_and_nothing_is_left(runs, tmp_pat
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "folder" in err and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.png"] and not any(folder.iterdir())
+
+
+def test_plots_leave_matplotlibs_backend_alone(tmp_path):
+    """curves.png was drawn through pyplot after `matplotlib.use("Agg")`: a notebook that pretrained from Python lost
+    its inline backend. Figures are drawn without pyplot now."""
+    import json
+
+    import matplotlib
+
+    from masklm.plots import plot_curves
+
+    rows = [{"step": s, "tokens": 100 * s, "split": "train", "loss": 5.0 - s / 10} for s in range(1, 5)] + [
+        {"step": 4, "tokens": 400, "split": "val", "loss": 4.7, "accuracy": 0.2}
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    before = matplotlib.get_backend()
+    matplotlib.use("pdf")
+    try:
+        out = plot_curves(tmp_path / "metrics.jsonl", tmp_path / "curves.png")
+        assert matplotlib.get_backend() == "pdf"
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        matplotlib.use(before)

@@ -471,3 +471,29 @@ def test_a_second_signal_stops_the_server_at_once(monkeypatch, capsys):
     assert server.should_exit and exits == []
     server.handle_exit(signal.SIGINT, None)
     assert exits == [130] and "second signal (SIGINT): stopping at once" in capsys.readouterr().err
+
+
+def test_an_app_answers_after_a_second_start(served_models):
+    """The same app started twice (two `with TestClient(app)` in a row, or a Python user's own server loop): the
+    second start's requests waited for ever on batchers bound to the first start's event loop."""
+    import threading
+
+    from starlette.testclient import TestClient
+
+    from masklm.serve.app import create_app
+    from masklm.serve.models import load_served
+
+    app = create_app([load_served(str(served_models["cls"] / "model"), "float32")])
+    answers: list[tuple[int, str]] = []
+
+    def start_and_ask() -> None:
+        with TestClient(app) as client:
+            reply = client.post("/v1/predict", json={"inputs": "alpha bravo"})
+            answers.append((reply.status_code, reply.json()["outputs"][0]["label"]))
+
+    for start in (1, 2):
+        worker = threading.Thread(target=start_and_ask, daemon=True)  # a hang fails the test, not the suite
+        worker.start()
+        worker.join(60)
+        assert not worker.is_alive(), f"start {start}: the request got no answer"
+    assert answers[0] == answers[1] and answers[0][0] == 200

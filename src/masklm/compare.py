@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from masklm.errors import UserError
-from masklm.plots import without_replayed
+from masklm.plots import new_figure, without_replayed
 
 SUMMARY_KEYS = ("tokens", "steps", "train_time_s")  # the budget each run used, beside its metrics
 SKIPPED_METRICS = {"perplexity"}  # follows from the loss
@@ -241,12 +241,7 @@ def _wall_times(rows: list[dict[str, Any]]) -> list[float]:
 
 def plot_runs(runs: list[RunRecord], out_path: Path) -> Path:
     """2 × 2 panels: training loss and validation metric, against tokens and against wall time."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8), squeeze=False)
+    fig, axes = new_figure(2, 2, (12, 8))
     for i, r in enumerate(runs):
         times = _wall_times(r.rows)
         train = [(row, t) for row, t in zip(r.rows, times) if row.get("split") == "train" and "loss" in row]
@@ -277,17 +272,18 @@ def plot_runs(runs: list[RunRecord], out_path: Path) -> Path:
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write --output {out_path} ({e.strerror}); choose another --output") from None
-    finally:
-        plt.close(fig)
     return out_path
 
 
 def compare(
-    folders: list[str | Path], output: str | Path | None = None, overwrite: bool = False
+    folders: list[str | Path] | str | Path, output: str | Path | None = None, overwrite: bool = False
 ) -> dict[str, Any]:
     """Load the runs, build the table, write the plot when `output` is given; returns {"headers", "rows", "plot"}.
 
-    Everything is checked before the plot is written; an existing output file is kept unless `overwrite`."""
+    Everything is checked before the plot is written; an existing output file is kept unless `overwrite`. One
+    run may be given as a single path."""
+    if isinstance(folders, str | Path):
+        folders = [folders]
     if output is not None:
         out = Path(output)
         if out.suffix.lower() != ".png":

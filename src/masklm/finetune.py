@@ -22,6 +22,7 @@ uninterrupted run would have drawn.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import hashlib
 import json
@@ -689,8 +690,9 @@ def finetune(
 
     `init`: "pretrained" starts from the model's weights; "random" from fresh weights of the same architecture
     (seeded by train.seed), with the same tokenizer: the control that shows what pretraining is worth.
-    With `resume`, the run's saved config.yaml is used; `resume_changes` (dotted keys set on the command line)
-    may change the settings in RESUME_FREE, such as the budget (the one resume rule, masklm.train.run).
+    With `resume`, the run's saved config.yaml is used, not `cfg`; `resume_changes` (dotted keys, as the command
+    line sets them) may change the settings in RESUME_FREE, such as the budget (the one resume rule,
+    masklm.train.run).
     """
     if init not in INITS:
         raise UserError(f"--init must be pretrained or random, not {init!r}")
@@ -702,7 +704,11 @@ def finetune(
     saved_init = resume_settings(output).get("init", "pretrained") if resume else init
     if saved_init != init:
         raise UserError(f"--resume continues {output} with --init {saved_init}, not {init}; leave --init out")
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train), data=dataclasses.replace(cfg.data))
+    if not isinstance(cfg, FinetuneConfig):
+        raise UserError(
+            f"finetune takes a FinetuneConfig, not a {type(cfg).__name__} (pretraining's is Config)"
+        )
+    cfg = copy.deepcopy(cfg).validate()  # (the caller's config stays as it was)
     cfg = run.resume_config(cfg, resume_changes, load=saved_config)
     check_log_kind(cfg.train.log)
     # Everything that can be wrong with the inputs is found before anything is written.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -32,17 +33,21 @@ def without_replayed(rows: list[dict]) -> list[dict]:
     return kept[::-1]
 
 
+def new_figure(rows: int, cols: int, figsize: tuple[float, float]) -> tuple[Any, Any]:
+    """(figure, axes grid) drawn without pyplot: no backend is chosen or changed (a notebook's inline plots, a
+    user's `matplotlib.use`, stay as they were), and nothing is kept open after the figure is saved."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(rows, cols, squeeze=False)
+
+
 def plot_curves(metrics_path: str | Path, out_path: str | Path, x: str = "tokens") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = without_replayed(read_metrics(metrics_path))
     train = [r for r in rows if r.get("split") == "train" and "loss" in r]
     val = [r for r in rows if r.get("split") == "val"]
     acc_key = next((k for k in ("accuracy", "f1", "exact_match") if val and k in val[-1]), None)
-    fig, axes = plt.subplots(1, 2 if acc_key else 1, figsize=(11 if acc_key else 6, 4), squeeze=False)
+    fig, axes = new_figure(1, 2 if acc_key else 1, (11 if acc_key else 6, 4))
     ax = axes[0][0]
     ax.plot([r[x] for r in train], [r["loss"] for r in train], label="train loss", lw=1)
     if val and "loss" in val[0]:
@@ -61,6 +66,5 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path, x: str = "tokens
     out = Path(out_path)
     tmp = out.with_name(f".{out.name}.tmp.png")
     fig.savefig(tmp, dpi=110)
-    plt.close(fig)
     tmp.replace(out)
     return out

@@ -379,8 +379,10 @@ class _Packer:
 
 
 def _check_config(cfg: DataConfig) -> None:
-    if cfg.seq_len < 3:
-        raise UserError(f"data.seq_len must be at least 3 ([CLS], a token, [SEP]), not {cfg.seq_len}")
+    if (
+        cfg.seq_len < 8
+    ):  # (pretraining refuses shorter rows: the command line checked this before, Python did not)
+        raise UserError(f"data.seq_len must be at least 8, not {cfg.seq_len}")
     if cfg.shard_sequences < 1:
         raise UserError(f"data.shard_sequences must be at least 1, not {cfg.shard_sequences}")
     if not 0 <= cfg.val_fraction < 1:
@@ -533,7 +535,7 @@ class _Selection:
 
 
 def prepare(
-    inputs: Sequence[str | Path],
+    inputs: Sequence[str | Path] | str | Path,
     output: str | Path,
     cfg: DataConfig,
     *,
@@ -546,7 +548,10 @@ def prepare(
     """Tokenize and pack `inputs` (files or folders) into `output`; return the meta.json contents.
 
     With `part` (one of several jobs preparing one corpus together), the part's share goes to
-    OUTPUT/part-IIIII-of-NNNNN; all parts need the same tokenizer, so one must be given."""
+    OUTPUT/part-IIIII-of-NNNNN; all parts need the same tokenizer, so one must be given. One input may be given
+    as a single path."""
+    if isinstance(inputs, str | Path):
+        inputs = [inputs]
     _check_config(cfg)
     part = part or Part()
     _check_part(part, cfg, tokenizer)

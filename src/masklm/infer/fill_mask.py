@@ -40,6 +40,8 @@ class FillMask:
     `masklm.serve` through `encode`, `masked_logits` and `candidates`)."""
 
     def __init__(self, model: nn.Module, tokenizer: tokenizers.Tokenizer, dtype: str = "auto") -> None:
+        """Answer with `model`, which is put in eval mode and converted to `dtype` in place (no copy: pass a copy
+        to keep a model that trains on in its own precision)."""
         self.dtype = resolve_dtype(dtype, next(model.parameters()).device)
         self.model = model.eval().to(self.dtype)
         self.tokenizer = tokenizer
@@ -51,6 +53,8 @@ class FillMask:
 
     @classmethod
     def load(cls, path: str | Path, dtype: str = "auto") -> FillMask:
+        """A masklm run / model folder (an ELECTRA run answers with its generator) or a Hugging Face BERT folder
+        with an MLM head; `dtype` auto is bfloat16 on a CPU or GPU with native bf16, else float32."""
         resolve_dtype(dtype, torch.device("cpu"))  # a bad dtype is refused before the model is read
         model, tokenizer, info = load_model(path, architecture="MaskedLM")
         if info.fresh_head:

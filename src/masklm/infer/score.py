@@ -196,6 +196,10 @@ class Scorer:
         token_budget: int = DEFAULT_TOKEN_BUDGET,
         device: torch.device | None = None,
     ) -> None:
+        if not isinstance(token_budget, int) or token_budget < 1:
+            raise UserError(
+                f"token_budget must be a whole number of tokens, at least 1, not {token_budget!r}"
+            )
         sp = special_ids(tokenizer)
         self.logits_fn, self.tokenizer, self.max_len = logits_fn, tokenizer, max_len
         self.mask_id, self.pad_id = sp.mask, sp.pad
@@ -227,7 +231,13 @@ class Scorer:
         where: str = "input",
         names: Sequence[str] | None = None,
     ) -> list[SentenceScore]:
-        """The PLL of each sentence (`names`: how an error message calls each one; default "sentence N")."""
+        """The PLL of each sentence (`names`: how an error message calls each one; default "sentence N"); one
+        sentence may be given as a string (a list of one score comes back)."""
+        if isinstance(sentences, str):
+            sentences = [sentences]
+        bad = [s for s in sentences if not isinstance(s, str)]
+        if bad:
+            raise UserError(f"score takes sentences as strings, not {type(bad[0]).__name__}")
         encoded = encode_sentences(self.tokenizer, sentences, self.max_len, where, names)
         return pseudo_log_likelihoods(
             self.logits_fn, encoded, self.mask_id, self.pad_id, word_level, self.token_budget, self.device
@@ -236,6 +246,13 @@ class Scorer:
     def pairs(self, pairs: Sequence[dict[str, Any]], word_level: bool = False) -> dict[str, Any]:
         """Minimal-pair accuracy (`pair_accuracy`) of rows with "sentence_good", "sentence_bad", optional "group";
         both sentences of every pair are scored in the same batches."""
+        if not pairs:
+            raise UserError("no minimal pairs to score; give at least one")
+        wrong = next(
+            (p for p in pairs if not isinstance(p, dict) or not all(k in p for k in PAIR_KEYS)), None
+        )
+        if wrong is not None:
+            raise UserError(f'a minimal pair needs "sentence_good" and "sentence_bad", not {wrong!r}')
         sentences = [p["sentence_good"] for p in pairs] + [p["sentence_bad"] for p in pairs]
         names = [f"pair {i} ({key})" for key in PAIR_KEYS for i in range(1, len(pairs) + 1)]
         scores = self.score(sentences, word_level, where="pairs", names=names)

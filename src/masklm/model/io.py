@@ -130,8 +130,11 @@ def load_model(
     `labels` sizes a head that has one output per label; `head` sets the head's options (`Head.options`;
     default: the checkpoint's, when it has this head). Asking for another head (or other labels, or options
     that change the head's weights) than the checkpoint's keeps the encoder (and BERT's pooler, when both
-    heads have one of the same shape), initialises the rest, and says so in `info.notes`.
+    heads have one of the same shape), initialises the rest, and says so in `info.notes`. The model comes back
+    in eval mode (no dropout), on the CPU.
     """
+    if isinstance(labels, str):  # (it would be read as one label per character)
+        raise UserError(f"labels must be a list of label names, not the string {labels!r}")
     folder = resolve_model_dir(path)
     data = read_config_json(folder)
     if data.get("format") == "masklm":
@@ -150,7 +153,12 @@ def load_model(
             "(model_type 'bert')"
         )
     _refuse_nonfinite(checkpoint.state, folder)
-    return _model_from_checkpoint(checkpoint, architecture, labels, head)
+    model, tokenizer, info = _model_from_checkpoint(checkpoint, architecture, labels, head)
+    return (
+        model.eval(),
+        tokenizer,
+        info,
+    )  # (as transformers' from_pretrained: training turns dropout on itself)
 
 
 def _refuse_nonfinite(state: dict[str, torch.Tensor], folder: Path) -> None:

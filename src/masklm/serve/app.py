@@ -223,18 +223,24 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 class Models:
-    """The served models by name, with one batcher each and the one thread their forward passes run on."""
+    """The served models by name, with one batcher each and the one thread their forward passes run on, made
+    anew each time the app starts (`start`): a batcher's event belongs to the event loop it first ran on, and a
+    second start of the same app (two `with TestClient(app)` in a row) waited for ever on the first one's."""
 
     def __init__(self, models: list[ServedModel], options: ServeOptions) -> None:
         self.by_name = {m.name: m for m in models}
         self.options = options
+        self.batchers: dict[str, Batcher] = {}
+
+    def start(self) -> list[asyncio.Task]:
+        """The batchers of this start and their workers (on the running loop)."""
+        options = self.options
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="masklm-forward")
         self.batchers = {
-            m.name: Batcher(
-                m.forward, self.executor, options.max_batch, options.max_wait_ms, options.max_queue
-            )
-            for m in models
+            name: Batcher(m.forward, self.executor, options.max_batch, options.max_wait_ms, options.max_queue)
+            for name, m in self.by_name.items()
         }
+        return [asyncio.create_task(b.run()) for b in self.batchers.values()]
 
     def pick(self, name: str | None) -> ServedModel:
         """The model a request names: 404 for an unknown one, 400 for none when several are served."""
@@ -266,7 +272,7 @@ def create_app(models: list[ServedModel], options: ServeOptions | None = None) -
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        workers = [asyncio.create_task(b.run()) for b in served.batchers.values()]
+        workers = served.start()
         yield
         for w in workers:  # uvicorn has drained the requests in flight before the lifespan ends
             w.cancel()

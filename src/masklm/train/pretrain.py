@@ -9,6 +9,7 @@ The run folder:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import time
@@ -455,10 +456,13 @@ def pretrain(
 
     `data_dir` is a prepared folder, a folder of parts, or several sources ("DIR:WEIGHT") mixed by weight.
 
-    With `resume`, the run's saved config.yaml is used; `resume_changes` (dotted keys set on the command line)
-    may change the settings in RESUME_FREE, such as the budget (masklm.train.run).
+    With `resume`, the run's saved config.yaml is used, not `cfg`; `resume_changes` (dotted keys, as the command
+    line sets them: {"train.max_steps": 2000}) may change the settings in RESUME_FREE, such as the budget
+    (masklm.train.run). `cfg` itself is not changed.
     """
     keep_large_blocks()  # flat memory and few page faults: a step's buffers reuse the last step's (see there)
+    # the caller's config stays as it was (the data's sizes are filled in below)
+    cfg = copy.deepcopy(cfg).validate()
     sources = data_sources(data_dir)
     data_name = " ".join(str(s.path) for s in sources)
     inputs = [("--data", src.path) for src in sources] + ([("--init-from", init_from)] if init_from else [])
@@ -519,11 +523,7 @@ def pretrain(
         evaluate=evaluate_fn,
         tokens_per_step=tokens_per_step,
         loss_items=objective.loss_items,
-        extra_state={
-            "global_batch": global_batch,
-            "world_size": world,
-            **data_record,
-        },
+        extra_state={"global_batch": global_batch, "world_size": world, **data_record},
         log_extra=source_tokens(train_ds, t.seed, global_batch, cfg.data.seq_len),
         spent_s=spent_s,
     )
