@@ -525,6 +525,26 @@ def test_tiny_corpus_still_gets_one_validation_sequence(tmp_path, tok):
     assert filled[-1] < filled.max() and (val[0] != pad).sum() == filled.max()
 
 
+def test_a_tiny_corpus_keeps_its_only_text_for_training(tmp_path, tok):
+    """A document that fills one row but for its [SEP] (which spills into a "[CLS] [SEP] [SEP]" row): the text row
+    went to validation and pretraining skipped every step of a training split without a token to learn."""
+    word = next(
+        w for w in tok.get_vocab() if w.isalpha() and len(tok.encode(w, add_special_tokens=False).ids) == 1
+    )
+    words = [word] * 6  # 6 tokens: [CLS] + 6 = 7 of 8, the document's [SEP] goes on into the next row
+    write_lines(tmp_path / "c.txt", [" ".join(words)])
+    meta = prepare(
+        [tmp_path / "c.txt"],
+        tmp_path / "out",
+        cfg(seq_len=8, val_fraction=1e-9),
+        tokenizer=tok,
+        progress=False,
+    )
+    assert meta["splits"]["val"]["sequences"] == 0 and meta["splits"]["train"]["sequences"] == 2
+    train, _ = read_split(tmp_path / "out", "train")
+    assert (train == tok.token_to_id(word)).sum() == 6
+
+
 def test_max_documents_and_source_hashes(tmp_path, tok):
     write_lines(tmp_path / "a.txt", make_docs(4, seed=1))
     write_lines(tmp_path / "b.txt", make_docs(4, seed=2))

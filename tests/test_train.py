@@ -480,3 +480,45 @@ def test_forgetting_the_data_is_said(tmp_path, monkeypatch, capsys):
         main(["pretrain", "--output", str(tmp_path / "y"), "--preset", "tiny", "--data", str(tmp_path)]) == 2
     )
     assert "note: no --data" not in capsys.readouterr().err
+
+
+def test_a_warmup_in_steps_warms_up_under_a_time_budget():
+    """--max-minutes with --train.warmup 100: the warmup was a fraction of no step count, so 0, and the first step
+    ran at the full rate. It counts steps now, up to where it meets the decay over the time."""
+    from masklm.config import TrainConfig
+    from masklm.train.optim import lr_factor
+
+    cfg = TrainConfig(warmup=100, schedule="linear", min_lr_ratio=0.0)
+    assert lr_factor(0.001, cfg, None, step=1) == pytest.approx(0.01)
+    assert lr_factor(0.01, cfg, None, step=50) == pytest.approx(0.5)
+    assert lr_factor(0.5, cfg, None, step=400) == pytest.approx(
+        0.5
+    )  # past the warmup: the decay over the time
+    assert lr_factor(0.2, cfg, 1000) == pytest.approx(1.0 - (0.2 - 0.1) / 0.9)  # a step budget: as before
+    fraction = TrainConfig(warmup=0.1, schedule="linear", min_lr_ratio=0.0)
+    assert lr_factor(0.05, fraction, None, step=3) == pytest.approx(0.5)  # a fraction: of the time, as before
+
+
+def test_the_prepared_sequence_length_is_checked_against_the_positions(tmp_path):
+    """Data prepared at 16 tokens with --model.max_position_embeddings 16: the tiny preset's 32 was checked instead
+    and refused ("lower --data.seq_len", which --data refuses in turn)."""
+    from helpers import cli
+
+    corpus = write_walk_corpus(tmp_path / "corpus", n_docs=10)
+    assert (
+        cli(
+            "prepare",
+            "--input",
+            corpus,
+            "--output",
+            tmp_path / "data",
+            "--vocab-size",
+            "120",
+            "--seq-len",
+            "16",
+        )
+        == 0
+    )
+    args = ["--preset", "tiny", "--train.threads", "1", "--max-steps", "2", "--model.max_position_embeddings"]
+    assert cli("pretrain", *args, "16", "--data", tmp_path / "data", "--output", tmp_path / "run") == 0
+    assert cli("pretrain", *args, "8", "--data", tmp_path / "data", "--output", tmp_path / "run8") == 2

@@ -184,7 +184,9 @@ class TrainConfig:
     schedule: Literal["linear", "cosine", "wsd", "constant"] = setting(
         "linear", "learning-rate schedule after warmup (wsd: warmup-stable-decay)"
     )
-    warmup: float = setting(0.06, "warmup length: a fraction of the budget if < 1, else a step count")
+    warmup: float = setting(
+        0.06, "warmup length: a fraction of the budget if < 1, else a step count (under a time budget too)"
+    )
     decay_fraction: float = setting(0.2, "wsd: share of the budget spent decaying at the end")
     min_lr_ratio: float = setting(0.0, "the schedule ends at lr * min_lr_ratio")
     clip_norm: float = setting(1.0, "gradient-norm clipping; 0 disables")

@@ -280,6 +280,16 @@ class _ShardWriter:
             self._ids, self._starts = [ids[rest:].copy()], [starts[rest:].copy()]
             self._buffered = len(ids) - rest
 
+    def text_after_pop(self, specials: Sequence[int]) -> bool:
+        """Whether a row with text (a token that is not one of `specials`) stays after `pop_fullest`: one written
+        already, or another one still in memory. A 6-token document at seq_len 8 fills one row and leaves
+        "[CLS] [SEP] [SEP]" in the next: moving the first to validation left training nothing to learn from."""
+        if self.written:
+            return True
+        ids = np.concatenate(self._ids)
+        texts = (~np.isin(ids, [self.pad_id, *specials])).sum(axis=1)
+        return int((texts > 0).sum()) >= 2
+
     def pop_fullest(self) -> tuple[np.ndarray, np.ndarray]:
         """Remove the row still in memory that holds the most tokens (the latest of those) and return it as (1, T)
         arrays. The last row is the stream's tail, often a few tokens and padding: as a validation split it
@@ -653,7 +663,13 @@ def _pack(
         packer.finish()
     _check_not_empty(packers, selection)
     no_val = val.writer.sequences == 0 and cfg.val_fraction > 0 and cfg.max_val_sequences > 0
-    if no_val and selection.one_segment and train.writer.sequences >= 2:
+    specials = [special.cls, special.sep]
+    if (
+        no_val
+        and selection.one_segment
+        and train.writer.sequences >= 2
+        and train.writer.text_after_pop(specials)
+    ):
         val.writer.add(*train.writer.pop_fullest())  # a tiny corpus still gets a validation sequence
     for packer in packers.values():
         packer.writer.close()

@@ -322,7 +322,9 @@ class Trainer:
         res = self.result
         # the rate at where this step starts (transformers' convention): the last step of a decaying schedule
         # still moves the weights, and the schedule reaches its floor when the budget ends
-        lr = self.cfg.lr * lr_factor(budget.progress(res.step, res.elapsed_s), self.cfg, budget.steps)
+        lr = self.cfg.lr * lr_factor(
+            budget.progress(res.step, res.elapsed_s), self.cfg, budget.steps, res.step
+        )
         set_lr(self.optimizer, lr)
         step_loss = self._backward([next_batch() for _ in range(self.cfg.grad_accum)])
         grad_norm = dist.clip_grad_norm_(self.model, self.cfg.clip_norm)  # the global norm, on every process

@@ -14,6 +14,7 @@ lr * d ** (L - i) and the embeddings at lr * d ** (L + 1). Each such group carri
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 
@@ -97,13 +98,18 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
     )
 
 
-def lr_factor(progress: float, cfg: TrainConfig, total_steps: int | None = None) -> float:
+def lr_factor(
+    progress: float, cfg: TrainConfig, total_steps: int | None = None, step: int | None = None
+) -> float:
     """Multiplier on cfg.lr at `progress` (0 = start, 1 = end of the budget).
 
     warmup: linear from 0 to 1 over the warmup (a fraction of the budget if < 1, else a step count);
     then "linear" and "cosine" decay to min_lr_ratio at the end, "wsd" stays flat and decays linearly over the
-    last decay_fraction, "constant" stays at 1.
+    last decay_fraction, "constant" stays at 1. Under a time budget (no `total_steps`) a warmup in steps counts
+    this `step`, up to where it meets the schedule's decay over the time (it was dropped: full rate at step 1).
     """
+    if cfg.warmup >= 1 and not total_steps and step is not None:
+        return min(step / cfg.warmup, lr_factor(progress, dataclasses.replace(cfg, warmup=0.0)))
     progress = min(max(progress, 0.0), 1.0)
     warm = cfg.warmup if cfg.warmup < 1 else (cfg.warmup / total_steps if total_steps else 0.0)
     warm = min(warm, 1.0)

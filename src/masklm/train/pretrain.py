@@ -461,8 +461,8 @@ def pretrain(
     (masklm.train.run). `cfg` itself is not changed.
     """
     keep_large_blocks()  # flat memory and few page faults: a step's buffers reuse the last step's (see there)
-    # the caller's config stays as it was (the data's sizes are filled in below)
-    cfg = copy.deepcopy(cfg).validate()
+    # the caller's config stays as it was (the data's sizes are filled in, and all checked, by fit_config_to_data)
+    cfg = copy.deepcopy(cfg)
     sources = data_sources(data_dir)
     data_name = " ".join(str(s.path) for s in sources)
     inputs = [("--data", src.path) for src in sources] + ([("--init-from", init_from)] if init_from else [])
