@@ -522,3 +522,21 @@ def test_the_prepared_sequence_length_is_checked_against_the_positions(tmp_path)
     args = ["--preset", "tiny", "--train.threads", "1", "--max-steps", "2", "--model.max_position_embeddings"]
     assert cli("pretrain", *args, "16", "--data", tmp_path / "data", "--output", tmp_path / "run") == 0
     assert cli("pretrain", *args, "8", "--data", tmp_path / "data", "--output", tmp_path / "run8") == 2
+
+
+def test_a_warmup_as_long_as_the_budget_is_noted(capsys):
+    """--max-steps 1 with the default warmup: the only step ran at rate 0 and changed no weight, silently."""
+    from masklm.config import TrainConfig
+    from masklm.train.loop import Budget, _note_long_warmup
+
+    for warmup, steps, noted in (
+        (0.06, 1, True),
+        (100, 4, True),
+        (100, 1000, False),
+        (0.1, 100, False),
+        (0, 1, False),
+    ):
+        _note_long_warmup(TrainConfig(warmup=warmup), Budget(steps=steps))
+        assert ("never reaches train.lr" in capsys.readouterr().err) == noted, (warmup, steps)
+    _note_long_warmup(TrainConfig(warmup=100), Budget(minutes=1.0))  # a time budget: no step count to compare
+    assert not capsys.readouterr().err

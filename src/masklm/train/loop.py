@@ -545,6 +545,7 @@ def fit(
     res = trainer.result
     if resume_from is None:
         res.elapsed_s = spent_s
+        _note_long_warmup(cfg, budget)
     elif budget.done(res.step, res.elapsed_s):
         # a finished run resumed with its own budget: nothing to train, and its last evaluation (in the
         # checkpoint and in metrics.jsonl) stands rather than being recorded again
@@ -584,6 +585,19 @@ def fit(
         bar.close()
         trainer.close()
     return res
+
+
+def _note_long_warmup(cfg: TrainConfig, budget: Budget) -> None:
+    """A note when a step budget ends before its warmup does: the rate never reaches train.lr (with --max-steps 1
+    the only step ran at rate 0 and changed no weight), and nothing said so."""
+    if not budget.steps or cfg.warmup <= 0:
+        return
+    warm = cfg.warmup if cfg.warmup >= 1 else cfg.warmup * budget.steps
+    if warm >= budget.steps - 1:
+        log(
+            f"note: the warmup ({warm:g} steps) lasts the whole budget ({budget.steps} steps), so the learning rate "
+            "never reaches train.lr (the first step runs at 0); give a shorter --train.warmup, or 0"
+        )
 
 
 def _due(step: int, *every: int | None) -> bool:
