@@ -50,7 +50,7 @@ def _stream(folder: Path, split: str) -> list[int]:
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(docs=st.lists(UNICODE_TEXT, min_size=1, max_size=6), seq_len=st.integers(4, 24))
+@given(docs=st.lists(UNICODE_TEXT, min_size=1, max_size=6), seq_len=st.integers(8, 24))
 def test_prepare_round_trips_arbitrary_unicode(bert_tok, docs, seq_len):
     tmp = Path(tempfile.mkdtemp())
     try:
