@@ -65,9 +65,8 @@ def test_training_functions_leave_the_callers_config_and_check_it(tmp_path):
     cfg = load_config("tiny", overrides={"train.max_steps": 2, "train.eval_every": 0, "train.threads": 1})
     before = cfg.to_dict()
     pretrain(cfg, data, tmp_path / "run")
-    assert (
-        cfg.to_dict() == before
-    )  # vocab_size and seq_len were filled in from the data, in the caller's object
+    # vocab_size and seq_len were filled in from the data, in the caller's object
+    assert cfg.to_dict() == before
     assert len(compare(tmp_path / "run")["rows"]) == 1  # one run as a path, not one per character
 
     with pytest.raises(UserError, match="takes a FinetuneConfig, not a Config"):

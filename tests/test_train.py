@@ -491,9 +491,8 @@ def test_a_warmup_in_steps_warms_up_under_a_time_budget():
     cfg = TrainConfig(warmup=100, schedule="linear", min_lr_ratio=0.0)
     assert lr_factor(0.001, cfg, None, step=1) == pytest.approx(0.01)
     assert lr_factor(0.01, cfg, None, step=50) == pytest.approx(0.5)
-    assert lr_factor(0.5, cfg, None, step=400) == pytest.approx(
-        0.5
-    )  # past the warmup: the decay over the time
+    # past the warmup: the decay over the time
+    assert lr_factor(0.5, cfg, None, step=400) == pytest.approx(0.5)
     assert lr_factor(0.2, cfg, 1000) == pytest.approx(1.0 - (0.2 - 0.1) / 0.9)  # a step budget: as before
     fraction = TrainConfig(warmup=0.1, schedule="linear", min_lr_ratio=0.0)
     assert lr_factor(0.05, fraction, None, step=3) == pytest.approx(0.5)  # a fraction: of the time, as before

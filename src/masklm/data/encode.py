@@ -93,9 +93,8 @@ class _Growing:
         self.size = need
 
 
-PIECE_CHARS = (
-    1 << 20
-)  # a document longer than this is encoded a piece at a time (`DocumentEncoder.encode_batch`)
+# a document longer than this is encoded a piece at a time (`DocumentEncoder.encode_batch`)
+PIECE_CHARS = 1 << 20
 
 
 class DocumentEncoder:

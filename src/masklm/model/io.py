@@ -154,11 +154,8 @@ def load_model(
         )
     _refuse_nonfinite(checkpoint.state, folder)
     model, tokenizer, info = _model_from_checkpoint(checkpoint, architecture, labels, head)
-    return (
-        model.eval(),
-        tokenizer,
-        info,
-    )  # (as transformers' from_pretrained: training turns dropout on itself)
+    # in eval mode, as transformers' from_pretrained gives it: training turns dropout on itself
+    return model.eval(), tokenizer, info
 
 
 def _refuse_nonfinite(state: dict[str, torch.Tensor], folder: Path) -> None:

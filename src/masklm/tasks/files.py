@@ -144,10 +144,8 @@ def _table_records(
     header_line = start = 0
     try:
         for row in reader:
-            start, line = (
-                start + 1,
-                reader.line_num,
-            )  # the lines the row spans (more than one: a quoted newline)
+            # the lines the row spans, start to line (more than one: a quoted field holds a newline)
+            start, line = start + 1, reader.line_num
             blank = all(not cell.strip() for cell in row)
             if not row and header is not None and len(header) == 1 and keep_blank_rows:
                 empty_lines.append(line)

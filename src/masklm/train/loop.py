@@ -461,9 +461,8 @@ class Trainer:
         with torch.no_grad(), autocast_context(self.device, self.precision):
             metrics = self._evaluate(self.model)
         self.model.train()
-        self.window.start += (
-            time.perf_counter() - began
-        )  # the next log line's tokens/s counts training time only
+        # the next log line's tokens/s counts training time only
+        self.window.start += time.perf_counter() - began
         res = self.result
         res.last_eval = metrics
         self._record({"step": res.step, "tokens": res.tokens, "split": "val", **metrics})
