@@ -308,13 +308,9 @@ def to_hf_state_dict(model: nn.Module, vocab_size: int | None = None) -> dict[st
         for name, part in zip(names, parts, strict=True):
             out[name] = part.clone().contiguous()
     if cfg.type_vocab_size < 2:  # (see hf_config's type_vocab_size)
-        word, types = (
-            out[f"{prefix}embeddings.word_embeddings.weight"],
-            f"{prefix}embeddings.token_type_embeddings.weight",
-        )
-        row = (
-            out[types] if cfg.type_vocab_size == 1 else torch.zeros(1, cfg.embedding_width, dtype=word.dtype)
-        )
+        types = f"{prefix}embeddings.token_type_embeddings.weight"
+        dtype = out[f"{prefix}embeddings.word_embeddings.weight"].dtype
+        row = out[types] if cfg.type_vocab_size == 1 else torch.zeros(1, cfg.embedding_width, dtype=dtype)
         out[types] = row.expand(2, -1).clone()
     return out
 
@@ -419,10 +415,8 @@ def from_hf_state_dict(
 def _refuse_untied_decoder(state: dict[str, torch.Tensor], source: str) -> None:
     """A UserError when the checkpoint stores an MLM decoder weight other than its word embeddings: transformers
     then keeps the two apart (it does not tie them), and masklm's tied head would answer otherwise."""
-    decoder, word = (
-        state.get("cls.predictions.decoder.weight"),
-        state.get("bert.embeddings.word_embeddings.weight"),
-    )
+    decoder = state.get("cls.predictions.decoder.weight")
+    word = state.get("bert.embeddings.word_embeddings.weight")
     if decoder is None or word is None:
         return
     rows = min(len(decoder), len(word))
