@@ -204,7 +204,7 @@ def _field_count(
 
 def _refuse_separator(path: Path, header: list[str], suffix: str, line: int) -> None:
     """A UserError when a one-column header reads as another separator's header: "text;label" in a .csv (a
-    European spreadsheet's export), "text\tlabel" in a .csv, "text,label" in a .tsv."""
+    European spreadsheet's export), a tab-separated header in a .csv, "text,label" in a .tsv."""
     if len(header) != 1:
         return
     others = {";": "semicolon", "\t": "tab", ",": "comma"}
