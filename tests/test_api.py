@@ -44,6 +44,13 @@ def test_load_model_gives_a_model_in_eval_mode(model_dir):
         assert not model.training and torch.equal(model(ids), model(ids))
     with pytest.raises(UserError, match="labels must be a list of label names, not the string 'neg'"):
         load_model(model_dir, "SequenceClassification", labels="neg")  # it was ['n', 'e', 'g']
+    # head options of the wrong name or value: a TypeError / ValueError from the head's constructor before
+    with pytest.raises(UserError, match="the SequenceClassification head has no option 'pool'"):
+        load_model(model_dir, "SequenceClassification", labels=["a", "b"], head={"pool": "mean"})
+    with pytest.raises(
+        UserError, match="the SequenceClassification head: pooling must be cls or mean, not 'max'"
+    ):
+        load_model(model_dir, "SequenceClassification", labels=["a", "b"], head={"pooling": "max"})
 
 
 def test_scorer_arguments(model_dir):

@@ -235,6 +235,10 @@ def _model_from_checkpoint(
         want_labels: list[str] | None = list(labels)
     else:
         want_labels = ckpt.labels if want == ckpt.architecture else None
+    unknown = [k for k in options or {} if k not in head.options]
+    if unknown:
+        takes = ", ".join(head.options) or "none"
+        raise UserError(f"the {want} head has no option {unknown[0]!r} (its options: {takes})")
     saved = {k: v for k, v in ckpt.head.items() if k in head.options} if want == ckpt.architecture else {}
     want_options = {**head.options, **saved, **(options or {})}
     had_options = {**head.options, **saved}
@@ -242,7 +246,10 @@ def _model_from_checkpoint(
     same_labels = not sized or want_labels == ckpt.labels
     same_head = want == ckpt.architecture and same_labels and not other_weights
     saved_task = ckpt.task if want == ckpt.architecture else None
-    model = build_model(want, ckpt.cfg, want_labels, want_options, saved_task)
+    try:
+        model = build_model(want, ckpt.cfg, want_labels, want_options, saved_task)
+    except ValueError as e:  # a head option's value it cannot take (pooling "max")
+        raise UserError(f"the {want} head: {e}") from None
     fresh = _take_weights(model, ckpt, same_head)
     notes = list(ckpt.notes)
     fresh_head = None
