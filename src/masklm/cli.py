@@ -1151,6 +1151,7 @@ def _says_errors() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    training = bool(argv) and argv[0] in ("pretrain", "finetune")  # (their lines say how a run continues)
     try:
         return run(argv)
     except UserError as e:
@@ -1164,10 +1165,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         # (a signal in training's loop ends the run with a checkpoint and its own line; this is one before it)
-        again = argv and argv[0] in ("pretrain", "finetune")
         print(
             "interrupted"
-            + ("; if it made its run folder, the same command plus --resume continues it" if again else ""),
+            + (
+                "; if it made its run folder, the same command plus --resume continues it" if training else ""
+            ),
             file=sys.stderr,
         )
         return 130
@@ -1175,7 +1177,6 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
         return 141  # 128 + SIGPIPE, what a shell reports for a command cut off by its pipe
     except OSError as e:  # the machine's problem, not masklm's: a full disk, a read-only or forbidden folder
-        training = argv and argv[0] in ("pretrain", "finetune")
         resume = " (the run continues from its last checkpoint with --resume)" if training else ""
         if e.errno in WRONG_KIND_ERRORS:  # e.g. a file named like a run's checkpoints/ folder
             print(

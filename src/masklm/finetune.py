@@ -70,7 +70,7 @@ from masklm.train.run import (
     command_line,
     read_saved_config,
 )
-from masklm.utils import atomic_write_text, log, pick_device, plural, refuse_path_through_file
+from masklm.utils import atomic_write_text, finite_json, log, pick_device, plural, refuse_path_through_file
 from masklm.utils import rank as env_rank
 
 # ----------------------------------------------------------------------------------------------------
@@ -743,7 +743,7 @@ def finetune(
         log(f"note: {note}")
     trainable = run.build(model, cfg, device)
     details = _start_details(t, inputs, plan, metric, init, cfg.train.seed)
-    purpose = "regression" if getattr(cfg.data, "regression", False) else t.name
+    purpose = "regression" if cfg.data.regression else t.name
     run.announce("fine-tuning", model, cfg.train, details, purpose=purpose)
     info = _model_info(t, labels, cfg)
     lower_is_better = metric in t.lower_is_better
@@ -1061,7 +1061,7 @@ def cmd_evaluate(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     if args.json:
         # strict JSON: a value that is not finite (an MSE that overflows, a correlation of constant predictions)
         # is null, not the NaN / Infinity that JSON parsers refuse
-        print(json.dumps({k: v if math.isfinite(v) else None for k, v in metrics.items()}))
+        print(json.dumps(finite_json(metrics)))
     else:
         for k, v in metrics.items():
             print(f"{k:>14} {v:.4f}")

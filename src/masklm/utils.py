@@ -136,6 +136,16 @@ def finite_json(value: Any) -> Any:
     return value
 
 
+def finite_number(text: str) -> float | None:
+    """`text` as a finite number (surrounding spaces allowed), else None: not "nan" or "inf", and not "1_000",
+    which Python's float() reads as 1000."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and "_" not in text else None
+
+
 def plural(n: int, word: str) -> str:
     """ "1 step", "2 steps", "1,000 steps": a count with its noun (English's regular plural)."""
     return f"{n:,} {word}{'' if n == 1 else 's'}"

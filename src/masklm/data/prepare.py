@@ -389,9 +389,8 @@ class _Packer:
 
 
 def _check_config(cfg: DataConfig) -> None:
-    if (
-        cfg.seq_len < 8
-    ):  # (pretraining refuses shorter rows: the command line checked this before, Python did not)
+    # (pretraining refuses shorter rows: the command line checked this before, Python did not)
+    if cfg.seq_len < 8:
         raise UserError(f"data.seq_len must be at least 8, not {cfg.seq_len}")
     if cfg.shard_sequences < 1:
         raise UserError(f"data.shard_sequences must be at least 1, not {cfg.shard_sequences}")

@@ -23,7 +23,6 @@ import importlib.util
 import io
 import json
 import lzma
-import math
 import os
 import re
 import sys
@@ -35,7 +34,7 @@ from typing import Any
 
 from masklm.config import DataConfig
 from masklm.errors import UserError
-from masklm.utils import log, utf16_or_32
+from masklm.utils import finite_number, log, utf16_or_32
 
 TEXT_KINDS = {
     ".txt": "txt",
@@ -466,24 +465,15 @@ def where_matches(value: Any, wanted: str) -> bool:
     if isinstance(value, bool):
         return wanted.strip().lower() == ("true" if value else "false")
     if isinstance(value, int | float):
-        return _number(wanted) == value
+        return finite_number(wanted) == value
     if isinstance(value, str):
         if value == wanted:
             return True
         if value.lower() in _BOOLEAN_WORDS:  # a CSV's True (pandas) or true
             return value.lower() == wanted.strip().lower()
-        number = _number(value)
-        return number is not None and number == _number(wanted)
+        number = finite_number(value)
+        return number is not None and number == finite_number(wanted)
     return str(value) == wanted
-
-
-def _number(text: str) -> float | None:
-    """`text` as a finite number (surrounding spaces allowed), else None."""
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) and "_" not in text else None
 
 
 def parse_where(where: str | None) -> tuple[str, str] | None:

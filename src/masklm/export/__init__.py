@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 
 from masklm.errors import UserError
-from masklm.export.card import RunRecord, model_card
+from masklm.export.card import EXPORT_MARK, RunRecord, model_card
 from masklm.export.common import TOLERANCE, write_text
 from masklm.export.hf import bert_tokenizer_settings, check_hf_export, tokenizer_files, write_hf_folder
 from masklm.export.onnx import check_onnx_export, export_onnx, require_onnx, write_onnx_folder
@@ -102,9 +102,8 @@ def export_model(
         shutil.rmtree(tmp)
     try:
         tmp.mkdir()
-    except (
-        FileNotFoundError
-    ):  # (a folder such as /proc, where nothing can be made; a full or read-only disk says so)
+    except FileNotFoundError:
+        # a folder such as /proc, where nothing can be made (a full or read-only disk says so itself)
         raise UserError(
             f"cannot make a folder in {target.parent}; choose an --output on a writable disk"
         ) from None
@@ -125,9 +124,6 @@ def export_model(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-EXPORT_MARK = "exported by masklm"  # in every export's README.md (export/card.py)
 
 
 def _is_export(folder: Path) -> bool:

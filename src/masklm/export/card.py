@@ -23,6 +23,8 @@ from masklm.data.tokenizer import vocab_size
 from masklm.model.base import Head, ModelInfo
 
 # The training settings a card shows (of the run's `train` section)
+EXPORT_MARK = "exported by masklm"  # every card says so: `export --overwrite` replaces only such folders
+
 CARD_TRAIN_KEYS = (
     "lr",
     "batch_size",
@@ -201,7 +203,7 @@ def _header(head: type[Head], info: ModelInfo, fmt: str, name: str) -> list[str]
         "",
         f"# {name}",
         "",
-        f"A BERT-style encoder ({info.architecture}) {origin}, exported by masklm {masklm.__version__} as {target}.",
+        f"A BERT-style encoder ({info.architecture}) {origin}, {EXPORT_MARK} {masklm.__version__} as {target}.",
     ]
 
 

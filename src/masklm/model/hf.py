@@ -462,24 +462,16 @@ def _checkpoint_labels(
     weight = hf_keys(f"{head.label_layer}.weight", head)[0]
     if weight not in state:
         return None
-    n = state[weight].shape[0]
+    return _label_names(data, state[weight].shape[0])
+
+
+def _label_names(data: dict[str, Any], n: int) -> list[str]:
+    """`n` label names from config.json's id2label, LABEL_i where it names none."""
     id2label = data.get("id2label") or {}
     try:
         return [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(n)]
     except AttributeError:
         return [f"LABEL_{i}" for i in range(n)]
-
-
-def _named_labels(data: dict[str, Any]) -> list[str] | None:
-    """config.json's id2label as a list in id order; None unless it names ids 0 to n - 1."""
-    id2label = data.get("id2label")
-    if not isinstance(id2label, dict) or not id2label:
-        return None
-    try:
-        named = {int(k): str(v) for k, v in id2label.items()}
-    except (TypeError, ValueError):
-        return None
-    return [named[i] for i in range(len(named))] if set(named) == set(range(len(named))) else None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -575,8 +567,16 @@ def read_hf_checkpoint(folder: Path) -> Checkpoint:
     head, described = _checkpoint_head(data, raw)
     task = data[HF_TASK_KEY] if isinstance(data.get(HF_TASK_KEY), dict) else {}
     labels = _checkpoint_labels(head, data, raw)
-    if labels is None and task and head is not None and head.label_layer is None:
-        labels = _named_labels(data)  # a prompt classifier, exported as a masked LM, names its labels there
+    id2label = data.get("id2label")
+    if (
+        labels is None
+        and task
+        and head is not None
+        and head.label_layer is None
+        and isinstance(id2label, dict)
+    ):
+        # a prompt classifier, exported as a masked LM, names its labels there
+        labels = _label_names(data, len(id2label))
     dropout = data.get("classifier_dropout")
     valid_dropout = isinstance(dropout, int | float) and not isinstance(dropout, bool) and 0 <= dropout < 1
     return Checkpoint(

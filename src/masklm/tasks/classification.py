@@ -9,7 +9,6 @@ data.regression they are numbers, the head has one output and the loss is MSE.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,7 +37,7 @@ from masklm.tasks.files import (
     text_field,
 )
 from masklm.train import metrics as M
-from masklm.utils import log
+from masklm.utils import finite_number, log
 
 if TYPE_CHECKING:
     from masklm.config import FinetuneDataConfig
@@ -130,7 +129,7 @@ def encode_float_labels(examples: Sequence[Example], path: str | Path) -> list[E
         label = ex["label"]
         if label is None:
             raise UserError(f"{_where(path, ex, n)} has no label; fill in its score or drop the row")
-        value = score_value(label)
+        value = finite_number(label)
         if value is None:
             raise UserError(
                 f"{_where(path, ex, n)}: label '{label}' is not a finite number; regression needs numeric labels"
@@ -144,21 +143,11 @@ def encode_float_labels(examples: Sequence[Example], path: str | Path) -> list[E
     return out
 
 
-def score_value(label: str) -> float | None:
-    """A regression label as a float; None unless it is a finite number written as one (not "1_000", which
-    Python's float() reads as 1000)."""
-    try:
-        value = float(label) if "_" not in label else math.nan
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
 def scale_note(examples: Sequence[Example], path: str | Path) -> None:
     """A note when regression scores are far from the scale a head starting near 0 learns well (largest
     magnitude above 1,000): targets around 1e6 trained to a correlation of 0.13, every prediction near 0."""
     values = [
-        v for v in (score_value(ex["label"]) for ex in examples if ex["label"] is not None) if v is not None
+        v for v in (finite_number(ex["label"]) for ex in examples if ex["label"] is not None) if v is not None
     ]
     if values and max(map(abs, values)) > 1000:
         log(
