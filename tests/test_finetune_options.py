@@ -205,6 +205,34 @@ def test_mean_pooled_classifier_end_to_end(base, data, tmp_path, capsys):
     assert cli("export", run, tmp_path / "onnx", "--format", "onnx") == 0
 
 
+def test_finetuning_a_finetuned_model_again_keeps_its_head(base, data, tmp_path, capsys):
+    """A fine-tuned model fine-tuned again (more data, a second stage) without head settings keeps its head's
+    options and trained classifier, and its config.yaml says so; a head setting given, even at its default,
+    asks for that head instead."""
+    first = tmp_path / "first"
+    assert (
+        cli(*finetune_args(base, data, first, "--head.pooling", "mean", "--head.classifier_dropout", 0.2))
+        == 0
+    )
+    capsys.readouterr()
+    again = tmp_path / "again"
+    assert cli(*finetune_args(first / "model", data, again)) == 0
+    assert "initialised from scratch" not in capsys.readouterr().err
+    assert yaml.safe_load((again / "config.yaml").read_text())["head"] == {
+        "pooling": "mean",
+        "classifier_dropout": 0.2,
+    }
+    assert json.loads((again / "model" / "config.json").read_text())["head"]["pooling"] == "mean"
+    # --init random builds the same head afresh
+    assert cli(*finetune_args(first / "model", data, tmp_path / "random", "--init", "random")) == 0
+    assert yaml.safe_load((tmp_path / "random" / "config.yaml").read_text())["head"]["pooling"] == "mean"
+    capsys.readouterr()
+    cls = tmp_path / "cls"
+    assert cli(*finetune_args(first / "model", data, cls, "--head.pooling", "cls")) == 0
+    assert "pooling cls requested" in capsys.readouterr().err
+    assert json.loads((cls / "model" / "config.json").read_text())["head"]["pooling"] == "cls"
+
+
 def test_classifier_dropout_acts_in_training_only():
     cfg = tiny_model_config(120)  # hidden_dropout_prob 0: any dropout comes from the head
     inputs = random_inputs(120, (9, 6), second_segment=4, seed=2)

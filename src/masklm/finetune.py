@@ -229,17 +229,21 @@ def check_data_settings(task: Task, given: Iterable[str]) -> None:
 
 
 def head_options(task: Task, head: HeadConfig, given: Iterable[str] = ()) -> dict[str, Any]:
-    """The task head's options from the `head` section; a setting the head does not take is refused when it
-    is `given` (a dotted key of the command line, even at its default) or differs from its default."""
+    """The task head's options the `head` section asks for: those `given` (dotted keys of the command line or
+    config file, even at their default) or set to another value than the default. The others are left to the
+    model: a checkpoint that already has this head keeps its own (a model fine-tuned with mean pooling, fine-tuned
+    again, stays mean-pooled with its trained classifier), any other gets the defaults. A setting the head does
+    not take is refused when it is asked for."""
     cls = head_class(task.architecture)
     values, defaults = dataclasses.asdict(head), dataclasses.asdict(HeadConfig())
-    for name, value in values.items():
-        if name not in cls.options and (value != defaults[name] or f"head.{name}" in given):
+    asked = {k: v for k, v in values.items() if v != defaults[k] or f"head.{k}" in given}
+    for name in asked:
+        if name not in cls.options:
             takes = ", ".join(f"head.{k}" for k in cls.options) or "no head settings"
             raise UserError(
                 f"head.{name} does not apply to {task.name} (its head takes {takes}); leave --head.{name} out"
             )
-    return {k: values[k] for k in cls.options if k in values}
+    return asked
 
 
 def _load_start_model(
@@ -248,14 +252,20 @@ def _load_start_model(
     labels: list[str] | None,
     cfg: FinetuneConfig,
     init: str = "pretrained",
+    given: Iterable[str] = (),
 ) -> tuple[nn.Module, Any, list[str]]:
-    """(model with the task's head, tokenizer, notes) to fine-tune; data.max_length resolved against it.
+    """(model with the task's head, tokenizer, notes) to fine-tune; data.max_length resolved against it, and
+    cfg.head set to the head's options as loaded (`head_options`; `given`: the dotted keys the user set).
 
     init="random": the same architecture, head options and tokenizer with every weight initialised afresh, as
     a new model of that config is, after seeding torch with train.seed (the same seed, the same weights)."""
-    options = head_options(task, cfg.head)
-    model, tok, info = load_model(model_path, architecture=task.architecture, labels=labels, head=options)
+    asked = head_options(task, cfg.head, given)
+    model, tok, info = load_model(model_path, architecture=task.architecture, labels=labels, head=asked)
     notes = info.notes
+    # the head's options as loaded (asked for, else the checkpoint's own, else the defaults): what config.yaml
+    # records and a resumed run asks for again
+    options = model.head_options()
+    apply_dict(cfg, {"head": {k: v for k, v in options.items() if hasattr(cfg.head, k)}}, "the model's head")
     if isinstance(model, MaskedLM) and is_electra_model(model_path):
         notes = [
             *notes,
@@ -720,7 +730,7 @@ def finetune(
     metric = select_metric(t, cfg.train.metric_for_best, cfg.data, labels, val_examples)
     head_options(t, cfg.head, given=resume_changes or {})  # refused before the model is read
     device = run.setup(cfg)
-    model, tok, notes = _load_start_model(t, model_path, labels, cfg, init)
+    model, tok, notes = _load_start_model(t, model_path, labels, cfg, init, given=resume_changes or {})
     files = (train_path, train_examples), (validation_path, val_examples)
     inputs = _Inputs.encode(t, tok, cfg.data, labels, *files)
     pad_id = _pad_id(tok, model)
