@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from helpers import (
     WALK_WORDS,
     cli,
@@ -23,7 +24,8 @@ from helpers import (
     write_walk_corpus,
 )
 
-from masklm.config import Config, config_from_dict
+from masklm.config import Config, MaskConfig, config_from_dict
+from masklm.data.masking import mask_tokens
 from masklm.data.tokenizer import train_tokenizer
 from masklm.errors import UserError
 from masklm.export import export_model
@@ -34,6 +36,7 @@ from masklm.model.hf import config_to_hf
 from masklm.model.io import ModelInfo, load_model, save_model
 from masklm.objectives.electra import Electra, electra_loss
 from masklm.objectives.mlm import mlm_loss
+from masklm.train.pretrain import _generator_width_note
 
 V = 60  # the vocabulary of the unit tests; ids 0-4 are [PAD] [UNK] [CLS] [SEP] [MASK]
 PAD, CLS, SEP, MASK = 0, 2, 3, 4
@@ -93,6 +96,10 @@ def test_generator_shape_and_shared_embeddings():
     # without labels: one logit per token
     b = batch()
     assert model(b["input_ids"], b["attention_mask"]).shape == (2, 10)
+    # a width that is not the fraction asked for (whole heads) is said at the start of the run
+    note = _generator_width_note(model)
+    assert note is not None and "16 wide, 0.5 of the discriminator's 32" in note and "1 of 2" in note
+    assert _generator_width_note(ElectraPreTraining(model.cfg, 0.5)) is None
 
 
 def test_both_halves_get_gradients_and_the_embeddings_from_both():
@@ -145,6 +152,31 @@ def electra_loss_unpadded(
     g = torch.nn.functional.cross_entropy(gen.float(), labels[labels != -100])
     d = torch.nn.functional.binary_cross_entropy_with_logits(disc.float()[real], replaced[real].float())
     return torch.stack([g, weight * d])
+
+
+def test_the_generator_is_shown_mask_or_the_original_never_a_random_token():
+    """ELECTRA's split, as Clark et al.'s reference code: 85% of the chosen tokens become [MASK], 15% stay, none
+    is a random token (which the generator could copy when kept); mlm keeps BERT's 80/10/10; a split given is
+    kept for either objective."""
+    assert MaskConfig().for_objective("mlm") == MaskConfig(mask_prob=0.8, random_prob=0.1)
+    electra = config_from_dict({"objective": {"name": "electra"}}).mask
+    assert (electra.mask_prob, electra.random_prob) == (0.85, 0.0)
+    assert (Config().validate().mask.mask_prob, Config().validate().mask.random_prob) == (0.8, 0.1)
+    given = config_from_dict(
+        {"objective": {"name": "electra"}, "mask": {"mask_prob": 0.8, "random_prob": 0.1}}
+    )
+    assert (given.mask.mask_prob, given.mask.random_prob) == (0.8, 0.1)
+    ids = torch.randint(10, 1000, (64, 128), generator=torch.Generator().manual_seed(0))
+    special = torch.zeros_like(ids, dtype=torch.bool)
+    for cfg, share in ((electra, 0.85), (MaskConfig(), 0.8)):
+        masked, labels = mask_tokens(
+            ids, special, cfg, mask_token_id=4, vocab_size=1000, generator=torch.Generator().manual_seed(1)
+        )
+        chosen = labels != -100
+        as_mask = (masked == 4) & chosen
+        replaced = chosen & (masked != 4) & (masked != ids)
+        assert abs(as_mask.sum().item() / chosen.sum().item() - share) < 0.02
+        assert (replaced.sum().item() == 0) == (cfg is electra)
 
 
 def test_samples_equal_to_the_original_count_as_original():
@@ -212,6 +244,8 @@ def test_end_to_end_run(electra_run, one_thread):
     assert train[-1] < train[0]
     config = json.loads((electra_run / "model" / "config.json").read_text())
     assert config["architecture"] == "ElectraPreTraining" and config["task"]["generator_fraction"] == 0.25
+    saved = yaml.safe_load((electra_run / "config.yaml").read_text())["mask"]
+    assert (saved["mask_prob"], saved["random_prob"]) == (0.85, 0.0)
     assert (
         config_from_dict(
             {k: v for k, v in json.loads(json.dumps(Config().to_dict())).items() if k != "objective"}

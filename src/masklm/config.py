@@ -144,13 +144,31 @@ class MaskConfig:
     """Dynamic masking: a fresh mask every time a sequence is drawn."""
 
     rate: float = setting(0.15, "share of (non-special) tokens chosen for prediction")
-    mask_prob: float = setting(0.8, "of the chosen: replaced by [MASK]")
-    random_prob: float = setting(0.1, "of the chosen: replaced by a random token; the rest stay unchanged")
+    mask_prob: float | None = setting(
+        None, "of the chosen: replaced by [MASK] (None: 0.8 for objective mlm, as BERT; 0.85 for electra)"
+    )
+    random_prob: float | None = setting(
+        None,
+        "of the chosen: replaced by a random token; the rest stay unchanged (None: 0.1 for mlm, as BERT; 0 for "
+        "electra, whose generator must not be shown the answer)",
+    )
     strategy: Literal["token", "whole_word", "span"] = setting(
         "token", "what is chosen: single tokens, whole words, or spans of whole words"
     )
     span_mean: float = setting(3.0, "span masking: mean span length in words (geometric distribution)")
     span_max: int = setting(10, "span masking: longest span in words")
+
+    def for_objective(self, objective: str) -> MaskConfig:
+        """This config with the replacement split set where it is None: BERT's 80% [MASK] / 10% random / 10%
+        unchanged for mlm; for electra, as Clark et al.'s reference code, 85% [MASK] / no random token / 15%
+        unchanged, since a random token at a chosen position would show the generator the answer half of the
+        time it is kept and teach it nothing to sample."""
+        electra = objective == "electra"
+        return dataclasses.replace(
+            self,
+            mask_prob=(0.85 if electra else 0.8) if self.mask_prob is None else self.mask_prob,
+            random_prob=(0.0 if electra else 0.1) if self.random_prob is None else self.random_prob,
+        )
 
 
 @dataclass
@@ -275,6 +293,7 @@ class Config:
         _require(d.vocab_size >= 100, f"data.vocab_size must be at least 100, not {d.vocab_size}")
         _require(0 <= d.val_fraction < 1, "data.val_fraction must be in [0, 1)")
         _require(0 < k.rate < 1, f"mask.rate must be between 0 and 1, not {k.rate}")
+        self.mask = k = k.for_objective(o.name)
         _require(
             k.mask_prob >= 0 and k.random_prob >= 0 and k.mask_prob + k.random_prob <= 1,
             "mask.mask_prob and mask.random_prob must be >= 0 and add up to at most 1",

@@ -65,10 +65,12 @@ def mask_tokens(
 
     labels = torch.where(chosen, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
 
-    # The replacement split: [MASK] with mask_prob, a random token with random_prob, else unchanged.
+    # The replacement split: [MASK] with mask_prob, a random token with random_prob, else unchanged (a config
+    # not yet validated against its objective: BERT's split).
+    split = cfg.for_objective("mlm")
     roll = torch.rand(input_ids.shape, generator=generator)
-    to_mask = chosen & (roll < cfg.mask_prob)
-    to_random = chosen & (roll >= cfg.mask_prob) & (roll < cfg.mask_prob + cfg.random_prob)
+    to_mask = chosen & (roll < split.mask_prob)
+    to_random = chosen & (roll >= split.mask_prob) & (roll < split.mask_prob + split.random_prob)
     random_ids = torch.randint(vocab_size, input_ids.shape, generator=generator, dtype=input_ids.dtype)
     masked = torch.where(to_mask, torch.full_like(input_ids, mask_token_id), input_ids)
     masked = torch.where(to_random, random_ids, masked)

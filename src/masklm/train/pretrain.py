@@ -323,8 +323,24 @@ def start_model(
             notes += [note] if note else []
         for n in notes:
             log(f"note: {n}")
+    if isinstance(model, ElectraPreTraining) and (note := _generator_width_note(model)):
+        log(f"note: {note}")
+        notes.append(note)
     check_seq_len_fits(cfg.data.seq_len, cfg.model)
     return model, notes
+
+
+def _generator_width_note(model: ElectraPreTraining) -> str | None:
+    """What the generator's width is when it is not objective.generator_fraction of the discriminator's: the
+    generator keeps the head size, so its width is a whole number of heads (2 heads at 0.25: one, half the width)."""
+    width, whole = model.generator.cfg.hidden_size, model.cfg.hidden_size
+    if abs(width / whole - model.generator_fraction) < 1e-6:
+        return None
+    return (
+        f"the generator is {width} wide, {width / whole:.3g} of the discriminator's {whole} (objective."
+        f"generator_fraction {model.generator_fraction:g} rounds to whole heads: {model.generator.cfg.num_attention_heads}"
+        f" of {model.cfg.num_attention_heads})"
+    )
 
 
 def check_seq_len_fits(seq_len: int, model_cfg: ModelConfig) -> None:
