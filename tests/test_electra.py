@@ -254,6 +254,31 @@ def test_end_to_end_run(electra_run, one_thread):
     )  # a saved run without the section is an MLM run
 
 
+def test_the_report_and_curves_say_which_network(electra_run, tmp_path, capsys, monkeypatch):
+    """The closing lines name the generator's accuracy and add the discriminator's; curves.png labels the train
+    loss as the sum and draws the discriminator's accuracy beside the generator's."""
+    from masklm import cli as cli_module
+    from masklm import plots
+
+    summary = json.loads((electra_run / "summary.json").read_text())
+    cli_module._report_pretrain(summary, electra_run, demo=False)
+    out = capsys.readouterr().out
+    assert "(the generator's; loss" in out and "held-out discriminator accuracy" in out
+    figures = []
+    make = plots.new_figure
+    monkeypatch.setattr(plots, "new_figure", lambda *a: figures.append(make(*a)) or figures[-1])
+    plots.plot_curves(electra_run / "metrics.jsonl", tmp_path / "curves.png")
+    (loss_ax, acc_ax) = figures[0][1][0]
+    assert [t.get_text() for t in loss_ax.get_legend().get_texts()] == [
+        "train loss (generator + weight x discriminator)",
+        "validation generator loss",
+    ]
+    assert [t.get_text() for t in acc_ax.get_legend().get_texts()] == [
+        "generator (masked tokens)",
+        "discriminator (every real token)",
+    ]
+
+
 def test_fill_mask_answers_from_the_generator(electra_run, one_thread):
     fm = FillMask.load(electra_run, dtype="float32")
     assert isinstance(fm.model, MaskedLM) and fm.model.cfg.hidden_size == 16

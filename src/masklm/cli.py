@@ -590,8 +590,16 @@ def _report_pretrain(summary: dict[str, Any], run_dir: Path, demo: bool) -> None
     if "accuracy" in ev:
         base = summary.get("frequency_baseline_accuracy")
         print(
-            f"held-out masked-token accuracy {ev['accuracy']:.4f} (loss {ev['loss']:.3f}, perplexity "
-            f"{ev['perplexity']:.1f}); always guessing the most frequent token: {base:.4f}"
+            f"held-out masked-token accuracy {ev['accuracy']:.4f}"
+            + (" (the generator's; " if "discriminator_accuracy" in ev else " (")
+            + f"loss {ev['loss']:.3f}, perplexity {ev['perplexity']:.1f}); always guessing the most frequent "
+            f"token: {base:.4f}"
+        )
+    if "discriminator_accuracy" in ev:
+        print(
+            f"held-out discriminator accuracy {ev['discriminator_accuracy']:.4f} over every real token (always "
+            f"answering 'original': {1 - ev['replaced_fraction']:.4f}), replaced tokens caught "
+            f"{ev['replaced_recall']:.4f}"
         )
     print(
         f"{summary['tokens']:,} tokens in {summary['train_time_s']:.0f} s ({summary['tokens_per_s']:,.0f} tokens/s); "

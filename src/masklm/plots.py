@@ -47,11 +47,16 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path, x: str = "tokens
     train = [r for r in rows if r.get("split") == "train" and "loss" in r]
     val = [r for r in rows if r.get("split") == "val"]
     acc_key = next((k for k in ("accuracy", "f1", "exact_match") if val and k in val[-1]), None)
+    # ELECTRA: the train loss is generator + weight x discriminator, the validation loss and accuracy the
+    # generator's; the discriminator's accuracy is drawn beside them
+    electra = bool(val) and "discriminator_accuracy" in val[-1]
     fig, axes = new_figure(1, 2 if acc_key else 1, (11 if acc_key else 6, 4))
     ax = axes[0][0]
-    ax.plot([r[x] for r in train], [r["loss"] for r in train], label="train loss", lw=1)
+    train_label = "train loss (generator + weight x discriminator)" if electra else "train loss"
+    ax.plot([r[x] for r in train], [r["loss"] for r in train], label=train_label, lw=1)
     if val and "loss" in val[0]:
-        ax.plot([r[x] for r in val], [r["loss"] for r in val], "o-", label="validation loss")
+        val_label = "validation generator loss" if electra else "validation loss"
+        ax.plot([r[x] for r in val], [r["loss"] for r in val], "o-", label=val_label)
     ax.set_xlabel(x)
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
@@ -61,6 +66,16 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path, x: str = "tokens
         ax2.plot([r[x] for r in val], [r[acc_key] for r in val], "o-", color="C2")
         ax2.set_xlabel(x)
         ax2.set_ylabel(f"validation {acc_key}")
+        if electra:
+            ax2.lines[0].set_label("generator (masked tokens)")
+            ax2.plot(
+                [r[x] for r in val if "discriminator_accuracy" in r],
+                [r["discriminator_accuracy"] for r in val if "discriminator_accuracy" in r],
+                "s-",
+                color="C3",
+                label="discriminator (every real token)",
+            )
+            ax2.legend()
         ax2.grid(alpha=0.3)
     fig.tight_layout()
     out = Path(out_path)
