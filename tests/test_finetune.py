@@ -525,6 +525,35 @@ def test_evaluate_and_predict_errors(cls_run, base, data, tmp_path, capsys):
     assert "no label column" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("task", ["classification", "token-classification"])
+def test_accumulated_micro_batches_train_like_one_batch(tmp_path, task):
+    """Ten examples in micro-batches of 4, 4 and 2 (grad_accum 3) train as one batch of ten: each micro-batch
+    counts by its items (examples; labelled tokens for NER), not a third each."""
+    rows = cls_rows(10, 5)
+    write_csv(tmp_path / "train.csv", rows)
+    write_conll(tmp_path / "train.txt", ner_sentences(10, 5))
+    tok = train_tokenizer(
+        [r["text"] for r in cls_rows(200, 99)] + [" ".join(t) for t, _ in ner_sentences(200, 98)],
+        vocab_size=300,
+    )
+    torch.manual_seed(0)
+    base = save_model(
+        MaskedLM(tiny_model_config(tok.get_vocab_size())), tmp_path / "base", tok, ModelInfo("MaskedLM")
+    )
+    train = tmp_path / ("train.csv" if task == "classification" else "train.txt")
+    weights = {}
+    for name, batch, accum in (("one", 12, 1), ("accumulated", 4, 3)):
+        out = tmp_path / name
+        assert cli(
+            "finetune", "--task", task, "--model", base, "--train", train, "--validation", train, "--output", out,
+            "--train.batch_size", batch, "--train.grad_accum", accum, "--train.max_steps", 3, "--train.warmup", 0,
+            "--train.lr", 1e-2, "--train.threads", 1, "--head.classifier_dropout", 0, "--train.precision", "fp32",
+        ) == 0  # fmt: skip
+        weights[name] = load_file(str(out / "model" / "model.safetensors"))
+    for key, value in weights["one"].items():
+        torch.testing.assert_close(weights["accumulated"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
 def test_bucket_batches_sets_how_alike_batch_lengths_are():
     from masklm.errors import UserError
     from masklm.finetune import EpochBatches, build_config

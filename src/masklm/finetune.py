@@ -767,6 +767,9 @@ def finetune(
         budget=Budget(steps=plan.total_steps, minutes=cfg.train.max_minutes),
         make_batch=batches,
         loss_fn=training_loss(t, cfg.data, batches, pad_id),
+        # each micro-batch's mean loss weighted by its share of the step's items (a short last batch of an epoch
+        # among full ones counts for its few examples, not 1 / grad_accum); token budgets weigh items already
+        loss_items=None if batches.batching == "tokens" else t.loss_count,
         # the plain module (fit passes the DDP / compiled one): no gradient sync while evaluating
         evaluate=lambda _: evaluate_data(model, t, inputs.val, labels, cfg, pad_id, device),
         tokens_per_step=plan.tokens_per_step,
