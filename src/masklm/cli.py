@@ -310,7 +310,9 @@ def build_pretrain(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, help="budget in optimizer steps")
     p.add_argument("--max-tokens", type=int, help="budget in training tokens")
     p.add_argument(
-        "--max-minutes", type=float, help="budget in wall-clock minutes; the schedule decays to its end"
+        "--max-minutes",
+        type=float,
+        help="budget in wall-clock minutes; the schedule decays to its end (with --max-steps too it follows the steps)",
     )
     p.add_argument(
         "--resume", action="store_true", help="continue the run in --output from its newest checkpoint"

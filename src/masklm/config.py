@@ -210,7 +210,11 @@ class TrainConfig:
     clip_norm: float = setting(1.0, "gradient-norm clipping; 0 disables")
     max_steps: int | None = setting(None, "budget in optimizer steps")
     max_tokens: int | None = setting(None, "budget in training tokens")
-    max_minutes: float | None = setting(None, "budget in wall-clock minutes (the schedule decays to its end)")
+    max_minutes: float | None = setting(
+        None,
+        "budget in wall-clock minutes; the schedule decays to its end when no step budget is known (with "
+        "max_steps, fine-tuning's epochs or max_tokens too, it follows the steps and the minutes only cut it)",
+    )
     eval_every: int = setting(200, "steps between evaluations (0 = only at the end)")
     eval_sequences: int = setting(512, "validation sequences per evaluation")
     eval_pairs: str | None = setting(
