@@ -10,10 +10,11 @@ import pytest
 import torch
 from helpers import cli, random_inputs, tiny_model_config, write_jsonl
 
-from masklm.data.tokenizer import train_tokenizer
+from masklm.data.tokenizer import special_token_ids, train_tokenizer
+from masklm.infer.fill_mask import FillMask
 from masklm.infer.score import Scorer, encode_sentences
 from masklm.model.heads import MaskedLM
-from masklm.model.io import ModelInfo, save_model
+from masklm.model.io import ModelInfo, load_model, save_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -238,6 +239,21 @@ def test_a_group_that_is_no_name_is_refused(model_dir, tmp_path, capsys, group):
     assert cli("score", model_dir, "--data", data) == 2
     err = capsys.readouterr().err
     assert f'{data}:2: "group" is' in err and err.count("\n") == 1, err
+
+
+def test_fill_mask_never_proposes_special_tokens(model_dir):
+    """A model that puts most of its probability on [CLS], [PAD] and [MASK] still answers with real tokens, at the
+    model's own probabilities (a softmax over the whole vocabulary)."""
+    model, tok, _ = load_model(model_dir)
+    specials = [tok.token_to_id(t) for t in ("[CLS]", "[PAD]", "[MASK]")]
+    with torch.no_grad():
+        model.decoder_bias[specials] += 20.0
+    fm = FillMask(model, tok, dtype="float32")
+    answers = fm("the [MASK] sleeps", top_k=1000)[0]
+    ids = [a["token_id"] for a in answers]
+    assert not set(ids) & set(special_token_ids(tok)) and len(ids) == tok.get_vocab_size() - 5
+    assert 0 < sum(a["score"] for a in answers) < 0.01  # the specials hold the rest
+    assert [a["score"] for a in answers] == sorted((a["score"] for a in answers), reverse=True)
 
 
 def test_fill_mask_names_the_text_that_has_no_mask(model_dir, capsys):

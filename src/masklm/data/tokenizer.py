@@ -190,6 +190,14 @@ def special_ids(tok: Tokenizer) -> SpecialIds:
     return SpecialIds(pad=ids[PAD], unk=ids[UNK], cls=ids[CLS], sep=ids[SEP], mask=ids[MASK])
 
 
+def special_token_ids(tok: Tokenizer) -> list[int]:
+    """Every special token's id: BERT's five where the tokenizer has them, and any other added token marked
+    special (a Hugging Face tokenizer.json's extra specials)."""
+    ids = {i for i in (tok.token_to_id(name) for name in SPECIAL_TOKENS) if i is not None}
+    ids |= {i for i, added in tok.get_added_tokens_decoder().items() if added.special}
+    return sorted(ids)
+
+
 def vocab_size(tok: Tokenizer) -> int:
     """Rows an embedding needs for this tokenizer: the largest id plus one (added tokens included)."""
     return max(tok.get_vocab(with_added_tokens=True).values()) + 1

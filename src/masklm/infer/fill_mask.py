@@ -19,6 +19,7 @@ import tokenizers
 import torch
 from torch import nn
 
+from masklm.data.tokenizer import special_token_ids
 from masklm.errors import UserError
 from masklm.model.io import load_model
 from masklm.utils import native_bf16
@@ -49,6 +50,8 @@ class FillMask:
         if mask_id is None:
             raise UserError("the model's tokenizer has no [MASK] token; fill-mask and score need one")
         self.mask_id = mask_id
+        # never proposed as an answer: [PAD], [CLS], [SEP], [MASK], [UNK] and other special tokens
+        self.special_ids = torch.tensor(special_token_ids(tokenizer), dtype=torch.long)
         self.max_len = model.cfg.max_position_embeddings if model.cfg.position == "absolute" else 1 << 30
 
     @classmethod
@@ -92,9 +95,13 @@ class FillMask:
         return self.model(ids, attention_mask, types, labels)
 
     def candidates(self, logits: torch.Tensor, top_k: int) -> list[list[dict]]:
-        """One ranked list of {token, token_id, score} per row of (M, V) mask logits."""
+        """One ranked list of {token, token_id, score} per row of (M, V) mask logits: the model's probabilities
+        (softmax over the whole vocabulary, as transformers' fill-mask pipeline gives them), special tokens left
+        out of the ranking."""
         probs = logits.float().softmax(-1)
-        top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+        specials = self.special_ids[self.special_ids < probs.shape[-1]]
+        probs[:, specials] = -1.0
+        top = probs.topk(min(top_k, probs.shape[-1] - len(specials)), dim=-1)
         return [
             [
                 {"token": self.tokenizer.id_to_token(i), "token_id": i, "score": p}
