@@ -7,10 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
+import tokenizers
 import torch
 from helpers import cli, random_inputs, tiny_model_config, write_jsonl
 
 from masklm.data.tokenizer import special_token_ids, train_tokenizer
+from masklm.errors import UserError
 from masklm.infer.fill_mask import FillMask
 from masklm.infer.score import Scorer, encode_sentences
 from masklm.model.heads import MaskedLM
@@ -320,6 +322,11 @@ def test_sentence_file_json_and_text(loaded, model_dir, tmp_path, capsys):
         ("the cat\n\u200b\n", "line 2 has no token to score"),
         ('{"sentence_good": "\u200b", "sentence_bad": "the cat"}\n', "pair 1 (sentence_good) has no token"),
         ("the cat\n\x00\x01\n", "NUL bytes"),
+        ("the cat [SEP] sleeps\n", "line 1 holds the special token [SEP] in its text"),
+        (
+            '{"sentence_good": "a [MASK] cat", "sentence_bad": "b"}\n',
+            "pair 1 (sentence_good) holds the special token [MASK]",
+        ),
         # a plain first line: the pairs after it were scored as sentences of JSON
         (
             'the cat\n{"sentence_good": "a", "sentence_bad": "b"}\n',
@@ -345,6 +352,37 @@ def test_pairs_file_with_a_byte_order_mark_and_line_separators(loaded, model_dir
     out = json.loads(capsys.readouterr().out)
     good, bad = scorer.score([pair["sentence_good"], pair["sentence_bad"]])
     assert out["pairs"] == 1 and out["accuracy"] == float(good.pll > bad.pll)
+
+
+def test_pairs_from_python_check_their_groups(loaded):
+    """Scorer.pairs names groups as the file reader does: numbers beside strings are names, a blank one is
+    refused."""
+    scorer, _ = loaded
+    pair = {"sentence_good": SENTENCES[0], "sentence_bad": SENTENCES[2]}
+    out = scorer.pairs([{**pair, "group": "a"}, {**pair, "group": 3}])
+    assert set(out["groups"]) == {"a", "3"}
+    with pytest.raises(UserError, match='pair 2: "group" is blank'):
+        scorer.pairs([pair, {**pair, "group": " "}])
+
+
+def test_word_level_refuses_a_tokenizer_whose_words_cross_spaces(loaded):
+    """With a metaspace pre-tokenizer that does not split, the whole sentence is one word: word-level scoring
+    would mask every later piece, so it is refused; token-level scoring still works."""
+    scorer, model = loaded
+    spec = json.loads(scorer.tokenizer.to_str())
+    spec["pre_tokenizer"] = {
+        "type": "Metaspace",
+        "replacement": "\u2581",
+        "prepend_scheme": "always",
+        "split": False,
+    }
+    one_word = tokenizers.Tokenizer.from_str(json.dumps(spec))
+    assert len(set(one_word.encode("the cat sleeps").word_ids) - {None}) == 1
+    other = Scorer.from_model(model, one_word)
+    assert other.score(["the cat sleeps"])[0].tokens > 0
+    with pytest.raises(UserError, match="words run across spaces"):
+        other.score(["the cat sleeps"], word_level=True)
+    assert scorer.score(["the cat sleeps"], word_level=True)[0].tokens > 0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -378,3 +416,19 @@ def test_pretraining_evaluations_report_pair_accuracy(tmp_path, objective):
     assert len(evals) >= 2 and all(0 <= r["pairs_accuracy"] <= 1 and "accuracy" in r for r in evals)
     final = Scorer.load(run).pairs(WALK_PAIRS)["accuracy"]  # the saved model (ELECTRA: its generator)
     assert evals[-1]["pairs_accuracy"] == pytest.approx(final)
+
+
+def test_pairs_the_model_cannot_score_are_refused_before_pretraining(tmp_path, capsys):
+    from helpers import prepare_tiny, write_walk_corpus
+
+    data = prepare_tiny(write_walk_corpus(tmp_path / "corpus", 30), tmp_path / "data")
+    pairs = write_jsonl(
+        tmp_path / "pairs.jsonl", [*WALK_PAIRS, {"sentence_good": "alpha " * 600, "sentence_bad": "a"}]
+    )
+    run = tmp_path / "run"
+    rc = cli(
+        "pretrain", "--preset", "tiny", "--data", data, "--output", run, "--max-steps", 6,
+        "--model.position", "absolute", "--train.eval_pairs", pairs, "--train.threads", 1,
+    )  # fmt: skip
+    assert rc == 2 and not run.exists()
+    assert "pair 4 (sentence_good) is 602 tokens long, above the model's limit" in capsys.readouterr().err

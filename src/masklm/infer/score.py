@@ -34,7 +34,7 @@ import tokenizers
 import torch
 from torch import nn
 
-from masklm.data.tokenizer import special_ids
+from masklm.data.tokenizer import special_ids, special_token_ids
 from masklm.errors import UserError
 from masklm.tasks.files import read_text, split_lines
 
@@ -144,11 +144,17 @@ def encode_sentences(
     max_len: int,
     where: str = "input",
     names: Sequence[str] | None = None,
+    word_level: bool = False,
 ) -> list[_Encoded]:
-    """Tokenize with [CLS] / [SEP]; a sentence longer than the model's positions, or one with no token to score
-    (nothing but [CLS] / [SEP] once tokenized, such as a zero-width space), is refused, naming it (`names`:
-    how messages call each sentence; default "sentence N")."""
+    """Tokenize with [CLS] / [SEP]; refused, naming the sentence (`names`: how messages call each sentence;
+    default "sentence N"): one longer than the model's positions, one with no token to score (nothing but
+    [CLS] / [SEP] once tokenized, such as a zero-width space), one whose text holds a special token ([MASK],
+    [SEP], ...: it would be scored as a word, or stay masked in every copy; [UNK] is the text's); with `word_level`, a tokenizer whose
+    words run across spaces (no pre-tokenizer, or a metaspace one that does not split: every later piece of the
+    sentence would be masked)."""
     out = []
+    # ([UNK] stands for text the vocabulary lacks: scored as any token)
+    never = set(special_token_ids(tokenizer)) - {tokenizer.token_to_id("[UNK]")}
     for n, enc in enumerate(tokenizer.encode_batch(list(sentences)), 1):
         name = names[n - 1] if names is not None else f"sentence {n}"
         if len(enc.ids) > max_len:
@@ -161,9 +167,36 @@ def encode_sentences(
             raise UserError(
                 f"{where}: {name} has no token to score once tokenized ({sentences[n - 1]!r}); remove it"
             )
+        typed = next((t for t, i, s in zip(enc.tokens, enc.ids, special) if i in never and not s), None)
+        if typed is not None:
+            raise UserError(
+                f"{where}: {name} holds the special token {typed} in its text; PLL scores words, not special "
+                "tokens: remove it"
+            )
         words = [None if s else w for w, s in zip(enc.word_ids, special)]
+        if word_level:
+            _check_words(sentences[n - 1], enc.offsets, words, f"{where}: {name}")
         out.append(_Encoded(list(enc.ids), words))
     return out
+
+
+def _check_words(
+    text: str, offsets: Sequence[tuple[int, int]], words: Sequence[int | None], where: str
+) -> None:
+    """A UserError when one of the tokenizer's words spans white space in `text`: word-level scoring would mask
+    several words as one."""
+    spans: dict[int, tuple[int, int]] = {}
+    for (start, end), word in zip(offsets, words):
+        if word is not None:
+            first, last = spans.get(word, (start, end))
+            spans[word] = (min(first, start), max(last, end))
+    crossing = next((text[a:b] for a, b in spans.values() if any(c.isspace() for c in text[a:b])), None)
+    if crossing is not None:
+        raise UserError(
+            f"{where}: the tokenizer's words run across spaces ({crossing!r} is one word to it), so word-level "
+            "scoring would mask whole phrases; score without --word-level, or use a tokenizer that splits words at "
+            "spaces (masklm's own, BERT's)"
+        )
 
 
 def pair_accuracy(
@@ -238,7 +271,7 @@ class Scorer:
         bad = [s for s in sentences if not isinstance(s, str)]
         if bad:
             raise UserError(f"score takes sentences as strings, not {type(bad[0]).__name__}")
-        encoded = encode_sentences(self.tokenizer, sentences, self.max_len, where, names)
+        encoded = encode_sentences(self.tokenizer, sentences, self.max_len, where, names, word_level)
         return pseudo_log_likelihoods(
             self.logits_fn, encoded, self.mask_id, self.pad_id, word_level, self.token_budget, self.device
         )
@@ -253,10 +286,17 @@ class Scorer:
         )
         if wrong is not None:
             raise UserError(f'a minimal pair needs "sentence_good" and "sentence_bad", not {wrong!r}')
-        sentences = [p["sentence_good"] for p in pairs] + [p["sentence_bad"] for p in pairs]
-        names = [f"pair {i} ({key})" for key in PAIR_KEYS for i in range(1, len(pairs) + 1)]
+        groups = [_group(p.get("group"), f"pair {i}") for i, p in enumerate(pairs, 1)]
+        sentences, names = pair_sentences(pairs)
         scores = self.score(sentences, word_level, where="pairs", names=names)
-        return pair_accuracy(scores[: len(pairs)], scores[len(pairs) :], [p.get("group") for p in pairs])
+        return pair_accuracy(scores[: len(pairs)], scores[len(pairs) :], groups)
+
+
+def pair_sentences(pairs: Sequence[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """(every good sentence, then every bad one; how messages name them: "pair 3 (sentence_bad)")."""
+    sentences = [p["sentence_good"] for p in pairs] + [p["sentence_bad"] for p in pairs]
+    names = [f"pair {i} ({key})" for key in PAIR_KEYS for i in range(1, len(pairs) + 1)]
+    return sentences, names
 
 
 # ----------------------------------------------------------------------------------------------------------------

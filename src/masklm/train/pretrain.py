@@ -30,7 +30,7 @@ from masklm.data.mixture import Mixture, Source, parse_source, source_weights
 from masklm.data.shards import PackedDataset, find_parts
 from masklm.data.tokenizer import load_tokenizer, special_ids, tokenizer_hash
 from masklm.errors import UserError
-from masklm.infer.score import Scorer, read_pairs
+from masklm.infer.score import Scorer, encode_sentences, pair_sentences, read_pairs
 from masklm.model.electra import ElectraPreTraining, is_electra_model
 from masklm.model.io import ModelInfo, load_model, save_model
 from masklm.objectives import Objective, evaluate, objective_for
@@ -492,6 +492,12 @@ def pretrain(
     objective = objective_for(cfg)
     saved_model = dataclasses.replace(cfg.model)
     model, notes = start_model(cfg, objective, tokenizer, init_from, data_name)
+    if pairs:
+        # a pair the model cannot score (too long, a special token in its text) is refused now, before
+        # anything is written, not at the first evaluation
+        sentences, names = pair_sentences(pairs)
+        longest = model.cfg.max_position_embeddings if model.cfg.position == "absolute" else 1 << 30
+        encode_sentences(tokenizer, sentences, longest, str(cfg.train.eval_pairs), names)
     if resume and init_from:
         check_same_model(saved_model, cfg.model, run_dir, init_from)
     objective = objective_for(cfg)  # --init-from may have set the ELECTRA generator's width
