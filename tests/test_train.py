@@ -539,3 +539,32 @@ def test_a_warmup_as_long_as_the_budget_is_noted(capsys):
         assert ("never reaches train.lr" in capsys.readouterr().err) == noted, (warmup, steps)
     _note_long_warmup(TrainConfig(warmup=100), Budget(minutes=1.0))  # a time budget: no step count to compare
     assert not capsys.readouterr().err
+
+
+def test_a_warmup_longer_than_the_budget_keeps_its_slope_and_wsd_decays_after_it():
+    """A 1,000-step warmup in a 100-step budget rises as step / 1000 (it was squeezed into the budget: half the
+    rate at step 50); a wsd decay that would start inside the warmup starts where the warmup ends, with no drop."""
+    from masklm.config import TrainConfig
+    from masklm.train.optim import lr_factor
+
+    assert lr_factor(0.5, TrainConfig(warmup=1000), 100, 50) == pytest.approx(0.05)
+    wsd = TrainConfig(warmup=0.9, schedule="wsd", decay_fraction=0.2, min_lr_ratio=0.0)
+    assert lr_factor(0.899, wsd, 1000) == pytest.approx(0.899 / 0.9)
+    assert lr_factor(0.901, wsd, 1000) == pytest.approx(1 - 0.001 / 0.1, abs=1e-6)
+    assert lr_factor(0.95, wsd, 1000) == pytest.approx(0.5)
+    # the usual shape is unchanged: flat until the last 20%, then linear to the floor
+    usual = TrainConfig(warmup=0.05, schedule="wsd", decay_fraction=0.2, min_lr_ratio=0.0)
+    assert lr_factor(0.7, usual, 1000) == 1.0 and lr_factor(0.9, usual, 1000) == pytest.approx(0.5)
+
+
+def test_set_up_time_counts_in_the_budget_but_not_in_the_schedule():
+    """Under --max-minutes, the seconds spent before the first step (the word-embedding init) count against the
+    budget, and the schedule spans the time left: the first step starts its warmup at 0 whatever the set-up
+    took, and the schedule still ends with the budget."""
+    from masklm.train.loop import Budget
+
+    budget = Budget(minutes=1.0)
+    assert budget.progress(0, 30.0, setup_s=30.0) == 0.0
+    assert budget.progress(10, 45.0, setup_s=30.0) == pytest.approx(0.5)
+    assert budget.progress(20, 60.0, setup_s=30.0) == pytest.approx(1.0) and budget.done(20, 60.0)
+    assert budget.progress(0, 30.0) == pytest.approx(0.5)  # what it was: half the budget before any step

@@ -126,3 +126,47 @@ def test_fine_tuning_refuses_it():
     cfg.train.embedding_init = "ppmi"
     with pytest.raises(UserError, match="train.embedding_init starts a model pretrained from scratch"):
         cfg.validate()
+
+
+def test_the_init_time_counts_in_a_minutes_budget_but_the_warmup_starts_at_the_first_step(
+    prepared, tmp_path, monkeypatch
+):
+    """--max-minutes with the word-vector init: its seconds count against the budget (30 s of a 0.55-minute budget
+    here, pretended), and the schedule spans the rest, so the first steps still warm up from 0 (they ran at 60% of
+    the rate when the init's seconds counted as half the schedule gone)."""
+    from masklm.train import pretrain as pretrain_module
+
+    real = pretrain_module.start_word_embeddings
+    monkeypatch.setattr(pretrain_module, "start_word_embeddings", lambda *a: real(*a) * 0 + 30.0)
+    out = tmp_path / "timed"
+    args = [
+        "pretrain",
+        "--preset",
+        "tiny",
+        "--data",
+        str(prepared),
+        "--output",
+        str(out),
+        "--max-minutes",
+        "0.55",
+    ]
+    assert (
+        main(
+            [
+                *args,
+                "--train.embedding_init",
+                "ppmi",
+                "--train.threads",
+                "1",
+                "--train.warmup",
+                "0.5",
+                "--train.schedule",
+                "constant",
+            ]
+        )
+        == 0
+    )
+    first = next(r for r in read_metrics(out) if r.get("split") == "train")
+    assert first["elapsed_s"] > 30 and first["lr"] < 0.5e-3  # 30 s of 33 gone before any step, yet warming up
+    state = torch.load(next((out / "checkpoints").iterdir()) / "trainer.pt", weights_only=False)
+    assert state["setup_s"] == 30.0

@@ -55,11 +55,15 @@ class Budget:
     steps: int | None = None
     minutes: float | None = None
 
-    def progress(self, step: int, elapsed_s: float) -> float:
+    def progress(self, step: int, elapsed_s: float, setup_s: float = 0.0) -> float:
+        """Where the schedule is: steps done of the step budget, else the share of the minutes spent training.
+        `setup_s`, the seconds a time budget spent before the first step (pretraining's word-embedding init),
+        counts against the budget but not in the schedule, which spans the time left for steps: a set-up as long
+        as the warmup would otherwise leave no warmup."""
         if self.steps is not None:
             return step / self.steps
         assert self.minutes is not None
-        return elapsed_s / (60.0 * self.minutes)
+        return (elapsed_s - setup_s) / max(60.0 * self.minutes - setup_s, 1e-9)
 
     def done(self, step: int, elapsed_s: float) -> bool:
         if self.steps is not None and step >= self.steps:
@@ -81,6 +85,7 @@ class FitResult:
     step: int = 0
     tokens: int = 0
     elapsed_s: float = 0.0
+    setup_s: float = 0.0  # of elapsed_s, spent before the first step (Budget.progress)
     skipped_steps: int = 0
     stopped_by_signal: bool = False
     last_eval: dict[str, float] = field(default_factory=dict)
@@ -281,6 +286,7 @@ class Trainer:
         res = self.result
         res.step, res.tokens = int(state["step"]), int(state["tokens"])
         res.elapsed_s, res.skipped_steps = float(state["elapsed_s"]), int(state.get("skipped_steps", 0))
+        res.setup_s = float(state.get("setup_s", 0.0))
         res.last_eval = dict(state.get("last_eval", {}))
         loss_sum, n_loss = state.get("log_window", [0.0, 0])
         self.window = _LogWindow(torch.full((), loss_sum, device=self.device), int(n_loss))
@@ -299,6 +305,7 @@ class Trainer:
             "step": res.step,
             "tokens": res.tokens,
             "elapsed_s": res.elapsed_s,
+            "setup_s": res.setup_s,
             "skipped_steps": res.skipped_steps,
             "last_eval": {k: float(v) for k, v in res.last_eval.items()},
             "rng": rng_state(),
@@ -323,7 +330,7 @@ class Trainer:
         # the rate at where this step starts (transformers' convention): the last step of a decaying schedule
         # still moves the weights, and the schedule reaches its floor when the budget ends
         lr = self.cfg.lr * lr_factor(
-            budget.progress(res.step, res.elapsed_s), self.cfg, budget.steps, res.step
+            budget.progress(res.step, res.elapsed_s, res.setup_s), self.cfg, budget.steps, res.step
         )
         set_lr(self.optimizer, lr)
         step_loss = self._backward([next_batch() for _ in range(self.cfg.grad_accum)])
@@ -543,7 +550,7 @@ def fit(
     trainer.start(resume_from)
     res = trainer.result
     if resume_from is None:
-        res.elapsed_s = spent_s
+        res.elapsed_s = res.setup_s = spent_s
         _note_long_warmup(cfg, budget)
     elif budget.done(res.step, res.elapsed_s):
         # a finished run resumed with its own budget: nothing to train, and its last evaluation (in the

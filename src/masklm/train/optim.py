@@ -111,18 +111,19 @@ def lr_factor(
     if cfg.warmup >= 1 and not total_steps and step is not None:
         return min(step / cfg.warmup, lr_factor(progress, dataclasses.replace(cfg, warmup=0.0)))
     progress = min(max(progress, 0.0), 1.0)
+    # (a warmup in steps longer than the budget keeps its slope, step / warmup: the rate never reaches train.lr)
     warm = cfg.warmup if cfg.warmup < 1 else (cfg.warmup / total_steps if total_steps else 0.0)
-    warm = min(warm, 1.0)
     if warm > 0 and progress < warm:
         return progress / warm
     if cfg.schedule == "constant":
         return 1.0
     floor = cfg.min_lr_ratio
     if cfg.schedule == "wsd":
-        start = 1.0 - cfg.decay_fraction
+        # the decay starts where the warmup ends when that is later (no drop from the warmup's top at once)
+        start = max(1.0 - cfg.decay_fraction, warm)
         if progress < start or cfg.decay_fraction <= 0:
             return 1.0
-        t = (progress - start) / cfg.decay_fraction
+        t = (progress - start) / max(1e-12, 1 - start)
         return floor + (1 - floor) * (1 - t)
     t = (progress - warm) / max(1e-12, 1 - warm)
     if cfg.schedule == "cosine":
