@@ -232,7 +232,8 @@ class TrainConfig:
     keep_last: int = setting(2, "checkpoints kept on disk")
     seed: int = setting(0, "seeds initialisation, data order and masks")
     precision: Literal["fp32", "bf16", "fp16", "auto"] = setting(
-        "auto", "auto: bf16 autocast on GPUs and CPUs with native bf16, else fp32"
+        "auto",
+        "auto: bf16 autocast on GPUs and CPUs with native bf16, else fp32 (fp16 is refused: no loss scaling)",
     )
     layer_decay: float = setting(
         1.0,
@@ -309,6 +310,12 @@ class Config:
         _require(t.batch_size > 0, f"train.batch_size must be positive, not {t.batch_size}")
         _require(t.grad_accum > 0, f"train.grad_accum must be positive, not {t.grad_accum}")
         _require(t.lr > 0, f"train.lr must be positive, not {t.lr}")
+        _require(
+            t.precision != "fp16",
+            "train.precision fp16 is not offered: training in fp16 needs loss scaling, which masklm does not do "
+            "(small gradients would round to 0); use bf16 (GPUs since Ampere, CPUs with AVX512-BF16 or AMX), auto "
+            "or fp32",
+        )
         _require(t.warmup >= 0, "train.warmup must be >= 0")
         for name in ("max_steps", "max_tokens"):
             v = getattr(t, name)
