@@ -223,6 +223,42 @@ def test_sigint_in_process_then_resume_is_exact(data, reference, tmp_path, monke
     assert_identical(out, reference)
 
 
+def test_a_signal_at_a_checkpoint_step_writes_that_checkpoint_once(
+    data, reference, tmp_path, monkeypatch, capsys
+):
+    """A stop in a step that checkpoints anyway wrote the same checkpoint a second time, deleting the first before
+    the second took its place (with keep_last 1, a window with no checkpoint at all)."""
+    out = tmp_path / "run"
+    interrupt_at(monkeypatch, 4)  # train.checkpoint_every 2
+    written = []
+    real = ckpt.save
+    monkeypatch.setattr(ckpt, "save", lambda root, step, *a: written.append(step) or real(root, step, *a))
+    assert train(data, out, "--train.keep_last", "1") == 0
+    assert "stopped at step 4" in capsys.readouterr().err
+    assert written == [2, 4] and checkpoints(out) == ["step_00000004"]
+    monkeypatch.undo()
+    assert train(data, out, "--resume") == 0
+    assert_identical(out, reference)
+
+
+def test_a_checkpoint_written_again_replaces_the_old_one_by_renames(tmp_path, monkeypatch):
+    """Writing a step whose checkpoint exists moves the old one aside and deletes it after the new one is in
+    place: no large delete while neither is there."""
+    final, tmp = tmp_path / "step_00000004", tmp_path / ".tmp_step_00000004"
+    for folder, text in ((final, "old"), (tmp, "new")):
+        folder.mkdir()
+        (folder / "f").write_text(text)
+    seen = []
+    real = shutil.rmtree
+    monkeypatch.setattr(
+        shutil, "rmtree", lambda p, **k: seen.append((Path(p).name, final.is_dir())) or real(p, **k)
+    )
+    ckpt._move_into_place(tmp, final)
+    assert (final / "f").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == [final.name]
+    assert ("." + "old_step_00000004", True) in seen  # deleted once the new one was in place
+    assert ckpt.step_of(tmp_path / ".old_step_00000004") == 4  # what a kill leaves is pruned like .tmp_
+
+
 def test_a_signal_in_the_last_step_finishes_the_run(data, reference, tmp_path, monkeypatch, capsys):
     """A stop in the last step ends the run as its budget does, closing evaluation included: stopped there, the
     run was done without it, and resuming it found nothing left to do (metrics.jsonl and summary.json kept an

@@ -82,10 +82,7 @@ def save_checkpoint(
         manifest = {"step": step, "files": {name: _sha256(tmp / name) for name in CHECKPOINT_FILES}}
         atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=2) + "\n")
         fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        fsync_dir(root)
+        _move_into_place(tmp, final)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(
@@ -96,9 +93,24 @@ def save_checkpoint(
     return final
 
 
+def _move_into_place(tmp: Path, final: Path) -> None:
+    """Rename the finished `tmp` to `final`. A checkpoint of the same step already there is renamed aside first and
+    deleted after, so that a valid `final` is missing only between two renames, not while a large folder is
+    deleted (where a kill left no checkpoint to resume from when it was the only one)."""
+    old = final.with_name(f".old_{final.name}")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    tmp.rename(final)
+    fsync_dir(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def _what_is_left(root: Path, step: int) -> str:
     """What a failed checkpoint write leaves to resume from: the previous checkpoint, or (the first) nothing."""
-    earlier = root.is_dir() and any(-1 < step_of(p) < step for p in root.iterdir() if p.is_dir())
+    earlier = root.is_dir() and any(
+        -1 < step_of(p) < step for p in root.iterdir() if p.is_dir() and p.name.startswith("step_")
+    )
     if earlier:
         return "the previous checkpoint is intact (--resume continues from it)"
     return "no checkpoint was written before this one (a rerun starts from the beginning)"
@@ -122,8 +134,9 @@ def prune(root: Path, newest: Path, keep_last: int) -> None:
 
 
 def step_of(folder: Path) -> int:
-    """The step of a checkpoint folder `step_N` or `.tmp_step_N`; -1 for any other name."""
-    found = re.fullmatch(r"(?:\.tmp_)?step_(\d+)", folder.name)
+    """The step of a checkpoint folder `step_N`, `.tmp_step_N` (being written) or `.old_step_N` (being replaced);
+    -1 for any other name."""
+    found = re.fullmatch(r"(?:\.tmp_|\.old_)?step_(\d+)", folder.name)
     return int(found.group(1)) if found else -1
 
 
@@ -179,10 +192,7 @@ def save_sharded_checkpoint(
         }
         atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=2) + "\n")
         fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        fsync_dir(root)
+        _move_into_place(tmp, final)
         prune(root, final, keep_last)
 
     dist.on_rank0(finish, f"writing checkpoint {final}")

@@ -255,6 +255,7 @@ class Trainer:
         self.result = FitResult()
         self.window = _LogWindow(torch.zeros((), device=device))
         self.metrics = MetricsLogger(self.run_dir, [])
+        self.saved_step: int | None = None  # the step of the last checkpoint this process wrote
 
     # -- start and state ------------------------------------------------------------------------------------
 
@@ -478,7 +479,10 @@ class Trainer:
             self._on_eval(metrics, res.step)
 
     def save(self) -> None:
-        """The checkpoint hook (every process: rank 0 alone writes, or all write their shards under FSDP)."""
+        """The checkpoint hook (every process: rank 0 alone writes, or all write their shards under FSDP); a step
+        already saved (a stop signal at a checkpoint step) is not written again."""
+        if self.saved_step == self.result.step:
+            return
         began = time.perf_counter()
         ckpt.save(
             self.ckpt_dir,
@@ -489,6 +493,7 @@ class Trainer:
             self.cfg.keep_last,
         )
         self.metrics.flush()  # what a checkpoint holds is in the event files too
+        self.saved_step = self.result.step
         self.window.start += time.perf_counter() - began  # (as after an evaluation)
 
     def stop(self) -> None:
