@@ -568,3 +568,45 @@ def test_set_up_time_counts_in_the_budget_but_not_in_the_schedule():
     assert budget.progress(10, 45.0, setup_s=30.0) == pytest.approx(0.5)
     assert budget.progress(20, 60.0, setup_s=30.0) == pytest.approx(1.0) and budget.done(20, 60.0)
     assert budget.progress(0, 30.0) == pytest.approx(0.5)  # what it was: half the budget before any step
+
+
+def test_evaluation_reads_rows_from_the_whole_validation_split():
+    """A validation split of two sources one after another (or of a corpus's files in order) is sampled evenly:
+    the first eval_sequences rows were the first source's alone. The rows, and their masks, are the same for any
+    batch size."""
+    from masklm.objectives import eval_rows, evaluate
+    from masklm.objectives.mlm import MLM
+
+    assert eval_rows(10, 512).tolist() == list(range(10))
+    rows = eval_rows(1000, 4)
+    assert rows.tolist() == [0, 250, 500, 750]
+
+    class Rows:  # 100 rows of the first source, then 100 of the second (token 7 or 9 everywhere)
+        def __len__(self) -> int:
+            return 200
+
+        def get(self, idx):
+            seen.extend(int(i) for i in idx)
+            ids = torch.tensor([[2] + [7 if i < 100 else 9] * 6 + [3] for i in idx])
+            return ids, torch.ones_like(ids, dtype=torch.bool)
+
+    class Batches:
+        dataset = Rows()
+
+        def masked(self, ids, starts, seeds):
+            labels = torch.full_like(ids, -100)
+            labels[:, 1] = ids[:, 1]
+            return {"input_ids": ids, "labels": labels}
+
+    class Counting(MLM):
+        def eval_sums(self, model, batch):
+            picked = batch["input_ids"][:, 1]
+            return {"second": (picked == 9).sum().double(), "rows": torch.tensor(float(len(picked)))}
+
+        def eval_metrics(self, totals):
+            return totals
+
+    for batch_size in (3, 16):
+        seen = []
+        got = evaluate(torch.nn.Identity(), Counting(), Batches(), 20, batch_size, torch.device("cpu"))
+        assert got == {"rows": 20.0, "second": 10.0} and sorted(seen) == list(range(0, 200, 10))

@@ -216,7 +216,7 @@ class TrainConfig:
         "max_steps, fine-tuning's epochs or max_tokens too, it follows the steps and the minutes only cut it)",
     )
     eval_every: int = setting(200, "steps between evaluations (0 = only at the end)")
-    eval_sequences: int = setting(512, "validation sequences per evaluation")
+    eval_sequences: int = setting(512, "validation sequences per evaluation, evenly spaced over the split")
     eval_pairs: str | None = setting(
         None,
         "JSONL minimal pairs {sentence_good, sentence_bad} (masklm score): each evaluation adds pairs_accuracy, "

@@ -61,27 +61,35 @@ def objective_for(cfg: Config) -> Objective:
     return MLM()
 
 
+def eval_rows(total: int, limit: int) -> np.ndarray:
+    """The held-out rows an evaluation reads: `limit` of the `total`, evenly spaced (all of them when there are
+    fewer). The validation split of several sources, or of a corpus of several files, lies one part after another:
+    its first rows would be the first source's or the first files' alone."""
+    n = min(limit, total)
+    return (np.arange(n, dtype=np.int64) * total) // max(n, 1)
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module, objective: Objective, batches: Any, limit: int, batch_size: int, device: torch.device
 ) -> dict[str, float]:
-    """Held-out metrics of `objective` on the first `limit` sequences of `batches` (a MaskedBatches), with the same
-    masks (and samples) at every evaluation, for any batch size or number of processes: each sequence's are
-    seeded by its index.
+    """Held-out metrics of `objective` on `limit` sequences of `batches` (a MaskedBatches), evenly spaced over its
+    validation split (`eval_rows`), with the same masks (and samples) at every evaluation, for any batch size or
+    number of processes: each sequence's are seeded by its index.
 
     Each process evaluates a disjoint share of the batches and the sums are all-reduced. Every process runs the
     same number of forward passes (FSDP gathers parameters collectively in each one): a process with no batch
     left in the last round runs a stand-in batch and ignores it.
     """
     ds = batches.dataset
-    n = min(limit, len(ds))
+    rows = eval_rows(len(ds), limit)
     sums: dict[str, torch.Tensor] = {}
     r, w = dist.rank(), dist.world_size()
-    starts = range(0, n, batch_size)
+    starts = range(0, len(rows), batch_size)
     for round_ in range(-(-len(starts) // w)):
         j = round_ * w + r  # this process's batch in this round
         start = starts[j] if j < len(starts) else 0
-        idx = np.arange(start, min(n, start + batch_size))
+        idx = rows[start : start + batch_size]
         ids, ws = ds.get(idx)
         masked = batches.masked(ids, ws, [mask_seed(EVAL_SEED, int(i)) for i in idx])  # one per sequence
         batch = {k: v.to(device) for k, v in masked.items()}

@@ -195,8 +195,12 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        with contextlib.suppress(Exception):
+        try:
             torch.cuda.set_rng_state_all(state["cuda"])
+        except (RuntimeError, ValueError, IndexError) as e:
+            # (another number of GPUs than the run saved): dropout draws differ from the uninterrupted run's
+            log(f"note: the GPUs' random states of the checkpoint could not be restored ({e}); the run goes on, "
+                "but its dropout is not the uninterrupted run's")  # fmt: skip
 
 
 @dataclass

@@ -33,7 +33,7 @@ from masklm.errors import UserError
 from masklm.infer.score import Scorer, encode_sentences, pair_sentences, read_pairs
 from masklm.model.electra import ElectraPreTraining, is_electra_model
 from masklm.model.io import ModelInfo, load_model, save_model
-from masklm.objectives import Objective, evaluate, objective_for
+from masklm.objectives import Objective, eval_rows, evaluate, objective_for
 from masklm.train import checkpoint as ckpt
 from masklm.train.loop import Budget, FitResult
 from masklm.train.run import Run, check_budget_ahead, full_model
@@ -114,8 +114,9 @@ class MaskedBatches:
 
 
 def frequency_baseline(dataset: PackedDataset, specials: list[int], limit: int = 2000) -> float:
-    """Accuracy of always guessing the most frequent non-special token, on held-out tokens."""
-    ids, _ = dataset.get(np.arange(min(limit, len(dataset))))
+    """Accuracy of always guessing the most frequent non-special token, on held-out tokens (of `limit` rows spread
+    over the validation split, as evaluations read theirs)."""
+    ids, _ = dataset.get(eval_rows(len(dataset), limit))
     flat = ids.flatten()
     flat = flat[~torch.isin(flat, torch.tensor(specials))]
     if flat.numel() == 0:
