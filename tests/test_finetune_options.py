@@ -408,10 +408,12 @@ def test_missing_seqeval_fails_before_training(base, data, tmp_path, capsys, mon
 
 def test_head_config_defaults_are_todays_behaviour():
     assert HeadConfig() == HeadConfig(pooling="cls", classifier_dropout=None)
-    assert ft.head_options(get_task("classification"), HeadConfig()) == {
-        "pooling": "cls",
-        "classifier_dropout": None,
+    # the defaults ask for nothing (the model's own head options, else these), a given setting asks for itself
+    assert ft.head_options(get_task("classification"), HeadConfig()) == {}
+    assert ft.head_options(get_task("classification"), HeadConfig(), given={"head.pooling"}) == {
+        "pooling": "cls"
     }
+    assert ft.head_options(get_task("classification"), HeadConfig(pooling="mean")) == {"pooling": "mean"}
     assert ft.head_options(get_task("qa"), HeadConfig()) == {}
 
 
