@@ -370,6 +370,12 @@ def main() -> int:
         "every --run must share them",
     )
     p.add_argument(
+        "--random-only",
+        action="store_true",
+        help="fine-tune the random-init twin alone (of --random-of, else the first --run): the bar a label-"
+        "efficiency reading compares with, when the pretrained runs' budgets are swept separately",
+    )
+    p.add_argument(
         "--tag",
         default="",
         help="kept in the cache key (the settings above are keyed when not at their default)",
@@ -385,9 +391,8 @@ def main() -> int:
     if bool(args.prompt) != bool(args.label_words):
         p.error("--prompt and --label-words go together")
 
-    starts = [describe(Path(run)) for run in args.run] + [
-        {"run": RANDOM, "objective": "none", "tokens": None}
-    ]
+    starts = [] if args.random_only else [describe(Path(run)) for run in args.run]
+    starts.append({"run": RANDOM, "objective": "none", "tokens": None})
     parts = rotten_tomatoes(0)  # read once: every label budget and seed draws from the same split
     cache = load_cache(Path(args.results)) if args.from_cache else sweep(args, starts, parts)
     body, summary = report(args, starts, cache)
