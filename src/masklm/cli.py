@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import masklm
 from masklm.config import (
+    NO_LIMIT,
     Config,
     FinetuneConfig,
     Setting,
@@ -272,7 +273,7 @@ def cmd_prepare(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     values = {**data_over, **overrides}
     _refuse_unused_vocab_size(values, "--tokenizer" if values.get("data.tokenizer") else None)
     # prepare makes data, not a model: whether the model's positions reach data.seq_len is pretrain's check
-    values.setdefault("model.max_position_embeddings", 1 << 30)
+    values.setdefault("model.max_position_embeddings", NO_LIMIT)
     cfg = _config(args, values, None)
     if args.shard_index is None and args.num_shards > 1:
         raise UserError(
@@ -401,7 +402,7 @@ def cmd_pretrain(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     values = {**data_over, **budget, **overrides}
     if args.init_from and not shaped:
         # the model and its positions come from --init-from (checked against them there), not from the preset
-        values["model.max_position_embeddings"] = 1 << 30
+        values["model.max_position_embeddings"] = NO_LIMIT
     if args.data is not None and not args.resume:
         # the prepared folder decides the sequence length (`fit_config_to_data`): the preset's own would be the one
         # checked against --model.max_position_embeddings, and refused where the folder's fits

@@ -29,6 +29,8 @@ import yaml
 from masklm.errors import UserError
 
 PRESETS = ("tiny", "small", "base", "large")
+# a length bound that never binds: the input limit of a model with rotary positions (ModelConfig.max_positions)
+NO_LIMIT = 1 << 30
 
 
 def setting(default: Any, help: str) -> Any:
@@ -83,8 +85,10 @@ class ModelConfig:
         return self.embedding_size or self.hidden_size
 
     @property
-    def is_bert_compatible(self) -> bool:
-        return not self.modern_options()
+    def max_positions(self) -> int | None:
+        """The longest input the model reads: max_position_embeddings with learned positions; None (no limit)
+        with rotary ones, which take any length."""
+        return self.max_position_embeddings if self.position == "absolute" else None
 
     def modern_options(self, model_type: str = "bert") -> list[str]:
         """Names of the settings that Hugging Face's BERT (or, model_type="electra", ELECTRA) cannot express."""
@@ -415,10 +419,10 @@ def _check_optimizer_numbers(t: TrainConfig) -> None:
     _require(
         t.threads is None or t.threads >= 1, f"train.threads must be at least 1 (or None), not {t.threads}"
     )
-    _check_device(t.device, t.precision)
+    _check_device_name(t.device)
 
 
-def _check_device(device: str, precision: str) -> None:
+def _check_device_name(device: str) -> None:
     """train.device is a device name masklm knows. Whether this machine has it is `check_device`'s question, asked
     when a run starts: a saved config of a GPU run must still load on a CPU machine (evaluate, --resume there)."""
     kind, _, index = device.partition(":")
@@ -679,12 +683,6 @@ class Setting:
     @property
     def key(self) -> str:
         return f"{self.section}.{self.name}"
-
-    @property
-    def type_name(self) -> str:
-        """ "int", "float or None", "one of token, whole_word, span", ..."""
-        base = f"one of {', '.join(self.choices)}" if self.choices else self.kind.__name__
-        return f"{base} or None" if self.optional else base
 
     @property
     def default_text(self) -> str:

@@ -200,9 +200,9 @@ def _pad_id(tok: Any, model: nn.Module) -> int:
 def _resolve_length(cfg: FinetuneConfig, task: Task, model: nn.Module) -> None:
     """data.max_length: the task default (capped at the model's positions) when unset; refused when too long."""
     mcfg = model.cfg
-    limit = mcfg.max_position_embeddings if mcfg.position == "absolute" else None
+    limit = mcfg.max_positions
     if cfg.data.max_length is None:
-        cfg.data.max_length = min(task.default_max_length, limit or 1 << 30)
+        cfg.data.max_length = min(task.default_max_length, limit or task.default_max_length)
     if limit is not None and cfg.data.max_length > limit:
         raise UserError(
             f"data.max_length ({cfg.data.max_length}) is above the model's max_position_embeddings "

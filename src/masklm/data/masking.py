@@ -1,7 +1,8 @@
 """Dynamic masking for masked-language-model training: one pure function per batch.
 
 `mask_tokens` picks positions to predict, then replaces them with [MASK], a random token or leaves them alone
-(80/10/10 by default). Three ways to pick:
+(80/10/10 for the MLM objective, 85/0/15 for ELECTRA's generator: `MaskConfig.for_objective`). Three ways to
+pick:
 
 - "token": every non-special token independently with probability `rate` (BERT).
 - "whole_word": every word independently with probability `rate`; all of its tokens together. Words come from the

@@ -190,7 +190,7 @@ def special_ids(tok: Tokenizer) -> SpecialIds:
     return SpecialIds(pad=ids[PAD], unk=ids[UNK], cls=ids[CLS], sep=ids[SEP], mask=ids[MASK])
 
 
-def special_token_ids(tok: Tokenizer) -> list[int]:
+def all_special_ids(tok: Tokenizer) -> list[int]:
     """Every special token's id: BERT's five where the tokenizer has them, and any other added token marked
     special (a Hugging Face tokenizer.json's extra specials)."""
     ids = {i for i in (tok.token_to_id(name) for name in SPECIAL_TOKENS) if i is not None}

@@ -219,7 +219,7 @@ def _model_section(model: Head, tok: tokenizers.Tokenizer, info: ModelInfo) -> l
         ("attention heads", cfg.num_attention_heads),
         ("intermediate size", cfg.intermediate_size),
         ("vocabulary", vocab_size(tok)),
-        ("max positions", cfg.max_position_embeddings if cfg.position == "absolute" else None),
+        ("max positions", cfg.max_positions),
         ("activation", cfg.hidden_act),
         ("variant", ", ".join(cfg.modern_options()) or "BERT (post-LayerNorm, learned positions)"),
         ("labels", ", ".join(info.labels) if info.labels else None),

@@ -66,10 +66,8 @@ def _dynamic_shapes(model: Head, n_inputs: int) -> tuple[dict[int, torch.export.
     cfg: ModelConfig = model.cfg
     axes = type(model).input_axes
     dims = [torch.export.Dim(name) for name in axes[:-1]]
-    bounded = cfg.position == "absolute"
-    dims.append(
-        torch.export.Dim(axes[-1], max=cfg.max_position_embeddings) if bounded else torch.export.Dim(axes[-1])
-    )
+    limit = cfg.max_positions
+    dims.append(torch.export.Dim(axes[-1], max=limit) if limit else torch.export.Dim(axes[-1]))
     return (dict(enumerate(dims)),) * n_inputs
 
 

@@ -19,7 +19,8 @@ import tokenizers
 import torch
 from torch import nn
 
-from masklm.data.tokenizer import special_token_ids
+from masklm.config import NO_LIMIT
+from masklm.data.tokenizer import all_special_ids
 from masklm.errors import UserError
 from masklm.model.io import load_model
 from masklm.utils import native_bf16
@@ -51,8 +52,8 @@ class FillMask:
             raise UserError("the model's tokenizer has no [MASK] token; fill-mask and score need one")
         self.mask_id = mask_id
         # never proposed as an answer: [PAD], [CLS], [SEP], [MASK], [UNK] and other special tokens
-        self.special_ids = torch.tensor(special_token_ids(tokenizer), dtype=torch.long)
-        self.max_len = model.cfg.max_position_embeddings if model.cfg.position == "absolute" else 1 << 30
+        self.special_ids = torch.tensor(all_special_ids(tokenizer), dtype=torch.long)
+        self.max_len = model.cfg.max_positions or NO_LIMIT
 
     @classmethod
     def load(cls, path: str | Path, dtype: str = "auto") -> FillMask:

@@ -34,7 +34,8 @@ import tokenizers
 import torch
 from torch import nn
 
-from masklm.data.tokenizer import special_ids, special_token_ids
+from masklm.config import NO_LIMIT
+from masklm.data.tokenizer import all_special_ids, special_ids
 from masklm.errors import UserError
 from masklm.tasks.files import read_text, split_lines
 
@@ -154,7 +155,7 @@ def encode_sentences(
     sentence would be masked)."""
     out = []
     # ([UNK] stands for text the vocabulary lacks: scored as any token)
-    never = set(special_token_ids(tokenizer)) - {tokenizer.token_to_id("[UNK]")}
+    never = set(all_special_ids(tokenizer)) - {tokenizer.token_to_id("[UNK]")}
     for n, enc in enumerate(tokenizer.encode_batch(list(sentences)), 1):
         name = names[n - 1] if names is not None else f"sentence {n}"
         if len(enc.ids) > max_len:
@@ -242,7 +243,7 @@ class Scorer:
     def from_model(cls, model: nn.Module, tokenizer: tokenizers.Tokenizer, **kwargs: Any) -> Scorer:
         """A Scorer over a masked LM (`MaskedLM` or a subclass: its `logits_at`)."""
         cfg = model.cfg
-        max_len = cfg.max_position_embeddings if cfg.position == "absolute" else 1 << 30
+        max_len = cfg.max_positions or NO_LIMIT
         device = next(model.parameters()).device
         return cls(model.logits_at, tokenizer, max_len, device=device, **kwargs)
 

@@ -126,7 +126,7 @@ class Head(nn.Module):
         Rows 1.. end early (padding) and, when the model has token types, the second half is type 1. Heads with
         other input shapes override this (a multiple-choice head reshapes rows into (batch, choices, sequence)).
         """
-        length = min(length, cfg.max_position_embeddings) if cfg.position == "absolute" else length
+        length = min(length, cfg.max_positions or length)
         g = torch.Generator().manual_seed(seed)
         ids = torch.randint(0, cfg.vocab_size, (batch, length), generator=g)
         mask = torch.ones_like(ids)
@@ -194,11 +194,6 @@ def register_head(cls: HeadType) -> HeadType:
         )
     _HEADS[cls.architecture] = cls
     return cls
-
-
-def unregister_head(architecture: str) -> None:
-    """Forget a registered head (tests that define a head of their own clean up with this)."""
-    _HEADS.pop(architecture, None)
 
 
 def registered_heads() -> tuple[type[Head], ...]:

@@ -8,7 +8,9 @@
 With the default ModelConfig this is BERT exactly: learned absolute positions, token-type embeddings,
 post-LayerNorm, GELU, biases everywhere; its parameters map one-to-one onto Hugging Face's `BertModel` (see
 `masklm.model.hf`). The modern switches (`norm="pre"`, `position="rotary"`, `ffn="geglu"`, `bias=False`) change
-only the lines that mention them. Attention runs through `torch.nn.functional.scaled_dot_product_attention`.
+only the lines that mention them. Attention runs through `torch.nn.functional.scaled_dot_product_attention`,
+except in CPU training with attention dropout or in bf16, where a written-out softmax(QKᵀ)V is faster
+(`_attention_written_out`).
 
 Shapes in comments: B batch, T sequence length, H hidden size, N heads, D head size (H / N), I intermediate size,
 E embedding width (`ModelConfig.embedding_width`: H unless embedding_size is set).
@@ -37,7 +39,8 @@ class Embeddings(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         H = cfg.embedding_width  # E
-        # Rows padded to a multiple of 64 for fast matmuls; ids never change, padded rows are never looked up.
+        # Rows padded to a multiple of model.pad_vocab_multiple (64) for fast matmuls; ids never change, padded
+        # rows are never looked up.
         self.word = nn.Embedding(cfg.padded_vocab_size, H, padding_idx=cfg.pad_token_id)
         self.position = nn.Embedding(cfg.max_position_embeddings, H) if cfg.position == "absolute" else None
         self.token_type = nn.Embedding(cfg.type_vocab_size, H) if cfg.type_vocab_size > 0 else None
@@ -54,7 +57,7 @@ class Embeddings(nn.Module):
         T = input_ids.shape[1]
         x = self.word(input_ids)  # (B, T, E)
         if self.position is not None:
-            # (T, H) broadcast over B
+            # (T, E) broadcast over B
             x = x + (self.position.weight[:T] if position_ids is None else self.position(position_ids))
         if self.token_type is not None:
             # one segment row (type_vocab_size 1): every segment reads it, and a pair is told apart by [SEP] alone

@@ -75,8 +75,6 @@ class Batcher:
         self.waiting: collections.deque[tuple[Work, asyncio.Future]] = collections.deque()
         self.pending = 0  # requests submitted and not yet answered
         self.arrived = asyncio.Event()
-        self.batches = 0  # forward passes run, for /v1/models' statistics
-        self.requests = 0
 
     async def submit(self, work: Work) -> Any:
         """The answer to one request, computed in a batch with whatever else is waiting; QueueFull when full."""
@@ -100,8 +98,6 @@ class Batcher:
                 results = await loop.run_in_executor(self.executor, self._compute, [w for w, _ in taken])
             except Exception as e:  # a bug outside the forward passes: fail these requests, keep the worker
                 results = [e] * len(taken)
-            self.batches += 1
-            self.requests += len(taken)
             for (_, future), result in zip(taken, results):
                 if future.done():  # the client went away
                     continue

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from masklm.config import NO_LIMIT
 from masklm.errors import UserError
 from masklm.finetune import FinetunedModel, load_finetuned
 from masklm.infer.fill_mask import FillMask, resolve_dtype
@@ -107,7 +108,7 @@ class ServedModel:
     def __init__(self, name: str, path: Path, model: nn.Module, tokenizer: Any, pad_id: int) -> None:
         self.name, self.path, self.model, self.tokenizer, self.pad_id = name, path, model, tokenizer, pad_id
         cfg = model.cfg
-        self.max_len = cfg.max_position_embeddings if cfg.position == "absolute" else 1 << 30
+        self.max_len = cfg.max_positions or NO_LIMIT
 
     def info(self) -> dict[str, Any]:
         """What /v1/models says about the model."""

@@ -24,7 +24,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from masklm import dist
-from masklm.config import Config, ModelConfig
+from masklm.config import NO_LIMIT, Config, ModelConfig
 from masklm.data.masking import mask_seed, mask_tokens
 from masklm.data.mixture import Mixture, Source, parse_source, source_weights
 from masklm.data.shards import PackedDataset, find_parts
@@ -141,7 +141,7 @@ def split_global_batch(global_batch: int, world: int, max_micro: int) -> tuple[i
     return share // accum, accum
 
 
-def compute_budget(cfg: Config, n_train: int, tokens_per_step: int, steps_per_epoch: int) -> Budget:
+def compute_budget(cfg: Config, tokens_per_step: int, steps_per_epoch: int) -> Budget:
     t = cfg.train
     steps = None
     if t.max_steps is not None:
@@ -497,7 +497,7 @@ def pretrain(
         # a pair the model cannot score (too long, a special token in its text) is refused now, before
         # anything is written, not at the first evaluation
         sentences, names = pair_sentences(pairs)
-        longest = model.cfg.max_position_embeddings if model.cfg.position == "absolute" else 1 << 30
+        longest = model.cfg.max_positions or NO_LIMIT
         encode_sentences(tokenizer, sentences, longest, str(cfg.train.eval_pairs), names)
     if resume and init_from:
         check_same_model(saved_model, cfg.model, run_dir, init_from)
@@ -514,7 +514,7 @@ def pretrain(
     specials, vocab = [sp.pad, sp.cls, sp.sep, sp.mask, sp.unk], tokenizer.get_vocab_size()
     global_batch = t.batch_size * t.grad_accum * world
     tokens_per_step = global_batch * cfg.data.seq_len
-    budget = compute_budget(cfg, len(train_ds), tokens_per_step, max(1, -(-len(train_ds) // global_batch)))
+    budget = compute_budget(cfg, tokens_per_step, max(1, -(-len(train_ds) // global_batch)))
     check_budget_ahead(resume_from, budget.steps)
     run.write_files(cfg.to_dict(), command, {"tokenizer.json": tokenizer.to_str()})
     run.announce(f"pretraining ({objective.name})", model, t, [
