@@ -107,6 +107,13 @@ def training_loss(
     return lambda m, batch: task_loss(task, settings, m, batch, per_batch)
 
 
+def micro_batch_items(task: Task, batches: EpochBatches) -> Callable[[Batch], int] | None:
+    """fit's `loss_items`: each micro-batch's mean loss weighted by its share of the step's items, so a short last
+    batch of an epoch among full ones counts for its few examples, not 1 / grad_accum. Token budgets (a sum over a
+    constant, `training_loss`) weigh every item the same already."""
+    return None if batches.batching == "tokens" else task.loss_count
+
+
 @torch.no_grad()
 def run_model(
     model: nn.Module,
@@ -767,9 +774,7 @@ def finetune(
         budget=Budget(steps=plan.total_steps, minutes=cfg.train.max_minutes),
         make_batch=batches,
         loss_fn=training_loss(t, cfg.data, batches, pad_id),
-        # each micro-batch's mean loss weighted by its share of the step's items (a short last batch of an epoch
-        # among full ones counts for its few examples, not 1 / grad_accum); token budgets weigh items already
-        loss_items=None if batches.batching == "tokens" else t.loss_count,
+        loss_items=micro_batch_items(t, batches),
         # the plain module (fit passes the DDP / compiled one): no gradient sync while evaluating
         evaluate=lambda _: evaluate_data(model, t, inputs.val, labels, cfg, pad_id, device),
         tokens_per_step=plan.tokens_per_step,

@@ -442,6 +442,14 @@ def keep_global_batch(cfg: Config, resume_from: Path | None) -> None:
         t.batch_size, t.grad_accum = split
 
 
+def check_pairs_fit(pairs: list[dict[str, Any]], tokenizer: Tokenizer, model: nn.Module, where: str) -> None:
+    """A UserError for a minimal pair `model` cannot score (too long, a special token in its text): refused before
+    anything is written, not at the first evaluation."""
+    if pairs:
+        sentences, names = pair_sentences(pairs)
+        encode_sentences(tokenizer, sentences, model.cfg.max_positions or NO_LIMIT, where, names)
+
+
 def with_pair_accuracy(
     evaluate_fn: Callable[[nn.Module], dict[str, float]] | None,
     lm: nn.Module,
@@ -493,12 +501,7 @@ def pretrain(
     objective = objective_for(cfg)
     saved_model = dataclasses.replace(cfg.model)
     model, notes = start_model(cfg, objective, tokenizer, init_from, data_name)
-    if pairs:
-        # a pair the model cannot score (too long, a special token in its text) is refused now, before
-        # anything is written, not at the first evaluation
-        sentences, names = pair_sentences(pairs)
-        longest = model.cfg.max_positions or NO_LIMIT
-        encode_sentences(tokenizer, sentences, longest, str(cfg.train.eval_pairs), names)
+    check_pairs_fit(pairs, tokenizer, model, str(cfg.train.eval_pairs))
     if resume and init_from:
         check_same_model(saved_model, cfg.model, run_dir, init_from)
     objective = objective_for(cfg)  # --init-from may have set the ELECTRA generator's width
