@@ -150,9 +150,9 @@ def encode_sentences(
     """Tokenize with [CLS] / [SEP]; refused, naming the sentence (`names`: how messages call each sentence;
     default "sentence N"): one longer than the model's positions, one with no token to score (nothing but
     [CLS] / [SEP] once tokenized, such as a zero-width space), one whose text holds a special token ([MASK],
-    [SEP], ...: it would be scored as a word, or stay masked in every copy; [UNK] is the text's); with `word_level`, a tokenizer whose
-    words run across spaces (no pre-tokenizer, or a metaspace one that does not split: every later piece of the
-    sentence would be masked)."""
+    [SEP], ...: it would be scored as a word, or stay masked in every copy; [UNK] is the text's); with
+    `word_level`, a tokenizer whose words run across spaces (no pre-tokenizer, or a metaspace one that does not
+    split: every later piece of the sentence would be masked)."""
     out = []
     # ([UNK] stands for text the vocabulary lacks: scored as any token)
     never = set(all_special_ids(tokenizer)) - {tokenizer.token_to_id("[UNK]")}

@@ -337,10 +337,10 @@ def _generator_width_note(model: ElectraPreTraining) -> str | None:
     width, whole = model.generator.cfg.hidden_size, model.cfg.hidden_size
     if abs(width / whole - model.generator_fraction) < 1e-6:
         return None
+    heads, of_heads = model.generator.cfg.num_attention_heads, model.cfg.num_attention_heads
     return (
         f"the generator is {width} wide, {width / whole:.3g} of the discriminator's {whole} (objective."
-        f"generator_fraction {model.generator_fraction:g} rounds to whole heads: {model.generator.cfg.num_attention_heads}"
-        f" of {model.cfg.num_attention_heads})"
+        f"generator_fraction {model.generator_fraction:g} rounds to whole heads: {heads} of {of_heads})"
     )
 
 
