@@ -406,9 +406,9 @@ def cmd_pretrain(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     if args.data is not None and not args.resume:
         # the prepared folder decides the sequence length (`fit_config_to_data`): the preset's own would be the one
         # checked against --model.max_position_embeddings, and refused where the folder's fits
-        from masklm.train.pretrain import load_splits
+        from masklm.train.pretrain import data_seq_len
 
-        values["data.seq_len"] = int(load_splits(args.data)[0].seq_len)
+        values["data.seq_len"] = data_seq_len(args.data)
     cfg = _config(args, values, "small")
     check_log_kind(cfg.train.log)  # before any data is prepared
     if not args.resume:  # (a resumed run's device is its saved one, checked when it starts)

@@ -163,6 +163,13 @@ def data_sources(data: DataArg) -> list[Source]:
     return [item if isinstance(item, Source) else parse_source(str(item)) for item in items]
 
 
+def data_seq_len(data: DataArg) -> int:
+    """The rows' length in prepared data, from its first source's meta.json without opening any shard
+    (`load_splits` checks that every source and part has the same)."""
+    _, meta = find_parts(data_sources(data)[0].path)[0]
+    return int(meta["seq_len"])
+
+
 def load_splits(data: DataArg) -> tuple[PackedDataset | Mixture, PackedDataset | None]:
     """The prepared train split (several sources: a Mixture) and the validation split (None when there is none
     or it is empty; for a mixture, the sources' validation splits one after another)."""
