@@ -295,7 +295,7 @@ class Config:
         _require(o.discriminator_weight >= 0, "objective.discriminator_weight must be >= 0")
         _require(d.seq_len >= 8, f"data.seq_len must be at least 8, not {d.seq_len}")
         _require(
-            d.seq_len <= m.max_position_embeddings or m.position == "rotary",
+            m.max_positions is None or d.seq_len <= m.max_positions,
             f"data.seq_len ({d.seq_len}) is above model.max_position_embeddings ({m.max_position_embeddings}); "
             "lower --data.seq_len or raise --model.max_position_embeddings",
         )

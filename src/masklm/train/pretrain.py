@@ -353,7 +353,7 @@ def _generator_width_note(model: ElectraPreTraining) -> str | None:
 
 def check_seq_len_fits(seq_len: int, model_cfg: ModelConfig) -> None:
     """A UserError when the data's rows are longer than a model with learned positions has positions for."""
-    if seq_len > model_cfg.max_position_embeddings and model_cfg.position == "absolute":
+    if model_cfg.max_positions is not None and seq_len > model_cfg.max_positions:
         raise UserError(
             f"the data's seq_len ({seq_len}) is above the model's max_position_embeddings "
             f"({model_cfg.max_position_embeddings}); prepare with a smaller --seq-len"
