@@ -131,9 +131,8 @@ def _check_header(path: Path, shape: tuple[int, int]) -> None:
         raise UserError(f"cannot read {path} (missing); run masklm prepare again") from None
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"cannot read {path} ({type(e).__name__}); run masklm prepare again") from None
-    if (
-        tuple(got) != shape or dtype.kind not in "ui"
-    ):  # token ids and packed flags: integers (written unsigned)
+    # token ids and packed flags: integers (written unsigned)
+    if tuple(got) != shape or dtype.kind not in "ui":
         raise UserError(f"{path} does not match meta.json; run masklm prepare again")
     if size < need:
         raise UserError(f"{path} is cut short ({size} of {need} bytes); run masklm prepare again")

@@ -199,8 +199,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
             torch.cuda.set_rng_state_all(state["cuda"])
         except (RuntimeError, ValueError, IndexError) as e:
             # (another number of GPUs than the run saved): dropout draws differ from the uninterrupted run's
-            log(f"note: the GPUs' random states of the checkpoint could not be restored ({e}); the run goes on, "
-                "but its dropout is not the uninterrupted run's")  # fmt: skip
+            log(
+                f"note: the GPUs' random states of the checkpoint could not be restored ({e}); the run goes on, "
+                "but its dropout is not the uninterrupted run's"
+            )
 
 
 @dataclass
