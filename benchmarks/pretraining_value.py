@@ -26,6 +26,8 @@ appends the table.
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
 import json
 import math
 import random
@@ -41,6 +43,7 @@ from benchmarks.common import DOCS, add_common_args, append_docs, mean_sd, read_
 from benchmarks.finetune_vs_hf import rotten_tomatoes, write_csv
 from masklm import finetune as ft
 from masklm.demo import fine_tuning_epochs
+from masklm.model.io import resolve_model_dir
 
 RANDOM = "random init"
 
@@ -136,11 +139,35 @@ SETTINGS = {
 
 def cache_key(args: argparse.Namespace, run: str, n_arg: str, lr: float, seed: int) -> str:
     """One fine-tuning's identity; random init is keyed by the run whose architecture and tokenizer it takes.
-    Settings left at their defaults are not in the key (so results cached before a setting existed stay valid);
-    any other value is, so changing a setting never reuses a result it did not produce."""
-    start = f"random init of {random_source(args)}" if run == RANDOM else run
+    Each start is keyed by its contents too (`start_fingerprint`): a run folder pretrained again, resumed or
+    replaced under the same path never reuses the old model's results. Settings left at their defaults are not
+    in the key (so results cached before a setting existed stay valid); any other value is, so changing a
+    setting never reuses a result it did not produce."""
+    if run == RANDOM:
+        start = (
+            f"random init of {random_source(args)} ({start_fingerprint(random_source(args), weights=False)})"
+        )
+    else:
+        start = f"{run} ({start_fingerprint(run, weights=True)})"
     changed = {k: getattr(args, k) for k, default in SETTINGS.items() if getattr(args, k) != default}
     return json.dumps([start, n_arg, lr, seed, args.tag, *([changed] if changed else [])])
+
+
+@functools.cache
+def start_fingerprint(run: str, weights: bool) -> str:
+    """A short hash of what a start is: the model folder's config.json and tokenizer (tokenizer.json or
+    vocab.txt), and with `weights` its model.safetensors (random init takes the architecture and tokenizer only)."""
+    folder = resolve_model_dir(run)
+    names = ["config.json", "tokenizer.json", "vocab.txt"] + (["model.safetensors"] if weights else [])
+    digest = hashlib.blake2b(digest_size=6)
+    for name in names:
+        if not (folder / name).is_file():
+            continue
+        digest.update(name.encode())
+        with open(folder / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def random_source(args: argparse.Namespace) -> str:

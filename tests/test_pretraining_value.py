@@ -1,18 +1,54 @@
-"""benchmarks.pretraining_value's result cache: a result is reused only for the settings that produced it."""
+"""benchmarks.pretraining_value's result cache: a result is reused only for the start and settings that
+produced it."""
 
 import argparse
 import json
+from pathlib import Path
 
-from benchmarks.pretraining_value import RANDOM, SETTINGS, cache_key
+import pytest
+
+from benchmarks.pretraining_value import RANDOM, SETTINGS, cache_key, start_fingerprint
+
+
+@pytest.fixture(autouse=True)
+def runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """runs/a and runs/b: run folders whose model/ holds a config, a tokenizer and weights (stand-in bytes: the
+    key hashes them, it does not load them)."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("a", "b"):
+        write_model(tmp_path / "runs" / name, weights=f"weights of {name}")
+    return tmp_path / "runs"
+
+
+def write_model(run: Path, weights: str, config: str = '{"hidden_size": 8}') -> None:
+    model = run / "model"
+    model.mkdir(parents=True, exist_ok=True)
+    (model / "config.json").write_text(config)
+    (model / "tokenizer.json").write_text("{}")
+    (model / "model.safetensors").write_text(weights)
+    start_fingerprint.cache_clear()
 
 
 def _args(**changes: object) -> argparse.Namespace:
     return argparse.Namespace(**{"run": ["runs/a"], "random_of": None, "tag": "", **SETTINGS, **changes})
 
 
-def test_default_settings_keep_the_key_of_results_cached_before_settings_were_keyed() -> None:
-    assert cache_key(_args(), "runs/a", "1000", 3e-4, 0) == json.dumps(["runs/a", "1000", 3e-4, 0, ""])
-    assert json.loads(cache_key(_args(), RANDOM, "all", 1e-3, 2))[0] == "random init of runs/a"
+def test_default_settings_leave_the_key_at_start_labels_lr_seed_and_tag() -> None:
+    key = json.loads(cache_key(_args(), "runs/a", "1000", 3e-4, 0))
+    assert key[1:] == ["1000", 3e-4, 0, ""]
+    assert key[0].startswith("runs/a (")
+    assert json.loads(cache_key(_args(), RANDOM, "all", 1e-3, 2))[0].startswith("random init of runs/a (")
+
+
+def test_a_start_pretrained_again_under_the_same_path_does_not_reuse_its_results(runs: Path) -> None:
+    before = cache_key(_args(), "runs/a", "1000", 3e-4, 0)
+    twin_before = cache_key(_args(), RANDOM, "1000", 3e-4, 0)
+    write_model(runs / "a", weights="weights of a, pretrained again")
+    assert cache_key(_args(), "runs/a", "1000", 3e-4, 0) != before
+    # random init takes the architecture and tokenizer only: new weights keep its results
+    assert cache_key(_args(), RANDOM, "1000", 3e-4, 0) == twin_before
+    write_model(runs / "a", weights="weights of a", config='{"hidden_size": 16}')
+    assert cache_key(_args(), RANDOM, "1000", 3e-4, 0) != twin_before
 
 
 def test_a_changed_setting_changes_the_key_and_names_itself() -> None:
