@@ -528,6 +528,17 @@ def mean_sd_text(xs: Sequence[float], scale: float = 1.0, digits: int = 2) -> st
     return f"{mean * scale:.{digits}f} ± {sd * scale:.{digits}f}"
 
 
+def paired_runs(
+    ours: Sequence[dict[str, Any]], theirs: Sequence[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
+    """The runs of two sides on the seeds both ran (each run a dict with "seed"), in seed order, and those
+    seeds as text: a difference of means over different seed sets would mix the seeds' spread into it."""
+    mine = {r["seed"]: r for r in ours}
+    other = {r["seed"]: r for r in theirs}
+    seeds = sorted(mine.keys() & other.keys())
+    return [mine[s] for s in seeds], [other[s] for s in seeds], " ".join(map(str, seeds))
+
+
 def operator_rows(
     prof: Any, steps: int, top: int, skip: set[str] | frozenset[str] = frozenset()
 ) -> tuple[list[list[str]], float]:

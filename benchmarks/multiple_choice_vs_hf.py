@@ -256,16 +256,17 @@ def results_table(rows: list[dict[str, Any]]) -> str:
                 common.mean_sd_text([r["wall_s"] for r in rs], digits=1),
             ]
         )
-    theirs = by_side.get("hf", [])
-    for side, ours in by_side.items():
+    for side in by_side:
+        # the difference over the seeds both sides ran (a seed fixes the split for both)
+        ours, theirs, seeds = common.paired_runs(by_side[side], by_side.get("hf", []))
         if side == "hf" or not theirs:
             continue
 
-        def gap(key: str, ours: list[dict[str, Any]] = ours) -> str:
+        def gap(key: str, ours: list[dict[str, Any]] = ours, theirs: list[dict[str, Any]] = theirs) -> str:
             return f"{100 * (statistics.mean(r[key] for r in ours) - statistics.mean(r[key] for r in theirs)):+.2f}"
 
         speed = statistics.mean(r["wall_s"] for r in theirs) / statistics.mean(r["wall_s"] for r in ours)
-        out.append([f"{side} − transformers", "", gap("val"), gap("test"), f"speed-up {speed:.2f}x"])
+        out.append([f"{side} − transformers", seeds, gap("val"), gap("test"), f"speed-up {speed:.2f}x"])
     headers = ["side", "seeds", "validation accuracy", "test accuracy", "wall s"]
     return common.table(headers, out)
 

@@ -394,8 +394,9 @@ def results_table(rows: list[dict[str, Any]]) -> str:
                 ),
             ]
         )
-    theirs = by_side.get("hf", [])
-    for side, ours in by_side.items():
+    for side in by_side:
+        # the difference over the seeds both sides ran (a seed fixes the split for both)
+        ours, theirs, seeds = common.paired_runs(by_side[side], by_side.get("hf", []))
         if side == "hf" or not theirs:
             continue
         gaps = [
@@ -404,7 +405,7 @@ def results_table(rows: list[dict[str, Any]]) -> str:
             if c != "wall s"
         ]
         ratio = statistics.mean(r["wall_s"] for r in ours) / statistics.mean(r["wall_s"] for r in theirs)
-        out.append([f"{side} − transformers", "", *gaps, f"{ratio:.2f}x transformers' time"])
+        out.append([f"{side} − transformers", seeds, *gaps, f"{ratio:.2f}x transformers' time"])
     return common.table(["side", "seeds", *columns], out)
 
 
