@@ -8,7 +8,11 @@ other number: "the actor is great" / "the actor are great". Three groups, as BLi
 
 - simple: the verb right after its subject;
 - across_pp: a prepositional phrase whose noun has the other number stands between ("the actor in the films is");
-- across_relative: a relative clause with a plural subject stands between ("the actor that the critics liked is").
+- across_relative: a relative clause whose subject has the other number stands between ("the actor that the
+  critics liked is", "the actors that the critic liked are").
+
+In both "across" groups the noun nearest the verb has the other number, so a model that agrees with the nearest
+noun scores 0% there, and one that ignores number scores about 50%.
 
 Words are everyday movie-review words, so a model pretrained on IMDB reviews has seen all of them.
 """
@@ -31,7 +35,12 @@ VERBS = [
     ("makes", "make", "no sense"), ("looks", "look", "cheap"), ("feels", "feel", "real"),
 ]  # fmt: skip
 PREPOSITIONS = ["in", "of", "near", "behind", "with"]
-RELATIVES = ["that the critics liked", "that the kids loved", "that the fans hated"]
+# (singular, plural) subject of the relative clause: the one of the other number than the head noun is used
+RELATIVES = [
+    ("that the critic liked", "that the critics liked"),
+    ("that the kid loved", "that the kids loved"),
+    ("that the fan hated", "that the fans hated"),
+]
 
 
 def _pair(subject: str, middle: str, verbs: tuple[str, str, str], plural: bool) -> tuple[str, str]:
@@ -52,7 +61,8 @@ def build_pairs(per_group: int = 100, seed: int = 0) -> list[dict[str, str]]:
             if other_sing != sing:  # the attractor has the other number
                 attractor = other_sing if number else other_plur
                 groups["across_pp"].append(_pair(subject, f"{prep} the {attractor}", verbs, number))
-        for relative in RELATIVES:
+        for singular_clause, plural_clause in RELATIVES:
+            relative = singular_clause if number else plural_clause  # the attractor has the other number
             groups["across_relative"].append(_pair(subject, relative, verbs, number))
     out = []
     for group, pairs in groups.items():

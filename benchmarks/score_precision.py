@@ -103,7 +103,7 @@ def main() -> None:
         )
     body = (
         f"- Model: `{args.model}`; {len(sentences)} Rotten Tomatoes sentences; {n} minimal pairs "
-        f"({args.pairs or 'benchmarks.agreement_pairs, 200 per group, seed 0'})\n"
+        f"({args.pairs or 'benchmarks.agreement_pairs, at most 200 per group (the simple group has 168), seed 0'})\n"
         "- ΔPLL: absolute difference from float32 per sentence (nats); flipped: pairs whose decision (good "
         "sentence scored higher) differs from float32's\n\n"
         + common.table(
