@@ -1,12 +1,14 @@
 """Time to accuracy on CPU: how long masklm needs to reach the held-out accuracy transformers reaches in N minutes.
 
-    python -m benchmarks.time_to_accuracy                  # HF 15 minutes, masklm up to 5 (~25 minutes in all)
-    python -m benchmarks.time_to_accuracy --minutes 2      # a quick check
+    python -m benchmarks.time_to_accuracy                  # HF 15 minutes at each of 3 lrs, masklm up to 5 (~55 min)
+    python -m benchmarks.time_to_accuracy --minutes 2 --hf-lrs 1e-3   # a quick check
 
 1. Hugging Face: `BertForMaskedLM` (sdpa, float32) + `DataCollatorForLanguageModeling(mlm_probability=0.15)` in a
    plain PyTorch loop (DataLoader, fused `torch.optim.AdamW`, clipping: the faster of the two HF drivers in
-   throughput.py) trains for N minutes (--minutes) with warmup then linear decay to zero at N minutes. Its
-   accuracy A on the held-out set at the end is the target (it is also evaluated at N/3 and 2N/3).
+   throughput.py) trains for N minutes (--minutes) with warmup then linear decay to zero at N minutes, once at
+   each peak learning rate of --hf-lrs (post-LN BERT has its own best rate; masklm's 1e-3 is not it). The best of
+   their final accuracies on the held-out set is the target A (each run is also evaluated at N/3 and 2N/3). Taking
+   HF's best on the reported set itself can only raise the target, against masklm.
 2. masklm, with its best CPU settings and recipe, trains with a budget of N/3 minutes (--fraction) and is
    evaluated every --eval-every steps; the first evaluation at or above A gives its time to accuracy. Target: at
    most N/3. The recipe (see docs/profile.md and learning_variants.py): bf16 autocast, the "modern" block
@@ -16,9 +18,9 @@
    WSD schedule (warmup 5%, flat, linear decay over the last 20%).
 
 Same model size on both sides (L4/H256/A4, FFN 1024 or GeGLU 704, vocab 30,522; --masklm-arch bert gives masklm
-the very same BERT-compatible model), same packed IMDB rows, same batch (32), same seed, same peak learning rate
-(1e-3), AdamW betas 0.9/0.98, eps 1e-6, weight decay 0.01, clip 1.0, no dropout (a short run needs none; it also
-makes HF's steps faster).
+the very same BERT-compatible model), same packed IMDB rows, same batch (32), same seed, AdamW betas 0.9/0.98, eps
+1e-6, weight decay 0.01, clip 1.0, no dropout (a short run needs none; it also makes HF's steps faster); peak
+learning rates: masklm --lr (1e-3, its preset's), HF each of --hf-lrs.
 
 Held-out set: the first --eval-sequences full rows of the prepared validation split (documents never trained on),
 masked once at 15% with 80/10/10 replacement by a fixed generator: the same inputs and targets for both.
@@ -82,9 +84,9 @@ def accuracy(model, inputs: torch.Tensor, labels: torch.Tensor, hf: bool, batch:
     return correct / max(1, total)
 
 
-def train_hf(args, data_dir: Path, inputs, labels) -> dict:
-    """HF for args.minutes of training time; evaluations at 1/3, 2/3 and the end (not timed)."""
-    hp = common.Hyper(lr=args.lr, warmup=args.warmup)
+def train_hf(args, data_dir: Path, inputs, labels, lr: float) -> dict:
+    """HF at peak rate `lr` for args.minutes of training time; evaluations at 1/3, 2/3 and the end (not timed)."""
+    hp = common.Hyper(lr=lr, warmup=args.warmup)
     torch.set_num_threads(common.cores())
     model = common.hf_masked_lm("small", dropout=args.dropout, seed=hp.seed)
     model.train()
@@ -113,12 +115,13 @@ def train_hf(args, data_dir: Path, inputs, labels) -> dict:
             checkpoints.pop(0)
             curve.append({"s": trained, "step": step, "acc": accuracy(model, inputs, labels, hf=True)})
             log(
-                f"HF {trained:.0f}s step {step}: accuracy {curve[-1]['acc']:.4f} (loss {float(loss.detach()):.3f})"
+                f"HF lr {lr:g} {trained:.0f}s step {step}: accuracy {curve[-1]['acc']:.4f} "
+                f"(loss {float(loss.detach()):.3f})"
             )
     acc = accuracy(model, inputs, labels, hf=True)
     curve.append({"s": trained, "step": step, "acc": acc})
-    log(f"HF {trained:.0f}s step {step}: accuracy {acc:.4f} (final)")
-    return {"acc": acc, "s": trained, "steps": step, "curve": curve}
+    log(f"HF lr {lr:g} {trained:.0f}s step {step}: accuracy {acc:.4f} (final)")
+    return {"acc": acc, "s": trained, "steps": step, "curve": curve, "lr": lr}
 
 
 def masklm_cfg(args):
@@ -181,7 +184,14 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=50, help="masklm: steps between evaluations")
     ap.add_argument("--eval-sequences", type=int, default=512, help="held-out rows (masked once, fixed)")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate, both sides")
+    ap.add_argument("--lr", type=float, default=1e-3, help="masklm's peak learning rate")
+    ap.add_argument(
+        "--hf-lrs",
+        type=float,
+        nargs="+",
+        default=[1e-4, 3e-4, 1e-3],
+        help="HF's peak learning rates, one run each; the best final accuracy is the target",
+    )
     ap.add_argument("--warmup", type=float, default=0.06, help="HF warmup (share of its run)")
     ap.add_argument("--masklm-warmup", type=float, default=0.05, help="masklm warmup (its small preset's)")
     ap.add_argument("--dropout", type=float, default=0.0, help="both sides")
@@ -206,11 +216,11 @@ def main() -> None:
         f"held-out: {len(inputs)} rows, {targets.numel():,} masked tokens; most frequent token: {baseline:.4f}"
     )
 
-    hf = train_hf(args, data_dir, inputs, labels)
+    hf_runs = [train_hf(args, data_dir, inputs, labels, lr) for lr in args.hf_lrs]
+    hf = max(hf_runs, key=lambda r: r["acc"])  # HF at its best rate: the target
     ours = train_masklm(args, data_dir, inputs, labels, hf["acc"])
 
     hf_third = next((c for c in hf["curve"] if c["s"] >= 60 * args.minutes / 3 - 1e-9), None)
-    hf_min = hf["s"] / 60
     if ours["first"] is not None:
         t = ours["first"]["s"]
         ours_cell = (
@@ -225,17 +235,23 @@ def main() -> None:
         ratio = f"> {args.fraction:.2f}"
     rows = [
         [
-            "HF (loop, fp32, masking 0.15)",
-            f"{hf_min:.2f} min, {hf['steps']} steps",
-            f"{hf['acc']:.4f}",
-            "1.00",
-        ],
-        ["masklm (to reach HF's final accuracy)", ours_cell, f"≥ {hf['acc']:.4f}", ratio],
+            f"HF (loop, fp32, masking 0.15), lr {r['lr']:g}" + (" (best: the target)" if r is hf else ""),
+            f"{r['s'] / 60:.2f} min, {r['steps']} steps",
+            f"{r['acc']:.4f}",
+            "1.00" if r is hf else "",
+        ]
+        for r in hf_runs
     ]
     if hf_third is not None:
-        rows.insert(
-            1, ["HF at a third of its time", f"{hf_third['s'] / 60:.2f} min", f"{hf_third['acc']:.4f}", ""]
+        rows.append(
+            [
+                f"HF at lr {hf['lr']:g}, a third of its time",
+                f"{hf_third['s'] / 60:.2f} min",
+                f"{hf_third['acc']:.4f}",
+                "",
+            ]
         )
+    rows.append(["masklm (to reach HF's best final accuracy)", ours_cell, f"≥ {hf['acc']:.4f}", ratio])
     rows.append(["(always the most frequent token)", "—", f"{baseline:.4f}", ""])
     if hf["acc"] < baseline + 0.01:
         log(
@@ -253,7 +269,7 @@ def main() -> None:
         ]
         body = (
             f"- Model L4 H256 A4 (HF: BERT, FFN 1024; masklm: {arch}), vocab 30,522, seq 128, batch {args.batch}, peak lr "
-            f"{args.lr}, dropout {args.dropout}; held-out: {len(inputs)} validation rows masked once at 15%\n"
+            f"masklm {args.lr:g}, HF each of {' '.join(f'{x:g}' for x in args.hf_lrs)}, dropout {args.dropout}; held-out: {len(inputs)} validation rows masked once at 15%\n"
             f"- HF: {args.minutes:g} minutes, warmup {args.warmup:.0%} then linear decay; masklm: budget "
             f"{args.minutes * args.fraction:.2f} minutes, {args.precision}, masking {args.mask_rate}, "
             f"{args.schedule} schedule, evaluated every {args.eval_every} steps; evaluation time not counted\n"
