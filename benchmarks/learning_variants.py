@@ -4,7 +4,8 @@
     python -m benchmarks.learning_variants --steps 40 --variants bert-0.15,bert-0.3    # a quick look
 
 Each variant trains the L4/H256 model from the same seed on the same packed IMDB rows for --steps optimizer steps
-with masklm's loop (bf16, batch 32, lr 1e-3, WSD schedule over the steps, no dropout), then is scored on the
+with masklm's loop (bf16, batch 32, WSD schedule over the steps, no dropout) at each peak rate of --lrs
+(default 1e-3 alone: give several to see each variant at its own best rate), then is scored on the
 held-out set of time_to_accuracy.py (validation rows masked once at 15%, float32). Steps, not minutes, fix the
 budget so that the accuracy column is free of machine noise. The variants run one after the other, so their
 step times (the median of the training's per-step log, also printed) share no rounds and move with the machine's
@@ -46,18 +47,21 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--eval-sequences", type=int, default=512)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument(
+        "--lrs", type=float, nargs="+", default=[1e-3], help="peak learning rates: every variant runs at each"
+    )
     common.add_common_args(ap)
     args = ap.parse_args()
     data_dir = common.prepared_imdb()
     inputs, labels = tta.held_out(data_dir, args.eval_sequences)
     rows = []
-    for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for name, lr in [(n, lr) for n in names for lr in args.lrs]:
         arch, rate = VARIANTS[name]
         ns = argparse.Namespace(
             batch=32,
             precision="bf16",
-            lr=args.lr,
+            lr=lr,
             masklm_warmup=0.05,
             dropout=0.0,
             mask_rate=rate,
@@ -75,14 +79,15 @@ def main() -> None:
         step_s = common.median([b["elapsed_s"] - a["elapsed_s"] for a, b in zip(steps, steps[1:])])
         acc = tta.accuracy(side.model, inputs, labels, hf=False)
         params = sum(p.numel() for p in side.model.parameters())
-        rows.append([name, f"{params / 1e6:.2f}M", f"{acc:.4f}", f"{step_s * 1000:.0f}"])
+        rows.append([name, f"{lr:g}", f"{params / 1e6:.2f}M", f"{acc:.4f}", f"{step_s * 1000:.0f}"])
         print(
-            f"{name}: accuracy {acc:.4f}, {step_s * 1000:.0f} ms/step, {wall:.0f}s",
+            f"{name} lr {lr:g}: accuracy {acc:.4f}, {step_s * 1000:.0f} ms/step, {wall:.0f}s",
             file=sys.stderr,
             flush=True,
         )
     headers = [
         "variant",
+        "peak lr",
         "parameters",
         f"held-out accuracy after {args.steps} steps",
         "ms / step (this run, load-dependent)",
@@ -91,7 +96,7 @@ def main() -> None:
     print(tbl)
     if not args.no_docs:
         body = (
-            f"- L4 H256 A4 (FFN 1024, or GeGLU 704), batch 32, bf16, lr {args.lr}, WSD over {args.steps} steps, no "
+            f"- L4 H256 A4 (FFN 1024, or GeGLU 704), batch 32, bf16, peak lr {' / '.join(f'{x:g}' for x in args.lrs)}, WSD over {args.steps} steps, no "
             f"dropout; held-out: {len(inputs)} validation rows masked once at 15%, float32\n\n" + tbl + "\n"
         )
         common.append_docs(
