@@ -502,6 +502,34 @@ def test_a_text_in_the_capped_validation_split_stays_out_of_training(tmp_path, t
     assert [goes_to_val(d, 0, 0.5) for d in docs] != [goes_to_val(d, 1, 0.5) for d in docs]
 
 
+def test_identical_texts_share_a_split_across_segments_when_the_cap_binds(tmp_path, tok):
+    """The cap counts per segment: validation-bound documents that went to training because validation was full
+    in one segment keep going to training in the next, where validation has room again (two files, a segment
+    each, the second the first in reverse order: its first validation-bound documents are those that found
+    validation full in the first)."""
+    docs = make_docs(60, seed=14)
+    write_lines(tmp_path / "a.txt", docs)
+    write_lines(tmp_path / "b.txt", docs[::-1])
+    settings = cfg(val_fraction=0.5, max_val_sequences=2, segment_bytes=(tmp_path / "a.txt").stat().st_size)
+    meta = prepare(
+        [tmp_path / "a.txt", tmp_path / "b.txt"], tmp_path / "out", settings, tokenizer=tok, progress=False
+    )
+    sp = special_ids(tok)
+    parts: dict[str, set[tuple[int, ...]]] = {}
+    for split in ("train", "val"):
+        shards = meta["splits"][split]["shards"]
+        assert {tuple(s["segment"]) for s in shards} == {(0, 0), (1, 0)}
+        parts[split] = set()
+        for segment in ({"segment": [0, 0]}, {"segment": [1, 0]}):
+            # each segment's stream ends in its own padded row
+            rows = [s for s in shards if s["segment"] == segment["segment"]]
+            ids = np.concatenate([np.load(tmp_path / "out" / s["ids"]) for s in rows])
+            stream, _ = content_stream(ids, np.ones(ids.shape, bool), sp)
+            parts[split] |= set(split_documents(stream, sp.sep))
+    assert parts["val"] and parts["train"]
+    assert not parts["train"] & parts["val"]
+
+
 def test_tiny_corpus_still_gets_one_validation_sequence(tmp_path, tok):
     docs = ["one small document", "and another one", "a third document here to fill rows"]
     assert not any(goes_to_val(d, 0, 1e-9) for d in docs)

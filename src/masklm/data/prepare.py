@@ -630,7 +630,11 @@ def _pack(
     train, val = packers["train"], packers["val"]
     val_capacity = cfg.max_val_sequences * (cfg.seq_len - 2)  # stream tokens per segment that fit in the cap
     skipped = unreadable = n = val_copies = 0
-    in_val: set[int] = set()  # split keys of the validation documents (at most max_val_sequences' worth)
+    # Split keys of the validation-bound texts, by where they went: `in_val` (validation) and `to_train` (validation
+    # was full: the cap counts per segment). A later copy follows its first, so identical texts share a split
+    # across segments too. Both grow with the validation-bound documents (val_fraction of them).
+    in_val: set[int] = set()
+    to_train: set[int] = set()
 
     corpus = selection.corpus
     workers = cfg.workers or default_workers()
@@ -648,13 +652,16 @@ def _pack(
                     continue
                 key = split_key(text, seed) if cfg.val_fraction > 0 else None
                 if key is not None and key < cfg.val_fraction * 2**64:
-                    if val.stream_tokens + len(ids) + 1 <= val_capacity:
+                    if key in to_train:  # its first copy went to train, when validation was full
+                        train.add(ids, starts)
+                    elif val.stream_tokens + len(ids) + 1 <= val_capacity:
                         val.add(ids, starts)
                         in_val.add(key)
-                    elif key in in_val:  # (the validation split is full) the text is in it: not in train too
+                    elif key in in_val:  # (validation is full) it holds the text: not in train too
                         val_copies += 1
-                    else:
+                    else:  # (validation is full)
                         train.add(ids, starts)
+                        to_train.add(key)
                 else:
                     train.add(ids, starts)
             _update(bar, corpus)
