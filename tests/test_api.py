@@ -3,6 +3,7 @@ UserError (not a traceback from torch, not a wrong answer) for arguments of the 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,18 @@ def test_prepare_takes_one_path_and_refuses_rows_pretraining_refuses(tmp_path):
     assert meta["documents"] == 6
     with pytest.raises(UserError, match="data.seq_len must be at least 8, not 4"):
         prepare([corpus], tmp_path / "out4", DataConfig(seq_len=4), tokenizer=tok, progress=False)
+
+
+def test_pretraining_without_a_budget_makes_one_pass_over_the_training_rows(tmp_path):
+    """docs/pretraining.md: with no --max-steps, --max-tokens or --max-minutes (nor one in the preset), pretrain
+    runs ceil(training rows / batch size) steps."""
+    data = prepare_tiny(write_walk_corpus(tmp_path / "corpus", n_docs=12), tmp_path / "data")
+    rows = json.loads((data / "meta.json").read_text())["splits"]["train"]["sequences"]
+    cfg = load_config(
+        "tiny",
+        overrides={"train.max_steps": None, "train.batch_size": 4, "train.eval_every": 0, "train.threads": 1},
+    )
+    assert cfg.train.max_steps is None and cfg.train.max_tokens is None and cfg.train.max_minutes is None
+    pretrain(cfg, data, tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert rows > 4 and summary["steps"] == -(-rows // 4)
