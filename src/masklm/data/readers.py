@@ -6,9 +6,10 @@
 
 Text formats (.txt, .jsonl, .csv) may be compressed with gzip (.gz), zstd (.zst), bz2 (.bz2) or xz (.xz), and are
 decompressed as a stream. Tables (.parquet, and the .arrow files of a `datasets` `save_to_disk` folder) are read
-record batch by record batch through pyarrow, the Arrow files memory-mapped, so no reader ever holds a whole file
-(except a .txt file read as one document). pyarrow and zstandard are optional (`pip install 'masklm[corpora]'`):
-`find_input_files` checks the ones the inputs need before any work starts.
+record batch by record batch through pyarrow (read, not memory-mapped: see `_record_batches`), so no reader holds
+a whole file, except two: a .txt file read as one document, and a .json file (one JSON array, parsed whole).
+pyarrow and zstandard are optional (`pip install 'masklm[corpora]'`): `find_input_files` checks the ones the
+inputs need before any work starts.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ TABLE_KINDS = {".parquet": "parquet", ".arrow": "arrow"}
 COMPRESSIONS = {".gz": "gz", ".zst": "zst", ".zstd": "zst", ".bz2": "bz2", ".xz": "xz"}
 NEEDS = {"parquet": "pyarrow", "arrow": "pyarrow", "zst": "zstandard"}  # kind or compression → module
 TABLE_BATCH_ROWS = 1024  # rows per record batch read from a Parquet file
+# compressed bytes decompressed at a time (see _ZstdReader)
+ZSTD_INPUT_BYTES = 2048
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _GLOB = re.compile(r"[*?\[]")
 
@@ -144,39 +147,40 @@ def _expand(item: str | Path) -> list[Path]:
     return matches
 
 
-def _found(path: Path, named: bool) -> list[InputFile]:
+def _found(path: Path) -> list[InputFile]:
     """The input files at `path`: a folder's known files, or the file itself (read as text if its kind is unknown)."""
     if path.is_dir():
         kinds = [(p, *file_kind(p)) for p in _walk(path)]
         # .json only when named: in a folder it is more often metadata (a datasets folder's state.json)
         return [InputFile(p, kind, comp) for p, kind, comp in kinds if kind not in (None, "json")]
     if path.is_file():
+        # a file named, or matched by a glob pattern, is read as text whatever its name
         kind, comp = file_kind(path)
-        if kind is None and not named:
-            return []
-        if kind is None:
-            log(f"note: {path}: not a known extension ({', '.join(TEXT_KINDS)}); read as plain text")
-        return [
-            InputFile(path, kind or "txt", comp)
-        ]  # a file named explicitly is read as text whatever its name
+        return [InputFile(path, kind or "txt", comp)]
     if path.exists():  # a device, a pipe or a socket (/dev/null, <(...))
         raise UserError(f"input {path} is not a file or a folder; write the text to a file and pass that")
     raise UserError(f"input {path} does not exist; check the path")
 
 
 def find_input_files(inputs: Sequence[str | Path]) -> list[InputFile]:
-    """Expand files, folders (recursively) and glob patterns into the files to read, each once, in order."""
+    """Expand files, folders (recursively) and glob patterns into the files to read, each once, in order.
+
+    A glob's matches are read as if each were named (as the shell would expand the pattern unquoted): a file of
+    unknown extension is read as plain text, with a note."""
     if not inputs:
         raise UserError("no inputs given; pass one or more text files or folders")
     files: list[InputFile] = []
     seen: set[Path] = set()
     for item in inputs:
-        expanded = _expand(item)
-        for path in expanded:
-            for f in _found(path, named=len(expanded) == 1 and Path(item) == path):
+        unknown = []
+        for path in _expand(item):
+            if path.is_file() and file_kind(path)[0] is None:
+                unknown.append(path)
+            for f in _found(path):
                 if f.path.resolve() not in seen:
                     seen.add(f.path.resolve())
                     files.append(f)
+        _note_unknown(item, unknown)
     if not files:
         names = ", ".join(str(i) for i in inputs)
         raise UserError(
@@ -185,6 +189,18 @@ def find_input_files(inputs: Sequence[str | Path]) -> list[InputFile]:
         )
     check_modules(files)
     return files
+
+
+def _note_unknown(item: str | Path, unknown: list[Path]) -> None:
+    """One note for the files of one input whose extension is unknown, which are read as plain text."""
+    known = ", ".join(TEXT_KINDS)
+    if len(unknown) == 1:
+        log(f"note: {unknown[0]}: not a known extension ({known}); read as plain text")
+    elif unknown:
+        log(
+            f"note: {len(unknown)} files matching {item} (such as {unknown[0]}) have no known extension ({known}); "
+            "read as plain text"
+        )
 
 
 def check_modules(files: list[InputFile]) -> None:
@@ -234,48 +250,61 @@ class _CountingReader(io.RawIOBase):
 
 class _ZstdReader(io.RawIOBase):
     """zstd frames decompressed as a stream. Unlike zstandard's stream_reader, a file cut short in the middle of a
-    frame raises EOFError instead of ending quietly, and a stream that is not zstd raises OSError."""
+    frame raises EOFError instead of ending quietly, and a stream that is not zstd raises OSError.
+
+    The input is decompressed ZSTD_INPUT_BYTES at a time and the output handed out from a memoryview, so the work
+    is linear and the memory held is what one small piece of input decompresses to. Repetitive text compresses
+    more than 10,000 to 1 (a 36 KB file of 400 MB of JSONL): decompressing 1 MiB of input at once, and slicing the
+    result as it was read, took more than 300 s and 1 GB; 2 KiB at a time reads it as fast as its .gz, in about
+    60 MB more peak memory."""
 
     def __init__(self, raw: io.BufferedIOBase) -> None:
         import zstandard
 
         self._raw, self._zstd = raw, zstandard
-        self._context = zstandard.ZstdDecompressor()
+        # frames written with `zstd --long=31` need a 2 GiB window; zstandard refuses more than 128 MiB by default
+        self._context = zstandard.ZstdDecompressor(max_window_size=2**31)
         self._frame = self._context.decompressobj()
         self._in_frame = False  # input fed to the current frame, which has not ended yet
-        self._out = b""
+        # decompressed bytes not handed out yet
+        self._out = memoryview(b"")
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
         while not self._out:
-            chunk = self._raw.read(1 << 20)
+            chunk = self._raw.read(ZSTD_INPUT_BYTES)
             if not chunk:
                 if self._in_frame:
                     raise EOFError("zstd stream ends in the middle of a frame (truncated file?)")
                 return 0
-            self._feed(chunk)
+            self._out = memoryview(self._feed(chunk))
         n = min(len(buffer), len(self._out))
         buffer[:n] = self._out[:n]
         self._out = self._out[n:]
         return n
 
-    def _feed(self, chunk: bytes) -> None:
+    def _feed(self, chunk: bytes) -> bytes:
         """Decompress `chunk`, starting a new frame whenever one ends (a file may hold several)."""
+        out = []
         while chunk:
             try:
-                self._out += self._frame.decompress(chunk)
+                out.append(self._frame.decompress(chunk))
             except self._zstd.ZstdError as e:
                 raise OSError(f"not a valid zstd stream: {e}") from None
             self._in_frame = not self._frame.eof
             if not self._frame.eof:
-                return
+                break
             chunk = self._frame.unused_data
             self._frame = self._context.decompressobj()
+        return b"".join(out)
 
 
-def _decompressed(binary: io.BufferedIOBase, compression: str | None) -> io.BufferedIOBase:
+def _decompressed(binary: io.BufferedReader, compression: str | None) -> io.BufferedIOBase:
+    if not binary.peek(1):
+        # an empty file holds no text, compressed or not (bz2 and xz would call it truncated, gzip and zstd not)
+        return binary
     if compression == "gz":
         return gzip.GzipFile(fileobj=binary, mode="rb")
     if compression == "bz2":
@@ -415,12 +444,16 @@ def _record_text(record: dict[str, Any], at: str, field: str, where: tuple[str, 
 
 def _csv_documents(text: io.TextIOBase, path: Path, cfg: DataConfig, tsv: bool = False) -> Iterator[str]:
     """A .csv file (RFC 4180 quoting), or with `tsv` a .tsv file, read as fine-tuning reads one: tab-separated,
-    quotes ordinary characters (GLUE's layout). The first row is the header; a row with more fields is refused."""
-    reader = (
-        csv.reader(_lines(text, path), delimiter="\t", quoting=csv.QUOTE_NONE)
-        if tsv
-        else csv.reader(_lines(text, path))
-    )
+    quotes ordinary characters (GLUE's layout). The first row is the header; a row with more fields is refused.
+
+    The reader is strict: without it, a stray quote at the start of a field opens a quoted field that runs to the
+    end of the file, and the rest of the file became one document, silently."""
+    if tsv:
+        reader = csv.reader(_lines(text, path), delimiter="\t", quoting=csv.QUOTE_NONE, strict=True)
+    else:
+        reader = csv.reader(_lines(text, path), strict=True)
+    # the line the row being read starts on (a quoted field may hold line breaks)
+    start = 1
     try:
         header = next(reader, None)
         if header is None:
@@ -437,7 +470,11 @@ def _csv_documents(text: io.TextIOBase, path: Path, cfg: DataConfig, tsv: bool =
                 f"{path}: no column {where[0]!r} for --data.where (columns: {', '.join(header[:20])})"
             )
         keep_col = header.index(where[0]) if where is not None else -1
-        for row in reader:
+        while True:
+            start = reader.line_num + 1
+            row = next(reader, None)
+            if row is None:
+                return
             if not row:
                 continue
             if len(row) > len(header):  # a comma inside an unquoted field would cut the text short, silently
@@ -449,31 +486,49 @@ def _csv_documents(text: io.TextIOBase, path: Path, cfg: DataConfig, tsv: bool =
             if where is None or where_matches(row[keep_col] if keep_col < len(row) else "", where[1]):
                 yield row[column] if column < len(row) else ""
     except csv.Error as e:
-        raise UserError(f"{path}:{reader.line_num}: malformed CSV ({e}); fix the file") from None
+        quoting = "a field that starts with a quote must end with one (followed by a comma or the end of the line), "
+        quoting += 'and a quote inside it is written twice (""): '
+        fix = "fix the row" if tsv else quoting + "fix the row"
+        raise UserError(
+            f"{path}:{start}: malformed CSV in the row that starts on this line ({e}); {fix}"
+        ) from None
 
 
 _BOOLEAN_WORDS = ("true", "false")
+_INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*")
 
 
 def where_matches(value: Any, wanted: str) -> bool:
     """Whether a record's field `value` is the VALUE of --data.where COLUMN=VALUE, alike in every format: a
-    number equals VALUE when VALUE is the same number (a JSON or Parquet 1.0, a CSV "1.0" and "1" are 1); a
-    boolean when VALUE is its word in any case (True, true); a null or a missing cell when VALUE is empty; any other
-    text when it is VALUE exactly."""
+    number equals VALUE when VALUE is the same number (a JSON or Parquet 1.0, a CSV "1.0" and "1" are 1; two
+    integers are compared exactly, however large); a boolean when VALUE is its word in any case (True, true); a null
+    or a missing cell when VALUE is empty; any other text when it is VALUE exactly."""
     if value is None:
         return wanted == ""
     if isinstance(value, bool):
         return wanted.strip().lower() == ("true" if value else "false")
     if isinstance(value, int | float):
-        return finite_number(wanted) == value
+        return _number(wanted) == value
     if isinstance(value, str):
         if value == wanted:
             return True
         if value.lower() in _BOOLEAN_WORDS:  # a CSV's True (pandas) or true
             return value.lower() == wanted.strip().lower()
-        number = finite_number(value)
-        return number is not None and number == finite_number(wanted)
+        number = _number(value)
+        return number is not None and number == _number(wanted)
     return str(value) == wanted
+
+
+def _number(text: str) -> int | float | None:
+    """`text` as a number, else None: an int when it is written as one (as float, 9007199254740993 would equal
+    9007199254740992), else a finite float. Python compares an int with a float exactly."""
+    if _INTEGER.fullmatch(text):
+        try:
+            return int(text)
+        except ValueError:
+            # more than 4,300 digits (Python's limit for int()): compared as a float
+            pass
+    return finite_number(text)
 
 
 def parse_where(where: str | None) -> tuple[str, str] | None:
@@ -544,6 +599,9 @@ def _table_documents(f: InputFile, cfg: DataConfig) -> Iterator[str]:
             column = batch.column(cfg.text_field)
             if pa.types.is_dictionary(column.type):  # a categorical column of text: its values, decoded
                 column = column.dictionary_decode()
+            if _is_string_view(column.type):
+                # Arrow's newer layout of strings (pyarrow 16+): the same text
+                column = column.cast(pa.large_string())
             if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
                 raise UserError(
                     f"{f.path}: column {cfg.text_field!r} holds {column.type}, not text; "
@@ -558,6 +616,13 @@ def _table_documents(f: InputFile, cfg: DataConfig) -> Iterator[str]:
         raise UserError(
             f"cannot read {f.path} ({reason}); fix the file or leave it out of the inputs"
         ) from None
+
+
+def _is_string_view(arrow_type: Any) -> bool:
+    """Whether `arrow_type` is string_view (which pyarrow before 16 does not have)."""
+    import pyarrow as pa
+
+    return hasattr(pa.types, "is_string_view") and pa.types.is_string_view(arrow_type)
 
 
 def _check_columns(f: InputFile, names: list[str], field: str, where: tuple[str, str] | None) -> None:
@@ -589,6 +654,9 @@ class Corpus:
     `limits` (characters of text per file, one per file), when given, stops reading each file once that much of
     its text has been taken: a bounded sample spread over the inputs. `hash_files=False` skips hashing what is
     left of a file after that (a sample needs no checksums).
+
+    Once data.max_documents documents are taken, the file they end in is still hashed whole, but the files after it
+    are not opened: their entries in `sources` have "read": false and no sha256.
     """
 
     def __init__(
@@ -602,7 +670,8 @@ class Corpus:
         self.cfg = cfg
         self.limits = limits
         self.hash_files = hash_files
-        self.total_bytes = sum(f.path.stat().st_size for f in files)
+        self.sizes = [f.path.stat().st_size for f in files]
+        self.total_bytes = sum(self.sizes)
         self.documents = 0
         self.sources: list[dict[str, Any]] = []
         self._bytes_before = 0  # bytes of the files already finished
@@ -616,6 +685,11 @@ class Corpus:
     def __iter__(self) -> Iterator[str]:
         for i, f in enumerate(self.files):
             self.file_index = i
+            if self._done():
+                # data.max_documents was reached in an earlier file: this one is not opened, and its source
+                # entry says so (no sha256; "bytes" is its size on disk, as for a file read whole)
+                self.sources.append({"path": str(f.path), "bytes": self.sizes[i], "read": False})
+                continue
             try:
                 with open(f.path, "rb", buffering=0) as raw:
                     self._current = _CountingReader(raw)
@@ -640,13 +714,11 @@ class Corpus:
         assert current is not None
         if f.kind in TEXT_READERS:
             with _text_stream(f, current) as text:
-                if not self._done():
-                    yield from self._take(TEXT_READERS[f.kind](text, f.path, self.cfg), limit)
+                yield from self._take(TEXT_READERS[f.kind](text, f.path, self.cfg), limit)
                 if self.hash_files:
                     current.drain()
             return
-        if not self._done():
-            yield from self._take(_table_documents(f, self.cfg), limit)
+        yield from self._take(_table_documents(f, self.cfg), limit)
         if self.hash_files:
             current.drain()
 
