@@ -168,11 +168,23 @@ def test_train_log_defaults_to_jsonl_and_takes_tensorboard():
     assert build_config({"train.log": "tensorboard"}).train.log == "tensorboard"
 
 
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """A real prepared data folder (a run refused for its device must not be refused for its data first)."""
+    from helpers import prepare_tiny, write_walk_corpus
+
+    root = tmp_path_factory.mktemp("prep")
+    return prepare_tiny(write_walk_corpus(root / "corpus", n_docs=20), root / "data")
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a machine without a CUDA GPU")
 @pytest.mark.parametrize("device, precision", [("cuda", "auto"), ("cuda:1", "fp32")])
-def test_a_device_this_machine_lacks_is_refused_when_a_run_starts(device, precision, tmp_path):
+def test_a_device_this_machine_lacks_is_refused_when_a_run_starts(
+    device, precision, prepared, tmp_path, capsys
+):
     """A config naming a GPU still loads here (a GPU run's config.yaml: evaluate it, resume it with
-    --train.device cpu); starting a run on it is refused before anything is written."""
+    --train.device cpu); starting a run on it (with data it could train on) is refused in one line naming the
+    device, before anything is written."""
     from helpers import cli
 
     from masklm.config import check_device
@@ -180,8 +192,11 @@ def test_a_device_this_machine_lacks_is_refused_when_a_run_starts(device, precis
     cfg = load_config("tiny", None, {"train.device": device, "train.precision": precision})
     with pytest.raises(UserError, match="GPU"):
         check_device(cfg.train.device, cfg.train.precision)
+    capsys.readouterr()
     argv = ["--train.device", device, "--train.precision", precision, "--output", tmp_path / "run"]
-    assert cli("pretrain", "--preset", "tiny", "--data", tmp_path / "nope", *argv) == 2
+    assert cli("pretrain", "--preset", "tiny", "--data", prepared, *argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: train.device {device}: ") and "GPU" in err[0], err
     assert not (tmp_path / "run").exists()
 
 

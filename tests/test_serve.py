@@ -96,6 +96,10 @@ def test_predict_tagger_qa_multiple_choice_and_embed(server):
     ner = post(server, "/v1/predict", {"model": "ner", "inputs": text}).json()["outputs"][0]
     assert ner["tokens"] == ["alice", "smith", "went", "to", "paris", ",", "then", "rome", "."]
     assert len(ner["tags"]) == len(ner["tokens"])
+    assert any(tag != "O" for tag in ner["tags"])  # the untrained tagger's tags here: entities to check
+    assert [(e["label"], e["text"], e["start"], e["end"]) for e in ner["entities"]] == tagged_entities(
+        text, ner["tokens"], ner["tags"]
+    )
     for e in ner["entities"]:
         assert (
             text[e["start"] : e["end"]] == e["text"] and e["label"] in ("LOC", "PER") and 0 < e["score"] <= 1
@@ -115,11 +119,36 @@ def test_predict_tagger_qa_multiple_choice_and_embed(server):
     mc = post(server, "/v1/predict", {"model": "mc", "inputs": items}).json()["outputs"]
     assert [len(m["scores"]) for m in mc] == [3, 2]
     assert all(m["scores"][m["choice"]] == max(m["scores"]) for m in mc)
+    assert all(sum(m["scores"]) == pytest.approx(1.0, abs=1e-5) for m in mc)  # a softmax over the endings
     vectors = post(
         server, "/v1/embed", {"model": "cls", "inputs": ["alpha", "bravo charlie"], "normalize": True}
     )
     vectors = torch.tensor(vectors.json()["outputs"])
     assert vectors.shape == (2, 32) and torch.allclose(vectors.norm(dim=-1), torch.ones(2), atol=1e-3)
+
+
+def tagged_entities(text: str, tokens: list[str], tags: list[str]) -> list[tuple[str, str, int, int]]:
+    """(label, text, start, end) of the entities BIO tags mark, the tokens found in `text` in order: a B- tag
+    (or an I- tag of another type than the open entity's) starts one, an I- tag of its type extends it, O ends
+    it."""
+    spans, pos = [], 0
+    for token in tokens:
+        start = text.index(token, pos)
+        pos = start + len(token)
+        spans.append((start, pos))
+    found: list[list] = []
+    open_entity = None
+    for tag, (start, end) in zip(tags, spans):
+        if tag == "O":
+            open_entity = None
+            continue
+        prefix, label = tag.split("-", 1)
+        if open_entity is not None and prefix == "I" and label == open_entity[0]:
+            open_entity[2] = end
+        else:
+            open_entity = [label, start, end]
+            found.append(open_entity)
+    return [(label, text[start:end], start, end) for label, start, end in found]
 
 
 def test_concurrent_clients_get_their_own_answers(server):

@@ -171,6 +171,31 @@ def test_glue_layout_all_nine_tasks(model, tmp_path, capsys):
         "contradiction", "entailment", "neutral"
     ]  # fmt: skip
     assert "**average**" in (out / "suite.md").read_text() and "| CoLA | mcc" in capsys.readouterr().out
+    # MNLI's mismatched accuracy is the best model's on dev_mismatched.tsv (evaluated here as `masklm evaluate`
+    # does), not on dev_matched.tsv, whose accuracy differs
+    from masklm.finetune import evaluate_model
+
+    mnli = report["tasks"]["MNLI"]
+    best = out / "runs" / "MNLI" / mnli["best"]["run"] / "model"
+    scored = {
+        name: evaluate_model(best, nli_jsonl(data / "MNLI" / f"{name}.tsv", tmp_path))
+        for name in ("dev_matched", "dev_mismatched")
+    }
+    # (were they equal, scoring the wrong file would pass unseen)
+    assert scored["dev_matched"]["accuracy"] != scored["dev_mismatched"]["accuracy"]
+    assert mnli["metrics"]["accuracy"] == pytest.approx(scored["dev_matched"]["accuracy"])
+    assert mnli["metrics"]["mismatched_accuracy"] == pytest.approx(scored["dev_mismatched"]["accuracy"])
+
+
+def nli_jsonl(tsv_path: Path, folder: Path) -> Path:
+    """An MNLI dev file as JSONL with the keys text, text_pair, label (sentence1, sentence2, gold_label)."""
+    lines = tsv_path.read_text(encoding="utf-8").splitlines()
+    head = lines[0].split("\t")
+    rows = [dict(zip(head, line.split("\t"))) for line in lines[1:] if line]
+    out = folder / f"{tsv_path.stem}.jsonl"
+    keys = {"text": "sentence1", "text_pair": "sentence2", "label": "gold_label"}
+    out.write_text("".join(json.dumps({k: r[c] for k, c in keys.items()}) + "\n" for r in rows))
+    return out
 
 
 SMALL_SUITE = """

@@ -78,6 +78,7 @@ def test_tiny_model_learns_tiny_corpus(prepared, tmp_path):
 
 @pytest.mark.parametrize("strategy", ["whole_word", "span"])
 def test_other_mask_strategies_train(prepared, tmp_path, strategy):
+    """A run with each strategy finishes (that the strategy reaches the masks: tests/test_wiring.py)."""
     out = tmp_path / strategy
     assert (
         run(["--data", str(prepared), "--output", str(out), "--max-steps", "5", "--mask.strategy", strategy])
