@@ -160,3 +160,65 @@ def test_plots_leave_matplotlibs_backend_alone(tmp_path):
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     finally:
         matplotlib.use(before)
+
+
+def test_a_summary_older_than_the_records_is_an_unfinished_run(runs, capsys, tmp_path):
+    """A run resumed after it finished and stopped again holds the first session's summary.json (a session of this
+    masklm deletes it when it resumes; one of an earlier version did not): its records run past the summary's step,
+    so it is unfinished, with its last evaluation, not the summary's."""
+    resumed = tmp_path / "resumed"
+    shutil.copytree(runs["fast"], resumed)
+    summary = json.loads((resumed / "summary.json").read_text())
+    last = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()][-1]
+    later = {
+        "step": summary["steps"] + 3,
+        "tokens": last["tokens"] + 1,
+        "split": "val",
+        "loss": 9.0,
+        "accuracy": 0.01,
+    }
+    with open(resumed / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(later) + "\n")
+    out = table(capsys, resumed)
+    col = {h: i for i, h in enumerate(out["headers"])}
+    assert out["rows"][0][0] == "resumed (unfinished)"
+    assert float(out["rows"][0][col["accuracy"]]) == 0.01
+
+
+def test_an_unfinished_fine_tuning_run_plots_the_metric_that_picks_its_best_model(runs, tmp_path):
+    """Without summary.json, the main metric comes from config.yaml's train.metric_for_best ("auto": the task's),
+    not from the first known name among the records (accuracy)."""
+    from masklm.compare import load_run
+
+    partial = tmp_path / "partial"
+    shutil.copytree(runs["clf"], partial)
+    (partial / "summary.json").unlink()
+    assert load_run(partial).main_metric == "accuracy"  # "auto" for classification
+    config = (partial / "config.yaml").read_text()
+    assert "metric_for_best: auto" in config
+    (partial / "config.yaml").write_text(config.replace("metric_for_best: auto", "metric_for_best: macro_f1"))
+    assert load_run(partial).main_metric == "macro_f1"
+
+
+def test_curves_show_the_metric_that_picked_the_best_model(tmp_path, monkeypatch):
+    """curves.png of a fine-tuning run draws the metric its best model was chosen by (NER: entity F1), not the
+    first known name among the records (token accuracy)."""
+    from masklm import plots
+    from masklm.train.logger import write_run_results
+
+    figures = []
+    new_figure = plots.new_figure
+
+    def kept(*args):
+        figures.append(new_figure(*args))
+        return figures[-1]
+
+    monkeypatch.setattr(plots, "new_figure", kept)
+    records = [
+        {"step": 2, "tokens": 64, "split": "train", "loss": 1.0},
+        {"step": 2, "tokens": 64, "split": "val", "loss": 0.9, "accuracy": 0.8, "f1": 0.3},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_run_results(tmp_path, {"best": {"metric": "f1", "value": 0.3}})
+    plots.plot_curves(tmp_path / "metrics.jsonl", tmp_path / "default.png")
+    assert [axes[0][1].get_ylabel() for _, axes in figures] == ["validation f1", "validation accuracy"]

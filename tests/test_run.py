@@ -114,6 +114,36 @@ def test_resumed_run_shows_each_step_once_in_tensorboard(prepared, tmp_path):
     assert len(list((out / "tensorboard").iterdir())) == 2  # one event file per session
 
 
+def test_a_resume_without_a_checkpoint_shows_each_step_once_in_tensorboard(prepared, tmp_path):
+    """A run killed before its first checkpoint and run again with --resume starts from the beginning: TensorBoard
+    forgets the first session's events, as metrics.jsonl drops its records."""
+    out = tmp_path / "run"
+    args = ["--train.log", "tensorboard", "--train.checkpoint_every", "0"]
+    assert pretrain(prepared, out, *args) == 0
+    shutil.rmtree(out / "checkpoints")  # as if killed before the only checkpoint (the last step's)
+    (out / "summary.json").unlink()
+    assert pretrain(prepared, out, *args, "--resume") == 0
+    assert [r["step"] for r in read_metrics(out) if r["split"] == "train"] == [2, 4, 6, 8]
+    assert [step for step, _ in scalars(out)["train/loss"]] == [2, 4, 6, 8]
+
+
+def test_a_resumed_run_is_unfinished_until_it_ends(prepared, tmp_path, monkeypatch):
+    """The summary.json of a run's first session goes when a resumed session starts training: a run stopped
+    again is unfinished (`masklm compare`), not finished at the old step."""
+    out = tmp_path / "run"
+    assert pretrain(prepared, out, "--train.checkpoint_every", "4") == 0
+    assert (out / "summary.json").is_file()
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr("masklm.train.run.fit", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        pretrain(prepared, out, "--train.checkpoint_every", "4", "--resume", "--max-steps", "12")
+    assert not (out / "summary.json").exists()
+    assert (out / "checkpoints").is_dir() and (out / "model").is_dir()
+
+
 def test_missing_tensorboard_is_one_line_before_any_work(prepared, tmp_path, monkeypatch, capsys):
     # what `import` sees without the package
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)

@@ -154,6 +154,9 @@ def load_run(folder: str | Path) -> RunRecord:
         settings = read_config(config)
         rows = without_replayed(read_records(metrics))
         summary = read_summary(folder / "summary.json")
+        if summary is not None and _older_than(summary, rows):
+            # (a run resumed by an earlier masklm, which kept it, and stopped again)
+            summary = None
     except DamagedRun as e:
         raise UserError(
             f"{folder}: a damaged run file: {e}; compare only whole runs (a damaged metrics.jsonl line can be "
@@ -178,10 +181,25 @@ def load_run(folder: str | Path) -> RunRecord:
         final.update({k: float(summary[k]) for k in SUMMARY_KEYS if isinstance(summary.get(k), (int, float))})
     elif rows:
         final.update({"tokens": float(rows[-1].get("tokens", 0)), "steps": float(rows[-1].get("step", 0))})
-    main = ((summary or {}).get("best") or {}).get("metric") or next(
-        (k for k in ("accuracy", "f1", "pearson", "exact_match", "loss") if k in last_eval), "loss"
-    )
+    # a fine-tuning run's main metric is the one that picks its best model; a pretraining run's, its accuracy
+    main = ((summary or {}).get("best") or {}).get("metric")
+    if main is None and "run.task" in settings:
+        # (finetune imports torch: only for an unfinished fine-tuning run)
+        from masklm.finetune import run_main_metric
+
+        main = run_main_metric(folder)
+    if main not in last_eval:
+        main = next(
+            (k for k in ("accuracy", "f1", "pearson", "exact_match", "loss") if k in last_eval), "loss"
+        )
     return RunRecord(folder.name, folder, settings, final, main, rows, summary is not None)
+
+
+def _older_than(summary: dict[str, Any], rows: list[dict[str, Any]]) -> bool:
+    """Whether summary.json ends at an earlier step than metrics.jsonl's records: it is from an earlier session of
+    a run that was resumed since, and describes the run no more."""
+    steps = [r["step"] for r in rows if isinstance(r.get("step"), int | float)]
+    return isinstance(summary.get("steps"), int | float) and bool(steps) and summary["steps"] < max(steps)
 
 
 def differing_settings(runs: list[RunRecord]) -> list[str]:

@@ -346,6 +346,21 @@ def resume_settings(run_dir: str | Path) -> dict[str, Any]:
     return dict((read_saved_config(Path(run_dir)) or {}).get("run") or {})
 
 
+def run_main_metric(run_dir: str | Path) -> str | None:
+    """The validation metric a fine-tuning run folder chooses its best model by (train.metric_for_best, "auto"
+    being its task's main one for its labels), read from its config.yaml; None when the folder does not say (not
+    a fine-tuning run, or an unknown task)."""
+    try:
+        values = read_saved_config(Path(run_dir)) or {}
+        cfg = saved_config(values)
+        task = get_task(str((values.get("run") or {}).get("task")))
+    except (UserError, AttributeError, TypeError):
+        return None
+    if cfg.train.metric_for_best != "auto":
+        return cfg.train.metric_for_best
+    return task.metric_names(cfg.data, _started_labels(Path(run_dir)))[0]
+
+
 def _started_labels(run_dir: Path) -> list[str] | None:
     """The labels a run folder's run started with: config.yaml's, or (a run that did not record them there) its
     best model's so far; None when the task has no labels or the folder has none yet."""

@@ -42,11 +42,16 @@ def new_figure(rows: int, cols: int, figsize: tuple[float, float]) -> tuple[Any,
     return fig, fig.subplots(rows, cols, squeeze=False)
 
 
-def plot_curves(metrics_path: str | Path, out_path: str | Path, x: str = "tokens") -> Path:
+def plot_curves(
+    metrics_path: str | Path, out_path: str | Path, x: str = "tokens", metric: str | None = None
+) -> Path:
+    """Loss (training and validation) against `x`, and beside it the validation `metric` (a fine-tuning run's: the
+    one that picks its best model; by default accuracy, else F1, else exact match, where the records have one)."""
     rows = without_replayed(read_metrics(metrics_path))
     train = [r for r in rows if r.get("split") == "train" and "loss" in r]
     val = [r for r in rows if r.get("split") == "val"]
-    acc_key = next((k for k in ("accuracy", "f1", "exact_match") if val and k in val[-1]), None)
+    candidates = ((metric,) if metric and metric != "loss" else ()) + ("accuracy", "f1", "exact_match")
+    acc_key = next((k for k in candidates if val and k in val[-1]), None)
     # ELECTRA: the train loss is generator + weight x discriminator, the validation loss and accuracy the
     # generator's; the discriminator's accuracy is drawn beside them
     electra = bool(val) and "discriminator_accuracy" in val[-1]

@@ -167,7 +167,9 @@ def open_metrics(run_dir: Path, kind: str = "jsonl", resumed_at: int | None = No
     if rank() == 0:
         sinks.append(JsonlSink(run_dir / "metrics.jsonl", resumed_at))
         if kind == "tensorboard":
-            purge = None if resumed_at is None else resumed_at + 1
+            # TensorBoard forgets the events an earlier session wrote from this step on: all of them for a run that
+            # starts from the beginning (a --resume before the first checkpoint; harmless in a new folder)
+            purge = 0 if resumed_at is None else resumed_at + 1
             sinks.append(TensorBoardSink(run_dir / "tensorboard", purge_step=purge))
     return MetricsLogger(run_dir, sinks)
 
@@ -179,6 +181,8 @@ def write_run_results(run_dir: Path, summary: dict[str, Any]) -> None:
     try:
         from masklm.plots import plot_curves
 
-        plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
+        # a fine-tuning run's main metric: the one that picked its model
+        metric = (summary.get("best") or {}).get("metric")
+        plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", metric=metric)
     except Exception as e:
         log(f"note: curves.png not written ({type(e).__name__}: {e})")

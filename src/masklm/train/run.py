@@ -459,7 +459,12 @@ class Run:
 
     def fit(self, trainable: Trainable, train: Any, **fit_args: Any) -> FitResult:
         """fit() on the trainable, in this folder, from the checkpoint `open` found, averaging across processes;
-        `fit_args` are fit's other keywords (budget, make_batch, loss_fn, evaluate, tokens_per_step, ...)."""
+        `fit_args` are fit's other keywords (budget, make_batch, loss_fn, evaluate, tokens_per_step, ...).
+
+        A resumed run's summary.json (an earlier session's end) goes first: until this session ends and writes its
+        own, the run is unfinished (`masklm compare` showed a run stopped again as finished, at the old step)."""
+        if self.resume and dist.rank() == 0:
+            (self.run_dir / "summary.json").unlink(missing_ok=True)
         start = time.perf_counter()
         result = fit(
             trainable.train_model,
