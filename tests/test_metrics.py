@@ -77,6 +77,20 @@ def test_entity_metrics_bio():
     assert nothing["f1"] == 0.0 and nothing["precision"] == 0.0
 
 
+def test_entity_metrics_follow_the_label_set_not_the_tags_one_evaluation_shows():
+    """A validation file without entities, predicted without any, still reports entity F1 when the task's labels
+    have entity tags: every evaluation of a run has the metric its best model is chosen by."""
+    labels = ["O", "B-PER", "I-PER"]
+    quiet = M.entity_metrics([["O", "O"]], [["O", "O"]], labels)
+    assert quiet == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "accuracy": 1.0}
+    spurious = M.entity_metrics([["O", "O"]], [["B-PER", "O"]], labels)
+    assert set(spurious) == set(quiet) and spurious["accuracy"] == 0.5
+    # the scheme too: a BIOES label set scores in strict mode even where this evaluation shows only B-/I- tags
+    bioes = ["O", "B-PER", "I-PER", "E-PER", "S-PER"]
+    assert M.entity_metrics([["B-PER", "I-PER"]], [["B-PER", "I-PER"]], bioes)["f1"] == 0.0
+    assert M.entity_metrics([["B-PER", "I-PER"]], [["B-PER", "I-PER"]])["f1"] == 1.0
+
+
 def test_entity_metrics_bioes_and_plain_tags():
     # strict IOBES: B-LOC I-LOC without E-LOC is no entity -> P = 1/1, R = 1/2, F1 = 2/3 (lenient would give 1.0)
     out = M.entity_metrics([["S-PER", "O", "B-LOC", "E-LOC"]], [["S-PER", "O", "B-LOC", "I-LOC"]])

@@ -532,7 +532,7 @@ class TokenClassificationTask(Task):
         labels: Sequence[str] | None,
         settings: FinetuneDataConfig,
     ) -> dict[str, float]:
-        return M.entity_metrics([ex["tags"] for ex in data.examples], predictions)
+        return M.entity_metrics([ex["tags"] for ex in data.examples], predictions, labels)
 
     def prediction_rows(
         self,

@@ -187,11 +187,15 @@ def _outside_unless(prefixes: str, sentences: Sequence[Sequence[str]]) -> list[l
 
 
 def entity_metrics(
-    true_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]]
+    true_tags: Sequence[Sequence[str]],
+    pred_tags: Sequence[Sequence[str]],
+    labels: Sequence[str] | None = None,
 ) -> dict[str, float]:
     """Entity-level precision / recall / F1 (seqeval, micro-averaged) and token accuracy.
 
-    The scheme is read from the tags (`entity_scheme`): BIO / IOB2 by default (seqeval's conlleval-compatible
+    The scheme is read from the tags, those of the task's `labels` included when given (`entity_scheme`), so that
+    every evaluation of a run reports the same metrics: a validation file without entities, predicted without
+    any, still gives F1 (0) beside accuracy. The scheme: BIO / IOB2 by default (seqeval's conlleval-compatible
     mode); BIOES when any E- or S- tag appears (seqeval strict mode, IOBES); BILOU when any L- or U- tag does
     (strict mode, BILOU). In the strict modes a tag without one of the scheme's prefixes ("X", "MISC") is
     outside every entity. Tag sets without B-/I-/E-/S-/L-/U- prefixes (POS tags, chunk labels) have no entities:
@@ -207,7 +211,7 @@ def entity_metrics(
     if not true_flat:
         raise ValueError("no tags to score")
     acc = sum(t == p for t, p in zip(true_flat, pred_flat)) / len(true_flat)
-    tagset = set(true_flat) | set(pred_flat)
+    tagset = set(true_flat) | set(pred_flat) | set(labels or ())
     if not has_entity_tags(tagset):
         return {"accuracy": acc}
     try:
