@@ -222,3 +222,16 @@ def test_curves_show_the_metric_that_picked_the_best_model(tmp_path, monkeypatch
     write_run_results(tmp_path, {"best": {"metric": "f1", "value": 0.3}})
     plots.plot_curves(tmp_path / "metrics.jsonl", tmp_path / "default.png")
     assert [axes[0][1].get_ylabel() for _, axes in figures] == ["validation f1", "validation accuracy"]
+
+
+def test_a_run_whose_last_evaluation_was_not_finite_is_shown_not_refused(runs, capsys, tmp_path):
+    """summary.json writes a NaN or inf metric as null (to stay JSON): compare shows it as nan, not as a damaged
+    run."""
+    diverged = tmp_path / "diverged"
+    shutil.copytree(runs["fast"], diverged)
+    summary = json.loads((diverged / "summary.json").read_text())
+    summary["eval"]["loss"] = None
+    (diverged / "summary.json").write_text(json.dumps(summary))
+    out = table(capsys, diverged)
+    col = {h: i for i, h in enumerate(out["headers"])}
+    assert out["rows"][0][0] == "diverged" and out["rows"][0][col["loss"]] == "nan"

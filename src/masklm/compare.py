@@ -137,7 +137,8 @@ def read_summary(path: Path) -> dict[str, Any] | None:
         if summary.get(key) is not None and not isinstance(summary[key], dict):
             raise DamagedRun(f"{path.name}: {key!r} is {summary[key]!r}, not a JSON object")
     scores = summary.get("eval") or {}
-    _check_numbers(scores, scores, f"{path.name} eval")
+    # (null: a value that was not finite, NaN or inf, which masklm writes so to keep the file JSON)
+    _check_numbers(scores, [k for k, v in scores.items() if v is not None], f"{path.name} eval")
     metric = (summary.get("best") or {}).get("metric")
     if metric is not None and not isinstance(metric, str):
         raise DamagedRun(f"{path.name}: best.metric is {metric!r}, not a metric's name")
@@ -176,7 +177,7 @@ def load_run(folder: str | Path) -> RunRecord:
         }
     else:
         final = dict(summary.get("eval") or {})
-    final = {k: float(v) for k, v in final.items() if k not in SKIPPED_METRICS}
+    final = {k: math.nan if v is None else float(v) for k, v in final.items() if k not in SKIPPED_METRICS}
     if summary is not None:
         final.update({k: float(summary[k]) for k in SUMMARY_KEYS if isinstance(summary.get(k), (int, float))})
     elif rows:
