@@ -49,6 +49,9 @@ def test_correlations():
     out = M.regression_metrics([1.0, 2.0, 3.0], [2.0, 4.0, 7.0])
     assert out["mse"] == pytest.approx((1 + 4 + 16) / 3)
     assert out["spearman"] == pytest.approx(1.0) and out["pearson"] == pytest.approx(15 / math.sqrt(228))
+    # a diverged model's NaN predictions: no correlation (NaN), not 0.0, which could beat a negative best
+    diverged = M.regression_metrics([math.nan, 1.0, 2.0], [2.0, 4.0, 7.0])
+    assert math.isnan(diverged["pearson"]) and math.isnan(diverged["spearman"])
 
 
 def test_classification_metrics():

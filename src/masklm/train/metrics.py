@@ -97,9 +97,12 @@ def matthews_corrcoef(preds: Sequence[int], labels: Sequence[int]) -> float:
 
 
 def pearson(preds: Sequence[float], labels: Sequence[float]) -> float:
-    """Pearson correlation; 0.0 when either side is constant."""
+    """Pearson correlation; 0.0 when either side is constant, NaN when a value is not finite (a diverged model's
+    NaN predictions: not a correlation of 0, which could count as a best model's)."""
     x, y = np.asarray(_floats(preds)), np.asarray(_floats(labels))
     _check(x, y)
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return math.nan
     dx, dy = x - x.mean(), y - y.mean()
     denom = math.sqrt(float(dx @ dx) * float(dy @ dy))
     return float(dx @ dy) / denom if denom > 0 else 0.0
@@ -121,9 +124,12 @@ def _average_ranks(values: Sequence[float]) -> list[float]:
 
 
 def spearman(preds: Sequence[float], labels: Sequence[float]) -> float:
-    """Spearman rank correlation: Pearson on average ranks (ties share their mean rank)."""
+    """Spearman rank correlation: Pearson on average ranks (ties share their mean rank); NaN when a value is not
+    finite (NaN has no rank)."""
     x, y = _floats(preds), _floats(labels)
     _check(x, y)
+    if not all(math.isfinite(v) for v in (*x, *y)):
+        return math.nan
     return pearson(_average_ranks(x), _average_ranks(y))
 
 
