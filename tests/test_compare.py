@@ -76,6 +76,12 @@ def test_an_unfinished_run_shows_its_last_evaluation(runs, capsys, tmp_path):
     out = table(capsys, runs["fast"], partial)
     assert out["rows"][1][0] == "partial (unfinished)"
     assert out["rows"][0][1:3] == out["rows"][1][1:3]  # same last evaluation, now read from metrics.jsonl
+    col = {h: i for i, h in enumerate(out["headers"])}
+    records = [json.loads(line) for line in (partial / "metrics.jsonl").read_text().splitlines()]
+    last, timed = records[-1], [r for r in records if "elapsed_s" in r][-1]
+    # the budget used so far, from the last records; steps and tokens written out exactly
+    assert float(out["rows"][1][col["train_time_s"]]) == pytest.approx(timed["elapsed_s"], rel=1e-3)
+    assert out["rows"][1][col["steps"]] == "6" and out["rows"][1][col["tokens"]] == str(last["tokens"])
 
 
 def test_a_folder_that_is_not_a_run_is_refused(runs, tmp_path, capsys):

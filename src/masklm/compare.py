@@ -182,6 +182,9 @@ def load_run(folder: str | Path) -> RunRecord:
         final.update({k: float(summary[k]) for k in SUMMARY_KEYS if isinstance(summary.get(k), (int, float))})
     elif rows:
         final.update({"tokens": float(rows[-1].get("tokens", 0)), "steps": float(rows[-1].get("step", 0))})
+        elapsed = [r["elapsed_s"] for r in rows if isinstance(r.get("elapsed_s"), int | float)]
+        if elapsed:
+            final["train_time_s"] = float(elapsed[-1])
     # a fine-tuning run's main metric is the one that picks its best model; a pretraining run's, its accuracy
     main = ((summary or {}).get("best") or {}).get("metric")
     if main is None and "run.task" in settings:
@@ -214,6 +217,9 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         if math.isnan(value):
             return "nan"
+        if value.is_integer() and abs(value) < 1e15:
+            # steps and tokens exactly (10,000 and 10,004 steps were both "1e+04")
+            return str(int(value))
         return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.3e}"
     return "-" if value is None else str(value)
 
