@@ -294,6 +294,15 @@ def test_dedup_keeps_the_first_copy_and_counts_the_rest(tmp_path, tokenizer):
     for split, ids in all_ids(tmp_path / "ref").items():
         np.testing.assert_array_equal(all_ids(tmp_path / "dedup")[split], ids)
     assert reference["duplicates_dropped"] == 0
+    # blank documents are skipped as empty, not counted as copies of one another
+    blanks = prepare(
+        [_write(tmp_path / "b.jsonl", jsonl_bytes(DOCS[:50] + ["", " ", "\n\t", ""]))],
+        tmp_path / "blanks",
+        cfg(dedup=True),
+        tokenizer=tokenizer,
+        progress=False,
+    )
+    assert blanks["duplicates_dropped"] == 0 and blanks["skipped_documents"] == 4
 
 
 PRETRAIN = ["--preset", "tiny", "--train.eval_every", "0", "--train.threads", "1", "--data.workers", "1"]

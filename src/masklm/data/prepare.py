@@ -534,7 +534,8 @@ class _Selection:
 
     def _keep(self, document: str) -> bool:
         self.taken += 1
-        if self.dedup:
+        # (a blank document is not a duplicate: it is skipped as empty, and counted so)
+        if self.dedup and document.strip():
             digest = hashlib.blake2b(" ".join(document.split()).encode("utf-8"), digest_size=16).digest()
             if digest in self._seen:
                 self.dropped += 1
