@@ -114,9 +114,14 @@ class _Request(BaseModel):
         return body
 
 
+DEFAULT_TOP_K = 5  # fill-mask candidates per [MASK] when a request does not say
+
+
 class FillMaskRequest(_Request):
     inputs: str | list[str] = Field(description='text with one or more "[MASK]", or a list of such texts')
-    top_k: StrictInt = Field(5, ge=1, description="candidates per [MASK]")
+    top_k: StrictInt | None = Field(
+        None, ge=1, description="candidates per [MASK] (default 5, or the server's --max-top-k when lower)"
+    )
     _inputs = field_validator("inputs", mode="before")(_texts)
 
 
@@ -366,9 +371,13 @@ def _add_routes(app: FastAPI, models: Models) -> None:
     @app.post("/v1/fill-mask", response_model=FillMaskResponse)
     async def fill_mask(req: FillMaskRequest) -> dict[str, Any]:
         served = models.pick(req.model)
-        if req.top_k > limits.max_top_k:
-            raise RequestError(400, f"top_k: {req.top_k} is above the server's limit of {limits.max_top_k}")
-        work = served.fill_mask_work(as_list(req.inputs), req.top_k, limits)
+        # a request that asks for no top_k is answered within any --max-top-k
+        top_k = req.top_k if req.top_k is not None else min(DEFAULT_TOP_K, limits.max_top_k)
+        if top_k > limits.max_top_k:
+            raise RequestError(
+                400, f"top_k: {top_k} is above the server's limit of {limits.max_top_k} (--max-top-k)"
+            )
+        work = served.fill_mask_work(as_list(req.inputs), top_k, limits)
         return {"model": served.name, "outputs": await models.answer(served, work)}
 
     @app.post("/v1/predict", response_model=PredictResponse)
