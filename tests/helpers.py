@@ -21,6 +21,14 @@ from masklm.config import ModelConfig
 # ----------------------------------------------------------------------------------------------------------------
 # Toy data
 
+# A few everyday sentences, for a tokenizer trained in a test (tests/test_hf.py, tests/test_serve_more.py).
+SENTENCES = [
+    "the cat sat on the mat .",
+    "a dog and a cat are friends , they play all day !",
+    "bread , cheese and apples make a good lunch",
+    "rain fell on the quiet town at night",
+]
+
 WALK_WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
 
 

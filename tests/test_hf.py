@@ -12,7 +12,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
-from helpers import TINY_ENCODER, minilm_dir, random_inputs  # noqa: E402
+from helpers import SENTENCES, TINY_ENCODER, minilm_dir, random_inputs  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
@@ -26,12 +26,7 @@ from masklm.model.hf import config_from_hf, config_to_hf, hf_keys, to_hf_state_d
 from masklm.model.io import load_model  # noqa: E402
 
 TOL = 1e-5
-CORPUS = [
-    "the cat sat on the mat .",
-    "a dog and a cat are friends , they play all day !",
-    "bread , cheese and apples make a good lunch",
-    "rain fell on the quiet town at night",
-] * 10
+CORPUS = SENTENCES * 10
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("fastapi")
 
-from helpers import TINY_ENCODER  # noqa: E402
+from helpers import SENTENCES, TINY_ENCODER  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 import masklm.serve  # noqa: E402
@@ -28,12 +28,7 @@ from masklm.cli import main  # noqa: E402
 from masklm.data.tokenizer import train_tokenizer  # noqa: E402
 from masklm.infer.fill_mask import FillMask  # noqa: E402
 
-CORPUS = [
-    "the cat sat on the mat .",
-    "a dog and a cat are friends , they play all day !",
-    "bread , cheese and apples make a good lunch",
-    "rain fell on the quiet town at night",
-] * 10
+CORPUS = SENTENCES * 10
 
 # The limits the app is served with in test_limits_flags (their defaults are 16, 100, 64, 5000 and 1 MiB).
 MAX_MASKS, MAX_TOP_K, MAX_INPUTS, MAX_CHARS, MAX_BODY = 2, 3, 3, 40, 400
