@@ -55,28 +55,26 @@ def save_hf(model: torch.nn.Module, vocab: dict[str, int], folder: Path) -> Path
     return folder
 
 
+def hf_folder(tmp_path_factory, vocab: dict[str, int], model_class: type, seed: int, name: str) -> Path:
+    """A Hugging Face folder `name` (the name it is served under) of a tiny, randomised `model_class` (its name in
+    config.json's architectures)."""
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(**{**TINY_ENCODER, "vocab_size": len(vocab)})
+    folder = save_hf(randomised(model_class(config)), vocab, tmp_path_factory.mktemp("hf") / name)
+    assert json.loads((folder / "config.json").read_text())["architectures"] == [model_class.__name__]
+    return folder
+
+
 @pytest.fixture(scope="module")
 def hf_mlm(tmp_path_factory, vocab) -> Path:
-    """A Hugging Face BertForMaskedLM folder (architectures ["BertForMaskedLM"], MLM head weights saved)."""
-    torch.manual_seed(0)
-    config = transformers.BertConfig(**{**TINY_ENCODER, "vocab_size": len(vocab)})
-    folder = save_hf(
-        randomised(transformers.BertForMaskedLM(config)), vocab, tmp_path_factory.mktemp("hf") / "mlm"
-    )
-    assert json.loads((folder / "config.json").read_text())["architectures"] == ["BertForMaskedLM"]
-    return folder
+    """A Hugging Face BertForMaskedLM folder (MLM head weights saved)."""
+    return hf_folder(tmp_path_factory, vocab, transformers.BertForMaskedLM, seed=0, name="mlm")
 
 
 @pytest.fixture(scope="module")
 def hf_encoder(tmp_path_factory, vocab) -> Path:
     """A Hugging Face BertModel folder: an encoder without MLM head weights, as sentence encoders ship."""
-    torch.manual_seed(1)
-    config = transformers.BertConfig(**{**TINY_ENCODER, "vocab_size": len(vocab)})
-    folder = save_hf(
-        randomised(transformers.BertModel(config)), vocab, tmp_path_factory.mktemp("hf") / "encoder"
-    )
-    assert json.loads((folder / "config.json").read_text())["architectures"] == ["BertModel"]
-    return folder
+    return hf_folder(tmp_path_factory, vocab, transformers.BertModel, seed=1, name="encoder")
 
 
 def serve_app(monkeypatch, *argv: object):
